@@ -1,0 +1,480 @@
+//! The device runtime: adapter choice, device creation with the adapter's own limits,
+//! buffer helpers and the `Dispatch` every kernel records into a compute pass.
+//!
+//! Getting the device (`Gpu::new`) is separate from running kernels on it, so tests,
+//! benches and the CLI share one `Gpu`.
+
+mod timer;
+
+pub use timer::PassTimer;
+
+use std::fmt::Write as _;
+use wgpu::util::DeviceExt;
+
+/// Which graphics API to use. `Auto` takes `WGPU_BACKEND` from the environment if set,
+/// otherwise every backend wgpu was built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BackendChoice {
+    #[default]
+    Auto,
+    Vulkan,
+    Metal,
+    Dx12,
+    Gl,
+}
+
+impl BackendChoice {
+    pub fn backends(self) -> wgpu::Backends {
+        match self {
+            BackendChoice::Auto => wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()),
+            BackendChoice::Vulkan => wgpu::Backends::VULKAN,
+            BackendChoice::Metal => wgpu::Backends::METAL,
+            BackendChoice::Dx12 => wgpu::Backends::DX12,
+            BackendChoice::Gl => wgpu::Backends::GL,
+        }
+    }
+}
+
+/// How to pick the adapter.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GpuOptions {
+    pub backend: BackendChoice,
+    /// Index into the adapter list printed by `vit-wgpu info`; `None` picks the best one
+    /// (discrete, then integrated, then virtual, then CPU).
+    pub adapter: Option<usize>,
+}
+
+#[derive(thiserror::Error, Debug)]
+pub enum GpuError {
+    #[error(
+        "no GPU adapter found for backend(s) {backends:?}.\n\
+         On a machine without a GPU install Mesa's software Vulkan driver (lavapipe):\n    \
+         sudo apt-get install mesa-vulkan-drivers\n\
+         and check with `vit-wgpu info`."
+    )]
+    NoAdapter { backends: wgpu::Backends },
+    #[error("adapter index {index} does not exist: {count} adapter(s) found (see `vit-wgpu info`)")]
+    BadAdapterIndex { index: usize, count: usize },
+    #[error(
+        "adapter '{adapter}' lacks compute shaders or storage buffers (downlevel backend); \
+         choose another with --backend/--adapter (see `vit-wgpu info`)"
+    )]
+    NoCompute { adapter: String },
+    #[error("could not create a device on '{adapter}': {source}")]
+    RequestDevice {
+        adapter: String,
+        source: wgpu::RequestDeviceError,
+    },
+    #[error(
+        "adapter '{adapter}' is too small: {what} needs {needed} but the adapter allows {limit}"
+    )]
+    TooSmall {
+        adapter: String,
+        what: String,
+        needed: u64,
+        limit: u64,
+    },
+    #[error("GPU error during {context}: {message}")]
+    Device { context: String, message: String },
+}
+
+/// A device and queue plus what the kernels need to know about the adapter.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+}
+
+fn rank(device_type: wgpu::DeviceType) -> u32 {
+    match device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter the chosen backends expose, in the order `--adapter N` indexes them.
+pub fn enumerate_adapters(backend: BackendChoice) -> Vec<wgpu::Adapter> {
+    let backends = backend.backends();
+    pollster::block_on(instance(backends).enumerate_adapters(backends))
+}
+
+/// The features we use when the adapter has them. Subgroups feed the CPU GEMM variant;
+/// timestamps feed the benchmarks.
+pub fn wanted_features() -> wgpu::Features {
+    wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY
+}
+
+impl Gpu {
+    pub fn new(opts: &GpuOptions) -> Result<Gpu, GpuError> {
+        let backends = opts.backend.backends();
+        let mut adapters = enumerate_adapters(opts.backend);
+        if adapters.is_empty() {
+            return Err(GpuError::NoAdapter { backends });
+        }
+        let adapter = match opts.adapter {
+            Some(index) => {
+                let count = adapters.len();
+                if index >= count {
+                    return Err(GpuError::BadAdapterIndex { index, count });
+                }
+                adapters.swap_remove(index)
+            }
+            None => {
+                adapters.sort_by_key(|a| rank(a.get_info().device_type));
+                adapters.swap_remove(0)
+            }
+        };
+        Self::from_adapter(adapter)
+    }
+
+    pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu, GpuError> {
+        let info = adapter.get_info();
+        let downlevel = adapter.get_downlevel_capabilities();
+        if !downlevel
+            .flags
+            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        {
+            return Err(GpuError::NoCompute {
+                adapter: info.name.clone(),
+            });
+        }
+        // Ask for the adapter's own limits: the defaults cap storage bindings at 128 MiB
+        // and workgroup memory at 16 KiB, less than most adapters give.
+        let limits = adapter.limits();
+        if limits.max_storage_buffers_per_shader_stage < 8 {
+            return Err(GpuError::TooSmall {
+                adapter: info.name.clone(),
+                what: "storage buffers per shader stage".into(),
+                needed: 8,
+                limit: limits.max_storage_buffers_per_shader_stage as u64,
+            });
+        }
+        let features = adapter.features() & wanted_features();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("vit-wgpu"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|source| GpuError::RequestDevice {
+            adapter: info.name.clone(),
+            source,
+        })?;
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+        })
+    }
+
+    /// True on a CPU adapter such as lavapipe, where the kernels take their CPU variants.
+    pub fn is_cpu(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    pub fn has_subgroups(&self) -> bool {
+        self.features.contains(wgpu::Features::SUBGROUP)
+    }
+
+    pub fn has_timestamps(&self) -> bool {
+        self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// A storage buffer that kernels read and write and the host can copy to and from.
+    pub fn storage(&self, label: &str, floats: usize) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (floats.max(1) * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A storage buffer initialised from host data (f32 or u32).
+    pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let contents = if bytes.is_empty() { &[0u8; 4][..] } else { bytes };
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// A uniform buffer holding a kernel's shape record, written once.
+    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, meta: &T) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::bytes_of(meta),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    pub fn write<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer, data: &[T]) {
+        self.queue
+            .write_buffer(buffer, 0, bytemuck::cast_slice(data));
+    }
+
+    /// Fill a buffer with NaN (tests poison outputs so an element never written fails).
+    pub fn poison(&self, buffer: &wgpu::Buffer) {
+        let n = (buffer.size() / 4) as usize;
+        self.write(buffer, &vec![f32::NAN; n]);
+    }
+
+    /// Copy a buffer back to the host. Waits for the device: for tests, evaluation and
+    /// occasional loss read-back, never inside a training step.
+    pub fn read<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer) -> Result<Vec<T>, GpuError> {
+        self.read_range(buffer, 0, buffer.size())
+    }
+
+    pub fn read_range<T: bytemuck::Pod>(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<Vec<T>, GpuError> {
+        // A MAP_READ staging buffer: storage buffers cannot be mapped directly.
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+        self.queue.submit([encoder.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait("read-back")?;
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(GpuError::Device {
+                    context: "read-back".into(),
+                    message: e.to_string(),
+                })
+            }
+            Err(e) => {
+                return Err(GpuError::Device {
+                    context: "read-back".into(),
+                    message: e.to_string(),
+                })
+            }
+        }
+        let view = staging.get_mapped_range(..).map_err(|e| GpuError::Device {
+            context: "read-back".into(),
+            message: e.to_string(),
+        })?;
+        let out = bytemuck::cast_slice(&view).to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Block until all submitted work is done.
+    pub fn wait(&self, context: &str) -> Result<(), GpuError> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| GpuError::Device {
+                context: context.into(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Record with a closure into one compute pass, submit, and return.
+    pub fn run(&self, record: impl FnOnce(&mut wgpu::ComputePass<'_>)) {
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: None,
+            });
+            record(&mut pass);
+        }
+        self.queue.submit([encoder.finish()]);
+    }
+
+    /// Build a compute pipeline from WGSL with a layout derived from the entry point.
+    pub fn pipeline(&self, shader: &crate::kernels::Shader, entry: &str) -> wgpu::ComputePipeline {
+        self.pipeline_with(shader, entry, &[])
+    }
+
+    pub fn pipeline_with(
+        &self,
+        shader: &crate::kernels::Shader,
+        entry: &str,
+        constants: &[(&str, f64)],
+    ) -> wgpu::ComputePipeline {
+        let module = self.module(shader);
+        self.device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            })
+    }
+
+    pub fn module(&self, shader: &crate::kernels::Shader) -> wgpu::ShaderModule {
+        self.device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(shader.name),
+                source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+            })
+    }
+
+    /// A `Dispatch` with storage buffers in `@group(0)` at the given bindings and a shape
+    /// record in `@group(1) @binding(0)`. Bind groups are built here, once.
+    pub fn dispatch<T: bytemuck::Pod>(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[(u32, &wgpu::Buffer)],
+        meta: &T,
+        workgroups: [u32; 3],
+    ) -> Dispatch {
+        let label = "dispatch";
+        let meta_buffer = self.uniform(label, meta);
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .map(|(binding, buffer)| wgpu::BindGroupEntry {
+                binding: *binding,
+                resource: buffer.as_entire_binding(),
+            })
+            .collect();
+        let group0 = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let group1 = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout: &pipeline.get_bind_group_layout(1),
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: meta_buffer.as_entire_binding(),
+            }],
+        });
+        Dispatch {
+            pipeline: pipeline.clone(),
+            groups: vec![group0, group1],
+            workgroups,
+            _meta: meta_buffer,
+        }
+    }
+
+    /// A one-paragraph description of the adapter for logs and `info`.
+    pub fn describe(&self) -> String {
+        describe_adapter(&self.info, &self.limits, self.features)
+    }
+}
+
+/// Adapter facts that matter to the kernels.
+pub fn describe_adapter(
+    info: &wgpu::AdapterInfo,
+    limits: &wgpu::Limits,
+    features: wgpu::Features,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} ({:?}, {:?}) driver: {} {}",
+        info.name, info.backend, info.device_type, info.driver, info.driver_info
+    );
+    let _ = writeln!(
+        s,
+        "  storage binding: {} MiB, buffer: {} MiB, workgroup memory: {} KiB, invocations/workgroup: {}, workgroups/dim: {}",
+        limits.max_storage_buffer_binding_size >> 20,
+        limits.max_buffer_size >> 20,
+        limits.max_compute_workgroup_storage_size >> 10,
+        limits.max_compute_invocations_per_workgroup,
+        limits.max_compute_workgroups_per_dimension,
+    );
+    let yes = |f: wgpu::Features| if features.contains(f) { "yes" } else { "no" };
+    let _ = writeln!(
+        s,
+        "  subgroups: {} (size {}..{}), f16: {}, timestamps: {}, storage buffers/stage: {}",
+        yes(wgpu::Features::SUBGROUP),
+        info.subgroup_min_size,
+        info.subgroup_max_size,
+        yes(wgpu::Features::SHADER_F16),
+        yes(wgpu::Features::TIMESTAMP_QUERY),
+        limits.max_storage_buffers_per_shader_stage,
+    );
+    s
+}
+
+/// One kernel launch with its bind groups built: recording it costs no allocation.
+pub struct Dispatch {
+    pipeline: wgpu::ComputePipeline,
+    groups: Vec<wgpu::BindGroup>,
+    workgroups: [u32; 3],
+    _meta: wgpu::Buffer,
+}
+
+impl Dispatch {
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        for (i, g) in self.groups.iter().enumerate() {
+            pass.set_bind_group(i as u32, g, &[]);
+        }
+        let [x, y, z] = self.workgroups;
+        if x > 0 && y > 0 && z > 0 {
+            pass.dispatch_workgroups(x, y, z);
+        }
+    }
+
+    /// Record and submit alone (tests and benches).
+    pub fn launch(&self, gpu: &Gpu) {
+        gpu.run(|pass| self.record(pass));
+    }
+}
+
+/// Ceiling division for dispatch sizes.
+pub fn div_ceil(a: usize, b: usize) -> u32 {
+    a.div_ceil(b) as u32
+}
+
+/// Spread `groups` workgroups over x and y so no dimension passes the 65535 limit;
+/// shaders using it compute their linear group id as `wid.x + wid.y * nwg.x`.
+pub fn grid_1d(groups: u32) -> [u32; 3] {
+    const MAX: u32 = 65535;
+    if groups <= MAX {
+        [groups, 1, 1]
+    } else {
+        let y = groups.div_ceil(MAX);
+        [groups.div_ceil(y), y, 1]
+    }
+}

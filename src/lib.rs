@@ -1,0 +1,5 @@
+//! vit-wgpu: a Vision Transformer trained and run with hand-written WGSL compute shaders.
+
+pub mod gpu;
+pub mod kernels;
+pub mod reference;
