@@ -462,6 +462,75 @@ impl Dispatch {
     }
 }
 
+/// One recorded GPU command. Kernel launches group into compute passes; copies (e.g. a
+/// weight matrix into a texture for the CPU GEMM variant) sit between passes.
+pub enum Command {
+    Dispatch(Dispatch),
+    CopyBufferToTexture {
+        buffer: wgpu::Buffer,
+        texture: wgpu::Texture,
+        bytes_per_row: u32,
+        size: wgpu::Extent3d,
+    },
+    ClearBuffer(wgpu::Buffer),
+}
+
+impl From<Dispatch> for Command {
+    fn from(d: Dispatch) -> Self {
+        Command::Dispatch(d)
+    }
+}
+
+/// Record a list of commands into an encoder, opening as few compute passes as possible.
+pub fn record_commands(encoder: &mut wgpu::CommandEncoder, commands: &[Command]) {
+    let mut i = 0;
+    while i < commands.len() {
+        match &commands[i] {
+            Command::Dispatch(_) => {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes: None,
+                });
+                while let Some(Command::Dispatch(d)) = commands.get(i) {
+                    d.record(&mut pass);
+                    i += 1;
+                }
+                continue;
+            }
+            Command::CopyBufferToTexture {
+                buffer,
+                texture,
+                bytes_per_row,
+                size,
+            } => encoder.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo {
+                    buffer,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: 0,
+                        bytes_per_row: Some(*bytes_per_row),
+                        rows_per_image: None,
+                    },
+                },
+                texture.as_image_copy(),
+                *size,
+            ),
+            Command::ClearBuffer(buffer) => encoder.clear_buffer(buffer, 0, None),
+        }
+        i += 1;
+    }
+}
+
+impl Gpu {
+    /// Record, submit, return (tests and benches; the trainer records many in one encoder).
+    pub fn submit_commands(&self, commands: &[Command]) {
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        record_commands(&mut encoder, commands);
+        self.queue.submit([encoder.finish()]);
+    }
+}
+
 /// Ceiling division for dispatch sizes.
 pub fn div_ceil(a: usize, b: usize) -> u32 {
     a.div_ceil(b) as u32

@@ -1,10 +1,16 @@
 //! One module per kernel family, each owning its pipelines (built once) and handing out
-//! `Dispatch`es whose bind groups are built once and recorded every step.
+//! `Dispatch`es (or `Command`s) whose bind groups are built once and recorded every step.
 //!
 //! Gradient convention, as llm.c's: every backward kernel *overwrites* its outputs unless
 //! its `accumulate` flag is set (used where a gradient adds into the residual stream).
 
+pub mod adamw;
+pub mod attention;
+pub mod dropout;
+pub mod embed;
+pub mod gemm;
 pub mod layernorm;
+pub mod loss;
 
 /// A WGSL source embedded at compile time.
 #[derive(Clone, Copy, Debug)]
@@ -22,7 +28,28 @@ macro_rules! shader {
     };
 }
 
+pub const ADAMW: Shader = shader!("adamw.wgsl");
+pub const ATTENTION: Shader = shader!("attention.wgsl");
+pub const DROPOUT: Shader = shader!("dropout.wgsl");
+pub const EMBED: Shader = shader!("embed.wgsl");
+/// Workgroup-memory tiled GEMM for real GPUs.
+pub const GEMM_TILED: Shader = shader!("gemm_tiled.wgsl");
+/// GEMM for CPU adapters (lavapipe): register blocks, subgroup-shared loads, no barriers.
+pub const GEMM_CPU: Shader = shader!("gemm_cpu.wgsl");
 pub const LAYERNORM: Shader = shader!("layernorm.wgsl");
+pub const LOSS: Shader = shader!("loss.wgsl");
+/// Benchmark only: the adapter's arithmetic ceiling.
+pub const PEAK_FMA: Shader = shader!("peak_fma.wgsl");
 
-/// Every shader, for the validation test and for `vit-wgpu info --check-shaders`.
-pub const ALL_SHADERS: &[Shader] = &[LAYERNORM];
+/// Every shader, for the validation test.
+pub const ALL_SHADERS: &[Shader] = &[
+    ADAMW,
+    ATTENTION,
+    DROPOUT,
+    EMBED,
+    GEMM_TILED,
+    GEMM_CPU,
+    LAYERNORM,
+    LOSS,
+    PEAK_FMA,
+];

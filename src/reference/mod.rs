@@ -2,7 +2,13 @@
 //! outputs first in the argument list, llm.c style. Tests check every WGSL kernel against
 //! these, and these against finite differences.
 
+pub mod adamw;
+pub mod attention;
+pub mod dropout;
+pub mod embed;
+pub mod gemm;
 pub mod layernorm;
+pub mod loss;
 
 /// ||a - b|| / ||b||, and the index and values of the worst element.
 pub fn relative_error(ours: &[f32], reference: &[f32]) -> (f64, usize) {
