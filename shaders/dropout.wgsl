@@ -1,0 +1,61 @@
+// Inverted dropout with a counter-based hash of (seed, salt, step, element index), so the
+// backward pass regenerates the mask instead of storing it.
+//   forward:  y (+)= x * keep / (1 - p)
+//   backward: dx = dy * keep / (1 - p)
+// keep = hash >= threshold, threshold = p * 2^32 (computed on the host).
+
+struct Meta {
+    len: u32,
+    threshold: u32,
+    scale: f32,     // 1 / (1 - p)
+    seed: u32,      // run seed mixed with a per-site salt
+    accumulate: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+struct Step {
+    step: u32,
+}
+
+@group(1) @binding(0) var<uniform> shape: Meta;
+
+fn pcg(v: u32) -> u32 {
+    let state = v * 747796405u + 2891336453u;
+    let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
+    return (word >> 22u) ^ word;
+}
+
+fn keep_scale(i: u32, step: u32) -> f32 {
+    let h = pcg(i ^ pcg(step ^ pcg(shape.seed)));
+    return select(0.0, shape.scale, h >= shape.threshold);
+}
+
+fn global_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * 256u + lid;
+}
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+
+@compute @workgroup_size(256)
+fn dropout_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let i = global_id(wid, nwg, lid);
+    if (i >= shape.len) { return; }
+    let v = x[i] * keep_scale(i, step.step);
+    if (shape.accumulate == 1u) { y[i] += v; } else { y[i] = v; }
+}
+
+@group(0) @binding(3) var<storage, read> dy: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dx: array<f32>;
+
+@compute @workgroup_size(256)
+fn dropout_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let i = global_id(wid, nwg, lid);
+    if (i >= shape.len) { return; }
+    dx[i] = dy[i] * keep_scale(i, step.step);
+}

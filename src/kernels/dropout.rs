@@ -1,1 +1,100 @@
-//! (in progress)
+//! Inverted dropout whose mask is a hash of (seed, step, index): backward regenerates it.
+
+use crate::gpu::{div_ceil, grid_1d, Dispatch, Gpu};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Meta {
+    len: u32,
+    threshold: u32,
+    scale: f32,
+    seed: u32,
+    accumulate: u32,
+    _pad: [u32; 3],
+}
+
+/// Where a dropout mask comes from: `seed` mixes the run seed with a per-site salt; the
+/// step number lives in a shared uniform (`DropoutStep`) written once per training step.
+#[derive(Clone, Copy, Debug)]
+pub struct DropoutSite {
+    pub len: usize,
+    pub p: f32,
+    pub seed: u32,
+}
+
+impl DropoutSite {
+    fn meta(&self, accumulate: bool) -> Meta {
+        Meta {
+            len: self.len as u32,
+            threshold: threshold(self.p),
+            scale: 1.0 / (1.0 - self.p),
+            seed: self.seed,
+            accumulate: accumulate as u32,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// The mask keeps an element when its hash is at least p * 2^32.
+pub fn threshold(p: f32) -> u32 {
+    (p as f64 * 4294967296.0).min(u32::MAX as f64) as u32
+}
+
+/// The shared step counter: a 16-byte uniform buffer.
+pub fn step_buffer(gpu: &Gpu) -> wgpu::Buffer {
+    gpu.uniform("dropout step", &[0u32; 4])
+}
+
+pub fn write_step(gpu: &Gpu, buffer: &wgpu::Buffer, step: u32) {
+    gpu.queue
+        .write_buffer(buffer, 0, bytemuck::cast_slice(&[step, 0, 0, 0]));
+}
+
+pub struct Dropout {
+    forward: wgpu::ComputePipeline,
+    backward: wgpu::ComputePipeline,
+}
+
+impl Dropout {
+    pub fn new(gpu: &Gpu) -> Self {
+        Dropout {
+            forward: gpu.pipeline(&super::DROPOUT, "dropout_forward"),
+            backward: gpu.pipeline(&super::DROPOUT, "dropout_backward"),
+        }
+    }
+
+    /// y (+)= x * mask / (1 - p)
+    pub fn forward(
+        &self,
+        gpu: &Gpu,
+        site: DropoutSite,
+        step: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        accumulate: bool,
+    ) -> Dispatch {
+        gpu.dispatch(
+            &self.forward,
+            &[(0, step), (1, x), (2, y)],
+            &site.meta(accumulate),
+            grid_1d(div_ceil(site.len, 256)),
+        )
+    }
+
+    /// dx = dy * mask / (1 - p)
+    pub fn backward(
+        &self,
+        gpu: &Gpu,
+        site: DropoutSite,
+        step: &wgpu::Buffer,
+        dy: &wgpu::Buffer,
+        dx: &wgpu::Buffer,
+    ) -> Dispatch {
+        gpu.dispatch(
+            &self.backward,
+            &[(0, step), (3, dy), (4, dx)],
+            &site.meta(false),
+            grid_1d(div_ceil(site.len, 256)),
+        )
+    }
+}

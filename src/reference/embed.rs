@@ -1,1 +1,86 @@
-//! (in progress)
+//! Patch embedding helpers, CLS rows and column sums.
+
+/// patches [B*Np, C*P*P] from img [B,C,H,W], flatten order (c, ky, kx)
+pub fn patchify(patches: &mut [f32], img: &[f32], b: usize, c: usize, h: usize, w: usize, p: usize) {
+    let (gh, gw) = (h / p, w / p);
+    let row_len = c * p * p;
+    for bi in 0..b {
+        for gy in 0..gh {
+            for gx in 0..gw {
+                let row = bi * gh * gw + gy * gw + gx;
+                for ci in 0..c {
+                    for ky in 0..p {
+                        for kx in 0..p {
+                            patches[row * row_len + (ci * p + ky) * p + kx] =
+                                img[((bi * c + ci) * h + gy * p + ky) * w + gx * p + kx];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// x0 [B*N, D] = [cls ; pe] + pos, with pe [B*(N-1), D]
+pub fn assemble_tokens(x0: &mut [f32], pe: &[f32], cls: &[f32], pos: &[f32], b: usize, n: usize, d: usize) {
+    for bi in 0..b {
+        for t in 0..n {
+            for j in 0..d {
+                let v = if t == 0 { cls[j] } else { pe[(bi * (n - 1) + t - 1) * d + j] };
+                x0[(bi * n + t) * d + j] = v + pos[t * d + j];
+            }
+        }
+    }
+}
+
+/// dpe =, dpos =, dcls = from dx0
+#[allow(clippy::too_many_arguments)]
+pub fn assemble_tokens_backward(
+    dpe: &mut [f32],
+    dpos: &mut [f32],
+    dcls: &mut [f32],
+    dx0: &[f32],
+    b: usize,
+    n: usize,
+    d: usize,
+) {
+    let mut acc = vec![0.0f64; n * d];
+    for bi in 0..b {
+        for t in 0..n {
+            for j in 0..d {
+                let g = dx0[(bi * n + t) * d + j];
+                acc[t * d + j] += g as f64;
+                if t > 0 {
+                    dpe[(bi * (n - 1) + t - 1) * d + j] = g;
+                }
+            }
+        }
+    }
+    for (o, a) in dpos.iter_mut().zip(&acc) {
+        *o = *a as f32;
+    }
+    dcls.copy_from_slice(&dpos[..d]);
+}
+
+/// out [B, D] = the CLS rows of full [B*N, D]
+pub fn gather_cls(out: &mut [f32], full: &[f32], b: usize, n: usize, d: usize) {
+    for bi in 0..b {
+        out[bi * d..(bi + 1) * d].copy_from_slice(&full[bi * n * d..bi * n * d + d]);
+    }
+}
+
+/// dfull [B*N, D] = zeros except the CLS rows = dcls_rows
+pub fn scatter_cls(dfull: &mut [f32], dcls_rows: &[f32], b: usize, n: usize, d: usize) {
+    dfull.iter_mut().for_each(|v| *v = 0.0);
+    for bi in 0..b {
+        dfull[bi * n * d..bi * n * d + d].copy_from_slice(&dcls_rows[bi * d..(bi + 1) * d]);
+    }
+}
+
+/// sums[c] (+)= sum_r x[r, c]
+pub fn column_sum(sums: &mut [f32], x: &[f32], rows: usize, cols: usize, accumulate: bool) {
+    for c in 0..cols {
+        let s: f64 = (0..rows).map(|r| x[r * cols + c] as f64).sum();
+        sums[c] = if accumulate { (sums[c] as f64 + s) as f32 } else { s as f32 };
+    }
+}

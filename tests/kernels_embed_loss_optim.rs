@@ -1,0 +1,215 @@
+//! Patch embedding, CLS rows, column sums, cross-entropy, dropout and AdamW against the CPU
+//! reference, on shapes that are not multiples of the workgroup sizes.
+
+mod common;
+use common::*;
+use rand::Rng;
+use vit_wgpu::kernels::adamw::{AdamW, Hyper, ParamSlot};
+use vit_wgpu::kernels::dropout::{self, Dropout, DropoutSite};
+use vit_wgpu::kernels::embed::{Embed, EmbedShape};
+use vit_wgpu::kernels::loss::{CrossEntropy, CrossEntropyArgs};
+use vit_wgpu::reference as cpu;
+
+fn shapes() -> Vec<EmbedShape> {
+    vec![
+        // micro: 28x28x1, patch 4 -> 50 tokens
+        EmbedShape { batch: 5, channels: 1, height: 28, width: 28, patch: 4, dim: 64 },
+        // rectangular, 3 channels, patch 8 -> 16 tokens, odd width
+        EmbedShape { batch: 1, channels: 3, height: 24, width: 40, patch: 8, dim: 33 },
+        // 56x56 patch 4 -> 197 tokens
+        EmbedShape { batch: 2, channels: 3, height: 56, width: 56, patch: 4, dim: 96 },
+    ]
+}
+
+#[test]
+fn patchify_and_token_assembly_match_cpu_forward_and_backward() {
+    let g = gpu();
+    let k = Embed::new(g);
+    let mut r = rng();
+    for s in shapes() {
+        let (b, n, d, np, pl) = (s.batch, s.tokens(), s.dim, s.patches(), s.patch_len());
+        let img = random(&mut r, b * s.channels * s.height * s.width);
+        let pe = random(&mut r, b * np * d);
+        let cls = random(&mut r, d);
+        let pos = random(&mut r, n * d);
+        let dx0 = random(&mut r, b * n * d);
+        let what = format!("{s:?}");
+
+        let mut patches = vec![0.0; b * np * pl];
+        cpu::embed::patchify(&mut patches, &img, b, s.channels, s.height, s.width, s.patch);
+        let mut x0 = vec![0.0; b * n * d];
+        cpu::embed::assemble_tokens(&mut x0, &pe, &cls, &pos, b, n, d);
+        let (mut dpe, mut dpos, mut dcls) = (vec![0.0; b * np * d], vec![0.0; n * d], vec![0.0; d]);
+        cpu::embed::assemble_tokens_backward(&mut dpe, &mut dpos, &mut dcls, &dx0, b, n, d);
+
+        let (bimg, bpe, bcls, bpos, bdx0) =
+            (g.upload("img", &img), g.upload("pe", &pe), g.upload("cls", &cls), g.upload("pos", &pos), g.upload("dx0", &dx0));
+        let (bpatches, bx0, bdpe, bdpos, bdcls) =
+            (poisoned(b * np * pl), poisoned(b * n * d), poisoned(b * np * d), poisoned(n * d), poisoned(d));
+        k.patchify(g, s, &bimg, &bpatches).launch(g);
+        k.assemble_tokens(g, s, &bpe, &bcls, &bpos, &bx0).launch(g);
+        k.tokens_backward(g, s, &bdx0, &bdpe).launch(g);
+        k.pos_cls_backward(g, s, &bdx0, &bdpos, &bdcls).launch(g);
+        assert_close(&format!("patchify {what}"), &read(&bpatches), &patches, TOLERANCE);
+        assert_close(&format!("assemble {what}"), &read(&bx0), &x0, TOLERANCE);
+        assert_close(&format!("dpe {what}"), &read(&bdpe), &dpe, TOLERANCE);
+        assert_close(&format!("dpos {what}"), &read(&bdpos), &dpos, TOLERANCE);
+        assert_close(&format!("dcls {what}"), &read(&bdcls), &dcls, TOLERANCE);
+
+        // CLS rows out and their gradient back in.
+        let mut rows = vec![0.0; b * d];
+        cpu::embed::gather_cls(&mut rows, &x0, b, n, d);
+        let drows = random(&mut r, b * d);
+        let mut dfull = vec![0.0; b * n * d];
+        cpu::embed::scatter_cls(&mut dfull, &drows, b, n, d);
+        let (brows, bdfull) = (poisoned(b * d), poisoned(b * n * d));
+        let bdrows = g.upload("drows", &drows);
+        k.gather_cls(g, s, &bx0, &brows).launch(g);
+        k.scatter_cls(g, s, &bdrows, &bdfull).launch(g);
+        assert_close(&format!("gather_cls {what}"), &read(&brows), &rows, TOLERANCE);
+        assert_close(&format!("scatter_cls {what}"), &read(&bdfull), &dfull, TOLERANCE);
+    }
+}
+
+#[test]
+fn column_sums_match_cpu_on_odd_shapes_and_accumulate() {
+    let g = gpu();
+    let k = Embed::new(g);
+    let mut r = rng();
+    for (rows, cols, acc) in [(1, 64, false), (65, 33, false), (985, 192, true), (4160, 257, false)] {
+        let x = random(&mut r, rows * cols);
+        let init = random(&mut r, cols);
+        let mut sums = init.clone();
+        cpu::embed::column_sum(&mut sums, &x, rows, cols, acc);
+        let bx = g.upload("x", &x);
+        let bs = if acc { g.upload("sums", &init) } else { poisoned(cols) };
+        k.column_sum(g, &bx, &bs, rows, cols, acc).launch(g);
+        assert_close(&format!("column_sum {rows}x{cols} acc={acc}"), &read(&bs), &sums, TOLERANCE);
+    }
+}
+
+#[test]
+fn cross_entropy_loss_gradient_and_accuracy_match_cpu() {
+    let g = gpu();
+    let k = CrossEntropy::new(g);
+    let mut r = rng();
+    for (rows, classes) in [(1, 10), (5, 10), (65, 1000), (130, 3)] {
+        let logits: Vec<f32> = random(&mut r, rows * classes).iter().map(|v| 4.0 * v).collect();
+        let labels: Vec<u32> = (0..rows).map(|_| r.random_range(0..classes as u32)).collect();
+        let scale = 1.0 / rows as f32;
+        let (mut losses, mut dl, mut correct) = (vec![0.0; rows], vec![0.0; rows * classes], vec![0.0; rows]);
+        cpu::loss::cross_entropy(&mut losses, &mut dl, &mut correct, &logits, &labels, classes, scale);
+        let (bl, by) = (g.upload("logits", &logits), g.upload("labels", &labels));
+        let (bloss, bdl, bc) = (poisoned(rows), poisoned(rows * classes), poisoned(rows));
+        k.record(g, &CrossEntropyArgs { logits: &bl, labels: &by, losses: &bloss, dlogits: &bdl, correct: &bc, rows, classes, grad_scale: scale })
+            .launch(g);
+        let what = format!("cross-entropy {rows}x{classes}");
+        assert_close(&format!("{what} loss"), &read(&bloss), &losses, TOLERANCE);
+        assert_close(&format!("{what} dlogits"), &read(&bdl), &dl, TOLERANCE);
+        assert_eq!(read(&bc), correct, "{what} correct flags");
+    }
+}
+
+#[test]
+fn cross_entropy_gradient_matches_finite_differences_of_cpu_loss() {
+    let mut r = rng();
+    let (rows, classes) = (3, 7);
+    let logits = random(&mut r, rows * classes);
+    let labels: Vec<u32> = vec![0, 6, 3];
+    let mean_loss = |z: &[f32]| {
+        let (mut l, mut d, mut c) = (vec![0.0; rows], vec![0.0; rows * classes], vec![0.0; rows]);
+        cpu::loss::cross_entropy(&mut l, &mut d, &mut c, z, &labels, classes, 1.0 / rows as f32);
+        (l.iter().map(|&v| v as f64).sum::<f64>() / rows as f64, d)
+    };
+    let (_, grad) = mean_loss(&logits);
+    let h = 1e-2f32;
+    for i in 0..rows * classes {
+        let (mut up, mut down) = (logits.clone(), logits.clone());
+        up[i] += h;
+        down[i] -= h;
+        let fd = (mean_loss(&up).0 - mean_loss(&down).0) / (2.0 * h as f64);
+        assert!((fd - grad[i] as f64).abs() < 1e-4, "dlogits[{i}]: finite difference {fd} vs {}", grad[i]);
+    }
+}
+
+#[test]
+fn dropout_forward_and_backward_regenerate_the_same_mask_as_cpu() {
+    let g = gpu();
+    let k = Dropout::new(g);
+    let mut r = rng();
+    let step_buf = dropout::step_buffer(g);
+    for (len, p, step) in [(1usize, 0.1f32, 0u32), (4161, 0.1, 7), (65 * 192 + 3, 0.5, 123456)] {
+        let seed = r.random::<u32>();
+        let site = DropoutSite { len, p, seed };
+        let x = random(&mut r, len);
+        let dy = random(&mut r, len);
+        let y0 = random(&mut r, len);
+        let mut y = y0.clone();
+        cpu::dropout::forward(&mut y, &x, p, seed, step, true);
+        let mut dx = vec![0.0; len];
+        cpu::dropout::backward(&mut dx, &dy, p, seed, step);
+        dropout::write_step(g, &step_buf, step);
+        let (bx, bdy, by, bdx) = (g.upload("x", &x), g.upload("dy", &dy), g.upload("y", &y0), poisoned(len));
+        k.forward(g, site, &step_buf, &bx, &by, true).launch(g);
+        k.backward(g, site, &step_buf, &bdy, &bdx).launch(g);
+        let what = format!("dropout len={len} p={p} step={step}");
+        assert_close(&format!("{what} forward (accumulate)"), &read(&by), &y, TOLERANCE);
+        assert_close(&format!("{what} backward"), &read(&bdx), &dx, TOLERANCE);
+        if len > 10000 {
+            let dropped = (0..len as u32).filter(|&i| cpu::dropout::keep_scale(seed, step, i, p) == 0.0).count();
+            let rate = dropped as f64 / len as f64;
+            assert!((rate - p as f64).abs() < 0.02, "{what}: dropped fraction {rate}");
+        }
+    }
+    // A different step gives a different mask.
+    let a: Vec<f32> = (0..1000).map(|i| cpu::dropout::keep_scale(1, 1, i, 0.5)).collect();
+    let b: Vec<f32> = (0..1000).map(|i| cpu::dropout::keep_scale(1, 2, i, 0.5)).collect();
+    assert_ne!(a, b);
+}
+
+#[test]
+fn adamw_with_clipping_matches_cpu_over_several_steps() {
+    let g = gpu();
+    let k = AdamW::new(g);
+    let mut r = rng();
+    let lens = [1usize, 257, 4099, 64];
+    let decay = [false, true, true, false];
+    let mut host: Vec<cpu::adamw::HostParam> = lens
+        .iter()
+        .zip(decay)
+        .map(|(&n, decay)| cpu::adamw::HostParam { param: random(&mut r, n), grad: vec![0.0; n], m: vec![0.0; n], v: vec![0.0; n], decay })
+        .collect();
+    let bufs: Vec<[wgpu::Buffer; 4]> = host
+        .iter()
+        .map(|h| [g.upload("p", &h.param), g.storage("g", h.param.len()), g.upload("m", &h.m), g.upload("v", &h.v)])
+        .collect();
+    let slots: Vec<ParamSlot> = bufs
+        .iter()
+        .zip(&host)
+        .map(|(b, h)| ParamSlot { param: &b[0], grad: &b[1], m: &b[2], v: &b[3], len: h.param.len(), decay: h.decay })
+        .collect();
+    let hyper0 = Hyper::at_step(1e-2, 0.9, 0.999, 1e-8, 0.05, 1.0, 1);
+    let hyper_buf = AdamW::hyper_buffer(g, &hyper0);
+    let partial = g.storage("partial", AdamW::partial_len(slots.len()));
+    let dispatches = k.record(g, &slots, &hyper_buf, &partial);
+    for step in 1..=3u64 {
+        // Step 1 gradients are large (clipping active), later ones small (inactive).
+        let scale = if step == 1 { 3.0 } else { 0.01 };
+        for (h, b) in host.iter_mut().zip(&bufs) {
+            h.grad = random(&mut r, h.param.len()).iter().map(|v| v * scale).collect();
+            g.write(&b[1], &h.grad);
+        }
+        let hyper = Hyper::at_step(1e-2, 0.9, 0.999, 1e-8, 0.05, 1.0, step);
+        AdamW::write_hyper(g, &hyper_buf, &hyper);
+        g.run(|pass| dispatches.iter().for_each(|d| d.record(pass)));
+        let norm = cpu::adamw::step(&mut host, &hyper);
+        let stats = read(&partial);
+        let got_norm = stats[slots.len() + 1] as f64;
+        assert!((got_norm - norm).abs() <= 1e-4 * norm, "step {step}: grad norm {got_norm} vs {norm}");
+        for (i, (h, b)) in host.iter().zip(&bufs).enumerate() {
+            assert_close(&format!("adamw step {step} tensor {i} param"), &read(&b[0]), &h.param, TOLERANCE);
+            assert_close(&format!("adamw step {step} tensor {i} m"), &read(&b[2]), &h.m, TOLERANCE);
+            assert_close(&format!("adamw step {step} tensor {i} v"), &read(&b[3]), &h.v, TOLERANCE);
+        }
+    }
+}
