@@ -1,1 +1,484 @@
-fn main(){}
+//! Kernel benchmarks: every case is validated against the CPU reference once, warmed up,
+//! then timed with GPU timestamps (median of several runs), and printed as a Markdown
+//! table against the adapter's arithmetic ceiling (shaders/peak_fma.wgsl) and the CPU's
+//! sgemm (matrixmultiply, 2 threads) on the same shape, both measured in the same run.
+//!
+//!     cargo bench --bench kernels                  # everything
+//!     cargo bench --bench kernels -- gemm tiny     # cases whose name has every word
+//!     VIT_BENCH_QUICK=1 cargo bench --bench kernels   # smoke run: fewer shapes and runs
+//!
+//! Adding a case: build its commands once, then `bench.run(Case { .. }, check)` where
+//! `check` reads the outputs back and returns the relative error against the reference.
+
+use std::time::Instant;
+
+use rand::SeedableRng;
+use vit_wgpu::gpu::{Command, Gpu, GpuOptions, PassTimer};
+use vit_wgpu::kernels::gemm::{Activation, Gemm, GemmArgs, Layout, Variant};
+use vit_wgpu::reference::gemm::{self as cpu_gemm, Epilogue};
+use vit_wgpu::reference::{random_vec, relative_error};
+
+const TOLERANCE: f64 = 1e-4;
+
+/// One row of the table.
+struct Case {
+    /// What the kernel computes, e.g. "tiny fc1 fwd".
+    name: String,
+    /// e.g. "4160x768x192 NT"
+    shape: String,
+    variant: String,
+    /// FLOPs of one launch (for GFLOP/s).
+    flops: f64,
+    /// CPU sgemm time for the same shape, when there is one to compare with.
+    cpu_seconds: Option<f64>,
+    commands: Vec<Command>,
+}
+
+struct Bench {
+    gpu: Gpu,
+    timer: Option<PassTimer>,
+    quick: bool,
+    filters: Vec<String>,
+    /// The adapter's measured arithmetic ceiling, FLOP/s.
+    peak: f64,
+    rows: Vec<String>,
+    rng: rand::rngs::StdRng,
+}
+
+impl Bench {
+    fn runs(&self) -> usize {
+        if self.quick {
+            3
+        } else {
+            7
+        }
+    }
+
+    fn selected(&self, name: &str) -> bool {
+        let name = name.to_lowercase();
+        self.filters.iter().all(|f| name.contains(f.as_str()))
+    }
+
+    /// Median seconds of `runs` launches after one warm-up: GPU timestamps around the
+    /// dispatches when the adapter has them (copies into textures run before, untimed,
+    /// and are in the wall-clock column), else wall time.
+    fn time(&self, commands: &[Command]) -> (f64, f64) {
+        let mut kernel = Vec::new();
+        let mut wall = Vec::new();
+        for run in 0..=self.runs() {
+            let t0 = Instant::now();
+            self.gpu.submit_commands(commands);
+            self.gpu.wait("bench").expect("device");
+            let w = t0.elapsed().as_secs_f64();
+            let k = match &self.timer {
+                Some(timer) => {
+                    let copies: Vec<&Command> = commands
+                        .iter()
+                        .filter(|c| !matches!(c, Command::Dispatch(_)))
+                        .collect();
+                    if !copies.is_empty() {
+                        let mut encoder =
+                            self.gpu.device.create_command_encoder(&Default::default());
+                        for c in copies {
+                            vit_wgpu::gpu::record_commands(&mut encoder, std::slice::from_ref(c));
+                        }
+                        self.gpu.queue.submit([encoder.finish()]);
+                    }
+                    timer
+                        .time(&self.gpu, |pass| {
+                            for c in commands {
+                                if let Command::Dispatch(d) = c {
+                                    d.record(pass);
+                                }
+                            }
+                        })
+                        .expect("timestamps")
+                }
+                None => w,
+            };
+            if run > 0 {
+                kernel.push(k);
+                wall.push(w);
+            }
+        }
+        (median(&mut kernel), median(&mut wall))
+    }
+
+    /// Validate (`check` returns the relative error after one launch), time, add a row.
+    fn run(&mut self, case: Case, check: impl FnOnce(&Gpu) -> f64) {
+        self.gpu.submit_commands(&case.commands);
+        let err = check(&self.gpu);
+        assert!(
+            err < TOLERANCE,
+            "{} {} {}: relative error {err:.2e} against the CPU reference",
+            case.name,
+            case.shape,
+            case.variant
+        );
+        let (seconds, wall) = self.time(&case.commands);
+        let gflops = case.flops / seconds * 1e-9;
+        let vs_cpu = case
+            .cpu_seconds
+            .map_or("-".to_string(), |c| format!("{:.2}x", c / seconds));
+        let row = format!(
+            "| {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.0}% | {} | {:.1e} |",
+            case.name,
+            case.shape,
+            case.variant,
+            seconds * 1e3,
+            wall * 1e3,
+            gflops,
+            100.0 * case.flops / seconds / self.peak,
+            vs_cpu,
+            err
+        );
+        println!("{row}");
+        self.rows.push(row);
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// The adapter's arithmetic ceiling in FLOP/s, from shaders/peak_fma.wgsl.
+fn measure_peak(gpu: &Gpu, timer: Option<&PassTimer>, quick: bool) -> f64 {
+    #[repr(C)]
+    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    struct Meta {
+        iterations: u32,
+        x: f32,
+        y: f32,
+        sentinel: f32,
+    }
+    let iterations = if quick { 256 } else { 1024 };
+    let workgroups = 2048u32;
+    let pipeline = gpu.pipeline(&vit_wgpu::kernels::PEAK_FMA, "peak_fma");
+    let out = gpu.storage("peak out", 1024);
+    let meta = Meta {
+        iterations,
+        x: 0.999,
+        y: 0.001,
+        sentinel: -12345.0,
+    };
+    let dispatch = gpu.dispatch(&pipeline, &[(0, &out)], &meta, [workgroups, 1, 1]);
+    let flops = workgroups as f64 * 64.0 * iterations as f64 * 16.0 * 4.0 * 4.0 * 2.0;
+    let mut times: Vec<f64> = (0..4)
+        .map(|_| match timer {
+            Some(t) => t
+                .time(gpu, |pass| dispatch.record(pass))
+                .expect("timestamps"),
+            None => {
+                let t0 = Instant::now();
+                dispatch.launch(gpu);
+                gpu.wait("peak").expect("device");
+                t0.elapsed().as_secs_f64()
+            }
+        })
+        .skip(1)
+        .collect();
+    flops / median(&mut times)
+}
+
+/// CPU sgemm (matrixmultiply) seconds for the same layout and shape: median of a few.
+fn cpu_sgemm_seconds(layout: Layout, m: usize, n: usize, k: usize, runs: usize) -> f64 {
+    let a = vec![0.5f32; m * k];
+    let b = vec![0.25f32; n * k];
+    let mut c = vec![0.0f32; m * n];
+    // strides of op(A) [m, k] and op(B) [k, n] as stored
+    let (rsa, csa) = match layout {
+        Layout::NN | Layout::NT => (k as isize, 1),
+        Layout::TN => (1, m as isize),
+    };
+    let (rsb, csb) = match layout {
+        Layout::NN | Layout::TN => (n as isize, 1),
+        Layout::NT => (1, k as isize),
+    };
+    let mut times: Vec<f64> = (0..=runs)
+        .map(|_| {
+            let t0 = Instant::now();
+            // SAFETY: the pointers cover m*k, k*n and m*n floats with the strides above.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    a.as_ptr(),
+                    rsa,
+                    csa,
+                    b.as_ptr(),
+                    rsb,
+                    csb,
+                    0.0,
+                    c.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
+            }
+            t0.elapsed().as_secs_f64()
+        })
+        .skip(1)
+        .collect();
+    median(&mut times)
+}
+
+struct Preset {
+    name: &'static str,
+    d: usize,
+    f: usize,
+    act: Activation,
+}
+
+/// One GEMM of a ViT layer: what it is, its shape and its epilogue.
+struct GemmShape {
+    what: &'static str,
+    layout: Layout,
+    m: usize,
+    n: usize,
+    k: usize,
+    bias: bool,
+    activation: Activation,
+    act_grad: Option<Activation>,
+    accumulate: bool,
+}
+
+fn layer_gemms(p: &Preset, tokens: usize, quick: bool) -> Vec<GemmShape> {
+    let (d, f, m) = (p.d, p.f, tokens);
+    let g = |what, layout, m, n, k| GemmShape {
+        what,
+        layout,
+        m,
+        n,
+        k,
+        bias: false,
+        activation: Activation::None,
+        act_grad: None,
+        accumulate: false,
+    };
+    let mut v = vec![
+        GemmShape {
+            bias: true,
+            ..g("qkv fwd", Layout::NT, m, 3 * d, d)
+        },
+        GemmShape {
+            bias: true,
+            activation: p.act,
+            ..g("fc1 fwd", Layout::NT, m, f, d)
+        },
+    ];
+    if !quick {
+        v.extend([
+            GemmShape {
+                bias: true,
+                accumulate: true,
+                ..g("proj fwd", Layout::NT, m, d, d)
+            },
+            GemmShape {
+                bias: true,
+                accumulate: true,
+                ..g("fc2 fwd", Layout::NT, m, d, f)
+            },
+        ]);
+    }
+    // gradients: dX = dY W (NN), dW = dY^T X (TN, m = out features, k = tokens)
+    v.extend([
+        g("qkv dX", Layout::NN, m, d, 3 * d),
+        g("qkv dW", Layout::TN, 3 * d, d, m),
+        GemmShape {
+            act_grad: Some(p.act),
+            ..g("fc2 dX", Layout::NN, m, f, d)
+        },
+        g("fc1 dW", Layout::TN, f, d, m),
+    ]);
+    if !quick {
+        v.extend([
+            g("fc1 dX", Layout::NN, m, d, f),
+            g("fc2 dW", Layout::TN, d, f, m),
+            g("proj dX", Layout::NN, m, d, d),
+            g("proj dW", Layout::TN, d, d, m),
+        ]);
+    }
+    v
+}
+
+fn bench_gemm(bench: &mut Bench) {
+    let batch = 64;
+    let tokens = batch * 65;
+    let presets = [
+        Preset {
+            name: "tiny",
+            d: 192,
+            f: 768,
+            act: Activation::Gelu,
+        },
+        Preset {
+            name: "labml",
+            d: 512,
+            f: 2048,
+            act: Activation::Relu,
+        },
+    ];
+    let mut variants = vec![Variant::Tiled];
+    if Gemm::cpu_variant_supported(&bench.gpu) {
+        variants = vec![Variant::Cpu, Variant::CpuStorage, Variant::Tiled];
+    }
+    let gemms: Vec<Gemm> = variants
+        .iter()
+        .map(|&v| Gemm::with_variant(&bench.gpu, v))
+        .collect();
+    for preset in &presets {
+        for s in layer_gemms(preset, tokens, bench.quick) {
+            let name = format!("{} {}", preset.name, s.what);
+            let selected: Vec<&Gemm> = gemms
+                .iter()
+                .filter(|g| {
+                    // The textbook tiled kernel is a GPU kernel: on a CPU adapter it runs
+                    // at a few GFLOP/s, so time it on the smaller preset's forward only.
+                    let slow = g.variant() == Variant::Tiled
+                        && bench.gpu.is_cpu()
+                        && !(preset.name == "tiny" && s.layout == Layout::NT);
+                    !slow && bench.selected(&format!("gemm {name} {}", g.variant().name()))
+                })
+                .collect();
+            if selected.is_empty() {
+                continue;
+            }
+            let cpu_seconds = cpu_sgemm_seconds(s.layout, s.m, s.n, s.k, bench.runs());
+            for gemm in selected {
+                bench_one_gemm(bench, gemm, &name, &s, cpu_seconds);
+            }
+        }
+    }
+}
+
+fn bench_one_gemm(bench: &mut Bench, gemm: &Gemm, name: &str, s: &GemmShape, cpu_seconds: f64) {
+    let (m, n, k) = (s.m, s.n, s.k);
+    let a = random_vec(&mut bench.rng, m * k, 1.0);
+    let b = random_vec(&mut bench.rng, n * k, 1.0);
+    let bias = random_vec(&mut bench.rng, n, 1.0);
+    let aux = random_vec(&mut bench.rng, m * n, 1.0);
+    let c0 = random_vec(&mut bench.rng, m * n, 1.0);
+    let g = &bench.gpu;
+    let (ba, bb, bbias, baux, bc) = (
+        g.upload("a", &a),
+        g.upload("b", &b),
+        g.upload("bias", &bias),
+        g.upload("aux", &aux),
+        g.upload("c", &c0),
+    );
+    let commands = gemm.record(
+        g,
+        &GemmArgs {
+            a: &ba,
+            b: &bb,
+            c: &bc,
+            m,
+            n,
+            k,
+            layout: s.layout,
+            bias: s.bias.then_some(&bbias),
+            pre_activation: None,
+            activation: s.activation,
+            act_grad_of: s.act_grad.map(|act| (&baux, act)),
+            accumulate: s.accumulate,
+        },
+    );
+    // Validate the first and last 32 rows (every column) against the f64 reference.
+    let check = |gpu: &Gpu| {
+        let ours: Vec<f32> = gpu.read(&bc).expect("read-back");
+        let mut reference = c0.clone();
+        let epilogue = Epilogue {
+            bias: s.bias.then_some(&bias[..]),
+            activation: s.activation,
+            act_grad_of: s.act_grad.map(|act| (&aux[..], act)),
+            accumulate: s.accumulate,
+        };
+        let rows: Vec<usize> = (0..m.min(32))
+            .chain(m.saturating_sub(32).max(32)..m)
+            .collect();
+        for range in [0..m.min(32), m.saturating_sub(32).max(32)..m] {
+            cpu_gemm::gemm(
+                &mut reference,
+                None,
+                &a,
+                &b,
+                m,
+                n,
+                k,
+                s.layout,
+                &epilogue,
+                range,
+            );
+        }
+        let pick = |v: &[f32]| -> Vec<f32> {
+            rows.iter()
+                .flat_map(|&r| v[r * n..(r + 1) * n].to_vec())
+                .collect()
+        };
+        relative_error(&pick(&ours), &pick(&reference)).0
+    };
+    let mut epilogue = Vec::new();
+    if s.bias {
+        epilogue.push("+bias".to_string());
+    }
+    if s.activation != Activation::None {
+        epilogue.push(format!("{:?}", s.activation).to_lowercase());
+    }
+    if let Some(act) = s.act_grad {
+        epilogue.push(format!("*{}'", format!("{act:?}").to_lowercase()));
+    }
+    if s.accumulate {
+        epilogue.push("+=".into());
+    }
+    let case = Case {
+        name: format!("{name} {}", epilogue.join(" ")).trim().to_string(),
+        shape: format!("{m}x{n}x{k} {:?}", s.layout),
+        variant: gemm.variant().name().to_string(),
+        flops: 2.0 * (m * n * k) as f64,
+        cpu_seconds: Some(cpu_seconds),
+        commands,
+    };
+    bench.run(case, check);
+}
+
+fn main() {
+    // matrixmultiply reads this once; the comparison is with 2 threads like the adapter.
+    if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
+        std::env::set_var("MATMUL_NUM_THREADS", "2");
+    }
+    let quick = std::env::var("VIT_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty());
+    // `cargo bench` passes `--bench`; everything else not starting with `-` filters.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .map(|a| a.to_lowercase())
+        .collect();
+    let gpu = Gpu::new(&GpuOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let timer = PassTimer::new(&gpu);
+    let peak = measure_peak(&gpu, timer.as_ref(), quick);
+    println!("adapter: {}", gpu.describe().trim_end());
+    println!(
+        "arithmetic ceiling (peak_fma.wgsl): {:.1} GFLOP/s; timing: {}; CPU sgemm: matrixmultiply, {} threads\n",
+        peak * 1e-9,
+        if timer.is_some() { "GPU timestamps, median" } else { "wall clock, median" },
+        std::env::var("MATMUL_NUM_THREADS").unwrap_or_default()
+    );
+    println!("| kernel | shape m x n x k | variant | ms | ms wall (+copies) | GFLOP/s | of ceiling | vs CPU sgemm | rel. error |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut bench = Bench {
+        gpu,
+        timer,
+        quick,
+        filters,
+        peak,
+        rows: Vec::new(),
+        rng: rand::rngs::StdRng::seed_from_u64(1),
+    };
+    // Kernel families; each filters its cases by name ("gemm tiny qkv fwd cpu").
+    bench_gemm(&mut bench);
+    if bench.rows.is_empty() {
+        println!("(no case matches the filter {:?})", bench.filters);
+    }
+}

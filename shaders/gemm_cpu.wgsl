@@ -1,0 +1,235 @@
+// GEMM for CPU adapters (lavapipe/llvmpipe): C [m, n] = op(A) op(B) with a fused epilogue.
+//
+// On llvmpipe an invocation is one SIMD lane and a subgroup is the 8 lanes of one vector
+// register; every storage or workgroup-memory load is a per-lane scalar loop with bounds
+// branches, so speed is set by loads per multiply-add (design.md, section 5). Hence:
+//   - no workgroup memory and no barriers;
+//   - one subgroup of 8 lanes owns a 32x32 tile of C; each lane holds 32 rows x 4 columns
+//     as eight mat4x4 accumulators (acc_g column i = C row 4g+i, 4 columns of the lane);
+//   - per step of 4 k, a lane loads 4 vec4 of A (1/8 of the 32x4 block every lane needs,
+//     shared with subgroupBroadcast) and its own 4 vec4 of B, then does 8 mat4x4 products:
+//     128 vec4 multiply-adds for 8 vec4 loads;
+//   - A and B come from rgba32float textures (one texel fetch per vec4, cheaper than four
+//     storage loads there) when the operand's shape allows, else from storage buffers.
+// The layout is an override constant (0 NN, 1 NT, 2 TN, as in gemm_tiled.wgsl), and so
+// are the operand sources (A_TEXTURE, B_TEXTURE): one pipeline per combination.
+
+// Subgroup builtins need Features::SUBGROUP on the device (naga 30 rejects the WGSL
+// `enable subgroups;` directive as not yet implemented, and needs none).
+
+override LAYOUT: u32 = 1u;
+override A_TEXTURE: bool = false;
+override B_TEXTURE: bool = false;
+// steps of 4 k per loop iteration (1 or 2)
+override K_STEPS: u32 = 2u;
+
+struct Meta {
+    m: u32,
+    n: u32,
+    k: u32,
+    has_bias: u32,
+    has_pre: u32,
+    // 0 none, 1 relu, 2 gelu
+    activation: u32,
+    // multiply by act'(aux): 0 off, 1 relu, 2 gelu
+    act_grad: u32,
+    accumulate: u32,
+}
+
+@group(1) @binding(0) var<uniform> shape: Meta;
+
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> pre: array<f32>;
+@group(0) @binding(5) var<storage, read> aux: array<f32>;
+// The same operands as rgba32float textures, a texel = 4 consecutive floats of a row.
+@group(0) @binding(6) var a_tex: texture_2d<f32>;
+@group(0) @binding(7) var b_tex: texture_2d<f32>;
+
+// ---- epilogue (kept identical in gemm_tiled.wgsl) ----
+
+// erf(x) = 1 - erfc(|x|) with Numerical Recipes' Chebyshev fit of erfc (fractional error
+// < 1.2e-7), so GELU and its derivative are float32-accurate.
+fn erf(x: f32) -> f32 {
+    let z = abs(x);
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let p = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806
+        + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))));
+    let r = t * exp(-z * z + p);
+    return select(r - 1.0, 1.0 - r, x >= 0.0);
+}
+
+fn gelu(x: f32) -> f32 {
+    return 0.5 * x * (1.0 + erf(x * 0.70710678));
+}
+
+fn gelu_grad(x: f32) -> f32 {
+    return 0.5 * (1.0 + erf(x * 0.70710678)) + x * 0.39894228 * exp(-0.5 * x * x);
+}
+
+fn epilogue(row: u32, col: u32, sum: f32) {
+    if (row >= shape.m || col >= shape.n) { return; }
+    let idx = row * shape.n + col;
+    var v = sum;
+    if (shape.has_bias != 0u) { v += bias[col]; }
+    if (shape.has_pre != 0u) { pre[idx] = v; }
+    if (shape.activation == 1u) { v = max(v, 0.0); }
+    if (shape.activation == 2u) { v = gelu(v); }
+    if (shape.act_grad == 1u) { v = select(0.0, v, aux[idx] > 0.0); }
+    if (shape.act_grad == 2u) { v *= gelu_grad(aux[idx]); }
+    if (shape.accumulate != 0u) { c[idx] += v; } else { c[idx] = v; }
+}
+
+// ---- operand fetches: 4 consecutive floats of a row-major matrix, zero outside ----
+
+// Storage: branch-free, the index is clamped and the value masked.
+fn fetch_buf_a(row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
+    let last = rows * cols - 1u;
+    let base = row * cols + col;
+    var v: vec4<f32>;
+    for (var i = 0u; i < 4u; i++) {
+        let ok = row < rows && col + i < cols;
+        v[i] = select(0.0, a[min(base + i, last)], ok);
+    }
+    return v;
+}
+
+fn fetch_buf_b(row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
+    let last = rows * cols - 1u;
+    let base = row * cols + col;
+    var v: vec4<f32>;
+    for (var i = 0u; i < 4u; i++) {
+        let ok = row < rows && col + i < cols;
+        v[i] = select(0.0, b[min(base + i, last)], ok);
+    }
+    return v;
+}
+
+// Textures: the host only uses them when cols is a multiple of 4 (texel width cols / 4).
+fn fetch_a(row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
+    if (A_TEXTURE) {
+        let t = textureLoad(a_tex, vec2<u32>(col / 4u, min(row, rows - 1u)), 0);
+        return select(vec4<f32>(0.0), t, row < rows && col < cols);
+    }
+    return fetch_buf_a(row, col, rows, cols);
+}
+
+fn fetch_b(row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
+    if (B_TEXTURE) {
+        let t = textureLoad(b_tex, vec2<u32>(col / 4u, min(row, rows - 1u)), 0);
+        return select(vec4<f32>(0.0), t, row < rows && col < cols);
+    }
+    return fetch_buf_b(row, col, rows, cols);
+}
+
+// ---- subgroup sharing ----
+
+// Columns = the vec4 of lanes 0..3 (or 4..7) of the subgroup.
+fn lanes_lo(t: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(subgroupBroadcast(t, 0u), subgroupBroadcast(t, 1u),
+                       subgroupBroadcast(t, 2u), subgroupBroadcast(t, 3u));
+}
+
+fn lanes_hi(t: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(subgroupBroadcast(t, 4u), subgroupBroadcast(t, 5u),
+                       subgroupBroadcast(t, 6u), subgroupBroadcast(t, 7u));
+}
+
+// The A block of a row group as a matrix whose column i is op(A)[row 4g+i, k0..k0+4]:
+// for NN/NT the lanes fetched rows (column = a row's 4 k), for TN they fetched 4 rows at
+// one k (column = one k's 4 rows), which needs a transpose.
+fn a_block(lanes: mat4x4<f32>) -> mat4x4<f32> {
+    if (LAYOUT == 2u) { return transpose(lanes); }
+    return lanes;
+}
+
+// Store a lane's 4x4 block: column i of acc is C[row0 + i, col0..col0+4].
+fn store_block(row0: u32, col0: u32, acc: mat4x4<f32>) {
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            epilogue(row0 + i, col0 + j, acc[i][j]);
+        }
+    }
+}
+
+// One step of 4 k: this lane's share of A, its own B block, 8 mat4x4 products.
+// (Eight pointer parameters rather than an array: any dynamically indexed local array
+// becomes memory on llvmpipe, 3x slower.)
+fn step(k0: u32, row0: u32, col: u32, lane: u32,
+        acc0: ptr<function, mat4x4<f32>>, acc1: ptr<function, mat4x4<f32>>,
+        acc2: ptr<function, mat4x4<f32>>, acc3: ptr<function, mat4x4<f32>>,
+        acc4: ptr<function, mat4x4<f32>>, acc5: ptr<function, mat4x4<f32>>,
+        acc6: ptr<function, mat4x4<f32>>, acc7: ptr<function, mat4x4<f32>>) {
+    let m = shape.m;
+    let n = shape.n;
+    let k = shape.k;
+    // This lane's share of A: slot s holds, for NN/NT, row 8s+lane at k0..k0+4;
+    // for TN, rows 4(2s + lane/4)..+4 at k0 + lane%4.
+    var t0: vec4<f32>;
+    var t1: vec4<f32>;
+    var t2: vec4<f32>;
+    var t3: vec4<f32>;
+    if (LAYOUT == 2u) {
+        let kk = k0 + (lane & 3u);
+        let r = row0 + (lane >> 2u) * 4u;
+        t0 = fetch_a(kk, r, k, m);
+        t1 = fetch_a(kk, r + 8u, k, m);
+        t2 = fetch_a(kk, r + 16u, k, m);
+        t3 = fetch_a(kk, r + 24u, k, m);
+    } else {
+        let r = row0 + lane;
+        t0 = fetch_a(r, k0, m, k);
+        t1 = fetch_a(r + 8u, k0, m, k);
+        t2 = fetch_a(r + 16u, k0, m, k);
+        t3 = fetch_a(r + 24u, k0, m, k);
+    }
+    // This lane's B block, column kk = op(B)[k0 + kk, col..col+4].
+    var bm: mat4x4<f32>;
+    if (LAYOUT == 1u) {
+        // B [n, k]: fetch 4 columns' k-runs, then transpose.
+        bm = transpose(mat4x4<f32>(fetch_b(col, k0, n, k), fetch_b(col + 1u, k0, n, k),
+                                   fetch_b(col + 2u, k0, n, k), fetch_b(col + 3u, k0, n, k)));
+    } else {
+        bm = mat4x4<f32>(fetch_b(k0, col, k, n), fetch_b(k0 + 1u, col, k, n),
+                         fetch_b(k0 + 2u, col, k, n), fetch_b(k0 + 3u, col, k, n));
+    }
+    *acc0 += bm * a_block(lanes_lo(t0));
+    *acc1 += bm * a_block(lanes_hi(t0));
+    *acc2 += bm * a_block(lanes_lo(t1));
+    *acc3 += bm * a_block(lanes_hi(t1));
+    *acc4 += bm * a_block(lanes_lo(t2));
+    *acc5 += bm * a_block(lanes_hi(t2));
+    *acc6 += bm * a_block(lanes_lo(t3));
+    *acc7 += bm * a_block(lanes_hi(t3));
+}
+
+@compute @workgroup_size(8)
+fn gemm_cpu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    let row0 = wid.y * 32u;
+    let col = wid.x * 32u + lane * 4u;
+    var acc0 = mat4x4<f32>();
+    var acc1 = mat4x4<f32>();
+    var acc2 = mat4x4<f32>();
+    var acc3 = mat4x4<f32>();
+    var acc4 = mat4x4<f32>();
+    var acc5 = mat4x4<f32>();
+    var acc6 = mat4x4<f32>();
+    var acc7 = mat4x4<f32>();
+    // K_STEPS steps of 4 k per iteration; past the end of k the fetches return zeros.
+    for (var k0 = 0u; k0 < shape.k; k0 += 4u * K_STEPS) {
+        step(k0, row0, col, lane, &acc0, &acc1, &acc2, &acc3, &acc4, &acc5, &acc6, &acc7);
+        if (K_STEPS > 1u) {
+            step(k0 + 4u, row0, col, lane, &acc0, &acc1, &acc2, &acc3, &acc4, &acc5, &acc6, &acc7);
+        }
+    }
+    store_block(row0, col, acc0);
+    store_block(row0 + 4u, col, acc1);
+    store_block(row0 + 8u, col, acc2);
+    store_block(row0 + 12u, col, acc3);
+    store_block(row0 + 16u, col, acc4);
+    store_block(row0 + 20u, col, acc5);
+    store_block(row0 + 24u, col, acc6);
+    store_block(row0 + 28u, col, acc7);
+}

@@ -53,7 +53,9 @@ pub enum GpuError {
          and check with `vit-wgpu info`."
     )]
     NoAdapter { backends: wgpu::Backends },
-    #[error("adapter index {index} does not exist: {count} adapter(s) found (see `vit-wgpu info`)")]
+    #[error(
+        "adapter index {index} does not exist: {count} adapter(s) found (see `vit-wgpu info`)"
+    )]
     BadAdapterIndex { index: usize, count: usize },
     #[error(
         "adapter '{adapter}' lacks compute shaders or storage buffers (downlevel backend); \
@@ -210,7 +212,11 @@ impl Gpu {
     /// A storage buffer initialised from host data (f32 or u32).
     pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        let contents = if bytes.is_empty() { &[0u8; 4][..] } else { bytes };
+        let contents = if bytes.is_empty() {
+            &[0u8; 4][..]
+        } else {
+            bytes
+        };
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
@@ -395,6 +401,38 @@ impl Gpu {
         }
     }
 
+    /// Like `dispatch`, for kernels that bind more than whole storage buffers (textures):
+    /// `entries` make `@group(0)`, the shape record `@group(1) @binding(0)`.
+    pub fn dispatch_with<T: bytemuck::Pod>(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        entries: &[wgpu::BindGroupEntry],
+        meta: &T,
+        workgroups: [u32; 3],
+    ) -> Dispatch {
+        let label = "dispatch";
+        let meta_buffer = self.uniform(label, meta);
+        let group0 = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries,
+        });
+        let group1 = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout: &pipeline.get_bind_group_layout(1),
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: meta_buffer.as_entire_binding(),
+            }],
+        });
+        Dispatch {
+            pipeline: pipeline.clone(),
+            groups: vec![group0, group1],
+            workgroups,
+            _meta: meta_buffer,
+        }
+    }
+
     /// A one-paragraph description of the adapter for logs and `info`.
     pub fn describe(&self) -> String {
         describe_adapter(&self.info, &self.limits, self.features)
@@ -473,6 +511,11 @@ pub enum Command {
         size: wgpu::Extent3d,
     },
     ClearBuffer(wgpu::Buffer),
+    /// A whole-buffer copy (e.g. the residual stream before an accumulating GEMM).
+    CopyBuffer {
+        src: wgpu::Buffer,
+        dst: wgpu::Buffer,
+    },
 }
 
 impl From<Dispatch> for Command {
@@ -515,6 +558,9 @@ pub fn record_commands(encoder: &mut wgpu::CommandEncoder, commands: &[Command])
                 *size,
             ),
             Command::ClearBuffer(buffer) => encoder.clear_buffer(buffer, 0, None),
+            Command::CopyBuffer { src, dst } => {
+                encoder.copy_buffer_to_buffer(src, 0, dst, 0, src.size().min(dst.size()))
+            }
         }
         i += 1;
     }

@@ -1,1 +1,400 @@
-//! (in progress)
+//! GEMM C [m, n] = op(A) op(B) with a fused epilogue, in the three layouts a linear layer
+//! with PyTorch-style [out, in] weights needs:
+//!
+//! | layout | A | B | C | use |
+//! |---|---|---|---|---|
+//! | `NT` | [m, k] | [n, k] | A B^T | forward, Y = X W^T |
+//! | `NN` | [m, k] | [k, n] | A B | input gradient, dX = dY W |
+//! | `TN` | [k, m] | [k, n] | A^T B | weight gradient, dW = dY^T X |
+//!
+//! Epilogue, in this order: `+ bias[n]`; write the pre-activation to a second buffer;
+//! activation; multiply by the derivative of an activation at `act_grad_of` (backward
+//! through it); then C = result, or C += result when `accumulate`.
+//!
+//! Two kernels: `Variant::Tiled` (workgroup memory, barriers, 4x4 register blocks) for real
+//! GPUs and `Variant::Cpu` for CPU adapters like lavapipe, where every storage load is a
+//! per-lane loop and loads per multiply-add set the speed (see shaders/gemm_cpu.wgsl).
+
+use std::sync::OnceLock;
+
+use crate::gpu::{div_ceil, Command, Gpu};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    NN,
+    NT,
+    TN,
+}
+
+impl Layout {
+    pub const ALL: [Layout; 3] = [Layout::NN, Layout::NT, Layout::TN];
+
+    fn index(self) -> usize {
+        match self {
+            Layout::NN => 0,
+            Layout::NT => 1,
+            Layout::TN => 2,
+        }
+    }
+
+    /// (rows, cols) of the row-major A and B buffers.
+    pub fn shapes(self, m: usize, n: usize, k: usize) -> ((usize, usize), (usize, usize)) {
+        match self {
+            Layout::NN => ((m, k), (k, n)),
+            Layout::NT => ((m, k), (n, k)),
+            Layout::TN => ((k, m), (k, n)),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    None,
+    Relu,
+    Gelu,
+}
+
+impl Activation {
+    fn code(self) -> u32 {
+        match self {
+            Activation::None => 0,
+            Activation::Relu => 1,
+            Activation::Gelu => 2,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// Workgroup-memory tiling with register blocking, for real GPUs.
+    Tiled,
+    /// For CPU adapters with 8-wide subgroups: register blocks, loads shared with
+    /// `subgroupBroadcast`, operands read through rgba32float textures where their shape
+    /// allows (else storage buffers).
+    Cpu,
+    /// `Cpu` with both operands always read from storage buffers (for comparison).
+    CpuStorage,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 3] = [Variant::Tiled, Variant::Cpu, Variant::CpuStorage];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Tiled => "tiled",
+            Variant::Cpu => "cpu",
+            Variant::CpuStorage => "cpu-storage",
+        }
+    }
+}
+
+pub struct GemmArgs<'a> {
+    pub a: &'a wgpu::Buffer, // [m, k] (NN, NT) or [k, m] (TN)
+    pub b: &'a wgpu::Buffer, // [k, n] (NN, TN) or [n, k] (NT)
+    pub c: &'a wgpu::Buffer, // [m, n], = or += (accumulate); never also bound as a, b or aux
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub layout: Layout,
+    pub bias: Option<&'a wgpu::Buffer>,           // [n]
+    pub pre_activation: Option<&'a wgpu::Buffer>, // [m, n] out: result + bias before activation
+    pub activation: Activation,
+    pub act_grad_of: Option<(&'a wgpu::Buffer, Activation)>, // [m, n]: result *= act'(this)
+    pub accumulate: bool,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Meta {
+    m: u32,
+    n: u32,
+    k: u32,
+    has_bias: u32,
+    has_pre: u32,
+    activation: u32,
+    act_grad: u32,
+    accumulate: u32,
+}
+
+/// Rows of C per tile: Tiled 64x64 per workgroup, Cpu 32x32 per 8-lane subgroup.
+const TILED_TILE: usize = 64;
+const CPU_TILE: usize = 32;
+const CPU_LANES: u32 = 8;
+
+pub struct Gemm {
+    variant: Variant,
+    /// Tiled: one per layout. Cpu: per (layout, A from texture, B from texture).
+    /// Built on first use and kept: a pipeline costs an LLVM compile on lavapipe.
+    pipelines: [OnceLock<wgpu::ComputePipeline>; 12],
+    /// Bound where an optional operand is absent (read-only and read-write apart: wgpu
+    /// forbids one buffer in both roles in a dispatch).
+    dummy_read: wgpu::Buffer,
+    dummy_write: wgpu::Buffer,
+    dummy_texture: wgpu::TextureView,
+}
+
+impl Gemm {
+    /// The variant for this adapter: `Cpu` on a CPU adapter with 8-wide subgroups.
+    pub fn new(gpu: &Gpu) -> Gemm {
+        Gemm::with_variant(gpu, Gemm::variant_for(gpu))
+    }
+
+    pub fn variant_for(gpu: &Gpu) -> Variant {
+        if gpu.is_cpu() && Gemm::cpu_variant_supported(gpu) {
+            Variant::Cpu
+        } else {
+            Variant::Tiled
+        }
+    }
+
+    /// The CPU kernel shares loads across a subgroup of exactly 8 lanes.
+    pub fn cpu_variant_supported(gpu: &Gpu) -> bool {
+        gpu.has_subgroups()
+            && gpu.info.subgroup_min_size <= CPU_LANES
+            && gpu.info.subgroup_max_size >= CPU_LANES
+    }
+
+    pub fn with_variant(gpu: &Gpu, variant: Variant) -> Gemm {
+        if variant != Variant::Tiled {
+            assert!(
+                Gemm::cpu_variant_supported(gpu),
+                "GEMM variant {variant:?} needs subgroups of {CPU_LANES} lanes; adapter '{}' has \
+                 subgroups: {} (size {}..{}). Use Variant::Tiled.",
+                gpu.info.name,
+                gpu.has_subgroups(),
+                gpu.info.subgroup_min_size,
+                gpu.info.subgroup_max_size
+            );
+        }
+        let dummy_texture = gpu
+            .device
+            .create_texture(&texture_descriptor("gemm dummy", 1, 1))
+            .create_view(&Default::default());
+        Gemm {
+            variant,
+            pipelines: Default::default(),
+            dummy_read: gpu.storage("gemm dummy read", 1),
+            dummy_write: gpu.storage("gemm dummy write", 1),
+            dummy_texture,
+        }
+    }
+
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    fn pipeline(
+        &self,
+        gpu: &Gpu,
+        layout: Layout,
+        a_tex: bool,
+        b_tex: bool,
+    ) -> &wgpu::ComputePipeline {
+        let l = layout.index();
+        match self.variant {
+            Variant::Tiled => self.pipelines[l].get_or_init(|| {
+                gpu.pipeline_with(&super::GEMM_TILED, "gemm_tiled", &[("LAYOUT", l as f64)])
+            }),
+            Variant::Cpu | Variant::CpuStorage => {
+                let i = l * 4 + a_tex as usize * 2 + b_tex as usize;
+                self.pipelines[i].get_or_init(|| {
+                    gpu.pipeline_with(
+                        &super::GEMM_CPU,
+                        "gemm_cpu",
+                        &[
+                            ("LAYOUT", l as f64),
+                            ("A_TEXTURE", a_tex as u32 as f64),
+                            ("B_TEXTURE", b_tex as u32 as f64),
+                            // Two steps of 4 k per loop trip pay for NN and TN; NT, which
+                            // transposes its B block, spills more and runs best with one.
+                            ("K_STEPS", if layout == Layout::NT { 1.0 } else { 2.0 }),
+                        ],
+                    )
+                })
+            }
+        }
+    }
+
+    /// The commands for one GEMM. Bind groups, textures and the shape record are made here,
+    /// once; the commands are recorded every step without allocating. With textures, the
+    /// copy of the operand into its texture is a command before the dispatch.
+    pub fn record(&self, gpu: &Gpu, args: &GemmArgs) -> Vec<Command> {
+        let (m, n, k) = (args.m, args.n, args.k);
+        assert!(
+            m > 0 && n > 0 && k > 0,
+            "GEMM with an empty dimension: m={m} n={n} k={k}"
+        );
+        let ((a_rows, a_cols), (b_rows, b_cols)) = args.layout.shapes(m, n, k);
+        let limit = gpu.limits.max_storage_buffer_binding_size;
+        let check = |what: &str, buffer: &wgpu::Buffer, floats: usize| {
+            let bytes = 4 * floats as u64;
+            assert!(
+                buffer.size() >= bytes,
+                "GEMM {what}: buffer of {} bytes is smaller than the {bytes} the shape needs \
+                 (m={m} n={n} k={k} {:?})",
+                buffer.size(),
+                args.layout
+            );
+            assert!(
+                buffer.size() <= limit,
+                "GEMM {what}: buffer of {} MiB exceeds the adapter's storage binding limit of \
+                 {} MiB; use a smaller batch",
+                buffer.size() >> 20,
+                limit >> 20
+            );
+        };
+        check("A", args.a, m * k);
+        check("B", args.b, n * k);
+        check("C", args.c, m * n);
+        if let Some(bias) = args.bias {
+            check("bias", bias, n);
+        }
+        if let Some(pre) = args.pre_activation {
+            check("pre_activation", pre, m * n);
+        }
+        if let Some((aux, _)) = args.act_grad_of {
+            check("act_grad_of", aux, m * n);
+        }
+
+        let meta = Meta {
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            has_bias: args.bias.is_some() as u32,
+            has_pre: args.pre_activation.is_some() as u32,
+            activation: args.activation.code(),
+            act_grad: args.act_grad_of.map_or(0, |(_, act)| match act {
+                Activation::None => 0,
+                a => a.code(),
+            }),
+            accumulate: args.accumulate as u32,
+        };
+        let tile = match self.variant {
+            Variant::Tiled => TILED_TILE,
+            _ => CPU_TILE,
+        };
+        let groups = [div_ceil(n, tile), div_ceil(m, tile), 1];
+        let max_groups = gpu.limits.max_compute_workgroups_per_dimension;
+        assert!(
+            groups[0] <= max_groups && groups[1] <= max_groups,
+            "GEMM m={m} n={n} needs {groups:?} workgroups, over the adapter's {max_groups} per dimension"
+        );
+
+        let mut commands = Vec::new();
+        let use_textures = self.variant == Variant::Cpu;
+        let a_tex = use_textures
+            .then(|| texture_operand(gpu, args.a, a_rows, a_cols))
+            .flatten();
+        let b_tex = use_textures
+            .then(|| texture_operand(gpu, args.b, b_rows, b_cols))
+            .flatten();
+        let a_view = a_tex.as_ref().map(|(view, copy)| {
+            commands.push(copy.clone_command());
+            view
+        });
+        let b_view = b_tex.as_ref().map(|(view, copy)| {
+            commands.push(copy.clone_command());
+            view
+        });
+        let pipeline = self.pipeline(gpu, args.layout, a_view.is_some(), b_view.is_some());
+
+        let mut entries = vec![
+            buffer_entry(0, args.a),
+            buffer_entry(1, args.b),
+            buffer_entry(2, args.c),
+            buffer_entry(3, args.bias.unwrap_or(&self.dummy_read)),
+            buffer_entry(4, args.pre_activation.unwrap_or(&self.dummy_write)),
+            buffer_entry(5, args.act_grad_of.map_or(&self.dummy_read, |(aux, _)| aux)),
+        ];
+        if self.variant != Variant::Tiled {
+            entries.push(wgpu::BindGroupEntry {
+                binding: 6,
+                resource: wgpu::BindingResource::TextureView(a_view.unwrap_or(&self.dummy_texture)),
+            });
+            entries.push(wgpu::BindGroupEntry {
+                binding: 7,
+                resource: wgpu::BindingResource::TextureView(b_view.unwrap_or(&self.dummy_texture)),
+            });
+        }
+        commands.push(Command::Dispatch(
+            gpu.dispatch_with(pipeline, &entries, &meta, groups),
+        ));
+        commands
+    }
+}
+
+fn buffer_entry(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry {
+        binding,
+        resource: buffer.as_entire_binding(),
+    }
+}
+
+fn texture_descriptor(label: &str, width: u32, height: u32) -> wgpu::TextureDescriptor<'_> {
+    wgpu::TextureDescriptor {
+        label: Some(label),
+        size: wgpu::Extent3d {
+            width,
+            height,
+            depth_or_array_layers: 1,
+        },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format: wgpu::TextureFormat::Rgba32Float,
+        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+        view_formats: &[],
+    }
+}
+
+/// The copy that refreshes an operand's texture each step.
+struct TextureCopy {
+    buffer: wgpu::Buffer,
+    texture: wgpu::Texture,
+    bytes_per_row: u32,
+    size: wgpu::Extent3d,
+}
+
+impl TextureCopy {
+    fn clone_command(&self) -> Command {
+        Command::CopyBufferToTexture {
+            buffer: self.buffer.clone(),
+            texture: self.texture.clone(),
+            bytes_per_row: self.bytes_per_row,
+            size: self.size,
+        }
+    }
+}
+
+/// A row-major [rows, cols] operand as an rgba32float texture (texel = 4 floats of a row),
+/// or `None` when the shape doesn't allow it and the kernel reads the buffer instead: a
+/// buffer-to-texture copy needs rows of a multiple of 256 bytes (cols % 64 == 0), and both
+/// sides must fit the adapter's texture dimension.
+fn texture_operand(
+    gpu: &Gpu,
+    buffer: &wgpu::Buffer,
+    rows: usize,
+    cols: usize,
+) -> Option<(wgpu::TextureView, TextureCopy)> {
+    let max = gpu.limits.max_texture_dimension_2d as usize;
+    let bytes_per_row = cols * 4;
+    if !bytes_per_row.is_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT as usize)
+        || cols / 4 > max
+        || rows > max
+        || !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC)
+    {
+        return None;
+    }
+    let desc = texture_descriptor("gemm operand", (cols / 4) as u32, rows as u32);
+    let texture = gpu.device.create_texture(&desc);
+    let view = texture.create_view(&Default::default());
+    Some((
+        view,
+        TextureCopy {
+            buffer: buffer.clone(),
+            texture,
+            bytes_per_row: bytes_per_row as u32,
+            size: desc.size,
+        },
+    ))
+}

@@ -1,1 +1,159 @@
-//! (in progress)
+//! GEMM with a fused epilogue, and the activations the model shares with it.
+//!
+//! C [m, n] = op(A) op(B), weights stored [out, in] like PyTorch:
+//!   NN: A [m, k], B [k, n]  -> C = A B      (dX = dY W)
+//!   NT: A [m, k], B [n, k]  -> C = A B^T    (Y = X W^T)
+//!   TN: A [k, m], B [k, n]  -> C = A^T B    (dW = dY^T X)
+//! Epilogue, in this order: + bias[n]; save the pre-activation; activation; times the
+//! activation's derivative at `act_grad_of`; then C = result, or C += result (`accumulate`).
+
+use crate::kernels::gemm::{Activation, Layout};
+
+const SQRT_2: f64 = std::f64::consts::SQRT_2;
+/// 1 / sqrt(2 pi)
+const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+
+/// erf in f64: Taylor series near zero, continued fraction for erfc in the tails
+/// (about 1e-13 absolute; Rust's std has no erf).
+pub fn erf(x: f64) -> f64 {
+    let z = x.abs();
+    let r = if z < 3.0 {
+        // erf(z) = 2/sqrt(pi) sum_n (-1)^n z^(2n+1) / (n! (2n+1))
+        let mut term = z; // (-1)^n z^(2n+1) / n!
+        let mut sum = z;
+        let mut n = 0.0;
+        while term.abs() > 1e-17 * sum.abs() {
+            n += 1.0;
+            term *= -z * z / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * std::f64::consts::FRAC_2_SQRT_PI
+    } else {
+        // erfc(z) = exp(-z^2)/sqrt(pi) / (z + 1/2 / (z + 1 / (z + 3/2 / (z + ...))))
+        let mut f = z;
+        for n in (1..80).rev() {
+            f = z + (n as f64 / 2.0) / f;
+        }
+        1.0 - (-z * z).exp() / (std::f64::consts::PI.sqrt() * f)
+    };
+    r.copysign(x)
+}
+
+/// Exact GELU, as PyTorch's nn.GELU(): x * Phi(x).
+pub fn gelu(x: f64) -> f64 {
+    0.5 * x * (1.0 + erf(x / SQRT_2))
+}
+
+/// d gelu / dx = Phi(x) + x phi(x).
+pub fn gelu_grad(x: f64) -> f64 {
+    0.5 * (1.0 + erf(x / SQRT_2)) + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
+}
+
+pub fn relu(x: f64) -> f64 {
+    x.max(0.0)
+}
+
+/// d relu / dx, taken as 0 at 0 like PyTorch.
+pub fn relu_grad(x: f64) -> f64 {
+    if x > 0.0 {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+pub fn activate(act: Activation, x: f64) -> f64 {
+    match act {
+        Activation::None => x,
+        Activation::Relu => relu(x),
+        Activation::Gelu => gelu(x),
+    }
+}
+
+pub fn activation_grad(act: Activation, x: f64) -> f64 {
+    match act {
+        Activation::None => 1.0,
+        Activation::Relu => relu_grad(x),
+        Activation::Gelu => gelu_grad(x),
+    }
+}
+
+/// The epilogue flags, mirroring `kernels::gemm::GemmArgs`.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>, // [n]
+    pub activation: Activation,
+    pub act_grad_of: Option<(&'a [f32], Activation)>, // [m, n]
+    pub accumulate: bool,
+}
+
+impl Epilogue<'_> {
+    pub const NONE: Epilogue<'static> = Epilogue {
+        bias: None,
+        activation: Activation::None,
+        act_grad_of: None,
+        accumulate: false,
+    };
+}
+
+/// c (= or += when `accumulate`), pre_activation = op(A) op(B) (+ bias) and the rest of
+/// the epilogue. `rows` limits the computation to those rows of C (benchmarks validate a
+/// sample of a large matrix); pass `0..m` for all.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    c: &mut [f32],                      // [m, n]
+    pre_activation: Option<&mut [f32]>, // [m, n]
+    a: &[f32],                          // [m, k] (NN, NT) or [k, m] (TN)
+    b: &[f32],                          // [k, n] (NN, TN) or [n, k] (NT)
+    m: usize,
+    n: usize,
+    k: usize,
+    layout: Layout,
+    epilogue: &Epilogue,
+    rows: std::ops::Range<usize>,
+) {
+    assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= n * k);
+    let mut pre = pre_activation;
+    let mut acc = vec![0.0f64; n];
+    for i in rows {
+        acc.iter_mut().for_each(|v| *v = 0.0);
+        for p in 0..k {
+            let aip = match layout {
+                Layout::NN | Layout::NT => a[i * k + p],
+                Layout::TN => a[p * m + i],
+            } as f64;
+            match layout {
+                Layout::NN | Layout::TN => {
+                    let row = &b[p * n..(p + 1) * n];
+                    for (s, &bv) in acc.iter_mut().zip(row) {
+                        *s += aip * bv as f64;
+                    }
+                }
+                Layout::NT => {
+                    for (j, s) in acc.iter_mut().enumerate() {
+                        *s += aip * b[j * k + p] as f64;
+                    }
+                }
+            }
+        }
+        for (j, &s) in acc.iter().enumerate() {
+            let idx = i * n + j;
+            let mut v = s;
+            if let Some(bias) = epilogue.bias {
+                v += bias[j] as f64;
+            }
+            if let Some(pre) = pre.as_deref_mut() {
+                pre[idx] = v as f32;
+            }
+            v = activate(epilogue.activation, v);
+            if let Some((z, act)) = epilogue.act_grad_of {
+                v *= activation_grad(act, z[idx] as f64);
+            }
+            c[idx] = if epilogue.accumulate {
+                (c[idx] as f64 + v) as f32
+            } else {
+                v as f32
+            };
+        }
+    }
+}
