@@ -13,11 +13,32 @@ use vit_wgpu::reference as cpu;
 fn shapes() -> Vec<EmbedShape> {
     vec![
         // micro: 28x28x1, patch 4 -> 50 tokens
-        EmbedShape { batch: 5, channels: 1, height: 28, width: 28, patch: 4, dim: 64 },
+        EmbedShape {
+            batch: 5,
+            channels: 1,
+            height: 28,
+            width: 28,
+            patch: 4,
+            dim: 64,
+        },
         // rectangular, 3 channels, patch 8 -> 16 tokens, odd width
-        EmbedShape { batch: 1, channels: 3, height: 24, width: 40, patch: 8, dim: 33 },
+        EmbedShape {
+            batch: 1,
+            channels: 3,
+            height: 24,
+            width: 40,
+            patch: 8,
+            dim: 33,
+        },
         // 56x56 patch 4 -> 197 tokens
-        EmbedShape { batch: 2, channels: 3, height: 56, width: 56, patch: 4, dim: 96 },
+        EmbedShape {
+            batch: 2,
+            channels: 3,
+            height: 56,
+            width: 56,
+            patch: 4,
+            dim: 96,
+        },
     ]
 }
 
@@ -36,21 +57,44 @@ fn patchify_and_token_assembly_match_cpu_forward_and_backward() {
         let what = format!("{s:?}");
 
         let mut patches = vec![0.0; b * np * pl];
-        cpu::embed::patchify(&mut patches, &img, b, s.channels, s.height, s.width, s.patch);
+        cpu::embed::patchify(
+            &mut patches,
+            &img,
+            b,
+            s.channels,
+            s.height,
+            s.width,
+            s.patch,
+        );
         let mut x0 = vec![0.0; b * n * d];
         cpu::embed::assemble_tokens(&mut x0, &pe, &cls, &pos, b, n, d);
         let (mut dpe, mut dpos, mut dcls) = (vec![0.0; b * np * d], vec![0.0; n * d], vec![0.0; d]);
         cpu::embed::assemble_tokens_backward(&mut dpe, &mut dpos, &mut dcls, &dx0, b, n, d);
 
-        let (bimg, bpe, bcls, bpos, bdx0) =
-            (g.upload("img", &img), g.upload("pe", &pe), g.upload("cls", &cls), g.upload("pos", &pos), g.upload("dx0", &dx0));
-        let (bpatches, bx0, bdpe, bdpos, bdcls) =
-            (poisoned(b * np * pl), poisoned(b * n * d), poisoned(b * np * d), poisoned(n * d), poisoned(d));
+        let (bimg, bpe, bcls, bpos, bdx0) = (
+            g.upload("img", &img),
+            g.upload("pe", &pe),
+            g.upload("cls", &cls),
+            g.upload("pos", &pos),
+            g.upload("dx0", &dx0),
+        );
+        let (bpatches, bx0, bdpe, bdpos, bdcls) = (
+            poisoned(b * np * pl),
+            poisoned(b * n * d),
+            poisoned(b * np * d),
+            poisoned(n * d),
+            poisoned(d),
+        );
         k.patchify(g, s, &bimg, &bpatches).launch(g);
         k.assemble_tokens(g, s, &bpe, &bcls, &bpos, &bx0).launch(g);
         k.tokens_backward(g, s, &bdx0, &bdpe).launch(g);
         k.pos_cls_backward(g, s, &bdx0, &bdpos, &bdcls).launch(g);
-        assert_close(&format!("patchify {what}"), &read(&bpatches), &patches, TOLERANCE);
+        assert_close(
+            &format!("patchify {what}"),
+            &read(&bpatches),
+            &patches,
+            TOLERANCE,
+        );
         assert_close(&format!("assemble {what}"), &read(&bx0), &x0, TOLERANCE);
         assert_close(&format!("dpe {what}"), &read(&bdpe), &dpe, TOLERANCE);
         assert_close(&format!("dpos {what}"), &read(&bdpos), &dpos, TOLERANCE);
@@ -66,8 +110,18 @@ fn patchify_and_token_assembly_match_cpu_forward_and_backward() {
         let bdrows = g.upload("drows", &drows);
         k.gather_cls(g, s, &bx0, &brows).launch(g);
         k.scatter_cls(g, s, &bdrows, &bdfull).launch(g);
-        assert_close(&format!("gather_cls {what}"), &read(&brows), &rows, TOLERANCE);
-        assert_close(&format!("scatter_cls {what}"), &read(&bdfull), &dfull, TOLERANCE);
+        assert_close(
+            &format!("gather_cls {what}"),
+            &read(&brows),
+            &rows,
+            TOLERANCE,
+        );
+        assert_close(
+            &format!("scatter_cls {what}"),
+            &read(&bdfull),
+            &dfull,
+            TOLERANCE,
+        );
     }
 }
 
@@ -76,15 +130,29 @@ fn column_sums_match_cpu_on_odd_shapes_and_accumulate() {
     let g = gpu();
     let k = Embed::new(g);
     let mut r = rng();
-    for (rows, cols, acc) in [(1, 64, false), (65, 33, false), (985, 192, true), (4160, 257, false)] {
+    for (rows, cols, acc) in [
+        (1, 64, false),
+        (65, 33, false),
+        (985, 192, true),
+        (4160, 257, false),
+    ] {
         let x = random(&mut r, rows * cols);
         let init = random(&mut r, cols);
         let mut sums = init.clone();
         cpu::embed::column_sum(&mut sums, &x, rows, cols, acc);
         let bx = g.upload("x", &x);
-        let bs = if acc { g.upload("sums", &init) } else { poisoned(cols) };
+        let bs = if acc {
+            g.upload("sums", &init)
+        } else {
+            poisoned(cols)
+        };
         k.column_sum(g, &bx, &bs, rows, cols, acc).launch(g);
-        assert_close(&format!("column_sum {rows}x{cols} acc={acc}"), &read(&bs), &sums, TOLERANCE);
+        assert_close(
+            &format!("column_sum {rows}x{cols} acc={acc}"),
+            &read(&bs),
+            &sums,
+            TOLERANCE,
+        );
     }
 }
 
@@ -94,15 +162,41 @@ fn cross_entropy_loss_gradient_and_accuracy_match_cpu() {
     let k = CrossEntropy::new(g);
     let mut r = rng();
     for (rows, classes) in [(1, 10), (5, 10), (65, 1000), (130, 3)] {
-        let logits: Vec<f32> = random(&mut r, rows * classes).iter().map(|v| 4.0 * v).collect();
-        let labels: Vec<u32> = (0..rows).map(|_| r.random_range(0..classes as u32)).collect();
+        let logits: Vec<f32> = random(&mut r, rows * classes)
+            .iter()
+            .map(|v| 4.0 * v)
+            .collect();
+        let labels: Vec<u32> = (0..rows)
+            .map(|_| r.random_range(0..classes as u32))
+            .collect();
         let scale = 1.0 / rows as f32;
-        let (mut losses, mut dl, mut correct) = (vec![0.0; rows], vec![0.0; rows * classes], vec![0.0; rows]);
-        cpu::loss::cross_entropy(&mut losses, &mut dl, &mut correct, &logits, &labels, classes, scale);
+        let (mut losses, mut dl, mut correct) =
+            (vec![0.0; rows], vec![0.0; rows * classes], vec![0.0; rows]);
+        cpu::loss::cross_entropy(
+            &mut losses,
+            &mut dl,
+            &mut correct,
+            &logits,
+            &labels,
+            classes,
+            scale,
+        );
         let (bl, by) = (g.upload("logits", &logits), g.upload("labels", &labels));
         let (bloss, bdl, bc) = (poisoned(rows), poisoned(rows * classes), poisoned(rows));
-        k.record(g, &CrossEntropyArgs { logits: &bl, labels: &by, losses: &bloss, dlogits: &bdl, correct: &bc, rows, classes, grad_scale: scale })
-            .launch(g);
+        k.record(
+            g,
+            &CrossEntropyArgs {
+                logits: &bl,
+                labels: &by,
+                losses: &bloss,
+                dlogits: &bdl,
+                correct: &bc,
+                rows,
+                classes,
+                grad_scale: scale,
+            },
+        )
+        .launch(g);
         let what = format!("cross-entropy {rows}x{classes}");
         assert_close(&format!("{what} loss"), &read(&bloss), &losses, TOLERANCE);
         assert_close(&format!("{what} dlogits"), &read(&bdl), &dl, TOLERANCE);
@@ -118,7 +212,15 @@ fn cross_entropy_gradient_matches_finite_differences_of_cpu_loss() {
     let labels: Vec<u32> = vec![0, 6, 3];
     let mean_loss = |z: &[f32]| {
         let (mut l, mut d, mut c) = (vec![0.0; rows], vec![0.0; rows * classes], vec![0.0; rows]);
-        cpu::loss::cross_entropy(&mut l, &mut d, &mut c, z, &labels, classes, 1.0 / rows as f32);
+        cpu::loss::cross_entropy(
+            &mut l,
+            &mut d,
+            &mut c,
+            z,
+            &labels,
+            classes,
+            1.0 / rows as f32,
+        );
         (l.iter().map(|&v| v as f64).sum::<f64>() / rows as f64, d)
     };
     let (_, grad) = mean_loss(&logits);
@@ -128,7 +230,11 @@ fn cross_entropy_gradient_matches_finite_differences_of_cpu_loss() {
         up[i] += h;
         down[i] -= h;
         let fd = (mean_loss(&up).0 - mean_loss(&down).0) / (2.0 * h as f64);
-        assert!((fd - grad[i] as f64).abs() < 1e-4, "dlogits[{i}]: finite difference {fd} vs {}", grad[i]);
+        assert!(
+            (fd - grad[i] as f64).abs() < 1e-4,
+            "dlogits[{i}]: finite difference {fd} vs {}",
+            grad[i]
+        );
     }
 }
 
@@ -138,7 +244,11 @@ fn dropout_forward_and_backward_regenerate_the_same_mask_as_cpu() {
     let k = Dropout::new(g);
     let mut r = rng();
     let step_buf = dropout::step_buffer(g);
-    for (len, p, step) in [(1usize, 0.1f32, 0u32), (4161, 0.1, 7), (65 * 192 + 3, 0.5, 123456)] {
+    for (len, p, step) in [
+        (1usize, 0.1f32, 0u32),
+        (4161, 0.1, 7),
+        (65 * 192 + 3, 0.5, 123456),
+    ] {
         let seed = r.random::<u32>();
         let site = DropoutSite { len, p, seed };
         let x = random(&mut r, len);
@@ -149,21 +259,40 @@ fn dropout_forward_and_backward_regenerate_the_same_mask_as_cpu() {
         let mut dx = vec![0.0; len];
         cpu::dropout::backward(&mut dx, &dy, p, seed, step);
         dropout::write_step(g, &step_buf, step);
-        let (bx, bdy, by, bdx) = (g.upload("x", &x), g.upload("dy", &dy), g.upload("y", &y0), poisoned(len));
+        let (bx, bdy, by, bdx) = (
+            g.upload("x", &x),
+            g.upload("dy", &dy),
+            g.upload("y", &y0),
+            poisoned(len),
+        );
         k.forward(g, site, &step_buf, &bx, &by, true).launch(g);
         k.backward(g, site, &step_buf, &bdy, &bdx).launch(g);
         let what = format!("dropout len={len} p={p} step={step}");
-        assert_close(&format!("{what} forward (accumulate)"), &read(&by), &y, TOLERANCE);
+        assert_close(
+            &format!("{what} forward (accumulate)"),
+            &read(&by),
+            &y,
+            TOLERANCE,
+        );
         assert_close(&format!("{what} backward"), &read(&bdx), &dx, TOLERANCE);
         if len > 10000 {
-            let dropped = (0..len as u32).filter(|&i| cpu::dropout::keep_scale(seed, step, i, p) == 0.0).count();
+            let dropped = (0..len as u32)
+                .filter(|&i| cpu::dropout::keep_scale(seed, step, i, p) == 0.0)
+                .count();
             let rate = dropped as f64 / len as f64;
-            assert!((rate - p as f64).abs() < 0.02, "{what}: dropped fraction {rate}");
+            assert!(
+                (rate - p as f64).abs() < 0.02,
+                "{what}: dropped fraction {rate}"
+            );
         }
     }
     // A different step gives a different mask.
-    let a: Vec<f32> = (0..1000).map(|i| cpu::dropout::keep_scale(1, 1, i, 0.5)).collect();
-    let b: Vec<f32> = (0..1000).map(|i| cpu::dropout::keep_scale(1, 2, i, 0.5)).collect();
+    let a: Vec<f32> = (0..1000)
+        .map(|i| cpu::dropout::keep_scale(1, 1, i, 0.5))
+        .collect();
+    let b: Vec<f32> = (0..1000)
+        .map(|i| cpu::dropout::keep_scale(1, 2, i, 0.5))
+        .collect();
     assert_ne!(a, b);
 }
 
@@ -177,16 +306,36 @@ fn adamw_with_clipping_matches_cpu_over_several_steps() {
     let mut host: Vec<cpu::adamw::HostParam> = lens
         .iter()
         .zip(decay)
-        .map(|(&n, decay)| cpu::adamw::HostParam { param: random(&mut r, n), grad: vec![0.0; n], m: vec![0.0; n], v: vec![0.0; n], decay })
+        .map(|(&n, decay)| cpu::adamw::HostParam {
+            param: random(&mut r, n),
+            grad: vec![0.0; n],
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+            decay,
+        })
         .collect();
     let bufs: Vec<[wgpu::Buffer; 4]> = host
         .iter()
-        .map(|h| [g.upload("p", &h.param), g.storage("g", h.param.len()), g.upload("m", &h.m), g.upload("v", &h.v)])
+        .map(|h| {
+            [
+                g.upload("p", &h.param),
+                g.storage("g", h.param.len()),
+                g.upload("m", &h.m),
+                g.upload("v", &h.v),
+            ]
+        })
         .collect();
     let slots: Vec<ParamSlot> = bufs
         .iter()
         .zip(&host)
-        .map(|(b, h)| ParamSlot { param: &b[0], grad: &b[1], m: &b[2], v: &b[3], len: h.param.len(), decay: h.decay })
+        .map(|(b, h)| ParamSlot {
+            param: &b[0],
+            grad: &b[1],
+            m: &b[2],
+            v: &b[3],
+            len: h.param.len(),
+            decay: h.decay,
+        })
         .collect();
     let hyper0 = Hyper::at_step(1e-2, 0.9, 0.999, 1e-8, 0.05, 1.0, 1);
     let hyper_buf = AdamW::hyper_buffer(g, &hyper0);
@@ -196,7 +345,10 @@ fn adamw_with_clipping_matches_cpu_over_several_steps() {
         // Step 1 gradients are large (clipping active), later ones small (inactive).
         let scale = if step == 1 { 3.0 } else { 0.01 };
         for (h, b) in host.iter_mut().zip(&bufs) {
-            h.grad = random(&mut r, h.param.len()).iter().map(|v| v * scale).collect();
+            h.grad = random(&mut r, h.param.len())
+                .iter()
+                .map(|v| v * scale)
+                .collect();
             g.write(&b[1], &h.grad);
         }
         let hyper = Hyper::at_step(1e-2, 0.9, 0.999, 1e-8, 0.05, 1.0, step);
@@ -205,11 +357,29 @@ fn adamw_with_clipping_matches_cpu_over_several_steps() {
         let norm = cpu::adamw::step(&mut host, &hyper);
         let stats = read(&partial);
         let got_norm = stats[slots.len() + 1] as f64;
-        assert!((got_norm - norm).abs() <= 1e-4 * norm, "step {step}: grad norm {got_norm} vs {norm}");
+        assert!(
+            (got_norm - norm).abs() <= 1e-4 * norm,
+            "step {step}: grad norm {got_norm} vs {norm}"
+        );
         for (i, (h, b)) in host.iter().zip(&bufs).enumerate() {
-            assert_close(&format!("adamw step {step} tensor {i} param"), &read(&b[0]), &h.param, TOLERANCE);
-            assert_close(&format!("adamw step {step} tensor {i} m"), &read(&b[2]), &h.m, TOLERANCE);
-            assert_close(&format!("adamw step {step} tensor {i} v"), &read(&b[3]), &h.v, TOLERANCE);
+            assert_close(
+                &format!("adamw step {step} tensor {i} param"),
+                &read(&b[0]),
+                &h.param,
+                TOLERANCE,
+            );
+            assert_close(
+                &format!("adamw step {step} tensor {i} m"),
+                &read(&b[2]),
+                &h.m,
+                TOLERANCE,
+            );
+            assert_close(
+                &format!("adamw step {step} tensor {i} v"),
+                &read(&b[3]),
+                &h.v,
+                TOLERANCE,
+            );
         }
     }
 }

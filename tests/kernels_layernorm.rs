@@ -14,23 +14,61 @@ fn check(rows: usize, cols: usize, accumulate: bool) {
     let eps = 1e-5;
 
     let (mut y, mut mean, mut rstd) = (vec![0.0; rows * cols], vec![0.0; rows], vec![0.0; rows]);
-    cpu::forward(&mut y, &mut mean, &mut rstd, &x, &gamma, &beta, rows, cols, eps);
+    cpu::forward(
+        &mut y, &mut mean, &mut rstd, &x, &gamma, &beta, rows, cols, eps,
+    );
     let (mut dx, mut dg, mut db) = (dx0.clone(), vec![0.0; cols], vec![0.0; cols]);
-    cpu::backward(&mut dx, &mut dg, &mut db, &dy, &x, &gamma, &mean, &rstd, rows, cols, accumulate);
+    cpu::backward(
+        &mut dx, &mut dg, &mut db, &dy, &x, &gamma, &mean, &rstd, rows, cols, accumulate,
+    );
 
     let ln = LayerNorm::new(g);
-    let (bx, bg, bb, bdy) = (g.upload("x", &x), g.upload("g", &gamma), g.upload("b", &beta), g.upload("dy", &dy));
+    let (bx, bg, bb, bdy) = (
+        g.upload("x", &x),
+        g.upload("g", &gamma),
+        g.upload("b", &beta),
+        g.upload("dy", &dy),
+    );
     let (by, bm, br) = (poisoned(rows * cols), poisoned(rows), poisoned(rows));
-    ln.forward(g, &LayerNormForward { x: &bx, gamma: &bg, beta: &bb, y: &by, mean: &bm, rstd: &br, rows, cols, eps })
-        .launch(g);
+    ln.forward(
+        g,
+        &LayerNormForward {
+            x: &bx,
+            gamma: &bg,
+            beta: &bb,
+            y: &by,
+            mean: &bm,
+            rstd: &br,
+            rows,
+            cols,
+            eps,
+        },
+    )
+    .launch(g);
     let what = format!("layernorm forward {rows}x{cols}");
     assert_close(&what, &read(&by), &y, TOLERANCE);
     assert_close(&format!("{what} mean"), &read(&bm), &mean, TOLERANCE);
     assert_close(&format!("{what} rstd"), &read(&br), &rstd, TOLERANCE);
 
-    let bdx = if accumulate { g.upload("dx", &dx0) } else { poisoned(rows * cols) };
+    let bdx = if accumulate {
+        g.upload("dx", &dx0)
+    } else {
+        poisoned(rows * cols)
+    };
     let (bdg, bdb) = (poisoned(cols), poisoned(cols));
-    let args = LayerNormBackward { dy: &bdy, x: &bx, gamma: &bg, mean: &bm, rstd: &br, dx: &bdx, dgamma: &bdg, dbeta: &bdb, rows, cols, accumulate };
+    let args = LayerNormBackward {
+        dy: &bdy,
+        x: &bx,
+        gamma: &bg,
+        mean: &bm,
+        rstd: &br,
+        dx: &bdx,
+        dgamma: &bdg,
+        dbeta: &bdb,
+        rows,
+        cols,
+        accumulate,
+    };
     for d in ln.backward(g, &args) {
         d.launch(g);
     }

@@ -22,7 +22,11 @@ fn every_shader_parses_and_validates_with_naga() {
             failures.push(e.emit_to_string_with_path(shader.source, &path));
         }
     }
-    assert!(failures.is_empty(), "shader errors:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "shader errors:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -37,5 +41,8 @@ fn every_shader_file_is_registered() {
     on_disk.sort();
     let mut registered: Vec<String> = ALL_SHADERS.iter().map(|s| s.name.to_string()).collect();
     registered.sort();
-    assert_eq!(on_disk, registered, "shaders/*.wgsl and kernels::ALL_SHADERS differ");
+    assert_eq!(
+        on_disk, registered,
+        "shaders/*.wgsl and kernels::ALL_SHADERS differ"
+    );
 }

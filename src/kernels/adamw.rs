@@ -29,7 +29,15 @@ pub struct Hyper {
 }
 
 impl Hyper {
-    pub fn at_step(lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32, max_norm: f32, step: u64) -> Hyper {
+    pub fn at_step(
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+        max_norm: f32,
+        step: u64,
+    ) -> Hyper {
         let t = step as i32;
         Hyper {
             lr,
@@ -85,7 +93,13 @@ impl AdamW {
 
     /// The whole update: squared norms per tensor, the clip scale, then one update per tensor.
     /// After it runs, `partial[count]` holds the clip scale and `partial[count+1]` the norm.
-    pub fn record(&self, gpu: &Gpu, params: &[ParamSlot], hyper: &wgpu::Buffer, partial: &wgpu::Buffer) -> Vec<Dispatch> {
+    pub fn record(
+        &self,
+        gpu: &Gpu,
+        params: &[ParamSlot],
+        hyper: &wgpu::Buffer,
+        partial: &wgpu::Buffer,
+    ) -> Vec<Dispatch> {
         let count = params.len() as u32;
         let meta = |slot: usize, p: &ParamSlot| Meta {
             len: p.len as u32,
@@ -95,7 +109,12 @@ impl AdamW {
         };
         let mut out = Vec::with_capacity(2 * params.len() + 1);
         for (slot, p) in params.iter().enumerate() {
-            out.push(gpu.dispatch(&self.sum_squares, &[(0, p.grad), (1, partial)], &meta(slot, p), [1, 1, 1]));
+            out.push(gpu.dispatch(
+                &self.sum_squares,
+                &[(0, p.grad), (1, partial)],
+                &meta(slot, p),
+                [1, 1, 1],
+            ));
         }
         let clip_meta = Meta {
             len: 0,
@@ -103,11 +122,23 @@ impl AdamW {
             count,
             decay: 0,
         };
-        out.push(gpu.dispatch(&self.clip_scale, &[(1, partial), (2, hyper)], &clip_meta, [1, 1, 1]));
+        out.push(gpu.dispatch(
+            &self.clip_scale,
+            &[(1, partial), (2, hyper)],
+            &clip_meta,
+            [1, 1, 1],
+        ));
         for (slot, p) in params.iter().enumerate() {
             out.push(gpu.dispatch(
                 &self.update,
-                &[(0, p.grad), (2, hyper), (3, partial), (4, p.param), (5, p.m), (6, p.v)],
+                &[
+                    (0, p.grad),
+                    (2, hyper),
+                    (3, partial),
+                    (4, p.param),
+                    (5, p.m),
+                    (6, p.v),
+                ],
                 &meta(slot, p),
                 grid_1d(div_ceil(p.len, 256)),
             ));

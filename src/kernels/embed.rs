@@ -80,9 +80,20 @@ impl Embed {
     }
 
     /// img [B,C,H,W] -> patches [B*Np, C*P*P]
-    pub fn patchify(&self, gpu: &Gpu, s: EmbedShape, img: &wgpu::Buffer, patches: &wgpu::Buffer) -> Dispatch {
+    pub fn patchify(
+        &self,
+        gpu: &Gpu,
+        s: EmbedShape,
+        img: &wgpu::Buffer,
+        patches: &wgpu::Buffer,
+    ) -> Dispatch {
         let n = s.batch * s.patches() * s.patch_len();
-        gpu.dispatch(&self.patchify, &[(0, img), (1, patches)], &s.meta(), groups(n))
+        gpu.dispatch(
+            &self.patchify,
+            &[(0, img), (1, patches)],
+            &s.meta(),
+            groups(n),
+        )
     }
 
     /// x0 [B*N, D] = [cls ; pe] + pos
@@ -96,13 +107,29 @@ impl Embed {
         x0: &wgpu::Buffer,
     ) -> Dispatch {
         let n = s.batch * s.tokens() * s.dim;
-        gpu.dispatch(&self.assemble, &[(2, pe), (3, cls), (4, pos), (5, x0)], &s.meta(), groups(n))
+        gpu.dispatch(
+            &self.assemble,
+            &[(2, pe), (3, cls), (4, pos), (5, x0)],
+            &s.meta(),
+            groups(n),
+        )
     }
 
     /// dpe [B*Np, D] from dx0 [B*N, D]
-    pub fn tokens_backward(&self, gpu: &Gpu, s: EmbedShape, dx0: &wgpu::Buffer, dpe: &wgpu::Buffer) -> Dispatch {
+    pub fn tokens_backward(
+        &self,
+        gpu: &Gpu,
+        s: EmbedShape,
+        dx0: &wgpu::Buffer,
+        dpe: &wgpu::Buffer,
+    ) -> Dispatch {
         let n = s.batch * s.patches() * s.dim;
-        gpu.dispatch(&self.tokens_backward, &[(6, dx0), (7, dpe)], &s.meta(), groups(n))
+        gpu.dispatch(
+            &self.tokens_backward,
+            &[(6, dx0), (7, dpe)],
+            &s.meta(),
+            groups(n),
+        )
     }
 
     /// dpos [N, D] and dcls [D] from dx0 (overwritten)
@@ -115,18 +142,45 @@ impl Embed {
         dcls: &wgpu::Buffer,
     ) -> Dispatch {
         let n = s.tokens() * s.dim;
-        gpu.dispatch(&self.pos_cls_backward, &[(6, dx0), (8, dpos), (9, dcls)], &s.meta(), groups(n))
+        gpu.dispatch(
+            &self.pos_cls_backward,
+            &[(6, dx0), (8, dpos), (9, dcls)],
+            &s.meta(),
+            groups(n),
+        )
     }
 
     /// [B*N, D] -> the CLS rows [B, D]
-    pub fn gather_cls(&self, gpu: &Gpu, s: EmbedShape, full: &wgpu::Buffer, cls_rows: &wgpu::Buffer) -> Dispatch {
-        gpu.dispatch(&self.gather_cls, &[(10, full), (11, cls_rows)], &s.meta(), groups(s.batch * s.dim))
+    pub fn gather_cls(
+        &self,
+        gpu: &Gpu,
+        s: EmbedShape,
+        full: &wgpu::Buffer,
+        cls_rows: &wgpu::Buffer,
+    ) -> Dispatch {
+        gpu.dispatch(
+            &self.gather_cls,
+            &[(10, full), (11, cls_rows)],
+            &s.meta(),
+            groups(s.batch * s.dim),
+        )
     }
 
     /// [B, D] -> [B*N, D] with zeros outside the CLS rows (overwritten)
-    pub fn scatter_cls(&self, gpu: &Gpu, s: EmbedShape, dcls_rows: &wgpu::Buffer, dfull: &wgpu::Buffer) -> Dispatch {
+    pub fn scatter_cls(
+        &self,
+        gpu: &Gpu,
+        s: EmbedShape,
+        dcls_rows: &wgpu::Buffer,
+        dfull: &wgpu::Buffer,
+    ) -> Dispatch {
         let n = s.batch * s.tokens() * s.dim;
-        gpu.dispatch(&self.scatter_cls, &[(12, dcls_rows), (13, dfull)], &s.meta(), groups(n))
+        gpu.dispatch(
+            &self.scatter_cls,
+            &[(12, dcls_rows), (13, dfull)],
+            &s.meta(),
+            groups(n),
+        )
     }
 
     /// sums[n] (+)= sum over rows of matrix [rows, cols]: the bias gradient of a linear layer.
@@ -145,6 +199,11 @@ impl Embed {
             accumulate: accumulate as u32,
             ..Default::default()
         };
-        gpu.dispatch(&self.column_sum, &[(14, matrix), (15, sums)], &meta, groups(cols))
+        gpu.dispatch(
+            &self.column_sum,
+            &[(14, matrix), (15, sums)],
+            &meta,
+            groups(cols),
+        )
     }
 }

@@ -43,13 +43,5 @@ pub const PEAK_FMA: Shader = shader!("peak_fma.wgsl");
 
 /// Every shader, for the validation test.
 pub const ALL_SHADERS: &[Shader] = &[
-    ADAMW,
-    ATTENTION,
-    DROPOUT,
-    EMBED,
-    GEMM_TILED,
-    GEMM_CPU,
-    LAYERNORM,
-    LOSS,
-    PEAK_FMA,
+    ADAMW, ATTENTION, DROPOUT, EMBED, GEMM_TILED, GEMM_CPU, LAYERNORM, LOSS, PEAK_FMA,
 ];

@@ -1,7 +1,15 @@
 //! Patch embedding helpers, CLS rows and column sums.
 
 /// patches [B*Np, C*P*P] from img [B,C,H,W], flatten order (c, ky, kx)
-pub fn patchify(patches: &mut [f32], img: &[f32], b: usize, c: usize, h: usize, w: usize, p: usize) {
+pub fn patchify(
+    patches: &mut [f32],
+    img: &[f32],
+    b: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    p: usize,
+) {
     let (gh, gw) = (h / p, w / p);
     let row_len = c * p * p;
     for bi in 0..b {
@@ -22,11 +30,23 @@ pub fn patchify(patches: &mut [f32], img: &[f32], b: usize, c: usize, h: usize, 
 }
 
 /// x0 [B*N, D] = [cls ; pe] + pos, with pe [B*(N-1), D]
-pub fn assemble_tokens(x0: &mut [f32], pe: &[f32], cls: &[f32], pos: &[f32], b: usize, n: usize, d: usize) {
+pub fn assemble_tokens(
+    x0: &mut [f32],
+    pe: &[f32],
+    cls: &[f32],
+    pos: &[f32],
+    b: usize,
+    n: usize,
+    d: usize,
+) {
     for bi in 0..b {
         for t in 0..n {
             for j in 0..d {
-                let v = if t == 0 { cls[j] } else { pe[(bi * (n - 1) + t - 1) * d + j] };
+                let v = if t == 0 {
+                    cls[j]
+                } else {
+                    pe[(bi * (n - 1) + t - 1) * d + j]
+                };
                 x0[(bi * n + t) * d + j] = v + pos[t * d + j];
             }
         }
@@ -81,6 +101,10 @@ pub fn scatter_cls(dfull: &mut [f32], dcls_rows: &[f32], b: usize, n: usize, d: 
 pub fn column_sum(sums: &mut [f32], x: &[f32], rows: usize, cols: usize, accumulate: bool) {
     for c in 0..cols {
         let s: f64 = (0..rows).map(|r| x[r * cols + c] as f64).sum();
-        sums[c] = if accumulate { (sums[c] as f64 + s) as f32 } else { s as f32 };
+        sums[c] = if accumulate {
+            (sums[c] as f64 + s) as f32
+        } else {
+            s as f32
+        };
     }
 }

@@ -19,8 +19,7 @@ pub fn forward(
         let var = row.iter().map(|&v| (v as f64 - mu).powi(2)).sum::<f64>() / cols as f64;
         let rs = 1.0 / (var + eps as f64).sqrt();
         for c in 0..cols {
-            y[r * cols + c] =
-                ((row[c] as f64 - mu) * rs * gamma[c] as f64 + beta[c] as f64) as f32;
+            y[r * cols + c] = ((row[c] as f64 - mu) * rs * gamma[c] as f64 + beta[c] as f64) as f32;
         }
         mean[r] = mu as f32;
         rstd[r] = rs as f32;

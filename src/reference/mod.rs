@@ -25,7 +25,11 @@ pub fn relative_error(ours: &[f32], reference: &[f32]) -> (f64, usize) {
             worst = (i, d2);
         }
     }
-    let err = if den == 0.0 { num.sqrt() } else { (num / den).sqrt() };
+    let err = if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    };
     (err, worst.0)
 }
 
