@@ -1,0 +1,289 @@
+//! Batches of normalised f32 images, built on a background thread so the device never waits
+//! for the CPU. Order and augmentation depend only on (seed, epoch, batch index), so a run
+//! is reproducible and a resumed run sees exactly the batches it would have seen.
+
+use super::Dataset;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// A batch ready for upload: images `[len, C, H, W]` normalised, labels as class indices.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub images: Vec<f32>,
+    pub labels: Vec<u32>,
+    pub len: usize,
+}
+
+/// Training-time augmentation as in torchvision's `RandomCrop(size, padding=crop_pad)` and
+/// `RandomHorizontalFlip()`. Flips apply only where the dataset allows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Augment {
+    pub crop_pad: usize,
+    pub flip: bool,
+}
+
+impl Augment {
+    /// The seed's recipe: pad 4, random crop, horizontal flip.
+    pub fn standard() -> Augment {
+        Augment {
+            crop_pad: 4,
+            flip: true,
+        }
+    }
+}
+
+/// Writes image `index` of `ds` into `out` (C*H*W) as `(x/255 - mean[c]) / std[c]`.
+pub fn normalise_into(ds: &Dataset, index: usize, out: &mut [f32]) {
+    let plane = ds.height * ds.width;
+    let img = ds.image(index);
+    for c in 0..ds.channels {
+        let (mean, std) = (ds.mean[c], ds.std[c]);
+        let src = &img[c * plane..(c + 1) * plane];
+        let dst = &mut out[c * plane..(c + 1) * plane];
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = (s as f32 / 255.0 - mean) / std;
+        }
+    }
+}
+
+/// Like [`normalise_into`], after a random crop of the image zero-padded by `crop_pad`
+/// (padding is pixel value 0, before normalisation, as torchvision does) and a horizontal
+/// flip with probability 0.5 when `aug.flip && ds.allow_flip`.
+pub fn augment_into<R: Rng + ?Sized>(
+    ds: &Dataset,
+    index: usize,
+    aug: &Augment,
+    rng: &mut R,
+    out: &mut [f32],
+) {
+    let (h, w) = (ds.height, ds.width);
+    let pad = aug.crop_pad;
+    // Offsets of the crop window in the padded image, minus the padding: in -pad..=pad.
+    let dy = rng.random_range(0..=2 * pad) as isize - pad as isize;
+    let dx = rng.random_range(0..=2 * pad) as isize - pad as isize;
+    let flip = aug.flip && ds.allow_flip && rng.random_bool(0.5);
+    let plane = h * w;
+    let img = ds.image(index);
+    for c in 0..ds.channels {
+        let zero = (0.0 - ds.mean[c]) / ds.std[c];
+        let (mean, std) = (ds.mean[c], ds.std[c]);
+        let src = &img[c * plane..(c + 1) * plane];
+        for y in 0..h {
+            let sy = y as isize + dy;
+            let row = &mut out[c * plane + y * w..c * plane + (y + 1) * w];
+            if sy < 0 || sy >= h as isize {
+                row.fill(zero);
+                continue;
+            }
+            let srow = &src[sy as usize * w..(sy as usize + 1) * w];
+            for (x, d) in row.iter_mut().enumerate() {
+                let x = if flip { w - 1 - x } else { x };
+                let sx = x as isize + dx;
+                *d = if sx < 0 || sx >= w as isize {
+                    zero
+                } else {
+                    (srow[sx as usize] as f32 / 255.0 - mean) / std
+                };
+            }
+        }
+    }
+}
+
+/// SplitMix64 finaliser: turns nearby (seed, epoch, batch) tuples into unrelated seeds.
+fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b
+        .wrapping_add(0x9e37_79b9_7f4a_7c15)
+        .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The images of one batch, given the epoch's order.
+fn make_batch(
+    ds: &Dataset,
+    order: &[usize],
+    batch: usize,
+    batch_size: usize,
+    augment: Option<Augment>,
+    seed: u64,
+    epoch: u64,
+) -> Batch {
+    let start = batch * batch_size;
+    let idx = &order[start..(start + batch_size).min(order.len())];
+    let size = ds.image_size();
+    let mut images = vec![0f32; idx.len() * size];
+    let mut rng =
+        StdRng::seed_from_u64(mix(mix(seed ^ 0xa076_1d64_78bd_642f, epoch), batch as u64));
+    for (out, &i) in images.chunks_exact_mut(size).zip(idx) {
+        match &augment {
+            Some(aug) => augment_into(ds, i, aug, &mut rng, out),
+            None => normalise_into(ds, i, out),
+        }
+    }
+    Batch {
+        images,
+        labels: idx.iter().map(|&i| ds.labels[i] as u32).collect(),
+        len: idx.len(),
+    }
+}
+
+/// One epoch of batches, prepared on a background thread two batches ahead.
+///
+/// The thread starts on the first call to `next`, so [`Loader::skip_batches`] before that
+/// costs nothing: a resumed run continues mid-epoch with the same batches.
+pub struct Loader {
+    ds: Arc<Dataset>,
+    batch_size: usize,
+    augment: Option<Augment>,
+    seed: u64,
+    epoch: u64,
+    order: Arc<Vec<usize>>,
+    num_batches: usize,
+    /// Next batch index to hand out.
+    next_batch: usize,
+    rx: Option<Receiver<Batch>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Loader {
+    /// A loader over `ds` for `epoch`; the order is a permutation fixed by (seed, epoch)
+    /// when `shuffle`, else the dataset order. With `drop_last` a final partial batch is
+    /// left out (keeps shapes, and so device buffers, fixed).
+    ///
+    /// # Panics
+    /// If `batch_size` is 0 (callers validate user input first).
+    pub fn new(
+        ds: Arc<Dataset>,
+        batch_size: usize,
+        shuffle: bool,
+        augment: Option<Augment>,
+        seed: u64,
+        epoch: u64,
+        drop_last: bool,
+    ) -> Loader {
+        assert!(batch_size > 0, "batch size must be at least 1");
+        let mut order: Vec<usize> = (0..ds.len).collect();
+        if shuffle {
+            order.shuffle(&mut StdRng::seed_from_u64(mix(seed, epoch)));
+        }
+        let num_batches = if drop_last {
+            ds.len / batch_size
+        } else {
+            ds.len.div_ceil(batch_size)
+        };
+        Loader {
+            ds,
+            batch_size,
+            augment,
+            seed,
+            epoch,
+            order: Arc::new(order),
+            num_batches,
+            next_batch: 0,
+            rx: None,
+            worker: None,
+        }
+    }
+
+    /// Number of batches in the whole epoch (including any already consumed or skipped).
+    pub fn num_batches(&self) -> usize {
+        self.num_batches
+    }
+
+    /// The epoch's image order (dataset indices).
+    pub fn order(&self) -> &[usize] {
+        &self.order
+    }
+
+    /// Index of the batch the next call to `next` returns.
+    pub fn position(&self) -> usize {
+        self.next_batch
+    }
+
+    /// Skips `n` batches, e.g. to resume mid-epoch. Free before iteration starts.
+    pub fn skip_batches(&mut self, n: usize) {
+        if self.rx.is_none() {
+            self.next_batch = (self.next_batch + n).min(self.num_batches);
+        } else {
+            for _ in 0..n {
+                if self.next().is_none() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Builder form of [`Loader::skip_batches`]: start at batch `start`.
+    pub fn start_batch(mut self, start: usize) -> Loader {
+        self.skip_batches(start);
+        self
+    }
+
+    fn spawn(&mut self) {
+        let (tx, rx) = sync_channel(2);
+        let ds = Arc::clone(&self.ds);
+        let order = Arc::clone(&self.order);
+        let (start, end) = (self.next_batch, self.num_batches);
+        let (batch_size, augment, seed, epoch) =
+            (self.batch_size, self.augment, self.seed, self.epoch);
+        self.worker = Some(std::thread::spawn(move || {
+            for b in start..end {
+                let batch = make_batch(&ds, &order, b, batch_size, augment, seed, epoch);
+                if tx.send(batch).is_err() {
+                    break; // the loader was dropped
+                }
+            }
+        }));
+        self.rx = Some(rx);
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        if self.next_batch >= self.num_batches {
+            return None;
+        }
+        if self.rx.is_none() {
+            self.spawn();
+        }
+        match self.rx.as_ref().map(|rx| rx.recv()) {
+            Some(Ok(batch)) => {
+                self.next_batch += 1;
+                Some(batch)
+            }
+            _ => {
+                // The worker ended early: only a panic does that; pass it on.
+                if let Some(handle) = self.worker.take() {
+                    if let Err(panic) = handle.join() {
+                        std::panic::resume_unwind(panic);
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.num_batches - self.next_batch;
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for Loader {}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // Dropping the receiver first makes a blocked `send` fail, so the join returns.
+        self.rx = None;
+        if let Some(handle) = self.worker.take() {
+            let _ = handle.join();
+        }
+    }
+}

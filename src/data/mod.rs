@@ -1,0 +1,184 @@
+//! Datasets held in memory as u8 pixels, loaders for the formats users have on disk
+//! (CIFAR-10 binary, MNIST/Fashion-MNIST idx, a folder of images per class) and a
+//! background batch loader that normalises and augments on a CPU thread while the
+//! device trains on the previous batch.
+
+pub mod batch;
+pub mod cifar10;
+pub mod folder;
+pub mod idx;
+
+pub use batch::{augment_into, normalise_into, Augment, Batch, Loader};
+
+use std::path::PathBuf;
+
+/// A whole split in memory. Pixels stay u8 (4x smaller than f32) and are normalised per
+/// batch; each image is CHW planar (channel, row, col), the layout the patchify kernel reads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    pub name: String,
+    /// `len * channels * height * width` bytes.
+    pub images: Vec<u8>,
+    /// One class index per image, `< class_names.len()`.
+    pub labels: Vec<u8>,
+    pub len: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub class_names: Vec<String>,
+    /// Per-channel mean in [0,1] units: input = (x/255 - mean) / std.
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation in [0,1] units.
+    pub std: Vec<f32>,
+    /// Whether horizontal flips keep labels valid (not for digits: a mirrored 2 is no 2).
+    pub allow_flip: bool,
+}
+
+impl Dataset {
+    /// Bytes of one image (C*H*W).
+    pub fn image_size(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// The CHW pixels of image `index`.
+    pub fn image(&self, index: usize) -> &[u8] {
+        let n = self.image_size();
+        &self.images[index * n..(index + 1) * n]
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.class_names.len()
+    }
+
+    /// The first `limit` images (all of them if `limit >= len`), for quick runs and tests.
+    pub fn subset(&self, limit: usize) -> Dataset {
+        let n = limit.min(self.len);
+        Dataset {
+            name: self.name.clone(),
+            images: self.images[..n * self.image_size()].to_vec(),
+            labels: self.labels[..n].to_vec(),
+            len: n,
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+            class_names: self.class_names.clone(),
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+            allow_flip: self.allow_flip,
+        }
+    }
+}
+
+/// Everything that can go wrong reading a dataset; each message names the file, what was
+/// expected and what was found, so the user can fix it without reading the source.
+#[derive(thiserror::Error, Debug)]
+pub enum DataError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{} is truncated or corrupt ({what}): expected {expected_bytes} bytes, found {found_bytes}",
+        path.display()
+    )]
+    Truncated {
+        path: PathBuf,
+        what: String,
+        expected_bytes: u64,
+        found_bytes: u64,
+    },
+    #[error(
+        "{} is not {what}: expected magic number 0x{expected:08x}, found 0x{found:08x}",
+        path.display()
+    )]
+    BadMagic {
+        path: PathBuf,
+        what: String,
+        expected: u32,
+        found: u32,
+    },
+    #[error("{}: {what}: expected {expected}, found {found}", path.display())]
+    SizeMismatch {
+        path: PathBuf,
+        what: String,
+        expected: String,
+        found: String,
+    },
+    #[error(
+        "{}: image {index} has label {label}, but the dataset has only {classes} classes (0..{classes})",
+        path.display()
+    )]
+    BadLabel {
+        path: PathBuf,
+        index: usize,
+        label: u8,
+        classes: usize,
+    },
+    #[error("{} not found: {hint}", path.display())]
+    Missing { path: PathBuf, hint: String },
+    #[error("cannot decode image {}: {message}", path.display())]
+    Decode { path: PathBuf, message: String },
+    #[error(
+        "{} is corrupt or incomplete: expected MD5 {expected}, found {found}; delete it and try again",
+        path.display()
+    )]
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    #[error("download of {url} failed: {message}. {hint}")]
+    Download {
+        url: String,
+        message: String,
+        hint: String,
+    },
+    #[error("{}: {message}", path.display())]
+    EmptyFolder { path: PathBuf, message: String },
+    #[error("{message}")]
+    InvalidArgument { message: String },
+}
+
+impl DataError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> DataError {
+        DataError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Reads a whole file, turning "not found" into `Missing` with the caller's hint.
+pub(crate) fn read_file(path: &std::path::Path, hint: &str) -> Result<Vec<u8>, DataError> {
+    std::fs::read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            DataError::Missing {
+                path: path.to_path_buf(),
+                hint: hint.to_string(),
+            }
+        } else {
+            DataError::io(path, e)
+        }
+    })
+}
+
+/// Checks every label is a valid class index (a corrupt file otherwise surfaces as an
+/// out-of-bounds write in the loss kernel, far from its cause).
+pub(crate) fn check_labels(
+    path: &std::path::Path,
+    labels: &[u8],
+    classes: usize,
+) -> Result<(), DataError> {
+    match labels.iter().position(|&l| l as usize >= classes) {
+        Some(index) => Err(DataError::BadLabel {
+            path: path.to_path_buf(),
+            index,
+            label: labels[index],
+            classes,
+        }),
+        None => Ok(()),
+    }
+}
