@@ -1,1 +1,333 @@
-//! (in progress)
+//! Multi-head self-attention, flash style (shaders/attention.wgsl): forward saving the row
+//! log-sum-exp, backward recomputing the probabilities from it (FlashAttention-2's split
+//! into a per-query and a per-key pass, no atomics), and the probabilities themselves for
+//! attention maps at inference.
+
+use std::sync::OnceLock;
+
+use crate::gpu::{div_ceil, Command, Gpu};
+
+/// Shapes of one attention call: qkv [batch*tokens, 3*heads*head_dim].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub tokens: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionShape {
+    /// D = heads * head_dim.
+    pub fn model_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Floats in qkv and dqkv: [B*N, 3D].
+    pub fn qkv_len(&self) -> usize {
+        self.batch * self.tokens * 3 * self.model_dim()
+    }
+
+    /// Floats in o and dO: [B*N, D].
+    pub fn out_len(&self) -> usize {
+        self.batch * self.tokens * self.model_dim()
+    }
+
+    /// Floats in lse (and the backward scratch): [B, A, N].
+    pub fn lse_len(&self) -> usize {
+        self.batch * self.heads * self.tokens
+    }
+
+    /// Floats in the probabilities: [B, A, N, N].
+    pub fn probs_len(&self) -> usize {
+        self.lse_len() * self.tokens
+    }
+}
+
+/// The largest head dim the kernels hold in registers.
+pub const MAX_HEAD_DIM: usize = 64;
+
+/// Which kernels run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// One invocation per query (or key) row streaming the other side's rows, for GPUs.
+    /// (Both variants live in one shader module, which uses subgroup builtins: creating
+    /// either needs `Features::SUBGROUP`.)
+    Rows,
+    /// `Rows` with the streamed rows shared across 8-lane subgroups by `subgroupBroadcast`,
+    /// for CPU adapters (lavapipe), where every storage load is a per-lane loop.
+    Lanes,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 2] = [Variant::Rows, Variant::Lanes];
+
+    /// Query (or key) rows per workgroup, all of one (batch, head).
+    fn rows_per_group(self) -> usize {
+        match self {
+            Variant::Rows => 16,
+            Variant::Lanes => LANES as usize,
+        }
+    }
+
+    fn entry(self, name: &str) -> String {
+        match self {
+            Variant::Rows => name.to_string(),
+            Variant::Lanes => format!("{name}_lanes"),
+        }
+    }
+}
+
+/// The subgroup size the `Lanes` kernels are written for.
+const LANES: u32 = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Meta {
+    batch: u32,
+    tokens: u32,
+    heads: u32,
+    head_vec4: u32,
+    qkv_row_vec4: u32,
+    model_vec4: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+/// The four entry points specialised for one head dim.
+struct Pipelines {
+    forward: wgpu::ComputePipeline,
+    backward_query: wgpu::ComputePipeline,
+    backward_key: wgpu::ComputePipeline,
+    probabilities: wgpu::ComputePipeline,
+}
+
+pub struct Attention {
+    variant: Variant,
+    /// Indexed by head_dim / 4 - 1; built on first use of a head dim and kept (a pipeline
+    /// costs an LLVM compile on lavapipe).
+    pipelines: [OnceLock<Pipelines>; MAX_HEAD_DIM / 4],
+}
+
+impl Attention {
+    /// The variant for this adapter: `Lanes` on a CPU adapter with 8-lane subgroups.
+    pub fn new(gpu: &Gpu) -> Attention {
+        let variant = if gpu.is_cpu() && Attention::lanes_supported(gpu) {
+            Variant::Lanes
+        } else {
+            Variant::Rows
+        };
+        Attention::with_variant(gpu, variant)
+    }
+
+    /// `Lanes` needs subgroups of exactly 8 lanes.
+    pub fn lanes_supported(gpu: &Gpu) -> bool {
+        gpu.has_subgroups()
+            && gpu.info.subgroup_min_size == LANES
+            && gpu.info.subgroup_max_size == LANES
+    }
+
+    pub fn with_variant(gpu: &Gpu, variant: Variant) -> Attention {
+        assert!(
+            variant != Variant::Lanes || Attention::lanes_supported(gpu),
+            "attention variant Lanes needs subgroups of {LANES} lanes; adapter '{}' has \
+             subgroups: {} (size {}..{}). Use Variant::Rows.",
+            gpu.info.name,
+            gpu.has_subgroups(),
+            gpu.info.subgroup_min_size,
+            gpu.info.subgroup_max_size
+        );
+        Attention {
+            variant,
+            pipelines: Default::default(),
+        }
+    }
+
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    fn pipelines(&self, gpu: &Gpu, shape: AttentionShape) -> &Pipelines {
+        check(gpu, shape);
+        let v4 = shape.head_dim / 4;
+        self.pipelines[v4 - 1].get_or_init(|| {
+            let s = &super::ATTENTION;
+            let rows = Variant::Rows.rows_per_group() as f64;
+            let constants = [("HEAD_VEC4", v4 as f64), ("ROWS", rows)];
+            let entry = |name: &str| gpu.pipeline_with(s, &self.variant.entry(name), &constants);
+            Pipelines {
+                forward: entry("attention_forward"),
+                backward_query: entry("attention_backward_query"),
+                backward_key: entry("attention_backward_key"),
+                // one query row per invocation in both variants: for attention maps only
+                probabilities: gpu.pipeline_with(s, "attention_probabilities", &constants),
+            }
+        })
+    }
+
+    /// o [B*N, D] = softmax(q k^T / sqrt(d)) v per (batch, head); lse [B, A, N] = the row
+    /// log-sum-exp of the scaled scores, for the backward.
+    pub fn forward(
+        &self,
+        gpu: &Gpu,
+        shape: AttentionShape,
+        qkv: &wgpu::Buffer, // [B*N, 3D]
+        o: &wgpu::Buffer,   // [B*N, D]
+        lse: &wgpu::Buffer, // [B, A, N]
+    ) -> Vec<Command> {
+        let p = self.pipelines(gpu, shape);
+        let d = gpu.dispatch(
+            &p.forward,
+            &[(0, qkv), (1, o), (2, lse)],
+            &meta(shape),
+            self.grid(shape),
+        );
+        vec![d.into()]
+    }
+
+    /// dqkv [B*N, 3D] (overwritten) from dO [B*N, D] and the forward's qkv, o and lse.
+    /// `scratch` holds delta_i = rowsum(dO o O), `scratch_len(shape)` floats.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        gpu: &Gpu,
+        shape: AttentionShape,
+        qkv: &wgpu::Buffer,     // [B*N, 3D]
+        o: &wgpu::Buffer,       // [B*N, D]
+        lse: &wgpu::Buffer,     // [B, A, N]
+        d_o: &wgpu::Buffer,     // [B*N, D]
+        dqkv: &wgpu::Buffer,    // [B*N, 3D]
+        scratch: &wgpu::Buffer, // [B, A, N]
+    ) -> Vec<Command> {
+        assert!(
+            scratch.size() >= 4 * Self::scratch_len(shape) as u64,
+            "attention backward scratch needs {} floats",
+            Self::scratch_len(shape)
+        );
+        let p = self.pipelines(gpu, shape);
+        let m = meta(shape);
+        let query = gpu.dispatch(
+            &p.backward_query,
+            &[
+                (0, qkv),
+                (3, o),
+                (4, lse),
+                (5, d_o),
+                (6, dqkv),
+                (7, scratch),
+            ],
+            &m,
+            self.grid(shape),
+        );
+        let key = gpu.dispatch(
+            &p.backward_key,
+            &[(0, qkv), (4, lse), (5, d_o), (6, dqkv), (7, scratch)],
+            &m,
+            self.grid(shape),
+        );
+        vec![query.into(), key.into()]
+    }
+
+    /// Floats of scratch the backward needs: [B, A, N].
+    pub fn scratch_len(shape: AttentionShape) -> usize {
+        shape.lse_len()
+    }
+
+    /// Inference only: the attention probabilities P [B, A, N, N] (materialised N x N, for
+    /// attention maps).
+    pub fn probabilities(
+        &self,
+        gpu: &Gpu,
+        shape: AttentionShape,
+        qkv: &wgpu::Buffer,   // [B*N, 3D]
+        probs: &wgpu::Buffer, // [B, A, N, N]
+    ) -> Vec<Command> {
+        check_binding(gpu, "probabilities", shape.probs_len());
+        let p = self.pipelines(gpu, shape);
+        let d = gpu.dispatch(
+            &p.probabilities,
+            &[(0, qkv), (8, probs)],
+            &meta(shape),
+            grid(shape, Variant::Rows.rows_per_group()),
+        );
+        vec![d.into()]
+    }
+
+    fn grid(&self, shape: AttentionShape) -> [u32; 3] {
+        grid(shape, self.variant.rows_per_group())
+    }
+
+    /// Multiply-adds x 2 of the forward: S = Q K^T and O = P V, per (batch, head).
+    pub fn flops_forward(shape: AttentionShape) -> f64 {
+        4.0 * (shape.batch * shape.heads) as f64
+            * (shape.tokens * shape.tokens * shape.head_dim) as f64
+    }
+
+    /// The backward's useful FLOPs, FlashAttention's count: S recomputed once, dV, dP, dQ
+    /// and dK (2.5x the forward). The kernels recompute S and dP in both passes, 7/5 of this.
+    pub fn flops_backward(shape: AttentionShape) -> f64 {
+        2.5 * Self::flops_forward(shape)
+    }
+}
+
+/// Benchmark shapes: the tiny preset (3 heads x 64, batch 64) and labml (8 heads x 64,
+/// batch 16) at 65 tokens (32x32 images, patch 4) and 197 tokens (higher resolution).
+pub fn bench_cases() -> Vec<AttentionShape> {
+    let shape = |batch, tokens, heads| AttentionShape {
+        batch,
+        tokens,
+        heads,
+        head_dim: 64,
+    };
+    vec![
+        shape(64, 65, 3),
+        shape(64, 197, 3),
+        shape(16, 65, 8),
+        shape(16, 197, 8),
+    ]
+}
+
+fn check(gpu: &Gpu, s: AttentionShape) {
+    assert!(
+        s.head_dim.is_multiple_of(4) && (4..=MAX_HEAD_DIM).contains(&s.head_dim),
+        "attention head dim {} must be a multiple of 4 up to {MAX_HEAD_DIM}",
+        s.head_dim
+    );
+    assert!(
+        s.tokens >= 1 && s.batch >= 1 && s.heads >= 1,
+        "empty attention shape {s:?}"
+    );
+    let groups = s.batch * s.heads;
+    assert!(
+        groups <= gpu.limits.max_compute_workgroups_per_dimension as usize,
+        "attention: batch x heads = {groups} exceeds the adapter's workgroups per dimension"
+    );
+    check_binding(gpu, "qkv", s.qkv_len());
+}
+
+fn check_binding(gpu: &Gpu, what: &str, floats: usize) {
+    let bytes = 4 * floats as u64;
+    let limit = gpu.limits.max_storage_buffer_binding_size;
+    assert!(
+        bytes <= limit,
+        "attention: {what} of {bytes} bytes exceeds the adapter's storage binding size {limit}"
+    );
+}
+
+fn meta(s: AttentionShape) -> Meta {
+    let model = s.model_dim();
+    Meta {
+        batch: s.batch as u32,
+        tokens: s.tokens as u32,
+        heads: s.heads as u32,
+        head_vec4: (s.head_dim / 4) as u32,
+        qkv_row_vec4: (3 * model / 4) as u32,
+        model_vec4: (model / 4) as u32,
+        scale: 1.0 / (s.head_dim as f32).sqrt(),
+        _pad: 0,
+    }
+}
+
+/// x: blocks of `rows` rows, y: (batch, head).
+fn grid(s: AttentionShape, rows: usize) -> [u32; 3] {
+    [div_ceil(s.tokens, rows), (s.batch * s.heads) as u32, 1]
+}

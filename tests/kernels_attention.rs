@@ -1,0 +1,188 @@
+mod common;
+use common::*;
+use vit_wgpu::kernels::attention::*;
+use vit_wgpu::reference::attention as cpu;
+
+/// qkv entries in [-2.5, 2.5): scaled scores have a standard deviation of about 2, so the
+/// softmax is far from uniform.
+const QKV_SCALE: f32 = 2.5;
+
+fn shape(batch: usize, tokens: usize, heads: usize, head_dim: usize) -> AttentionShape {
+    AttentionShape {
+        batch,
+        tokens,
+        heads,
+        head_dim,
+    }
+}
+
+/// Token counts {1, 17, 65, 197} x head dims {16, 32, 64} x batch {1, 5} x heads {1..4}:
+/// every value of each at least once, within a minute of CPU reference on 2 cores.
+fn covering_shapes() -> Vec<AttentionShape> {
+    vec![
+        shape(1, 1, 1, 16),
+        shape(5, 1, 3, 64),
+        shape(5, 17, 2, 32),
+        shape(1, 17, 4, 64),
+        shape(1, 65, 3, 64),
+        shape(5, 65, 4, 16),
+        shape(1, 197, 2, 64),
+        shape(5, 197, 1, 32),
+        shape(2, 197, 3, 16),
+    ]
+}
+
+/// Both variants where the adapter runs them (Lanes needs 8-lane subgroups).
+fn variants() -> Vec<Variant> {
+    Variant::ALL
+        .into_iter()
+        .filter(|&v| v != Variant::Lanes || Attention::lanes_supported(gpu()))
+        .collect()
+}
+
+fn describe(s: AttentionShape) -> String {
+    format!(
+        "B={} N={} A={} d={}",
+        s.batch, s.tokens, s.heads, s.head_dim
+    )
+}
+
+/// Forward (o, lse) and backward (dqkv) against the CPU reference; returns the largest
+/// relative errors seen (forward, backward).
+fn check_forward_backward(attention: &Attention, s: AttentionShape) -> (f64, f64) {
+    let g = gpu();
+    let mut r = rng();
+    let (b, n, a, d) = (s.batch, s.tokens, s.heads, s.head_dim);
+    let qkv: Vec<f32> = random(&mut r, s.qkv_len())
+        .iter()
+        .map(|v| v * QKV_SCALE)
+        .collect();
+    let d_o = random(&mut r, s.out_len());
+
+    let mut o = vec![0.0; s.out_len()];
+    let mut lse = vec![0.0; s.lse_len()];
+    cpu::forward(&mut o, &mut lse, &qkv, b, n, a, d);
+    let mut dqkv = vec![0.0; s.qkv_len()];
+    cpu::backward(&mut dqkv, &d_o, &qkv, &o, &lse, b, n, a, d);
+
+    let (bqkv, bdo) = (g.upload("qkv", &qkv), g.upload("dO", &d_o));
+    let (bo, blse) = (poisoned(s.out_len()), poisoned(s.lse_len()));
+    g.submit_commands(&attention.forward(g, s, &bqkv, &bo, &blse));
+    let variant = attention.variant();
+    let what = format!("attention {variant:?} forward {}", describe(s));
+    let e_o = assert_close(&format!("{what} o"), &read(&bo), &o, TOLERANCE);
+    let e_lse = assert_close(&format!("{what} lse"), &read(&blse), &lse, TOLERANCE);
+
+    let bdqkv = poisoned(s.qkv_len());
+    let scratch = poisoned(Attention::scratch_len(s));
+    g.submit_commands(&attention.backward(g, s, &bqkv, &bo, &blse, &bdo, &bdqkv, &scratch));
+    let what = format!("attention {variant:?} backward {}", describe(s));
+    let ours = read(&bdqkv);
+    let e_all = assert_close(&format!("{what} dqkv"), &ours, &dqkv, TOLERANCE);
+    // dq, dk and dv apart too: each third must be right on its own, not just on aggregate.
+    let model = s.model_dim();
+    let mut e_parts = 0.0f64;
+    for (part, name) in ["dq", "dk", "dv"].iter().enumerate() {
+        let pick = |v: &[f32]| -> Vec<f32> {
+            v.chunks(3 * model)
+                .flat_map(|row| row[part * model..(part + 1) * model].to_vec())
+                .collect()
+        };
+        let e = assert_close(
+            &format!("{what} {name}"),
+            &pick(&ours),
+            &pick(&dqkv),
+            TOLERANCE,
+        );
+        e_parts = e_parts.max(e);
+    }
+    (e_o.max(e_lse), e_all.max(e_parts))
+}
+
+#[test]
+fn attention_forward_and_backward_match_cpu_on_odd_token_counts_and_head_dims() {
+    for variant in variants() {
+        let attention = Attention::with_variant(gpu(), variant);
+        let (mut fwd, mut bwd) = (0.0f64, 0.0f64);
+        for s in covering_shapes() {
+            let (f, b) = check_forward_backward(&attention, s);
+            fwd = fwd.max(f);
+            bwd = bwd.max(b);
+        }
+        eprintln!("{variant:?}: largest relative error: forward {fwd:.3e}, backward {bwd:.3e}");
+    }
+}
+
+#[test]
+fn attention_probabilities_match_cpu_and_rows_sum_to_one() {
+    let g = gpu();
+    let attention = Attention::new(g);
+    let mut worst = 0.0f64;
+    for s in [
+        shape(1, 1, 2, 16),
+        shape(5, 17, 3, 64),
+        shape(1, 65, 4, 32),
+        shape(2, 197, 3, 64),
+    ] {
+        let mut r = rng();
+        let qkv: Vec<f32> = random(&mut r, s.qkv_len())
+            .iter()
+            .map(|v| v * QKV_SCALE)
+            .collect();
+        let mut probs = vec![0.0; s.probs_len()];
+        cpu::probabilities(&mut probs, &qkv, s.batch, s.tokens, s.heads, s.head_dim);
+
+        let bqkv = g.upload("qkv", &qkv);
+        let bprobs = poisoned(s.probs_len());
+        g.submit_commands(&attention.probabilities(g, s, &bqkv, &bprobs));
+        let ours = read(&bprobs);
+        let what = format!("attention probabilities {}", describe(s));
+        worst = worst.max(assert_close(&what, &ours, &probs, TOLERANCE));
+        for (row, p) in ours.chunks(s.tokens).enumerate() {
+            let sum: f64 = p.iter().map(|&v| v as f64).sum();
+            assert!((sum - 1.0).abs() < 1e-5, "{what}: row {row} sums to {sum}");
+        }
+    }
+    eprintln!("largest relative error: probabilities {worst:.3e}");
+}
+
+/// With one token the softmax is exactly 1: o is that token's v, lse its single score.
+#[test]
+fn attention_of_one_token_returns_its_value_row() {
+    let g = gpu();
+    let s = shape(3, 1, 2, 32);
+    let mut r = rng();
+    let qkv = random(&mut r, s.qkv_len());
+    let model = s.model_dim();
+    for variant in variants() {
+        let attention = Attention::with_variant(g, variant);
+        let (bqkv, bo, blse) = (
+            g.upload("qkv", &qkv),
+            poisoned(s.out_len()),
+            poisoned(s.lse_len()),
+        );
+        g.submit_commands(&attention.forward(g, s, &bqkv, &bo, &blse));
+        check_one_token(s, &qkv, &read(&bo), &read(&blse), model);
+    }
+}
+
+fn check_one_token(s: AttentionShape, qkv: &[f32], o: &[f32], lse_out: &[f32], model: usize) {
+    let v: Vec<f32> = qkv
+        .chunks(3 * model)
+        .flat_map(|row| row[2 * model..].to_vec())
+        .collect();
+    assert_close("one-token attention o = v", o, &v, 1e-6);
+    // lse of a single score s is s itself: q . k / sqrt(d)
+    let lse: Vec<f32> = (0..s.batch * s.heads)
+        .map(|bh| {
+            let (b, a) = (bh / s.heads, bh % s.heads);
+            let row = &qkv[b * 3 * model..(b + 1) * 3 * model];
+            let d = s.head_dim;
+            let dot: f64 = (0..d)
+                .map(|c| row[a * d + c] as f64 * row[model + a * d + c] as f64)
+                .sum();
+            (dot / (d as f64).sqrt()) as f32
+        })
+        .collect();
+    assert_close("one-token attention lse = q.k/sqrt(d)", lse_out, &lse, 1e-5);
+}
