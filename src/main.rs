@@ -1,6 +1,9 @@
+use clap::Parser;
+
 fn main() {
-    match vit_wgpu::gpu::Gpu::new(&Default::default()) {
-        Ok(g) => print!("{}", g.describe()),
-        Err(e) => eprintln!("{e}"),
+    let cli = vit_wgpu::cli::Cli::parse();
+    if let Err(e) = vit_wgpu::cli::commands::run(cli) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
     }
 }

@@ -1,0 +1,442 @@
+//! What each subcommand does.
+
+use super::*;
+use crate::data::{self, Dataset};
+use crate::gpu::{enumerate_adapters, Gpu, GpuOptions};
+use crate::model::checkpoint;
+use crate::model::{HostParams, Kernels, Mode, Vit};
+use crate::train::{self, TrainError, TrainOptions};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+pub fn run(cli: Cli) -> CliResult {
+    let opts = GpuOptions {
+        backend: cli.backend,
+        adapter: cli.adapter,
+    };
+    match cli.command {
+        Command::Info => info(&opts),
+        Command::Train(a) => train_cmd(&opts, a),
+        Command::Eval(a) => eval_cmd(&opts, a),
+        Command::Infer(a) => infer_cmd(&opts, a),
+        Command::Bench(a) => bench_cmd(&opts, a),
+        Command::Verify(a) => verify_cmd(&opts, a),
+    }
+}
+
+fn info(opts: &GpuOptions) -> CliResult {
+    let adapters = enumerate_adapters(opts.backend);
+    if adapters.is_empty() {
+        return Err(crate::gpu::GpuError::NoAdapter {
+            backends: opts.backend.backends(),
+        }
+        .into());
+    }
+    for (i, a) in adapters.iter().enumerate() {
+        print!(
+            "[{i}] {}",
+            crate::gpu::describe_adapter(&a.get_info(), &a.limits(), a.features())
+        );
+    }
+    let gpu = Gpu::new(opts)?;
+    println!(
+        "default choice: {} ({} GEMM variant)",
+        gpu.info.name,
+        if gpu.is_cpu() {
+            "CPU-adapter"
+        } else {
+            "tiled GPU"
+        }
+    );
+    Ok(())
+}
+
+/// Where a dataset is by default.
+fn data_dir(d: &DataArgs) -> PathBuf {
+    if let Some(p) = &d.data_dir {
+        return p.clone();
+    }
+    match d.dataset {
+        DatasetKind::Cifar10 => PathBuf::from("data/cifar10"),
+        DatasetKind::Mnist => PathBuf::from("data/mnist"),
+        DatasetKind::FashionMnist => {
+            let debian = Path::new(data::idx::FASHION_MNIST_DEBIAN_DIR);
+            if debian.is_dir() {
+                debian.to_path_buf()
+            } else {
+                PathBuf::from("data/fashion-mnist")
+            }
+        }
+        DatasetKind::Folder => PathBuf::from("data/images"),
+    }
+}
+
+/// Load (downloading CIFAR-10 when absent) the train or test split.
+pub fn load_split(
+    d: &DataArgs,
+    train: bool,
+    size: Option<(usize, usize, usize)>,
+) -> Result<Dataset, data::DataError> {
+    let dir = data_dir(d);
+    match d.dataset {
+        DatasetKind::Cifar10 => {
+            let dir = data::cifar10::ensure(&dir)?;
+            data::cifar10::load(&dir, train)
+        }
+        DatasetKind::FashionMnist => data::idx::load(&dir, train, data::idx::IdxKind::FashionMnist),
+        DatasetKind::Mnist => data::idx::load(&dir, train, data::idx::IdxKind::Mnist),
+        DatasetKind::Folder => {
+            let (h, w, c) = size.unwrap_or((32, 32, 3));
+            let split = dir.join(if train { "train" } else { "test" });
+            let root = if split.is_dir() { split } else { dir };
+            data::folder::load(&root, h, w, c)
+        }
+    }
+}
+
+fn limit(ds: Dataset, n: Option<usize>) -> Dataset {
+    match n {
+        Some(n) if n < ds.len => ds.subset(n),
+        _ => ds,
+    }
+}
+
+fn train_cmd(opts: &GpuOptions, a: TrainArgs) -> CliResult {
+    // The data decides channels and classes unless flags say otherwise.
+    let preset_cfg = a.model.config(None, None);
+    let size = Some((preset_cfg.image_h, preset_cfg.image_w, preset_cfg.channels));
+    let train_set = limit(load_split(&a.data, true, size)?, a.limit_train);
+    let val_set = limit(load_split(&a.data, false, size)?, a.data.limit_eval);
+    let mut cfg = a
+        .model
+        .config(Some(train_set.channels), Some(train_set.class_names.len()));
+    if a.model.image_size.is_none() {
+        cfg.image_h = train_set.height;
+        cfg.image_w = train_set.width;
+    }
+    cfg.validate()?;
+    let init = match &a.init {
+        Some(path) => {
+            let file = checkpoint::TensorFile::read(path)?;
+            Some(checkpoint::params_from_file(path, &file, &cfg)?)
+        }
+        None => None,
+    };
+    let out = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs")
+            .join(format!("{:?}-{:?}", a.model.preset, a.data.dataset).to_lowercase())
+    });
+    let gpu = Gpu::new(opts)?;
+    if !a.quiet {
+        eprintln!(
+            "adapter: {}",
+            gpu.describe().lines().next().unwrap_or_default()
+        );
+        eprintln!("model: {cfg}");
+        eprintln!(
+            "data: {} ({} train, {} test images); run folder: {}",
+            train_set.name,
+            train_set.len,
+            val_set.len,
+            out.display()
+        );
+    }
+    let kernels = Kernels::new(&gpu);
+    let topts = TrainOptions {
+        cfg,
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        warmup: a.warmup,
+        cosine: !a.constant_lr,
+        max_grad_norm: a.clip,
+        seed: a.seed,
+        out,
+        resume: a.resume.clone(),
+        init,
+        max_steps: a.max_steps,
+        augment: !a.no_augment,
+        progress: !a.quiet,
+    };
+    let summary = train::train(
+        &gpu,
+        &kernels,
+        &topts,
+        Arc::new(train_set),
+        Arc::new(val_set),
+    )?;
+    println!(
+        "done: {} steps, best validation accuracy {:.4}; checkpoints in {}",
+        summary.steps,
+        summary.best_accuracy,
+        summary.out.display()
+    );
+    Ok(())
+}
+
+fn load_checkpoint(
+    path: &Path,
+) -> Result<(crate::model::Config, HostParams, checkpoint::TensorFile), TrainError> {
+    Ok(checkpoint::load_model(path)?)
+}
+
+fn eval_cmd(opts: &GpuOptions, a: EvalArgs) -> CliResult {
+    let (cfg, params, _) = load_checkpoint(&a.checkpoint)?;
+    let ds = limit(
+        load_split(
+            &a.data,
+            false,
+            Some((cfg.image_h, cfg.image_w, cfg.channels)),
+        )?,
+        a.data.limit_eval,
+    );
+    train::check_dataset(&cfg, &ds)?;
+    let gpu = Gpu::new(opts)?;
+    let kernels = Kernels::new(&gpu);
+    let batch = a.batch_size.min(ds.len.max(1));
+    let model = Vit::new(&gpu, &kernels, &cfg, &params, batch, Mode::Infer, 0)?;
+    let r = train::evaluate(&gpu, &model, &Arc::new(ds.clone()))?;
+    let per_class = r.per_class_accuracy();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "images": r.images, "accuracy": r.accuracy, "loss": r.loss,
+                "per_class_accuracy": per_class, "confusion": r.confusion, "classes": ds.class_names,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "{} test images: accuracy {:.4}, loss {:.4}",
+        r.images, r.accuracy, r.loss
+    );
+    println!("per class:");
+    for (i, acc) in per_class.iter().enumerate() {
+        let name = ds
+            .class_names
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| i.to_string());
+        println!("  {name:>14}: {acc:.4}");
+    }
+    println!("confusion matrix (rows: true class, columns: predicted):");
+    for row in &r.confusion {
+        println!(
+            "  {}",
+            row.iter()
+                .map(|v| format!("{v:>5}"))
+                .collect::<Vec<_>>()
+                .join("")
+        );
+    }
+    Ok(())
+}
+
+fn softmax(row: &[f32]) -> Vec<f32> {
+    let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f64> = row.iter().map(|&v| ((v - mx) as f64).exp()).collect();
+    let z: f64 = e.iter().sum();
+    e.iter().map(|v| (v / z) as f32).collect()
+}
+
+fn infer_cmd(opts: &GpuOptions, a: InferArgs) -> CliResult {
+    let (cfg, params, file) = load_checkpoint(&a.checkpoint)?;
+    let names: Vec<String> = match &a.classes {
+        Some(s) => s.split(',').map(|v| v.trim().to_string()).collect(),
+        None => file
+            .metadata
+            .get("class_names")
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_else(|| (0..cfg.classes).map(|i| i.to_string()).collect()),
+    };
+    // Decode everything first: a bad file is reported before any work is done.
+    let mut images = Vec::with_capacity(a.images.len());
+    for path in &a.images {
+        images.push(data::folder::load_image(
+            path,
+            cfg.image_h,
+            cfg.image_w,
+            cfg.channels,
+        )?);
+    }
+    let gpu = Gpu::new(opts)?;
+    let kernels = Kernels::new(&gpu);
+    let batch = images.len().min(64);
+    let model = Vit::new(&gpu, &kernels, &cfg, &params, batch, Mode::Infer, 0)?;
+    let per_image = cfg.channels * cfg.image_h * cfg.image_w;
+    // The checkpoint records the normalisation it was trained with (default: 0.5, 0.5).
+    let per_channel = |key: &str| -> Vec<f32> {
+        let v: Vec<f32> = file
+            .metadata
+            .get(key)
+            .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+            .unwrap_or_default();
+        if v.len() == cfg.channels {
+            v
+        } else {
+            vec![0.5; cfg.channels]
+        }
+    };
+    let (mean, std) = (per_channel("norm_mean"), per_channel("norm_std"));
+    for (chunk_paths, chunk) in a.images.chunks(batch).zip(images.chunks(batch)) {
+        let mut input = vec![0f32; batch * per_image];
+        for (i, img) in chunk.iter().enumerate() {
+            for (j, &v) in img.iter().enumerate() {
+                let c = j / (cfg.image_h * cfg.image_w);
+                input[i * per_image + j] = (v as f32 / 255.0 - mean[c]) / std[c];
+            }
+        }
+        model.write_batch(&gpu, &input, &vec![0u32; batch]);
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        model.record_forward(&mut encoder);
+        gpu.queue.submit([encoder.finish()]);
+        let logits: Vec<f32> = gpu.read(&model.logits)?;
+        for (i, path) in chunk_paths.iter().enumerate() {
+            let probs = softmax(&logits[i * cfg.classes..(i + 1) * cfg.classes]);
+            let mut order: Vec<usize> = (0..cfg.classes).collect();
+            order.sort_by(|&x, &y| probs[y].total_cmp(&probs[x]));
+            let top: Vec<(String, f32)> = order
+                .iter()
+                .take(a.top_k.max(1))
+                .map(|&k| {
+                    (
+                        names.get(k).cloned().unwrap_or_else(|| k.to_string()),
+                        probs[k],
+                    )
+                })
+                .collect();
+            if a.json {
+                let preds: Vec<_> = top
+                    .iter()
+                    .map(|(n, p)| serde_json::json!({"class": n, "probability": p}))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"image": path.display().to_string(), "top": preds})
+                );
+            } else {
+                let s: Vec<String> = top
+                    .iter()
+                    .map(|(n, p)| format!("{n} {:.1}%", p * 100.0))
+                    .collect();
+                println!("{}: {}", path.display(), s.join(", "));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
+    let cfg = a.model.config(None, None);
+    cfg.validate()?;
+    let gpu = Gpu::new(opts)?;
+    let kernels = Kernels::new(&gpu);
+    let params = HostParams::init(&cfg, 0);
+    let mode = match a.mode {
+        BenchMode::Train => Mode::Train,
+        BenchMode::Infer => Mode::Infer,
+    };
+    let b = a.batch_size;
+    let model = Vit::new(&gpu, &kernels, &cfg, &params, b, mode, 0)?;
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+    let images =
+        crate::reference::random_vec(&mut rng, b * cfg.channels * cfg.image_h * cfg.image_w, 1.0);
+    let labels: Vec<u32> = (0..b).map(|i| (i % cfg.classes) as u32).collect();
+    model.write_batch(&gpu, &images, &labels);
+    let optim = crate::model::OptimConfig::default();
+    let mut times = Vec::new();
+    for i in 0..a.warmup_steps + a.steps {
+        model.write_step(&gpu, i as u64 + 1, 1e-4, &optim);
+        let t0 = Instant::now();
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        match mode {
+            Mode::Train => model.record_train_step(&mut encoder),
+            Mode::Infer => model.record_forward(&mut encoder),
+        }
+        gpu.queue.submit([encoder.finish()]);
+        gpu.wait("bench step")?;
+        if i >= a.warmup_steps {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let ips = b as f64 / median;
+    let mode_name = format!("{:?}", a.mode).to_lowercase();
+    let preset = format!("{:?}", a.model.preset).to_lowercase();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "preset": preset, "mode": mode_name, "batch_size": b, "images_per_second": ips,
+                "median_step_seconds": median, "steps": a.steps, "adapter": gpu.info.name,
+            })
+        );
+    } else {
+        println!(
+            "{preset} {mode_name} batch {b}: {ips:.1} images/s, median step {:.1} ms over {} steps on {}",
+            median * 1e3,
+            a.steps,
+            gpu.info.name
+        );
+    }
+    Ok(())
+}
+
+fn verify_cmd(opts: &GpuOptions, a: VerifyArgs) -> CliResult {
+    let gpu = Gpu::new(opts)?;
+    let tol = crate::verify::Tolerances {
+        logits: a.logits_tol,
+        loss: a.loss_tol,
+        grads: a.grad_tol,
+    };
+    let mut failed = Vec::new();
+    for path in &a.files {
+        let report = crate::verify::verify(&gpu, path, tol)?;
+        println!(
+            "{}: {} (batch {})",
+            path.display(),
+            report.config,
+            report.batch
+        );
+        println!(
+            "  {:<40} {:>12} {:>10}  worst element (ours vs expected)",
+            "tensor", "rel. error", "tolerance"
+        );
+        for c in &report.comparisons {
+            println!(
+                "  {:<40} {:>12.3e} {:>10.0e}  [{}] {:.6e} vs {:.6e}{}",
+                c.name,
+                c.relative_error,
+                c.tolerance,
+                c.worst_index,
+                c.ours,
+                c.expected,
+                if c.passed() { "" } else { "  FAIL" }
+            );
+        }
+        let worst = report
+            .comparisons
+            .iter()
+            .filter(|c| c.name.starts_with("grad "))
+            .map(|c| c.relative_error)
+            .fold(0.0, f64::max);
+        println!(
+            "  largest gradient error {worst:.3e}: {}",
+            if report.passed() { "PASS" } else { "FAIL" }
+        );
+        if !report.passed() {
+            failed.push(path.display().to_string());
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("verification failed for {}", failed.join(", ")).into())
+    }
+}

@@ -1,0 +1,278 @@
+//! The command line: info, train, eval, infer, bench.
+
+pub mod commands;
+
+use crate::gpu::BackendChoice;
+use crate::model::config::{Act, Config, Head, Preset};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vit-wgpu",
+    version,
+    about = "Train and run a Vision Transformer with hand-written WGSL compute shaders on any GPU wgpu reaches",
+    long_about = None
+)]
+pub struct Cli {
+    /// Graphics API (also taken from WGPU_BACKEND when `auto`).
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    pub backend: BackendChoice,
+    /// Adapter index from `vit-wgpu info` (default: the best GPU, then a CPU adapter).
+    #[arg(long, global = true)]
+    pub adapter: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List every adapter with its backend, type, driver, limits and features.
+    Info,
+    /// Train a model (no flags: the seed's experiment, labml preset on CIFAR-10).
+    Train(TrainArgs),
+    /// Accuracy, per-class accuracy and confusion matrix of a checkpoint on a test set.
+    Eval(EvalArgs),
+    /// Classify image files: top-k classes with probabilities.
+    Infer(InferArgs),
+    /// Time whole training (or inference) steps on random data.
+    Bench(BenchArgs),
+    /// Check this GPU against PyTorch: run a debug-state file made by
+    /// scripts/make_parity_fixture.py and compare logits, loss and every gradient.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct VerifyArgs {
+    /// Debug-state safetensors files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Relative-error tolerance for logits.
+    #[arg(long, default_value_t = 1e-4)]
+    pub logits_tol: f64,
+    /// Relative-error tolerance for the loss.
+    #[arg(long, default_value_t = 1e-4)]
+    pub loss_tol: f64,
+    /// Relative-error tolerance for each parameter gradient.
+    #[arg(long, default_value_t = 1e-3)]
+    pub grad_tol: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DatasetKind {
+    Cifar10,
+    FashionMnist,
+    Mnist,
+    /// An image folder: DATA_DIR/<class>/*.png|jpg (with train/ and test/ subfolders if present).
+    Folder,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HeadKind {
+    Linear,
+    Mlp,
+}
+
+/// Model shape: a preset, with any field overridden.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Starting point for the model's shape.
+    #[arg(long, value_enum, default_value = "labml")]
+    pub preset: Preset,
+    /// Input size, H or HxW (a multiple of the patch size).
+    #[arg(long, value_parser = parse_size)]
+    pub image_size: Option<(usize, usize)>,
+    #[arg(long)]
+    pub patch: Option<usize>,
+    /// Width D.
+    #[arg(long)]
+    pub dim: Option<usize>,
+    /// Number of transformer blocks.
+    #[arg(long)]
+    pub depth: Option<usize>,
+    #[arg(long)]
+    pub heads: Option<usize>,
+    #[arg(long)]
+    pub mlp_hidden: Option<usize>,
+    #[arg(long, value_enum)]
+    pub act: Option<Act>,
+    #[arg(long, value_enum)]
+    pub head: Option<HeadKind>,
+    /// Hidden width of the MLP head.
+    #[arg(long)]
+    pub head_hidden: Option<usize>,
+    #[arg(long)]
+    pub dropout: Option<f32>,
+    #[arg(long)]
+    pub ln_eps: Option<f32>,
+    /// Number of classes (default: the dataset's).
+    #[arg(long)]
+    pub classes: Option<usize>,
+}
+
+pub fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("'{s}' is not a size like 32 or 24x40"))
+    };
+    match s.split_once(['x', 'X']) {
+        Some((h, w)) => Ok((parse(h)?, parse(w)?)),
+        None => {
+            let v = parse(s)?;
+            Ok((v, v))
+        }
+    }
+}
+
+impl ModelArgs {
+    /// The preset with overrides applied; channels come from the data.
+    pub fn config(&self, channels: Option<usize>, classes: Option<usize>) -> Config {
+        let mut c = self.preset.config();
+        if let Some((h, w)) = self.image_size {
+            c.image_h = h;
+            c.image_w = w;
+        }
+        if let Some(ch) = channels {
+            c.channels = ch;
+        }
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
+        }
+        set!(patch, dim, depth, heads, mlp_hidden, act, dropout, ln_eps);
+        if let Some(k) = self.classes.or(classes) {
+            c.classes = k;
+        }
+        let hidden = self.head_hidden.unwrap_or(match c.head {
+            Head::Mlp { hidden } => hidden,
+            Head::Linear => 4 * c.dim,
+        });
+        match self.head {
+            Some(HeadKind::Linear) => c.head = Head::Linear,
+            Some(HeadKind::Mlp) => c.head = Head::Mlp { hidden },
+            None => {
+                if let Head::Mlp { .. } = c.head {
+                    c.head = Head::Mlp { hidden }
+                }
+            }
+        }
+        c
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    #[arg(long, value_enum, default_value = "cifar10")]
+    pub dataset: DatasetKind,
+    /// Where the dataset lives (default: ./data/<dataset>; Fashion-MNIST also looks in
+    /// /usr/share/datasets/fashion-mnist, Debian's dataset-fashion-mnist package).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Evaluate on the first N test images only.
+    #[arg(long)]
+    pub limit_eval: Option<usize>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long, default_value_t = 32)]
+    pub epochs: u64,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2.5e-4)]
+    pub lr: f32,
+    /// Decoupled weight decay (AdamW) on weight matrices only.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// Linear warmup steps (default: 5% of all steps).
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Keep the learning rate constant after warmup instead of cosine decay.
+    #[arg(long)]
+    pub constant_lr: bool,
+    /// Global gradient-norm clip (0 turns it off).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Run folder for metrics and checkpoints (default: runs/<preset>-<dataset>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue a run: its folder or its last.safetensors.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Start from these weights (a checkpoint of the same shape).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Train on the first N training images only.
+    #[arg(long)]
+    pub limit_train: Option<usize>,
+    /// Stop after this many optimiser steps in all, checkpointing the exact position.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// No random crop / flip.
+    #[arg(long)]
+    pub no_augment: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct InferArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Image files (any size or format the image crate reads).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    #[arg(long, default_value_t = 3)]
+    pub top_k: usize,
+    /// Class names, comma separated (default: from the checkpoint, else class indices).
+    #[arg(long)]
+    pub classes: Option<String>,
+    /// One JSON object per image.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    Train,
+    Infer,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, value_enum, default_value = "train")]
+    pub mode: BenchMode,
+    /// Timed steps (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup_steps: usize,
+    /// One machine-readable JSON line.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,354 @@
+//! Checkpoints: safetensors files whose tensor names and shapes are timm's (design.md
+//! section 2), with the model config in the metadata. Optimiser state and the training
+//! position go in a second file beside it. Files are written to a temporary name and
+//! renamed, so a crash never destroys the last good checkpoint.
+
+use super::config::{Config, ConfigError};
+use super::params::{param_specs, HostParams};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+#[derive(thiserror::Error, Debug)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a readable safetensors file: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("{path}: tensor '{name}' is missing (the model with this config needs it)")]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("{path}: tensor '{name}' has shape {found:?}, the model needs {expected:?} (a checkpoint of another model shape?)")]
+    Shape {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("{path}: tensor '{name}' has dtype {found}, expected F32 (or F64/F16/BF16)")]
+    DType {
+        path: PathBuf,
+        name: String,
+        found: String,
+    },
+    #[error("{path}: tensor '{name}' holds a non-finite value ({value}) at element {index}")]
+    NonFinite {
+        path: PathBuf,
+        name: String,
+        index: usize,
+        value: f32,
+    },
+    #[error("{path}: {source}")]
+    Config { path: PathBuf, source: ConfigError },
+    #[error("{path}: training state field '{field}' {problem}")]
+    State {
+        path: PathBuf,
+        field: String,
+        problem: String,
+    },
+}
+
+/// A safetensors file read into memory as f32 tensors.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TensorFile {
+    pub metadata: HashMap<String, String>,
+    pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    /// Integer tensors (e.g. labels), kept as i64.
+    pub int_tensors: BTreeMap<String, (Vec<usize>, Vec<i64>)>,
+}
+
+impl TensorFile {
+    pub fn read(path: &Path) -> Result<TensorFile, CheckpointError> {
+        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
+            path: path.into(),
+            source,
+        })?;
+        let format = |message: String| CheckpointError::Format {
+            path: path.into(),
+            message,
+        };
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format(e.to_string()))?;
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format(e.to_string()))?;
+        let mut out = TensorFile {
+            metadata: meta.metadata().clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        for (name, view) in st.tensors() {
+            use safetensors::Dtype;
+            let data = view.data();
+            let shape = view.shape().to_vec();
+            let floats: Vec<f32> = match view.dtype() {
+                Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+                Dtype::F64 => data
+                    .chunks_exact(8)
+                    .map(|c| {
+                        f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                    })
+                    .collect(),
+                Dtype::BF16 => data
+                    .chunks_exact(2)
+                    .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                    .collect(),
+                Dtype::F16 => data
+                    .chunks_exact(2)
+                    .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                    .collect(),
+                Dtype::I64 => {
+                    let ints = data
+                        .chunks_exact(8)
+                        .map(|c| {
+                            i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
+                        })
+                        .collect();
+                    out.int_tensors.insert(name, (shape, ints));
+                    continue;
+                }
+                other => {
+                    return Err(CheckpointError::DType {
+                        path: path.into(),
+                        name,
+                        found: format!("{other:?}"),
+                    })
+                }
+            };
+            out.tensors.insert(name, (shape, floats));
+        }
+        Ok(out)
+    }
+
+    /// Write atomically: to `<path>.tmp`, then rename over `path`.
+    pub fn write(&self, path: &Path) -> Result<(), CheckpointError> {
+        let bytes_f: Vec<(String, Vec<usize>, Vec<u8>, safetensors::Dtype)> = self
+            .tensors
+            .iter()
+            .map(|(n, (s, v))| {
+                (
+                    n.clone(),
+                    s.clone(),
+                    bytemuck::cast_slice(v).to_vec(),
+                    safetensors::Dtype::F32,
+                )
+            })
+            .chain(self.int_tensors.iter().map(|(n, (s, v))| {
+                (
+                    n.clone(),
+                    s.clone(),
+                    bytemuck::cast_slice(v).to_vec(),
+                    safetensors::Dtype::I64,
+                )
+            }))
+            .collect();
+        let format = |message: String| CheckpointError::Format {
+            path: path.into(),
+            message,
+        };
+        let mut views = Vec::with_capacity(bytes_f.len());
+        for (n, s, b, dt) in &bytes_f {
+            let view = safetensors::tensor::TensorView::new(*dt, s.clone(), b)
+                .map_err(|e| format(e.to_string()))?;
+            views.push((n.clone(), view));
+        }
+        let meta = if self.metadata.is_empty() {
+            None
+        } else {
+            Some(self.metadata.clone())
+        };
+        let bytes = safetensors::serialize(views, meta).map_err(|e| format(e.to_string()))?;
+        write_atomic(path, &bytes)
+    }
+
+    /// A float tensor with the expected shape, or a clear error.
+    pub fn take(
+        &self,
+        path: &Path,
+        name: &str,
+        expected: &[usize],
+    ) -> Result<Vec<f32>, CheckpointError> {
+        let (shape, values) =
+            self.tensors
+                .get(name)
+                .ok_or_else(|| CheckpointError::MissingTensor {
+                    path: path.into(),
+                    name: name.into(),
+                })?;
+        if shape.as_slice() != expected {
+            return Err(CheckpointError::Shape {
+                path: path.into(),
+                name: name.into(),
+                expected: expected.to_vec(),
+                found: shape.clone(),
+            });
+        }
+        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+            return Err(CheckpointError::NonFinite {
+                path: path.into(),
+                name: name.into(),
+                index,
+                value: values[index],
+            });
+        }
+        Ok(values.clone())
+    }
+}
+
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as i32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match exp {
+        0 if frac == 0 => sign,
+        0 => {
+            // subnormal: normalise
+            let v = frac as f32 * 2f32.powi(-24);
+            return if sign != 0 { -v } else { v };
+        }
+        31 => sign | 0x7f80_0000 | (frac << 13),
+        e => sign | (((e - 15 + 127) as u32) << 23) | (frac << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// Write to a temporary file beside `path`, flush it to disk, then rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    use std::io::Write;
+    let io = |source| CheckpointError::Io {
+        path: path.into(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Save the model's weights with the config in the metadata (plus any `extra` entries).
+pub fn save_model(
+    path: &Path,
+    cfg: &Config,
+    params: &HostParams,
+    extra: &[(&str, String)],
+) -> Result<(), CheckpointError> {
+    let mut file = TensorFile {
+        metadata: cfg.to_metadata(),
+        ..Default::default()
+    };
+    file.metadata.insert("format".into(), "vit-wgpu".into());
+    for (k, v) in extra {
+        file.metadata.insert((*k).into(), v.clone());
+    }
+    for (spec, values) in params.specs.iter().zip(&params.values) {
+        file.tensors
+            .insert(spec.name.clone(), (spec.shape.clone(), values.clone()));
+    }
+    file.write(path)
+}
+
+/// The model parameters for `cfg` out of a tensor file, each checked for shape and finiteness.
+pub fn params_from_file(
+    path: &Path,
+    file: &TensorFile,
+    cfg: &Config,
+) -> Result<HostParams, CheckpointError> {
+    let specs = param_specs(cfg);
+    let mut values = Vec::with_capacity(specs.len());
+    for s in &specs {
+        values.push(file.take(path, &s.name, &s.shape)?);
+    }
+    Ok(HostParams { specs, values })
+}
+
+/// Load a checkpoint whose metadata carries the config.
+pub fn load_model(path: &Path) -> Result<(Config, HostParams, TensorFile), CheckpointError> {
+    let file = TensorFile::read(path)?;
+    let cfg = Config::from_metadata(&file.metadata).map_err(|source| CheckpointError::Config {
+        path: path.into(),
+        source,
+    })?;
+    let params = params_from_file(path, &file, &cfg)?;
+    Ok((cfg, params, file))
+}
+
+/// Where a run stands, saved beside the weights so `--resume` continues exactly.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainState {
+    /// Optimiser steps taken so far.
+    pub step: u64,
+    /// The epoch in progress and the batches of it already done.
+    pub epoch: u64,
+    pub batch_in_epoch: u64,
+    pub best_accuracy: f64,
+    /// Adam moments per parameter, in `param_specs` order.
+    pub moments: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+pub fn save_train_state(
+    path: &Path,
+    params: &HostParams,
+    state: &TrainState,
+) -> Result<(), CheckpointError> {
+    let mut file = TensorFile::default();
+    file.metadata.insert("step".into(), state.step.to_string());
+    file.metadata
+        .insert("epoch".into(), state.epoch.to_string());
+    file.metadata
+        .insert("batch_in_epoch".into(), state.batch_in_epoch.to_string());
+    file.metadata
+        .insert("best_accuracy".into(), format!("{:e}", state.best_accuracy));
+    for (spec, (m, v)) in params.specs.iter().zip(&state.moments) {
+        file.tensors.insert(
+            format!("adam_m.{}", spec.name),
+            (spec.shape.clone(), m.clone()),
+        );
+        file.tensors.insert(
+            format!("adam_v.{}", spec.name),
+            (spec.shape.clone(), v.clone()),
+        );
+    }
+    file.write(path)
+}
+
+pub fn load_train_state(path: &Path, params: &HostParams) -> Result<TrainState, CheckpointError> {
+    let file = TensorFile::read(path)?;
+    fn field<T: std::str::FromStr>(
+        path: &Path,
+        file: &TensorFile,
+        k: &str,
+    ) -> Result<T, CheckpointError> {
+        let v = file.metadata.get(k).ok_or_else(|| CheckpointError::State {
+            path: path.into(),
+            field: k.into(),
+            problem: "is missing".into(),
+        })?;
+        v.parse().map_err(|_| CheckpointError::State {
+            path: path.into(),
+            field: k.into(),
+            problem: format!("has unreadable value '{v}'"),
+        })
+    }
+    let mut moments = Vec::with_capacity(params.specs.len());
+    for s in &params.specs {
+        let m = file.take(path, &format!("adam_m.{}", s.name), &s.shape)?;
+        let v = file.take(path, &format!("adam_v.{}", s.name), &s.shape)?;
+        moments.push((m, v));
+    }
+    Ok(TrainState {
+        step: field(path, &file, "step")?,
+        epoch: field(path, &file, "epoch")?,
+        batch_in_epoch: field(path, &file, "batch_in_epoch")?,
+        best_accuracy: field(path, &file, "best_accuracy")?,
+        moments,
+    })
+}

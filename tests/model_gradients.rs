@@ -1,0 +1,158 @@
+//! The whole model: the f64 CPU reference against finite differences, then the device
+//! model's logits, loss and every parameter gradient against the CPU reference.
+
+mod common;
+use common::*;
+use rand::Rng;
+use vit_wgpu::model::config::{Act, Config, Head, Preset};
+use vit_wgpu::model::{cpu, HostParams, Kernels, Mode, Vit};
+
+/// Parameters perturbed away from their init (so LayerNorm gains, biases, cls are not 0/1).
+fn perturbed_params(cfg: &Config, r: &mut impl Rng) -> HostParams {
+    let mut p = HostParams::init(cfg, r.random());
+    for v in p.values.iter_mut() {
+        for x in v.iter_mut() {
+            *x += r.random_range(-0.1..0.1);
+        }
+    }
+    p
+}
+
+fn small_config() -> Config {
+    Config {
+        image_h: 8,
+        image_w: 12,
+        channels: 2,
+        patch: 4,
+        dim: 8,
+        depth: 2,
+        heads: 2,
+        mlp_hidden: 12,
+        act: Act::Gelu,
+        head: Head::Mlp { hidden: 6 },
+        dropout: 0.0,
+        ln_eps: 1e-5,
+        classes: 3,
+    }
+}
+
+#[test]
+fn cpu_reference_gradients_match_finite_differences() {
+    let mut r = rng();
+    for act in [Act::Gelu, Act::Relu] {
+        let cfg = Config {
+            act,
+            ..small_config()
+        };
+        let params = perturbed_params(&cfg, &mut r);
+        let b = 2;
+        let images = random(&mut r, b * cfg.channels * cfg.image_h * cfg.image_w);
+        let labels: Vec<u32> = (0..b)
+            .map(|_| r.random_range(0..cfg.classes as u32))
+            .collect();
+        let mut p64 = cpu::widen(&params);
+        let res = cpu::forward_backward(&cfg, &p64, &params, &images, &labels);
+        let h = 1e-5;
+        let mut checked = 0;
+        for (t, spec) in params.specs.iter().enumerate() {
+            // a few entries of every tensor, including the first and last
+            let n = spec.len();
+            for i in [0, n / 2, n - 1, r.random_range(0..n)] {
+                let orig = p64[t][i];
+                p64[t][i] = orig + h;
+                let up = cpu::forward_backward(&cfg, &p64, &params, &images, &labels).loss;
+                p64[t][i] = orig - h;
+                let down = cpu::forward_backward(&cfg, &p64, &params, &images, &labels).loss;
+                p64[t][i] = orig;
+                let fd = (up - down) / (2.0 * h);
+                let an = res.grads[t][i];
+                assert!(
+                    (fd - an).abs() <= 1e-7 + 1e-5 * an.abs().max(fd.abs()),
+                    "{act:?} {}[{i}]: finite difference {fd:e} vs analytic {an:e}",
+                    spec.name
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 4 * params.specs.len());
+    }
+}
+
+fn gpu_matches_cpu(cfg: &Config, batch: usize, grad_tol: f64) {
+    let g = gpu();
+    let mut r = rng();
+    let params = perturbed_params(cfg, &mut r);
+    let images = random(&mut r, batch * cfg.channels * cfg.image_h * cfg.image_w);
+    let labels: Vec<u32> = (0..batch)
+        .map(|_| r.random_range(0..cfg.classes as u32))
+        .collect();
+    let reference = cpu::forward_backward(cfg, &cpu::widen(&params), &params, &images, &labels);
+
+    let kernels = Kernels::new(g);
+    let model = Vit::new(g, &kernels, cfg, &params, batch, Mode::Train, 0).expect("model");
+    model.write_batch(g, &images, &labels);
+    // Gradients are overwritten by the backward pass: poison them first.
+    for p in &model.params {
+        g.poison(p.grad.as_ref().expect("train mode has gradients"));
+    }
+    let mut encoder = g.device.create_command_encoder(&Default::default());
+    model.record_gradients(&mut encoder);
+    g.queue.submit([encoder.finish()]);
+    let logits: Vec<f32> = read(&model.logits);
+    let losses: Vec<f32> = read(&model.losses);
+    let ref_logits: Vec<f32> = reference.logits.iter().map(|&v| v as f32).collect();
+    let what = format!("{cfg}");
+    assert_close(
+        &format!("logits of {what}"),
+        &logits[..batch * cfg.classes],
+        &ref_logits,
+        TOLERANCE,
+    );
+    let loss = losses[..batch].iter().map(|&v| v as f64).sum::<f64>() / batch as f64;
+    assert!(
+        (loss - reference.loss).abs() <= 1e-4 * reference.loss.abs(),
+        "loss {loss} vs reference {}",
+        reference.loss
+    );
+    let grads = model.read_grads(g).expect("read gradients");
+    let mut worst = (0.0, String::new());
+    for ((spec, ours), theirs) in params.specs.iter().zip(&grads).zip(&reference.grads) {
+        let theirs32: Vec<f32> = theirs.iter().map(|&v| v as f32).collect();
+        let err = assert_close(
+            &format!("grad {} of {what}", spec.name),
+            ours,
+            &theirs32,
+            grad_tol,
+        );
+        if err > worst.0 {
+            worst = (err, spec.name.clone());
+        }
+    }
+    eprintln!("largest gradient error {:.2e} in {}", worst.0, worst.1);
+}
+
+#[test]
+fn micro_preset_gradients_on_gpu_match_cpu_reference() {
+    let cfg = Preset::Micro.config();
+    gpu_matches_cpu(&cfg, 3, 1e-3);
+}
+
+#[test]
+fn rectangular_odd_config_with_relu_and_mlp_head_matches_cpu_reference() {
+    let cfg = Config {
+        image_h: 12,
+        image_w: 20,
+        channels: 3,
+        patch: 4,
+        dim: 48,
+        depth: 2,
+        heads: 3,
+        mlp_hidden: 72,
+        act: Act::Relu,
+        head: Head::Mlp { hidden: 40 },
+        dropout: 0.0,
+        ln_eps: 1e-5,
+        classes: 7,
+    };
+    gpu_matches_cpu(&cfg, 5, 1e-3);
+}
