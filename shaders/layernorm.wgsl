@@ -2,8 +2,9 @@
 // Forward saves mean and rstd per row; backward recomputes xhat from them:
 //   dx = rstd * (g*dy - mean(g*dy) - xhat * mean(g*dy*xhat))
 //   dgamma = sum_rows dy*xhat,  dbeta = sum_rows dy
-// One invocation per row (forward, dx) or per column (dgamma, dbeta): rows are
-// a few hundred floats, and on CPU adapters a per-row loop beats workgroup reductions.
+// One invocation per row (forward, dx): rows are a few hundred floats, and on CPU adapters
+// a per-row loop beats workgroup reductions. dgamma/dbeta are column sums over thousands
+// of rows: partial sums over row chunks first (many workgroups), then their sum.
 
 struct Meta {
     rows: u32,
@@ -11,6 +12,10 @@ struct Meta {
     eps: f32,
     // backward: 1 = add dx into the output (the residual stream's gradient), 0 = overwrite
     accumulate: u32,
+    chunk_rows: u32, // backward params: rows per partial sum
+    chunks: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(1) @binding(0) var<uniform> shape: Meta;
@@ -80,17 +85,37 @@ fn layernorm_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
     }
 }
 
+@group(0) @binding(14) var<storage, read_write> partial: array<f32>;   // [2, chunks, cols]
+
 @compute @workgroup_size(64)
-fn layernorm_backward_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                             @builtin(local_invocation_index) lid: u32) {
-    let col = linear_id(wid, nwg, lid);
+fn layernorm_backward_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let col = wid.x * 64u + lid;
+    let chunk = wid.y;
     if (col >= shape.cols) { return; }
+    let start = chunk * shape.chunk_rows;
+    let end = min(start + shape.chunk_rows, shape.rows);
     var sg = 0.0;
     var sb = 0.0;
-    for (var r = 0u; r < shape.rows; r++) {
+    for (var r = start; r < end; r++) {
         let i = r * shape.cols + col;
         sg += dy[i] * (bx[i] - bmean[r]) * brstd[r];
         sb += dy[i];
+    }
+    partial[chunk * shape.cols + col] = sg;
+    partial[(shape.chunks + chunk) * shape.cols + col] = sb;
+}
+
+@group(0) @binding(15) var<storage, read> partial_in: array<f32>;
+
+@compute @workgroup_size(64)
+fn layernorm_params_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let col = wid.x * 64u + lid;
+    if (col >= shape.cols) { return; }
+    var sg = 0.0;
+    var sb = 0.0;
+    for (var c = 0u; c < shape.chunks; c++) {
+        sg += partial_in[c * shape.cols + col];
+        sb += partial_in[(shape.chunks + c) * shape.cols + col];
     }
     dgamma[col] = sg;
     dbeta[col] = sb;

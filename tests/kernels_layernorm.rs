@@ -56,6 +56,7 @@ fn check(rows: usize, cols: usize, accumulate: bool) {
         poisoned(rows * cols)
     };
     let (bdg, bdb) = (poisoned(cols), poisoned(cols));
+    let scratch = poisoned(LayerNorm::scratch_len(rows, cols));
     let args = LayerNormBackward {
         dy: &bdy,
         x: &bx,
@@ -65,6 +66,7 @@ fn check(rows: usize, cols: usize, accumulate: bool) {
         dx: &bdx,
         dgamma: &bdg,
         dbeta: &bdb,
+        scratch: &scratch,
         rows,
         cols,
         accumulate,

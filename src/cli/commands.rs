@@ -365,6 +365,14 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
         }
     }
     times.sort_by(f64::total_cmp);
+    let mut families = std::collections::BTreeMap::new();
+    if a.profile {
+        for list in model.step_commands(mode) {
+            for (family, s) in crate::gpu::profile_commands(&gpu, list)? {
+                *families.entry(family).or_insert(0.0) += s;
+            }
+        }
+    }
     let median = times[times.len() / 2];
     let ips = b as f64 / median;
     let mode_name = format!("{:?}", a.mode).to_lowercase();
@@ -375,6 +383,7 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
             serde_json::json!({
                 "preset": preset, "mode": mode_name, "batch_size": b, "images_per_second": ips,
                 "median_step_seconds": median, "steps": a.steps, "adapter": gpu.info.name,
+                "profile_seconds": families,
             })
         );
     } else {
@@ -384,6 +393,15 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
             a.steps,
             gpu.info.name
         );
+        let total: f64 = families.values().sum();
+        if total > 0.0 {
+            println!("per kernel family (each launch timed alone; sum {:.1} ms):", total * 1e3);
+            let mut rows: Vec<_> = families.iter().collect();
+            rows.sort_by(|x, y| y.1.total_cmp(x.1));
+            for (family, s) in rows {
+                println!("  {family:<18} {:>8.2} ms  {:>5.1}%", s * 1e3, 100.0 * s / total);
+            }
+        }
     }
     Ok(())
 }

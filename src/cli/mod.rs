@@ -275,4 +275,7 @@ pub struct BenchArgs {
     /// One machine-readable JSON line.
     #[arg(long)]
     pub json: bool,
+    /// Also time every launch alone and print the share of a step per kernel family.
+    #[arg(long)]
+    pub profile: bool,
 }

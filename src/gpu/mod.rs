@@ -6,7 +6,7 @@
 
 mod timer;
 
-pub use timer::PassTimer;
+pub use timer::{profile_commands, PassTimer};
 
 use std::fmt::Write as _;
 use wgpu::util::DeviceExt;
@@ -87,6 +87,9 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// The shader file of every pipeline built here, so a `Dispatch` can say which kernel
+    /// family it belongs to (for per-family timing).
+    families: std::sync::Mutex<std::collections::HashMap<wgpu::ComputePipeline, &'static str>>,
 }
 
 fn rank(device_type: wgpu::DeviceType) -> u32 {
@@ -181,6 +184,7 @@ impl Gpu {
             info,
             limits,
             features,
+            families: Default::default(),
         })
     }
 
@@ -340,7 +344,8 @@ impl Gpu {
         constants: &[(&str, f64)],
     ) -> wgpu::ComputePipeline {
         let module = self.module(shader);
-        self.device
+        let pipeline = self
+            .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),
                 layout: None,
@@ -351,7 +356,11 @@ impl Gpu {
                     zero_initialize_workgroup_memory: false,
                 },
                 cache: None,
-            })
+            });
+        if let Ok(mut f) = self.families.lock() {
+            f.insert(pipeline.clone(), shader.name);
+        }
+        pipeline
     }
 
     pub fn module(&self, shader: &crate::kernels::Shader) -> wgpu::ShaderModule {
@@ -394,6 +403,7 @@ impl Gpu {
             }],
         });
         Dispatch {
+            family: self.family(pipeline),
             pipeline: pipeline.clone(),
             groups: vec![group0, group1],
             workgroups,
@@ -426,11 +436,20 @@ impl Gpu {
             }],
         });
         Dispatch {
+            family: self.family(pipeline),
             pipeline: pipeline.clone(),
             groups: vec![group0, group1],
             workgroups,
             _meta: meta_buffer,
         }
+    }
+
+    fn family(&self, pipeline: &wgpu::ComputePipeline) -> &'static str {
+        self.families
+            .lock()
+            .ok()
+            .and_then(|f| f.get(pipeline).copied())
+            .unwrap_or("other")
     }
 
     /// A one-paragraph description of the adapter for logs and `info`.
@@ -476,6 +495,8 @@ pub fn describe_adapter(
 
 /// One kernel launch with its bind groups built: recording it costs no allocation.
 pub struct Dispatch {
+    /// The shader file this launch comes from, e.g. "gemm_cpu.wgsl".
+    pub family: &'static str,
     pipeline: wgpu::ComputePipeline,
     groups: Vec<wgpu::BindGroup>,
     workgroups: [u32; 3],

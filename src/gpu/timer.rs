@@ -64,3 +64,33 @@ impl PassTimer {
         Ok(dt as f64 * self.period_ns as f64 * 1e-9)
     }
 }
+
+/// GPU time per kernel family (shader file) of a command list: every launch runs alone in
+/// a timed pass, copies are timed by wall clock under "copies". Slower than a real step
+/// (one submit per command); for the `bench --profile` breakdown only.
+pub fn profile_commands(
+    gpu: &Gpu,
+    commands: &[super::Command],
+) -> Result<std::collections::BTreeMap<&'static str, f64>, GpuError> {
+    let mut out = std::collections::BTreeMap::new();
+    let timer = PassTimer::new(gpu);
+    for c in commands {
+        match (c, &timer) {
+            (super::Command::Dispatch(d), Some(t)) => {
+                let s = t.time(gpu, |pass| d.record(pass))?;
+                *out.entry(d.family).or_insert(0.0) += s;
+            }
+            _ => {
+                let t0 = std::time::Instant::now();
+                gpu.submit_commands(std::slice::from_ref(c));
+                gpu.wait("profile")?;
+                let family = match c {
+                    super::Command::Dispatch(d) => d.family,
+                    _ => "copies",
+                };
+                *out.entry(family).or_insert(0.0) += t0.elapsed().as_secs_f64();
+            }
+        }
+    }
+    Ok(out)
+}

@@ -14,6 +14,9 @@ struct Meta {
     tokens: u32,
     dim: u32,
     accumulate: u32,
+    chunk_rows: u32,
+    chunks: u32,
+    _pad: [u32; 2],
 }
 
 /// The image and token geometry shared by the embedding kernels.
@@ -47,6 +50,7 @@ impl EmbedShape {
             tokens: self.tokens() as u32,
             dim: self.dim as u32,
             accumulate: 0,
+            ..Default::default()
         }
     }
 }
@@ -58,8 +62,12 @@ pub struct Embed {
     pos_cls_backward: wgpu::ComputePipeline,
     gather_cls: wgpu::ComputePipeline,
     scatter_cls: wgpu::ComputePipeline,
-    column_sum: wgpu::ComputePipeline,
+    column_sum_partial: wgpu::ComputePipeline,
+    column_sum_finish: wgpu::ComputePipeline,
 }
+
+/// Rows per partial sum in `column_sum`.
+const CHUNK_ROWS: usize = 128;
 
 fn groups(n: usize) -> [u32; 3] {
     grid_1d(div_ceil(n, 256))
@@ -75,7 +83,8 @@ impl Embed {
             pos_cls_backward: gpu.pipeline(s, "pos_cls_backward"),
             gather_cls: gpu.pipeline(s, "gather_cls"),
             scatter_cls: gpu.pipeline(s, "scatter_cls"),
-            column_sum: gpu.pipeline(s, "column_sum"),
+            column_sum_partial: gpu.pipeline(s, "column_sum_partial"),
+            column_sum_finish: gpu.pipeline(s, "column_sum_finish"),
         }
     }
 
@@ -183,27 +192,51 @@ impl Embed {
         )
     }
 
+    /// Floats of scratch `column_sum` needs for a [rows, cols] matrix.
+    pub fn column_sum_scratch_len(rows: usize, cols: usize) -> usize {
+        rows.div_ceil(CHUNK_ROWS).max(1) * cols
+    }
+
     /// sums[n] (+)= sum over rows of matrix [rows, cols]: the bias gradient of a linear layer.
+    /// Two launches: partial sums over chunks of rows into `scratch`, then their sum.
+    #[allow(clippy::too_many_arguments)]
     pub fn column_sum(
         &self,
         gpu: &Gpu,
         matrix: &wgpu::Buffer,
         sums: &wgpu::Buffer,
+        scratch: &wgpu::Buffer,
         rows: usize,
         cols: usize,
         accumulate: bool,
-    ) -> Dispatch {
+    ) -> [Dispatch; 2] {
+        let chunks = rows.div_ceil(CHUNK_ROWS).max(1);
+        assert!(
+            scratch.size() >= (Self::column_sum_scratch_len(rows, cols) * 4) as u64,
+            "column_sum scratch too small for {rows}x{cols}"
+        );
         let meta = Meta {
             batch: rows as u32,
             dim: cols as u32,
             accumulate: accumulate as u32,
+            chunk_rows: CHUNK_ROWS as u32,
+            chunks: chunks as u32,
             ..Default::default()
         };
-        gpu.dispatch(
-            &self.column_sum,
-            &[(14, matrix), (15, sums)],
-            &meta,
-            groups(cols),
-        )
+        let col_groups = div_ceil(cols, 64);
+        [
+            gpu.dispatch(
+                &self.column_sum_partial,
+                &[(14, matrix), (15, scratch)],
+                &meta,
+                [col_groups, chunks as u32, 1],
+            ),
+            gpu.dispatch(
+                &self.column_sum_finish,
+                &[(16, scratch), (17, sums)],
+                &meta,
+                [col_groups, 1, 1],
+            ),
+        ]
     }
 }

@@ -9,12 +9,19 @@ struct Meta {
     cols: u32,
     eps: f32,
     accumulate: u32,
+    chunk_rows: u32,
+    chunks: u32,
+    _pad: [u32; 2],
 }
+
+/// Rows per partial sum of dgamma/dbeta.
+const CHUNK_ROWS: usize = 128;
 
 pub struct LayerNorm {
     forward: wgpu::ComputePipeline,
     backward_input: wgpu::ComputePipeline,
     backward_params: wgpu::ComputePipeline,
+    params_finish: wgpu::ComputePipeline,
 }
 
 /// Forward: y = (x - mean) * rstd * gamma + beta, rows of `cols` floats.
@@ -40,6 +47,8 @@ pub struct LayerNormBackward<'a> {
     pub dx: &'a wgpu::Buffer,
     pub dgamma: &'a wgpu::Buffer,
     pub dbeta: &'a wgpu::Buffer,
+    /// `LayerNorm::scratch_len(rows, cols)` floats for the partial sums of dgamma/dbeta.
+    pub scratch: &'a wgpu::Buffer,
     pub rows: usize,
     pub cols: usize,
     pub accumulate: bool,
@@ -52,6 +61,7 @@ impl LayerNorm {
             forward: gpu.pipeline(s, "layernorm_forward"),
             backward_input: gpu.pipeline(s, "layernorm_backward_input"),
             backward_params: gpu.pipeline(s, "layernorm_backward_params"),
+            params_finish: gpu.pipeline(s, "layernorm_params_finish"),
         }
     }
 
@@ -61,6 +71,9 @@ impl LayerNorm {
             cols: a.cols as u32,
             eps: a.eps,
             accumulate: 0,
+            chunk_rows: 0,
+            chunks: 0,
+            _pad: [0; 2],
         };
         gpu.dispatch(
             &self.forward,
@@ -77,13 +90,28 @@ impl LayerNorm {
         )
     }
 
-    /// Two launches: dx per row, then dgamma/dbeta per column.
-    pub fn backward(&self, gpu: &Gpu, a: &LayerNormBackward) -> [Dispatch; 2] {
+    pub fn scratch_len(rows: usize, cols: usize) -> usize {
+        2 * rows.div_ceil(CHUNK_ROWS).max(1) * cols
+    }
+
+    /// Three launches: dx per row, then dgamma/dbeta partial sums over row chunks, then
+    /// their sum.
+    pub fn backward(&self, gpu: &Gpu, a: &LayerNormBackward) -> [Dispatch; 3] {
+        let chunks = a.rows.div_ceil(CHUNK_ROWS).max(1);
+        assert!(
+            a.scratch.size() >= (Self::scratch_len(a.rows, a.cols) * 4) as u64,
+            "layernorm scratch too small for {}x{}",
+            a.rows,
+            a.cols
+        );
         let meta = Meta {
             rows: a.rows as u32,
             cols: a.cols as u32,
             eps: 0.0,
             accumulate: a.accumulate as u32,
+            chunk_rows: CHUNK_ROWS as u32,
+            chunks: chunks as u32,
+            _pad: [0; 2],
         };
         let input = gpu.dispatch(
             &self.backward_input,
@@ -98,6 +126,7 @@ impl LayerNorm {
             &meta,
             grid_1d(div_ceil(a.rows, 64)),
         );
+        let col_groups = div_ceil(a.cols, 64);
         let params = gpu.dispatch(
             &self.backward_params,
             &[
@@ -105,12 +134,17 @@ impl LayerNorm {
                 (7, a.x),
                 (9, a.mean),
                 (10, a.rstd),
-                (12, a.dgamma),
-                (13, a.dbeta),
+                (14, a.scratch),
             ],
             &meta,
-            grid_1d(div_ceil(a.cols, 64)),
+            [col_groups, chunks as u32, 1],
         );
-        [input, params]
+        let finish = gpu.dispatch(
+            &self.params_finish,
+            &[(15, a.scratch), (12, a.dgamma), (13, a.dbeta)],
+            &meta,
+            [col_groups, 1, 1],
+        );
+        [input, params, finish]
     }
 }

@@ -693,24 +693,49 @@ impl Vit {
             let d_cls_x = alloc.buf("cls grad", b * d)?;
             let d_head = alloc.buf("head hidden grad", b * head_hidden)?;
             let d_pe = alloc.buf("patch embedding grad", b * np * d)?;
+            let reduce_scratch = alloc.buf(
+                "column-sum scratch",
+                [(b, k), (b, head_hidden), (m, 3 * d), (m, f), (b * np, d)]
+                    .iter()
+                    .map(|&(r, c)| Embed::column_sum_scratch_len(r, c))
+                    .chain([LayerNorm::scratch_len(m, d), LayerNorm::scratch_len(b, d)])
+                    .max()
+                    .unwrap_or(1),
+            )?;
 
             // head
             match cfg.head {
                 Head::Linear => {
                     g.weight_grad(c, &dlogits, &cls_n, gw("head.weight"), b, k, d);
-                    c.push(
+                    c.extend(
                         ks.embed
-                            .column_sum(gpu, &dlogits, gw("head.bias"), b, k, false)
-                            .into(),
+                            .column_sum(
+                                gpu,
+                                &dlogits,
+                                gw("head.bias"),
+                                &reduce_scratch,
+                                b,
+                                k,
+                                false,
+                            )
+                            .map(Command::from),
                     );
                     g.input_grad(c, &dlogits, w("head.weight"), &d_cls_n, b, k, d, None);
                 }
                 Head::Mlp { hidden } => {
                     g.weight_grad(c, &dlogits, &head_act, gw("head.fc2.weight"), b, k, hidden);
-                    c.push(
+                    c.extend(
                         ks.embed
-                            .column_sum(gpu, &dlogits, gw("head.fc2.bias"), b, k, false)
-                            .into(),
+                            .column_sum(
+                                gpu,
+                                &dlogits,
+                                gw("head.fc2.bias"),
+                                &reduce_scratch,
+                                b,
+                                k,
+                                false,
+                            )
+                            .map(Command::from),
                     );
                     g.input_grad(
                         c,
@@ -723,10 +748,18 @@ impl Vit {
                         Some((&head_pre, Activation::Relu)),
                     );
                     g.weight_grad(c, &d_head, &cls_n, gw("head.fc1.weight"), b, hidden, d);
-                    c.push(
+                    c.extend(
                         ks.embed
-                            .column_sum(gpu, &d_head, gw("head.fc1.bias"), b, hidden, false)
-                            .into(),
+                            .column_sum(
+                                gpu,
+                                &d_head,
+                                gw("head.fc1.bias"),
+                                &reduce_scratch,
+                                b,
+                                hidden,
+                                false,
+                            )
+                            .map(Command::from),
                     );
                     g.input_grad(
                         c,
@@ -753,6 +786,7 @@ impl Vit {
                             dx: &d_cls_x,
                             dgamma: gw("norm.weight"),
                             dbeta: gw("norm.bias"),
+                            scratch: &reduce_scratch,
                             rows: b,
                             cols: d,
                             accumulate: false,
@@ -782,10 +816,18 @@ impl Vit {
                     &grad_a
                 };
                 g.weight_grad(c, dy, &la.act, gw(&p("mlp.fc2.weight")), m, d, f);
-                c.push(
+                c.extend(
                     ks.embed
-                        .column_sum(gpu, dy, gw(&p("mlp.fc2.bias")), m, d, false)
-                        .into(),
+                        .column_sum(
+                            gpu,
+                            dy,
+                            gw(&p("mlp.fc2.bias")),
+                            &reduce_scratch,
+                            m,
+                            d,
+                            false,
+                        )
+                        .map(Command::from),
                 );
                 g.input_grad(
                     c,
@@ -798,10 +840,18 @@ impl Vit {
                     Some((&la.pre, act)),
                 );
                 g.weight_grad(c, &d_hidden, &la.h2, gw(&p("mlp.fc1.weight")), m, f, d);
-                c.push(
+                c.extend(
                     ks.embed
-                        .column_sum(gpu, &d_hidden, gw(&p("mlp.fc1.bias")), m, f, false)
-                        .into(),
+                        .column_sum(
+                            gpu,
+                            &d_hidden,
+                            gw(&p("mlp.fc1.bias")),
+                            &reduce_scratch,
+                            m,
+                            f,
+                            false,
+                        )
+                        .map(Command::from),
                 );
                 g.input_grad(c, &d_hidden, w(&p("mlp.fc1.weight")), &d_h, m, f, d, None);
                 c.push(Command::CopyBuffer {
@@ -821,6 +871,7 @@ impl Vit {
                                 dx: &grad_b,
                                 dgamma: gw(&p("norm2.weight")),
                                 dbeta: gw(&p("norm2.bias")),
+                                scratch: &reduce_scratch,
                                 rows: m,
                                 cols: d,
                                 accumulate: true,
@@ -846,10 +897,18 @@ impl Vit {
                     &grad_b
                 };
                 g.weight_grad(c, dy, &la.o, gw(&p("attn.proj.weight")), m, d, d);
-                c.push(
+                c.extend(
                     ks.embed
-                        .column_sum(gpu, dy, gw(&p("attn.proj.bias")), m, d, false)
-                        .into(),
+                        .column_sum(
+                            gpu,
+                            dy,
+                            gw(&p("attn.proj.bias")),
+                            &reduce_scratch,
+                            m,
+                            d,
+                            false,
+                        )
+                        .map(Command::from),
                 );
                 g.input_grad(c, dy, w(&p("attn.proj.weight")), &d_o, m, d, d, None);
                 c.extend(ks.attention.backward(
@@ -863,10 +922,18 @@ impl Vit {
                     &att_scratch,
                 ));
                 g.weight_grad(c, &d_qkv, &la.h1, gw(&p("attn.qkv.weight")), m, 3 * d, d);
-                c.push(
+                c.extend(
                     ks.embed
-                        .column_sum(gpu, &d_qkv, gw(&p("attn.qkv.bias")), m, 3 * d, false)
-                        .into(),
+                        .column_sum(
+                            gpu,
+                            &d_qkv,
+                            gw(&p("attn.qkv.bias")),
+                            &reduce_scratch,
+                            m,
+                            3 * d,
+                            false,
+                        )
+                        .map(Command::from),
                 );
                 g.input_grad(c, &d_qkv, w(&p("attn.qkv.weight")), &d_h, m, 3 * d, d, None);
                 c.push(Command::CopyBuffer {
@@ -886,6 +953,7 @@ impl Vit {
                                 dx: &grad_a,
                                 dgamma: gw(&p("norm1.weight")),
                                 dbeta: gw(&p("norm1.bias")),
+                                scratch: &reduce_scratch,
                                 rows: m,
                                 cols: d,
                                 accumulate: true,
@@ -910,10 +978,18 @@ impl Vit {
                 d,
                 pl,
             );
-            c.push(
+            c.extend(
                 ks.embed
-                    .column_sum(gpu, &d_pe, gw("patch_embed.proj.bias"), b * np, d, false)
-                    .into(),
+                    .column_sum(
+                        gpu,
+                        &d_pe,
+                        gw("patch_embed.proj.bias"),
+                        &reduce_scratch,
+                        b * np,
+                        d,
+                        false,
+                    )
+                    .map(Command::from),
             );
 
             let hyper_buf =
@@ -1005,6 +1081,20 @@ impl Vit {
     /// Forward and loss without dropout (evaluation, inference).
     pub fn record_forward(&self, encoder: &mut wgpu::CommandEncoder) {
         crate::gpu::record_commands(encoder, &self.forward_eval);
+    }
+
+    /// The command lists of one step in order (forward, then for training backward and
+    /// optimizer), for profiling.
+    pub fn step_commands(&self, mode: Mode) -> Vec<&[Command]> {
+        let forward = if self.forward_train.is_empty() || mode == Mode::Infer {
+            &self.forward_eval
+        } else {
+            &self.forward_train
+        };
+        match mode {
+            Mode::Infer => vec![forward],
+            Mode::Train => vec![forward, &self.backward, &self.optimizer],
+        }
     }
 
     /// Number of parameter tensors.
