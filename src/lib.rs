@@ -8,3 +8,4 @@ pub mod model;
 pub mod reference;
 pub mod train;
 pub mod verify;
+pub mod viz;

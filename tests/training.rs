@@ -86,6 +86,7 @@ fn options(cfg: Config, out: PathBuf) -> TrainOptions {
         max_steps: None,
         augment: true,
         progress: false,
+        freeze_body: false,
     }
 }
 

@@ -105,24 +105,72 @@ fn limit(ds: Dataset, n: Option<usize>) -> Dataset {
 }
 
 fn train_cmd(opts: &GpuOptions, a: TrainArgs) -> CliResult {
-    // The data decides channels and classes unless flags say otherwise.
-    let preset_cfg = a.model.config(None, None);
-    let size = Some((preset_cfg.image_h, preset_cfg.image_w, preset_cfg.channels));
-    let train_set = limit(load_split(&a.data, true, size)?, a.limit_train);
-    let val_set = limit(load_split(&a.data, false, size)?, a.data.limit_eval);
-    let mut cfg = a
-        .model
-        .config(Some(train_set.channels), Some(train_set.class_names.len()));
-    if a.model.image_size.is_none() {
-        cfg.image_h = train_set.height;
-        cfg.image_w = train_set.width;
+    if a.batch_size == 0 {
+        return Err("--batch-size must be at least 1".into());
     }
-    cfg.validate()?;
+    // Starting weights decide the model's shape; otherwise the preset does. Flags override.
     let init = match &a.init {
         Some(path) => {
-            let file = checkpoint::TensorFile::read(path)?;
-            Some(checkpoint::params_from_file(path, &file, &cfg)?)
+            let hints = checkpoint::ConfigHints {
+                heads: a.model.heads,
+                act: a.model.act,
+                ln_eps: a.model.ln_eps,
+                image_size: a.model.image_size,
+            };
+            Some(checkpoint::load_any(path, &hints)?)
         }
+        None => None,
+    };
+    let base = match &init {
+        Some((c, _, _)) => a.model.apply(c.clone()),
+        None => a.model.config(None, None),
+    };
+    let size = Some((base.image_h, base.image_w, base.channels));
+    let mut train_set = limit(load_split(&a.data, true, size)?, a.limit_train);
+    let mut val_set = limit(load_split(&a.data, false, size)?, a.data.limit_eval);
+    // The data decides channels and classes (and, without --init or --image-size, the
+    // image size) unless flags say otherwise.
+    let mut cfg = match &init {
+        Some((c, _, _)) => {
+            let mut c = a.model.apply(c.clone());
+            if a.model.classes.is_none() {
+                c.classes = train_set.class_names.len();
+            }
+            c
+        }
+        None => {
+            let mut c = a
+                .model
+                .config(Some(train_set.channels), Some(train_set.class_names.len()));
+            if a.model.image_size.is_none() {
+                c.image_h = train_set.height;
+                c.image_w = train_set.width;
+            }
+            c
+        }
+    };
+    if cfg.channels != train_set.channels {
+        return Err(TrainError::DataShape {
+            dataset: train_set.name.clone(),
+            found: format!("{} channels", train_set.channels),
+            expected: format!("{} channels", cfg.channels),
+        }
+        .into());
+    }
+    if (train_set.height, train_set.width) != (cfg.image_h, cfg.image_w) {
+        if !a.quiet {
+            eprintln!(
+                "resizing {} images from {}x{} to {}x{}",
+                train_set.name, train_set.height, train_set.width, cfg.image_h, cfg.image_w
+            );
+        }
+        train_set = train_set.resized(cfg.image_h, cfg.image_w);
+        val_set = val_set.resized(cfg.image_h, cfg.image_w);
+    }
+    cfg.dropout = a.model.dropout.unwrap_or(cfg.dropout);
+    cfg.validate()?;
+    let init = match init {
+        Some((init_cfg, params, _)) => Some(merge_init(&init_cfg, &params, &cfg, a.seed)?),
         None => None,
     };
     let out = a.out.clone().unwrap_or_else(|| {
@@ -161,6 +209,7 @@ fn train_cmd(opts: &GpuOptions, a: TrainArgs) -> CliResult {
         max_steps: a.max_steps,
         augment: !a.no_augment,
         progress: !a.quiet,
+        freeze_body: a.freeze_body,
     };
     let summary = train::train(
         &gpu,
@@ -178,14 +227,46 @@ fn train_cmd(opts: &GpuOptions, a: TrainArgs) -> CliResult {
     Ok(())
 }
 
+/// The starting weights for `cfg` from a checkpoint of `init_cfg`: the body must match
+/// (its position embeddings were already resampled to `cfg`'s grid); the head is kept when
+/// it has the same shape, else replaced by a fresh one (the seed's fine-tuning recipe).
+pub fn merge_init(
+    init_cfg: &crate::model::Config,
+    init: &HostParams,
+    cfg: &crate::model::Config,
+    seed: u64,
+) -> Result<HostParams, Box<dyn std::error::Error>> {
+    let body =
+        |c: &crate::model::Config| (c.dim, c.depth, c.heads, c.mlp_hidden, c.patch, c.channels);
+    if body(init_cfg) != body(cfg) || init_cfg.act != cfg.act {
+        return Err(format!(
+            "--init checkpoint's body ({init_cfg}) differs from the model to train ({cfg}); \
+             only the head, the classes, the image size and dropout can change"
+        )
+        .into());
+    }
+    if init_cfg.head == cfg.head && init_cfg.classes == cfg.classes {
+        return Ok(HostParams {
+            specs: crate::model::params::param_specs(cfg),
+            values: init.values.clone(),
+        });
+    }
+    eprintln!(
+        "new {:?} head with {} classes (the checkpoint had {:?} with {}); body kept",
+        cfg.head, cfg.classes, init_cfg.head, init_cfg.classes
+    );
+    Ok(init.with_new_head(cfg, seed))
+}
+
 fn load_checkpoint(
     path: &Path,
+    hints: &HintArgs,
 ) -> Result<(crate::model::Config, HostParams, checkpoint::TensorFile), TrainError> {
-    Ok(checkpoint::load_model(path)?)
+    Ok(checkpoint::load_any(path, &hints.hints())?)
 }
 
 fn eval_cmd(opts: &GpuOptions, a: EvalArgs) -> CliResult {
-    let (cfg, params, _) = load_checkpoint(&a.checkpoint)?;
+    let (cfg, params, _) = load_checkpoint(&a.checkpoint, &a.hints)?;
     let ds = limit(
         load_split(
             &a.data,
@@ -194,6 +275,11 @@ fn eval_cmd(opts: &GpuOptions, a: EvalArgs) -> CliResult {
         )?,
         a.data.limit_eval,
     );
+    let ds = if ds.channels == cfg.channels {
+        ds.resized(cfg.image_h, cfg.image_w)
+    } else {
+        ds
+    };
     train::check_dataset(&cfg, &ds)?;
     let gpu = Gpu::new(opts)?;
     let kernels = Kernels::new(&gpu);
@@ -245,7 +331,7 @@ fn softmax(row: &[f32]) -> Vec<f32> {
 }
 
 fn infer_cmd(opts: &GpuOptions, a: InferArgs) -> CliResult {
-    let (cfg, params, file) = load_checkpoint(&a.checkpoint)?;
+    let (cfg, params, file) = load_checkpoint(&a.checkpoint, &a.hints)?;
     let names: Vec<String> = match &a.classes {
         Some(s) => s.split(',').map(|v| v.trim().to_string()).collect(),
         None => file
@@ -296,6 +382,17 @@ fn infer_cmd(opts: &GpuOptions, a: InferArgs) -> CliResult {
         model.record_forward(&mut encoder);
         gpu.queue.submit([encoder.finish()]);
         let logits: Vec<f32> = gpu.read(&model.logits)?;
+        if let Some(dir) = &a.attention {
+            let maps = model.attention_maps(&gpu, &kernels)?;
+            let written =
+                crate::viz::render::write_batch(dir, &cfg, batch, &maps, chunk_paths, chunk)?;
+            for p in written {
+                match a.json {
+                    true => eprintln!("wrote {}", p.display()),
+                    false => println!("wrote {}", p.display()),
+                }
+            }
+        }
         for (i, path) in chunk_paths.iter().enumerate() {
             let probs = softmax(&logits[i * cfg.classes..(i + 1) * cfg.classes]);
             let mut order: Vec<usize> = (0..cfg.classes).collect();
@@ -395,11 +492,18 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
         );
         let total: f64 = families.values().sum();
         if total > 0.0 {
-            println!("per kernel family (each launch timed alone; sum {:.1} ms):", total * 1e3);
+            println!(
+                "per kernel family (each launch timed alone; sum {:.1} ms):",
+                total * 1e3
+            );
             let mut rows: Vec<_> = families.iter().collect();
             rows.sort_by(|x, y| y.1.total_cmp(x.1));
             for (family, s) in rows {
-                println!("  {family:<18} {:>8.2} ms  {:>5.1}%", s * 1e3, 100.0 * s / total);
+                println!(
+                    "  {family:<18} {:>8.2} ms  {:>5.1}%",
+                    s * 1e3,
+                    100.0 * s / total
+                );
             }
         }
     }

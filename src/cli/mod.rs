@@ -125,7 +125,59 @@ pub fn parse_size(s: &str) -> Result<(usize, usize), String> {
     }
 }
 
+/// What a plain timm state_dict cannot say about its model (ignored for our checkpoints,
+/// whose metadata carries the config) and the resolution to run at.
+#[derive(Args, Debug, Clone, Default)]
+pub struct HintArgs {
+    /// Run at this input size, H or HxW (same patch size: the position embeddings are
+    /// resampled as timm does).
+    #[arg(long, value_parser = parse_size)]
+    pub image_size: Option<(usize, usize)>,
+    /// Attention heads of a timm checkpoint (default: width / 64).
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// MLP activation of a timm checkpoint (default: gelu).
+    #[arg(long, value_enum)]
+    pub act: Option<Act>,
+    /// LayerNorm eps of a timm checkpoint (default: 1e-6).
+    #[arg(long)]
+    pub ln_eps: Option<f32>,
+}
+
+impl HintArgs {
+    pub fn hints(&self) -> crate::model::checkpoint::ConfigHints {
+        crate::model::checkpoint::ConfigHints {
+            heads: self.heads,
+            act: self.act,
+            ln_eps: self.ln_eps,
+            image_size: self.image_size,
+        }
+    }
+}
+
 impl ModelArgs {
+    /// `base` (e.g. an --init checkpoint's config) with only the flags given applied.
+    pub fn apply(&self, mut c: Config) -> Config {
+        if let Some((h, w)) = self.image_size {
+            c.image_h = h;
+            c.image_w = w;
+        }
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
+        }
+        set!(patch, dim, depth, heads, mlp_hidden, act, dropout, ln_eps, classes);
+        match self.head {
+            Some(HeadKind::Linear) => c.head = Head::Linear,
+            Some(HeadKind::Mlp) => {
+                c.head = Head::Mlp {
+                    hidden: self.head_hidden.unwrap_or(4 * c.dim),
+                }
+            }
+            None => {}
+        }
+        c
+    }
+
     /// The preset with overrides applied; channels come from the data.
     pub fn config(&self, channels: Option<usize>, classes: Option<usize>) -> Config {
         let mut c = self.preset.config();
@@ -206,9 +258,14 @@ pub struct TrainArgs {
     /// Continue a run: its folder or its last.safetensors.
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// Start from these weights (a checkpoint of the same shape).
+    /// Start from these weights (ours or a timm state_dict). The model takes the
+    /// checkpoint's shape; --head/--classes give it a fresh head (the body is kept), and
+    /// --image-size fine-tunes at another resolution (position embeddings resampled).
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// With --init: train the head alone (a linear probe).
+    #[arg(long, requires = "init")]
+    pub freeze_body: bool,
     /// Train on the first N training images only.
     #[arg(long)]
     pub limit_train: Option<usize>,
@@ -228,6 +285,8 @@ pub struct EvalArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
     #[command(flatten)]
+    pub hints: HintArgs,
+    #[command(flatten)]
     pub data: DataArgs,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
@@ -240,6 +299,8 @@ pub struct EvalArgs {
 pub struct InferArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub hints: HintArgs,
     /// Image files (any size or format the image crate reads).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
@@ -251,6 +312,10 @@ pub struct InferArgs {
     /// One JSON object per image.
     #[arg(long)]
     pub json: bool,
+    /// Write attention maps to DIR: <stem>_attention.png (the image and its attention
+    /// rollout) and <stem>_heads.png (the last layer's CLS attention per head).
+    #[arg(long, value_name = "DIR")]
+    pub attention: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -68,6 +68,40 @@ impl Dataset {
             allow_flip: self.allow_flip,
         }
     }
+
+    /// Every image resized (bilinear) to `height` x `width`: fine-tuning at a higher
+    /// resolution than the data was stored at.
+    pub fn resized(&self, height: usize, width: usize) -> Dataset {
+        if (height, width) == (self.height, self.width) {
+            return self.clone();
+        }
+        let mut images = Vec::with_capacity(self.len * self.channels * height * width);
+        for i in 0..self.len {
+            let img = self.image(i);
+            for c in 0..self.channels {
+                let plane = &img[c * self.height * self.width..(c + 1) * self.height * self.width];
+                let luma = image::GrayImage::from_raw(
+                    self.width as u32,
+                    self.height as u32,
+                    plane.to_vec(),
+                )
+                .unwrap_or_default();
+                let out = image::imageops::resize(
+                    &luma,
+                    width as u32,
+                    height as u32,
+                    image::imageops::FilterType::Triangle,
+                );
+                images.extend_from_slice(out.as_raw());
+            }
+        }
+        Dataset {
+            images,
+            height,
+            width,
+            ..self.clone()
+        }
+    }
 }
 
 /// Everything that can go wrong reading a dataset; each message names the file, what was

@@ -109,8 +109,17 @@ fn instance(backends: wgpu::Backends) -> wgpu::Instance {
 }
 
 /// Every adapter the chosen backends expose, in the order `--adapter N` indexes them.
+/// `auto` without WGPU_BACKEND looks at Vulkan, Metal and DX12 first and at GL only when
+/// they have nothing (probing GL also spams the terminal on headless Linux).
 pub fn enumerate_adapters(backend: BackendChoice) -> Vec<wgpu::Adapter> {
     let backends = backend.backends();
+    if backend == BackendChoice::Auto && wgpu::Backends::from_env().is_none() {
+        let primary = wgpu::Backends::PRIMARY;
+        let found = pollster::block_on(instance(primary).enumerate_adapters(primary));
+        if !found.is_empty() {
+            return found;
+        }
+    }
     pollster::block_on(instance(backends).enumerate_adapters(backends))
 }
 

@@ -352,3 +352,131 @@ pub fn load_train_state(path: &Path, params: &HostParams) -> Result<TrainState, 
         moments,
     })
 }
+
+/// What the tensors cannot tell about a model (timm's defaults when `None`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConfigHints {
+    pub heads: Option<usize>,
+    pub act: Option<super::config::Act>,
+    pub ln_eps: Option<f32>,
+    /// Needed when the position grid is not square.
+    pub image_size: Option<(usize, usize)>,
+}
+
+/// The config of a state_dict without our metadata (e.g. a timm `VisionTransformer` saved
+/// with `safetensors.torch.save_file`): width, depth, MLP width, patch, channels, classes
+/// and (square) grid are read off the tensor shapes; heads (default D/64, timm's ViT
+/// convention), activation (GELU) and LayerNorm eps (1e-6) come from the hints.
+pub fn infer_config(
+    path: &Path,
+    file: &TensorFile,
+    hints: &ConfigHints,
+) -> Result<Config, CheckpointError> {
+    use super::config::{Act, Head};
+    let shape = |name: &str| -> Result<Vec<usize>, CheckpointError> {
+        file.tensors
+            .get(name)
+            .map(|(s, _)| s.clone())
+            .ok_or_else(|| CheckpointError::MissingTensor {
+                path: path.into(),
+                name: name.into(),
+            })
+    };
+    let pe = shape("patch_embed.proj.weight")?;
+    if pe.len() != 4 || pe[2] != pe[3] {
+        return Err(CheckpointError::Shape {
+            path: path.into(),
+            name: "patch_embed.proj.weight".into(),
+            expected: vec![0, 0, 0, 0],
+            found: pe,
+        });
+    }
+    let (dim, channels, patch) = (pe[0], pe[1], pe[2]);
+    let depth = (0..)
+        .take_while(|i| {
+            file.tensors
+                .contains_key(&format!("blocks.{i}.attn.qkv.weight"))
+        })
+        .count();
+    let mlp_hidden = shape("blocks.0.mlp.fc1.weight")?[0];
+    let pos = shape("pos_embed")?;
+    let patches = pos.get(1).copied().unwrap_or(1).saturating_sub(1);
+    // The grid pos_embed was learned on: square (timm's assumption), else the image size
+    // given must be the checkpoint's own.
+    let side = (patches as f64).sqrt().round() as usize;
+    let (image_h, image_w) = if side * side == patches {
+        (side * patch, side * patch)
+    } else if let Some(size) = hints.image_size {
+        size
+    } else {
+        return Err(CheckpointError::State {
+            path: path.into(),
+            field: "pos_embed".into(),
+            problem: format!("covers {patches} patches, not a square grid: give --image-size HxW"),
+        });
+    };
+    let (head, classes) = if let Some((s, _)) = file.tensors.get("head.weight") {
+        (Head::Linear, s[0])
+    } else {
+        let h1 = shape("head.fc1.weight")?;
+        let h2 = shape("head.fc2.weight")?;
+        (Head::Mlp { hidden: h1[0] }, h2[0])
+    };
+    let cfg = Config {
+        image_h,
+        image_w,
+        channels,
+        patch,
+        dim,
+        depth,
+        heads: hints.heads.unwrap_or((dim / 64).max(1)),
+        mlp_hidden,
+        act: hints.act.unwrap_or(Act::Gelu),
+        head,
+        dropout: 0.0,
+        ln_eps: hints.ln_eps.unwrap_or(1e-6),
+        classes,
+    };
+    cfg.validate().map_err(|source| CheckpointError::Config {
+        path: path.into(),
+        source,
+    })?;
+    Ok(cfg)
+}
+
+/// Load weights for inference or fine-tuning: our checkpoints (config in the metadata) or a
+/// plain timm state_dict (config from the tensors and `hints`). With `hints.image_size`
+/// different from the checkpoint's, the position embeddings are resampled to the new grid.
+pub fn load_any(
+    path: &Path,
+    hints: &ConfigHints,
+) -> Result<(Config, HostParams, TensorFile), CheckpointError> {
+    let file = TensorFile::read(path)?;
+    let mut cfg = if file.metadata.contains_key("dim") {
+        Config::from_metadata(&file.metadata).map_err(|source| CheckpointError::Config {
+            path: path.into(),
+            source,
+        })?
+    } else {
+        infer_config(path, &file, hints)?
+    };
+    // The grid the stored pos_embed was learned on, for the resampling below.
+    let mut file = file;
+    let (gh, gw) = cfg.grid();
+    file.metadata
+        .entry("pos_grid_h".into())
+        .or_insert_with(|| gh.to_string());
+    file.metadata
+        .entry("pos_grid_w".into())
+        .or_insert_with(|| gw.to_string());
+    if let Some((h, w)) = hints.image_size {
+        cfg.image_h = h;
+        cfg.image_w = w;
+        cfg.validate().map_err(|source| CheckpointError::Config {
+            path: path.into(),
+            source,
+        })?;
+    }
+    let params = super::pos_embed::load_params_resampling(path, &file, &cfg)?;
+    Ok((cfg, params, file))
+}

@@ -120,6 +120,11 @@ pub struct Vit {
     backward: Vec<Command>,
     optimizer: Vec<Command>,
     param_count: usize,
+    /// Each layer's saved qkv [B*N, 3D], read by the attention-map path.
+    layer_qkv: Vec<wgpu::Buffer>,
+    /// Attention maps: per-layer probabilities [B, A, N, N] and the commands writing them,
+    /// built on the first `attention_maps` call (never part of a training step).
+    maps: std::sync::OnceLock<(Vec<wgpu::Buffer>, Vec<Command>)>,
 }
 
 /// Kernel families, built once per device and shared by every model on it.
@@ -1035,6 +1040,8 @@ impl Vit {
             backward,
             optimizer,
             param_count,
+            layer_qkv: layers.iter().map(|la| la.qkv.clone()).collect(),
+            maps: std::sync::OnceLock::new(),
         })
     }
 
@@ -1097,6 +1104,41 @@ impl Vit {
         }
     }
 
+    /// Train only the tensors `trainable` accepts (e.g. the head alone: a linear probe);
+    /// the others keep their values and leave the gradient-norm clip.
+    pub fn set_trainable(
+        &mut self,
+        gpu: &Gpu,
+        kernels: &Kernels,
+        trainable: impl Fn(&ParamSpec) -> bool,
+    ) {
+        let (Some(hyper), Some(partial)) = (&self.hyper, &self.grad_stats) else {
+            return;
+        };
+        let slots: Vec<ParamSlot> = self
+            .params
+            .iter()
+            .filter(|p| trainable(&p.spec))
+            .filter_map(|p| match (&p.grad, &p.m, &p.v) {
+                (Some(grad), Some(m), Some(v)) => Some(ParamSlot {
+                    param: &p.value,
+                    grad,
+                    m,
+                    v,
+                    len: p.spec.len(),
+                    decay: p.spec.decay,
+                }),
+                _ => None,
+            })
+            .collect();
+        self.optimizer = kernels
+            .adamw
+            .record(gpu, &slots, hyper, partial)
+            .into_iter()
+            .map(Command::from)
+            .collect();
+    }
+
     /// Number of parameter tensors.
     pub fn tensor_count(&self) -> usize {
         self.param_count
@@ -1152,6 +1194,52 @@ impl Vit {
                 gpu.write(v, vv);
             }
         }
+    }
+
+    /// Inference only: the attention probabilities of every layer, each [B, A, N, N]
+    /// row-major, computed by the attention kernels from the qkv of the last forward (call
+    /// after `record_forward`'s commands were submitted; waits for the device).
+    pub fn attention_maps(
+        &self,
+        gpu: &Gpu,
+        kernels: &Kernels,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let shape = AttentionShape {
+            batch: self.batch,
+            tokens: self.cfg.tokens(),
+            heads: self.cfg.heads,
+            head_dim: self.cfg.head_dim(),
+        };
+        if self.maps.get().is_none() {
+            let alloc = Alloc {
+                gpu,
+                batch: self.batch,
+            };
+            let mut bufs = Vec::with_capacity(self.layer_qkv.len());
+            let mut cmds = Vec::new();
+            for qkv in &self.layer_qkv {
+                let probs = alloc.buf("attention probabilities", shape.probs_len())?;
+                cmds.extend(kernels.attention.probabilities(gpu, shape, qkv, &probs));
+                bufs.push(probs);
+            }
+            let _ = self.maps.set((bufs, cmds));
+        }
+        let Some((bufs, cmds)) = self.maps.get() else {
+            unreachable!("attention maps were just built")
+        };
+        gpu.submit_commands(cmds);
+        let mut out = Vec::with_capacity(bufs.len());
+        for b in bufs {
+            let mut v: Vec<f32> = gpu.read(b)?;
+            v.truncate(shape.probs_len());
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    /// Each layer's qkv [B*N, 3D] of the last forward, read back (waits; for tests).
+    pub fn read_layer_qkv(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>, GpuError> {
+        self.layer_qkv.iter().map(|b| gpu.read(b)).collect()
     }
 
     /// Overwrite all parameter values (same shapes).

@@ -78,6 +78,8 @@ pub struct TrainOptions {
     pub max_steps: Option<u64>,
     pub augment: bool,
     pub progress: bool,
+    /// Train the head alone (a linear probe on a pre-trained body).
+    pub freeze_body: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -346,7 +348,11 @@ pub fn train(
     } else {
         HostParams::init(cfg, opts.seed)
     };
-    let model = Vit::new(gpu, kernels, cfg, &params, batch, Mode::Train, opts.seed)?;
+    let mut model = Vit::new(gpu, kernels, cfg, &params, batch, Mode::Train, opts.seed)?;
+    if opts.freeze_body {
+        model.set_trainable(gpu, kernels, |spec| spec.name.starts_with("head."));
+    }
+    let model = model;
     if !state.moments.is_empty() {
         model.write_moments(gpu, &state.moments);
     }
@@ -357,6 +363,8 @@ pub fn train(
         .append(true)
         .open(&metrics_path)
         .map_err(io_err(&metrics_path))?;
+    // curves.png covers the whole run: a resumed run starts from the epochs already logged.
+    let mut curve = crate::viz::curves::previous_epochs(&metrics_path, opts.resume.is_some());
     let mut ring = LossRing::new(gpu, batch);
     let mut summary = RunSummary {
         epochs: Vec::new(),
@@ -510,6 +518,8 @@ pub fn train(
             seconds,
         };
         writeln!(metrics_file, "{}", m.to_json()).map_err(io_err(&metrics_path))?;
+        curve.push(m.clone());
+        crate::viz::curves::update_curves(&opts.out.join("curves.png"), &curve);
         if opts.progress {
             eprintln!(
                 "epoch {}/{}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} | {:.0} img/s, {:.1}s",

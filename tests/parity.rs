@@ -1,0 +1,194 @@
+//! Parity with PyTorch/timm: debug-state files written by scripts/make_parity_fixture.py
+//! (timm's VisionTransformer in float64) must verify on the GPU; a corrupted one must not;
+//! plain timm state_dicts load; position embeddings resample exactly as timm's function.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use vit_wgpu::model::checkpoint::{self, ConfigHints, TensorFile};
+use vit_wgpu::model::config::{Act, Head};
+use vit_wgpu::model::pos_embed;
+use vit_wgpu::verify::{verify, Tolerances};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vit-wgpu-parity-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join(name)
+}
+
+#[test]
+fn timm_fixtures_verify_under_default_tolerances() {
+    let g = gpu();
+    for name in [
+        "parity_micro_gelu.safetensors",
+        "parity_rect_relu.safetensors",
+        "parity_197_tokens.safetensors",
+        "parity_resampled_pos.safetensors",
+    ] {
+        let report = verify(g, &fixture(name), Tolerances::default()).expect("verify runs");
+        let worst = report
+            .comparisons
+            .iter()
+            .max_by(|a, b| {
+                (a.relative_error / a.tolerance).total_cmp(&(b.relative_error / b.tolerance))
+            })
+            .expect("comparisons");
+        eprintln!("{name}: worst {} {:.2e}", worst.name, worst.relative_error);
+        for c in &report.comparisons {
+            assert!(
+                c.passed(),
+                "{name}: {} relative error {:.3e} >= {:.0e}",
+                c.name,
+                c.relative_error,
+                c.tolerance
+            );
+        }
+        // logits, loss and one gradient per parameter
+        assert_eq!(
+            report.comparisons.len(),
+            2 + vit_wgpu::model::params::param_specs(&report.config).len()
+        );
+    }
+}
+
+#[test]
+fn a_corrupted_expected_gradient_makes_verify_fail() {
+    let g = gpu();
+    let mut file = TensorFile::read(&fixture("parity_micro_gelu.safetensors")).expect("fixture");
+    let grad = &mut file
+        .tensors
+        .get_mut("expected.grad.blocks.1.mlp.fc1.weight")
+        .expect("gradient")
+        .1;
+    grad[17] += 0.5;
+    let path = temp("corrupted.safetensors");
+    file.write(&path).expect("write");
+    let report = verify(g, &path, Tolerances::default()).expect("verify runs");
+    assert!(!report.passed());
+    let failed: Vec<&str> = report
+        .comparisons
+        .iter()
+        .filter(|c| !c.passed())
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(failed, vec!["grad blocks.1.mlp.fc1.weight"]);
+}
+
+#[test]
+fn a_plain_timm_state_dict_loads_with_its_config_read_off_the_shapes() {
+    let src = fixture("parity_rect_relu.safetensors");
+    let mut file = TensorFile::read(&src).expect("fixture");
+    let (meta_cfg, _, _) = {
+        let mut m = file.metadata.clone();
+        m.insert("head".into(), "linear".into());
+        let cfg = vit_wgpu::model::Config::from_metadata(&m).expect("config");
+        (cfg, (), ())
+    };
+    // What safetensors.torch.save_file(model.state_dict()) writes: no config metadata.
+    file.metadata.clear();
+    file.tensors
+        .retain(|k, _| !k.starts_with("expected.") && !k.starts_with("input."));
+    file.int_tensors.clear();
+    let path = temp("timm_state_dict.safetensors");
+    file.write(&path).expect("write");
+    // 24x40 is not a square grid: the size must be given, as must heads/act/eps.
+    let hints = ConfigHints {
+        heads: Some(2),
+        act: Some(Act::Relu),
+        ln_eps: Some(1e-5),
+        image_size: None,
+    };
+    let err = checkpoint::load_any(&path, &hints).expect_err("non-square grid needs --image-size");
+    assert!(err.to_string().contains("--image-size"), "{err}");
+    let hints = ConfigHints {
+        image_size: Some((24, 40)),
+        ..hints
+    };
+    let (cfg, params, _) = checkpoint::load_any(&path, &hints).expect("load");
+    assert_eq!(cfg.head, Head::Linear);
+    assert_eq!(
+        cfg,
+        vit_wgpu::model::Config {
+            dropout: 0.0,
+            ..meta_cfg
+        }
+    );
+    for (spec, v) in params.specs.iter().zip(&params.values) {
+        assert_eq!(v, &file.tensors[&spec.name].1, "{}", spec.name);
+    }
+}
+
+#[test]
+fn pos_embed_resampling_matches_timm_and_identity_is_exact() {
+    let file = TensorFile::read(&fixture("pos_embed_resample.safetensors")).expect("fixture");
+    let cases: usize = file.metadata["cases"].parse().expect("cases");
+    let dim: usize = file.metadata["dim"].parse().expect("dim");
+    for i in 0..cases {
+        let g: Vec<usize> = file.metadata[&format!("case{i}")]
+            .split(',')
+            .map(|v| v.parse().expect("size"))
+            .collect();
+        let input = &file.tensors[&format!("case{i}.input")].1;
+        let expected = &file.tensors[&format!("case{i}.output")].1;
+        let ours = pos_embed::resample(input, dim, (g[0], g[1]), (g[2], g[3]));
+        assert_close(
+            &format!("resample {}x{} -> {}x{}", g[0], g[1], g[2], g[3]),
+            &ours,
+            expected,
+            1e-5,
+        );
+        assert_eq!(ours[..dim], input[..dim], "the CLS position is kept as is");
+        if (g[0], g[1]) == (g[2], g[3]) {
+            assert_eq!(
+                &ours, input,
+                "identity resampling must return the input exactly"
+            );
+        }
+    }
+}
+
+#[test]
+fn head_swap_keeps_every_body_tensor_bit_for_bit() {
+    let src = fixture("parity_micro_gelu.safetensors");
+    let (cfg, params, _) = checkpoint::load_any(&src, &ConfigHints::default()).expect("load");
+    for (head, classes) in [
+        (Head::Mlp { hidden: 32 }, 3),
+        (Head::Linear, 5),
+        (Head::Linear, cfg.classes),
+    ] {
+        let new_cfg = vit_wgpu::model::Config {
+            head,
+            classes,
+            ..cfg.clone()
+        };
+        let merged =
+            vit_wgpu::cli::commands::merge_init(&cfg, &params, &new_cfg, 1).expect("merge");
+        assert_eq!(merged.specs, vit_wgpu::model::params::param_specs(&new_cfg));
+        let body = vit_wgpu::model::params::body_specs(&cfg).len();
+        for i in 0..body {
+            assert_eq!(
+                merged.values[i], params.values[i],
+                "{} changed",
+                merged.specs[i].name
+            );
+        }
+        if head == cfg.head && classes == cfg.classes {
+            assert_eq!(merged.values, params.values, "same head: kept");
+        } else {
+            assert_ne!(merged.values[body..], params.values[body..]);
+        }
+    }
+    // A different body is refused.
+    let other = vit_wgpu::model::Config {
+        dim: 96,
+        heads: 4,
+        ..cfg.clone()
+    };
+    assert!(vit_wgpu::cli::commands::merge_init(&cfg, &params, &other, 1).is_err());
+}
