@@ -150,7 +150,10 @@ impl Attention {
         check(gpu, shape);
         let v4 = shape.head_dim / 4;
         self.pipelines[v4 - 1].get_or_init(|| {
-            let s = &super::ATTENTION;
+            let s = match self.variant {
+                Variant::Rows => &super::ATTENTION,
+                Variant::Lanes => &super::ATTENTION_CPU,
+            };
             let rows = Variant::Rows.rows_per_group() as f64;
             let constants = [("HEAD_VEC4", v4 as f64), ("ROWS", rows)];
             let entry = |name: &str| gpu.pipeline_with(s, &self.variant.entry(name), &constants);
@@ -159,7 +162,11 @@ impl Attention {
                 backward_query: entry("attention_backward_query"),
                 backward_key: entry("attention_backward_key"),
                 // one query row per invocation in both variants: for attention maps only
-                probabilities: gpu.pipeline_with(s, "attention_probabilities", &constants),
+                probabilities: gpu.pipeline_with(
+                    &super::ATTENTION,
+                    "attention_probabilities",
+                    &constants,
+                ),
             }
         })
     }

@@ -30,6 +30,15 @@ macro_rules! shader {
 
 pub const ADAMW: Shader = shader!("adamw.wgsl");
 pub const ATTENTION: Shader = shader!("attention.wgsl");
+/// The subgroup (Lanes) attention kernels: attention.wgsl with attention_cpu.wgsl appended,
+/// so devices without subgroups never compile subgroup code.
+pub const ATTENTION_CPU: Shader = Shader {
+    name: "attention_cpu.wgsl",
+    source: concat!(
+        include_str!("../../shaders/attention.wgsl"),
+        include_str!("../../shaders/attention_cpu.wgsl")
+    ),
+};
 pub const DROPOUT: Shader = shader!("dropout.wgsl");
 pub const EMBED: Shader = shader!("embed.wgsl");
 /// Workgroup-memory tiled GEMM for real GPUs.
@@ -43,5 +52,14 @@ pub const PEAK_FMA: Shader = shader!("peak_fma.wgsl");
 
 /// Every shader, for the validation test.
 pub const ALL_SHADERS: &[Shader] = &[
-    ADAMW, ATTENTION, DROPOUT, EMBED, GEMM_TILED, GEMM_CPU, LAYERNORM, LOSS, PEAK_FMA,
+    ADAMW,
+    ATTENTION,
+    ATTENTION_CPU,
+    DROPOUT,
+    EMBED,
+    GEMM_TILED,
+    GEMM_CPU,
+    LAYERNORM,
+    LOSS,
+    PEAK_FMA,
 ];

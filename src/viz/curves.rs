@@ -118,7 +118,7 @@ fn panel<DB: DrawingBackend>(
         .label_style((FAMILY, 14))
         .axis_desc_style((FAMILY, 15))
         .x_labels((last as usize + 2).min(12))
-        .light_line_style(RGBColor(235, 235, 235))
+        .light_line_style(RGBColor(246, 246, 246))
         .draw()
         .map_err(e)?;
     for (name, colour, points) in [("train", TRAIN, train), ("validation", VAL, val)] {
