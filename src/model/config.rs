@@ -126,21 +126,24 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.patch == 0 || self.image_h % self.patch != 0 || self.image_w % self.patch != 0 {
+        if self.patch == 0
+            || !self.image_h.is_multiple_of(self.patch)
+            || !self.image_w.is_multiple_of(self.patch)
+        {
             return bad(format!(
                 "image {}x{} is not a multiple of the patch size {}",
                 self.image_h, self.image_w, self.patch
             ));
         }
-        if self.heads == 0 || self.dim % self.heads != 0 {
+        if self.heads == 0 || !self.dim.is_multiple_of(self.heads) {
             return bad(format!(
                 "width {} is not a multiple of the head count {}",
                 self.dim, self.heads
             ));
         }
-        if self.head_dim() > 128 || self.head_dim() % 4 != 0 {
+        if self.head_dim() > 64 || !self.head_dim().is_multiple_of(4) {
             return bad(format!(
-                "head dim {} must be a multiple of 4 and at most 128",
+                "head dim {} must be a multiple of 4 and at most 64 (the attention kernels' limit)",
                 self.head_dim()
             ));
         }
@@ -153,7 +156,7 @@ impl Config {
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} must be in [0, 1)", self.dropout));
         }
-        if !(self.ln_eps > 0.0) {
+        if self.ln_eps.is_nan() || self.ln_eps <= 0.0 {
             return bad(format!("LayerNorm eps {} must be positive", self.ln_eps));
         }
         Ok(())

@@ -114,7 +114,7 @@ fn layernorm_backward(
     let mut dx = vec![0.0; rows * cols];
     let mut dg = vec![0.0; cols];
     let mut db = vec![0.0; cols];
-    for r in 0..rows {
+    for (r, &rs) in rstd.iter().enumerate().take(rows) {
         let i = r * cols;
         let mut mg = 0.0;
         let mut mgx = 0.0;
@@ -128,7 +128,7 @@ fn layernorm_backward(
         mg /= cols as f64;
         mgx /= cols as f64;
         for c in 0..cols {
-            dx[i + c] = rstd[r] * (g[c] * dy[i + c] - mg - xhat[i + c] * mgx);
+            dx[i + c] = rs * (g[c] * dy[i + c] - mg - xhat[i + c] * mgx);
         }
     }
     (dx, dg, db)

@@ -82,6 +82,9 @@ impl Default for OptimConfig {
     }
 }
 
+/// Adam's first and second moments of one parameter tensor.
+pub type Moments = (Vec<f32>, Vec<f32>);
+
 /// Activations saved by the forward pass for one layer.
 struct LayerActs {
     x: wgpu::Buffer, // input of the layer [M, D]
@@ -1172,7 +1175,7 @@ impl Vit {
     }
 
     /// Optimiser moments (m, v) per tensor, for checkpoints (waits).
-    pub fn read_moments(&self, gpu: &Gpu) -> Result<Vec<(Vec<f32>, Vec<f32>)>, GpuError> {
+    pub fn read_moments(&self, gpu: &Gpu) -> Result<Vec<Moments>, GpuError> {
         let mut out = Vec::new();
         for p in &self.params {
             if let (Some(m), Some(v)) = (&p.m, &p.v) {
