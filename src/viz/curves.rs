@@ -1,6 +1,6 @@
 //! Training curves: `curves.png` in a run folder, loss and accuracy per epoch (train and
 //! validation), drawn with plotters into a bitmap and encoded with the image crate. Text
-//! uses DejaVu Sans, shipped in assets/ and registered from bytes, so no system font is
+//! uses DejaVu Sans, shipped in src/viz/fonts/ and registered from bytes, so no system font is
 //! needed.
 
 use std::collections::BTreeMap;
@@ -17,8 +17,8 @@ use crate::train::EpochMetrics;
 pub const WIDTH: u32 = 1200;
 pub const HEIGHT: u32 = 450;
 
-/// DejaVu Sans (Bitstream Vera license, see assets/fonts/DejaVuSans-LICENSE.txt).
-static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+/// DejaVu Sans (Bitstream Vera license, see src/viz/fonts/DejaVuSans-LICENSE.txt).
+static FONT: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
 const FAMILY: &str = "sans-serif";
 
 fn register() -> Result<(), String> {
