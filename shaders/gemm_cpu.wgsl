@@ -9,6 +9,10 @@
 //   - per step of 4 k, a lane loads 4 vec4 of A (1/8 of the 32x4 block every lane needs,
 //     shared with subgroupBroadcast) and its own 4 vec4 of B, then does 8 mat4x4 products:
 //     128 vec4 multiply-adds for 8 vec4 loads;
+//   - the epilogue works on a row of a lane's block at a time (4 columns): when n % 4 == 0
+//     (override VEC4) C, bias, pre and aux are read and written as vec4 through a second,
+//     vec4-typed binding of the same buffer (bindings 8..11). At k = 192 the stores were
+//     over half of the time with one scalar access per element;
 //   - A and B come from rgba32float textures (one texel fetch per vec4, cheaper than four
 //     storage loads there) when the operand's shape allows, else from storage buffers.
 // The layout is an override constant (0 NN, 1 NT, 2 TN, as in gemm_tiled.wgsl), and so
@@ -22,6 +26,9 @@ override A_TEXTURE: bool = false;
 override B_TEXTURE: bool = false;
 // steps of 4 k per loop iteration (1 or 2)
 override K_STEPS: u32 = 2u;
+// n % 4 == 0: C, bias, pre and aux are also bound as arrays of vec4 (bindings 8..11), and
+// the epilogue reads and writes a vec4 per row of a lane's block.
+override VEC4: bool = false;
 
 struct Meta {
     m: u32,
@@ -44,6 +51,10 @@ struct Meta {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> pre: array<f32>;
 @group(0) @binding(5) var<storage, read> aux: array<f32>;
+@group(0) @binding(8) var<storage, read_write> c4: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read> bias4: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read_write> pre4: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read> aux4: array<vec4<f32>>;
 // The same operands as rgba32float textures, a texel = 4 consecutive floats of a row.
 @group(0) @binding(6) var a_tex: texture_2d<f32>;
 @group(0) @binding(7) var b_tex: texture_2d<f32>;
@@ -145,8 +156,71 @@ fn a_block(lanes: mat4x4<f32>) -> mat4x4<f32> {
     return lanes;
 }
 
+// ---- vectorized epilogue: one row of 4 columns of this lane ----
+
+fn erf4(x: vec4<f32>) -> vec4<f32> {
+    let z = abs(x);
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let p = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806
+        + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))));
+    let r = t * exp(-z * z + p);
+    return select(r - 1.0, 1.0 - r, x >= vec4<f32>(0.0));
+}
+
+fn load_c4(idx: u32) -> vec4<f32> {
+    if (VEC4) { return c4[idx / 4u]; }
+    return vec4<f32>(c[idx], c[idx + 1u], c[idx + 2u], c[idx + 3u]);
+}
+
+fn load_aux4(idx: u32) -> vec4<f32> {
+    if (VEC4) { return aux4[idx / 4u]; }
+    return vec4<f32>(aux[idx], aux[idx + 1u], aux[idx + 2u], aux[idx + 3u]);
+}
+
+// Row `row`, columns col..col+4 (all < n), value s (bias already added).
+fn epilogue4(row: u32, col: u32, s: vec4<f32>) {
+    let idx = row * shape.n + col;
+    var v = s;
+    if (shape.has_pre != 0u) {
+        if (VEC4) { pre4[idx / 4u] = v; } else {
+            pre[idx] = v.x; pre[idx + 1u] = v.y; pre[idx + 2u] = v.z; pre[idx + 3u] = v.w;
+        }
+    }
+    if (shape.activation == 1u) { v = max(v, vec4<f32>(0.0)); }
+    if (shape.activation == 2u) { v = 0.5 * v * (1.0 + erf4(v * 0.70710678)); }
+    if (shape.act_grad == 1u) { v = select(vec4<f32>(0.0), v, load_aux4(idx) > vec4<f32>(0.0)); }
+    if (shape.act_grad == 2u) {
+        let x = load_aux4(idx);
+        v *= 0.5 * (1.0 + erf4(x * 0.70710678)) + x * 0.39894228 * exp(-0.5 * x * x);
+    }
+    if (shape.accumulate != 0u) { v += load_c4(idx); }
+    if (VEC4) { c4[idx / 4u] = v; } else {
+        c[idx] = v.x; c[idx + 1u] = v.y; c[idx + 2u] = v.z; c[idx + 3u] = v.w;
+    }
+}
+
 // Store a lane's 4x4 block: column i of acc is C[row0 + i, col0..col0+4].
 fn store_block(row0: u32, col0: u32, acc: mat4x4<f32>) {
+    if (col0 + 4u <= shape.n) {
+        var bv = vec4<f32>(0.0);
+        if (shape.has_bias != 0u) {
+            if (VEC4) { bv = bias4[col0 / 4u]; } else {
+                bv = vec4<f32>(bias[col0], bias[col0 + 1u], bias[col0 + 2u], bias[col0 + 3u]);
+            }
+        }
+        let m = shape.m;
+        if (row0 + 4u <= m) {
+            epilogue4(row0, col0, acc[0] + bv);
+            epilogue4(row0 + 1u, col0, acc[1] + bv);
+            epilogue4(row0 + 2u, col0, acc[2] + bv);
+            epilogue4(row0 + 3u, col0, acc[3] + bv);
+            return;
+        }
+        if (row0 < m) { epilogue4(row0, col0, acc[0] + bv); }
+        if (row0 + 1u < m) { epilogue4(row0 + 1u, col0, acc[1] + bv); }
+        if (row0 + 2u < m) { epilogue4(row0 + 2u, col0, acc[2] + bv); }
+        return;
+    }
     for (var i = 0u; i < 4u; i++) {
         for (var j = 0u; j < 4u; j++) {
             epilogue(row0 + i, col0 + j, acc[i][j]);

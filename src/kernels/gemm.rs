@@ -123,10 +123,10 @@ const CPU_LANES: u32 = 8;
 
 pub struct Gemm {
     variant: Variant,
-    /// Tiled: one per layout. Cpu: per (layout, A from texture, B from texture).
+    /// Tiled: one per layout. Cpu: per (layout, A from texture, B from texture, vec4 epilogue).
     /// Built on first use and kept: a pipeline costs an LLVM compile on lavapipe.
-    pipelines: [OnceLock<wgpu::ComputePipeline>; 12],
-    /// Bound where an optional operand is absent (read-only and read-write apart: wgpu
+    pipelines: [OnceLock<wgpu::ComputePipeline>; 24],
+    /// Bound where an optional operand is absent (4 floats: also bound as `array<vec4<f32>>`) (read-only and read-write apart: wgpu
     /// forbids one buffer in both roles in a dispatch).
     dummy_read: wgpu::Buffer,
     dummy_write: wgpu::Buffer,
@@ -173,8 +173,8 @@ impl Gemm {
         Gemm {
             variant,
             pipelines: Default::default(),
-            dummy_read: gpu.storage("gemm dummy read", 1),
-            dummy_write: gpu.storage("gemm dummy write", 1),
+            dummy_read: gpu.storage("gemm dummy read", 4),
+            dummy_write: gpu.storage("gemm dummy write", 4),
             dummy_texture,
         }
     }
@@ -189,6 +189,7 @@ impl Gemm {
         layout: Layout,
         a_tex: bool,
         b_tex: bool,
+        vec4: bool,
     ) -> &wgpu::ComputePipeline {
         let l = layout.index();
         match self.variant {
@@ -196,7 +197,7 @@ impl Gemm {
                 gpu.pipeline_with(&super::GEMM_TILED, "gemm_tiled", &[("LAYOUT", l as f64)])
             }),
             Variant::Cpu | Variant::CpuStorage => {
-                let i = l * 4 + a_tex as usize * 2 + b_tex as usize;
+                let i = l * 8 + vec4 as usize * 4 + a_tex as usize * 2 + b_tex as usize;
                 self.pipelines[i].get_or_init(|| {
                     gpu.pipeline_with(
                         &super::GEMM_CPU,
@@ -205,6 +206,7 @@ impl Gemm {
                             ("LAYOUT", l as f64),
                             ("A_TEXTURE", a_tex as u32 as f64),
                             ("B_TEXTURE", b_tex as u32 as f64),
+                            ("VEC4", vec4 as u32 as f64),
                             // Two steps of 4 k per loop trip pay for NN and TN; NT, which
                             // transposes its B block, spills more and runs best with one.
                             ("K_STEPS", if layout == Layout::NT { 1.0 } else { 2.0 }),
@@ -296,7 +298,9 @@ impl Gemm {
             commands.push(copy.clone_command());
             view
         });
-        let pipeline = self.pipeline(gpu, args.layout, a_view.is_some(), b_view.is_some());
+        // Rows of C (and of pre and aux) start on 16-byte boundaries: vec4 epilogue.
+        let vec4 = n.is_multiple_of(4);
+        let pipeline = self.pipeline(gpu, args.layout, a_view.is_some(), b_view.is_some(), vec4);
 
         let mut entries = vec![
             buffer_entry(0, args.a),
@@ -307,6 +311,16 @@ impl Gemm {
             buffer_entry(5, args.act_grad_of.map_or(&self.dummy_read, |(aux, _)| aux)),
         ];
         if self.variant != Variant::Tiled {
+            // The same buffers again as arrays of vec4 (used when n % 4 == 0).
+            entries.extend([
+                buffer_entry(8, args.c),
+                buffer_entry(9, args.bias.unwrap_or(&self.dummy_read)),
+                buffer_entry(10, args.pre_activation.unwrap_or(&self.dummy_write)),
+                buffer_entry(
+                    11,
+                    args.act_grad_of.map_or(&self.dummy_read, |(aux, _)| aux),
+                ),
+            ]);
             entries.push(wgpu::BindGroupEntry {
                 binding: 6,
                 resource: wgpu::BindingResource::TextureView(a_view.unwrap_or(&self.dummy_texture)),
