@@ -31,6 +31,8 @@ struct Case {
     flops: f64,
     /// CPU sgemm time for the same shape, when there is one to compare with.
     cpu_seconds: Option<f64>,
+    /// Bytes moved, for memory-bound kernels: the rate column then shows GB/s.
+    bytes: Option<f64>,
     commands: Vec<Command>,
 }
 
@@ -116,19 +118,26 @@ impl Bench {
             case.variant
         );
         let (seconds, wall) = self.time(&case.commands);
-        let gflops = case.flops / seconds * 1e-9;
+        let rate = match case.bytes {
+            Some(b) => format!("{:.1} GB/s", b / seconds * 1e-9),
+            None => format!("{:.1}", case.flops / seconds * 1e-9),
+        };
+        let of_ceiling = match case.bytes {
+            Some(_) => "-".to_string(),
+            None => format!("{:.0}%", 100.0 * case.flops / seconds / self.peak),
+        };
         let vs_cpu = case
             .cpu_seconds
             .map_or("-".to_string(), |c| format!("{:.2}x", c / seconds));
         let row = format!(
-            "| {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.0}% | {} | {:.1e} |",
+            "| {} | {} | {} | {:.2} | {:.2} | {} | {} | {} | {:.1e} |",
             case.name,
             case.shape,
             case.variant,
             seconds * 1e3,
             wall * 1e3,
-            gflops,
-            100.0 * case.flops / seconds / self.peak,
+            rate,
+            of_ceiling,
             vs_cpu,
             err
         );
@@ -438,6 +447,7 @@ fn bench_one_gemm(bench: &mut Bench, gemm: &Gemm, name: &str, s: &GemmShape, cpu
         variant: gemm.variant().name().to_string(),
         flops: 2.0 * (m * n * k) as f64,
         cpu_seconds: Some(cpu_seconds),
+        bytes: None,
         commands,
     };
     bench.run(case, check);
@@ -478,7 +488,202 @@ fn main() {
     };
     // Kernel families; each filters its cases by name ("gemm tiny qkv fwd cpu").
     bench_gemm(&mut bench);
+    bench_attention(&mut bench);
+    bench_layernorm(&mut bench);
     if bench.rows.is_empty() {
         println!("(no case matches the filter {:?})", bench.filters);
+    }
+}
+
+/// Attention forward and backward at the tiny (3 heads) and labml (8 heads) shapes with 65
+/// and 197 tokens, head dim 64; validated on the first image of the batch (images are
+/// independent) against the f64 reference.
+fn bench_attention(bench: &mut Bench) {
+    use vit_wgpu::kernels::attention::{bench_cases, Attention};
+    use vit_wgpu::reference::attention as cpu;
+    let kernel = Attention::new(&bench.gpu);
+    let variant = format!("{:?}", kernel.variant()).to_lowercase();
+    let mut cases = bench_cases();
+    if bench.quick {
+        cases.truncate(1);
+    }
+    for s in cases {
+        let label = if s.heads == 3 { "tiny" } else { "labml" };
+        let shape = format!("B{} N{} A{} d{}", s.batch, s.tokens, s.heads, s.head_dim);
+        for pass in ["fwd", "bwd"] {
+            let name = format!("{label} attention {pass}");
+            if !bench.selected(&format!("attention {name} {variant}")) {
+                continue;
+            }
+            let g = &bench.gpu;
+            let qkv = random_vec(&mut bench.rng, s.qkv_len(), 1.0);
+            let d_o = random_vec(&mut bench.rng, s.out_len(), 1.0);
+            let bqkv = g.upload("qkv", &qkv);
+            let bo = g.storage("o", s.out_len());
+            let blse = g.storage("lse", s.lse_len());
+            let bdo = g.upload("dO", &d_o);
+            let bdqkv = g.storage("dqkv", s.qkv_len());
+            let scratch = g.storage("scratch", Attention::scratch_len(s));
+            // The forward's outputs feed the backward.
+            g.submit_commands(&kernel.forward(g, s, &bqkv, &bo, &blse));
+            let (commands, flops) = if pass == "fwd" {
+                (
+                    kernel.forward(g, s, &bqkv, &bo, &blse),
+                    Attention::flops_forward(s),
+                )
+            } else {
+                (
+                    kernel.backward(g, s, &bqkv, &bo, &blse, &bdo, &bdqkv, &scratch),
+                    Attention::flops_backward(s),
+                )
+            };
+            let one = vit_wgpu::kernels::attention::AttentionShape { batch: 1, ..s };
+            let check = |g: &Gpu| {
+                let q1 = &qkv[..one.qkv_len()];
+                let mut o = vec![0.0; one.out_len()];
+                let mut lse = vec![0.0; one.lse_len()];
+                cpu::forward(&mut o, &mut lse, q1, 1, s.tokens, s.heads, s.head_dim);
+                if pass == "fwd" {
+                    let ours: Vec<f32> = g.read(&bo).expect("read");
+                    relative_error(&ours[..one.out_len()], &o).0
+                } else {
+                    let mut dqkv = vec![0.0; one.qkv_len()];
+                    cpu::backward(
+                        &mut dqkv,
+                        &d_o[..one.out_len()],
+                        q1,
+                        &o,
+                        &lse,
+                        1,
+                        s.tokens,
+                        s.heads,
+                        s.head_dim,
+                    );
+                    let ours: Vec<f32> = g.read(&bdqkv).expect("read");
+                    relative_error(&ours[..one.qkv_len()], &dqkv).0
+                }
+            };
+            let case = Case {
+                name,
+                shape: shape.clone(),
+                variant: variant.clone(),
+                flops,
+                cpu_seconds: None,
+                bytes: None,
+                commands,
+            };
+            bench.run(case, check);
+        }
+    }
+}
+
+/// LayerNorm forward and backward at the tiny and labml widths, M = 64*65 rows; memory
+/// bound, so reported in GB/s (bytes read and written once).
+fn bench_layernorm(bench: &mut Bench) {
+    use vit_wgpu::kernels::layernorm::{LayerNorm, LayerNormBackward, LayerNormForward};
+    use vit_wgpu::reference::layernorm as cpu;
+    let kernel = LayerNorm::new(&bench.gpu);
+    let widths: &[(&str, usize)] = if bench.quick {
+        &[("tiny", 192)]
+    } else {
+        &[("tiny", 192), ("labml", 512)]
+    };
+    for &(label, cols) in widths {
+        let rows = 64 * 65;
+        for pass in ["fwd", "bwd"] {
+            let name = format!("{label} layernorm {pass}");
+            if !bench.selected(&name) {
+                continue;
+            }
+            let g = &bench.gpu;
+            let n = rows * cols;
+            let x = random_vec(&mut bench.rng, n, 1.0);
+            let dy = random_vec(&mut bench.rng, n, 1.0);
+            let gamma = random_vec(&mut bench.rng, cols, 1.0);
+            let beta = random_vec(&mut bench.rng, cols, 1.0);
+            let (bx, bdy, bg, bb) = (
+                g.upload("x", &x),
+                g.upload("dy", &dy),
+                g.upload("g", &gamma),
+                g.upload("b", &beta),
+            );
+            let (by, bm, br) = (
+                g.storage("y", n),
+                g.storage("mean", rows),
+                g.storage("rstd", rows),
+            );
+            let (bdx, bdg, bdb) = (
+                g.storage("dx", n),
+                g.storage("dg", cols),
+                g.storage("db", cols),
+            );
+            let scratch = g.storage("scratch", LayerNorm::scratch_len(rows, cols));
+            let fwd = LayerNormForward {
+                x: &bx,
+                gamma: &bg,
+                beta: &bb,
+                y: &by,
+                mean: &bm,
+                rstd: &br,
+                rows,
+                cols,
+                eps: 1e-5,
+            };
+            g.submit_commands(&[kernel.forward(g, &fwd).into()]);
+            let (mut y, mut mean, mut rstd) = (vec![0.0; n], vec![0.0; rows], vec![0.0; rows]);
+            cpu::forward(
+                &mut y, &mut mean, &mut rstd, &x, &gamma, &beta, rows, cols, 1e-5,
+            );
+            let (commands, bytes): (Vec<Command>, f64) = if pass == "fwd" {
+                (vec![kernel.forward(g, &fwd).into()], 2.0 * n as f64 * 4.0)
+            } else {
+                let args = LayerNormBackward {
+                    dy: &bdy,
+                    x: &bx,
+                    gamma: &bg,
+                    mean: &bm,
+                    rstd: &br,
+                    dx: &bdx,
+                    dgamma: &bdg,
+                    dbeta: &bdb,
+                    scratch: &scratch,
+                    rows,
+                    cols,
+                    accumulate: false,
+                };
+                // dx pass reads dy and x and writes dx; the parameter pass reads dy and x again
+                (
+                    kernel
+                        .backward(g, &args)
+                        .into_iter()
+                        .map(Command::from)
+                        .collect(),
+                    5.0 * n as f64 * 4.0,
+                )
+            };
+            let check = |g: &Gpu| {
+                if pass == "fwd" {
+                    relative_error(&g.read::<f32>(&by).expect("read"), &y).0
+                } else {
+                    let (mut dx, mut dg, mut db) = (vec![0.0; n], vec![0.0; cols], vec![0.0; cols]);
+                    cpu::backward(
+                        &mut dx, &mut dg, &mut db, &dy, &x, &gamma, &mean, &rstd, rows, cols, false,
+                    );
+                    let e1 = relative_error(&g.read::<f32>(&bdx).expect("read"), &dx).0;
+                    let e2 = relative_error(&g.read::<f32>(&bdg).expect("read"), &dg).0;
+                    e1.max(e2)
+                }
+            };
+            let case = Case {
+                name,
+                shape: format!("{rows}x{cols}"),
+                variant: "-".into(),
+                flops: 0.0,
+                cpu_seconds: None,
+                bytes: Some(bytes),
+                commands,
+            };
+            bench.run(case, check);
+        }
     }
 }
