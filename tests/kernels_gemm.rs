@@ -309,3 +309,28 @@ fn reference_gelu_grad_matches_finite_differences() {
         assert!((fd - cpu::relu_grad(x)).abs() < 1e-9, "relu'({x})");
     }
 }
+
+/// Classifier heads have few columns (3 classes): every epilogue buffer is then smaller
+/// than one vec4, which the vectorised epilogue must not bind.
+#[test]
+fn every_variant_handles_fewer_than_four_columns_with_all_epilogues() {
+    for variant in [Variant::Tiled, Variant::Cpu, Variant::CpuStorage] {
+        for layout in Layout::ALL {
+            for n in [1, 2, 3] {
+                let f = Flags {
+                    bias: true,
+                    pre: true,
+                    activation: Some(Activation::Gelu),
+                    ..Default::default()
+                };
+                check(variant, layout, (5, n, 7), f);
+                let g = Flags {
+                    act_grad: Some(Activation::Relu),
+                    accumulate: true,
+                    ..Default::default()
+                };
+                check(variant, layout, (9, n, 3), g);
+            }
+        }
+    }
+}

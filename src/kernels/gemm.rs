@@ -311,16 +311,26 @@ impl Gemm {
             buffer_entry(5, args.act_grad_of.map_or(&self.dummy_read, |(aux, _)| aux)),
         ];
         if self.variant != Variant::Tiled {
-            // The same buffers again as arrays of vec4 (used when n % 4 == 0).
-            entries.extend([
-                buffer_entry(8, args.c),
-                buffer_entry(9, args.bias.unwrap_or(&self.dummy_read)),
-                buffer_entry(10, args.pre_activation.unwrap_or(&self.dummy_write)),
-                buffer_entry(
-                    11,
-                    args.act_grad_of.map_or(&self.dummy_read, |(aux, _)| aux),
-                ),
-            ]);
+            // The same buffers again as arrays of vec4, used when n % 4 == 0; otherwise
+            // placeholders (a vec4 binding needs 16 bytes, more than e.g. a 3-class bias).
+            if vec4 {
+                entries.extend([
+                    buffer_entry(8, args.c),
+                    buffer_entry(9, args.bias.unwrap_or(&self.dummy_read)),
+                    buffer_entry(10, args.pre_activation.unwrap_or(&self.dummy_write)),
+                    buffer_entry(
+                        11,
+                        args.act_grad_of.map_or(&self.dummy_read, |(aux, _)| aux),
+                    ),
+                ]);
+            } else {
+                entries.extend([
+                    buffer_entry(8, &self.dummy_write),
+                    buffer_entry(9, &self.dummy_read),
+                    buffer_entry(10, &self.dummy_write),
+                    buffer_entry(11, &self.dummy_read),
+                ]);
+            }
             entries.push(wgpu::BindGroupEntry {
                 binding: 6,
                 resource: wgpu::BindingResource::TextureView(a_view.unwrap_or(&self.dummy_texture)),
