@@ -389,8 +389,6 @@ impl Gpu {
         meta: &T,
         workgroups: [u32; 3],
     ) -> Dispatch {
-        let label = "dispatch";
-        let meta_buffer = self.uniform(label, meta);
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .map(|(binding, buffer)| wgpu::BindGroupEntry {
@@ -398,26 +396,7 @@ impl Gpu {
                 resource: buffer.as_entire_binding(),
             })
             .collect();
-        let group0 = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(label),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
-        let group1 = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(label),
-            layout: &pipeline.get_bind_group_layout(1),
-            entries: &[wgpu::BindGroupEntry {
-                binding: 0,
-                resource: meta_buffer.as_entire_binding(),
-            }],
-        });
-        Dispatch {
-            family: self.family(pipeline),
-            pipeline: pipeline.clone(),
-            groups: vec![group0, group1],
-            workgroups,
-            _meta: meta_buffer,
-        }
+        self.dispatch_with(pipeline, &entries, meta, workgroups)
     }
 
     /// Like `dispatch`, for kernels that bind more than whole storage buffers (textures):
