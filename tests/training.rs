@@ -3,10 +3,9 @@
 
 mod common;
 use common::*;
-use rand::Rng;
 use std::path::PathBuf;
 use std::sync::Arc;
-use vit_wgpu::data::{self, Dataset};
+use vit_wgpu::data;
 use vit_wgpu::model::checkpoint::{self, CheckpointError};
 use vit_wgpu::model::config::{Act, Config, Head, Preset};
 use vit_wgpu::model::{HostParams, Kernels};
@@ -34,38 +33,6 @@ fn tiny_config() -> Config {
         dropout: 0.1,
         ln_eps: 1e-6,
         classes: 3,
-    }
-}
-
-/// A synthetic dataset whose class is the brightest quadrant.
-fn synthetic(n: usize, seed: u64) -> Dataset {
-    use rand::SeedableRng;
-    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut images = vec![0u8; n * 64];
-    let mut labels = vec![0u8; n];
-    for i in 0..n {
-        let label = r.random_range(0..3u8);
-        labels[i] = label;
-        for y in 0..8 {
-            for x in 0..8 {
-                let quadrant = (y / 4) * 2 + x / 4;
-                let base = if quadrant == label as usize { 180 } else { 40 };
-                images[i * 64 + y * 8 + x] = base + r.random_range(0..60u8);
-            }
-        }
-    }
-    Dataset {
-        name: "synthetic".into(),
-        images,
-        labels,
-        len: n,
-        channels: 1,
-        height: 8,
-        width: 8,
-        class_names: vec!["a".into(), "b".into(), "c".into()],
-        mean: vec![0.5],
-        std: vec![0.5],
-        allow_flip: true,
     }
 }
 

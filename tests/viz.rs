@@ -7,7 +7,6 @@ use common::*;
 use rand::Rng;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vit_wgpu::data::Dataset;
 use vit_wgpu::model::config::{Act, Config, Head};
 use vit_wgpu::model::{checkpoint, cpu, HostParams, Kernels, Mode, Vit};
 use vit_wgpu::train::{self, EpochMetrics, TrainOptions};
@@ -306,38 +305,6 @@ fn write_curves_draws_one_and_many_epochs() {
     assert_curves_png(&path);
     assert!(!dir.join("curves.png.tmp").exists());
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A synthetic dataset whose class is the brightest quadrant of an 8x8 image.
-fn synthetic(n: usize, seed: u64) -> Dataset {
-    use rand::SeedableRng;
-    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut images = vec![0u8; n * 64];
-    let mut labels = vec![0u8; n];
-    for i in 0..n {
-        let label = r.random_range(0..3u8);
-        labels[i] = label;
-        for y in 0..8 {
-            for x in 0..8 {
-                let quadrant = (y / 4) * 2 + x / 4;
-                let base = if quadrant == label as usize { 180 } else { 40 };
-                images[i * 64 + y * 8 + x] = base + r.random_range(0..60u8);
-            }
-        }
-    }
-    Dataset {
-        name: "synthetic".into(),
-        images,
-        labels,
-        len: n,
-        channels: 1,
-        height: 8,
-        width: 8,
-        class_names: vec!["a".into(), "b".into(), "c".into()],
-        mean: vec![0.5],
-        std: vec![0.5],
-        allow_flip: true,
-    }
 }
 
 #[test]

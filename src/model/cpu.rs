@@ -4,6 +4,7 @@
 
 use super::config::{Act, Config, Head};
 use super::params::HostParams;
+use crate::reference::gemm::{gelu, gelu_grad};
 
 /// Result of one forward + backward pass.
 pub struct CpuResult {
@@ -49,16 +50,6 @@ fn linear_backward(
         }
     }
     (dx, dw, db)
-}
-
-pub fn gelu(x: f64) -> f64 {
-    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
-}
-
-pub fn gelu_grad(x: f64) -> f64 {
-    let cdf = 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
-    let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
-    cdf + x * pdf
 }
 
 fn act_fwd(a: Act, x: f64) -> f64 {

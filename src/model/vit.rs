@@ -413,6 +413,33 @@ impl Vit {
             seed: (seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as u32 ^ (seed >> 32) as u32,
         };
 
+        // LayerNorm over rows of width D (every norm in the model).
+        let ln_forward = |x: &wgpu::Buffer,
+                          gamma: &wgpu::Buffer,
+                          beta: &wgpu::Buffer,
+                          y: &wgpu::Buffer,
+                          mean: &wgpu::Buffer,
+                          rstd: &wgpu::Buffer,
+                          rows: usize|
+         -> Command {
+            ks.layernorm
+                .forward(
+                    gpu,
+                    &LayerNormForward {
+                        x,
+                        gamma,
+                        beta,
+                        y,
+                        mean,
+                        rstd,
+                        rows,
+                        cols: d,
+                        eps: cfg.ln_eps,
+                    },
+                )
+                .into()
+        };
+
         // ---- forward ----
         let build_forward = |train: bool| -> Vec<Command> {
             let drop = train && cfg.dropout > 0.0;
@@ -439,24 +466,15 @@ impl Vit {
             for (l, la) in layers.iter().enumerate() {
                 let p = |s: &str| format!("blocks.{l}.{s}");
                 let next = layers.get(l + 1).map(|n| &n.x).unwrap_or(&x_out);
-                c.push(
-                    ks.layernorm
-                        .forward(
-                            gpu,
-                            &LayerNormForward {
-                                x: &la.x,
-                                gamma: w(&p("norm1.weight")),
-                                beta: w(&p("norm1.bias")),
-                                y: &la.h1,
-                                mean: &la.mean1,
-                                rstd: &la.rstd1,
-                                rows: m,
-                                cols: d,
-                                eps: cfg.ln_eps,
-                            },
-                        )
-                        .into(),
-                );
+                c.push(ln_forward(
+                    &la.x,
+                    w(&p("norm1.weight")),
+                    w(&p("norm1.bias")),
+                    &la.h1,
+                    &la.mean1,
+                    &la.rstd1,
+                    m,
+                ));
                 g.linear(
                     &mut c,
                     &la.h1,
@@ -516,24 +534,15 @@ impl Vit {
                         true,
                     );
                 }
-                c.push(
-                    ks.layernorm
-                        .forward(
-                            gpu,
-                            &LayerNormForward {
-                                x: &la.mid,
-                                gamma: w(&p("norm2.weight")),
-                                beta: w(&p("norm2.bias")),
-                                y: &la.h2,
-                                mean: &la.mean2,
-                                rstd: &la.rstd2,
-                                rows: m,
-                                cols: d,
-                                eps: cfg.ln_eps,
-                            },
-                        )
-                        .into(),
-                );
+                c.push(ln_forward(
+                    &la.mid,
+                    w(&p("norm2.weight")),
+                    w(&p("norm2.bias")),
+                    &la.h2,
+                    &la.mean2,
+                    &la.rstd2,
+                    m,
+                ));
                 g.linear(
                     &mut c,
                     &la.h2,
@@ -594,24 +603,15 @@ impl Vit {
                 }
             }
             c.push(ks.embed.gather_cls(gpu, es, &x_out, &cls_x).into());
-            c.push(
-                ks.layernorm
-                    .forward(
-                        gpu,
-                        &LayerNormForward {
-                            x: &cls_x,
-                            gamma: w("norm.weight"),
-                            beta: w("norm.bias"),
-                            y: &cls_n,
-                            mean: &mean_f,
-                            rstd: &rstd_f,
-                            rows: b,
-                            cols: d,
-                            eps: cfg.ln_eps,
-                        },
-                    )
-                    .into(),
-            );
+            c.push(ln_forward(
+                &cls_x,
+                w("norm.weight"),
+                w("norm.bias"),
+                &cls_n,
+                &mean_f,
+                &rstd_f,
+                b,
+            ));
             match cfg.head {
                 Head::Linear => g.linear(
                     &mut c,

@@ -13,30 +13,9 @@ const SQRT_2: f64 = std::f64::consts::SQRT_2;
 /// 1 / sqrt(2 pi)
 const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
-/// erf in f64: Taylor series near zero, continued fraction for erfc in the tails
-/// (about 1e-13 absolute; Rust's std has no erf).
+/// erf in f64 (libm's; Rust's std has none).
 pub fn erf(x: f64) -> f64 {
-    let z = x.abs();
-    let r = if z < 3.0 {
-        // erf(z) = 2/sqrt(pi) sum_n (-1)^n z^(2n+1) / (n! (2n+1))
-        let mut term = z; // (-1)^n z^(2n+1) / n!
-        let mut sum = z;
-        let mut n = 0.0;
-        while term.abs() > 1e-17 * sum.abs() {
-            n += 1.0;
-            term *= -z * z / n;
-            sum += term / (2.0 * n + 1.0);
-        }
-        sum * std::f64::consts::FRAC_2_SQRT_PI
-    } else {
-        // erfc(z) = exp(-z^2)/sqrt(pi) / (z + 1/2 / (z + 1 / (z + 3/2 / (z + ...))))
-        let mut f = z;
-        for n in (1..80).rev() {
-            f = z + (n as f64 / 2.0) / f;
-        }
-        1.0 - (-z * z).exp() / (std::f64::consts::PI.sqrt() * f)
-    };
-    r.copysign(x)
+    libm::erf(x)
 }
 
 /// Exact GELU, as PyTorch's nn.GELU(): x * Phi(x).
