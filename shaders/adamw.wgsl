@@ -1,17 +1,22 @@
-// AdamW over every parameter tensor, with global gradient-norm clipping, all on the device:
-//   sum_squares (per tensor) -> partial[slot]
-//   clip_scale (once)        -> partial[count] = min(1, max_norm / (||g|| + 1e-6)), partial[count+1] = ||g||
-//   adamw_update (per tensor): g' = g * scale
+// AdamW over one parameter arena (every tensor in one buffer per role: values, grads, m, v),
+// with global gradient-norm clipping, all on the device, in three launches:
+//   sum_squares  (PARTIALS workgroups, grid-strided over [start, end)) -> stats[wg]
+//   clip_scale   (one workgroup)  -> stats[PARTIALS] = min(1, max_norm / (||g|| + 1e-6)),
+//                                    stats[PARTIALS + 1] = ||g||
+//   adamw_update (one thread per element of [start, end)): g' = g * scale
 //       m = b1 m + (1-b1) g';  v = b2 v + (1-b2) g'^2
-//       p -= lr * (m / bc1) / (sqrt(v / bc2) + eps) + lr * wd * p     (wd only where decay = 1)
+//       p -= lr * (m / bc1) / (sqrt(v / bc2) + eps) + lr * wd * p   (wd where i < decay_end)
+// [start, end) is the trainable range (the whole arena, or the head alone); the arena puts
+// every weight-decayed tensor before the others, so decay is the prefix [0, decay_end).
+// The padding between tensors is zero in every role and stays zero.
 // The hyper-parameters change every step (warmup/cosine lr, bias corrections) and are written
 // with queue.write_buffer before the step's submit: no device wait.
 
 struct Meta {
-    len: u32,
-    slot: u32,      // this tensor's index into partial[]
-    count: u32,     // number of tensors
-    decay: u32,     // 1 = apply weight decay (weights); 0 for biases, norms, cls, pos
+    start: u32,
+    end: u32,
+    decay_end: u32,
+    partials: u32,  // workgroups of sum_squares = floats of stats before the scale and norm
 }
 
 struct Hyper {
@@ -28,37 +33,46 @@ struct Hyper {
 @group(1) @binding(0) var<uniform> shape: Meta;
 
 @group(0) @binding(0) var<storage, read> grad: array<f32>;
-@group(0) @binding(1) var<storage, read_write> partial: array<f32>;
+@group(0) @binding(1) var<storage, read_write> stats: array<f32>;
 
 var<workgroup> scratch: array<f32, 256>;
 
-@compute @workgroup_size(256)
-fn sum_squares(@builtin(local_invocation_index) lid: u32) {
-    var s = 0.0;
-    for (var i = lid; i < shape.len; i += 256u) {
-        let g = grad[i];
-        s += g * g;
-    }
-    scratch[lid] = s;
+// Tree sum of scratch[0..256) into scratch[0].
+fn workgroup_sum(lid: u32) {
     workgroupBarrier();
     for (var stride = 128u; stride > 0u; stride >>= 1u) {
         if (lid < stride) { scratch[lid] += scratch[lid + stride]; }
         workgroupBarrier();
     }
-    if (lid == 0u) { partial[shape.slot] = scratch[0]; }
+}
+
+@compute @workgroup_size(256)
+fn sum_squares(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    var s = 0.0;
+    for (var i = shape.start + wid.x * 256u + lid; i < shape.end; i += shape.partials * 256u) {
+        let g = grad[i];
+        s += g * g;
+    }
+    scratch[lid] = s;
+    workgroup_sum(lid);
+    if (lid == 0u) { stats[wid.x] = scratch[0]; }
 }
 
 @group(0) @binding(2) var<uniform> hyper: Hyper;
 
-@compute @workgroup_size(1)
-fn clip_scale() {
-    var total = 0.0;
-    for (var i = 0u; i < shape.count; i++) { total += partial[i]; }
-    let norm = sqrt(total);
-    var scale = 1.0;
-    if (hyper.max_norm > 0.0) { scale = min(1.0, hyper.max_norm / (norm + 1e-6)); }
-    partial[shape.count] = scale;
-    partial[shape.count + 1u] = norm;
+@compute @workgroup_size(256)
+fn clip_scale(@builtin(local_invocation_index) lid: u32) {
+    var s = 0.0;
+    for (var i = lid; i < shape.partials; i += 256u) { s += stats[i]; }
+    scratch[lid] = s;
+    workgroup_sum(lid);
+    if (lid == 0u) {
+        let norm = sqrt(scratch[0]);
+        var scale = 1.0;
+        if (hyper.max_norm > 0.0) { scale = min(1.0, hyper.max_norm / (norm + 1e-6)); }
+        stats[shape.partials] = scale;
+        stats[shape.partials + 1u] = norm;
+    }
 }
 
 @group(0) @binding(3) var<storage, read> clip: array<f32>;
@@ -69,15 +83,15 @@ fn clip_scale() {
 @compute @workgroup_size(256)
 fn adamw_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
-    if (i >= shape.len) { return; }
-    let g = grad[i] * clip[shape.count];
+    let i = shape.start + (wid.x + wid.y * nwg.x) * 256u + lid;
+    if (i >= shape.end) { return; }
+    let g = grad[i] * clip[shape.partials];
     let mi = hyper.beta1 * m[i] + (1.0 - hyper.beta1) * g;
     let vi = hyper.beta2 * v[i] + (1.0 - hyper.beta2) * g * g;
     m[i] = mi;
     v[i] = vi;
     var p = param[i];
-    if (shape.decay == 1u) { p -= hyper.lr * hyper.weight_decay * p; }
+    if (i < shape.decay_end) { p -= hyper.lr * hyper.weight_decay * p; }
     p -= hyper.lr * (mi / hyper.bias_correction1) / (sqrt(vi / hyper.bias_correction2) + hyper.eps);
     param[i] = p;
 }

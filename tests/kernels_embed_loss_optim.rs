@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use rand::Rng;
-use vit_wgpu::kernels::adamw::{AdamW, Hyper, ParamSlot};
+use vit_wgpu::kernels::adamw::{AdamW, AdamWArgs, Hyper};
 use vit_wgpu::kernels::dropout::{self, Dropout, DropoutSite};
 use vit_wgpu::kernels::embed::{Embed, EmbedShape};
 use vit_wgpu::kernels::loss::{CrossEntropy, CrossEntropyArgs};
@@ -86,9 +86,11 @@ fn patchify_and_token_assembly_match_cpu_forward_and_backward() {
             poisoned(d),
         );
         k.patchify(g, s, &bimg, &bpatches).launch(g);
-        k.assemble_tokens(g, s, &bpe, &bcls, &bpos, &bx0).launch(g);
+        k.assemble_tokens(g, s, &bpe, (&bcls).into(), (&bpos).into(), &bx0)
+            .launch(g);
         k.tokens_backward(g, s, &bdx0, &bdpe).launch(g);
-        k.pos_cls_backward(g, s, &bdx0, &bdpos, &bdcls).launch(g);
+        k.pos_cls_backward(g, s, &bdx0, (&bdpos).into(), (&bdcls).into())
+            .launch(g);
         assert_close(
             &format!("patchify {what}"),
             &read(&bpatches),
@@ -147,7 +149,7 @@ fn column_sums_match_cpu_on_odd_shapes_and_accumulate() {
             poisoned(cols)
         };
         let scratch = poisoned(Embed::column_sum_scratch_len(rows, cols));
-        for d in k.column_sum(g, &bx, &bs, &scratch, rows, cols, acc) {
+        for d in k.column_sum(g, &bx, (&bs).into(), &scratch, rows, cols, acc) {
             d.launch(g);
         }
         assert_close(
@@ -300,88 +302,101 @@ fn dropout_forward_and_backward_regenerate_the_same_mask_as_cpu() {
 }
 
 #[test]
-fn adamw_with_clipping_matches_cpu_over_several_steps() {
+fn adamw_over_an_arena_range_with_clipping_matches_cpu_over_several_steps() {
     let g = gpu();
     let k = AdamW::new(g);
     let mut r = rng();
-    let lens = [1usize, 257, 4099, 64];
-    let decay = [false, true, true, false];
+    // Five tensors of odd sizes at 64-float aligned offsets; weight-decayed ones first. The
+    // first is frozen (outside the trained range): its values must not move and its
+    // gradient must stay out of the norm.
+    let lens = [67usize, 257, 4099, 1, 64];
+    let decay = [true, true, true, false, false];
+    let mut offsets = Vec::new();
+    let mut at = 0;
+    for &n in &lens {
+        offsets.push(at);
+        at = (at + n).div_ceil(64) * 64;
+    }
+    let total = at;
+    let (first, decay_end) = (offsets[1], offsets[2] + lens[2]);
+    let range = first..offsets[4] + lens[4];
     let mut host: Vec<cpu::adamw::HostParam> = lens
         .iter()
         .zip(decay)
         .map(|(&n, decay)| cpu::adamw::HostParam {
             param: random(&mut r, n),
             grad: vec![0.0; n],
-            m: vec![0.0; n],
-            v: vec![0.0; n],
+            m: random(&mut r, n).iter().map(|v| v * 0.01).collect(),
+            v: random(&mut r, n).iter().map(|v| v * v * 1e-4).collect(),
             decay,
         })
         .collect();
-    let bufs: Vec<[wgpu::Buffer; 4]> = host
-        .iter()
-        .map(|h| {
-            [
-                g.upload("p", &h.param),
-                g.storage("g", h.param.len()),
-                g.upload("m", &h.m),
-                g.upload("v", &h.v),
-            ]
-        })
-        .collect();
-    let slots: Vec<ParamSlot> = bufs
-        .iter()
-        .zip(&host)
-        .map(|(b, h)| ParamSlot {
-            param: &b[0],
-            grad: &b[1],
-            m: &b[2],
-            v: &b[3],
-            len: h.param.len(),
-            decay: h.decay,
-        })
-        .collect();
+    let pack = |field: &dyn Fn(&cpu::adamw::HostParam) -> &Vec<f32>,
+                host: &[cpu::adamw::HostParam]| {
+        let mut out = vec![0f32; total];
+        for (h, &o) in host.iter().zip(&offsets) {
+            out[o..o + field(h).len()].copy_from_slice(field(h));
+        }
+        out
+    };
+    let params = g.upload("params", &pack(&|h| &h.param, &host));
+    let grads = g.storage("grads", total);
+    let m = g.upload("m", &pack(&|h| &h.m, &host));
+    let v = g.upload("v", &pack(&|h| &h.v, &host));
     let hyper0 = Hyper::at_step(1e-2, 0.9, 0.999, 1e-8, 0.05, 1.0, 1);
     let hyper_buf = AdamW::hyper_buffer(g, &hyper0);
-    let partial = g.storage("partial", AdamW::partial_len(slots.len()));
-    let dispatches = k.record(g, &slots, &hyper_buf, &partial);
+    let stats = g.storage("stats", AdamW::stats_len());
+    let args = AdamWArgs {
+        params: &params,
+        grads: &grads,
+        m: &m,
+        v: &v,
+        range: range.clone(),
+        decay_end,
+        hyper: &hyper_buf,
+        stats: &stats,
+    };
+    let dispatches = k.record(g, &args);
+    let frozen = host[0].param.clone();
     for step in 1..=3u64 {
         // Step 1 gradients are large (clipping active), later ones small (inactive).
         let scale = if step == 1 { 3.0 } else { 0.01 };
-        for (h, b) in host.iter_mut().zip(&bufs) {
+        for h in host.iter_mut() {
             h.grad = random(&mut r, h.param.len())
                 .iter()
                 .map(|v| v * scale)
                 .collect();
-            g.write(&b[1], &h.grad);
         }
+        g.write(&grads, &pack(&|h| &h.grad, &host));
+        g.poison(&stats);
         let hyper = Hyper::at_step(1e-2, 0.9, 0.999, 1e-8, 0.05, 1.0, step);
         AdamW::write_hyper(g, &hyper_buf, &hyper);
         g.run(|pass| dispatches.iter().for_each(|d| d.record(pass)));
-        let norm = cpu::adamw::step(&mut host, &hyper);
-        let stats = read(&partial);
-        let got_norm = stats[slots.len() + 1] as f64;
+        let norm = cpu::adamw::step(&mut host[1..], &hyper);
+        let got_norm = read(&stats)[AdamW::scale_index() + 1] as f64;
         assert!(
             (got_norm - norm).abs() <= 1e-4 * norm,
             "step {step}: grad norm {got_norm} vs {norm}"
         );
-        for (i, (h, b)) in host.iter().zip(&bufs).enumerate() {
-            assert_close(
-                &format!("adamw step {step} tensor {i} param"),
-                &read(&b[0]),
-                &h.param,
-                TOLERANCE,
-            );
-            assert_close(
-                &format!("adamw step {step} tensor {i} m"),
-                &read(&b[2]),
-                &h.m,
-                TOLERANCE,
-            );
-            assert_close(
-                &format!("adamw step {step} tensor {i} v"),
-                &read(&b[3]),
-                &h.v,
-                TOLERANCE,
+        let (gp, gm, gv) = (read(&params), read(&m), read(&v));
+        assert_eq!(&gp[..lens[0]], &frozen[..], "the frozen tensor moved");
+        for (i, (h, &o)) in host.iter().zip(&offsets).enumerate().skip(1) {
+            let n = h.param.len();
+            let what = format!("adamw step {step} tensor {i} ({n} floats)");
+            assert_close(&format!("{what} param"), &gp[o..o + n], &h.param, TOLERANCE);
+            assert_close(&format!("{what} m"), &gm[o..o + n], &h.m, TOLERANCE);
+            assert_close(&format!("{what} v"), &gv[o..o + n], &h.v, TOLERANCE);
+        }
+        let padding = (0..total).filter(|&i| {
+            !offsets
+                .iter()
+                .zip(&lens)
+                .any(|(&o, &n)| (o..o + n).contains(&i))
+        });
+        for i in padding {
+            assert!(
+                gp[i] == 0.0 && gm[i] == 0.0 && gv[i] == 0.0,
+                "padding element {i} changed"
             );
         }
     }

@@ -86,14 +86,14 @@ fn check(variant: Variant, layout: Layout, (m, n, k): (usize, usize, usize), f: 
     let commands = gemm(variant).record(
         g,
         &GemmArgs {
-            a: &ba,
-            b: &bb,
-            c: &bc,
+            a: (&ba).into(),
+            b: (&bb).into(),
+            c: (&bc).into(),
             m,
             n,
             k,
             layout,
-            bias: f.bias.then_some(&bbias),
+            bias: f.bias.then(|| (&bbias).into()),
             pre_activation: f.pre.then_some(&bpre),
             activation,
             act_grad_of: f.act_grad.map(|act| (&baux, act)),

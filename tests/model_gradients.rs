@@ -92,9 +92,13 @@ fn gpu_matches_cpu(cfg: &Config, batch: usize, grad_tol: f64) {
     let model = Vit::new(g, &kernels, cfg, &params, batch, Mode::Train, 0).expect("model");
     model.write_batch(g, &images, &labels);
     // Gradients are overwritten by the backward pass: poison them first.
-    for p in &model.params {
-        g.poison(p.grad.as_ref().expect("train mode has gradients"));
-    }
+    g.poison(
+        model
+            .arena
+            .grads
+            .as_ref()
+            .expect("train mode has gradients"),
+    );
     let mut encoder = g.device.create_command_encoder(&Default::default());
     model.record_gradients(&mut encoder);
     g.queue.submit([encoder.finish()]);

@@ -90,6 +90,62 @@ pub struct Gpu {
     /// The shader file of every pipeline built here, so a `Dispatch` can say which kernel
     /// family it belongs to (for per-family timing).
     families: std::sync::Mutex<std::collections::HashMap<wgpu::ComputePipeline, &'static str>>,
+    /// Every pipeline built here, keyed by (shader, entry point, override constants): a
+    /// pipeline costs an LLVM compile on lavapipe, so no two kernels build the same one.
+    pipelines: std::sync::Mutex<std::collections::HashMap<String, wgpu::ComputePipeline>>,
+}
+
+/// A WGSL source embedded at compile time (the constants live in `kernels`).
+#[derive(Clone, Copy, Debug)]
+pub struct Shader {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+/// `len` floats of a buffer from byte `offset` (a multiple of the adapter's
+/// `min_storage_buffer_offset_alignment`): one tensor of a parameter arena, bound alone.
+#[derive(Clone, Copy, Debug)]
+pub struct View<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: u64,
+    pub len: usize,
+}
+
+impl<'a> View<'a> {
+    pub fn bytes(&self) -> u64 {
+        4 * self.len as u64
+    }
+}
+
+impl<'a> From<&'a wgpu::Buffer> for View<'a> {
+    fn from(buffer: &'a wgpu::Buffer) -> View<'a> {
+        View {
+            buffer,
+            offset: 0,
+            len: (buffer.size() / 4) as usize,
+        }
+    }
+}
+
+/// What a kernel can bind as a storage buffer: a whole buffer or a view into one.
+pub trait Bind {
+    fn resource(&self) -> wgpu::BindingResource<'_>;
+}
+
+impl Bind for wgpu::Buffer {
+    fn resource(&self) -> wgpu::BindingResource<'_> {
+        self.as_entire_binding()
+    }
+}
+
+impl Bind for View<'_> {
+    fn resource(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: self.buffer,
+            offset: self.offset,
+            size: wgpu::BufferSize::new(self.bytes()),
+        })
+    }
 }
 
 fn rank(device_type: wgpu::DeviceType) -> u32 {
@@ -194,6 +250,7 @@ impl Gpu {
             limits,
             features,
             families: Default::default(),
+            pipelines: Default::default(),
         })
     }
 
@@ -342,13 +399,37 @@ impl Gpu {
     }
 
     /// Build a compute pipeline from WGSL with a layout derived from the entry point.
-    pub fn pipeline(&self, shader: &crate::kernels::Shader, entry: &str) -> wgpu::ComputePipeline {
+    pub fn pipeline(&self, shader: &Shader, entry: &str) -> wgpu::ComputePipeline {
         self.pipeline_with(shader, entry, &[])
     }
 
+    /// The pipeline for (shader, entry point, override constants), built on first request
+    /// and shared after.
     pub fn pipeline_with(
         &self,
-        shader: &crate::kernels::Shader,
+        shader: &Shader,
+        entry: &str,
+        constants: &[(&str, f64)],
+    ) -> wgpu::ComputePipeline {
+        let key = format!("{}:{entry}:{constants:?}", shader.name);
+        if let Some(p) = self
+            .pipelines
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&key).cloned())
+        {
+            return p;
+        }
+        let pipeline = self.build_pipeline(shader, entry, constants);
+        if let Ok(mut c) = self.pipelines.lock() {
+            c.insert(key, pipeline.clone());
+        }
+        pipeline
+    }
+
+    fn build_pipeline(
+        &self,
+        shader: &Shader,
         entry: &str,
         constants: &[(&str, f64)],
     ) -> wgpu::ComputePipeline {
@@ -372,7 +453,7 @@ impl Gpu {
         pipeline
     }
 
-    pub fn module(&self, shader: &crate::kernels::Shader) -> wgpu::ShaderModule {
+    pub fn module(&self, shader: &Shader) -> wgpu::ShaderModule {
         self.device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(shader.name),
@@ -385,7 +466,7 @@ impl Gpu {
     pub fn dispatch<T: bytemuck::Pod>(
         &self,
         pipeline: &wgpu::ComputePipeline,
-        buffers: &[(u32, &wgpu::Buffer)],
+        buffers: &[(u32, &dyn Bind)],
         meta: &T,
         workgroups: [u32; 3],
     ) -> Dispatch {
@@ -393,7 +474,7 @@ impl Gpu {
             .iter()
             .map(|(binding, buffer)| wgpu::BindGroupEntry {
                 binding: *binding,
-                resource: buffer.as_entire_binding(),
+                resource: buffer.resource(),
             })
             .collect();
         self.dispatch_with(pipeline, &entries, meta, workgroups)
@@ -515,16 +596,24 @@ pub enum Command {
     Dispatch(Dispatch),
     CopyBufferToTexture {
         buffer: wgpu::Buffer,
+        /// Byte offset of the operand in `buffer` (a tensor of a parameter arena).
+        offset: u64,
         texture: wgpu::Texture,
         bytes_per_row: u32,
         size: wgpu::Extent3d,
     },
     ClearBuffer(wgpu::Buffer),
-    /// A whole-buffer copy (e.g. the residual stream before an accumulating GEMM).
+    /// A whole-buffer copy (the residual stream saved before an accumulating GEMM).
     CopyBuffer {
         src: wgpu::Buffer,
         dst: wgpu::Buffer,
     },
+}
+
+impl Command {
+    pub fn is_dispatch(&self) -> bool {
+        matches!(self, Command::Dispatch(_))
+    }
 }
 
 impl From<Dispatch> for Command {
@@ -551,6 +640,7 @@ pub fn record_commands(encoder: &mut wgpu::CommandEncoder, commands: &[Command])
             }
             Command::CopyBufferToTexture {
                 buffer,
+                offset,
                 texture,
                 bytes_per_row,
                 size,
@@ -558,7 +648,7 @@ pub fn record_commands(encoder: &mut wgpu::CommandEncoder, commands: &[Command])
                 wgpu::TexelCopyBufferInfo {
                     buffer,
                     layout: wgpu::TexelCopyBufferLayout {
-                        offset: 0,
+                        offset: *offset,
                         bytes_per_row: Some(*bytes_per_row),
                         rows_per_image: None,
                     },

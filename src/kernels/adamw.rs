@@ -1,15 +1,19 @@
-//! AdamW over every parameter tensor with global gradient-norm clipping, on the device.
+//! AdamW over a whole parameter arena with global gradient-norm clipping, on the device.
 
 use crate::gpu::{div_ceil, grid_1d, Dispatch, Gpu};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Meta {
-    len: u32,
-    slot: u32,
-    count: u32,
-    decay: u32,
+    start: u32,
+    end: u32,
+    decay_end: u32,
+    partials: u32,
 }
+
+/// Workgroups of the sum of squares (its first pass): enough to keep every core busy,
+/// few enough for one workgroup to add them up.
+const PARTIALS: usize = 256;
 
 /// The per-step hyper-parameters, written to a uniform buffer before each step's submit.
 #[repr(C)]
@@ -52,14 +56,19 @@ impl Hyper {
     }
 }
 
-/// One parameter tensor with its gradient and moment buffers (all `len` floats).
-pub struct ParamSlot<'a> {
-    pub param: &'a wgpu::Buffer,
-    pub grad: &'a wgpu::Buffer,
+/// A parameter arena: the values, gradients and both moments of every tensor, one buffer
+/// per role with the same layout. The optimizer updates `range` (floats); elements below
+/// `decay_end` get weight decay.
+pub struct AdamWArgs<'a> {
+    pub params: &'a wgpu::Buffer,
+    pub grads: &'a wgpu::Buffer,
     pub m: &'a wgpu::Buffer,
     pub v: &'a wgpu::Buffer,
-    pub len: usize,
-    pub decay: bool,
+    pub range: std::ops::Range<usize>,
+    pub decay_end: usize,
+    pub hyper: &'a wgpu::Buffer,
+    /// `AdamW::stats_len()` floats: partial sums, then the clip scale and the norm.
+    pub stats: &'a wgpu::Buffer,
 }
 
 pub struct AdamW {
@@ -78,9 +87,14 @@ impl AdamW {
         }
     }
 
-    /// Floats needed in the `partial` buffer: one per tensor, then the clip scale and norm.
-    pub fn partial_len(tensors: usize) -> usize {
-        tensors + 2
+    /// Floats of the `stats` buffer: the partial sums of squares, the clip scale, the norm.
+    pub fn stats_len() -> usize {
+        PARTIALS + 2
+    }
+
+    /// Index in `stats` of the clip scale; the gradient norm before clipping follows it.
+    pub fn scale_index() -> usize {
+        PARTIALS
     }
 
     pub fn hyper_buffer(gpu: &Gpu, hyper: &Hyper) -> wgpu::Buffer {
@@ -91,58 +105,48 @@ impl AdamW {
         gpu.queue.write_buffer(buffer, 0, bytemuck::bytes_of(hyper));
     }
 
-    /// The whole update: squared norms per tensor, the clip scale, then one update per tensor.
-    /// After it runs, `partial[count]` holds the clip scale and `partial[count+1]` the norm.
-    pub fn record(
-        &self,
-        gpu: &Gpu,
-        params: &[ParamSlot],
-        hyper: &wgpu::Buffer,
-        partial: &wgpu::Buffer,
-    ) -> Vec<Dispatch> {
-        let count = params.len() as u32;
-        let meta = |slot: usize, p: &ParamSlot| Meta {
-            len: p.len as u32,
-            slot: slot as u32,
-            count,
-            decay: p.decay as u32,
+    /// The whole update in three launches: the sum of squares in `PARTIALS` grid-strided
+    /// workgroups, their sum with the clip scale, then one thread per element.
+    pub fn record(&self, gpu: &Gpu, a: &AdamWArgs) -> [Dispatch; 3] {
+        assert!(
+            a.range.end <= (a.params.size() / 4) as usize
+                && a.stats.size() >= 4 * Self::stats_len() as u64,
+            "AdamW range {:?} outside the arena of {} floats, or stats too small",
+            a.range,
+            a.params.size() / 4
+        );
+        let meta = Meta {
+            start: a.range.start as u32,
+            end: a.range.end as u32,
+            decay_end: a.decay_end as u32,
+            partials: PARTIALS as u32,
         };
-        let mut out = Vec::with_capacity(2 * params.len() + 1);
-        for (slot, p) in params.iter().enumerate() {
-            out.push(gpu.dispatch(
+        [
+            gpu.dispatch(
                 &self.sum_squares,
-                &[(0, p.grad), (1, partial)],
-                &meta(slot, p),
+                &[(0, a.grads), (1, a.stats)],
+                &meta,
+                [PARTIALS as u32, 1, 1],
+            ),
+            gpu.dispatch(
+                &self.clip_scale,
+                &[(1, a.stats), (2, a.hyper)],
+                &meta,
                 [1, 1, 1],
-            ));
-        }
-        let clip_meta = Meta {
-            len: 0,
-            slot: 0,
-            count,
-            decay: 0,
-        };
-        out.push(gpu.dispatch(
-            &self.clip_scale,
-            &[(1, partial), (2, hyper)],
-            &clip_meta,
-            [1, 1, 1],
-        ));
-        for (slot, p) in params.iter().enumerate() {
-            out.push(gpu.dispatch(
+            ),
+            gpu.dispatch(
                 &self.update,
                 &[
-                    (0, p.grad),
-                    (2, hyper),
-                    (3, partial),
-                    (4, p.param),
-                    (5, p.m),
-                    (6, p.v),
+                    (0, a.grads),
+                    (2, a.hyper),
+                    (3, a.stats),
+                    (4, a.params),
+                    (5, a.m),
+                    (6, a.v),
                 ],
-                &meta(slot, p),
-                grid_1d(div_ceil(p.len, 256)),
-            ));
-        }
-        out
+                &meta,
+                grid_1d(div_ceil(a.range.len(), 256)),
+            ),
+        ]
     }
 }

@@ -1,7 +1,7 @@
 //! Patchify, token assembly (CLS + position), their backward, CLS row gather/scatter and
 //! column sums (bias gradients). The patch projection itself is a GEMM.
 
-use crate::gpu::{div_ceil, grid_1d, Dispatch, Gpu};
+use crate::gpu::{div_ceil, grid_1d, Dispatch, Gpu, View};
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -111,14 +111,14 @@ impl Embed {
         gpu: &Gpu,
         s: EmbedShape,
         pe: &wgpu::Buffer,
-        cls: &wgpu::Buffer,
-        pos: &wgpu::Buffer,
+        cls: View,
+        pos: View,
         x0: &wgpu::Buffer,
     ) -> Dispatch {
         let n = s.batch * s.tokens() * s.dim;
         gpu.dispatch(
             &self.assemble,
-            &[(2, pe), (3, cls), (4, pos), (5, x0)],
+            &[(2, pe), (3, &cls), (4, &pos), (5, x0)],
             &s.meta(),
             groups(n),
         )
@@ -147,13 +147,13 @@ impl Embed {
         gpu: &Gpu,
         s: EmbedShape,
         dx0: &wgpu::Buffer,
-        dpos: &wgpu::Buffer,
-        dcls: &wgpu::Buffer,
+        dpos: View,
+        dcls: View,
     ) -> Dispatch {
         let n = s.tokens() * s.dim;
         gpu.dispatch(
             &self.pos_cls_backward,
-            &[(6, dx0), (8, dpos), (9, dcls)],
+            &[(6, dx0), (8, &dpos), (9, &dcls)],
             &s.meta(),
             groups(n),
         )
@@ -204,7 +204,7 @@ impl Embed {
         &self,
         gpu: &Gpu,
         matrix: &wgpu::Buffer,
-        sums: &wgpu::Buffer,
+        sums: View,
         scratch: &wgpu::Buffer,
         rows: usize,
         cols: usize,
@@ -233,7 +233,7 @@ impl Embed {
             ),
             gpu.dispatch(
                 &self.column_sum_finish,
-                &[(16, scratch), (17, sums)],
+                &[(16, scratch), (17, &sums)],
                 &meta,
                 [col_groups, 1, 1],
             ),

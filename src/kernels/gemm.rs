@@ -17,7 +17,7 @@
 
 use std::sync::OnceLock;
 
-use crate::gpu::{div_ceil, Command, Gpu};
+use crate::gpu::{div_ceil, Bind, Command, Gpu, View};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
@@ -89,14 +89,14 @@ impl Variant {
 }
 
 pub struct GemmArgs<'a> {
-    pub a: &'a wgpu::Buffer, // [m, k] (NN, NT) or [k, m] (TN)
-    pub b: &'a wgpu::Buffer, // [k, n] (NN, TN) or [n, k] (NT)
-    pub c: &'a wgpu::Buffer, // [m, n], = or += (accumulate); never also bound as a, b or aux
+    pub a: View<'a>, // [m, k] (NN, NT) or [k, m] (TN)
+    pub b: View<'a>, // [k, n] (NN, TN) or [n, k] (NT)
+    pub c: View<'a>, // [m, n], = or += (accumulate); never also bound as a, b or aux
     pub m: usize,
     pub n: usize,
     pub k: usize,
     pub layout: Layout,
-    pub bias: Option<&'a wgpu::Buffer>,           // [n]
+    pub bias: Option<View<'a>>,                   // [n]
     pub pre_activation: Option<&'a wgpu::Buffer>, // [m, n] out: result + bias before activation
     pub activation: Activation,
     pub act_grad_of: Option<(&'a wgpu::Buffer, Activation)>, // [m, n]: result *= act'(this)
@@ -228,20 +228,20 @@ impl Gemm {
         );
         let ((a_rows, a_cols), (b_rows, b_cols)) = args.layout.shapes(m, n, k);
         let limit = gpu.limits.max_storage_buffer_binding_size;
-        let check = |what: &str, buffer: &wgpu::Buffer, floats: usize| {
+        let check = |what: &str, buffer: View, floats: usize| {
             let bytes = 4 * floats as u64;
             assert!(
-                buffer.size() >= bytes,
+                buffer.bytes() >= bytes,
                 "GEMM {what}: buffer of {} bytes is smaller than the {bytes} the shape needs \
                  (m={m} n={n} k={k} {:?})",
-                buffer.size(),
+                buffer.bytes(),
                 args.layout
             );
             assert!(
-                buffer.size() <= limit,
+                buffer.bytes() <= limit,
                 "GEMM {what}: buffer of {} MiB exceeds the adapter's storage binding limit of \
                  {} MiB; use a smaller batch",
-                buffer.size() >> 20,
+                buffer.bytes() >> 20,
                 limit >> 20
             );
         };
@@ -252,10 +252,10 @@ impl Gemm {
             check("bias", bias, n);
         }
         if let Some(pre) = args.pre_activation {
-            check("pre_activation", pre, m * n);
+            check("pre_activation", pre.into(), m * n);
         }
         if let Some((aux, _)) = args.act_grad_of {
-            check("act_grad_of", aux, m * n);
+            check("act_grad_of", aux.into(), m * n);
         }
 
         let meta = Meta {
@@ -302,11 +302,12 @@ impl Gemm {
         let vec4 = n.is_multiple_of(4);
         let pipeline = self.pipeline(gpu, args.layout, a_view.is_some(), b_view.is_some(), vec4);
 
+        let dummy_read = View::from(&self.dummy_read);
         let mut entries = vec![
-            buffer_entry(0, args.a),
-            buffer_entry(1, args.b),
-            buffer_entry(2, args.c),
-            buffer_entry(3, args.bias.unwrap_or(&self.dummy_read)),
+            buffer_entry(0, &args.a),
+            buffer_entry(1, &args.b),
+            buffer_entry(2, &args.c),
+            buffer_entry(3, args.bias.as_ref().unwrap_or(&dummy_read)),
             buffer_entry(4, args.pre_activation.unwrap_or(&self.dummy_write)),
             buffer_entry(5, args.act_grad_of.map_or(&self.dummy_read, |(aux, _)| aux)),
         ];
@@ -315,8 +316,8 @@ impl Gemm {
             // placeholders (a vec4 binding needs 16 bytes, more than e.g. a 3-class bias).
             if vec4 {
                 entries.extend([
-                    buffer_entry(8, args.c),
-                    buffer_entry(9, args.bias.unwrap_or(&self.dummy_read)),
+                    buffer_entry(8, &args.c),
+                    buffer_entry(9, args.bias.as_ref().unwrap_or(&dummy_read)),
                     buffer_entry(10, args.pre_activation.unwrap_or(&self.dummy_write)),
                     buffer_entry(
                         11,
@@ -347,10 +348,10 @@ impl Gemm {
     }
 }
 
-fn buffer_entry(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
+fn buffer_entry(binding: u32, buffer: &dyn Bind) -> wgpu::BindGroupEntry<'_> {
     wgpu::BindGroupEntry {
         binding,
-        resource: buffer.as_entire_binding(),
+        resource: buffer.resource(),
     }
 }
 
@@ -374,6 +375,7 @@ fn texture_descriptor(label: &str, width: u32, height: u32) -> wgpu::TextureDesc
 /// The copy that refreshes an operand's texture each step.
 struct TextureCopy {
     buffer: wgpu::Buffer,
+    offset: u64,
     texture: wgpu::Texture,
     bytes_per_row: u32,
     size: wgpu::Extent3d,
@@ -383,6 +385,7 @@ impl TextureCopy {
     fn clone_command(&self) -> Command {
         Command::CopyBufferToTexture {
             buffer: self.buffer.clone(),
+            offset: self.offset,
             texture: self.texture.clone(),
             bytes_per_row: self.bytes_per_row,
             size: self.size,
@@ -396,7 +399,7 @@ impl TextureCopy {
 /// sides must fit the adapter's texture dimension.
 fn texture_operand(
     gpu: &Gpu,
-    buffer: &wgpu::Buffer,
+    buffer: View,
     rows: usize,
     cols: usize,
 ) -> Option<(wgpu::TextureView, TextureCopy)> {
@@ -405,7 +408,7 @@ fn texture_operand(
     if !bytes_per_row.is_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT as usize)
         || cols / 4 > max
         || rows > max
-        || !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC)
+        || !buffer.buffer.usage().contains(wgpu::BufferUsages::COPY_SRC)
     {
         return None;
     }
@@ -415,7 +418,8 @@ fn texture_operand(
     Some((
         view,
         TextureCopy {
-            buffer: buffer.clone(),
+            buffer: buffer.buffer.clone(),
+            offset: buffer.offset,
             texture,
             bytes_per_row: bytes_per_row as u32,
             size: desc.size,

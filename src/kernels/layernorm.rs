@@ -1,6 +1,6 @@
 //! LayerNorm forward (saving mean and rstd) and backward (dx, dgamma, dbeta).
 
-use crate::gpu::{div_ceil, grid_1d, Dispatch, Gpu};
+use crate::gpu::{div_ceil, grid_1d, Dispatch, Gpu, View};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -26,12 +26,12 @@ pub struct LayerNorm {
 
 /// Forward: y = (x - mean) * rstd * gamma + beta, rows of `cols` floats.
 pub struct LayerNormForward<'a> {
-    pub x: &'a wgpu::Buffer,     // [rows, cols]
-    pub gamma: &'a wgpu::Buffer, // [cols]
-    pub beta: &'a wgpu::Buffer,  // [cols]
-    pub y: &'a wgpu::Buffer,     // [rows, cols]
-    pub mean: &'a wgpu::Buffer,  // [rows]
-    pub rstd: &'a wgpu::Buffer,  // [rows]
+    pub x: &'a wgpu::Buffer,    // [rows, cols]
+    pub gamma: View<'a>,        // [cols]
+    pub beta: View<'a>,         // [cols]
+    pub y: &'a wgpu::Buffer,    // [rows, cols]
+    pub mean: &'a wgpu::Buffer, // [rows]
+    pub rstd: &'a wgpu::Buffer, // [rows]
     pub rows: usize,
     pub cols: usize,
     pub eps: f32,
@@ -41,12 +41,12 @@ pub struct LayerNormForward<'a> {
 pub struct LayerNormBackward<'a> {
     pub dy: &'a wgpu::Buffer,
     pub x: &'a wgpu::Buffer,
-    pub gamma: &'a wgpu::Buffer,
+    pub gamma: View<'a>,
     pub mean: &'a wgpu::Buffer,
     pub rstd: &'a wgpu::Buffer,
     pub dx: &'a wgpu::Buffer,
-    pub dgamma: &'a wgpu::Buffer,
-    pub dbeta: &'a wgpu::Buffer,
+    pub dgamma: View<'a>,
+    pub dbeta: View<'a>,
     /// `LayerNorm::scratch_len(rows, cols)` floats for the partial sums of dgamma/dbeta.
     pub scratch: &'a wgpu::Buffer,
     pub rows: usize,
@@ -79,8 +79,8 @@ impl LayerNorm {
             &self.forward,
             &[
                 (0, a.x),
-                (1, a.gamma),
-                (2, a.beta),
+                (1, &a.gamma),
+                (2, &a.beta),
                 (3, a.y),
                 (4, a.mean),
                 (5, a.rstd),
@@ -118,7 +118,7 @@ impl LayerNorm {
             &[
                 (6, a.dy),
                 (7, a.x),
-                (8, a.gamma),
+                (8, &a.gamma),
                 (9, a.mean),
                 (10, a.rstd),
                 (11, a.dx),
@@ -141,7 +141,7 @@ impl LayerNorm {
         );
         let finish = gpu.dispatch(
             &self.params_finish,
-            &[(15, a.scratch), (12, a.dgamma), (13, a.dbeta)],
+            &[(15, a.scratch), (12, &a.dgamma), (13, &a.dbeta)],
             &meta,
             [col_groups, 1, 1],
         );

@@ -12,12 +12,7 @@ pub mod gemm;
 pub mod layernorm;
 pub mod loss;
 
-/// A WGSL source embedded at compile time.
-#[derive(Clone, Copy, Debug)]
-pub struct Shader {
-    pub name: &'static str,
-    pub source: &'static str,
-}
+pub use crate::gpu::Shader;
 
 macro_rules! shader {
     ($file:literal) => {
@@ -63,3 +58,28 @@ pub const ALL_SHADERS: &[Shader] = &[
     LOSS,
     PEAK_FMA,
 ];
+
+/// Kernel families, built once per device and shared by every model on it.
+pub struct Kernels {
+    pub gemm: gemm::Gemm,
+    pub layernorm: layernorm::LayerNorm,
+    pub attention: attention::Attention,
+    pub embed: embed::Embed,
+    pub dropout: dropout::Dropout,
+    pub loss: loss::CrossEntropy,
+    pub adamw: adamw::AdamW,
+}
+
+impl Kernels {
+    pub fn new(gpu: &crate::gpu::Gpu) -> Kernels {
+        Kernels {
+            gemm: gemm::Gemm::new(gpu),
+            layernorm: layernorm::LayerNorm::new(gpu),
+            attention: attention::Attention::new(gpu),
+            embed: embed::Embed::new(gpu),
+            dropout: dropout::Dropout::new(gpu),
+            loss: loss::CrossEntropy::new(gpu),
+            adamw: adamw::AdamW::new(gpu),
+        }
+    }
+}
