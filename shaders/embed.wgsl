@@ -1,12 +1,9 @@
-// Patch embedding around the GEMM, the CLS row, and column sums for bias gradients.
+// Patch embedding around the GEMM and the CLS row.
 //   patchify:        img [B,C,H,W] -> patches [B*Np, C*P*P], flatten order (c, ky, kx)
 //   assemble_tokens: x0[b,0,:] = cls + pos[0];  x0[b,1+p,:] = pe[b*Np+p,:] + pos[1+p]
 //   tokens_backward: dpe[b*Np+p,:] = dx0[b,1+p,:]                  (gather)
 //   pos_cls_backward: dpos[t,:] = sum_b dx0[b,t,:];  dcls = dpos[0]
 //   gather_cls / scatter_cls: the CLS rows of [B*N, D] <-> [B, D] (scatter zeroes the rest)
-//   column_sum:      out[n] (+)= sum_m x[m, n]                      (bias gradients), in two
-//                    passes (partial sums over row chunks, then their sum) so that a few
-//                    columns over thousands of rows still spread over many workgroups
 // One invocation per output element; all of these are memory bound and small.
 
 struct Meta {
@@ -17,11 +14,7 @@ struct Meta {
     patch_size: u32,
     tokens: u32,  // N = 1 + Np
     dim: u32,     // D
-    accumulate: u32,
-    chunk_rows: u32, // column_sum: rows per partial sum
-    chunks: u32,     // column_sum: number of partial sums per column
-    _pad0: u32,
-    _pad1: u32,
+    _pad: u32,
 }
 
 @group(1) @binding(0) var<uniform> shape: Meta;
@@ -138,36 +131,4 @@ fn scatter_cls(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         v = dcls_rows[(row / shape.tokens) * d + i % d];
     }
     dfull[i] = v;
-}
-
-// column_sum reuses the Meta: rows = batch, cols = dim.
-@group(0) @binding(14) var<storage, read> matrix: array<f32>;
-@group(0) @binding(15) var<storage, read_write> partial: array<f32>;   // [chunks, cols]
-
-@compute @workgroup_size(64)
-fn column_sum_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let col = wid.x * 64u + lid;
-    let chunk = wid.y;
-    if (col >= shape.dim) { return; }
-    let start = chunk * shape.chunk_rows;
-    let end = min(start + shape.chunk_rows, shape.batch);
-    var s = 0.0;
-    for (var r = start; r < end; r++) {
-        s += matrix[r * shape.dim + col];
-    }
-    partial[chunk * shape.dim + col] = s;
-}
-
-@group(0) @binding(16) var<storage, read> partial_in: array<f32>;
-@group(0) @binding(17) var<storage, read_write> sums: array<f32>;
-
-@compute @workgroup_size(64)
-fn column_sum_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let col = wid.x * 64u + lid;
-    if (col >= shape.dim) { return; }
-    var s = 0.0;
-    for (var c = 0u; c < shape.chunks; c++) {
-        s += partial_in[c * shape.dim + col];
-    }
-    if (shape.accumulate == 1u) { sums[col] += s; } else { sums[col] = s; }
 }

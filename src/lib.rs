@@ -5,6 +5,7 @@ pub mod data;
 pub mod gpu;
 pub mod kernels;
 pub mod model;
+pub mod ops;
 pub mod reference;
 pub mod train;
 pub mod verify;

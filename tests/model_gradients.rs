@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use rand::Rng;
 use vit_wgpu::model::config::{Act, Config, Head, Preset};
-use vit_wgpu::model::{cpu, HostParams, Kernels, Mode, Vit};
+use vit_wgpu::model::{cpu, HostParams, Kernels, Mode, OptimConfig, Vit};
 
 /// Parameters perturbed away from their init (so LayerNorm gains, biases, cls are not 0/1).
 fn perturbed_params(cfg: &Config, r: &mut impl Rng) -> HostParams {
@@ -79,6 +79,10 @@ fn cpu_reference_gradients_match_finite_differences() {
 }
 
 fn gpu_matches_cpu(cfg: &Config, batch: usize, grad_tol: f64) {
+    gpu_matches_reference(cfg, batch, grad_tol, None)
+}
+
+fn gpu_matches_reference(cfg: &Config, batch: usize, grad_tol: f64, drop: Option<cpu::DropoutAt>) {
     let g = gpu();
     let mut r = rng();
     let params = perturbed_params(cfg, &mut r);
@@ -86,11 +90,16 @@ fn gpu_matches_cpu(cfg: &Config, batch: usize, grad_tol: f64) {
     let labels: Vec<u32> = (0..batch)
         .map(|_| r.random_range(0..cfg.classes as u32))
         .collect();
-    let reference = cpu::forward_backward(cfg, &cpu::widen(&params), &params, &images, &labels);
+    let p64 = cpu::widen(&params);
+    let reference = cpu::forward_backward_at(cfg, &p64, &params, &images, &labels, drop);
 
     let kernels = Kernels::new(g);
-    let model = Vit::new(g, &kernels, cfg, &params, batch, Mode::Train, 0).expect("model");
+    let seed = drop.map_or(0, |d| d.seed);
+    let model = Vit::new(g, &kernels, cfg, &params, batch, Mode::Train, seed).expect("model");
     model.write_batch(g, &images, &labels);
+    if let Some(d) = drop {
+        model.write_step(g, d.step as u64, 0.0, &OptimConfig::default());
+    }
     // Gradients are overwritten by the backward pass: poison them first.
     g.poison(
         model
@@ -159,4 +168,65 @@ fn rectangular_odd_config_with_relu_and_mlp_head_matches_cpu_reference() {
         classes: 7,
     };
     gpu_matches_cpu(&cfg, 5, 1e-3);
+}
+
+#[test]
+fn reference_gradients_with_dropout_match_finite_differences() {
+    let mut r = rng();
+    let cfg = Config {
+        dropout: 0.3,
+        ..small_config()
+    };
+    let drop = Some(cpu::DropoutAt {
+        seed: 0x1234_5678_9abc,
+        step: 7,
+    });
+    let params = perturbed_params(&cfg, &mut r);
+    let b = 2;
+    let images = random(&mut r, b * cfg.channels * cfg.image_h * cfg.image_w);
+    let labels: Vec<u32> = (0..b).map(|i| i as u32 % cfg.classes as u32).collect();
+    let mut p64 = cpu::widen(&params);
+    let run = |p: &[Vec<f64>]| cpu::forward_backward_at(&cfg, p, &params, &images, &labels, drop);
+    let res = run(&p64);
+    let plain = cpu::forward_backward(&cfg, &p64, &params, &images, &labels);
+    assert!(
+        (res.loss - plain.loss).abs() > 1e-6,
+        "dropout at p=0.3 left the loss unchanged ({})",
+        res.loss
+    );
+    let h = 1e-5;
+    let mut checked = 0;
+    for (t, spec) in params.specs.iter().enumerate() {
+        let n = spec.len();
+        for i in [0, n / 2, n - 1, r.random_range(0..n)] {
+            let orig = p64[t][i];
+            p64[t][i] = orig + h;
+            let up = run(&p64).loss;
+            p64[t][i] = orig - h;
+            let down = run(&p64).loss;
+            p64[t][i] = orig;
+            let fd = (up - down) / (2.0 * h);
+            let an = res.grads[t][i];
+            assert!(
+                (fd - an).abs() <= 1e-7 + 1e-5 * an.abs().max(fd.abs()),
+                "dropout {}[{i}]: finite difference {fd:e} vs analytic {an:e}",
+                spec.name
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4 * params.specs.len());
+}
+
+#[test]
+fn gradients_with_dropout_on_gpu_match_reference() {
+    let cfg = Config {
+        dropout: 0.25,
+        ..small_config()
+    };
+    let drop = cpu::DropoutAt {
+        seed: 0xfeed_beef_0042,
+        step: 3,
+    };
+    gpu_matches_reference(&cfg, 4, 1e-3, Some(drop));
 }

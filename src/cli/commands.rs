@@ -481,6 +481,7 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
                 "preset": preset, "mode": mode_name, "batch_size": b, "images_per_second": ips,
                 "median_step_seconds": median, "steps": a.steps, "adapter": gpu.info.name,
                 "profile_seconds": families,
+                "dispatches_per_step": model.dispatches_per_step(mode),
             })
         );
     } else {

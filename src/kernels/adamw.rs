@@ -16,45 +16,7 @@ struct Meta {
 const PARTIALS: usize = 256;
 
 /// The per-step hyper-parameters, written to a uniform buffer before each step's submit.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct Hyper {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
-    /// 1 - beta1^t for step t (1-based)
-    pub bias_correction1: f32,
-    /// 1 - beta2^t
-    pub bias_correction2: f32,
-    /// global gradient-norm clip; 0 turns clipping off
-    pub max_norm: f32,
-}
-
-impl Hyper {
-    pub fn at_step(
-        lr: f32,
-        beta1: f32,
-        beta2: f32,
-        eps: f32,
-        weight_decay: f32,
-        max_norm: f32,
-        step: u64,
-    ) -> Hyper {
-        let t = step as i32;
-        Hyper {
-            lr,
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-            bias_correction1: 1.0 - beta1.powi(t),
-            bias_correction2: 1.0 - beta2.powi(t),
-            max_norm,
-        }
-    }
-}
+pub use crate::ops::Hyper;
 
 /// A parameter arena: the values, gradients and both moments of every tensor, one buffer
 /// per role with the same layout. The optimizer updates `range` (floats); elements below

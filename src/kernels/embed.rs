@@ -1,5 +1,5 @@
-//! Patchify, token assembly (CLS + position), their backward, CLS row gather/scatter and
-//! column sums (bias gradients). The patch projection itself is a GEMM.
+//! Patchify, token assembly (CLS + position), their backward and CLS row gather/scatter.
+//! The patch projection itself is a GEMM; its bias gradient a column sum (`reduce`).
 
 use crate::gpu::{div_ceil, grid_1d, Dispatch, Gpu, View};
 
@@ -13,10 +13,7 @@ struct Meta {
     patch: u32,
     tokens: u32,
     dim: u32,
-    accumulate: u32,
-    chunk_rows: u32,
-    chunks: u32,
-    _pad: [u32; 2],
+    _pad: u32,
 }
 
 /// The image and token geometry shared by the embedding kernels.
@@ -49,7 +46,6 @@ impl EmbedShape {
             patch: self.patch as u32,
             tokens: self.tokens() as u32,
             dim: self.dim as u32,
-            accumulate: 0,
             ..Default::default()
         }
     }
@@ -62,12 +58,7 @@ pub struct Embed {
     pos_cls_backward: wgpu::ComputePipeline,
     gather_cls: wgpu::ComputePipeline,
     scatter_cls: wgpu::ComputePipeline,
-    column_sum_partial: wgpu::ComputePipeline,
-    column_sum_finish: wgpu::ComputePipeline,
 }
-
-/// Rows per partial sum in `column_sum`.
-const CHUNK_ROWS: usize = 128;
 
 fn groups(n: usize) -> [u32; 3] {
     grid_1d(div_ceil(n, 256))
@@ -83,8 +74,6 @@ impl Embed {
             pos_cls_backward: gpu.pipeline(s, "pos_cls_backward"),
             gather_cls: gpu.pipeline(s, "gather_cls"),
             scatter_cls: gpu.pipeline(s, "scatter_cls"),
-            column_sum_partial: gpu.pipeline(s, "column_sum_partial"),
-            column_sum_finish: gpu.pipeline(s, "column_sum_finish"),
         }
     }
 
@@ -190,53 +179,5 @@ impl Embed {
             &s.meta(),
             groups(n),
         )
-    }
-
-    /// Floats of scratch `column_sum` needs for a [rows, cols] matrix.
-    pub fn column_sum_scratch_len(rows: usize, cols: usize) -> usize {
-        rows.div_ceil(CHUNK_ROWS).max(1) * cols
-    }
-
-    /// sums[n] (+)= sum over rows of matrix [rows, cols]: the bias gradient of a linear layer.
-    /// Two launches: partial sums over chunks of rows into `scratch`, then their sum.
-    #[allow(clippy::too_many_arguments)]
-    pub fn column_sum(
-        &self,
-        gpu: &Gpu,
-        matrix: &wgpu::Buffer,
-        sums: View,
-        scratch: &wgpu::Buffer,
-        rows: usize,
-        cols: usize,
-        accumulate: bool,
-    ) -> [Dispatch; 2] {
-        let chunks = rows.div_ceil(CHUNK_ROWS).max(1);
-        assert!(
-            scratch.size() >= (Self::column_sum_scratch_len(rows, cols) * 4) as u64,
-            "column_sum scratch too small for {rows}x{cols}"
-        );
-        let meta = Meta {
-            batch: rows as u32,
-            dim: cols as u32,
-            accumulate: accumulate as u32,
-            chunk_rows: CHUNK_ROWS as u32,
-            chunks: chunks as u32,
-            ..Default::default()
-        };
-        let col_groups = div_ceil(cols, 64);
-        [
-            gpu.dispatch(
-                &self.column_sum_partial,
-                &[(14, matrix), (15, scratch)],
-                &meta,
-                [col_groups, chunks as u32, 1],
-            ),
-            gpu.dispatch(
-                &self.column_sum_finish,
-                &[(16, scratch), (17, &sums)],
-                &meta,
-                [col_groups, 1, 1],
-            ),
-        ]
     }
 }

@@ -19,12 +19,7 @@ use std::sync::OnceLock;
 
 use crate::gpu::{div_ceil, Bind, Command, Gpu, View};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layout {
-    NN,
-    NT,
-    TN,
-}
+pub use crate::ops::{Activation, Layout};
 
 impl Layout {
     pub const ALL: [Layout; 3] = [Layout::NN, Layout::NT, Layout::TN];
@@ -45,13 +40,6 @@ impl Layout {
             Layout::TN => ((k, m), (k, n)),
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activation {
-    None,
-    Relu,
-    Gelu,
 }
 
 impl Activation {

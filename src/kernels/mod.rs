@@ -11,6 +11,7 @@ pub mod embed;
 pub mod gemm;
 pub mod layernorm;
 pub mod loss;
+pub mod reduce;
 
 pub use crate::gpu::Shader;
 
@@ -42,6 +43,7 @@ pub const GEMM_TILED: Shader = shader!("gemm_tiled.wgsl");
 pub const GEMM_CPU: Shader = shader!("gemm_cpu.wgsl");
 pub const LAYERNORM: Shader = shader!("layernorm.wgsl");
 pub const LOSS: Shader = shader!("loss.wgsl");
+pub const REDUCE: Shader = shader!("reduce.wgsl");
 /// Benchmark only: the adapter's arithmetic ceiling.
 pub const PEAK_FMA: Shader = shader!("peak_fma.wgsl");
 
@@ -56,6 +58,7 @@ pub const ALL_SHADERS: &[Shader] = &[
     GEMM_CPU,
     LAYERNORM,
     LOSS,
+    REDUCE,
     PEAK_FMA,
 ];
 
@@ -68,6 +71,7 @@ pub struct Kernels {
     pub dropout: dropout::Dropout,
     pub loss: loss::CrossEntropy,
     pub adamw: adamw::AdamW,
+    pub reduce: reduce::Reduce,
 }
 
 impl Kernels {
@@ -80,6 +84,7 @@ impl Kernels {
             dropout: dropout::Dropout::new(gpu),
             loss: loss::CrossEntropy::new(gpu),
             adamw: adamw::AdamW::new(gpu),
+            reduce: reduce::Reduce::new(gpu),
         }
     }
 }

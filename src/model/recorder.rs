@@ -130,7 +130,7 @@ impl Recorder<'_> {
             act_grad_of: None,
             accumulate: false,
         });
-        let sums = self.kernels.embed.column_sum(
+        let sums = self.kernels.reduce.column_sum(
             self.gpu,
             dy,
             self.arena.grad(l.b),

@@ -16,10 +16,11 @@ use super::vit::ModelError;
 use crate::gpu::Gpu;
 use crate::kernels::attention::{Attention, AttentionShape};
 use crate::kernels::dropout::DropoutSite;
-use crate::kernels::embed::{Embed, EmbedShape};
+use crate::kernels::embed::EmbedShape;
 use crate::kernels::gemm::Activation;
 use crate::kernels::layernorm::LayerNorm;
 use crate::kernels::loss::CrossEntropyArgs;
+use crate::kernels::reduce::Reduce;
 
 /// One transformer block's weights.
 pub struct BlockWeights {
@@ -504,7 +505,7 @@ impl GradBuffers {
         };
         let reduce = [(b, k), (b, hh), (m, 3 * d), (m, f), (m, d), (b * np, d)]
             .iter()
-            .map(|&(r, c)| Embed::column_sum_scratch_len(r, c))
+            .map(|&(r, c)| Reduce::column_sum_scratch_len(r, c))
             .chain([LayerNorm::scratch_len(m, d), LayerNorm::scratch_len(b, d)])
             .max()
             .unwrap_or(1);

@@ -1,6 +1,6 @@
 //! AdamW with global gradient-norm clipping, in f64.
 
-use crate::kernels::adamw::Hyper;
+use crate::ops::Hyper;
 
 /// One tensor's state on the host.
 pub struct HostParam {

@@ -2,6 +2,8 @@
 //! of the thirds at offsets 0, D, 2D), D = A*d, scale = 1/sqrt(d). The naive form: the
 //! full N x N scores per (batch, head), in f64.
 
+use super::Real;
+
 /// Column offsets of head `a`'s q, k and v in a qkv row.
 fn columns(a: usize, heads: usize, d: usize) -> (usize, usize, usize) {
     let model = heads * d;
@@ -9,11 +11,18 @@ fn columns(a: usize, heads: usize, d: usize) -> (usize, usize, usize) {
 }
 
 /// P [N, N] of one (batch, head) in f64: softmax over keys of q k^T * scale.
-fn probs_f64(qkv: &[f32], b: usize, a: usize, tokens: usize, heads: usize, d: usize) -> Vec<f64> {
+fn probs_f64<T: Real>(
+    qkv: &[T],
+    b: usize,
+    a: usize,
+    tokens: usize,
+    heads: usize,
+    d: usize,
+) -> Vec<f64> {
     let row = 3 * heads * d;
     let (qc, kc, _) = columns(a, heads, d);
     let scale = 1.0 / (d as f64).sqrt();
-    let x = |t: usize, c: usize| qkv[(b * tokens + t) * row + c] as f64;
+    let x = |t: usize, c: usize| qkv[(b * tokens + t) * row + c].to_f64();
     let mut p = vec![0.0f64; tokens * tokens];
     for i in 0..tokens {
         let s = &mut p[i * tokens..(i + 1) * tokens];
@@ -30,11 +39,18 @@ fn probs_f64(qkv: &[f32], b: usize, a: usize, tokens: usize, heads: usize, d: us
 }
 
 /// Row log-sum-exp of the scaled scores of one (batch, head), f64.
-fn lse_f64(qkv: &[f32], b: usize, a: usize, tokens: usize, heads: usize, d: usize) -> Vec<f64> {
+fn lse_f64<T: Real>(
+    qkv: &[T],
+    b: usize,
+    a: usize,
+    tokens: usize,
+    heads: usize,
+    d: usize,
+) -> Vec<f64> {
     let row = 3 * heads * d;
     let (qc, kc, _) = columns(a, heads, d);
     let scale = 1.0 / (d as f64).sqrt();
-    let x = |t: usize, c: usize| qkv[(b * tokens + t) * row + c] as f64;
+    let x = |t: usize, c: usize| qkv[(b * tokens + t) * row + c].to_f64();
     (0..tokens)
         .map(|i| {
             let s: Vec<f64> = (0..tokens)
@@ -48,10 +64,10 @@ fn lse_f64(qkv: &[f32], b: usize, a: usize, tokens: usize, heads: usize, d: usiz
 
 /// o = softmax(q k^T * scale) v per (batch, head); lse = row log-sum-exp of the scaled scores.
 #[allow(clippy::too_many_arguments)]
-pub fn forward(
-    o: &mut [f32],   // [B*N, D]
-    lse: &mut [f32], // [B, A, N]
-    qkv: &[f32],     // [B*N, 3D]
+pub fn forward<T: Real>(
+    o: &mut [T],   // [B*N, D]
+    lse: &mut [T], // [B, A, N]
+    qkv: &[T],     // [B*N, 3D]
     batch: usize,
     tokens: usize,
     heads: usize,
@@ -67,14 +83,14 @@ pub fn forward(
                 for c in 0..d {
                     let mut acc = 0.0f64;
                     for j in 0..tokens {
-                        acc += p[i * tokens + j] * qkv[(b * tokens + j) * row + vc + c] as f64;
+                        acc += p[i * tokens + j] * qkv[(b * tokens + j) * row + vc + c].to_f64();
                     }
-                    o[(b * tokens + i) * model + a * d + c] = acc as f32;
+                    o[(b * tokens + i) * model + a * d + c] = T::from_f64(acc);
                 }
             }
             let l = lse_f64(qkv, b, a, tokens, heads, d);
             for i in 0..tokens {
-                lse[(b * heads + a) * tokens + i] = l[i] as f32;
+                lse[(b * heads + a) * tokens + i] = T::from_f64(l[i]);
             }
         }
     }
@@ -85,12 +101,12 @@ pub fn forward(
 /// recomputes both in f64 instead (so delta_i = rowsum(dO o O) = sum_j P_ij dP_ij) and only
 /// checks their lengths.
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
-    dqkv: &mut [f32], // [B*N, 3D]
-    d_o: &[f32],      // [B*N, D]
-    qkv: &[f32],      // [B*N, 3D]
-    o: &[f32],        // [B*N, D]
-    lse: &[f32],      // [B, A, N]
+pub fn backward<T: Real>(
+    dqkv: &mut [T], // [B*N, 3D]
+    d_o: &[T],      // [B*N, D]
+    qkv: &[T],      // [B*N, 3D]
+    o: &[T],        // [B*N, D]
+    lse: &[T],      // [B, A, N]
     batch: usize,
     tokens: usize,
     heads: usize,
@@ -105,8 +121,8 @@ pub fn backward(
         for a in 0..heads {
             let p = probs_f64(qkv, b, a, tokens, heads, d);
             let (qc, kc, vc) = columns(a, heads, d);
-            let x = |t: usize, c: usize| qkv[(b * tokens + t) * row + c] as f64;
-            let g = |t: usize, c: usize| d_o[(b * tokens + t) * model + a * d + c] as f64;
+            let x = |t: usize, c: usize| qkv[(b * tokens + t) * row + c].to_f64();
+            let g = |t: usize, c: usize| d_o[(b * tokens + t) * model + a * d + c].to_f64();
             // dP = dO V^T, dS = P o (dP - rowsum(P o dP))
             let mut ds = vec![0.0f64; tokens * tokens];
             for i in 0..tokens {
@@ -128,9 +144,9 @@ pub fn backward(
                         dk += ds[u * tokens + t] * x(u, qc + c);
                         dv += p[u * tokens + t] * g(u, c);
                     }
-                    out[qc + c] = (dq * scale) as f32;
-                    out[kc + c] = (dk * scale) as f32;
-                    out[vc + c] = dv as f32;
+                    out[qc + c] = T::from_f64(dq * scale);
+                    out[kc + c] = T::from_f64(dk * scale);
+                    out[vc + c] = T::from_f64(dv);
                 }
             }
         }

@@ -1,9 +1,11 @@
-//! Patch embedding helpers, CLS rows and column sums.
+//! Patch embedding helpers and the CLS rows.
+
+use super::Real;
 
 /// patches [B*Np, C*P*P] from img [B,C,H,W], flatten order (c, ky, kx)
-pub fn patchify(
-    patches: &mut [f32],
-    img: &[f32],
+pub fn patchify<T: Real>(
+    patches: &mut [T],
+    img: &[T],
     b: usize,
     c: usize,
     h: usize,
@@ -30,11 +32,11 @@ pub fn patchify(
 }
 
 /// x0 [B*N, D] = [cls ; pe] + pos, with pe [B*(N-1), D]
-pub fn assemble_tokens(
-    x0: &mut [f32],
-    pe: &[f32],
-    cls: &[f32],
-    pos: &[f32],
+pub fn assemble_tokens<T: Real>(
+    x0: &mut [T],
+    pe: &[T],
+    cls: &[T],
+    pos: &[T],
     b: usize,
     n: usize,
     d: usize,
@@ -47,7 +49,7 @@ pub fn assemble_tokens(
                 } else {
                     pe[(bi * (n - 1) + t - 1) * d + j]
                 };
-                x0[(bi * n + t) * d + j] = v + pos[t * d + j];
+                x0[(bi * n + t) * d + j] = T::from_f64(v.to_f64() + pos[t * d + j].to_f64());
             }
         }
     }
@@ -55,11 +57,11 @@ pub fn assemble_tokens(
 
 /// dpe =, dpos =, dcls = from dx0
 #[allow(clippy::too_many_arguments)]
-pub fn assemble_tokens_backward(
-    dpe: &mut [f32],
-    dpos: &mut [f32],
-    dcls: &mut [f32],
-    dx0: &[f32],
+pub fn assemble_tokens_backward<T: Real>(
+    dpe: &mut [T],
+    dpos: &mut [T],
+    dcls: &mut [T],
+    dx0: &[T],
     b: usize,
     n: usize,
     d: usize,
@@ -69,7 +71,7 @@ pub fn assemble_tokens_backward(
         for t in 0..n {
             for j in 0..d {
                 let g = dx0[(bi * n + t) * d + j];
-                acc[t * d + j] += g as f64;
+                acc[t * d + j] += g.to_f64();
                 if t > 0 {
                     dpe[(bi * (n - 1) + t - 1) * d + j] = g;
                 }
@@ -77,34 +79,22 @@ pub fn assemble_tokens_backward(
         }
     }
     for (o, a) in dpos.iter_mut().zip(&acc) {
-        *o = *a as f32;
+        *o = T::from_f64(*a);
     }
     dcls.copy_from_slice(&dpos[..d]);
 }
 
 /// out [B, D] = the CLS rows of full [B*N, D]
-pub fn gather_cls(out: &mut [f32], full: &[f32], b: usize, n: usize, d: usize) {
+pub fn gather_cls<T: Real>(out: &mut [T], full: &[T], b: usize, n: usize, d: usize) {
     for bi in 0..b {
         out[bi * d..(bi + 1) * d].copy_from_slice(&full[bi * n * d..bi * n * d + d]);
     }
 }
 
 /// dfull [B*N, D] = zeros except the CLS rows = dcls_rows
-pub fn scatter_cls(dfull: &mut [f32], dcls_rows: &[f32], b: usize, n: usize, d: usize) {
-    dfull.iter_mut().for_each(|v| *v = 0.0);
+pub fn scatter_cls<T: Real>(dfull: &mut [T], dcls_rows: &[T], b: usize, n: usize, d: usize) {
+    dfull.iter_mut().for_each(|v| *v = T::default());
     for bi in 0..b {
         dfull[bi * n * d..bi * n * d + d].copy_from_slice(&dcls_rows[bi * d..(bi + 1) * d]);
-    }
-}
-
-/// sums[c] (+)= sum_r x[r, c]
-pub fn column_sum(sums: &mut [f32], x: &[f32], rows: usize, cols: usize, accumulate: bool) {
-    for c in 0..cols {
-        let s: f64 = (0..rows).map(|r| x[r * cols + c] as f64).sum();
-        sums[c] = if accumulate {
-            (sums[c] as f64 + s) as f32
-        } else {
-            s as f32
-        };
     }
 }

@@ -7,7 +7,8 @@
 //! Epilogue, in this order: + bias[n]; save the pre-activation; activation; times the
 //! activation's derivative at `act_grad_of`; then C = result, or C += result (`accumulate`).
 
-use crate::kernels::gemm::{Activation, Layout};
+use super::Real;
+use crate::ops::{Activation, Layout};
 
 const SQRT_2: f64 = std::f64::consts::SQRT_2;
 /// 1 / sqrt(2 pi)
@@ -59,15 +60,15 @@ pub fn activation_grad(act: Activation, x: f64) -> f64 {
 
 /// The epilogue flags, mirroring `kernels::gemm::GemmArgs`.
 #[derive(Clone, Copy, Debug)]
-pub struct Epilogue<'a> {
-    pub bias: Option<&'a [f32]>, // [n]
+pub struct Epilogue<'a, T = f32> {
+    pub bias: Option<&'a [T]>, // [n]
     pub activation: Activation,
-    pub act_grad_of: Option<(&'a [f32], Activation)>, // [m, n]
+    pub act_grad_of: Option<(&'a [T], Activation)>, // [m, n]
     pub accumulate: bool,
 }
 
-impl Epilogue<'_> {
-    pub const NONE: Epilogue<'static> = Epilogue {
+impl<T: 'static> Epilogue<'static, T> {
+    pub const NONE: Epilogue<'static, T> = Epilogue {
         bias: None,
         activation: Activation::None,
         act_grad_of: None,
@@ -79,16 +80,16 @@ impl Epilogue<'_> {
 /// the epilogue. `rows` limits the computation to those rows of C (benchmarks validate a
 /// sample of a large matrix); pass `0..m` for all.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm(
-    c: &mut [f32],                      // [m, n]
-    pre_activation: Option<&mut [f32]>, // [m, n]
-    a: &[f32],                          // [m, k] (NN, NT) or [k, m] (TN)
-    b: &[f32],                          // [k, n] (NN, TN) or [n, k] (NT)
+pub fn gemm<T: Real>(
+    c: &mut [T],                      // [m, n]
+    pre_activation: Option<&mut [T]>, // [m, n]
+    a: &[T],                          // [m, k] (NN, NT) or [k, m] (TN)
+    b: &[T],                          // [k, n] (NN, TN) or [n, k] (NT)
     m: usize,
     n: usize,
     k: usize,
     layout: Layout,
-    epilogue: &Epilogue,
+    epilogue: &Epilogue<T>,
     rows: std::ops::Range<usize>,
 ) {
     assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= n * k);
@@ -100,17 +101,18 @@ pub fn gemm(
             let aip = match layout {
                 Layout::NN | Layout::NT => a[i * k + p],
                 Layout::TN => a[p * m + i],
-            } as f64;
+            }
+            .to_f64();
             match layout {
                 Layout::NN | Layout::TN => {
                     let row = &b[p * n..(p + 1) * n];
                     for (s, &bv) in acc.iter_mut().zip(row) {
-                        *s += aip * bv as f64;
+                        *s += aip * bv.to_f64();
                     }
                 }
                 Layout::NT => {
                     for (j, s) in acc.iter_mut().enumerate() {
-                        *s += aip * b[j * k + p] as f64;
+                        *s += aip * b[j * k + p].to_f64();
                     }
                 }
             }
@@ -119,19 +121,19 @@ pub fn gemm(
             let idx = i * n + j;
             let mut v = s;
             if let Some(bias) = epilogue.bias {
-                v += bias[j] as f64;
+                v += bias[j].to_f64();
             }
             if let Some(pre) = pre.as_deref_mut() {
-                pre[idx] = v as f32;
+                pre[idx] = T::from_f64(v);
             }
             v = activate(epilogue.activation, v);
             if let Some((z, act)) = epilogue.act_grad_of {
-                v *= activation_grad(act, z[idx] as f64);
+                v *= activation_grad(act, z[idx].to_f64());
             }
             c[idx] = if epilogue.accumulate {
-                (c[idx] as f64 + v) as f32
+                T::from_f64(c[idx].to_f64() + v)
             } else {
-                v as f32
+                T::from_f64(v)
             };
         }
     }

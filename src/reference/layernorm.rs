@@ -1,42 +1,45 @@
 //! LayerNorm over rows of x [rows, cols].
 
+use super::Real;
+
 /// y, mean, rstd = LN(x; gamma, beta)
 #[allow(clippy::too_many_arguments)]
-pub fn forward(
-    y: &mut [f32],    // [rows, cols]
-    mean: &mut [f32], // [rows]
-    rstd: &mut [f32], // [rows]
-    x: &[f32],        // [rows, cols]
-    gamma: &[f32],    // [cols]
-    beta: &[f32],     // [cols]
+pub fn forward<T: Real>(
+    y: &mut [T],    // [rows, cols]
+    mean: &mut [T], // [rows]
+    rstd: &mut [T], // [rows]
+    x: &[T],        // [rows, cols]
+    gamma: &[T],    // [cols]
+    beta: &[T],     // [cols]
     rows: usize,
     cols: usize,
     eps: f32,
 ) {
     for r in 0..rows {
         let row = &x[r * cols..(r + 1) * cols];
-        let mu = row.iter().map(|&v| v as f64).sum::<f64>() / cols as f64;
-        let var = row.iter().map(|&v| (v as f64 - mu).powi(2)).sum::<f64>() / cols as f64;
+        let mu = row.iter().map(|&v| v.to_f64()).sum::<f64>() / cols as f64;
+        let var = row.iter().map(|&v| (v.to_f64() - mu).powi(2)).sum::<f64>() / cols as f64;
         let rs = 1.0 / (var + eps as f64).sqrt();
         for c in 0..cols {
-            y[r * cols + c] = ((row[c] as f64 - mu) * rs * gamma[c] as f64 + beta[c] as f64) as f32;
+            y[r * cols + c] =
+                T::from_f64((row[c].to_f64() - mu) * rs * gamma[c].to_f64() + beta[c].to_f64());
         }
-        mean[r] = mu as f32;
-        rstd[r] = rs as f32;
+        mean[r] = T::from_f64(mu);
+        rstd[r] = T::from_f64(rs);
     }
 }
 
 /// dx (=, or += when `accumulate`), dgamma =, dbeta =
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
-    dx: &mut [f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
-    dy: &[f32],
-    x: &[f32],
-    gamma: &[f32],
-    mean: &[f32],
-    rstd: &[f32],
+pub fn backward<T: Real>(
+    dx: &mut [T],
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+    dy: &[T],
+    x: &[T],
+    gamma: &[T],
+    mean: &[T],
+    rstd: &[T],
     rows: usize,
     cols: usize,
     accumulate: bool,
@@ -44,21 +47,21 @@ pub fn backward(
     let mut dg = vec![0.0f64; cols];
     let mut db = vec![0.0f64; cols];
     for r in 0..rows {
-        let (mu, rs) = (mean[r] as f64, rstd[r] as f64);
-        let xhat = |c: usize| (x[r * cols + c] as f64 - mu) * rs;
-        let g = |c: usize| gamma[c] as f64 * dy[r * cols + c] as f64;
+        let (mu, rs) = (mean[r].to_f64(), rstd[r].to_f64());
+        let xhat = |c: usize| (x[r * cols + c].to_f64() - mu) * rs;
+        let g = |c: usize| gamma[c].to_f64() * dy[r * cols + c].to_f64();
         let mean_g = (0..cols).map(g).sum::<f64>() / cols as f64;
         let mean_gx = (0..cols).map(|c| g(c) * xhat(c)).sum::<f64>() / cols as f64;
         for c in 0..cols {
-            let v = (rs * (g(c) - mean_g - xhat(c) * mean_gx)) as f32;
+            let v = rs * (g(c) - mean_g - xhat(c) * mean_gx);
             let i = r * cols + c;
-            dx[i] = if accumulate { dx[i] + v } else { v };
-            dg[c] += dy[i] as f64 * xhat(c);
-            db[c] += dy[i] as f64;
+            dx[i] = T::from_f64(if accumulate { dx[i].to_f64() + v } else { v });
+            dg[c] += dy[i].to_f64() * xhat(c);
+            db[c] += dy[i].to_f64();
         }
     }
     for c in 0..cols {
-        dgamma[c] = dg[c] as f32;
-        dbeta[c] = db[c] as f32;
+        dgamma[c] = T::from_f64(dg[c]);
+        dbeta[c] = T::from_f64(db[c]);
     }
 }

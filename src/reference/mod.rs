@@ -1,6 +1,8 @@
-//! The CPU reference: plain loops accumulating in f64, forward and backward for every op,
-//! outputs first in the argument list, llm.c style. Tests check every WGSL kernel against
-//! these, and these against finite differences.
+//! The reference: plain loops accumulating in f64, forward and backward for every op,
+//! outputs first in the argument list, llm.c style, generic over f32 (to check every WGSL
+//! kernel) and f64 (the whole reference model in `model::cpu`, checked against finite
+//! differences). It imports nothing from `kernels` or `model`: shared definitions live in
+//! `crate::ops`.
 
 pub mod adamw;
 pub mod attention;
@@ -9,6 +11,32 @@ pub mod embed;
 pub mod gemm;
 pub mod layernorm;
 pub mod loss;
+pub mod reduce;
+
+/// The scalar types the reference ops run on: f32 (to check kernels) and f64 (the whole
+/// reference model, checked against finite differences). Sums always accumulate in f64.
+pub trait Real: Copy + Default + std::fmt::Debug + PartialOrd + 'static {
+    fn to_f64(self) -> f64;
+    fn from_f64(v: f64) -> Self;
+}
+
+impl Real for f32 {
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn from_f64(v: f64) -> f32 {
+        v as f32
+    }
+}
+
+impl Real for f64 {
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn from_f64(v: f64) -> f64 {
+        v
+    }
+}
 
 /// ||a - b|| / ||b||, and the index and values of the worst element.
 pub fn relative_error(ours: &[f32], reference: &[f32]) -> (f64, usize) {

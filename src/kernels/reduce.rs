@@ -1,0 +1,81 @@
+//! Column sums: the bias gradient of every linear layer, in two launches.
+
+use crate::gpu::{div_ceil, Dispatch, Gpu, View};
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Meta {
+    rows: u32,
+    cols: u32,
+    chunk_rows: u32,
+    chunks: u32,
+    accumulate: u32,
+    _pad: [u32; 3],
+}
+
+/// Rows per partial sum.
+const CHUNK_ROWS: usize = 128;
+
+pub struct Reduce {
+    column_sum_partial: wgpu::ComputePipeline,
+    column_sum_finish: wgpu::ComputePipeline,
+}
+
+impl Reduce {
+    pub fn new(gpu: &Gpu) -> Self {
+        let s = &super::REDUCE;
+        Reduce {
+            column_sum_partial: gpu.pipeline(s, "column_sum_partial"),
+            column_sum_finish: gpu.pipeline(s, "column_sum_finish"),
+        }
+    }
+
+    /// Floats of scratch `column_sum` needs for a [rows, cols] matrix.
+    pub fn column_sum_scratch_len(rows: usize, cols: usize) -> usize {
+        rows.div_ceil(CHUNK_ROWS).max(1) * cols
+    }
+
+    /// sums[cols] (+)= sum over rows of matrix [rows, cols]: partial sums over chunks of
+    /// rows into `scratch`, then their sum.
+    #[allow(clippy::too_many_arguments)]
+    pub fn column_sum(
+        &self,
+        gpu: &Gpu,
+        matrix: &wgpu::Buffer,
+        sums: View,
+        scratch: &wgpu::Buffer,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) -> [Dispatch; 2] {
+        let chunks = rows.div_ceil(CHUNK_ROWS).max(1);
+        assert!(
+            scratch.size() >= (Self::column_sum_scratch_len(rows, cols) * 4) as u64
+                && sums.len >= cols,
+            "column_sum of {rows}x{cols}: scratch or sums too small"
+        );
+        let meta = Meta {
+            rows: rows as u32,
+            cols: cols as u32,
+            chunk_rows: CHUNK_ROWS as u32,
+            chunks: chunks as u32,
+            accumulate: accumulate as u32,
+            ..Default::default()
+        };
+        let col_groups = div_ceil(cols, 64);
+        [
+            gpu.dispatch(
+                &self.column_sum_partial,
+                &[(0, matrix), (1, scratch)],
+                &meta,
+                [col_groups, chunks as u32, 1],
+            ),
+            gpu.dispatch(
+                &self.column_sum_finish,
+                &[(2, scratch), (3, &sums)],
+                &meta,
+                [col_groups, 1, 1],
+            ),
+        ]
+    }
+}

@@ -1,0 +1,40 @@
+//! Column sums (the bias gradient of every linear layer) against the reference.
+
+mod common;
+use common::*;
+use vit_wgpu::kernels::reduce::Reduce;
+use vit_wgpu::reference;
+
+#[test]
+fn column_sums_match_cpu_on_odd_shapes_and_accumulate() {
+    let g = gpu();
+    let k = Reduce::new(g);
+    let mut r = rng();
+    for (rows, cols, acc) in [
+        (1, 64, false),
+        (65, 33, false),
+        (985, 192, true),
+        (4160, 257, false),
+    ] {
+        let x = random(&mut r, rows * cols);
+        let init = random(&mut r, cols);
+        let mut sums = init.clone();
+        reference::reduce::column_sum(&mut sums, &x, rows, cols, acc);
+        let bx = g.upload("x", &x);
+        let bs = if acc {
+            g.upload("sums", &init)
+        } else {
+            poisoned(cols)
+        };
+        let scratch = poisoned(Reduce::column_sum_scratch_len(rows, cols));
+        for d in k.column_sum(g, &bx, (&bs).into(), &scratch, rows, cols, acc) {
+            d.launch(g);
+        }
+        assert_close(
+            &format!("column_sum {rows}x{cols} acc={acc}"),
+            &read(&bs),
+            &sums,
+            TOLERANCE,
+        );
+    }
+}
