@@ -192,3 +192,62 @@ fn head_swap_keeps_every_body_tensor_bit_for_bit() {
     };
     assert!(vit_wgpu::cli::commands::merge_init(&cfg, &params, &other, 1).is_err());
 }
+
+#[test]
+fn timm_training_trajectory_replays_through_the_training_step() {
+    let g = gpu();
+    let path = fixture("trajectory_small.safetensors");
+    let report = verify(g, &path, Tolerances::default()).expect("verify runs");
+    let steps = 20;
+    // learning rates, one loss per step, one final tensor per parameter
+    assert_eq!(
+        report.comparisons.len(),
+        1 + steps + vit_wgpu::model::params::param_specs(&report.config).len()
+    );
+    for c in &report.comparisons {
+        eprintln!("{:<40} {:.2e}", c.name, c.relative_error);
+        assert!(
+            c.passed(),
+            "{} relative error {:.3e} >= {:.0e}",
+            c.name,
+            c.relative_error,
+            c.tolerance
+        );
+    }
+}
+
+#[test]
+fn a_trajectory_with_another_optimizer_setting_fails_verify() {
+    // The fixture must be able to fail: replaying it without weight decay, or with the learning
+    // rate the seed's schedule gave the last step (zero), is caught.
+    let g = gpu();
+    let mut file = TensorFile::read(&fixture("trajectory_small.safetensors")).expect("fixture");
+    file.metadata.insert("weight_decay".into(), "0".into());
+    let path = temp("trajectory_no_decay.safetensors");
+    file.write(&path).expect("write");
+    let report = verify(g, &path, Tolerances::default()).expect("verify runs");
+    let failed: Vec<&str> = report
+        .comparisons
+        .iter()
+        .filter(|c| !c.passed())
+        .map(|c| c.name.as_str())
+        .collect();
+    assert!(
+        failed.contains(&"final blocks.0.attn.qkv.weight"),
+        "decay off must change the weight matrices: {failed:?}"
+    );
+    assert!(
+        !failed.contains(&"loss step 1"),
+        "step 1's loss comes before any update: {failed:?}"
+    );
+
+    let mut file = TensorFile::read(&fixture("trajectory_small.safetensors")).expect("fixture");
+    let lr = &mut file.tensors.get_mut("trajectory.lr").expect("lr").1;
+    lr[19] = 0.0;
+    file.write(&path).expect("write");
+    let report = verify(g, &path, Tolerances::default()).expect("verify runs");
+    assert!(
+        !report.comparisons[0].passed(),
+        "a zero last-step rate is caught"
+    );
+}

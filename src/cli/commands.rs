@@ -517,6 +517,7 @@ fn verify_cmd(opts: &GpuOptions, a: VerifyArgs) -> CliResult {
         logits: a.logits_tol,
         loss: a.loss_tol,
         grads: a.grad_tol,
+        trajectory: a.trajectory_tol,
     };
     let mut failed = Vec::new();
     for path in &a.files {
@@ -543,14 +544,24 @@ fn verify_cmd(opts: &GpuOptions, a: VerifyArgs) -> CliResult {
                 if c.passed() { "" } else { "  FAIL" }
             );
         }
+        // One-step fixtures: the gradients; trajectory fixtures: losses and final weights.
         let worst = report
             .comparisons
             .iter()
-            .filter(|c| c.name.starts_with("grad "))
+            .filter(|c| c.name.starts_with("grad ") || c.name.starts_with("final "))
             .map(|c| c.relative_error)
             .fold(0.0, f64::max);
+        let kind = if report
+            .comparisons
+            .iter()
+            .any(|c| c.name.starts_with("final "))
+        {
+            "final parameter"
+        } else {
+            "gradient"
+        };
         println!(
-            "  largest gradient error {worst:.3e}: {}",
+            "  largest {kind} error {worst:.3e}: {}",
             if report.passed() { "PASS" } else { "FAIL" }
         );
         if !report.passed() {

@@ -56,6 +56,10 @@ pub struct VerifyArgs {
     /// Relative-error tolerance for each parameter gradient.
     #[arg(long, default_value_t = 1e-3)]
     pub grad_tol: f64,
+    /// Relative-error tolerance for a trajectory fixture's per-step losses, learning rates and
+    /// final parameters.
+    #[arg(long, default_value_t = 1e-4)]
+    pub trajectory_tol: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

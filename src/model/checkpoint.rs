@@ -195,6 +195,31 @@ impl TensorFile {
         }
         Ok(values.clone())
     }
+
+    /// An integer tensor (e.g. labels) with the expected shape, or a clear error.
+    pub fn take_int(
+        &self,
+        path: &Path,
+        name: &str,
+        expected: &[usize],
+    ) -> Result<Vec<i64>, CheckpointError> {
+        let (shape, values) =
+            self.int_tensors
+                .get(name)
+                .ok_or_else(|| CheckpointError::MissingTensor {
+                    path: path.into(),
+                    name: name.into(),
+                })?;
+        if shape.as_slice() != expected {
+            return Err(CheckpointError::Shape {
+                path: path.into(),
+                name: name.into(),
+                expected: expected.to_vec(),
+                found: shape.clone(),
+            });
+        }
+        Ok(values.clone())
+    }
 }
 
 fn f16_to_f32(h: u16) -> f32 {

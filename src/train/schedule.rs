@@ -1,4 +1,8 @@
-//! Learning-rate schedule: linear warmup, then cosine decay to zero.
+//! Learning-rate schedule: linear warmup, then cosine decay towards zero.
+//!
+//! Step s (1-based) of T with W warmup steps: lr*s/W while s <= W, then
+//! 0.5*lr*(1 + cos(pi*(s-1-W)/(T-W))): the first step after warmup runs at the full rate and
+//! the last step's rate is still above zero (it would be wasted at exactly zero).
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Schedule {
@@ -18,7 +22,7 @@ impl Schedule {
             return self.lr;
         }
         let progress =
-            (step - self.warmup_steps) as f64 / (self.total_steps - self.warmup_steps) as f64;
+            (step - 1 - self.warmup_steps) as f64 / (self.total_steps - self.warmup_steps) as f64;
         let progress = progress.clamp(0.0, 1.0);
         (self.lr as f64 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())) as f32
     }
@@ -29,7 +33,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn warmup_rises_linearly_then_cosine_falls_to_zero() {
+    fn warmup_rises_linearly_then_cosine_falls_towards_zero() {
         let s = Schedule {
             lr: 1.0,
             warmup_steps: 10,
@@ -38,8 +42,11 @@ mod tests {
         };
         assert!((s.lr_at(1) - 0.1).abs() < 1e-6);
         assert!((s.lr_at(10) - 1.0).abs() < 1e-6);
-        assert!((s.lr_at(60) - 0.5).abs() < 1e-6);
-        assert!(s.lr_at(110).abs() < 1e-6);
+        assert!((s.lr_at(11) - 1.0).abs() < 1e-6);
+        assert!((s.lr_at(61) - 0.5).abs() < 1e-6);
+        // The last step still learns: 0.5 * (1 + cos(pi * 99/100)).
+        let last = 0.5 * (1.0 + (std::f64::consts::PI * 0.99).cos());
+        assert!((s.lr_at(110) as f64 - last).abs() < 1e-7 && s.lr_at(110) > 0.0);
         let c = Schedule { cosine: false, ..s };
         assert_eq!(c.lr_at(100), 1.0);
     }

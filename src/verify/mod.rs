@@ -6,11 +6,15 @@ use crate::model::checkpoint::{CheckpointError, TensorFile};
 use crate::model::{Config, Kernels, Mode, Vit};
 use std::path::Path;
 
+mod trajectory;
+
 #[derive(Clone, Copy, Debug)]
 pub struct Tolerances {
     pub logits: f64,
     pub loss: f64,
     pub grads: f64,
+    /// Per-step losses and final parameters of a training-trajectory fixture.
+    pub trajectory: f64,
 }
 
 impl Default for Tolerances {
@@ -19,6 +23,7 @@ impl Default for Tolerances {
             logits: 1e-4,
             loss: 1e-4,
             grads: 1e-3,
+            trajectory: 1e-4,
         }
     }
 }
@@ -64,7 +69,7 @@ pub enum VerifyError {
     Fixture { path: String, message: String },
 }
 
-fn compare(name: &str, ours: &[f32], expected: &[f32], tolerance: f64) -> Comparison {
+pub(crate) fn compare(name: &str, ours: &[f32], expected: &[f32], tolerance: f64) -> Comparison {
     let (relative_error, worst_index) = crate::reference::relative_error(ours, expected);
     Comparison {
         name: name.into(),
@@ -78,6 +83,9 @@ fn compare(name: &str, ours: &[f32], expected: &[f32], tolerance: f64) -> Compar
 
 pub fn verify(gpu: &Gpu, path: &Path, tol: Tolerances) -> Result<Report, VerifyError> {
     let file = TensorFile::read(path)?;
+    if is_trajectory(&file) {
+        return crate::verify::trajectory::verify_trajectory(gpu, path, &file, tol.trajectory);
+    }
     let bad = |message: String| VerifyError::Fixture {
         path: path.display().to_string(),
         message,
@@ -138,6 +146,11 @@ pub fn verify(gpu: &Gpu, path: &Path, tol: Tolerances) -> Result<Report, VerifyE
         batch,
         comparisons,
     })
+}
+
+/// A training-trajectory fixture (scripts/make_trajectory_fixture.py) rather than one step.
+pub fn is_trajectory(file: &TensorFile) -> bool {
+    file.tensors.contains_key("trajectory.loss")
 }
 
 /// Re-exported so the CLI can print the path it read.
