@@ -8,7 +8,7 @@ use vit_wgpu::kernels::adamw::{AdamW, AdamWArgs, Hyper};
 use vit_wgpu::kernels::dropout::{self, Dropout, DropoutSite};
 use vit_wgpu::kernels::embed::{Embed, EmbedShape};
 use vit_wgpu::kernels::loss::{CrossEntropy, CrossEntropyArgs};
-use vit_wgpu::reference as cpu;
+use vit_wgpu::reference;
 
 fn shapes() -> Vec<EmbedShape> {
     vec![
@@ -57,7 +57,7 @@ fn patchify_and_token_assembly_match_cpu_forward_and_backward() {
         let what = format!("{s:?}");
 
         let mut patches = vec![0.0; b * np * pl];
-        cpu::embed::patchify(
+        reference::embed::patchify(
             &mut patches,
             &img,
             b,
@@ -67,9 +67,9 @@ fn patchify_and_token_assembly_match_cpu_forward_and_backward() {
             s.patch,
         );
         let mut x0 = vec![0.0; b * n * d];
-        cpu::embed::assemble_tokens(&mut x0, &pe, &cls, &pos, b, n, d);
+        reference::embed::assemble_tokens(&mut x0, &pe, &cls, &pos, b, n, d);
         let (mut dpe, mut dpos, mut dcls) = (vec![0.0; b * np * d], vec![0.0; n * d], vec![0.0; d]);
-        cpu::embed::assemble_tokens_backward(&mut dpe, &mut dpos, &mut dcls, &dx0, b, n, d);
+        reference::embed::assemble_tokens_backward(&mut dpe, &mut dpos, &mut dcls, &dx0, b, n, d);
 
         let (bimg, bpe, bcls, bpos, bdx0) = (
             g.upload("img", &img),
@@ -104,10 +104,10 @@ fn patchify_and_token_assembly_match_cpu_forward_and_backward() {
 
         // CLS rows out and their gradient back in.
         let mut rows = vec![0.0; b * d];
-        cpu::embed::gather_cls(&mut rows, &x0, b, n, d);
+        reference::embed::gather_cls(&mut rows, &x0, b, n, d);
         let drows = random(&mut r, b * d);
         let mut dfull = vec![0.0; b * n * d];
-        cpu::embed::scatter_cls(&mut dfull, &drows, b, n, d);
+        reference::embed::scatter_cls(&mut dfull, &drows, b, n, d);
         let (brows, bdfull) = (poisoned(b * d), poisoned(b * n * d));
         let bdrows = g.upload("drows", &drows);
         k.gather_cls(g, s, &bx0, &brows).launch(g);
@@ -143,7 +143,7 @@ fn cross_entropy_loss_gradient_and_accuracy_match_cpu() {
         let scale = 1.0 / rows as f32;
         let (mut losses, mut dl, mut correct) =
             (vec![0.0; rows], vec![0.0; rows * classes], vec![0.0; rows]);
-        cpu::loss::cross_entropy(
+        reference::loss::cross_entropy(
             &mut losses,
             &mut dl,
             &mut correct,
@@ -183,7 +183,7 @@ fn cross_entropy_gradient_matches_finite_differences_of_cpu_loss() {
     let labels: Vec<u32> = vec![0, 6, 3];
     let mean_loss = |z: &[f32]| {
         let (mut l, mut d, mut c) = (vec![0.0; rows], vec![0.0; rows * classes], vec![0.0; rows]);
-        cpu::loss::cross_entropy(
+        reference::loss::cross_entropy(
             &mut l,
             &mut d,
             &mut c,
@@ -226,9 +226,9 @@ fn dropout_forward_and_backward_regenerate_the_same_mask_as_cpu() {
         let dy = random(&mut r, len);
         let y0 = random(&mut r, len);
         let mut y = y0.clone();
-        cpu::dropout::forward(&mut y, &x, p, seed, step, true);
+        reference::dropout::forward(&mut y, &x, p, seed, step, true);
         let mut dx = vec![0.0; len];
-        cpu::dropout::backward(&mut dx, &dy, p, seed, step);
+        reference::dropout::backward(&mut dx, &dy, p, seed, step);
         dropout::write_step(g, &step_buf, step);
         let (bx, bdy, by, bdx) = (
             g.upload("x", &x),
@@ -248,7 +248,7 @@ fn dropout_forward_and_backward_regenerate_the_same_mask_as_cpu() {
         assert_close(&format!("{what} backward"), &read(&bdx), &dx, TOLERANCE);
         if len > 10000 {
             let dropped = (0..len as u32)
-                .filter(|&i| cpu::dropout::keep_scale(seed, step, i, p) == 0.0)
+                .filter(|&i| reference::dropout::keep_scale(seed, step, i, p) == 0.0)
                 .count();
             let rate = dropped as f64 / len as f64;
             assert!(
@@ -259,10 +259,10 @@ fn dropout_forward_and_backward_regenerate_the_same_mask_as_cpu() {
     }
     // A different step gives a different mask.
     let a: Vec<f32> = (0..1000)
-        .map(|i| cpu::dropout::keep_scale(1, 1, i, 0.5))
+        .map(|i| reference::dropout::keep_scale(1, 1, i, 0.5))
         .collect();
     let b: Vec<f32> = (0..1000)
-        .map(|i| cpu::dropout::keep_scale(1, 2, i, 0.5))
+        .map(|i| reference::dropout::keep_scale(1, 2, i, 0.5))
         .collect();
     assert_ne!(a, b);
 }
@@ -286,10 +286,10 @@ fn adamw_over_an_arena_range_with_clipping_matches_cpu_over_several_steps() {
     let total = at;
     let (first, decay_end) = (offsets[1], offsets[2] + lens[2]);
     let range = first..offsets[4] + lens[4];
-    let mut host: Vec<cpu::adamw::HostParam> = lens
+    let mut host: Vec<reference::adamw::HostParam> = lens
         .iter()
         .zip(decay)
-        .map(|(&n, decay)| cpu::adamw::HostParam {
+        .map(|(&n, decay)| reference::adamw::HostParam {
             param: random(&mut r, n),
             grad: vec![0.0; n],
             m: random(&mut r, n).iter().map(|v| v * 0.01).collect(),
@@ -297,8 +297,8 @@ fn adamw_over_an_arena_range_with_clipping_matches_cpu_over_several_steps() {
             decay,
         })
         .collect();
-    let pack = |field: &dyn Fn(&cpu::adamw::HostParam) -> &Vec<f32>,
-                host: &[cpu::adamw::HostParam]| {
+    let pack = |field: &dyn Fn(&reference::adamw::HostParam) -> &Vec<f32>,
+                host: &[reference::adamw::HostParam]| {
         let mut out = vec![0f32; total];
         for (h, &o) in host.iter().zip(&offsets) {
             out[o..o + field(h).len()].copy_from_slice(field(h));
@@ -338,7 +338,7 @@ fn adamw_over_an_arena_range_with_clipping_matches_cpu_over_several_steps() {
         let hyper = Hyper::at_step(1e-2, 0.9, 0.999, 1e-8, 0.05, 1.0, step);
         AdamW::write_hyper(g, &hyper_buf, &hyper);
         g.run(|pass| dispatches.iter().for_each(|d| d.record(pass)));
-        let norm = cpu::adamw::step(&mut host[1..], &hyper);
+        let norm = reference::adamw::step(&mut host[1..], &hyper);
         let got_norm = read(&stats)[AdamW::scale_index() + 1] as f64;
         assert!(
             (got_norm - norm).abs() <= 1e-4 * norm,

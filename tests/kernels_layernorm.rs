@@ -1,7 +1,7 @@
 mod common;
 use common::*;
 use vit_wgpu::kernels::layernorm::*;
-use vit_wgpu::reference::layernorm as cpu;
+use vit_wgpu::reference::layernorm;
 
 fn check(rows: usize, cols: usize, accumulate: bool) {
     let g = gpu();
@@ -14,11 +14,11 @@ fn check(rows: usize, cols: usize, accumulate: bool) {
     let eps = 1e-5;
 
     let (mut y, mut mean, mut rstd) = (vec![0.0; rows * cols], vec![0.0; rows], vec![0.0; rows]);
-    cpu::forward(
+    layernorm::forward(
         &mut y, &mut mean, &mut rstd, &x, &gamma, &beta, rows, cols, eps,
     );
     let (mut dx, mut dg, mut db) = (dx0.clone(), vec![0.0; cols], vec![0.0; cols]);
-    cpu::backward(
+    layernorm::backward(
         &mut dx, &mut dg, &mut db, &dy, &x, &gamma, &mean, &rstd, rows, cols, accumulate,
     );
 

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use rand::Rng;
 use vit_wgpu::model::config::{Act, Config, Head, Preset};
-use vit_wgpu::model::{cpu, HostParams, Kernels, Mode, OptimConfig, Vit};
+use vit_wgpu::model::{reference, HostParams, Kernels, Mode, OptimConfig, Vit};
 
 /// Parameters perturbed away from their init (so LayerNorm gains, biases, cls are not 0/1).
 fn perturbed_params(cfg: &Config, r: &mut impl Rng) -> HostParams {
@@ -36,6 +36,40 @@ fn small_config() -> Config {
     }
 }
 
+/// Central differences of the reference loss at a few entries of every tensor (the first,
+/// the middle, the last and a random one) against the reference's analytic gradients.
+fn assert_matches_finite_differences(
+    what: &str,
+    params: &HostParams,
+    run: impl Fn(&[Vec<f64>]) -> reference::ReferenceResult,
+    r: &mut impl Rng,
+) {
+    let mut p64 = reference::widen(params);
+    let res = run(&p64);
+    let h = 1e-5;
+    let mut checked = 0;
+    for (t, spec) in params.specs.iter().enumerate() {
+        let n = spec.len();
+        for i in [0, n / 2, n - 1, r.random_range(0..n)] {
+            let orig = p64[t][i];
+            p64[t][i] = orig + h;
+            let up = run(&p64).loss;
+            p64[t][i] = orig - h;
+            let down = run(&p64).loss;
+            p64[t][i] = orig;
+            let fd = (up - down) / (2.0 * h);
+            let an = res.grads[t][i];
+            assert!(
+                (fd - an).abs() <= 1e-7 + 1e-5 * an.abs().max(fd.abs()),
+                "{what} {}[{i}]: finite difference {fd:e} vs analytic {an:e}",
+                spec.name
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4 * params.specs.len());
+}
+
 #[test]
 fn cpu_reference_gradients_match_finite_differences() {
     let mut r = rng();
@@ -50,31 +84,8 @@ fn cpu_reference_gradients_match_finite_differences() {
         let labels: Vec<u32> = (0..b)
             .map(|_| r.random_range(0..cfg.classes as u32))
             .collect();
-        let mut p64 = cpu::widen(&params);
-        let res = cpu::forward_backward(&cfg, &p64, &params, &images, &labels);
-        let h = 1e-5;
-        let mut checked = 0;
-        for (t, spec) in params.specs.iter().enumerate() {
-            // a few entries of every tensor, including the first and last
-            let n = spec.len();
-            for i in [0, n / 2, n - 1, r.random_range(0..n)] {
-                let orig = p64[t][i];
-                p64[t][i] = orig + h;
-                let up = cpu::forward_backward(&cfg, &p64, &params, &images, &labels).loss;
-                p64[t][i] = orig - h;
-                let down = cpu::forward_backward(&cfg, &p64, &params, &images, &labels).loss;
-                p64[t][i] = orig;
-                let fd = (up - down) / (2.0 * h);
-                let an = res.grads[t][i];
-                assert!(
-                    (fd - an).abs() <= 1e-7 + 1e-5 * an.abs().max(fd.abs()),
-                    "{act:?} {}[{i}]: finite difference {fd:e} vs analytic {an:e}",
-                    spec.name
-                );
-                checked += 1;
-            }
-        }
-        assert!(checked >= 4 * params.specs.len());
+        let loss = |p: &[Vec<f64>]| reference::forward_backward(&cfg, p, &params, &images, &labels);
+        assert_matches_finite_differences(&format!("{act:?}"), &params, loss, &mut r);
     }
 }
 
@@ -82,7 +93,12 @@ fn gpu_matches_cpu(cfg: &Config, batch: usize, grad_tol: f64) {
     gpu_matches_reference(cfg, batch, grad_tol, None)
 }
 
-fn gpu_matches_reference(cfg: &Config, batch: usize, grad_tol: f64, drop: Option<cpu::DropoutAt>) {
+fn gpu_matches_reference(
+    cfg: &Config,
+    batch: usize,
+    grad_tol: f64,
+    drop: Option<reference::DropoutAt>,
+) {
     let g = gpu();
     let mut r = rng();
     let params = perturbed_params(cfg, &mut r);
@@ -90,8 +106,8 @@ fn gpu_matches_reference(cfg: &Config, batch: usize, grad_tol: f64, drop: Option
     let labels: Vec<u32> = (0..batch)
         .map(|_| r.random_range(0..cfg.classes as u32))
         .collect();
-    let p64 = cpu::widen(&params);
-    let reference = cpu::forward_backward_at(cfg, &p64, &params, &images, &labels, drop);
+    let p64 = reference::widen(&params);
+    let reference = reference::forward_backward_at(cfg, &p64, &params, &images, &labels, drop);
 
     let kernels = Kernels::new(g);
     let seed = drop.map_or(0, |d| d.seed);
@@ -177,7 +193,7 @@ fn reference_gradients_with_dropout_match_finite_differences() {
         dropout: 0.3,
         ..small_config()
     };
-    let drop = Some(cpu::DropoutAt {
+    let drop = Some(reference::DropoutAt {
         seed: 0x1234_5678_9abc,
         step: 7,
     });
@@ -185,37 +201,16 @@ fn reference_gradients_with_dropout_match_finite_differences() {
     let b = 2;
     let images = random(&mut r, b * cfg.channels * cfg.image_h * cfg.image_w);
     let labels: Vec<u32> = (0..b).map(|i| i as u32 % cfg.classes as u32).collect();
-    let mut p64 = cpu::widen(&params);
-    let run = |p: &[Vec<f64>]| cpu::forward_backward_at(&cfg, p, &params, &images, &labels, drop);
-    let res = run(&p64);
-    let plain = cpu::forward_backward(&cfg, &p64, &params, &images, &labels);
+    let run =
+        |p: &[Vec<f64>]| reference::forward_backward_at(&cfg, p, &params, &images, &labels, drop);
+    let p64 = reference::widen(&params);
+    let plain = reference::forward_backward(&cfg, &p64, &params, &images, &labels);
+    let dropped = run(&p64).loss;
     assert!(
-        (res.loss - plain.loss).abs() > 1e-6,
-        "dropout at p=0.3 left the loss unchanged ({})",
-        res.loss
+        (dropped - plain.loss).abs() > 1e-6,
+        "dropout at p=0.3 left the loss unchanged ({dropped})"
     );
-    let h = 1e-5;
-    let mut checked = 0;
-    for (t, spec) in params.specs.iter().enumerate() {
-        let n = spec.len();
-        for i in [0, n / 2, n - 1, r.random_range(0..n)] {
-            let orig = p64[t][i];
-            p64[t][i] = orig + h;
-            let up = run(&p64).loss;
-            p64[t][i] = orig - h;
-            let down = run(&p64).loss;
-            p64[t][i] = orig;
-            let fd = (up - down) / (2.0 * h);
-            let an = res.grads[t][i];
-            assert!(
-                (fd - an).abs() <= 1e-7 + 1e-5 * an.abs().max(fd.abs()),
-                "dropout {}[{i}]: finite difference {fd:e} vs analytic {an:e}",
-                spec.name
-            );
-            checked += 1;
-        }
-    }
-    assert!(checked >= 4 * params.specs.len());
+    assert_matches_finite_differences("dropout", &params, run, &mut r);
 }
 
 #[test]
@@ -224,7 +219,7 @@ fn gradients_with_dropout_on_gpu_match_reference() {
         dropout: 0.25,
         ..small_config()
     };
-    let drop = cpu::DropoutAt {
+    let drop = reference::DropoutAt {
         seed: 0xfeed_beef_0042,
         step: 3,
     };

@@ -8,7 +8,7 @@ use rand::Rng;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vit_wgpu::model::config::{Act, Config, Head};
-use vit_wgpu::model::{checkpoint, cpu, HostParams, Kernels, Mode, Vit};
+use vit_wgpu::model::{checkpoint, reference, HostParams, Kernels, Mode, Vit};
 use vit_wgpu::train::{self, EpochMetrics, TrainOptions};
 use vit_wgpu::viz::{self, curves, render, MapShape};
 
@@ -148,7 +148,7 @@ fn gpu_attention_maps_match_cpu_and_rollout_matches_f64() {
 
     // The maps belong to this forward: the device's logits agree with the f64 CPU model.
     let logits = &run.logits;
-    let reference = cpu::forward_backward(cfg, &cpu::widen(&p), &p, &images, &[0; 3]);
+    let reference = reference::forward_backward(cfg, &reference::widen(&p), &p, &images, &[0; 3]);
     let ref_logits: Vec<f32> = reference.logits.iter().map(|&v| v as f32).collect();
     assert_close("logits", &logits[..ref_logits.len()], &ref_logits, 1e-4);
 

@@ -502,6 +502,48 @@ pub fn load_any(
             source,
         })?;
     }
-    let params = super::pos_embed::load_params_resampling(path, &file, &cfg)?;
+    let params = load_params_resampling(path, &file, &cfg)?;
     Ok((cfg, params, file))
+}
+
+/// The grid a stored pos_embed was learned on: from `pos_grid_h`/`pos_grid_w` metadata, or
+/// square (timm's assumption) when the file does not say.
+fn stored_grid(file: &TensorFile, tokens: usize) -> Option<(usize, usize)> {
+    let meta = |k: &str| file.metadata.get(k).and_then(|v| v.parse::<usize>().ok());
+    if let (Some(h), Some(w)) = (meta("pos_grid_h"), meta("pos_grid_w")) {
+        if h * w + 1 == tokens {
+            return Some((h, w));
+        }
+    }
+    let patches = tokens.checked_sub(1)?;
+    let side = (patches as f64).sqrt().round() as usize;
+    (side * side == patches).then_some((side, side))
+}
+
+/// The parameters for `cfg` out of a tensor file; a `pos_embed` learned on another patch
+/// grid is resampled to the config's grid. Every other tensor must match exactly.
+pub fn load_params_resampling(
+    path: &Path,
+    file: &TensorFile,
+    cfg: &Config,
+) -> Result<HostParams, CheckpointError> {
+    let mut file = file.clone();
+    let grid = cfg.grid();
+    if let Some((shape, values)) = file.tensors.get("pos_embed").cloned() {
+        let wanted = vec![1, cfg.tokens(), cfg.dim];
+        let stored_grid_meta = stored_grid(&file, shape.get(1).copied().unwrap_or(0));
+        let differs = shape != wanted || stored_grid_meta.is_some_and(|g| g != grid);
+        if differs && shape.len() == 3 && shape[0] == 1 && shape[2] == cfg.dim {
+            if let Some(old) = stored_grid_meta {
+                let resampled = super::pos_embed::resample(&values, cfg.dim, old, grid);
+                file.tensors.insert("pos_embed".into(), (wanted, resampled));
+            }
+        }
+    }
+    let specs = param_specs(cfg);
+    let mut values = Vec::with_capacity(specs.len());
+    for s in &specs {
+        values.push(file.take(path, &s.name, &s.shape)?);
+    }
+    Ok(HostParams { specs, values })
 }

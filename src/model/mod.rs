@@ -1,13 +1,14 @@
 //! The Vision Transformer: config and presets, parameters under timm's names, the device
-//! model (parameter arena, per-block schedule, recorder), and the f64 reference model.
+//! model (parameter arena, per-block schedule, recorder), and the f64 reference model
+//! (`reference`).
 
 pub mod arena;
 pub mod checkpoint;
 pub mod config;
-pub mod cpu;
 pub mod params;
 pub mod pos_embed;
 pub mod recorder;
+pub mod reference;
 pub mod schedule;
 pub mod vit;
 

@@ -2,11 +2,7 @@
 //! `resample_abs_pos_embed` does by default: the CLS position kept, the grid interpolated
 //! with PyTorch's antialiased bicubic (`F.interpolate(mode='bicubic', align_corners=False,
 //! antialias=True)`: the PIL-style cubic with a = -0.5, weights renormalised at the borders).
-
-use super::checkpoint::{CheckpointError, TensorFile};
-use super::config::Config;
-use super::params::{param_specs, HostParams};
-use std::path::Path;
+//! Pure math on arrays: loading a checkpoint with it is `checkpoint::load_params_resampling`.
 
 /// PyTorch's antialiased cubic filter (a = -0.5).
 fn cubic(x: f64) -> f64 {
@@ -86,46 +82,4 @@ pub fn resample(pos: &[f32], dim: usize, old: (usize, usize), new: (usize, usize
     let mut result = pos[..dim].to_vec();
     result.extend(out.iter().map(|&v| v as f32));
     result
-}
-
-/// The grid a stored pos_embed was learned on: from `pos_grid_h`/`pos_grid_w` metadata, or
-/// square (timm's assumption) when the file does not say.
-fn stored_grid(file: &TensorFile, tokens: usize) -> Option<(usize, usize)> {
-    let meta = |k: &str| file.metadata.get(k).and_then(|v| v.parse::<usize>().ok());
-    if let (Some(h), Some(w)) = (meta("pos_grid_h"), meta("pos_grid_w")) {
-        if h * w + 1 == tokens {
-            return Some((h, w));
-        }
-    }
-    let patches = tokens.checked_sub(1)?;
-    let side = (patches as f64).sqrt().round() as usize;
-    (side * side == patches).then_some((side, side))
-}
-
-/// The parameters for `cfg` out of a tensor file; a `pos_embed` learned on another patch
-/// grid is resampled to the config's grid. Every other tensor must match exactly.
-pub fn load_params_resampling(
-    path: &Path,
-    file: &TensorFile,
-    cfg: &Config,
-) -> Result<HostParams, CheckpointError> {
-    let mut file = file.clone();
-    let grid = cfg.grid();
-    if let Some((shape, values)) = file.tensors.get("pos_embed").cloned() {
-        let wanted = vec![1, cfg.tokens(), cfg.dim];
-        let stored_grid_meta = stored_grid(&file, shape.get(1).copied().unwrap_or(0));
-        let differs = shape != wanted || stored_grid_meta.is_some_and(|g| g != grid);
-        if differs && shape.len() == 3 && shape[0] == 1 && shape[2] == cfg.dim {
-            if let Some(old) = stored_grid_meta {
-                let resampled = resample(&values, cfg.dim, old, grid);
-                file.tensors.insert("pos_embed".into(), (wanted, resampled));
-            }
-        }
-    }
-    let specs = param_specs(cfg);
-    let mut values = Vec::with_capacity(specs.len());
-    for s in &specs {
-        values.push(file.take(path, &s.name, &s.shape)?);
-    }
-    Ok(HostParams { specs, values })
 }

@@ -1,6 +1,6 @@
 //! The reference: plain loops accumulating in f64, forward and backward for every op,
 //! outputs first in the argument list, llm.c style, generic over f32 (to check every WGSL
-//! kernel) and f64 (the whole reference model in `model::cpu`, checked against finite
+//! kernel) and f64 (the whole reference model in `model::reference`, checked against finite
 //! differences). It imports nothing from `kernels` or `model`: shared definitions live in
 //! `crate::ops`.
 

@@ -93,7 +93,7 @@ pub fn verify(gpu: &Gpu, path: &Path, tol: Tolerances) -> Result<Report, VerifyE
     let mut meta = file.metadata.clone();
     meta.entry("head".into()).or_insert_with(|| "linear".into());
     let cfg = Config::from_metadata(&meta).map_err(|e| bad(e.to_string()))?;
-    let params = crate::model::pos_embed::load_params_resampling(path, &file, &cfg)?;
+    let params = crate::model::checkpoint::load_params_resampling(path, &file, &cfg)?;
     let (images_shape, images) = file
         .tensors
         .get("input.images")

@@ -73,7 +73,7 @@ pub fn verify_trajectory(
     let labels = file.take_int(path, "trajectory.labels", &[s, b])?;
     let expected_lr = file.take(path, "trajectory.lr", &[s])?;
     let expected_loss = file.take(path, "trajectory.loss", &[s])?;
-    let params = crate::model::pos_embed::load_params_resampling(path, file, &cfg)?;
+    let params = crate::model::checkpoint::load_params_resampling(path, file, &cfg)?;
 
     let kernels = Kernels::new(gpu);
     let model = Vit::new(gpu, &kernels, &cfg, &params, b, Mode::Train, 0)?;

@@ -1,4 +1,4 @@
-//! The whole ViT in f64 on the CPU: forward, loss and every parameter's gradient, built from
+//! The reference model: the whole ViT in f64 on the CPU: forward, loss and every parameter's gradient, built from
 //! the reference ops (src/reference/, run in f64). Independent of the kernels, it is the
 //! reference the device model is checked against, and it is itself checked against finite
 //! differences. The schedule mirrors the device's (`schedule.rs`), dropout included.
@@ -10,7 +10,7 @@ use crate::reference::gemm::{gemm, Epilogue};
 use crate::reference::{attention, dropout, embed, layernorm, loss, reduce};
 
 /// Result of one forward + backward pass.
-pub struct CpuResult {
+pub struct ReferenceResult {
     pub logits: Vec<f64>,     // [B, K]
     pub loss: f64,            // mean cross-entropy
     pub grads: Vec<Vec<f64>>, // per parameter, in `params.specs` order
@@ -30,7 +30,7 @@ pub fn forward_backward(
     names: &HostParams,
     images: &[f32],
     labels: &[u32],
-) -> CpuResult {
+) -> ReferenceResult {
     forward_backward_at(cfg, params, names, images, labels, None)
 }
 
@@ -43,7 +43,7 @@ pub fn forward_backward_at(
     images: &[f32],
     labels: &[u32],
     drop: Option<DropoutAt>,
-) -> CpuResult {
+) -> ReferenceResult {
     let m = Model {
         cfg,
         params,
@@ -66,7 +66,7 @@ pub fn forward_backward_at(
         dx = m.block_backward(l, &saved[l], dx, &mut grads);
     }
     m.embed_backward(&patches, &dx, &mut grads);
-    CpuResult {
+    ReferenceResult {
         loss: head.losses.iter().sum::<f64>() / m.batch as f64,
         logits: head.logits,
         grads,
