@@ -64,7 +64,14 @@ fn logged(dir: &Path) -> Vec<(u64, u64, u64, u64)> {
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
     text.lines()
         .map(|l| EpochMetrics::from_json(l).expect("a metrics record"))
-        .map(|m| (m.epoch, m.step, m.train_loss.to_bits(), m.val_loss.to_bits()))
+        .map(|m| {
+            (
+                m.epoch,
+                m.step,
+                m.train_loss.to_bits(),
+                m.val_loss.to_bits(),
+            )
+        })
         .collect()
 }
 
@@ -98,7 +105,10 @@ fn a_write_failure_at_any_point_of_a_checkpoint_leaves_one_consistent_unit() {
         );
         for e in std::fs::read_dir(&dir).expect("dir").flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            assert!(!name.ends_with(".tmp"), "write {n}: temporary {name} left behind");
+            assert!(
+                !name.ends_with(".tmp"),
+                "write {n}: temporary {name} left behind"
+            );
         }
         // Resume from the newest consistent pair (or start again when none was committed).
         let pair = checkpoint::newest_consistent_pair(&dir);

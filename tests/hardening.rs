@@ -71,29 +71,83 @@ fn every_bad_flag_exits_with_2_naming_the_flag_the_value_and_the_range() {
         (&["train", "--lr=-1"], &["--lr", "-1", "> 0"]),
         (&["train", "--lr", "nan"], &["--lr", "NaN", "finite"]),
         (&["train", "--lr", "0"], &["--lr", "'0'", "> 0"]),
-        (&["train", "--weight-decay=-0.1"], &["--weight-decay", "-0.1", ">= 0"]),
-        (&["train", "--weight-decay", "inf"], &["--weight-decay", "inf", "finite"]),
-        (&["train", "--clip=-1"], &["--clip", "-1", "0 for no clipping"]),
+        (
+            &["train", "--weight-decay=-0.1"],
+            &["--weight-decay", "-0.1", ">= 0"],
+        ),
+        (
+            &["train", "--weight-decay", "inf"],
+            &["--weight-decay", "inf", "finite"],
+        ),
+        (
+            &["train", "--clip=-1"],
+            &["--clip", "-1", "0 for no clipping"],
+        ),
         (&["train", "--clip", "nan"], &["--clip", "NaN"]),
         (&["train", "--beta1", "1"], &["--beta1", "'1'", "[0, 1)"]),
         (&["train", "--beta2=-0.5"], &["--beta2", "-0.5", "[0, 1)"]),
-        (&["train", "--epochs", "0"], &["--epochs", "'0'", "at least 1"]),
-        (&["train", "--batch-size", "0"], &["--batch-size", "'0'", "at least 1"]),
-        (&["train", "--dropout", "1"], &["--dropout", "'1'", "[0, 1)"]),
+        (
+            &["train", "--epochs", "0"],
+            &["--epochs", "'0'", "at least 1"],
+        ),
+        (
+            &["train", "--batch-size", "0"],
+            &["--batch-size", "'0'", "at least 1"],
+        ),
+        (
+            &["train", "--dropout", "1"],
+            &["--dropout", "'1'", "[0, 1)"],
+        ),
         (&["train", "--ln-eps", "0"], &["--ln-eps", "'0'", "> 0"]),
         (&["train", "--dim", "0"], &["--dim", "'0'", "at least 1"]),
-        (&["train", "--classes", "1"], &["--classes", "'1'", "at least 2"]),
-        (&["train", "--limit-train", "0"], &["--limit-train", "'0'", "at least 1"]),
-        (&["train", "--limit-eval", "0"], &["--limit-eval", "'0'", "at least 1"]),
-        (&["train", "--max-steps", "0"], &["--max-steps", "'0'", "at least 1"]),
-        (&["train", "--save-every", "0"], &["--save-every", "'0'", "at least 1"]),
-        (&["train", "--image-size", "0"], &["--image-size", "0x0", "at least 1x1"]),
-        (&["bench", "--batch-size", "0"], &["--batch-size", "'0'", "at least 1"]),
-        (&["bench", "--steps", "0"], &["--steps", "'0'", "at least 1"]),
-        (&["bench", "--heads", "3"], &["not a multiple of the head count 3"]),
-        (&["eval", "--checkpoint", "x", "--batch-size", "0"], &["--batch-size"]),
-        (&["infer", "--checkpoint", "x", "--top-k", "0", "a.png"], &["--top-k", "'0'"]),
-        (&["verify", "--grad-tol", "0", "f"], &["--grad-tol", "'0'", "> 0"]),
+        (
+            &["train", "--classes", "1"],
+            &["--classes", "'1'", "at least 2"],
+        ),
+        (
+            &["train", "--limit-train", "0"],
+            &["--limit-train", "'0'", "at least 1"],
+        ),
+        (
+            &["train", "--limit-eval", "0"],
+            &["--limit-eval", "'0'", "at least 1"],
+        ),
+        (
+            &["train", "--max-steps", "0"],
+            &["--max-steps", "'0'", "at least 1"],
+        ),
+        (
+            &["train", "--save-every", "0"],
+            &["--save-every", "'0'", "at least 1"],
+        ),
+        (
+            &["train", "--image-size", "0"],
+            &["--image-size", "0x0", "at least 1x1"],
+        ),
+        (
+            &["bench", "--batch-size", "0"],
+            &["--batch-size", "'0'", "at least 1"],
+        ),
+        (
+            &["bench", "--steps", "0"],
+            &["--steps", "'0'", "at least 1"],
+        ),
+        (
+            &["bench", "--heads", "3"],
+            &["not a multiple of the head count 3"],
+        ),
+        (
+            &["eval", "--checkpoint", "x", "--batch-size", "0"],
+            &["--batch-size"],
+        ),
+        (
+            &["infer", "--checkpoint", "x", "--top-k", "0", "a.png"],
+            &["--top-k", "'0'"],
+        ),
+        (
+            &["verify", "--grad-tol", "0", "f"],
+            &["--grad-tol", "'0'", "> 0"],
+        ),
     ];
     for (args, needles) in cases {
         let out = vit(args);
@@ -113,12 +167,26 @@ fn warmup_longer_than_the_run_is_refused_once_the_data_is_known() {
     write_idx_dataset(&data, &synthetic(40, 1), &synthetic(8, 2));
     let d = data.to_str().expect("utf-8 path");
     // 40 images in batches of 8 over 2 epochs: 10 steps.
-    let common = ["train", "--dataset", "fashion-mnist", "--data-dir", d, "--epochs", "2"];
+    let common = [
+        "train",
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        d,
+        "--epochs",
+        "2",
+    ];
     let out = vit(&[&common[..], &["--batch-size", "8", "--warmup", "11"]].concat());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("--warmup") && stderr.contains("'11'"), "{stderr}");
-    assert!(stderr.contains("at most the run's 10 optimiser steps"), "{stderr}");
+    assert!(
+        stderr.contains("--warmup") && stderr.contains("'11'"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("at most the run's 10 optimiser steps"),
+        "{stderr}"
+    );
     assert_eq!(
         resolve::check_warmup(Some(10), 2, 40, 8),
         Ok(()),
@@ -151,7 +219,16 @@ fn train_config_is_resolved_from_flags_checkpoint_and_data() {
     );
     // Flags win over the data.
     let c = resolve::train_config(
-        &model(&["--preset", "micro", "--image-size", "32", "--classes", "12", "--dim", "96"]),
+        &model(&[
+            "--preset",
+            "micro",
+            "--image-size",
+            "32",
+            "--classes",
+            "12",
+            "--dim",
+            "96",
+        ]),
         None,
         &grey,
     )
@@ -163,15 +240,31 @@ fn train_config_is_resolved_from_flags_checkpoint_and_data() {
     assert_eq!((c.dim, c.image_h, c.classes), (16, 8, 10));
     // Fewer classes than the data has; channels that do not match; no valid model.
     let err = resolve::train_config(&model(&["--classes", "5"]), None, &grey).expect_err("k");
-    assert!(matches!(err, UsageError::Flag { flag: "classes", .. }), "{err}");
-    let err = resolve::train_config(&model(&[]), Some(&Config { channels: 3, ..init }), &grey)
-        .expect_err("channels");
+    assert!(
+        matches!(
+            err,
+            UsageError::Flag {
+                flag: "classes",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = resolve::train_config(
+        &model(&[]),
+        Some(&Config {
+            channels: 3,
+            ..init
+        }),
+        &grey,
+    )
+    .expect_err("channels");
     assert!(err.to_string().contains("3 channels"), "{err}");
     let err = resolve::train_config(&model(&["--preset", "micro", "--heads", "3"]), None, &grey)
         .expect_err("heads");
     assert!(err.to_string().contains("head count 3"), "{err}");
     // And the flag checks alone, without a process.
-    let bad = TrainArgs::try_parse_from_train(&["--lr", "-2"]);
+    let bad = TrainArgs::try_parse_from_train(&["--lr=-2"]);
     assert_eq!(
         resolve::check_train(&bad),
         Err(UsageError::Flag {
@@ -264,7 +357,12 @@ fn a_nan_model_at_the_end_of_an_epoch_is_caught_before_the_checkpoint() {
         }
         other => panic!("expected NonFiniteModel, got: {other}"),
     }
-    for f in ["last.safetensors", "last.state.safetensors", "best.safetensors", "metrics.jsonl"] {
+    for f in [
+        "last.safetensors",
+        "last.state.safetensors",
+        "best.safetensors",
+        "metrics.jsonl",
+    ] {
         assert!(!dir.join(f).exists(), "{f} was written");
     }
 }
@@ -272,7 +370,11 @@ fn a_nan_model_at_the_end_of_an_epoch_is_caught_before_the_checkpoint() {
 fn assert_no_temporaries(dir: &Path) {
     for e in std::fs::read_dir(dir).expect("read dir").flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        assert!(!name.ends_with(".tmp"), "temporary {name} left in {}", dir.display());
+        assert!(
+            !name.ends_with(".tmp"),
+            "temporary {name} left in {}",
+            dir.display()
+        );
     }
 }
 
@@ -298,7 +400,10 @@ fn a_second_run_on_a_locked_folder_is_refused_and_a_stale_lock_is_taken_over() {
     match run() {
         Err(e @ TrainError::Locked { .. }) => {
             let msg = e.to_string();
-            assert!(msg.contains(&me.to_string()) && msg.contains(&host), "{msg}");
+            assert!(
+                msg.contains(&me.to_string()) && msg.contains(&host),
+                "{msg}"
+            );
         }
         other => panic!("expected the folder to be refused, got {:?}", other.err()),
     }
@@ -349,11 +454,38 @@ fn a_run_killed_mid_epoch_resumes_from_its_save_every_checkpoint_bit_identically
     write_idx_dataset(&data, &synthetic(1600, 1), &synthetic(16, 2));
     let args = |out: &Path| -> Vec<String> {
         [
-            "train", "--dataset", "fashion-mnist", "--data-dir", data.to_str().unwrap_or(""),
-            "--preset", "micro", "--dim", "16", "--depth", "1", "--heads", "2",
-            "--mlp-hidden", "32", "--dropout", "0.1", "--epochs", "2", "--batch-size", "8",
-            "--lr", "3e-3", "--warmup", "5", "--save-every", "5", "--seed", "3", "--quiet",
-            "--out", out.to_str().unwrap_or(""),
+            "train",
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            data.to_str().unwrap_or(""),
+            "--preset",
+            "micro",
+            "--dim",
+            "16",
+            "--depth",
+            "1",
+            "--heads",
+            "2",
+            "--mlp-hidden",
+            "32",
+            "--dropout",
+            "0.1",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--lr",
+            "3e-3",
+            "--warmup",
+            "5",
+            "--save-every",
+            "5",
+            "--seed",
+            "3",
+            "--quiet",
+            "--out",
+            out.to_str().unwrap_or(""),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -364,7 +496,11 @@ fn a_run_killed_mid_epoch_resumes_from_its_save_every_checkpoint_bit_identically
         .args(args(&full))
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let killed = fresh_dir("kill-part");
     let mut child = Command::new(env!("CARGO_BIN_EXE_vit-wgpu"))
@@ -380,28 +516,49 @@ fn a_run_killed_mid_epoch_resumes_from_its_save_every_checkpoint_bit_identically
                 break;
             }
         }
-        assert!(t0.elapsed().as_secs() < 120, "no checkpoint at step 10 within 2 minutes");
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "no checkpoint at step 10 within 2 minutes"
+        );
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     child.kill().expect("kill -9");
     child.wait().expect("reap");
-    let step = checkpoint::read_step(&state).expect("state").expect("stamped");
-    assert!(step % 200 != 0 && step % 5 == 0, "resuming from step {step}");
+    let step = checkpoint::read_step(&state)
+        .expect("state")
+        .expect("stamped");
+    assert!(
+        step % 200 != 0 && step % 5 == 0,
+        "resuming from step {step}"
+    );
     eprintln!("killed after the checkpoint of step {step} (epoch 1 of 2, batch {step})");
     let mut resume = args(&killed);
-    resume.extend(["--resume".to_string(), killed.to_str().unwrap_or("").to_string()]);
+    resume.extend([
+        "--resume".to_string(),
+        killed.to_str().unwrap_or("").to_string(),
+    ]);
     let out = Command::new(env!("CARGO_BIN_EXE_vit-wgpu"))
         .args(&resume)
         .output()
         .expect("resume");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(final_bits(&full) == final_bits(&killed), "final weights differ");
+    assert!(
+        final_bits(&full) == final_bits(&killed),
+        "final weights differ"
+    );
     let epochs = |d: &Path| {
         let text = std::fs::read_to_string(d.join("metrics.jsonl")).expect("metrics");
         text.lines()
             .map(|l| train::EpochMetrics::from_json(l).expect("a record"))
-            .map(|m| (m.epoch, m.step, m.train_loss.to_bits(), m.val_loss.to_bits()))
+            .map(|m| {
+                (
+                    m.epoch,
+                    m.step,
+                    m.train_loss.to_bits(),
+                    m.val_loss.to_bits(),
+                )
+            })
             .collect::<Vec<_>>()
     };
     assert_eq!(epochs(&full), epochs(&killed), "metrics differ");

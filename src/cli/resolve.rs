@@ -73,7 +73,11 @@ fn at_least_one(flag: &'static str, v: Option<u64>) -> Result<(), UsageError> {
 pub fn check_model(m: &ModelArgs) -> Result<(), UsageError> {
     if let Some((h, w)) = m.image_size {
         if h == 0 || w == 0 {
-            return Err(bad("image-size", format!("{h}x{w}"), "must be at least 1x1"));
+            return Err(bad(
+                "image-size",
+                format!("{h}x{w}"),
+                "must be at least 1x1",
+            ));
         }
     }
     let sizes = [
@@ -107,7 +111,11 @@ pub fn check_train(a: &TrainArgs) -> Result<(), UsageError> {
     positive("lr", a.lr as f64)?;
     non_negative("weight-decay", a.weight_decay as f64)?;
     if !(a.clip.is_finite() && a.clip >= 0.0) {
-        return Err(bad("clip", a.clip, "must be a finite number > 0, or 0 for no clipping"));
+        return Err(bad(
+            "clip",
+            a.clip,
+            "must be a finite number > 0, or 0 for no clipping",
+        ));
     }
     unit("beta1", a.beta1 as f64)?;
     unit("beta2", a.beta2 as f64)?;
@@ -209,7 +217,8 @@ pub fn train_config(
             &format!("the dataset has {} classes", data.classes),
         ));
     }
-    cfg.validate()
-        .map_err(|e| UsageError::Combination(format!("the model flags give no valid model: {e}")))?;
+    cfg.validate().map_err(|e| {
+        UsageError::Combination(format!("the model flags give no valid model: {e}"))
+    })?;
     Ok(cfg)
 }

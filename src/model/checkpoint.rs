@@ -317,10 +317,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
 /// temporaries, then renamed (state first). Every file is stamped with its step, so a
 /// failure between the two renames leaves a pair of different steps that
 /// [`newest_consistent_pair`] recognises. Temporaries are removed when a write fails.
-pub fn commit_pair(
-    model: (&Path, &[u8]),
-    state: (&Path, &[u8]),
-) -> Result<(), CheckpointError> {
+pub fn commit_pair(model: (&Path, &[u8]), state: (&Path, &[u8])) -> Result<(), CheckpointError> {
     let model_tmp = write_temp(model.0, model.1)?;
     let result = write_temp(state.0, state.1).and_then(|state_tmp| {
         rename(&state_tmp, state.0)
@@ -565,7 +562,12 @@ pub fn load_train_state(path: &Path, params: &HostParams) -> Result<TrainState, 
         totals,
         moments,
     };
-    let finite = [state.best_accuracy, totals.loss_sum, totals.accuracy_sum, totals.seconds];
+    let finite = [
+        state.best_accuracy,
+        totals.loss_sum,
+        totals.accuracy_sum,
+        totals.seconds,
+    ];
     if finite.iter().any(|v| !v.is_finite()) {
         return Err(CheckpointError::State {
             path: path.into(),

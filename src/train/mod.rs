@@ -75,7 +75,11 @@ pub enum TrainError {
         "{dir} is in use by process {pid} on {host} (its run.lock); wait for that run to end, \
          or use another --out. If that process is gone, delete the lock file."
     )]
-    Locked { dir: PathBuf, pid: u32, host: String },
+    Locked {
+        dir: PathBuf,
+        pid: u32,
+        host: String,
+    },
     #[error("{0}")]
     Other(String),
 }

@@ -112,12 +112,7 @@ impl LossRing {
         Ok(out)
     }
 
-    fn collect(
-        &mut self,
-        gpu: &Gpu,
-        i: usize,
-        wait: bool,
-    ) -> Result<Option<StepResult>, GpuError> {
+    fn collect(&mut self, gpu: &Gpu, i: usize, wait: bool) -> Result<Option<StepResult>, GpuError> {
         let slot = &mut self.slots[i];
         if slot.state.load(Ordering::Acquire) == IDLE {
             return Ok(None);

@@ -58,11 +58,7 @@ impl RunFolder {
             Err(e) => return Err(io(&path)(e)),
         };
         let all = parse_metrics(&path, &text)?;
-        let kept: Vec<EpochMetrics> = all
-            .iter()
-            .filter(|m| m.step <= step)
-            .cloned()
-            .collect();
+        let kept: Vec<EpochMetrics> = all.iter().filter(|m| m.step <= step).cloned().collect();
         let canonical: String = kept.iter().map(|m| m.to_json() + "\n").collect();
         if canonical != text {
             checkpoint::write_atomic(&path, canonical.as_bytes())?;
@@ -104,9 +100,10 @@ impl RunFolder {
         let (last, last_state) = (self.dir.join(LAST), self.dir.join(LAST_STATE));
         let model_bytes = model.to_bytes(&last)?;
         let state_bytes = state.to_bytes(&last_state)?;
-        if let (Ok(Some(a)), Ok(Some(b))) =
-            (checkpoint::read_step(&last), checkpoint::read_step(&last_state))
-        {
+        if let (Ok(Some(a)), Ok(Some(b))) = (
+            checkpoint::read_step(&last),
+            checkpoint::read_step(&last_state),
+        ) {
             if a == b && a != step {
                 let (m, s) = self.step_pair(a);
                 checkpoint::rename(&last_state, &s)?;
@@ -143,9 +140,7 @@ impl RunFolder {
             let (m, st) = self.step_pair(s);
             for p in [m, st] {
                 match inject::check().and_then(|_| std::fs::remove_file(&p)) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(io(&p)(e))
-                    }
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&p)(e)),
                     _ => {}
                 }
             }
@@ -184,7 +179,10 @@ pub fn parse_metrics(path: &Path, text: &str) -> Result<Vec<EpochMetrics>, Train
 /// renames), the newest consistent pair in the folder is used, and the choice is printed.
 pub fn resume_pair(resume: &Path) -> Result<(u64, PathBuf, PathBuf), TrainError> {
     let (weights, state) = super::resume_paths(resume);
-    let steps = (checkpoint::read_step(&weights), checkpoint::read_step(&state));
+    let steps = (
+        checkpoint::read_step(&weights),
+        checkpoint::read_step(&state),
+    );
     if let (Ok(Some(a)), Ok(Some(b))) = &steps {
         if a == b {
             return Ok((*a, weights, state));

@@ -143,8 +143,14 @@ pub fn write_idx_dataset(
 /// The four Fashion-MNIST files' MD5 after gunzip (the same whichever way they were
 /// compressed: Debian recompresses them).
 const FASHION_MNIST: [(&str, &str); 4] = [
-    ("train-images-idx3-ubyte", "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
-    ("train-labels-idx1-ubyte", "9018921c3c673c538a1fc5bad174d6f9"),
+    (
+        "train-images-idx3-ubyte",
+        "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    ),
+    (
+        "train-labels-idx1-ubyte",
+        "9018921c3c673c538a1fc5bad174d6f9",
+    ),
     ("t10k-images-idx3-ubyte", "8181f5470baa50b63fa0f6fddb340f0a"),
     ("t10k-labels-idx1-ubyte", "15d484375f8d13e6eb1aabb0c3f46965"),
 ];
@@ -158,8 +164,7 @@ pub fn fashion_mnist_dir() -> std::path::PathBuf {
     let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist");
     let debian = std::path::Path::new(vit_wgpu::data::idx::FASHION_MNIST_DEBIAN_DIR);
     for dir in [&local, debian] {
-        if vit_wgpu::data::idx::load(dir, false, vit_wgpu::data::idx::IdxKind::FashionMnist)
-            .is_ok()
+        if vit_wgpu::data::idx::load(dir, false, vit_wgpu::data::idx::IdxKind::FashionMnist).is_ok()
         {
             return dir.to_path_buf();
         }
@@ -203,7 +208,9 @@ fn download_fashion_mnist(dir: &std::path::Path) -> Result<(), String> {
             .map(|b| format!("{b:02x}"))
             .collect();
         if found != md5 {
-            return Err(format!("{url}: MD5 of the contents is {found}, expected {md5}"));
+            return Err(format!(
+                "{url}: MD5 of the contents is {found}, expected {md5}"
+            ));
         }
         let path = dir.join(format!("{name}.gz"));
         let part = dir.join(format!("{name}.gz.part"));
