@@ -90,6 +90,22 @@ fn a_write_failure_at_any_point_of_a_checkpoint_leaves_one_consistent_unit() {
     let writes = inject::writes_done();
     let (full_bits, full_log) = (bits(&full_dir), logged(&full_dir));
     assert_eq!(full_log.len(), 2);
+    // --keep 1: one past pair besides last (the step-4 one; step 2 and 3 were pruned).
+    let kept: Vec<String> = std::fs::read_dir(&full_dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    let mut kept = kept;
+    kept.sort();
+    assert_eq!(
+        kept,
+        [
+            "step-000000004.safetensors",
+            "step-000000004.state.safetensors"
+        ]
+    );
     eprintln!("an uninterrupted run makes {writes} checkpoint writes");
 
     let t0 = std::time::Instant::now();

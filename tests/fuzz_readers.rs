@@ -119,6 +119,9 @@ fn mutate(rng: &mut dyn rand::RngCore, base: &[u8], fields: &[(usize, usize, boo
     v
 }
 
+/// Makes one input from the valid one.
+type Mutations<'a> = dyn FnMut(&mut dyn rand::RngCore, &[u8]) -> Vec<u8> + 'a;
+
 /// Run `read` on mutations of `base` written to `path`; assert no panic, an error naming
 /// the file, and no allocation beyond `alloc_bound(input length)`. Returns inputs tried.
 fn fuzz<E: std::fmt::Display>(
@@ -126,7 +129,7 @@ fn fuzz<E: std::fmt::Display>(
     rng: &mut dyn rand::RngCore,
     path: &Path,
     base: &[u8],
-    mutations: &mut dyn FnMut(&mut dyn rand::RngCore, &[u8]) -> Vec<u8>,
+    mutations: &mut Mutations<'_>,
     alloc_bound: &dyn Fn(usize) -> usize,
     read: &mut dyn FnMut() -> Result<(), E>,
 ) -> usize {

@@ -528,7 +528,7 @@ fn a_run_killed_mid_epoch_resumes_from_its_save_every_checkpoint_bit_identically
         .expect("state")
         .expect("stamped");
     assert!(
-        step % 200 != 0 && step % 5 == 0,
+        !step.is_multiple_of(200) && step.is_multiple_of(5),
         "resuming from step {step}"
     );
     eprintln!("killed after the checkpoint of step {step} (epoch 1 of 2, batch {step})");

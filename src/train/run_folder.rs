@@ -37,6 +37,17 @@ impl RunFolder {
     pub fn open(dir: &Path, keep: usize) -> Result<RunFolder, TrainError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let lock = RunLock::acquire(dir)?;
+        // Temporaries of a process killed mid-write: nobody else writes here (the lock).
+        for entry in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = ["last.", "best.", "step-", "metrics."]
+                .iter()
+                .any(|p| name.starts_with(p));
+            if ours && name.ends_with(".tmp") {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(io(&path))?;
+            }
+        }
         Ok(RunFolder {
             dir: dir.to_path_buf(),
             keep,
@@ -195,6 +206,10 @@ pub fn resume_pair(resume: &Path) -> Result<(u64, PathBuf, PathBuf), TrainError>
     let describe = |r: &Result<Option<u64>, CheckpointError>| match r {
         Ok(Some(s)) => format!("step {s}"),
         Ok(None) => "no step".to_string(),
+        Err(CheckpointError::Io { source, .. }) => match source.kind() {
+            std::io::ErrorKind::NotFound => "missing".to_string(),
+            _ => source.to_string(),
+        },
         Err(e) => e.to_string(),
     };
     let found = format!(
