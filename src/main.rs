@@ -9,6 +9,8 @@ fn main() {
     let cli = vit_wgpu::cli::Cli::parse();
     if let Err(e) = vit_wgpu::cli::commands::run(cli) {
         eprintln!("error: {e}");
-        std::process::exit(1);
+        // A bad flag exits with 2, as clap's own usage errors do.
+        let usage = e.is::<vit_wgpu::cli::resolve::UsageError>();
+        std::process::exit(if usage { 2 } else { 1 });
     }
 }

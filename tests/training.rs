@@ -54,6 +54,9 @@ fn options(cfg: Config, out: PathBuf) -> TrainOptions {
         augment: true,
         progress: false,
         freeze_body: false,
+        betas: (0.9, 0.999),
+        save_every: None,
+        keep: 1,
     }
 }
 
@@ -193,12 +196,7 @@ fn nan_loss_stops_training_with_a_clear_error_and_keeps_the_last_checkpoint() {
 
 #[test]
 fn micro_preset_learns_fashion_mnist() {
-    let dir = std::path::Path::new(data::idx::FASHION_MNIST_DEBIAN_DIR);
-    assert!(
-        dir.is_dir(),
-        "{} is missing: install Fashion-MNIST with `apt-get install dataset-fashion-mnist`",
-        dir.display()
-    );
+    let dir = &fashion_mnist_dir();
     let g = gpu();
     let kernels = Kernels::new(g);
     // 51200 images in 1600 steps of 32: PyTorch/timm reaches 81-82% with this recipe

@@ -344,13 +344,21 @@ fn training_writes_curves_png_every_epoch() {
         augment: false,
         progress: false,
         freeze_body: false,
+        betas: (0.9, 0.999),
+        save_every: None,
+        keep: 1,
     };
-    let summary = train::train(
+    // The CLI draws the curves from the training loop's epoch callback; so does this test.
+    let mut draw = |dir: &Path, epochs: &[EpochMetrics]| {
+        curves::update_curves(&dir.join("curves.png"), epochs)
+    };
+    let summary = train::train_with(
         gpu,
         &kernels,
         &opts,
         Arc::new(synthetic(48, 1)),
         Arc::new(synthetic(16, 2)),
+        &mut draw,
     )
     .expect("train");
     assert_eq!(summary.epochs.len(), 2);

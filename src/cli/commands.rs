@@ -17,6 +17,14 @@ pub fn run(cli: Cli) -> CliResult {
         backend: cli.backend,
         adapter: cli.adapter,
     };
+    match &cli.command {
+        Command::Train(a) => resolve::check_train(a)?,
+        Command::Eval(a) => resolve::check_eval(a)?,
+        Command::Infer(a) => resolve::check_infer(a)?,
+        Command::Bench(a) => resolve::check_bench(a)?,
+        Command::Verify(a) => resolve::check_verify(a)?,
+        Command::Info => {}
+    }
     match cli.command {
         Command::Info => info(&opts),
         Command::Train(a) => train_cmd(&opts, a),
@@ -105,9 +113,6 @@ fn limit(ds: Dataset, n: Option<usize>) -> Dataset {
 }
 
 fn train_cmd(opts: &GpuOptions, a: TrainArgs) -> CliResult {
-    if a.batch_size == 0 {
-        return Err("--batch-size must be at least 1".into());
-    }
     // Starting weights decide the model's shape; otherwise the preset does. Flags override.
     let init = match &a.init {
         Some(path) => {
@@ -128,35 +133,14 @@ fn train_cmd(opts: &GpuOptions, a: TrainArgs) -> CliResult {
     let size = Some((base.image_h, base.image_w, base.channels));
     let mut train_set = limit(load_split(&a.data, true, size)?, a.limit_train);
     let mut val_set = limit(load_split(&a.data, false, size)?, a.data.limit_eval);
-    // The data decides channels and classes (and, without --init or --image-size, the
-    // image size) unless flags say otherwise.
-    let mut cfg = match &init {
-        Some((c, _, _)) => {
-            let mut c = a.model.apply(c.clone());
-            if a.model.classes.is_none() {
-                c.classes = train_set.class_names.len();
-            }
-            c
-        }
-        None => {
-            let mut c = a
-                .model
-                .config(Some(train_set.channels), Some(train_set.class_names.len()));
-            if a.model.image_size.is_none() {
-                c.image_h = train_set.height;
-                c.image_w = train_set.width;
-            }
-            c
-        }
+    let shape = resolve::DataShape {
+        channels: train_set.channels,
+        height: train_set.height,
+        width: train_set.width,
+        classes: train_set.class_names.len(),
     };
-    if cfg.channels != train_set.channels {
-        return Err(TrainError::DataShape {
-            dataset: train_set.name.clone(),
-            found: format!("{} channels", train_set.channels),
-            expected: format!("{} channels", cfg.channels),
-        }
-        .into());
-    }
+    let cfg = resolve::train_config(&a.model, init.as_ref().map(|i| &i.0), &shape)?;
+    resolve::check_warmup(a.warmup, a.epochs, train_set.len, a.batch_size)?;
     if (train_set.height, train_set.width) != (cfg.image_h, cfg.image_w) {
         if !a.quiet {
             eprintln!(
@@ -167,8 +151,6 @@ fn train_cmd(opts: &GpuOptions, a: TrainArgs) -> CliResult {
         train_set = train_set.resized(cfg.image_h, cfg.image_w);
         val_set = val_set.resized(cfg.image_h, cfg.image_w);
     }
-    cfg.dropout = a.model.dropout.unwrap_or(cfg.dropout);
-    cfg.validate()?;
     let init = match init {
         Some((init_cfg, params, _)) => Some(merge_init(&init_cfg, &params, &cfg, a.seed)?),
         None => None,
@@ -210,13 +192,21 @@ fn train_cmd(opts: &GpuOptions, a: TrainArgs) -> CliResult {
         augment: !a.no_augment,
         progress: !a.quiet,
         freeze_body: a.freeze_body,
+        betas: (a.beta1, a.beta2),
+        save_every: a.save_every,
+        keep: a.keep,
     };
-    let summary = train::train(
+    // curves.png covers the whole run, redrawn after every epoch.
+    let mut draw_curves = |dir: &Path, epochs: &[train::EpochMetrics]| {
+        crate::viz::curves::update_curves(&dir.join("curves.png"), epochs)
+    };
+    let summary = train::train_with(
         &gpu,
         &kernels,
         &topts,
         Arc::new(train_set),
         Arc::new(val_set),
+        &mut draw_curves,
     )?;
     println!(
         "done: {} steps, best validation accuracy {:.4}; checkpoints in {}",
@@ -430,7 +420,9 @@ fn infer_cmd(opts: &GpuOptions, a: InferArgs) -> CliResult {
 
 fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
     let cfg = a.model.config(None, None);
-    cfg.validate()?;
+    cfg.validate().map_err(|e| {
+        resolve::UsageError::Combination(format!("the model flags give no valid model: {e}"))
+    })?;
     let gpu = Gpu::new(opts)?;
     let kernels = Kernels::new(&gpu);
     let params = HostParams::init(&cfg, 0);

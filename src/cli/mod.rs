@@ -1,6 +1,7 @@
 //! The command line: info, train, eval, infer, bench.
 
 pub mod commands;
+pub mod resolve;
 
 use crate::gpu::BackendChoice;
 use crate::model::config::{Act, Config, Head, Preset};
@@ -25,6 +26,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// List every adapter with its backend, type, driver, limits and features.
@@ -254,6 +257,19 @@ pub struct TrainArgs {
     /// Global gradient-norm clip (0 turns it off).
     #[arg(long, default_value_t = 1.0)]
     pub clip: f32,
+    /// Adam's first-moment decay, in [0, 1).
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f32,
+    /// Adam's second-moment decay, in [0, 1).
+    #[arg(long, default_value_t = 0.999)]
+    pub beta2: f32,
+    /// Checkpoint every N optimiser steps (default: about every 10 minutes); always at the
+    /// end of an epoch. A resume continues at the exact batch.
+    #[arg(long, value_name = "N")]
+    pub save_every: Option<u64>,
+    /// Past checkpoints to keep (step-N.safetensors) besides last and best.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub keep: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Run folder for metrics and checkpoints (default: runs/<preset>-<dataset>).

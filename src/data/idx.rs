@@ -140,8 +140,20 @@ fn parse<'a>(
     let dims: Vec<usize> = (0..ndim)
         .map(|i| be_u32(bytes, 4 + 4 * i) as usize)
         .collect();
-    let payload = dims.iter().product::<usize>();
-    let expected = header + payload;
+    // Dims from the file may multiply past usize: checked, so a wrapped product never
+    // passes for the file's size.
+    let expected = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .and_then(|payload| payload.checked_add(header));
+    let Some(expected) = expected else {
+        return Err(DataError::SizeMismatch {
+            path: path.to_path_buf(),
+            what: format!("{what} dims {dims:?}"),
+            expected: "dims whose product fits in memory".to_string(),
+            found: format!("{} bytes", bytes.len()),
+        });
+    };
     if bytes.len() < expected {
         return Err(DataError::Truncated {
             path: path.to_path_buf(),

@@ -124,6 +124,11 @@ impl TensorFile {
 
     /// Write atomically: to `<path>.tmp`, then rename over `path`.
     pub fn write(&self, path: &Path) -> Result<(), CheckpointError> {
+        write_atomic(path, &self.to_bytes(path)?)
+    }
+
+    /// The safetensors encoding (`path` only names the file in errors).
+    pub fn to_bytes(&self, path: &Path) -> Result<Vec<u8>, CheckpointError> {
         let bytes_f: Vec<(String, Vec<usize>, Vec<u8>, safetensors::Dtype)> = self
             .tensors
             .iter()
@@ -159,8 +164,7 @@ impl TensorFile {
         } else {
             Some(self.metadata.clone())
         };
-        let bytes = safetensors::serialize(views, meta).map_err(|e| format(e.to_string()))?;
-        write_atomic(path, &bytes)
+        safetensors::serialize(views, meta).map_err(|e| format(e.to_string()))
     }
 
     /// A float tensor with the expected shape, or a clear error.
@@ -239,24 +243,186 @@ fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
-/// Write to a temporary file beside `path`, flush it to disk, then rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    use std::io::Write;
-    let io = |source| CheckpointError::Io {
+/// Failure injection for tests: every file-system step of a checkpoint (create, write,
+/// fsync, rename, remove, append) counts as one write; the Nth fails with an I/O error.
+/// Set from a test with [`fail_nth_write`] or for a whole process with the environment
+/// variable `VIT_WGPU_FAIL_WRITE=N`.
+pub mod inject {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Once;
+
+    static FAIL_AT: AtomicU64 = AtomicU64::new(0);
+    static DONE: AtomicU64 = AtomicU64::new(0);
+    static FROM_ENV: Once = Once::new();
+
+    /// Fail the `n`th write from now on (`None`: never), and restart the count.
+    pub fn fail_nth_write(n: Option<u64>) {
+        FROM_ENV.call_once(|| {});
+        DONE.store(0, Ordering::SeqCst);
+        FAIL_AT.store(n.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// Writes counted since the last [`fail_nth_write`] (or the process start).
+    pub fn writes_done() -> u64 {
+        DONE.load(Ordering::SeqCst)
+    }
+
+    /// Count one write; the injected one fails.
+    pub fn check() -> std::io::Result<()> {
+        FROM_ENV.call_once(|| {
+            if let Some(n) = std::env::var("VIT_WGPU_FAIL_WRITE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                FAIL_AT.store(n, Ordering::SeqCst);
+            }
+        });
+        let n = DONE.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == FAIL_AT.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other(format!(
+                "injected write failure (write number {n})"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
         path: path.into(),
         source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
     }
+}
+
+/// `<path>.tmp`.
+pub fn temp_path(path: &Path) -> PathBuf {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)
+    PathBuf::from(tmp)
+}
+
+/// Write `bytes` to `<path>.tmp` and flush it to disk (the temporary is removed on failure).
+fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf, CheckpointError> {
+    use std::io::Write;
+    let tmp = temp_path(path);
+    let result = (|| {
+        inject::check()?;
+        let mut f = std::fs::File::create(&tmp)?;
+        inject::check()?;
+        f.write_all(bytes)?;
+        inject::check()?;
+        f.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_error(path)(e));
+    }
+    Ok(tmp)
+}
+
+/// A rename that counts as one write for the failure injection.
+pub fn rename(from: &Path, to: &Path) -> Result<(), CheckpointError> {
+    inject::check()
+        .and_then(|_| std::fs::rename(from, to))
+        .map_err(io_error(to))
+}
+
+/// Write to a temporary file beside `path`, flush it to disk, then rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io_error(path))?;
+    }
+    let tmp = write_temp(path, bytes)?;
+    rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Commit a model and its training state as one unit: both written and flushed as
+/// temporaries, then renamed (state first). Every file is stamped with its step, so a
+/// failure between the two renames leaves a pair of different steps that
+/// [`newest_consistent_pair`] recognises. Temporaries are removed when a write fails.
+pub fn commit_pair(model: (&Path, &[u8]), state: (&Path, &[u8])) -> Result<(), CheckpointError> {
+    let model_tmp = write_temp(model.0, model.1)?;
+    let result = write_temp(state.0, state.1).and_then(|state_tmp| {
+        rename(&state_tmp, state.0)
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&state_tmp);
+            })
+            .and_then(|_| rename(&model_tmp, model.0))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&model_tmp);
+    }
+    result
+}
+
+/// The `step` a checkpoint file is stamped with, read from its header alone (`None`: not
+/// stamped). The header length is checked against the file size before anything is read.
+pub fn read_step(path: &Path) -> Result<Option<u64>, CheckpointError> {
+    use std::io::Read;
+    let format = |message: String| CheckpointError::Format {
+        path: path.into(),
+        message,
+    };
+    let mut f = std::fs::File::open(path).map_err(io_error(path))?;
+    let size = f.metadata().map_err(io_error(path))?.len();
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(io_error(path))?;
+    let n = u64::from_le_bytes(len);
+    if n > size.saturating_sub(8) || n > 100_000_000 {
+        return Err(format(format!(
+            "header length {n} exceeds the file's {size} bytes"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(io_error(path))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| format(format!("header: {e}")))?;
+    match v.get("__metadata__").and_then(|m| m.get("step")) {
+        None => Ok(None),
+        Some(s) => s
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| format(format!("metadata 'step' is not a step number: {s}"))),
+    }
+}
+
+/// The newest (model, state) pair in `dir` whose two files carry the same step:
+/// `last.safetensors` + `last.state.safetensors` when consistent, else any kept
+/// `step-N` pair or a mix left by a failure between two renames. Unreadable files are
+/// ignored here (the caller reads the chosen pair in full and reports its errors).
+pub fn newest_consistent_pair(dir: &Path) -> Option<(u64, PathBuf, PathBuf)> {
+    let mut models = BTreeMap::new();
+    let mut states = BTreeMap::new();
+    let entries = std::fs::read_dir(dir).ok()?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_ours = name == "last.safetensors"
+            || name == "last.state.safetensors"
+            || (name.starts_with("step-") && name.ends_with(".safetensors"));
+        if !is_ours {
+            continue;
+        }
+        let Ok(Some(step)) = read_step(&path) else {
+            continue;
+        };
+        let table = if name.ends_with(".state.safetensors") {
+            &mut states
+        } else {
+            &mut models
+        };
+        // Prefer the `last` name when two files carry the same step.
+        if name.starts_with("last") || !table.contains_key(&step) {
+            table.insert(step, path);
+        }
+    }
+    models
+        .into_iter()
+        .rev()
+        .find_map(|(step, model)| states.remove(&step).map(|state| (step, model, state)))
 }
 
 /// Save the model's weights with the config in the metadata (plus any `extra` entries).
@@ -266,6 +432,11 @@ pub fn save_model(
     params: &HostParams,
     extra: &[(&str, String)],
 ) -> Result<(), CheckpointError> {
+    model_file(cfg, params, extra).write(path)
+}
+
+/// The checkpoint file of a model: its tensors, the config and `extra` in the metadata.
+pub fn model_file(cfg: &Config, params: &HostParams, extra: &[(&str, String)]) -> TensorFile {
     let mut file = TensorFile {
         metadata: cfg.to_metadata(),
         ..Default::default()
@@ -278,7 +449,7 @@ pub fn save_model(
         file.tensors
             .insert(spec.name.clone(), (spec.shape.clone(), values.clone()));
     }
-    file.write(path)
+    file
 }
 
 /// The model parameters for `cfg` out of a tensor file, each checked for shape and finiteness.
@@ -315,8 +486,20 @@ pub struct TrainState {
     pub epoch: u64,
     pub batch_in_epoch: u64,
     pub best_accuracy: f64,
+    /// The running sums of the epoch in progress (a mid-epoch checkpoint).
+    pub totals: EpochTotals,
     /// Adam moments per parameter, in `param_specs` order.
     pub moments: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+/// Training loss and accuracy summed over the steps of an epoch so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EpochTotals {
+    pub loss_sum: f64,
+    pub accuracy_sum: f64,
+    pub steps: u64,
+    pub images: u64,
+    pub seconds: f64,
 }
 
 pub fn save_train_state(
@@ -324,14 +507,27 @@ pub fn save_train_state(
     params: &HostParams,
     state: &TrainState,
 ) -> Result<(), CheckpointError> {
+    state_file(params, state).write(path)
+}
+
+/// The training-state file: position and running sums in the metadata (floats in Rust's
+/// shortest round-trip form, so a resume reads back the same bits), moments as tensors.
+pub fn state_file(params: &HostParams, state: &TrainState) -> TensorFile {
     let mut file = TensorFile::default();
-    file.metadata.insert("step".into(), state.step.to_string());
-    file.metadata
-        .insert("epoch".into(), state.epoch.to_string());
-    file.metadata
-        .insert("batch_in_epoch".into(), state.batch_in_epoch.to_string());
-    file.metadata
-        .insert("best_accuracy".into(), format!("{:e}", state.best_accuracy));
+    let t = &state.totals;
+    for (k, v) in [
+        ("step", state.step.to_string()),
+        ("epoch", state.epoch.to_string()),
+        ("batch_in_epoch", state.batch_in_epoch.to_string()),
+        ("best_accuracy", state.best_accuracy.to_string()),
+        ("epoch_loss_sum", t.loss_sum.to_string()),
+        ("epoch_accuracy_sum", t.accuracy_sum.to_string()),
+        ("epoch_steps", t.steps.to_string()),
+        ("epoch_images", t.images.to_string()),
+        ("epoch_seconds", t.seconds.to_string()),
+    ] {
+        file.metadata.insert(k.into(), v);
+    }
     for (spec, (m, v)) in params.specs.iter().zip(&state.moments) {
         file.tensors.insert(
             format!("adam_m.{}", spec.name),
@@ -342,7 +538,7 @@ pub fn save_train_state(
             (spec.shape.clone(), v.clone()),
         );
     }
-    file.write(path)
+    file
 }
 
 pub fn load_train_state(path: &Path, params: &HostParams) -> Result<TrainState, CheckpointError> {
@@ -363,19 +559,48 @@ pub fn load_train_state(path: &Path, params: &HostParams) -> Result<TrainState, 
             problem: format!("has unreadable value '{v}'"),
         })
     }
+    // Files from before mid-epoch checkpoints have no running sums: start them at zero.
+    let optional = |k: &str| -> Result<f64, CheckpointError> {
+        match file.metadata.contains_key(k) {
+            true => field(path, &file, k),
+            false => Ok(0.0),
+        }
+    };
     let mut moments = Vec::with_capacity(params.specs.len());
     for s in &params.specs {
         let m = file.take(path, &format!("adam_m.{}", s.name), &s.shape)?;
         let v = file.take(path, &format!("adam_v.{}", s.name), &s.shape)?;
         moments.push((m, v));
     }
-    Ok(TrainState {
+    let totals = EpochTotals {
+        loss_sum: optional("epoch_loss_sum")?,
+        accuracy_sum: optional("epoch_accuracy_sum")?,
+        steps: optional("epoch_steps")? as u64,
+        images: optional("epoch_images")? as u64,
+        seconds: optional("epoch_seconds")?,
+    };
+    let state = TrainState {
         step: field(path, &file, "step")?,
         epoch: field(path, &file, "epoch")?,
         batch_in_epoch: field(path, &file, "batch_in_epoch")?,
         best_accuracy: field(path, &file, "best_accuracy")?,
+        totals,
         moments,
-    })
+    };
+    let finite = [
+        state.best_accuracy,
+        totals.loss_sum,
+        totals.accuracy_sum,
+        totals.seconds,
+    ];
+    if finite.iter().any(|v| !v.is_finite()) {
+        return Err(CheckpointError::State {
+            path: path.into(),
+            field: "best_accuracy / epoch sums".into(),
+            problem: format!("holds a non-finite value: {finite:?}"),
+        });
+    }
+    Ok(state)
 }
 
 /// What the tensors cannot tell about a model (timm's defaults when `None`).

@@ -1,19 +1,21 @@
-//! The training loop: batches prepared on a CPU thread, one command encoder and one submit
-//! per step, losses read back asynchronously through a small ring of staging buffers, an
-//! evaluation and a checkpoint after every epoch.
+//! Training: a [`Trainer`] (one optimiser step, one epoch) over a run folder
+//! ([`run_folder::RunFolder`]: metrics, checkpoints, lock) with the losses read back through
+//! a ring of staging buffers ([`ring::LossRing`]). Curves and other reports hang off the
+//! epoch callback of [`train_with`].
 
+pub mod ring;
+pub mod run_folder;
 pub mod schedule;
+mod trainer;
 
-use crate::data::{Augment, Dataset, Loader};
+pub use trainer::Trainer;
+
+use crate::data::{Dataset, Loader};
 use crate::gpu::{Gpu, GpuError};
-use crate::model::checkpoint::{self, CheckpointError, TrainState};
-use crate::model::{Config, HostParams, Kernels, Mode, ModelError, OptimConfig, Vit};
-use schedule::Schedule;
-use std::io::Write;
+use crate::model::checkpoint::CheckpointError;
+use crate::model::{Config, HostParams, ModelError, Vit};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 #[derive(thiserror::Error, Debug)]
 pub enum TrainError {
@@ -52,6 +54,32 @@ pub enum TrainError {
         found: usize,
         expected: usize,
     },
+    #[error(
+        "the model's parameter '{tensor}' became {value} (element {index}) at step {step}; no \
+         checkpoint was written and the last good one is in {dir}. Try a lower --lr or a \
+         gradient clip (--clip)."
+    )]
+    NonFiniteModel {
+        step: u64,
+        tensor: String,
+        index: usize,
+        value: f32,
+        dir: PathBuf,
+    },
+    #[error(
+        "the validation loss became {value} at step {step}; no checkpoint was written and the \
+         last good one is in {dir}. Try a lower --lr or a gradient clip (--clip)."
+    )]
+    NonFiniteValidation { step: u64, value: f64, dir: PathBuf },
+    #[error(
+        "{dir} is in use by process {pid} on {host} (its run.lock); wait for that run to end, \
+         or use another --out. If that process is gone, delete the lock file."
+    )]
+    Locked {
+        dir: PathBuf,
+        pid: u32,
+        host: String,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -80,6 +108,12 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Train the head alone (a linear probe on a pre-trained body).
     pub freeze_body: bool,
+    /// Adam's beta1 and beta2.
+    pub betas: (f32, f32),
+    /// Checkpoint every N steps (`None`: about every 10 minutes); always at an epoch's end.
+    pub save_every: Option<u64>,
+    /// Past checkpoints kept besides last and best.
+    pub keep: usize,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -136,6 +170,24 @@ impl EpochMetrics {
         })
         .to_string()
     }
+
+    /// Read back a [`EpochMetrics::to_json`] line (missing numbers become NaN, a missing
+    /// step 0); `None` when it is not a JSON object with an epoch.
+    pub fn from_json(line: &str) -> Option<EpochMetrics> {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
+        Some(EpochMetrics {
+            epoch: v.get("epoch")?.as_u64()?,
+            step: v.get("step").and_then(|x| x.as_u64()).unwrap_or(0),
+            lr: f("lr") as f32,
+            train_loss: f("train_loss"),
+            train_accuracy: f("train_accuracy"),
+            val_loss: f("val_loss"),
+            val_accuracy: f("val_accuracy"),
+            images_per_second: f("images_per_second"),
+            seconds: f("seconds"),
+        })
+    }
 }
 
 pub struct RunSummary {
@@ -159,413 +211,28 @@ pub fn check_dataset(cfg: &Config, ds: &Dataset) -> Result<(), TrainError> {
     Ok(())
 }
 
-/// A staging buffer that receives one step's per-image losses and correctness flags.
-struct Slot {
-    buffer: wgpu::Buffer,
-    state: Arc<AtomicU8>, // 0 idle, 1 mapping, 2 mapped, 3 failed
-    step: u64,
-    submission: Option<wgpu::SubmissionIndex>,
-}
-
-const IDLE: u8 = 0;
-const MAPPING: u8 = 1;
-const MAPPED: u8 = 2;
-const FAILED: u8 = 3;
-
-/// Losses come back through a ring of staging buffers: the step never waits for its own
-/// results, and at most `RING` steps are in flight.
-struct LossRing {
-    slots: Vec<Slot>,
-    next: usize,
-    batch: usize,
-}
-
-const RING: usize = 3;
-
-impl LossRing {
-    fn new(gpu: &Gpu, batch: usize) -> LossRing {
-        let slots = (0..RING)
-            .map(|_| Slot {
-                buffer: gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("loss readback"),
-                    size: (batch * 8) as u64,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                }),
-                state: Arc::new(AtomicU8::new(IDLE)),
-                step: 0,
-                submission: None,
-            })
-            .collect();
-        LossRing {
-            slots,
-            next: 0,
-            batch,
-        }
-    }
-
-    /// Wait for the slot about to be reused (a step `RING` steps old) and return its results.
-    fn free_next(&mut self, gpu: &Gpu) -> Result<Option<(u64, f32, f32)>, GpuError> {
-        let i = self.next;
-        self.collect(gpu, i, true)
-    }
-
-    fn collect(
-        &mut self,
-        gpu: &Gpu,
-        i: usize,
-        wait: bool,
-    ) -> Result<Option<(u64, f32, f32)>, GpuError> {
-        let slot = &mut self.slots[i];
-        if slot.state.load(Ordering::Acquire) == IDLE {
-            return Ok(None);
-        }
-        if wait {
-            while slot.state.load(Ordering::Acquire) == MAPPING {
-                let poll = match slot.submission.clone() {
-                    Some(index) => wgpu::PollType::Wait {
-                        submission_index: Some(index),
-                        timeout: None,
-                    },
-                    None => wgpu::PollType::wait_indefinitely(),
-                };
-                gpu.device.poll(poll).map_err(|e| GpuError::Device {
-                    context: "loss read-back".into(),
-                    message: e.to_string(),
-                })?;
-            }
-        } else if slot.state.load(Ordering::Acquire) == MAPPING {
-            return Ok(None);
-        }
-        if slot.state.load(Ordering::Acquire) == FAILED {
-            return Err(GpuError::Device {
-                context: "loss read-back".into(),
-                message: "mapping the staging buffer failed".into(),
-            });
-        }
-        let values: Vec<f32> = {
-            let view = slot
-                .buffer
-                .get_mapped_range(..)
-                .map_err(|e| GpuError::Device {
-                    context: "loss read-back".into(),
-                    message: e.to_string(),
-                })?;
-            bytemuck::cast_slice(&view).to_vec()
-        };
-        slot.buffer.unmap();
-        slot.state.store(IDLE, Ordering::Release);
-        let b = self.batch;
-        let loss = values[..b].iter().sum::<f32>() / b as f32;
-        let acc = values[b..2 * b].iter().sum::<f32>() / b as f32;
-        Ok(Some((slot.step, loss, acc)))
-    }
-
-    /// Results of every finished step, in step order, without waiting.
-    fn harvest(&mut self, gpu: &Gpu, wait: bool) -> Result<Vec<(u64, f32, f32)>, GpuError> {
-        let _ = gpu.device.poll(wgpu::PollType::Poll);
-        let mut out = Vec::new();
-        for k in 0..RING {
-            let i = (self.next + k) % RING;
-            if let Some(r) = self.collect(gpu, i, wait)? {
-                out.push(r);
-            }
-        }
-        out.sort_by_key(|r| r.0);
-        Ok(out)
-    }
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
-        path: path.into(),
-        source,
-    }
-}
-
-/// Train, evaluating and checkpointing after every epoch.
+/// Train, evaluating and checkpointing after every epoch (and every `save_every` steps).
 pub fn train(
     gpu: &Gpu,
-    kernels: &Kernels,
+    kernels: &crate::model::Kernels,
     opts: &TrainOptions,
     train_set: Arc<Dataset>,
     val_set: Arc<Dataset>,
 ) -> Result<RunSummary, TrainError> {
-    let cfg = &opts.cfg;
-    check_dataset(cfg, &train_set)?;
-    check_dataset(cfg, &val_set)?;
-    if train_set.class_names.len() > cfg.classes {
-        return Err(TrainError::Classes {
-            dataset: train_set.name.clone(),
-            found: train_set.class_names.len(),
-            expected: cfg.classes,
-        });
-    }
-    std::fs::create_dir_all(&opts.out).map_err(io_err(&opts.out))?;
-    let batch = opts.batch_size;
-    let steps_per_epoch = (train_set.len / batch) as u64;
-    if steps_per_epoch == 0 {
-        return Err(TrainError::Other(format!(
-            "the training set has {} images, fewer than one batch of {batch}",
-            train_set.len
-        )));
-    }
-    let total_steps = steps_per_epoch * opts.epochs;
-    let schedule = Schedule {
-        lr: opts.lr,
-        warmup_steps: opts.warmup.unwrap_or(total_steps / 20),
-        total_steps,
-        cosine: opts.cosine,
-    };
-    let optim = OptimConfig {
-        weight_decay: opts.weight_decay,
-        max_grad_norm: opts.max_grad_norm,
-        ..Default::default()
-    };
+    train_with(gpu, kernels, opts, train_set, val_set, &mut |_, _| {})
+}
 
-    // Weights and position: resumed, initialised from a checkpoint, or fresh.
-    let mut state = TrainState {
-        step: 0,
-        epoch: 0,
-        batch_in_epoch: 0,
-        best_accuracy: 0.0,
-        moments: Vec::new(),
-    };
-    let params = if let Some(resume) = &opts.resume {
-        let (weights, state_path) = resume_paths(resume);
-        let (ckpt_cfg, params, _) = checkpoint::load_model(&weights)?;
-        if &ckpt_cfg != cfg {
-            return Err(TrainError::Other(format!(
-                "{}: the checkpoint's model ({ckpt_cfg}) differs from the requested one ({cfg}); \
-                 resume with the same flags",
-                weights.display()
-            )));
-        }
-        state = checkpoint::load_train_state(&state_path, &params)?;
-        params
-    } else if let Some(init) = &opts.init {
-        init.clone()
-    } else {
-        HostParams::init(cfg, opts.seed)
-    };
-    let mut model = Vit::new(gpu, kernels, cfg, &params, batch, Mode::Train, opts.seed)?;
-    if opts.freeze_body {
-        model.set_trainable(gpu, kernels, |spec| spec.name.starts_with("head."));
-    }
-    let model = model;
-    if !state.moments.is_empty() {
-        model.write_moments(gpu, &state.moments);
-    }
-
-    let metrics_path = opts.out.join("metrics.jsonl");
-    let mut metrics_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(io_err(&metrics_path))?;
-    // curves.png covers the whole run: a resumed run starts from the epochs already logged.
-    let mut curve = crate::viz::curves::previous_epochs(&metrics_path, opts.resume.is_some());
-    let mut ring = LossRing::new(gpu, batch);
-    let mut summary = RunSummary {
-        epochs: Vec::new(),
-        best_accuracy: state.best_accuracy,
-        steps: state.step,
-        out: opts.out.clone(),
-        step_losses: Vec::new(),
-    };
-    let augment = opts.augment.then_some(Augment {
-        crop_pad: 4,
-        flip: true,
-    });
-
-    let mut step = state.step;
-    let start_epoch = state.epoch;
-    for epoch in start_epoch..opts.epochs {
-        let start_batch = if epoch == start_epoch {
-            state.batch_in_epoch as usize
-        } else {
-            0
-        };
-        let loader = Loader::new(
-            train_set.clone(),
-            batch,
-            true,
-            augment,
-            opts.seed,
-            epoch,
-            true,
-        )
-        .start_batch(start_batch);
-        let bar = progress_bar(opts.progress, steps_per_epoch, epoch, opts.epochs);
-        bar.set_position(start_batch as u64);
-        let t0 = Instant::now();
-        let (mut loss_sum, mut acc_sum, mut counted) = (0.0f64, 0.0f64, 0u64);
-        let mut images_done = 0usize;
-        let mut lr = schedule.lr_at(step.max(1));
-        let handle = |results: Vec<(u64, f32, f32)>,
-                      loss_sum: &mut f64,
-                      acc_sum: &mut f64,
-                      counted: &mut u64,
-                      summary: &mut RunSummary|
-         -> Result<(), TrainError> {
-            for (s, loss, acc) in results {
-                if !loss.is_finite() {
-                    return Err(TrainError::NonFiniteLoss {
-                        step: s,
-                        epoch,
-                        value: loss,
-                        dir: opts.out.clone(),
-                    });
-                }
-                *loss_sum += loss as f64;
-                *acc_sum += acc as f64;
-                *counted += 1;
-                summary.step_losses.push((s, loss));
-            }
-            Ok(())
-        };
-        let mut batch_index = start_batch as u64;
-        for b in loader {
-            if opts.max_steps.is_some_and(|m| step >= m) {
-                break;
-            }
-            step += 1;
-            batch_index += 1;
-            lr = schedule.lr_at(step);
-            // Free the staging slot first: this bounds the steps in flight.
-            if let Some(r) = ring.free_next(gpu)? {
-                handle(
-                    vec![r],
-                    &mut loss_sum,
-                    &mut acc_sum,
-                    &mut counted,
-                    &mut summary,
-                )?;
-            }
-            model.write_batch(gpu, &b.images, &b.labels);
-            model.write_step(gpu, step, lr, &optim);
-            let mut encoder = gpu
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("train step"),
-                });
-            model.record_train_step(&mut encoder);
-            let slot = &mut ring.slots[ring.next];
-            let lb = (batch * 4) as u64;
-            encoder.copy_buffer_to_buffer(&model.losses, 0, &slot.buffer, 0, lb);
-            encoder.copy_buffer_to_buffer(&model.correct, 0, &slot.buffer, lb, lb);
-            slot.submission = Some(gpu.queue.submit([encoder.finish()]));
-            slot.step = step;
-            slot.state.store(MAPPING, Ordering::Release);
-            let state_flag = slot.state.clone();
-            slot.buffer.map_async(wgpu::MapMode::Read, .., move |r| {
-                state_flag.store(if r.is_ok() { MAPPED } else { FAILED }, Ordering::Release);
-            });
-            ring.next = (ring.next + 1) % RING;
-            images_done += b.len;
-            let results = ring.harvest(gpu, false)?;
-            handle(
-                results,
-                &mut loss_sum,
-                &mut acc_sum,
-                &mut counted,
-                &mut summary,
-            )?;
-            if counted > 0 {
-                bar.set_message(format!(
-                    "loss {:.4} acc {:.3} {:.0} img/s",
-                    loss_sum / counted as f64,
-                    acc_sum / counted as f64,
-                    images_done as f64 / t0.elapsed().as_secs_f64()
-                ));
-            }
-            bar.inc(1);
-        }
-        let results = ring.harvest(gpu, true)?;
-        handle(
-            results,
-            &mut loss_sum,
-            &mut acc_sum,
-            &mut counted,
-            &mut summary,
-        )?;
-        gpu.wait("end of epoch")?;
-        let seconds = t0.elapsed().as_secs_f64();
-        bar.finish_and_clear();
-        let finished_epoch = batch_index >= steps_per_epoch;
-        let host = model.read_params(gpu)?;
-        let moments = model.read_moments(gpu)?;
-        let stopped_early = !finished_epoch;
-        // Evaluate after a whole epoch (and on an early stop, so the run still reports).
-        let eval = evaluate(gpu, &model, &val_set)?;
-        let m = EpochMetrics {
-            epoch: epoch + 1,
-            step,
-            lr,
-            train_loss: if counted > 0 {
-                loss_sum / counted as f64
-            } else {
-                f64::NAN
-            },
-            train_accuracy: if counted > 0 {
-                acc_sum / counted as f64
-            } else {
-                f64::NAN
-            },
-            val_loss: eval.loss,
-            val_accuracy: eval.accuracy,
-            images_per_second: images_done as f64 / seconds,
-            seconds,
-        };
-        writeln!(metrics_file, "{}", m.to_json()).map_err(io_err(&metrics_path))?;
-        curve.push(m.clone());
-        crate::viz::curves::update_curves(&opts.out.join("curves.png"), &curve);
-        if opts.progress {
-            eprintln!(
-                "epoch {}/{}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} | {:.0} img/s, {:.1}s",
-                m.epoch, opts.epochs, m.train_loss, m.train_accuracy, m.val_loss, m.val_accuracy, m.images_per_second, m.seconds
-            );
-        }
-        let best = eval.accuracy > summary.best_accuracy;
-        if best {
-            summary.best_accuracy = eval.accuracy;
-        }
-        let new_state = TrainState {
-            step,
-            epoch: if finished_epoch { epoch + 1 } else { epoch },
-            batch_in_epoch: if finished_epoch { 0 } else { batch_index },
-            best_accuracy: summary.best_accuracy,
-            moments,
-        };
-        let join = |v: &[f32]| {
-            v.iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        let extra = [
-            ("step", step.to_string()),
-            ("val_accuracy", format!("{:.6}", eval.accuracy)),
-            ("dataset", train_set.name.clone()),
-            (
-                "class_names",
-                serde_json::to_string(&train_set.class_names).unwrap_or_default(),
-            ),
-            ("norm_mean", join(&train_set.mean)),
-            ("norm_std", join(&train_set.std)),
-        ];
-        checkpoint::save_model(&opts.out.join("last.safetensors"), cfg, &host, &extra)?;
-        checkpoint::save_train_state(&opts.out.join("last.state.safetensors"), &host, &new_state)?;
-        if best {
-            checkpoint::save_model(&opts.out.join("best.safetensors"), cfg, &host, &extra)?;
-        }
-        summary.epochs.push(m);
-        summary.steps = step;
-        if stopped_early {
-            break;
-        }
-    }
-    Ok(summary)
+/// [`train`], calling `on_epoch(run folder, every epoch logged so far)` after each epoch's
+/// checkpoint (the CLI draws curves.png there).
+pub fn train_with(
+    gpu: &Gpu,
+    kernels: &crate::model::Kernels,
+    opts: &TrainOptions,
+    train_set: Arc<Dataset>,
+    val_set: Arc<Dataset>,
+    on_epoch: &mut dyn FnMut(&Path, &[EpochMetrics]),
+) -> Result<RunSummary, TrainError> {
+    Trainer::new(gpu, kernels, opts, train_set, val_set)?.run(on_epoch)
 }
 
 /// `--resume` takes a run folder or its `last.safetensors`.
@@ -582,21 +249,6 @@ pub fn resume_paths(resume: &Path) -> (PathBuf, PathBuf) {
             .unwrap_or_else(|| "last.state.safetensors".into()),
     );
     (weights, state)
-}
-
-fn progress_bar(enabled: bool, len: u64, epoch: u64, epochs: u64) -> indicatif::ProgressBar {
-    if !enabled {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    let style = indicatif::ProgressStyle::with_template(
-        "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-    .progress_chars("=> ");
-    bar.set_style(style);
-    bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
-    bar
 }
 
 /// Accuracy, loss and confusion matrix over a dataset, in batches of the model's size

@@ -100,3 +100,122 @@ pub fn synthetic(n: usize, seed: u64) -> vit_wgpu::data::Dataset {
         allow_flip: true,
     }
 }
+
+/// A fresh, empty folder under the system's temporary directory.
+pub fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("vit-wgpu-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// An idx file (LeCun's format, uncompressed): magic, big-endian dims, bytes.
+pub fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut out = magic.to_be_bytes().to_vec();
+    for d in dims {
+        out.extend_from_slice(&d.to_be_bytes());
+    }
+    out.extend_from_slice(data);
+    out
+}
+
+/// Write `train` and `test` (1-channel datasets) as the four Fashion-MNIST idx files.
+pub fn write_idx_dataset(
+    dir: &std::path::Path,
+    train: &vit_wgpu::data::Dataset,
+    test: &vit_wgpu::data::Dataset,
+) {
+    for (prefix, ds) in [("train", train), ("t10k", test)] {
+        let (n, h, w) = (ds.len as u32, ds.height as u32, ds.width as u32);
+        std::fs::write(
+            dir.join(format!("{prefix}-images-idx3-ubyte")),
+            idx_bytes(0x803, &[n, h, w], &ds.images),
+        )
+        .expect("write images");
+        std::fs::write(
+            dir.join(format!("{prefix}-labels-idx1-ubyte")),
+            idx_bytes(0x801, &[n], &ds.labels),
+        )
+        .expect("write labels");
+    }
+}
+
+/// The four Fashion-MNIST files' MD5 after gunzip (the same whichever way they were
+/// compressed: Debian recompresses them).
+const FASHION_MNIST: [(&str, &str); 4] = [
+    (
+        "train-images-idx3-ubyte",
+        "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    ),
+    (
+        "train-labels-idx1-ubyte",
+        "9018921c3c673c538a1fc5bad174d6f9",
+    ),
+    ("t10k-images-idx3-ubyte", "8181f5470baa50b63fa0f6fddb340f0a"),
+    ("t10k-labels-idx1-ubyte", "15d484375f8d13e6eb1aabb0c3f46965"),
+];
+const FASHION_MNIST_URL: &str = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com";
+
+/// Where the Fashion-MNIST test finds its data: `data/fashion-mnist` (in the repository),
+/// Debian's `/usr/share/datasets/fashion-mnist`, or a download into `data/fashion-mnist`
+/// checked file by file against the MD5 of its contents. Panics naming every way when none
+/// works.
+pub fn fashion_mnist_dir() -> std::path::PathBuf {
+    let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist");
+    let debian = std::path::Path::new(vit_wgpu::data::idx::FASHION_MNIST_DEBIAN_DIR);
+    for dir in [&local, debian] {
+        if vit_wgpu::data::idx::load(dir, false, vit_wgpu::data::idx::IdxKind::FashionMnist).is_ok()
+        {
+            return dir.to_path_buf();
+        }
+    }
+    match download_fashion_mnist(&local) {
+        Ok(()) => local,
+        Err(e) => panic!(
+            "Fashion-MNIST is needed by this test and was found neither in {} nor in {}, and \
+             the download from {FASHION_MNIST_URL} failed: {e}\n\
+             Either install it (Debian/Ubuntu: `apt-get install dataset-fashion-mnist`) or put \
+             the four files {} (.gz or not) in {}",
+            local.display(),
+            debian.display(),
+            FASHION_MNIST.map(|f| f.0).join(", "),
+            local.display()
+        ),
+    }
+}
+
+fn download_fashion_mnist(dir: &std::path::Path) -> Result<(), String> {
+    use md5::{Digest, Md5};
+    use std::io::Read;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for (name, md5) in FASHION_MNIST {
+        let url = format!("{FASHION_MNIST_URL}/{name}.gz");
+        eprintln!("downloading {url}");
+        let mut gz = Vec::new();
+        ureq::get(&url)
+            .call()
+            .map_err(|e| format!("{url}: {e}"))?
+            .into_body()
+            .into_reader()
+            .read_to_end(&mut gz)
+            .map_err(|e| format!("{url}: {e}"))?;
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut raw)
+            .map_err(|e| format!("{url}: not gzip data: {e}"))?;
+        let found: String = Md5::digest(&raw)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if found != md5 {
+            return Err(format!(
+                "{url}: MD5 of the contents is {found}, expected {md5}"
+            ));
+        }
+        let path = dir.join(format!("{name}.gz"));
+        let part = dir.join(format!("{name}.gz.part"));
+        std::fs::write(&part, &gz).map_err(|e| format!("{}: {e}", part.display()))?;
+        std::fs::rename(&part, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}

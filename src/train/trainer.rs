@@ -1,0 +1,446 @@
+//! The training loop: batches prepared on a CPU thread, one command encoder and one submit
+//! per step, no device wait inside a step; a checkpoint every `save_every` steps (or about
+//! every ten minutes) and after every epoch, which is also when the model is evaluated.
+
+use super::ring::{LossRing, StepResult};
+use super::run_folder::{self, RunFolder};
+use super::schedule::Schedule;
+use super::{check_dataset, evaluate, EpochMetrics, RunSummary, TrainError, TrainOptions};
+use crate::data::{Augment, Batch, Dataset, Loader};
+use crate::gpu::Gpu;
+use crate::model::checkpoint::{self, EpochTotals, TensorFile, TrainState};
+use crate::model::{HostParams, Kernels, Mode, OptimConfig, Vit};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Without `--save-every`, a checkpoint about this often (and at every epoch's end).
+const SAVE_INTERVAL: Duration = Duration::from_secs(600);
+
+pub struct Trainer<'a> {
+    gpu: &'a Gpu,
+    opts: &'a TrainOptions,
+    model: Vit,
+    ring: LossRing,
+    schedule: Schedule,
+    optim: OptimConfig,
+    folder: RunFolder,
+    train_set: Arc<Dataset>,
+    val_set: Arc<Dataset>,
+    steps_per_epoch: u64,
+    /// Optimiser steps taken; the epoch in progress and its batches done.
+    step: u64,
+    epoch: u64,
+    batch_in_epoch: u64,
+    best_accuracy: f64,
+    /// Running sums of the epoch in progress.
+    totals: EpochTotals,
+    /// Every epoch logged in the run folder, this process's and before.
+    logged: Vec<EpochMetrics>,
+    last_save: Instant,
+    saved_step: Option<u64>,
+    summary: RunSummary,
+}
+
+impl<'a> Trainer<'a> {
+    /// Check the data, lock the run folder, and build the model: resumed, initialised from
+    /// `opts.init`, or fresh.
+    pub fn new(
+        gpu: &'a Gpu,
+        kernels: &Kernels,
+        opts: &'a TrainOptions,
+        train_set: Arc<Dataset>,
+        val_set: Arc<Dataset>,
+    ) -> Result<Trainer<'a>, TrainError> {
+        let cfg = &opts.cfg;
+        check_dataset(cfg, &train_set)?;
+        check_dataset(cfg, &val_set)?;
+        if train_set.class_names.len() > cfg.classes {
+            return Err(TrainError::Classes {
+                dataset: train_set.name.clone(),
+                found: train_set.class_names.len(),
+                expected: cfg.classes,
+            });
+        }
+        let batch = opts.batch_size;
+        let steps_per_epoch = (train_set.len / batch.max(1)) as u64;
+        if batch == 0 || steps_per_epoch == 0 {
+            return Err(TrainError::Other(format!(
+                "the training set has {} images, fewer than one batch of {batch}",
+                train_set.len
+            )));
+        }
+        let total_steps = steps_per_epoch * opts.epochs;
+        let schedule = Schedule {
+            lr: opts.lr,
+            warmup_steps: opts.warmup.unwrap_or(total_steps / 20),
+            total_steps,
+            cosine: opts.cosine,
+        };
+        let optim = OptimConfig {
+            beta1: opts.betas.0,
+            beta2: opts.betas.1,
+            weight_decay: opts.weight_decay,
+            max_grad_norm: opts.max_grad_norm,
+            ..Default::default()
+        };
+        let folder = RunFolder::open(&opts.out, opts.keep)?;
+        let (params, state) = starting_point(opts)?;
+        // The epochs logged up to the starting point: a line past it belongs to a checkpoint
+        // that never completed (and a fresh run starts the file anew).
+        let logged = folder.trim_metrics(state.step)?;
+        let mut model = Vit::new(gpu, kernels, cfg, &params, batch, Mode::Train, opts.seed)?;
+        if opts.freeze_body {
+            model.set_trainable(gpu, kernels, |spec| spec.name.starts_with("head."));
+        }
+        if !state.moments.is_empty() {
+            model.write_moments(gpu, &state.moments);
+        }
+        Ok(Trainer {
+            gpu,
+            opts,
+            ring: LossRing::new(gpu, batch),
+            model,
+            schedule,
+            optim,
+            folder,
+            train_set,
+            val_set,
+            steps_per_epoch,
+            step: state.step,
+            epoch: state.epoch,
+            batch_in_epoch: state.batch_in_epoch,
+            best_accuracy: state.best_accuracy,
+            totals: state.totals,
+            logged,
+            last_save: Instant::now(),
+            saved_step: opts.resume.as_ref().map(|_| state.step),
+            summary: RunSummary {
+                epochs: Vec::new(),
+                best_accuracy: state.best_accuracy,
+                steps: state.step,
+                out: opts.out.clone(),
+                step_losses: Vec::new(),
+            },
+        })
+    }
+
+    /// Run the remaining epochs (or up to `max_steps`), calling `on_epoch` after each.
+    pub fn run(
+        mut self,
+        on_epoch: &mut dyn FnMut(&Path, &[EpochMetrics]),
+    ) -> Result<RunSummary, TrainError> {
+        while self.epoch < self.opts.epochs && !self.stop_requested() {
+            if !self.run_epoch()? {
+                break;
+            }
+            on_epoch(&self.folder.dir, &self.logged);
+        }
+        self.summary.steps = self.step;
+        self.summary.best_accuracy = self.best_accuracy;
+        Ok(self.summary)
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.opts.max_steps.is_some_and(|m| self.step >= m)
+    }
+
+    /// Train the rest of the current epoch; evaluate and checkpoint at its end. Returns
+    /// false when stopped early by `max_steps` (after a checkpoint of the exact position).
+    pub fn run_epoch(&mut self) -> Result<bool, TrainError> {
+        let augment = self.opts.augment.then_some(Augment {
+            crop_pad: 4,
+            flip: true,
+        });
+        let loader = Loader::new(
+            self.train_set.clone(),
+            self.opts.batch_size,
+            true,
+            augment,
+            self.opts.seed,
+            self.epoch,
+            true,
+        )
+        .start_batch(self.batch_in_epoch as usize);
+        let bar = progress_bar(self.opts, self.steps_per_epoch, self.epoch);
+        bar.set_position(self.batch_in_epoch);
+        let t0 = Instant::now();
+        let seconds_before = self.totals.seconds;
+        for b in loader {
+            if self.stop_requested() {
+                break;
+            }
+            self.step(&b)?;
+            self.batch_in_epoch += 1;
+            self.totals.seconds = seconds_before + t0.elapsed().as_secs_f64();
+            let t = &self.totals;
+            if t.steps > 0 {
+                bar.set_message(format!(
+                    "loss {:.4} acc {:.3} {:.0} img/s",
+                    t.loss_sum / t.steps as f64,
+                    t.accuracy_sum / t.steps as f64,
+                    t.images as f64 / t.seconds
+                ));
+            }
+            bar.inc(1);
+            if self.batch_in_epoch < self.steps_per_epoch && self.save_due() {
+                self.finish_steps()?;
+                self.checkpoint(None)?;
+            }
+        }
+        self.finish_steps()?;
+        self.totals.seconds = seconds_before + t0.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        if self.batch_in_epoch < self.steps_per_epoch {
+            // Stopped early: report the position's accuracy, checkpoint it exactly.
+            let m = self.epoch_metrics()?;
+            self.summary.epochs.push(m);
+            if self.saved_step != Some(self.step) {
+                self.checkpoint(None)?;
+            }
+            return Ok(false);
+        }
+        let m = self.epoch_metrics()?;
+        self.report(&m);
+        self.checkpoint(Some(&m))?;
+        self.logged.push(m.clone());
+        self.summary.epochs.push(m);
+        self.epoch += 1;
+        self.batch_in_epoch = 0;
+        self.totals = EpochTotals::default();
+        Ok(true)
+    }
+
+    /// One optimiser step on `batch`: one submit, no wait (the loss arrives later).
+    pub fn step(&mut self, batch: &Batch) -> Result<(), TrainError> {
+        self.step += 1;
+        let lr = self.schedule.lr_at(self.step);
+        // Free the staging slot first: this bounds the steps in flight.
+        if let Some(r) = self.ring.free_next(self.gpu)? {
+            self.record(r)?;
+        }
+        let gpu = self.gpu;
+        self.model.write_batch(gpu, &batch.images, &batch.labels);
+        self.model.write_step(gpu, self.step, lr, &self.optim);
+        let mut encoder = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("train step"),
+            });
+        self.model.record_train_step(&mut encoder);
+        self.ring
+            .record_copy(&mut encoder, &self.model.losses, &self.model.correct);
+        let submission = gpu.queue.submit([encoder.finish()]);
+        self.ring.submitted(self.step, submission);
+        self.totals.images += batch.len as u64;
+        for r in self.ring.harvest(gpu, false)? {
+            self.record(r)?;
+        }
+        Ok(())
+    }
+
+    /// Collect every step still in flight.
+    fn finish_steps(&mut self) -> Result<(), TrainError> {
+        for r in self.ring.harvest(self.gpu, true)? {
+            self.record(r)?;
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, r: StepResult) -> Result<(), TrainError> {
+        if !r.loss.is_finite() {
+            return Err(TrainError::NonFiniteLoss {
+                step: r.step,
+                epoch: self.epoch,
+                value: r.loss,
+                dir: self.opts.out.clone(),
+            });
+        }
+        self.totals.loss_sum += r.loss as f64;
+        self.totals.accuracy_sum += r.accuracy as f64;
+        self.totals.steps += 1;
+        self.summary.step_losses.push((r.step, r.loss));
+        Ok(())
+    }
+
+    fn save_due(&self) -> bool {
+        match self.opts.save_every {
+            Some(n) => n > 0 && self.step.is_multiple_of(n),
+            None => self.last_save.elapsed() >= SAVE_INTERVAL,
+        }
+    }
+
+    /// Evaluate, and the epoch's line for metrics.jsonl.
+    fn epoch_metrics(&mut self) -> Result<EpochMetrics, TrainError> {
+        self.gpu.wait("end of epoch")?;
+        let eval = evaluate(self.gpu, &self.model, &self.val_set)?;
+        let t = &self.totals;
+        let mean = |sum: f64| match t.steps {
+            0 => f64::NAN,
+            n => sum / n as f64,
+        };
+        Ok(EpochMetrics {
+            epoch: self.epoch + 1,
+            step: self.step,
+            lr: self.schedule.lr_at(self.step.max(1)),
+            train_loss: mean(t.loss_sum),
+            train_accuracy: mean(t.accuracy_sum),
+            val_loss: eval.loss,
+            val_accuracy: eval.accuracy,
+            images_per_second: t.images as f64 / t.seconds,
+            seconds: t.seconds,
+        })
+    }
+
+    fn report(&self, m: &EpochMetrics) {
+        if self.opts.progress {
+            eprintln!(
+                "epoch {}/{}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} | {:.0} img/s, {:.1}s",
+                m.epoch, self.opts.epochs, m.train_loss, m.train_accuracy, m.val_loss,
+                m.val_accuracy, m.images_per_second, m.seconds
+            );
+        }
+    }
+
+    /// Save the exact position as one unit (see run_folder), after checking that every
+    /// parameter (and at an epoch's end the validation loss) is finite: no non-finite model
+    /// is ever written, and the last good checkpoint stays.
+    fn checkpoint(&mut self, end_of_epoch: Option<&EpochMetrics>) -> Result<(), TrainError> {
+        let host = self.model.read_params(self.gpu)?;
+        if let Some((tensor, index, value)) = first_non_finite(&host) {
+            return Err(TrainError::NonFiniteModel {
+                step: self.step,
+                tensor,
+                index,
+                value,
+                dir: self.opts.out.clone(),
+            });
+        }
+        let mut best = false;
+        if let Some(m) = end_of_epoch {
+            if !m.val_loss.is_finite() {
+                return Err(TrainError::NonFiniteValidation {
+                    step: self.step,
+                    value: m.val_loss,
+                    dir: self.opts.out.clone(),
+                });
+            }
+            best = m.val_accuracy > self.best_accuracy;
+            if best {
+                self.best_accuracy = m.val_accuracy;
+            }
+        }
+        let finished = end_of_epoch.is_some();
+        let state = TrainState {
+            step: self.step,
+            epoch: self.epoch + finished as u64,
+            batch_in_epoch: if finished { 0 } else { self.batch_in_epoch },
+            best_accuracy: self.best_accuracy,
+            totals: if finished {
+                EpochTotals::default()
+            } else {
+                self.totals
+            },
+            moments: self.model.read_moments(self.gpu)?,
+        };
+        let model = self.model_file(&host, end_of_epoch.map(|m| m.val_accuracy));
+        if best {
+            self.folder.save_best(&model)?;
+        }
+        if let Some(m) = end_of_epoch {
+            self.folder.append_metrics(m)?;
+        }
+        let state = checkpoint::state_file(&host, &state);
+        self.folder.commit(&model, &state, self.step)?;
+        self.last_save = Instant::now();
+        self.saved_step = Some(self.step);
+        Ok(())
+    }
+
+    /// The model file, with what inference needs to know about the data in its metadata.
+    fn model_file(&self, host: &HostParams, val_accuracy: Option<f64>) -> TensorFile {
+        let ds = &self.train_set;
+        let join = |v: &[f32]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut extra = vec![
+            ("step", self.step.to_string()),
+            ("dataset", ds.name.clone()),
+            (
+                "class_names",
+                serde_json::to_string(&ds.class_names).unwrap_or_default(),
+            ),
+            ("norm_mean", join(&ds.mean)),
+            ("norm_std", join(&ds.std)),
+        ];
+        if let Some(acc) = val_accuracy {
+            extra.push(("val_accuracy", format!("{acc:.6}")));
+        }
+        checkpoint::model_file(&self.opts.cfg, host, &extra)
+    }
+}
+
+/// The weights and position to start from.
+fn starting_point(opts: &TrainOptions) -> Result<(HostParams, TrainState), TrainError> {
+    let fresh = TrainState {
+        step: 0,
+        epoch: 0,
+        batch_in_epoch: 0,
+        best_accuracy: 0.0,
+        totals: EpochTotals::default(),
+        moments: Vec::new(),
+    };
+    let Some(resume) = &opts.resume else {
+        let params = match &opts.init {
+            Some(init) => init.clone(),
+            None => HostParams::init(&opts.cfg, opts.seed),
+        };
+        return Ok((params, fresh));
+    };
+    let (step, weights, state_path) = run_folder::resume_pair(resume)?;
+    let (ckpt_cfg, params, _) = checkpoint::load_model(&weights)?;
+    if ckpt_cfg != opts.cfg {
+        return Err(TrainError::Other(format!(
+            "{}: the checkpoint's model ({ckpt_cfg}) differs from the requested one ({}); \
+             resume with the same flags",
+            weights.display(),
+            opts.cfg
+        )));
+    }
+    let state = checkpoint::load_train_state(&state_path, &params)?;
+    if state.step != step {
+        return Err(TrainError::Other(format!(
+            "{}: its step {} differs from the step {step} it is stamped with",
+            state_path.display(),
+            state.step
+        )));
+    }
+    Ok((params, state))
+}
+
+/// The first non-finite parameter value: (tensor, element, value).
+fn first_non_finite(host: &HostParams) -> Option<(String, usize, f32)> {
+    host.specs.iter().zip(&host.values).find_map(|(spec, v)| {
+        v.iter()
+            .position(|x| !x.is_finite())
+            .map(|i| (spec.name.clone(), i, v[i]))
+    })
+}
+
+fn progress_bar(opts: &TrainOptions, len: u64, epoch: u64) -> indicatif::ProgressBar {
+    if !opts.progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template(
+        "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(format!("{}/{}", epoch + 1, opts.epochs));
+    bar
+}
