@@ -386,7 +386,7 @@ pub fn train(
         } else {
             0
         };
-        let loader = Loader::new(
+        let mut loader = Loader::new(
             train_set.clone(),
             batch,
             true,
@@ -425,7 +425,7 @@ pub fn train(
             Ok(())
         };
         let mut batch_index = start_batch as u64;
-        for b in loader {
+        for b in loader.by_ref() {
             if opts.max_steps.is_some_and(|m| step >= m) {
                 break;
             }
@@ -481,6 +481,7 @@ pub fn train(
             }
             bar.inc(1);
         }
+        loader.finish()?;
         let results = ring.harvest(gpu, true)?;
         handle(
             results,
@@ -537,13 +538,7 @@ pub fn train(
             best_accuracy: summary.best_accuracy,
             moments,
         };
-        let join = |v: &[f32]| {
-            v.iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        let extra = [
+        let mut extra = vec![
             ("step", step.to_string()),
             ("val_accuracy", format!("{:.6}", eval.accuracy)),
             ("dataset", train_set.name.clone()),
@@ -551,9 +546,8 @@ pub fn train(
                 "class_names",
                 serde_json::to_string(&train_set.class_names).unwrap_or_default(),
             ),
-            ("norm_mean", join(&train_set.mean)),
-            ("norm_std", join(&train_set.std)),
         ];
+        extra.extend(train_set.metadata()); // normalisation and eval transform
         checkpoint::save_model(&opts.out.join("last.safetensors"), cfg, &host, &extra)?;
         checkpoint::save_train_state(&opts.out.join("last.state.safetensors"), &host, &new_state)?;
         if best {
@@ -609,8 +603,8 @@ pub fn evaluate(gpu: &Gpu, model: &Vit, ds: &Arc<Dataset>) -> Result<EvalResult,
         ..Default::default()
     };
     let mut loss_sum = 0.0f64;
-    let loader = Loader::new(ds.clone(), b, false, None, 0, 0, false);
-    for batch in loader {
+    let mut loader = Loader::new(ds.clone(), b, false, None, 0, 0, false);
+    for batch in loader.by_ref() {
         let n = batch.len;
         let mut images = batch.images;
         let mut labels = batch.labels;
@@ -637,6 +631,7 @@ pub fn evaluate(gpu: &Gpu, model: &Vit, ds: &Arc<Dataset>) -> Result<EvalResult,
         }
         result.images += n;
     }
+    loader.finish()?;
     let correct: u64 = (0..k).map(|i| result.confusion[i][i]).sum();
     if result.images > 0 {
         result.accuracy = correct as f64 / result.images as f64;

@@ -74,10 +74,10 @@ pub fn synthetic(n: usize, seed: u64) -> vit_wgpu::data::Dataset {
     use rand::{Rng, SeedableRng};
     let mut r = rand::rngs::StdRng::seed_from_u64(seed);
     let mut images = vec![0u8; n * 64];
-    let mut labels = vec![0u8; n];
+    let mut labels = vec![0u32; n];
     for i in 0..n {
         let label = r.random_range(0..3u8);
-        labels[i] = label;
+        labels[i] = label as u32;
         for y in 0..8 {
             for x in 0..8 {
                 let quadrant = (y / 4) * 2 + x / 4;
@@ -98,5 +98,6 @@ pub fn synthetic(n: usize, seed: u64) -> vit_wgpu::data::Dataset {
         mean: vec![0.5],
         std: vec![0.5],
         allow_flip: true,
+        stream: None,
     }
 }
