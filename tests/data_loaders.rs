@@ -97,7 +97,11 @@ fn cifar10_reads_exact_values_in_chw_order() {
     assert_eq!(test.class_names, names);
     assert_eq!(
         test.labels,
-        vec![cifar_label(0, 0) as u32, cifar_label(0, 1) as u32, cifar_label(0, 2) as u32]
+        vec![
+            cifar_label(0, 0) as u32,
+            cifar_label(0, 1) as u32,
+            cifar_label(0, 2) as u32
+        ]
     );
     assert_eq!(test.image(2)[2048 + 33], cifar_pixel(0, 2, 2048 + 33));
 }

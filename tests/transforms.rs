@@ -159,7 +159,11 @@ fn eval_transform_matches_timm_resize_center_crop_and_normalise() {
     let bytes = fixture();
     let st = SafeTensors::deserialize(&bytes).expect("fixture");
     for (name, mean, std) in [
-        ("rgb", vec![0.485f32, 0.456, 0.406], vec![0.229f32, 0.224, 0.225]),
+        (
+            "rgb",
+            vec![0.485f32, 0.456, 0.406],
+            vec![0.229f32, 0.224, 0.225],
+        ),
         ("gray", vec![0.5f32], vec![0.5f32]),
     ] {
         let src = pixels(&st, &format!("{name}.pixels"));
@@ -218,7 +222,10 @@ fn random_resized_crop_boxes_have_timms_distribution() {
         let (mut area, mut logr, mut cx, mut cy) = (vec![], vec![], vec![], vec![]);
         for _ in 0..n {
             let b = transforms::random_resized_crop_box(w, h, &range, &mut rng);
-            assert!(b.w >= 1 && b.h >= 1 && b.x + b.w <= w && b.y + b.h <= h, "{b:?}");
+            assert!(
+                b.w >= 1 && b.h >= 1 && b.x + b.w <= w && b.y + b.h <= h,
+                "{b:?}"
+            );
             area.push((b.w * b.h) as f64 / (w * h) as f64);
             logr.push((b.w as f64 / b.h as f64).ln());
             cx.push((b.x as f64 + b.w as f64 / 2.0) / w as f64);
@@ -247,7 +254,14 @@ fn random_resized_crop_boxes_have_timms_distribution() {
             0.3,
             0.3,
         ];
-        let names = ["mean area", "sd area", "mean log w/h", "sd log w/h", "centre x", "centre y"];
+        let names = [
+            "mean area",
+            "sd area",
+            "mean log w/h",
+            "sd log w/h",
+            "centre x",
+            "centre y",
+        ];
         for k in 0..6 {
             let tol = 5.0 * spread[k] * (2.0 / n as f64).sqrt();
             assert!(

@@ -404,7 +404,10 @@ fn eval_cmd(opts: &GpuOptions, a: EvalArgs) -> CliResult {
         println!("  {name:>14}: {acc:.4}");
     }
     if r.confusion.len() > 30 {
-        println!("(confusion matrix of {} classes: see --json)", r.confusion.len());
+        println!(
+            "(confusion matrix of {} classes: see --json)",
+            r.confusion.len()
+        );
         return Ok(());
     }
     println!("confusion matrix (rows: true class, columns: predicted):");
@@ -709,7 +712,11 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
             gpu.info.name
         );
         if let Some((lips, _, _)) = loader {
-            let bound = if lips < ips { "the loader" } else { "the model" };
+            let bound = if lips < ips {
+                "the loader"
+            } else {
+                "the model"
+            };
             println!("{bound} bounds training here (loader {lips:.1} vs model {ips:.1} images/s)");
         }
         let total: f64 = families.values().sum();

@@ -89,7 +89,10 @@ impl Dataset {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        let mut m = vec![("norm_mean", join(&self.mean)), ("norm_std", join(&self.std))];
+        let mut m = vec![
+            ("norm_mean", join(&self.mean)),
+            ("norm_std", join(&self.std)),
+        ];
         if let Some(s) = &self.stream {
             m.push(("interpolation", s.options.interpolation.to_string()));
             if let Some(pct) = s.options.crop_pct {

@@ -303,7 +303,13 @@ impl Drop for AliveGuard {
 }
 
 impl Pool {
-    pub(crate) fn new(job: Arc<Job>, start: usize, end: usize, workers: usize, depth: usize) -> Pool {
+    pub(crate) fn new(
+        job: Arc<Job>,
+        start: usize,
+        end: usize,
+        workers: usize,
+        depth: usize,
+    ) -> Pool {
         let workers = workers.max(1);
         let depth = depth.max(1);
         let shared = Arc::new(Shared {

@@ -225,7 +225,8 @@ pub fn shorter_side_size(w: usize, h: usize, size: usize) -> (usize, usize) {
 
 /// torchvision's `CenterCrop`: offsets `int(round((in - out) / 2))`, Python's round (half to even).
 pub fn center_crop_box(w: usize, h: usize, out_w: usize, out_h: usize) -> CropBox {
-    let off = |a: usize, b: usize| ((a as f64 - b as f64) / 2.0).round_ties_even().max(0.0) as usize;
+    let off =
+        |a: usize, b: usize| ((a as f64 - b as f64) / 2.0).round_ties_even().max(0.0) as usize;
     CropBox {
         x: off(w, out_w),
         y: off(h, out_h),
@@ -304,9 +305,15 @@ pub fn random_resized_crop_box<R: Rng + ?Sized>(
     }
     let in_ratio = w as f64 / h as f64;
     let (cw, ch) = if in_ratio < range.ratio.0 {
-        (w, ((w as f64 / range.ratio.0).round_ties_even() as usize).max(1))
+        (
+            w,
+            ((w as f64 / range.ratio.0).round_ties_even() as usize).max(1),
+        )
     } else if in_ratio > range.ratio.1 {
-        (((h as f64 * range.ratio.1).round_ties_even() as usize).max(1), h)
+        (
+            ((h as f64 * range.ratio.1).round_ties_even() as usize).max(1),
+            h,
+        )
     } else {
         (w, h)
     };
