@@ -243,7 +243,8 @@ fn train_cmd(opts: &GpuOptions, a: TrainArgs) -> CliResult {
         .into());
     }
     if (train_set.height, train_set.width) != (cfg.image_h, cfg.image_w) {
-        if !a.quiet {
+        // Streamed folders are transformed to the model's size as they are decoded.
+        if !a.quiet && train_set.stream.is_none() {
             eprintln!(
                 "resizing {} images from {}x{} to {}x{}",
                 train_set.name, train_set.height, train_set.width, cfg.image_h, cfg.image_w
@@ -650,6 +651,17 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
             "loader: {ips:.1} images/s decoded and augmented ({n} images, {}x{}, {workers} workers)",
             cfg.image_h, cfg.image_w
         );
+    }
+    if a.steps == 0 {
+        // `--steps 0` with `--data folder`: the loader alone.
+        if let (Some((ips, n, workers)), true) = (loader, a.json) {
+            let j = serde_json::json!({"loader_images_per_second": ips, "images": n, "loader_workers": workers});
+            println!("{j}");
+        }
+        return match loader {
+            Some(_) => Ok(()),
+            None => Err("--steps must be at least 1".into()),
+        };
     }
     let gpu = Gpu::new(opts)?;
     let kernels = Kernels::new(&gpu);
