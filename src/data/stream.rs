@@ -215,12 +215,6 @@ fn transformed(
     }
 }
 
-/// Image `index` as the model sees it at evaluation, CHW u8 (for attention maps).
-pub fn eval_pixels(ds: &Dataset, stream: &Stream, index: usize) -> Result<Vec<u8>, DataError> {
-    let (p, _) = transformed(ds, stream, index, None, None)?;
-    Ok(transforms::to_chw(&p))
-}
-
 /// The generator of the sample at `position` in `epoch`'s order.
 pub fn sample_rng(seed: u64, epoch: u64, position: usize) -> StdRng {
     StdRng::seed_from_u64(mix(
