@@ -77,7 +77,7 @@ fn cifar10_reads_exact_values_in_chw_order() {
     );
     for k in 0..15 {
         let (file, r) = (k / 3 + 1, k % 3);
-        assert_eq!(ds.labels[k], cifar_label(file, r));
+        assert_eq!(ds.labels[k], cifar_label(file, r) as u32);
         let img = ds.image(k);
         for c in 0..3 {
             for y in [0, 5, 31] {
@@ -97,7 +97,11 @@ fn cifar10_reads_exact_values_in_chw_order() {
     assert_eq!(test.class_names, names);
     assert_eq!(
         test.labels,
-        vec![cifar_label(0, 0), cifar_label(0, 1), cifar_label(0, 2)]
+        vec![
+            cifar_label(0, 0) as u32,
+            cifar_label(0, 1) as u32,
+            cifar_label(0, 2) as u32
+        ]
     );
     assert_eq!(test.image(2)[2048 + 33], cifar_pixel(0, 2, 2048 + 33));
 }
@@ -474,7 +478,7 @@ fn synthetic(n: usize, c: usize, h: usize, w: usize, allow_flip: bool) -> Datase
     Dataset {
         name: "synthetic".into(),
         images,
-        labels: (0..n).map(|i| (i % 10) as u8).collect(),
+        labels: (0..n).map(|i| (i % 10) as u32).collect(),
         len: n,
         channels: c,
         height: h,
@@ -483,6 +487,7 @@ fn synthetic(n: usize, c: usize, h: usize, w: usize, allow_flip: bool) -> Datase
         mean: (0..c).map(|i| 0.4 + 0.05 * i as f32).collect(),
         std: (0..c).map(|i| 0.2 + 0.1 * i as f32).collect(),
         allow_flip,
+        stream: None,
     }
 }
 

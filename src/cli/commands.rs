@@ -98,11 +98,96 @@ pub fn load_split(
         DatasetKind::Mnist => data::idx::load(&dir, train, data::idx::IdxKind::Mnist),
         DatasetKind::Folder => {
             let (h, w, c) = size.unwrap_or((32, 32, 3));
-            let split = dir.join(if train { "train" } else { "test" });
-            let root = if split.is_dir() { split } else { dir };
-            data::folder::load(&root, h, w, c)
+            let root = split_root(&dir, train);
+            let mut ds = if d.in_memory {
+                data::folder::load(&root, h, w, c)?
+            } else {
+                let workers = d.workers.unwrap_or_else(data::stream::default_workers);
+                let options = data::stream::StreamOptions {
+                    workers,
+                    queue_depth: 2 * workers.max(1),
+                    interpolation: d.interpolation,
+                    crop_pct: Some(d.crop_pct),
+                    ..Default::default()
+                };
+                data::folder::stream(&root, h, w, c, options)?
+            };
+            set_normalisation(&mut ds, d)?;
+            Ok(ds)
         }
     }
+}
+
+/// `train/` for training; `val/`, else `test/`, for evaluation; else the folder itself.
+fn split_root(dir: &Path, train: bool) -> PathBuf {
+    let names: &[&str] = if train { &["train"] } else { &["val", "test"] };
+    names
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| dir.to_path_buf())
+}
+
+/// `imagenet`, `0.5` (or any single value, for every channel) or one value per channel.
+pub fn parse_norm(s: &str, channels: usize, std: bool) -> Result<Vec<f32>, String> {
+    let values: Vec<f32> = match s.trim().to_ascii_lowercase().as_str() {
+        "imagenet" if channels == 3 && std => vec![0.229, 0.224, 0.225],
+        "imagenet" if channels == 3 => vec![0.485, 0.456, 0.406],
+        "imagenet" => {
+            return Err(format!(
+                "'imagenet' normalisation is for 3 channels, the data has {channels}"
+            ))
+        }
+        list => list
+            .split(',')
+            .map(|v| v.trim().parse::<f32>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("'{s}' is not imagenet, 0.5 or comma-separated numbers"))?,
+    };
+    let values = if values.len() == 1 {
+        vec![values[0]; channels]
+    } else {
+        values
+    };
+    if values.len() != channels {
+        return Err(format!(
+            "'{s}' gives {} values, the data has {channels} channels",
+            values.len()
+        ));
+    }
+    if std && values.iter().any(|&v| v <= 0.0 || !v.is_finite()) {
+        return Err(format!("--std '{s}': every value must be positive"));
+    }
+    Ok(values)
+}
+
+/// Applies `--mean` / `--std`.
+fn set_normalisation(ds: &mut Dataset, d: &DataArgs) -> Result<(), data::DataError> {
+    let invalid = |message| data::DataError::InvalidArgument { message };
+    if let Some(m) = &d.mean {
+        ds.mean = parse_norm(m, ds.channels, false).map_err(|e| invalid(format!("--mean: {e}")))?;
+    }
+    if let Some(v) = &d.std {
+        ds.std = parse_norm(v, ds.channels, true).map_err(|e| invalid(format!("--std: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The normalisation a checkpoint was trained with (default: 0.5, 0.5).
+fn checkpoint_norm(file: &checkpoint::TensorFile, channels: usize) -> (Vec<f32>, Vec<f32>) {
+    let per_channel = |key: &str| -> Vec<f32> {
+        let v: Vec<f32> = file
+            .metadata
+            .get(key)
+            .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+            .unwrap_or_default();
+        if v.len() == channels {
+            v
+        } else {
+            vec![0.5; channels]
+        }
+    };
+    (per_channel("norm_mean"), per_channel("norm_std"))
 }
 
 fn limit(ds: Dataset, n: Option<usize>) -> Dataset {
@@ -142,7 +227,8 @@ fn train_cmd(opts: &GpuOptions, a: TrainArgs) -> CliResult {
     let cfg = resolve::train_config(&a.model, init.as_ref().map(|i| &i.0), &shape)?;
     resolve::check_warmup(a.warmup, a.epochs, train_set.len, a.batch_size)?;
     if (train_set.height, train_set.width) != (cfg.image_h, cfg.image_w) {
-        if !a.quiet {
+        // Streamed folders are transformed to the model's size as they are decoded.
+        if !a.quiet && train_set.stream.is_none() {
             eprintln!(
                 "resizing {} images from {}x{} to {}x{}",
                 train_set.name, train_set.height, train_set.width, cfg.image_h, cfg.image_w
@@ -256,7 +342,7 @@ fn load_checkpoint(
 }
 
 fn eval_cmd(opts: &GpuOptions, a: EvalArgs) -> CliResult {
-    let (cfg, params, _) = load_checkpoint(&a.checkpoint, &a.hints)?;
+    let (cfg, params, file) = load_checkpoint(&a.checkpoint, &a.hints)?;
     let ds = limit(
         load_split(
             &a.data,
@@ -265,11 +351,19 @@ fn eval_cmd(opts: &GpuOptions, a: EvalArgs) -> CliResult {
         )?,
         a.data.limit_eval,
     );
-    let ds = if ds.channels == cfg.channels {
+    let mut ds = if ds.channels == cfg.channels {
         ds.resized(cfg.image_h, cfg.image_w)
     } else {
         ds
     };
+    // Evaluate as training prepared its inputs, unless --mean/--std say otherwise.
+    let (mean, std) = checkpoint_norm(&file, ds.channels);
+    if a.data.mean.is_none() {
+        ds.mean = mean;
+    }
+    if a.data.std.is_none() {
+        ds.std = std;
+    }
     train::check_dataset(&cfg, &ds)?;
     let gpu = Gpu::new(opts)?;
     let kernels = Kernels::new(&gpu);
@@ -300,6 +394,13 @@ fn eval_cmd(opts: &GpuOptions, a: EvalArgs) -> CliResult {
             .unwrap_or_else(|| i.to_string());
         println!("  {name:>14}: {acc:.4}");
     }
+    if r.confusion.len() > 30 {
+        println!(
+            "(confusion matrix of {} classes: see --json)",
+            r.confusion.len()
+        );
+        return Ok(());
+    }
     println!("confusion matrix (rows: true class, columns: predicted):");
     for row in &r.confusion {
         println!(
@@ -320,19 +421,138 @@ fn softmax(row: &[f32]) -> Vec<f32> {
     e.iter().map(|v| (v / z) as f32).collect()
 }
 
-fn infer_cmd(opts: &GpuOptions, a: InferArgs) -> CliResult {
-    let (cfg, params, file) = load_checkpoint(&a.checkpoint, &a.hints)?;
-    let names: Vec<String> = match &a.classes {
+/// `--classes`, else the checkpoint's class names, else class indices.
+fn class_names(
+    classes: &Option<String>,
+    cfg: &crate::model::Config,
+    file: &checkpoint::TensorFile,
+) -> Vec<String> {
+    match classes {
         Some(s) => s.split(',').map(|v| v.trim().to_string()).collect(),
         None => file
             .metadata
             .get("class_names")
             .and_then(|s| serde_json::from_str(s).ok())
             .unwrap_or_else(|| (0..cfg.classes).map(|i| i.to_string()).collect()),
+    }
+}
+
+/// One image's top-k classes, as a line of text or a JSON object.
+fn print_prediction(path: &Path, logits: &[f32], names: &[String], top_k: usize, json: bool) {
+    let probs = softmax(logits);
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&x, &y| probs[y].total_cmp(&probs[x]));
+    let top: Vec<(String, f32)> = order
+        .iter()
+        .take(top_k.max(1))
+        .map(|&k| {
+            (
+                names.get(k).cloned().unwrap_or_else(|| k.to_string()),
+                probs[k],
+            )
+        })
+        .collect();
+    if json {
+        let preds: Vec<_> = top
+            .iter()
+            .map(|(n, p)| serde_json::json!({"class": n, "probability": p}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"image": path.display().to_string(), "top": preds})
+        );
+    } else {
+        let s: Vec<String> = top
+            .iter()
+            .map(|(n, p)| format!("{n} {:.1}%", p * 100.0))
+            .collect();
+        println!("{}: {}", path.display(), s.join(", "));
+    }
+}
+
+/// Inference over files and folders in full batches, decoded by the loader's threads with
+/// the checkpoint's eval transform and normalisation; ends with a throughput summary.
+fn infer_batched(opts: &GpuOptions, a: InferArgs) -> CliResult {
+    if a.batch_size == 0 {
+        return Err("--batch-size must be at least 1".into());
+    }
+    let (cfg, params, file) = load_checkpoint(&a.checkpoint, &a.hints)?;
+    let names = class_names(&a.classes, &cfg, &file);
+    let files = data::folder::expand_inputs(&a.images)?;
+    let workers = a.workers.unwrap_or_else(data::stream::default_workers);
+    // Checkpoints of streamed folders record timm's eval transform; others resize exactly.
+    let interpolation = file
+        .metadata
+        .get("interpolation")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(data::transforms::Interpolation::Bilinear);
+    let crop_pct = file.metadata.get("crop_pct").and_then(|s| s.parse().ok());
+    let options = data::stream::StreamOptions {
+        workers,
+        queue_depth: 2 * workers.max(1),
+        interpolation,
+        crop_pct,
+        ..Default::default()
     };
+    let n = files.len();
+    let mut ds = data::stream::dataset(
+        "infer".into(),
+        PathBuf::new(),
+        &files,
+        vec![0; n],
+        names.clone(),
+        (cfg.image_h, cfg.image_w, cfg.channels),
+        options,
+    );
+    (ds.mean, ds.std) = checkpoint_norm(&file, cfg.channels);
+    let gpu = Gpu::new(opts)?;
+    let kernels = Kernels::new(&gpu);
+    let batch = a.batch_size.min(n.max(1));
+    let model = Vit::new(&gpu, &kernels, &cfg, &params, batch, Mode::Infer, 0)?;
+    let per_image = cfg.channels * cfg.image_h * cfg.image_w;
+    let t0 = Instant::now();
+    let mut loader = data::Loader::new(Arc::new(ds), batch, false, None, 0, 0, false);
+    let mut done = 0;
+    for b in loader.by_ref() {
+        let mut images = b.images;
+        images.resize(batch * per_image, 0.0);
+        model.write_batch(&gpu, &images, &vec![0u32; batch]);
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        model.record_forward(&mut encoder);
+        gpu.queue.submit([encoder.finish()]);
+        let logits: Vec<f32> = gpu.read(&model.logits)?;
+        for (i, path) in files[done..done + b.len].iter().enumerate() {
+            let row = &logits[i * cfg.classes..(i + 1) * cfg.classes];
+            print_prediction(path, row, &names, a.top_k, a.json);
+        }
+        done += b.len;
+    }
+    loader.finish()?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let summary = serde_json::json!({"summary": {
+        "images": done, "seconds": seconds, "images_per_second": done as f64 / seconds,
+        "batch_size": batch, "workers": workers,
+    }});
+    match a.json {
+        true => println!("{summary}"),
+        false => eprintln!(
+            "{done} images in {seconds:.2}s: {:.1} images/s (batch {batch}, {workers} workers)",
+            done as f64 / seconds
+        ),
+    }
+    Ok(())
+}
+
+fn infer_cmd(opts: &GpuOptions, a: InferArgs) -> CliResult {
+    if a.attention.is_none() {
+        return infer_batched(opts, a);
+    }
+    let (cfg, params, file) = load_checkpoint(&a.checkpoint, &a.hints)?;
+    let names = class_names(&a.classes, &cfg, &file);
+    let paths = data::folder::expand_inputs(&a.images)?;
     // Decode everything first: a bad file is reported before any work is done.
-    let mut images = Vec::with_capacity(a.images.len());
-    for path in &a.images {
+    let mut images = Vec::with_capacity(paths.len());
+    for path in &paths {
         images.push(data::folder::load_image(
             path,
             cfg.image_h,
@@ -346,20 +566,8 @@ fn infer_cmd(opts: &GpuOptions, a: InferArgs) -> CliResult {
     let model = Vit::new(&gpu, &kernels, &cfg, &params, batch, Mode::Infer, 0)?;
     let per_image = cfg.channels * cfg.image_h * cfg.image_w;
     // The checkpoint records the normalisation it was trained with (default: 0.5, 0.5).
-    let per_channel = |key: &str| -> Vec<f32> {
-        let v: Vec<f32> = file
-            .metadata
-            .get(key)
-            .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-            .unwrap_or_default();
-        if v.len() == cfg.channels {
-            v
-        } else {
-            vec![0.5; cfg.channels]
-        }
-    };
-    let (mean, std) = (per_channel("norm_mean"), per_channel("norm_std"));
-    for (chunk_paths, chunk) in a.images.chunks(batch).zip(images.chunks(batch)) {
+    let (mean, std) = checkpoint_norm(&file, cfg.channels);
+    for (chunk_paths, chunk) in paths.chunks(batch).zip(images.chunks(batch)) {
         let mut input = vec![0f32; batch * per_image];
         for (i, img) in chunk.iter().enumerate() {
             for (j, &v) in img.iter().enumerate() {
@@ -384,38 +592,38 @@ fn infer_cmd(opts: &GpuOptions, a: InferArgs) -> CliResult {
             }
         }
         for (i, path) in chunk_paths.iter().enumerate() {
-            let probs = softmax(&logits[i * cfg.classes..(i + 1) * cfg.classes]);
-            let mut order: Vec<usize> = (0..cfg.classes).collect();
-            order.sort_by(|&x, &y| probs[y].total_cmp(&probs[x]));
-            let top: Vec<(String, f32)> = order
-                .iter()
-                .take(a.top_k.max(1))
-                .map(|&k| {
-                    (
-                        names.get(k).cloned().unwrap_or_else(|| k.to_string()),
-                        probs[k],
-                    )
-                })
-                .collect();
-            if a.json {
-                let preds: Vec<_> = top
-                    .iter()
-                    .map(|(n, p)| serde_json::json!({"class": n, "probability": p}))
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::json!({"image": path.display().to_string(), "top": preds})
-                );
-            } else {
-                let s: Vec<String> = top
-                    .iter()
-                    .map(|(n, p)| format!("{n} {:.1}%", p * 100.0))
-                    .collect();
-                println!("{}: {}", path.display(), s.join(", "));
-            }
+            let row = &logits[i * cfg.classes..(i + 1) * cfg.classes];
+            print_prediction(path, row, &names, a.top_k, a.json);
         }
     }
     Ok(())
+}
+
+/// Loader throughput: one epoch (or `--data-batches`) of a streamed folder with timm's
+/// training transforms at the model's input size. Returns (images/s, images, workers).
+fn bench_loader(
+    a: &BenchArgs,
+    cfg: &crate::model::Config,
+) -> Result<(f64, usize, usize), Box<dyn std::error::Error>> {
+    let dir = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("data/images"));
+    let workers = a.workers.unwrap_or_else(data::stream::default_workers);
+    let options = data::stream::StreamOptions {
+        workers,
+        queue_depth: 2 * workers.max(1),
+        ..Default::default()
+    };
+    let root = split_root(&dir, true);
+    let ds = data::folder::stream(&root, cfg.image_h, cfg.image_w, cfg.channels, options)?;
+    let augment = Some(data::Augment::standard());
+    let t0 = Instant::now();
+    let mut loader = data::Loader::new(Arc::new(ds), a.batch_size, true, augment, 0, 0, true);
+    let batches = a.data_batches.unwrap_or(usize::MAX);
+    let images: usize = loader.by_ref().take(batches).map(|b| b.len).sum();
+    loader.finish()?;
+    Ok((images as f64 / t0.elapsed().as_secs_f64(), images, workers))
 }
 
 fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
@@ -423,6 +631,24 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
     cfg.validate().map_err(|e| {
         resolve::UsageError::Combination(format!("the model flags give no valid model: {e}"))
     })?;
+    let loader = match a.data {
+        Some(BenchData::Folder) => Some(bench_loader(&a, &cfg)?),
+        None => None,
+    };
+    if let (Some((ips, n, workers)), false) = (loader, a.json) {
+        println!(
+            "loader: {ips:.1} images/s decoded and augmented ({n} images, {}x{}, {workers} workers)",
+            cfg.image_h, cfg.image_w
+        );
+    }
+    if a.steps == 0 {
+        // `--steps 0` with `--data folder`: the loader alone.
+        if let (Some((ips, n, workers)), true) = (loader, a.json) {
+            let j = serde_json::json!({"loader_images_per_second": ips, "images": n, "loader_workers": workers});
+            println!("{j}");
+        }
+        return Ok(());
+    }
     let gpu = Gpu::new(opts)?;
     let kernels = Kernels::new(&gpu);
     let params = HostParams::init(&cfg, 0);
@@ -474,6 +700,7 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
                 "median_step_seconds": median, "steps": a.steps, "adapter": gpu.info.name,
                 "profile_seconds": families,
                 "dispatches_per_step": model.dispatches_per_step(mode),
+                "loader_images_per_second": loader.map(|l| l.0), "loader_workers": loader.map(|l| l.2),
             })
         );
     } else {
@@ -483,6 +710,14 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
             a.steps,
             gpu.info.name
         );
+        if let Some((lips, _, _)) = loader {
+            let bound = if lips < ips {
+                "the loader"
+            } else {
+                "the model"
+            };
+            println!("{bound} bounds training here (loader {lips:.1} vs model {ips:.1} images/s)");
+        }
         let total: f64 = families.values().sum();
         if total > 0.0 {
             println!(

@@ -230,6 +230,26 @@ pub struct DataArgs {
     /// Evaluate on the first N test images only.
     #[arg(long)]
     pub limit_eval: Option<usize>,
+    /// Folder datasets: decoding threads (default: the number of cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Folder datasets: decode everything into memory at the model's size before training
+    /// (pad-and-crop augmentation) instead of streaming with timm's transforms.
+    #[arg(long)]
+    pub in_memory: bool,
+    /// Streamed folders: resampling filter of the crops and resizes.
+    #[arg(long, default_value = "bilinear")]
+    pub interpolation: crate::data::transforms::Interpolation,
+    /// Streamed folders: evaluation resizes to size/crop_pct, then center-crops (timm).
+    #[arg(long, default_value_t = 0.875)]
+    pub crop_pct: f64,
+    /// Per-channel mean: `imagenet`, `0.5`, or comma-separated values (default: 0.5, or
+    /// the checkpoint's for eval). Stored in the checkpoint, so infer uses it.
+    #[arg(long)]
+    pub mean: Option<String>,
+    /// Per-channel standard deviation: `imagenet`, `0.5`, or comma-separated values.
+    #[arg(long)]
+    pub std: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -321,9 +341,16 @@ pub struct InferArgs {
     pub checkpoint: PathBuf,
     #[command(flatten)]
     pub hints: HintArgs,
-    /// Image files (any size or format the image crate reads).
+    /// Image files (any size or format the image crate reads) or folders of them
+    /// (searched recursively).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Decoding threads (default: the number of cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
     #[arg(long, default_value_t = 3)]
     pub top_k: usize,
     /// Class names, comma separated (default: from the checkpoint, else class indices).
@@ -363,4 +390,21 @@ pub struct BenchArgs {
     /// Also time every launch alone and print the share of a step per kernel family.
     #[arg(long)]
     pub profile: bool,
+    /// Also measure the data loader: `folder` streams DATA_DIR (its train/ subfolder if
+    /// present) with timm's training transforms at the model's input size.
+    #[arg(long, value_enum)]
+    pub data: Option<BenchData>,
+    #[arg(long, requires = "data")]
+    pub data_dir: Option<PathBuf>,
+    /// Loader threads (default: the number of cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Loader: stop after this many batches (default: one epoch).
+    #[arg(long)]
+    pub data_batches: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchData {
+    Folder,
 }

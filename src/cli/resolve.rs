@@ -154,19 +154,28 @@ pub fn check_eval(a: &EvalArgs) -> Result<(), UsageError> {
 }
 
 pub fn check_infer(a: &InferArgs) -> Result<(), UsageError> {
-    at_least_one("top-k", Some(a.top_k as u64))
+    at_least_one("top-k", Some(a.top_k as u64))?;
+    at_least_one("batch-size", Some(a.batch_size as u64))?;
+    at_least_one("workers", a.workers.map(|v| v as u64))
 }
 
 pub fn check_bench(a: &BenchArgs) -> Result<(), UsageError> {
     check_model(&a.model)?;
     at_least_one("batch-size", Some(a.batch_size as u64))?;
-    at_least_one("steps", Some(a.steps as u64))
+    at_least_one("workers", a.workers.map(|v| v as u64))?;
+    at_least_one("data-batches", a.data_batches.map(|v| v as u64))?;
+    // `--steps 0` with `--data folder` measures the loader alone.
+    if a.data.is_none() {
+        at_least_one("steps", Some(a.steps as u64))?;
+    }
+    Ok(())
 }
 
 pub fn check_verify(a: &VerifyArgs) -> Result<(), UsageError> {
     positive("logits-tol", a.logits_tol)?;
     positive("loss-tol", a.loss_tol)?;
-    positive("grad-tol", a.grad_tol)
+    positive("grad-tol", a.grad_tol)?;
+    positive("trajectory-tol", a.trajectory_tol)
 }
 
 /// What the training data says about the model's input and output.

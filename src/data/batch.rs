@@ -2,7 +2,8 @@
 //! for the CPU. Order and augmentation depend only on (seed, epoch, batch index), so a run
 //! is reproducible and a resumed run sees exactly the batches it would have seen.
 
-use super::Dataset;
+use super::stream::{self, Pool};
+use super::{DataError, Dataset};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -94,7 +95,7 @@ pub fn augment_into<R: Rng + ?Sized>(
 }
 
 /// SplitMix64 finaliser: turns nearby (seed, epoch, batch) tuples into unrelated seeds.
-fn mix(a: u64, b: u64) -> u64 {
+pub(crate) fn mix(a: u64, b: u64) -> u64 {
     let mut z = a ^ b
         .wrapping_add(0x9e37_79b9_7f4a_7c15)
         .wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -127,15 +128,18 @@ fn make_batch(
     }
     Batch {
         images,
-        labels: idx.iter().map(|&i| ds.labels[i] as u32).collect(),
+        labels: idx.iter().map(|&i| ds.labels[i]).collect(),
         len: idx.len(),
     }
 }
 
-/// One epoch of batches, prepared on a background thread two batches ahead.
+/// One epoch of batches, prepared on a background thread two batches ahead (in-memory
+/// datasets) or on the stream's worker threads at most `queue_depth` batches ahead
+/// (streamed folders: decoding, training transforms with `augment`, eval ones without).
 ///
-/// The thread starts on the first call to `next`, so [`Loader::skip_batches`] before that
-/// costs nothing: a resumed run continues mid-epoch with the same batches.
+/// The threads start on the first call to `next`, so [`Loader::skip_batches`] before that
+/// costs nothing: a resumed run continues mid-epoch with the same batches. A streamed image
+/// that cannot be read ends the iteration; [`Loader::finish`] returns its error.
 pub struct Loader {
     ds: Arc<Dataset>,
     batch_size: usize,
@@ -148,6 +152,8 @@ pub struct Loader {
     next_batch: usize,
     rx: Option<Receiver<Batch>>,
     worker: Option<JoinHandle<()>>,
+    pool: Option<Pool>,
+    error: Option<DataError>,
 }
 
 impl Loader {
@@ -187,7 +193,54 @@ impl Loader {
             next_batch: 0,
             rx: None,
             worker: None,
+            pool: None,
+            error: None,
         }
+    }
+
+    /// The error that ended a streamed epoch early (a file that cannot be read), if any.
+    pub fn finish(&mut self) -> Result<(), DataError> {
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Most batches a streamed loader held at once (being decoded or waiting), never more
+    /// than its queue depth; 0 before iteration or for in-memory datasets.
+    pub fn peak_batches_held(&self) -> usize {
+        self.pool.as_ref().map_or(0, |p| p.peak_held())
+    }
+
+    /// The streamed loader's bound on batches held (0 for in-memory datasets).
+    pub fn queue_depth(&self) -> usize {
+        self.pool.as_ref().map_or(0, |p| p.depth())
+    }
+
+    fn spawn_stream(&mut self, st: Arc<stream::Stream>) {
+        let ds = Arc::clone(&self.ds);
+        let order = Arc::clone(&self.order);
+        let (batch_size, augment, seed, epoch) =
+            (self.batch_size, self.augment, self.seed, self.epoch);
+        let job = Arc::new(move |b: usize| {
+            stream::make_batch(&ds, &st, &order, b, batch_size, augment, seed, epoch)
+        });
+        let (workers, depth) = (self.ds_stream_workers(), self.ds_stream_depth());
+        self.pool = Some(Pool::new(
+            job,
+            self.next_batch,
+            self.num_batches,
+            workers,
+            depth,
+        ));
+    }
+
+    fn ds_stream_workers(&self) -> usize {
+        self.ds.stream.as_ref().map_or(1, |s| s.options.workers)
+    }
+
+    fn ds_stream_depth(&self) -> usize {
+        self.ds.stream.as_ref().map_or(2, |s| s.options.queue_depth)
     }
 
     /// Number of batches in the whole epoch (including any already consumed or skipped).
@@ -207,7 +260,7 @@ impl Loader {
 
     /// Skips `n` batches, e.g. to resume mid-epoch. Free before iteration starts.
     pub fn skip_batches(&mut self, n: usize) {
-        if self.rx.is_none() {
+        if self.rx.is_none() && self.pool.is_none() {
             self.next_batch = (self.next_batch + n).min(self.num_batches);
         } else {
             for _ in 0..n {
@@ -249,6 +302,30 @@ impl Iterator for Loader {
     fn next(&mut self) -> Option<Batch> {
         if self.next_batch >= self.num_batches {
             return None;
+        }
+        if let Some(st) = self.ds.stream.clone() {
+            if self.pool.is_none() {
+                self.spawn_stream(st);
+            }
+            let pool = self.pool.as_mut()?;
+            return match pool.take(self.next_batch) {
+                Some(Ok(batch)) => {
+                    self.next_batch += 1;
+                    Some(batch)
+                }
+                Some(Err(e)) => {
+                    self.error = Some(e);
+                    self.next_batch = self.num_batches;
+                    None
+                }
+                None => {
+                    // Every worker ended early: only a panic does that; pass it on.
+                    if let Some(panic) = pool.shutdown() {
+                        std::panic::resume_unwind(panic);
+                    }
+                    None
+                }
+            };
         }
         if self.rx.is_none() {
             self.spawn();

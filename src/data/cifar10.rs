@@ -87,7 +87,7 @@ pub fn load(dir: &Path, train: bool) -> Result<Dataset, DataError> {
         images.reserve(n * PIXELS);
         let first = labels.len();
         for rec in bytes.chunks_exact(RECORD) {
-            labels.push(rec[0]);
+            labels.push(rec[0] as u32);
             images.extend_from_slice(&rec[1..]);
         }
         // The index in the error is the record's position within this file.
@@ -106,6 +106,7 @@ pub fn load(dir: &Path, train: bool) -> Result<Dataset, DataError> {
         mean: vec![0.5; 3],
         std: vec![0.5; 3],
         allow_flip: true,
+        stream: None,
     })
 }
 

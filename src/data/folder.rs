@@ -49,6 +49,57 @@ fn is_image(path: &Path) -> bool {
             .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
+/// The sorted class subfolders of `root` and every image in them (sorted), with its class
+/// index: torchvision's ImageFolder order. Nothing is decoded.
+pub struct FileList {
+    pub class_names: Vec<String>,
+    pub files: Vec<PathBuf>,
+    pub labels: Vec<u32>,
+}
+
+pub fn scan(root: &Path) -> Result<FileList, DataError> {
+    let classes: Vec<PathBuf> = list_dir(root)?.into_iter().filter(|p| p.is_dir()).collect();
+    if classes.is_empty() {
+        return Err(DataError::EmptyFolder {
+            path: root.to_path_buf(),
+            message: "no class subfolders found; expected root/<class>/<image>.png|jpg".into(),
+        });
+    }
+    let mut list = FileList {
+        class_names: Vec::with_capacity(classes.len()),
+        files: Vec::new(),
+        labels: Vec::new(),
+    };
+    for (index, class_dir) in classes.iter().enumerate() {
+        list.class_names.push(
+            class_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        for file in list_dir(class_dir)?.into_iter().filter(|p| is_image(p)) {
+            list.files.push(file);
+            list.labels.push(index as u32);
+        }
+    }
+    if list.files.is_empty() {
+        return Err(DataError::EmptyFolder {
+            path: root.to_path_buf(),
+            message: format!(
+                "no images (.png, .jpg, .jpeg) found in the {} class subfolders",
+                classes.len()
+            ),
+        });
+    }
+    Ok(list)
+}
+
+fn folder_name(root: &Path) -> String {
+    root.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "folder".to_string())
+}
+
 /// Loads every image under `root/<class>/`, resized to `width` x `height` and converted to
 /// RGB (`channels == 3`) or grayscale (`channels == 1`).
 pub fn load(
@@ -58,63 +109,84 @@ pub fn load(
     channels: usize,
 ) -> Result<Dataset, DataError> {
     check_channels(channels)?;
-    let classes: Vec<PathBuf> = list_dir(root)?.into_iter().filter(|p| p.is_dir()).collect();
-    if classes.is_empty() {
-        return Err(DataError::EmptyFolder {
-            path: root.to_path_buf(),
-            message: "no class subfolders found; expected root/<class>/<image>.png|jpg".into(),
-        });
-    }
-    if classes.len() > 256 {
-        return Err(DataError::EmptyFolder {
-            path: root.to_path_buf(),
-            message: format!(
-                "{} class subfolders found, at most 256 supported",
-                classes.len()
-            ),
-        });
-    }
+    let list = scan(root)?;
     let mut images = Vec::new();
-    let mut labels = Vec::new();
-    let mut class_names = Vec::new();
-    for (index, class_dir) in classes.iter().enumerate() {
-        class_names.push(
-            class_dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        );
-        for file in list_dir(class_dir)?.into_iter().filter(|p| is_image(p)) {
-            images.extend(load_image(&file, height, width, channels)?);
-            labels.push(index as u8);
-        }
+    for file in &list.files {
+        images.extend(load_image(file, height, width, channels)?);
     }
-    if labels.is_empty() {
-        return Err(DataError::EmptyFolder {
-            path: root.to_path_buf(),
-            message: format!(
-                "no images (.png, .jpg, .jpeg) found in the {} class subfolders",
-                classes.len()
-            ),
-        });
-    }
-    let name = root
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "folder".to_string());
     Ok(Dataset {
-        name,
-        len: labels.len(),
+        name: folder_name(root),
+        len: list.labels.len(),
         images,
-        labels,
+        labels: list.labels,
         channels,
         height,
         width,
-        class_names,
+        class_names: list.class_names,
         mean: vec![0.5; channels],
         std: vec![0.5; channels],
         allow_flip: true,
+        stream: None,
     })
+}
+
+/// The folder `root/<class>/` as a streamed dataset: the file list is read now, images are
+/// decoded per batch and transformed to `width` x `height`.
+pub fn stream(
+    root: &Path,
+    height: usize,
+    width: usize,
+    channels: usize,
+    options: super::stream::StreamOptions,
+) -> Result<Dataset, DataError> {
+    check_channels(channels)?;
+    if height == 0 || width == 0 {
+        return Err(DataError::InvalidArgument {
+            message: format!("image size must be positive, got {width}x{height}"),
+        });
+    }
+    let list = scan(root)?;
+    Ok(super::stream::dataset(
+        folder_name(root),
+        root.to_path_buf(),
+        &list.files,
+        list.labels,
+        list.class_names,
+        (height, width, channels),
+        options,
+    ))
+}
+
+/// Image files named on a command line: files as given, folders expanded to every image
+/// below them (recursively, sorted).
+pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
+    let mut out = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            let mut stack = vec![p.clone()];
+            let mut found = Vec::new();
+            while let Some(dir) = stack.pop() {
+                for entry in list_dir(&dir)? {
+                    if entry.is_dir() {
+                        stack.push(entry);
+                    } else if is_image(&entry) {
+                        found.push(entry);
+                    }
+                }
+            }
+            if found.is_empty() {
+                return Err(DataError::EmptyFolder {
+                    path: p.clone(),
+                    message: "no images (.png, .jpg, .jpeg) found in this folder".into(),
+                });
+            }
+            found.sort();
+            out.extend(found);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// Decodes one image, resizes it to `width` x `height` (triangle filter) and returns its

@@ -207,11 +207,12 @@ pub fn load(dir: &Path, train: bool, kind: IdxKind) -> Result<Dataset, DataError
         });
     }
     let class_names = kind.class_names();
-    check_labels(&labels_path, labels, class_names.len())?;
+    let labels: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+    check_labels(&labels_path, &labels, class_names.len())?;
     Ok(Dataset {
         name: kind.name().to_string(),
         images: pixels.to_vec(),
-        labels: labels.to_vec(),
+        labels,
         len: n,
         channels: 1,
         height,
@@ -220,5 +221,6 @@ pub fn load(dir: &Path, train: bool, kind: IdxKind) -> Result<Dataset, DataError
         mean: vec![0.5],
         std: vec![0.5],
         allow_flip: kind == IdxKind::FashionMnist,
+        stream: None,
     })
 }

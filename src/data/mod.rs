@@ -1,12 +1,15 @@
 //! Datasets held in memory as u8 pixels, loaders for the formats users have on disk
 //! (CIFAR-10 binary, MNIST/Fashion-MNIST idx, a folder of images per class) and a
 //! background batch loader that normalises and augments on a CPU thread while the
-//! device trains on the previous batch.
+//! device trains on the previous batch. Folders too large for memory are streamed
+//! (`stream`): only their file list is held, images are decoded per batch on N threads.
 
 pub mod batch;
 pub mod cifar10;
 pub mod folder;
 pub mod idx;
+pub mod stream;
+pub mod transforms;
 
 pub use batch::{augment_into, normalise_into, Augment, Batch, Loader};
 
@@ -20,7 +23,7 @@ pub struct Dataset {
     /// `len * channels * height * width` bytes.
     pub images: Vec<u8>,
     /// One class index per image, `< class_names.len()`.
-    pub labels: Vec<u8>,
+    pub labels: Vec<u32>,
     pub len: usize,
     pub channels: usize,
     pub height: usize,
@@ -32,6 +35,9 @@ pub struct Dataset {
     pub std: Vec<f32>,
     /// Whether horizontal flips keep labels valid (not for digits: a mirrored 2 is no 2).
     pub allow_flip: bool,
+    /// A streamed folder: `images` is empty, the files are decoded per batch (and
+    /// `height` x `width` is the size they are transformed to).
+    pub stream: Option<std::sync::Arc<stream::Stream>>,
 }
 
 impl Dataset {
@@ -54,9 +60,10 @@ impl Dataset {
     /// The first `limit` images (all of them if `limit >= len`), for quick runs and tests.
     pub fn subset(&self, limit: usize) -> Dataset {
         let n = limit.min(self.len);
+        let stored = if self.stream.is_some() { 0 } else { n };
         Dataset {
             name: self.name.clone(),
-            images: self.images[..n * self.image_size()].to_vec(),
+            images: self.images[..stored * self.image_size()].to_vec(),
             labels: self.labels[..n].to_vec(),
             len: n,
             channels: self.channels,
@@ -66,7 +73,33 @@ impl Dataset {
             mean: self.mean.clone(),
             std: self.std.clone(),
             allow_flip: self.allow_flip,
+            stream: self
+                .stream
+                .as_ref()
+                .map(|s| std::sync::Arc::new(s.truncated(n))),
         }
+    }
+
+    /// What a checkpoint records about the input pipeline, so `infer` and `eval` prepare
+    /// images as training did: normalisation, and for streamed folders the eval transform.
+    pub fn metadata(&self) -> Vec<(&'static str, String)> {
+        let join = |v: &[f32]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut m = vec![
+            ("norm_mean", join(&self.mean)),
+            ("norm_std", join(&self.std)),
+        ];
+        if let Some(s) = &self.stream {
+            m.push(("interpolation", s.options.interpolation.to_string()));
+            if let Some(pct) = s.options.crop_pct {
+                m.push(("crop_pct", pct.to_string()));
+            }
+        }
+        m
     }
 
     /// Every image resized (bilinear) to `height` x `width`: fine-tuning at a higher
@@ -74,6 +107,14 @@ impl Dataset {
     pub fn resized(&self, height: usize, width: usize) -> Dataset {
         if (height, width) == (self.height, self.width) {
             return self.clone();
+        }
+        if self.stream.is_some() {
+            // Decoded per batch: transformed straight to the new size.
+            return Dataset {
+                height,
+                width,
+                ..self.clone()
+            };
         }
         let mut images = Vec::with_capacity(self.len * self.channels * height * width);
         for i in 0..self.len {
@@ -148,7 +189,7 @@ pub enum DataError {
     BadLabel {
         path: PathBuf,
         index: usize,
-        label: u8,
+        label: u32,
         classes: usize,
     },
     #[error("{} not found: {hint}", path.display())]
@@ -203,7 +244,7 @@ pub(crate) fn read_file(path: &std::path::Path, hint: &str) -> Result<Vec<u8>, D
 /// out-of-bounds write in the loss kernel, far from its cause).
 pub(crate) fn check_labels(
     path: &std::path::Path,
-    labels: &[u8],
+    labels: &[u32],
     classes: usize,
 ) -> Result<(), DataError> {
     match labels.iter().position(|&l| l as usize >= classes) {

@@ -261,8 +261,8 @@ pub fn evaluate(gpu: &Gpu, model: &Vit, ds: &Arc<Dataset>) -> Result<EvalResult,
         ..Default::default()
     };
     let mut loss_sum = 0.0f64;
-    let loader = Loader::new(ds.clone(), b, false, None, 0, 0, false);
-    for batch in loader {
+    let mut loader = Loader::new(ds.clone(), b, false, None, 0, 0, false);
+    for batch in loader.by_ref() {
         let n = batch.len;
         let mut images = batch.images;
         let mut labels = batch.labels;
@@ -289,6 +289,7 @@ pub fn evaluate(gpu: &Gpu, model: &Vit, ds: &Arc<Dataset>) -> Result<EvalResult,
         }
         result.images += n;
     }
+    loader.finish()?;
     let correct: u64 = (0..k).map(|i| result.confusion[i][i]).sum();
     if result.images > 0 {
         result.accuracy = correct as f64 / result.images as f64;

@@ -152,7 +152,7 @@ impl<'a> Trainer<'a> {
             crop_pad: 4,
             flip: true,
         });
-        let loader = Loader::new(
+        let mut loader = Loader::new(
             self.train_set.clone(),
             self.opts.batch_size,
             true,
@@ -166,7 +166,7 @@ impl<'a> Trainer<'a> {
         bar.set_position(self.batch_in_epoch);
         let t0 = Instant::now();
         let seconds_before = self.totals.seconds;
-        for b in loader {
+        for b in loader.by_ref() {
             if self.stop_requested() {
                 break;
             }
@@ -188,6 +188,8 @@ impl<'a> Trainer<'a> {
                 self.checkpoint(None)?;
             }
         }
+        // A streamed file that could not be decoded ends the epoch with its error.
+        loader.finish()?;
         self.finish_steps()?;
         self.totals.seconds = seconds_before + t0.elapsed().as_secs_f64();
         bar.finish_and_clear();
@@ -360,12 +362,6 @@ impl<'a> Trainer<'a> {
     /// The model file, with what inference needs to know about the data in its metadata.
     fn model_file(&self, host: &HostParams, val_accuracy: Option<f64>) -> TensorFile {
         let ds = &self.train_set;
-        let join = |v: &[f32]| {
-            v.iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
         let mut extra = vec![
             ("step", self.step.to_string()),
             ("dataset", ds.name.clone()),
@@ -373,9 +369,8 @@ impl<'a> Trainer<'a> {
                 "class_names",
                 serde_json::to_string(&ds.class_names).unwrap_or_default(),
             ),
-            ("norm_mean", join(&ds.mean)),
-            ("norm_std", join(&ds.std)),
         ];
+        extra.extend(ds.metadata()); // normalisation and eval transform
         if let Some(acc) = val_accuracy {
             extra.push(("val_accuracy", format!("{acc:.6}")));
         }

@@ -74,10 +74,10 @@ pub fn synthetic(n: usize, seed: u64) -> vit_wgpu::data::Dataset {
     use rand::{Rng, SeedableRng};
     let mut r = rand::rngs::StdRng::seed_from_u64(seed);
     let mut images = vec![0u8; n * 64];
-    let mut labels = vec![0u8; n];
+    let mut labels = vec![0u32; n];
     for i in 0..n {
         let label = r.random_range(0..3u8);
-        labels[i] = label;
+        labels[i] = label as u32;
         for y in 0..8 {
             for x in 0..8 {
                 let quadrant = (y / 4) * 2 + x / 4;
@@ -98,6 +98,7 @@ pub fn synthetic(n: usize, seed: u64) -> vit_wgpu::data::Dataset {
         mean: vec![0.5],
         std: vec![0.5],
         allow_flip: true,
+        stream: None,
     }
 }
 
@@ -218,4 +219,32 @@ fn download_fashion_mnist(dir: &std::path::Path) -> Result<(), String> {
         std::fs::rename(&part, &path).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// Writes a folder of small JPEGs, `root/<class>/<i>.jpg` with class names `c000`, `c001`,
+/// ...: `per_class` images per class, sizes 8x8 to 16x16 (varying aspect), each tinted by
+/// its class so a model can tell some classes apart. Returns the number of files written.
+pub fn jpeg_folder(root: &std::path::Path, classes: usize, per_class: usize, seed: u64) -> usize {
+    use rand::{Rng, SeedableRng};
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    for c in 0..classes {
+        let dir = root.join(format!("c{c:03}"));
+        std::fs::create_dir_all(&dir).expect("class folder");
+        let tint = [
+            (c * 37 % 256) as u8,
+            (c * 91 % 256) as u8,
+            (c * 13 % 256) as u8,
+        ];
+        for i in 0..per_class {
+            let (w, h) = (r.random_range(8..=16u32), r.random_range(8..=16u32));
+            let noise: Vec<u8> = (0..w * h * 3).map(|_| r.random_range(0..64u8)).collect();
+            let img = image::RgbImage::from_fn(w, h, |x, y| {
+                let k = ((y * w + x) * 3) as usize;
+                image::Rgb([0, 1, 2].map(|ch| tint[ch] / 2 + noise[k + ch] + (x * 4) as u8))
+            });
+            img.save(dir.join(format!("{i:02}.jpg")))
+                .expect("write jpeg");
+        }
+    }
+    classes * per_class
 }
