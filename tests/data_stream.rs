@@ -210,6 +210,9 @@ fn train_options(cfg: Config, out: PathBuf, max_steps: u64) -> TrainOptions {
         warmup: Some(2),
         cosine: true,
         max_grad_norm: 1.0,
+        betas: (0.9, 0.999),
+        save_every: None,
+        keep: 1,
         seed: 9,
         out,
         resume: None,
@@ -385,9 +388,9 @@ fn a_1000_class_checkpoint_round_trips_and_infer_over_a_folder_prints_json_lines
         );
         input.extend(x);
     }
-    let widened = vit_wgpu::model::cpu::widen(&params);
+    let widened = vit_wgpu::model::reference::widen(&params);
     let reference =
-        vit_wgpu::model::cpu::forward_backward(&cfg, &widened, &params, &input, &[0; 11]);
+        vit_wgpu::model::reference::forward_backward(&cfg, &widened, &params, &input, &[0; 11]);
     for (i, (line, file)) in lines[..11].iter().zip(&files).enumerate() {
         assert_eq!(line["image"], file.display().to_string());
         let logits = &reference.logits[i * 1000..(i + 1) * 1000];

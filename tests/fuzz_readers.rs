@@ -289,7 +289,7 @@ fn every_reader_survives_thousands_of_mutated_inputs() {
     // idx: images and labels, raw and gzipped.
     let ds = common::synthetic(12, 1);
     let images = common::idx_bytes(0x803, &[12, 8, 8], &ds.images);
-    let labels = common::idx_bytes(0x801, &[12], &ds.labels);
+    let labels = common::idx_bytes(0x801, &[12], &common::label_bytes(&ds));
     let idx_fields = [(0, 4, true), (4, 4, true), (8, 4, true), (12, 4, true)];
     for (file, base, other_name, other) in [
         (

@@ -120,6 +120,14 @@ pub fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Labels as idx stores them: one byte each (the test datasets have at most 256 classes).
+pub fn label_bytes(ds: &vit_wgpu::data::Dataset) -> Vec<u8> {
+    ds.labels
+        .iter()
+        .map(|&l| u8::try_from(l).expect("an idx label fits a byte"))
+        .collect()
+}
+
 /// Write `train` and `test` (1-channel datasets) as the four Fashion-MNIST idx files.
 pub fn write_idx_dataset(
     dir: &std::path::Path,
@@ -135,7 +143,7 @@ pub fn write_idx_dataset(
         .expect("write images");
         std::fs::write(
             dir.join(format!("{prefix}-labels-idx1-ubyte")),
-            idx_bytes(0x801, &[n], &ds.labels),
+            idx_bytes(0x801, &[n], &label_bytes(ds)),
         )
         .expect("write labels");
     }
