@@ -11,6 +11,7 @@ pub mod embed;
 pub mod gemm;
 pub mod layernorm;
 pub mod loss;
+pub mod peak;
 
 /// A WGSL source embedded at compile time.
 #[derive(Clone, Copy, Debug)]
