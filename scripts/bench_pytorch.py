@@ -128,14 +128,14 @@ def bench(preset, batch, mode, steps, warmup, threads):
     }
 
 
-def run_vit_wgpu(preset, batch, mode, steps):
-    cmd = ["cargo", "run", "--release", "--quiet", "--", "bench", "--preset", preset,
+def run_vit_wgpu(program, preset, batch, mode, steps):
+    cmd = program.split() + ["bench", "--preset", preset,
            "--batch-size", str(batch), "--mode", mode, "--steps", str(steps), "--json"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def side_by_side(presets, steps, threads):
+def side_by_side(program, presets, steps, threads):
     print("| preset, batch, mode | vit-wgpu img/s | PyTorch img/s | ratio | vit-wgpu model GFLOP/s "
           "(of FMA ceiling) | PyTorch model GFLOP/s (of its sgemm) |")
     print("|---|---|---|---|---|---|")
@@ -143,7 +143,7 @@ def side_by_side(presets, steps, threads):
         if preset not in presets:
             continue
         for mode in ("train", "infer"):
-            ours = run_vit_wgpu(preset, batch, mode, steps)
+            ours = run_vit_wgpu(program, preset, batch, mode, steps)
             theirs = bench(preset, batch, mode, steps, 2, threads)
             print(f"| {preset}, {batch}, {mode} | {ours['images_per_second']:.1f} | "
                   f"{theirs['images_per_second']:.1f} | "
@@ -167,9 +167,11 @@ def main():
                          "and labml/16, train and infer, and print a Markdown table")
     ap.add_argument("--presets", default="micro,tiny,labml",
                     help="with --side-by-side: which of micro,tiny,labml (comma-separated)")
+    ap.add_argument("--vit-wgpu", default="cargo run --release --quiet --",
+                    help="with --side-by-side: how to run vit-wgpu (e.g. target/release/vit-wgpu)")
     a = ap.parse_args()
     if a.side_by_side:
-        side_by_side(a.presets.split(","), a.steps, a.threads)
+        side_by_side(a.vit_wgpu, a.presets.split(","), a.steps, a.threads)
         return
     r = bench(a.preset, a.batch_size, a.mode, a.steps, a.warmup_steps, a.threads)
     if a.json:
