@@ -43,6 +43,8 @@ struct Bench {
     filters: Vec<String>,
     /// The adapter's measured arithmetic ceiling, FLOP/s.
     peak: f64,
+    /// A plain copy kernel's bytes per second (read + write), the memory-bound rows' ceiling.
+    copy_bandwidth: f64,
     rows: Vec<String>,
     rng: rand::rngs::StdRng,
 }
@@ -122,9 +124,10 @@ impl Bench {
             Some(b) => format!("{:.1} GB/s", b / seconds * 1e-9),
             None => format!("{:.1}", case.flops / seconds * 1e-9),
         };
+        // FLOP rate / the FMA ceiling, or for memory-bound kernels GB/s / the copy's GB/s.
         let of_ceiling = match case.bytes {
-            Some(_) => "-".to_string(),
-            None => format!("{:.0}%", 100.0 * case.flops / seconds / self.peak),
+            Some(b) => format!("{:.2} of copy", b / seconds / self.copy_bandwidth),
+            None => format!("{:.2}", case.flops / seconds / self.peak),
         };
         let vs_cpu = case
             .cpu_seconds
@@ -151,43 +154,39 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// The adapter's arithmetic ceiling in FLOP/s, from shaders/peak_fma.wgsl.
-fn measure_peak(gpu: &Gpu, timer: Option<&PassTimer>, quick: bool) -> f64 {
-    #[repr(C)]
-    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-    struct Meta {
-        iterations: u32,
-        x: f32,
-        y: f32,
-        sentinel: f32,
-    }
-    let iterations = if quick { 256 } else { 1024 };
-    let workgroups = 2048u32;
-    let pipeline = gpu.pipeline(&vit_wgpu::kernels::PEAK_FMA, "peak_fma");
-    let out = gpu.storage("peak out", 1024);
-    let meta = Meta {
-        iterations,
-        x: 0.999,
-        y: 0.001,
-        sentinel: -12345.0,
-    };
-    let dispatch = gpu.dispatch(&pipeline, &[(0, &out)], &meta, [workgroups, 1, 1]);
-    let flops = workgroups as f64 * 64.0 * iterations as f64 * 16.0 * 4.0 * 4.0 * 2.0;
-    let mut times: Vec<f64> = (0..4)
-        .map(|_| match timer {
-            Some(t) => t
-                .time(gpu, |pass| dispatch.record(pass))
-                .expect("timestamps"),
-            None => {
-                let t0 = Instant::now();
-                dispatch.launch(gpu);
-                gpu.wait("peak").expect("device");
-                t0.elapsed().as_secs_f64()
-            }
-        })
-        .skip(1)
-        .collect();
-    flops / median(&mut times)
+/// A plain copy kernel (one vec4 read and written per invocation): the memory-speed
+/// reference for memory-bound kernels, measured in the same run.
+const COPY: vit_wgpu::kernels::Shader = vit_wgpu::kernels::Shader {
+    name: "copy (bench)",
+    source: "
+@group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;
+struct Meta { len4: u32, pad0: u32, pad1: u32, pad2: u32 }
+@group(1) @binding(0) var<uniform> shape: Meta;
+@compute @workgroup_size(64)
+fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    if (i < shape.len4) { dst[i] = src[i]; }
+}
+",
+};
+
+/// Bytes per second of the copy kernel over `floats` floats (read + write counted).
+fn measure_copy(bench: &Bench, floats: usize) -> f64 {
+    let g = &bench.gpu;
+    let pipeline = g.pipeline(&COPY, "copy");
+    let src = g.upload("copy src", &vec![1.0f32; floats]);
+    let dst = g.storage("copy dst", floats);
+    let len4 = (floats / 4) as u32;
+    let groups = len4.div_ceil(64);
+    let dispatch = g.dispatch(
+        &pipeline,
+        &[(0, &src), (1, &dst)],
+        &[len4, 0, 0, 0],
+        vit_wgpu::gpu::grid_1d(groups),
+    );
+    let (seconds, _) = bench.time(&[Command::Dispatch(dispatch)]);
+    2.0 * 4.0 * floats as f64 / seconds
 }
 
 /// CPU sgemm (matrixmultiply) seconds for the same layout and shape: median of a few.
@@ -333,36 +332,54 @@ fn bench_gemm(bench: &mut Bench) {
     if Gemm::cpu_variant_supported(&bench.gpu) {
         variants = vec![Variant::Cpu, Variant::CpuStorage, Variant::Tiled];
     }
-    let gemms: Vec<Gemm> = variants
+    let mut gemms: Vec<(Gemm, String)> = variants
         .iter()
-        .map(|&v| Gemm::with_variant(&bench.gpu, v))
+        .map(|&v| (Gemm::with_variant(&bench.gpu, v), v.name().to_string()))
         .collect();
+    // VIT_BENCH_ROW_BLOCKS=2,4,6: also the CPU variant with that many row blocks per lane.
+    if Gemm::cpu_variant_supported(&bench.gpu) {
+        let extra = std::env::var("VIT_BENCH_ROW_BLOCKS").unwrap_or_default();
+        for rb in extra
+            .split(',')
+            .filter_map(|r| r.trim().parse::<u32>().ok())
+        {
+            let gemm = Gemm::with_variant(&bench.gpu, Variant::Cpu).with_row_blocks(rb);
+            gemms.push((gemm, format!("cpu-rb{rb}")));
+        }
+    }
     for preset in &presets {
         for s in layer_gemms(preset, tokens, bench.quick) {
             let name = format!("{} {}", preset.name, s.what);
-            let selected: Vec<&Gemm> = gemms
+            let selected: Vec<&(Gemm, String)> = gemms
                 .iter()
-                .filter(|g| {
+                .filter(|(g, label)| {
                     // The textbook tiled kernel is a GPU kernel: on a CPU adapter it runs
                     // at a few GFLOP/s, so time it on the smaller preset's forward only.
                     let slow = g.variant() == Variant::Tiled
                         && bench.gpu.is_cpu()
                         && !(preset.name == "tiny" && s.layout == Layout::NT);
-                    !slow && bench.selected(&format!("gemm {name} {}", g.variant().name()))
+                    !slow && bench.selected(&format!("gemm {name} {label}"))
                 })
                 .collect();
             if selected.is_empty() {
                 continue;
             }
             let cpu_seconds = cpu_sgemm_seconds(s.layout, s.m, s.n, s.k, bench.runs());
-            for gemm in selected {
-                bench_one_gemm(bench, gemm, &name, &s, cpu_seconds);
+            for (gemm, label) in selected {
+                bench_one_gemm(bench, gemm, label, &name, &s, cpu_seconds);
             }
         }
     }
 }
 
-fn bench_one_gemm(bench: &mut Bench, gemm: &Gemm, name: &str, s: &GemmShape, cpu_seconds: f64) {
+fn bench_one_gemm(
+    bench: &mut Bench,
+    gemm: &Gemm,
+    label: &str,
+    name: &str,
+    s: &GemmShape,
+    cpu_seconds: f64,
+) {
     let (m, n, k) = (s.m, s.n, s.k);
     let a = random_vec(&mut bench.rng, m * k, 1.0);
     let b = random_vec(&mut bench.rng, n * k, 1.0);
@@ -444,7 +461,7 @@ fn bench_one_gemm(bench: &mut Bench, gemm: &Gemm, name: &str, s: &GemmShape, cpu
     let case = Case {
         name: format!("{name} {}", epilogue.join(" ")).trim().to_string(),
         shape: format!("{m}x{n}x{k} {:?}", s.layout),
-        variant: gemm.variant().name().to_string(),
+        variant: label.to_string(),
         flops: 2.0 * (m * n * k) as f64,
         cpu_seconds: Some(cpu_seconds),
         bytes: None,
@@ -467,7 +484,12 @@ fn main() {
         .collect();
     let gpu = Gpu::new(&GpuOptions::default()).unwrap_or_else(|e| panic!("{e}"));
     let timer = PassTimer::new(&gpu);
-    let peak = measure_peak(&gpu, timer.as_ref(), quick);
+    let peak = vit_wgpu::kernels::peak::measure_fma_ceiling(
+        &gpu,
+        timer.as_ref(),
+        if quick { 256 } else { 1024 },
+    )
+    .expect("peak_fma launch");
     println!("adapter: {}", gpu.describe().trim_end());
     println!(
         "arithmetic ceiling (peak_fma.wgsl): {:.1} GFLOP/s; timing: {}; CPU sgemm: matrixmultiply, {} threads\n",
@@ -475,17 +497,24 @@ fn main() {
         if timer.is_some() { "GPU timestamps, median" } else { "wall clock, median" },
         std::env::var("MATMUL_NUM_THREADS").unwrap_or_default()
     );
-    println!("| kernel | shape m x n x k | variant | ms | ms wall (+copies) | GFLOP/s | of ceiling | vs CPU sgemm | rel. error |");
-    println!("|---|---|---|---|---|---|---|---|---|");
     let mut bench = Bench {
         gpu,
         timer,
         quick,
         filters,
         peak,
+        copy_bandwidth: 0.0,
         rows: Vec::new(),
         rng: rand::rngs::StdRng::seed_from_u64(1),
     };
+    // LayerNorm's rows are 64*65 x 512 floats at most: copy that much.
+    bench.copy_bandwidth = measure_copy(&bench, 64 * 65 * 512);
+    println!(
+        "memory reference (plain vec4 copy kernel, 64x65x512 floats): {:.1} GB/s\n",
+        bench.copy_bandwidth * 1e-9
+    );
+    println!("| kernel | shape m x n x k | variant | ms | ms wall (+copies) | GFLOP/s or GB/s | of ceiling (FMA; copy for GB/s) | vs CPU sgemm | rel. error |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     // Kernel families; each filters its cases by name ("gemm tiny qkv fwd cpu").
     bench_gemm(&mut bench);
     bench_attention(&mut bench);
@@ -505,7 +534,8 @@ fn bench_attention(bench: &mut Bench) {
     let variant = format!("{:?}", kernel.variant()).to_lowercase();
     let mut cases = bench_cases();
     if bench.quick {
-        cases.truncate(1);
+        // the tiny preset at 65 and 197 tokens
+        cases.truncate(2);
     }
     for s in cases {
         let label = if s.heads == 3 { "tiny" } else { "labml" };

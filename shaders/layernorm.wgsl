@@ -38,12 +38,20 @@ fn layernorm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     let row = linear_id(wid, nwg, lid);
     if (row >= shape.rows) { return; }
     let base = row * shape.cols;
+    // Mean and variance in one pass over x (it is memory bound: two passes, not three),
+    // of x - x[0], so a mean far from zero doesn't cancel the variance away.
+    let shift = x[base];
     var sum = 0.0;
-    for (var c = 0u; c < shape.cols; c++) { sum += x[base + c]; }
-    let mu = sum / f32(shape.cols);
-    var var_sum = 0.0;
-    for (var c = 0u; c < shape.cols; c++) { let d = x[base + c] - mu; var_sum += d * d; }
-    let rs = inverseSqrt(var_sum / f32(shape.cols) + shape.eps);
+    var sum_sq = 0.0;
+    for (var c = 0u; c < shape.cols; c++) {
+        let d = x[base + c] - shift;
+        sum += d;
+        sum_sq += d * d;
+    }
+    let n = f32(shape.cols);
+    let mean_d = sum / n;
+    let mu = shift + mean_d;
+    let rs = inverseSqrt(max(sum_sq / n - mean_d * mean_d, 0.0) + shape.eps);
     for (var c = 0u; c < shape.cols; c++) {
         y[base + c] = (x[base + c] - mu) * rs * gamma[c] + beta[c];
     }

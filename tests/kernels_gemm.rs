@@ -40,7 +40,17 @@ struct Flags {
 
 /// Run one GEMM on the device and on the CPU, compare C (and the pre-activation).
 /// Returns the largest relative error.
-fn check(variant: Variant, layout: Layout, (m, n, k): (usize, usize, usize), f: Flags) -> f64 {
+fn check(variant: Variant, layout: Layout, shape: (usize, usize, usize), f: Flags) -> f64 {
+    check_kernel(gemm(variant), variant.name(), layout, shape, f)
+}
+
+fn check_kernel(
+    kernel: &Gemm,
+    label: &str,
+    layout: Layout,
+    (m, n, k): (usize, usize, usize),
+    f: Flags,
+) -> f64 {
     let g = gpu();
     let mut r = rng();
     let a = random(&mut r, m * k);
@@ -83,7 +93,7 @@ fn check(variant: Variant, layout: Layout, (m, n, k): (usize, usize, usize), f: 
         poisoned(m * n)
     };
     let bpre = poisoned(m * n);
-    let commands = gemm(variant).record(
+    let commands = kernel.record(
         g,
         &GemmArgs {
             a: (&ba).into(),
@@ -102,8 +112,7 @@ fn check(variant: Variant, layout: Layout, (m, n, k): (usize, usize, usize), f: 
     );
     g.submit_commands(&commands);
     let what = format!(
-        "{} {layout:?} {m}x{n}x{k} bias={} pre={} act={activation:?} act_grad={:?} accumulate={}",
-        variant.name(),
+        "{label} {layout:?} {m}x{n}x{k} bias={} pre={} act={activation:?} act_grad={:?} accumulate={}",
         f.bias,
         f.pre,
         f.act_grad,
@@ -241,6 +250,40 @@ fn cpu_gemm_matches_cpu_in_every_layout_on_odd_shapes() {
 #[test]
 fn cpu_gemm_from_storage_matches_cpu_in_every_layout_on_odd_shapes() {
     every_layout_on_odd_shapes(Variant::CpuStorage);
+}
+
+#[test]
+fn cpu_gemm_matches_cpu_with_other_row_block_counts_in_every_layout() {
+    let relu = Some(Activation::Relu);
+    let epilogues = [
+        Flags::default(),
+        Flags {
+            bias: true,
+            pre: true,
+            activation: Some(Activation::Gelu),
+            ..Flags::default()
+        },
+        Flags {
+            act_grad: relu,
+            accumulate: true,
+            ..Flags::default()
+        },
+    ];
+    // 8 (no GELU) and 2 (GELU epilogues) are the defaults the other tests run.
+    for row_blocks in [4, 6] {
+        let kernel = Gemm::with_variant(gpu(), Variant::Cpu).with_row_blocks(row_blocks);
+        let label = format!("cpu row blocks {row_blocks}");
+        for layout in Layout::ALL {
+            let mut worst: f64 = 0.0;
+            // tile edges in both directions, texture and storage operands
+            let shapes = [(17, 96, 17), (65, 192, 96), (985, 33, 64), (64, 96, 65)];
+            for (i, &shape) in shapes.iter().enumerate() {
+                let f = epilogues[i % epilogues.len()];
+                worst = worst.max(check_kernel(&kernel, &label, layout, shape, f));
+            }
+            eprintln!("SUMMARY {label} {layout:?}: largest relative error {worst:.2e}");
+        }
+    }
 }
 
 #[test]

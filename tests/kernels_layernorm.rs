@@ -4,9 +4,17 @@ use vit_wgpu::kernels::layernorm::*;
 use vit_wgpu::reference::layernorm;
 
 fn check(rows: usize, cols: usize, accumulate: bool) {
+    check_offset(rows, cols, accumulate, 0.0);
+}
+
+/// `offset` is added to every x: the forward's one-pass statistics must not cancel.
+fn check_offset(rows: usize, cols: usize, accumulate: bool, offset: f32) {
     let g = gpu();
     let mut r = rng();
-    let x = random(&mut r, rows * cols);
+    let x: Vec<f32> = random(&mut r, rows * cols)
+        .iter()
+        .map(|v| v + offset)
+        .collect();
     let gamma: Vec<f32> = random(&mut r, cols).iter().map(|v| 1.0 + 0.5 * v).collect();
     let beta = random(&mut r, cols);
     let dy = random(&mut r, rows * cols);
@@ -90,4 +98,9 @@ fn layernorm_matches_cpu_on_odd_shapes() {
 #[test]
 fn layernorm_backward_accumulates_into_residual_gradient() {
     check(65, 96, true);
+}
+
+#[test]
+fn layernorm_is_accurate_when_rows_have_a_large_mean() {
+    check_offset(65, 192, false, 300.0);
 }

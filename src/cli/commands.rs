@@ -680,6 +680,12 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
         }
     }
     times.sort_by(f64::total_cmp);
+    // The ceiling right after the steps, so both see the same machine load.
+    let ceiling = crate::kernels::peak::measure_fma_ceiling(
+        &gpu,
+        crate::gpu::PassTimer::new(&gpu).as_ref(),
+        256,
+    )?;
     let mut families = std::collections::BTreeMap::new();
     if a.profile {
         for list in model.step_commands(mode) {
@@ -690,6 +696,11 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
     }
     let median = times[times.len() / 2];
     let ips = b as f64 / median;
+    let flops_per_image = match mode {
+        Mode::Train => 3.0,
+        Mode::Infer => 1.0,
+    } * forward_matmul_flops_per_image(&cfg);
+    let model_gflops = flops_per_image * ips * 1e-9;
     let mode_name = format!("{:?}", a.mode).to_lowercase();
     let preset = format!("{:?}", a.model.preset).to_lowercase();
     if a.json {
@@ -701,6 +712,8 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
                 "profile_seconds": families,
                 "dispatches_per_step": model.dispatches_per_step(mode),
                 "loader_images_per_second": loader.map(|l| l.0), "loader_workers": loader.map(|l| l.2),
+                "model_gflop_per_image": flops_per_image * 1e-9, "model_gflops": model_gflops,
+                "ceiling_gflops": ceiling * 1e-9, "of_ceiling": model_gflops / (ceiling * 1e-9),
             })
         );
     } else {
@@ -718,6 +731,12 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
             };
             println!("{bound} bounds training here (loader {lips:.1} vs model {ips:.1} images/s)");
         }
+        println!(
+            "model {model_gflops:.1} GFLOP/s ({:.3} GFLOP per image), {:.2} of the in-run FMA ceiling {:.1} GFLOP/s",
+            flops_per_image * 1e-9,
+            model_gflops / (ceiling * 1e-9),
+            ceiling * 1e-9
+        );
         let total: f64 = families.values().sum();
         if total > 0.0 {
             println!(
@@ -736,6 +755,25 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
         }
     }
     Ok(())
+}
+
+/// Matmul FLOPs of one image's forward pass, counted analytically (2 per multiply-add):
+/// patch embedding 2·P·(C·p²)·D for P patches; per layer, with N tokens, QKV 2·N·D·3D,
+/// scores QKᵀ 2·N²·D and probabilities × V 2·N²·D (over all heads), projection 2·N·D²,
+/// MLP 2·N·D·F twice; the head 2·D·K (linear) or 2·D·H + 2·H·K (MLP head, hidden H).
+/// Elementwise work (LayerNorm, softmax, GELU, AdamW) is not counted. A training step counts
+/// 3× (forward, then backward's two GEMMs per forward one), inference 1×;
+/// scripts/bench_pytorch.py counts the same.
+pub fn forward_matmul_flops_per_image(cfg: &crate::model::Config) -> f64 {
+    let (n, d, f) = (cfg.tokens() as f64, cfg.dim as f64, cfg.mlp_hidden as f64);
+    let embed = 2.0 * cfg.patches() as f64 * cfg.patch_len() as f64 * d;
+    let layer = 2.0 * n * d * 3.0 * d + 4.0 * n * n * d + 2.0 * n * d * d + 4.0 * n * d * f;
+    let k = cfg.classes as f64;
+    let head = match cfg.head {
+        crate::model::Head::Linear => 2.0 * d * k,
+        crate::model::Head::Mlp { hidden } => 2.0 * d * hidden as f64 + 2.0 * hidden as f64 * k,
+    };
+    embed + cfg.depth as f64 * layer + head
 }
 
 fn verify_cmd(opts: &GpuOptions, a: VerifyArgs) -> CliResult {

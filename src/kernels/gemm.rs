@@ -104,16 +104,46 @@ struct Meta {
     accumulate: u32,
 }
 
-/// Rows of C per tile: Tiled 64x64 per workgroup, Cpu 32x32 per 8-lane subgroup.
+/// Rows and columns of C per tile: Tiled 64x64 per workgroup, Cpu (4 x row blocks) x 32
+/// per 8-lane subgroup.
 const TILED_TILE: usize = 64;
 const CPU_TILE: usize = 32;
+
+/// Blocks of 4 rows per lane of the CPU variant. Measured with `cargo bench` (tiny shapes,
+/// row blocks 8/4/2 side by side): 8 is best without an epilogue or with bias/ReLU, but a
+/// GELU or GELU' epilogue inlined for 8 blocks spills so much that 2 runs ~1.7x faster.
+fn cpu_row_blocks(activation: u32, act_grad: u32) -> u32 {
+    let gelu = Activation::Gelu.code();
+    if activation == gelu || act_grad == gelu {
+        2
+    } else {
+        8
+    }
+}
 const CPU_LANES: u32 = 8;
+
+/// What a CPU-variant pipeline is specialised on (override constants of gemm_cpu.wgsl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CpuKey {
+    layout: Layout,
+    a_tex: bool,
+    b_tex: bool,
+    vec4: bool,
+    row_blocks: u32,
+    bias: bool,
+    pre: bool,
+    activation: u32,
+    act_grad: u32,
+    accumulate: bool,
+}
 
 pub struct Gemm {
     variant: Variant,
-    /// Tiled: one per layout. Cpu: per (layout, A from texture, B from texture, vec4 epilogue).
-    /// Built on first use and kept: a pipeline costs an LLVM compile on lavapipe.
-    pipelines: [OnceLock<wgpu::ComputePipeline>; 24],
+    /// Tiled: one per layout. Built on first use and kept: a pipeline costs an LLVM compile
+    /// on lavapipe.
+    pipelines: [OnceLock<wgpu::ComputePipeline>; 3],
+    /// Cpu: rows of 4 per lane, when set (benchmarks compare); else `cpu_row_blocks`.
+    row_blocks: Option<u32>,
     /// Bound where an optional operand is absent (4 floats: also bound as `array<vec4<f32>>`) (read-only and read-write apart: wgpu
     /// forbids one buffer in both roles in a dispatch).
     dummy_read: wgpu::Buffer,
@@ -161,6 +191,7 @@ impl Gemm {
         Gemm {
             variant,
             pipelines: Default::default(),
+            row_blocks: None,
             dummy_read: gpu.storage("gemm dummy read", 4),
             dummy_write: gpu.storage("gemm dummy write", 4),
             dummy_texture,
@@ -171,38 +202,48 @@ impl Gemm {
         self.variant
     }
 
-    fn pipeline(
-        &self,
-        gpu: &Gpu,
-        layout: Layout,
-        a_tex: bool,
-        b_tex: bool,
-        vec4: bool,
-    ) -> &wgpu::ComputePipeline {
+    /// The CPU variant with `row_blocks` blocks of 4 rows per lane (2, 4, 6 or 8) in every
+    /// layout, instead of the measured default; for benchmarks.
+    pub fn with_row_blocks(mut self, row_blocks: u32) -> Gemm {
+        assert!(
+            [2, 4, 6, 8].contains(&row_blocks),
+            "row blocks must be 2, 4, 6 or 8, not {row_blocks}"
+        );
+        self.row_blocks = Some(row_blocks);
+        self
+    }
+
+    fn tiled_pipeline(&self, gpu: &Gpu, layout: Layout) -> wgpu::ComputePipeline {
         let l = layout.index();
-        match self.variant {
-            Variant::Tiled => self.pipelines[l].get_or_init(|| {
+        self.pipelines[l]
+            .get_or_init(|| {
                 gpu.pipeline_with(&super::GEMM_TILED, "gemm_tiled", &[("LAYOUT", l as f64)])
-            }),
-            Variant::Cpu | Variant::CpuStorage => {
-                let i = l * 8 + vec4 as usize * 4 + a_tex as usize * 2 + b_tex as usize;
-                self.pipelines[i].get_or_init(|| {
-                    gpu.pipeline_with(
-                        &super::GEMM_CPU,
-                        "gemm_cpu",
-                        &[
-                            ("LAYOUT", l as f64),
-                            ("A_TEXTURE", a_tex as u32 as f64),
-                            ("B_TEXTURE", b_tex as u32 as f64),
-                            ("VEC4", vec4 as u32 as f64),
-                            // Two steps of 4 k per loop trip pay for NN and TN; NT, which
-                            // transposes its B block, spills more and runs best with one.
-                            ("K_STEPS", if layout == Layout::NT { 1.0 } else { 2.0 }),
-                        ],
-                    )
-                })
-            }
-        }
+            })
+            .clone()
+    }
+
+    /// One pipeline per specialisation in use (Gpu::pipeline_with caches them).
+    fn cpu_pipeline(&self, gpu: &Gpu, key: CpuKey) -> wgpu::ComputePipeline {
+        let flag = |b: bool| b as u32 as f64;
+        gpu.pipeline_with(
+            &super::GEMM_CPU,
+            "gemm_cpu",
+            &[
+                ("LAYOUT", key.layout.index() as f64),
+                ("A_TEXTURE", flag(key.a_tex)),
+                ("B_TEXTURE", flag(key.b_tex)),
+                ("VEC4", flag(key.vec4)),
+                ("ROW_BLOCKS", key.row_blocks as f64),
+                // Two steps of 4 k per loop trip pay for NN and TN; NT, which transposes its
+                // B block, spills more and runs best with one.
+                ("K_STEPS", if key.layout == Layout::NT { 1.0 } else { 2.0 }),
+                ("HAS_BIAS", flag(key.bias)),
+                ("HAS_PRE", flag(key.pre)),
+                ("ACTIVATION", key.activation as f64),
+                ("ACT_GRAD", key.act_grad as f64),
+                ("ACCUMULATE", flag(key.accumulate)),
+            ],
+        )
     }
 
     /// The commands for one GEMM. Bind groups, textures and the shape record are made here,
@@ -259,11 +300,14 @@ impl Gemm {
             }),
             accumulate: args.accumulate as u32,
         };
-        let tile = match self.variant {
-            Variant::Tiled => TILED_TILE,
-            _ => CPU_TILE,
+        let row_blocks = self
+            .row_blocks
+            .unwrap_or(cpu_row_blocks(meta.activation, meta.act_grad));
+        let (tile_rows, tile_cols) = match self.variant {
+            Variant::Tiled => (TILED_TILE, TILED_TILE),
+            _ => (4 * row_blocks as usize, CPU_TILE),
         };
-        let groups = [div_ceil(n, tile), div_ceil(m, tile), 1];
+        let groups = [div_ceil(n, tile_cols), div_ceil(m, tile_rows), 1];
         let max_groups = gpu.limits.max_compute_workgroups_per_dimension;
         assert!(
             groups[0] <= max_groups && groups[1] <= max_groups,
@@ -288,7 +332,24 @@ impl Gemm {
         });
         // Rows of C (and of pre and aux) start on 16-byte boundaries: vec4 epilogue.
         let vec4 = n.is_multiple_of(4);
-        let pipeline = self.pipeline(gpu, args.layout, a_view.is_some(), b_view.is_some(), vec4);
+        let pipeline = match self.variant {
+            Variant::Tiled => self.tiled_pipeline(gpu, args.layout),
+            Variant::Cpu | Variant::CpuStorage => self.cpu_pipeline(
+                gpu,
+                CpuKey {
+                    layout: args.layout,
+                    a_tex: a_view.is_some(),
+                    b_tex: b_view.is_some(),
+                    vec4,
+                    row_blocks,
+                    bias: meta.has_bias != 0,
+                    pre: meta.has_pre != 0,
+                    activation: meta.activation,
+                    act_grad: meta.act_grad,
+                    accumulate: meta.accumulate != 0,
+                },
+            ),
+        };
 
         let dummy_read = View::from(&self.dummy_read);
         let mut entries = vec![
@@ -330,7 +391,7 @@ impl Gemm {
             });
         }
         commands.push(Command::Dispatch(
-            gpu.dispatch_with(pipeline, &entries, &meta, groups),
+            gpu.dispatch_with(&pipeline, &entries, &meta, groups),
         ));
         commands
     }

@@ -11,6 +11,7 @@ pub mod embed;
 pub mod gemm;
 pub mod layernorm;
 pub mod loss;
+pub mod peak;
 pub mod reduce;
 
 pub use crate::gpu::Shader;
