@@ -42,16 +42,23 @@ fn info(opts: &GpuOptions) -> CliResult {
         );
     }
     let gpu = Gpu::new(opts)?;
-    println!(
-        "default choice: {} ({} GEMM variant)",
-        gpu.info.name,
-        if gpu.is_cpu() {
-            "CPU-adapter"
-        } else {
-            "tiled GPU"
-        }
-    );
+    println!("default choice: {}", gpu.info.name);
+    print!("{}", variant_lines(&gpu));
     Ok(())
+}
+
+/// The kernel variants that will run on this device, and why (`info`, `verify`).
+fn variant_lines(gpu: &Gpu) -> String {
+    use crate::kernels::{attention::Attention, gemm::Gemm};
+    let gemm = Gemm::choose(gpu);
+    let attention = Attention::choose(gpu);
+    format!(
+        "  GEMM variant: {} ({})\n  attention variant: {} ({})\n",
+        gemm.variant.name(),
+        gemm.reason,
+        attention.variant.name(),
+        attention.reason
+    )
 }
 
 /// Where a dataset is by default.
@@ -481,6 +488,10 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
                 "preset": preset, "mode": mode_name, "batch_size": b, "images_per_second": ips,
                 "median_step_seconds": median, "steps": a.steps, "adapter": gpu.info.name,
                 "profile_seconds": families,
+                "gemm_variant": kernels.gemm.variant().name(),
+                "gemm_reason": kernels.gemm.reason(),
+                "attention_variant": kernels.attention.variant().name(),
+                "attention_reason": kernels.attention.reason(),
             })
         );
     } else {
@@ -490,6 +501,7 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
             a.steps,
             gpu.info.name
         );
+        print!("{}", variant_lines(&gpu));
         let total: f64 = families.values().sum();
         if total > 0.0 {
             println!(
@@ -512,6 +524,7 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
 
 fn verify_cmd(opts: &GpuOptions, a: VerifyArgs) -> CliResult {
     let gpu = Gpu::new(opts)?;
+    print!("{}", variant_lines(&gpu));
     let tol = crate::verify::Tolerances {
         logits: a.logits_tol,
         loss: a.loss_tol,
