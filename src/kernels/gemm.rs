@@ -177,8 +177,7 @@ impl Plan {
             splits = TARGET_WORKGROUPS
                 .div_ceil(count)
                 .min(k / MIN_SPLIT_K)
-                .min(MAX_SPLITS)
-                .max(1);
+                .clamp(1, MAX_SPLITS);
         }
         Plan {
             blocks,
