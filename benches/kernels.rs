@@ -328,25 +328,21 @@ fn bench_gemm(bench: &mut Bench) {
             act: Activation::Relu,
         },
     ];
-    let mut variants = vec![Variant::Tiled];
-    if Gemm::cpu_variant_supported(&bench.gpu) {
-        variants = vec![Variant::Cpu, Variant::CpuStorage, Variant::Tiled];
-    }
-    let mut gemms: Vec<(Gemm, String)> = variants
+    // every variant the adapter runs (one line for each it does not)
+    let variants: Vec<Variant> = Variant::ALL
+        .into_iter()
+        .filter(|&v| match Gemm::supports(&bench.gpu, v) {
+            Ok(()) => true,
+            Err(why) => {
+                println!("GEMM variant {} not run: {why}", v.name());
+                false
+            }
+        })
+        .collect();
+    let gemms: Vec<(Gemm, String)> = variants
         .iter()
         .map(|&v| (Gemm::with_variant(&bench.gpu, v), v.name().to_string()))
         .collect();
-    // VIT_BENCH_ROW_BLOCKS=2,4,6: also the CPU variant with that many row blocks per lane.
-    if Gemm::cpu_variant_supported(&bench.gpu) {
-        let extra = std::env::var("VIT_BENCH_ROW_BLOCKS").unwrap_or_default();
-        for rb in extra
-            .split(',')
-            .filter_map(|r| r.trim().parse::<u32>().ok())
-        {
-            let gemm = Gemm::with_variant(&bench.gpu, Variant::Cpu).with_row_blocks(rb);
-            gemms.push((gemm, format!("cpu-rb{rb}")));
-        }
-    }
     for preset in &presets {
         for s in layer_gemms(preset, tokens, bench.quick) {
             let name = format!("{} {}", preset.name, s.what);
@@ -528,10 +524,19 @@ fn main() {
 /// and 197 tokens, head dim 64; validated on the first image of the batch (images are
 /// independent) against the f64 reference.
 fn bench_attention(bench: &mut Bench) {
+    use vit_wgpu::kernels::attention::{Attention, Variant};
+    for v in Variant::ALL {
+        match Attention::supports(&bench.gpu, v) {
+            Ok(()) => bench_attention_variant(bench, Attention::with_variant(&bench.gpu, v)),
+            Err(why) => println!("attention variant {} not run: {why}", v.name()),
+        }
+    }
+}
+
+fn bench_attention_variant(bench: &mut Bench, kernel: vit_wgpu::kernels::attention::Attention) {
     use vit_wgpu::kernels::attention::{bench_cases, Attention};
     use vit_wgpu::reference::attention as cpu;
-    let kernel = Attention::new(&bench.gpu);
-    let variant = format!("{:?}", kernel.variant()).to_lowercase();
+    let variant = kernel.variant().name().to_string();
     let mut cases = bench_cases();
     if bench.quick {
         // the tiny preset at 65 and 197 tokens

@@ -16,10 +16,12 @@
 // One invocation owns one row (query or key) and keeps its d floats and its accumulators
 // in registers (at most 16 vec4 each), streaming the other side's rows as vec4 loads. A
 // workgroup holds consecutive rows of one (batch, head), so every lane streams the same
-// rows; no workgroup memory, no barriers. Two variants of the forward and both backward
-// passes:
+// rows. Three variants of the forward and both backward passes:
 //   - attention_forward, ..._backward_query, ..._backward_key (ROWS rows per workgroup):
-//     every lane loads each streamed row itself; for GPUs;
+//     every lane loads each streamed row itself, no workgroup memory, no barriers; for CPU
+//     adapters without 8-lane subgroups (llvmpipe on GL) and GPUs without workgroup memory;
+//   - the same names + _tiled (end of this file): the streamed rows staged in workgroup
+//     memory once per workgroup; for GPUs;
 //   - the same names + _lanes, in attention_cpu.wgsl (one 8-lane subgroup per workgroup):
 //     lane t loads streamed row t of each block of 8 and subgroupBroadcast shares it, one
 //     vec4 load per 8 vec4 multiply-adds, for CPU adapters (lavapipe) where every storage
@@ -286,6 +288,193 @@ fn attention_probabilities(@builtin(workgroup_id) wid: vec3<u32>,
                 sv += q[c] * qkv[kj + c];
             }
             probs[base + j] = exp(hsum(sv) - row_lse);
+        }
+    }
+}
+
+// ---- Tiled variant (GPUs): K/V tiles in workgroup memory ----
+// A workgroup holds TILE_ROWS consecutive query (or key) rows of one (batch, head), one per
+// invocation, as the Rows variant does; the streamed rows come a block of STREAM rows at a
+// time into workgroup memory, loaded once (as vec4, TILE_ROWS loads in flight) and read by
+// every row of the workgroup: STREAM * HEAD_VEC4 global loads per block instead of
+// TILE_ROWS times that. Online softmax as above; the backward is the same two passes
+// (FlashAttention-2 without atomics), no N x N buffer. All invocations, including rows
+// past N (clamped), take part in every barrier.
+
+const TILE_ROWS: u32 = 64u;
+const STREAM: u32 = 16u;
+// [STREAM][16] vec4: k rows (forward, backward_query) or q rows (backward_key)
+var<workgroup> tile_x: array<vec4<f32>, 256>;
+// v rows (forward, backward_query) or dO rows (backward_key)
+var<workgroup> tile_y: array<vec4<f32>, 256>;
+// lse and delta of the streamed query rows (backward_key)
+var<workgroup> tile_lse: array<f32, STREAM>;
+var<workgroup> tile_delta: array<f32, STREAM>;
+
+// Load rows j0..j0+STREAM (clamped to N-1) of qkv parts px and py into tile_x, tile_y.
+fn stage_qkv(r: Rows, lid: u32, j0: u32, px: u32, py: u32) {
+    let n = shape.tokens;
+    for (var e = lid; e < STREAM * HEAD_VEC4; e += TILE_ROWS) {
+        let t = e / HEAD_VEC4;
+        let c = e % HEAD_VEC4;
+        let j = min(j0 + t, n - 1u);
+        tile_x[t * 16u + c] = qkv[qkv_at(r, j, px) + c];
+        tile_y[t * 16u + c] = qkv[qkv_at(r, j, py) + c];
+    }
+}
+
+@compute @workgroup_size(TILE_ROWS)
+fn attention_forward_tiled(@builtin(workgroup_id) wid: vec3<u32>,
+                           @builtin(local_invocation_index) lid: u32) {
+    let r = rows(wid, lid, TILE_ROWS);
+    let n = shape.tokens;
+    var q: array<vec4<f32>, 16>;
+    var acc: array<vec4<f32>, 16>;
+    let qi = qkv_at(r, r.clamped, 0u);
+    for (var c = 0u; c < HEAD_VEC4; c++) {
+        q[c] = qkv[qi + c] * shape.scale;
+        acc[c] = vec4<f32>(0.0);
+    }
+    var m = NEG_BIG;
+    var l = 0.0;
+    for (var j0 = 0u; j0 < n; j0 += STREAM) {
+        stage_qkv(r, lid, j0, 1u, 2u);
+        workgroupBarrier();
+        for (var b0 = 0u; b0 < STREAM; b0 += KEY_BLOCK) {
+            var s: array<f32, KEY_BLOCK>;
+            var mb = m;
+            for (var t = 0u; t < KEY_BLOCK; t++) {
+                var dv = vec4<f32>(0.0);
+                for (var c = 0u; c < HEAD_VEC4; c++) {
+                    dv += q[c] * tile_x[(b0 + t) * 16u + c];
+                }
+                s[t] = select(NEG_BIG, hsum(dv), j0 + b0 + t < n);
+                mb = max(mb, s[t]);
+            }
+            let corr = exp(m - mb);
+            l *= corr;
+            for (var c = 0u; c < HEAD_VEC4; c++) {
+                acc[c] *= corr;
+            }
+            for (var t = 0u; t < KEY_BLOCK; t++) {
+                let p = exp(s[t] - mb);
+                l += p;
+                for (var c = 0u; c < HEAD_VEC4; c++) {
+                    acc[c] += p * tile_y[(b0 + t) * 16u + c];
+                }
+            }
+            m = mb;
+        }
+        workgroupBarrier();
+    }
+    if (r.row < n) {
+        let inv = 1.0 / l;
+        let oi = o_at(r, r.row);
+        for (var c = 0u; c < HEAD_VEC4; c++) {
+            o[oi + c] = acc[c] * inv;
+        }
+        lse[r.bh * n + r.row] = m + log(l);
+    }
+}
+
+@compute @workgroup_size(TILE_ROWS)
+fn attention_backward_query_tiled(@builtin(workgroup_id) wid: vec3<u32>,
+                                  @builtin(local_invocation_index) lid: u32) {
+    let r = rows(wid, lid, TILE_ROWS);
+    let n = shape.tokens;
+    var q: array<vec4<f32>, 16>;
+    var g: array<vec4<f32>, 16>;
+    var dq: array<vec4<f32>, 16>;
+    let qi = qkv_at(r, r.clamped, 0u);
+    let oi = o_at(r, r.clamped);
+    var dd = vec4<f32>(0.0);
+    for (var c = 0u; c < HEAD_VEC4; c++) {
+        q[c] = qkv[qi + c] * shape.scale;
+        g[c] = d_o[oi + c];
+        dd += g[c] * o_in[oi + c];
+        dq[c] = vec4<f32>(0.0);
+    }
+    let di = hsum(dd);
+    let li = lse_in[r.bh * n + r.clamped];
+    for (var j0 = 0u; j0 < n; j0 += STREAM) {
+        stage_qkv(r, lid, j0, 1u, 2u);
+        workgroupBarrier();
+        for (var t = 0u; t < STREAM; t++) {
+            var sv = vec4<f32>(0.0);
+            var pv = vec4<f32>(0.0);
+            for (var c = 0u; c < HEAD_VEC4; c++) {
+                sv += q[c] * tile_x[t * 16u + c];
+                pv += g[c] * tile_y[t * 16u + c];
+            }
+            // keys past N (clamped copies of key N-1) get probability 0
+            let p = select(0.0, exp(hsum(sv) - li), j0 + t < n);
+            let ds = p * (hsum(pv) - di);
+            for (var c = 0u; c < HEAD_VEC4; c++) {
+                dq[c] += ds * tile_x[t * 16u + c];
+            }
+        }
+        workgroupBarrier();
+    }
+    if (r.row < n) {
+        for (var c = 0u; c < HEAD_VEC4; c++) {
+            dqkv[qi + c] = dq[c] * shape.scale;
+        }
+        delta[r.bh * n + r.row] = di;
+    }
+}
+
+@compute @workgroup_size(TILE_ROWS)
+fn attention_backward_key_tiled(@builtin(workgroup_id) wid: vec3<u32>,
+                                @builtin(local_invocation_index) lid: u32) {
+    let r = rows(wid, lid, TILE_ROWS);
+    let n = shape.tokens;
+    var k: array<vec4<f32>, 16>;
+    var v: array<vec4<f32>, 16>;
+    var dk: array<vec4<f32>, 16>;
+    var dv: array<vec4<f32>, 16>;
+    let kj = qkv_at(r, r.clamped, 1u);
+    let vj = qkv_at(r, r.clamped, 2u);
+    for (var c = 0u; c < HEAD_VEC4; c++) {
+        k[c] = qkv[kj + c] * shape.scale;
+        v[c] = qkv[vj + c];
+        dk[c] = vec4<f32>(0.0);
+        dv[c] = vec4<f32>(0.0);
+    }
+    for (var i0 = 0u; i0 < n; i0 += STREAM) {
+        // query rows i0.. (q and dO) with their lse and delta
+        for (var e = lid; e < STREAM * HEAD_VEC4; e += TILE_ROWS) {
+            let t = e / HEAD_VEC4;
+            let c = e % HEAD_VEC4;
+            let i = min(i0 + t, n - 1u);
+            tile_x[t * 16u + c] = qkv[qkv_at(r, i, 0u) + c];
+            tile_y[t * 16u + c] = d_o[o_at(r, i) + c];
+        }
+        if (lid < STREAM) {
+            let i = min(i0 + lid, n - 1u);
+            tile_lse[lid] = lse_in[r.bh * n + i];
+            tile_delta[lid] = delta[r.bh * n + i];
+        }
+        workgroupBarrier();
+        for (var t = 0u; t < STREAM; t++) {
+            var sv = vec4<f32>(0.0);
+            var pv = vec4<f32>(0.0);
+            for (var c = 0u; c < HEAD_VEC4; c++) {
+                sv += tile_x[t * 16u + c] * k[c];
+                pv += tile_y[t * 16u + c] * v[c];
+            }
+            let p = select(0.0, exp(hsum(sv) - tile_lse[t]), i0 + t < n);
+            let ds = p * (hsum(pv) - tile_delta[t]);
+            for (var c = 0u; c < HEAD_VEC4; c++) {
+                dv[c] += p * tile_y[t * 16u + c];
+                dk[c] += ds * tile_x[t * 16u + c];
+            }
+        }
+        workgroupBarrier();
+    }
+    if (r.row < n) {
+        for (var c = 0u; c < HEAD_VEC4; c++) {
+            dqkv[kj + c] = dk[c] * shape.scale;
+            dqkv[vj + c] = dv[c];
         }
     }
 }

@@ -6,12 +6,9 @@
 //   - no workgroup memory and no barriers;
 //   - one subgroup of 8 lanes owns a 32x32 tile of C; each lane holds 32 rows x 4 columns
 //     as eight mat4x4 accumulators (acc_g column i = C row 4g+i, 4 columns of the lane);
-//     ROW_BLOCKS < 8 keeps only the first blocks (a 4*ROW_BLOCKS x 32 tile), for epilogues
-//     (GELU) whose code, inlined once per block, would spill the accumulators;
 //   - per step of 4 k, a lane loads 4 vec4 of A (1/8 of the 32x4 block every lane needs,
 //     shared with subgroupBroadcast) and its own 4 vec4 of B, then does 8 mat4x4 products:
 //     128 vec4 multiply-adds for 8 vec4 loads;
-//   - the epilogue's flags are override constants: an untaken step compiles to nothing;
 //   - the epilogue works on a row of a lane's block at a time (4 columns): when n % 4 == 0
 //     (override VEC4) C, bias, pre and aux are read and written as vec4 through a second,
 //     vec4-typed binding of the same buffer (bindings 8..11). At k = 192 the stores were
@@ -32,16 +29,6 @@ override K_STEPS: u32 = 2u;
 // n % 4 == 0: C, bias, pre and aux are also bound as arrays of vec4 (bindings 8..11), and
 // the epilogue reads and writes a vec4 per row of a lane's block.
 override VEC4: bool = false;
-// Row blocks of 4 per lane (2, 4, 6 or 8): the tile is 4 * ROW_BLOCKS rows by 32 columns.
-// Fewer rows spill fewer accumulators but reload B for fewer rows.
-override ROW_BLOCKS: u32 = 8u;
-// The epilogue as constants (the Meta fields say the same, for gemm_tiled.wgsl), so an
-// untaken epilogue costs nothing.
-override HAS_BIAS: bool = false;
-override HAS_PRE: bool = false;
-override ACTIVATION: u32 = 0u;
-override ACT_GRAD: u32 = 0u;
-override ACCUMULATE: bool = false;
 
 struct Meta {
     m: u32,
@@ -72,7 +59,7 @@ struct Meta {
 @group(0) @binding(6) var a_tex: texture_2d<f32>;
 @group(0) @binding(7) var b_tex: texture_2d<f32>;
 
-// ---- epilogue (as in gemm_tiled.wgsl, with the flags as override constants) ----
+// ---- epilogue (kept identical in gemm_tiled.wgsl) ----
 
 // erf(x) = 1 - erfc(|x|) with Numerical Recipes' Chebyshev fit of erfc (fractional error
 // < 1.2e-7), so GELU and its derivative are float32-accurate.
@@ -97,13 +84,13 @@ fn epilogue(row: u32, col: u32, sum: f32) {
     if (row >= shape.m || col >= shape.n) { return; }
     let idx = row * shape.n + col;
     var v = sum;
-    if (HAS_BIAS) { v += bias[col]; }
-    if (HAS_PRE) { pre[idx] = v; }
-    if (ACTIVATION == 1u) { v = max(v, 0.0); }
-    if (ACTIVATION == 2u) { v = gelu(v); }
-    if (ACT_GRAD == 1u) { v = select(0.0, v, aux[idx] > 0.0); }
-    if (ACT_GRAD == 2u) { v *= gelu_grad(aux[idx]); }
-    if (ACCUMULATE) { c[idx] += v; } else { c[idx] = v; }
+    if (shape.has_bias != 0u) { v += bias[col]; }
+    if (shape.has_pre != 0u) { pre[idx] = v; }
+    if (shape.activation == 1u) { v = max(v, 0.0); }
+    if (shape.activation == 2u) { v = gelu(v); }
+    if (shape.act_grad == 1u) { v = select(0.0, v, aux[idx] > 0.0); }
+    if (shape.act_grad == 2u) { v *= gelu_grad(aux[idx]); }
+    if (shape.accumulate != 0u) { c[idx] += v; } else { c[idx] = v; }
 }
 
 // ---- operand fetches: 4 consecutive floats of a row-major matrix, zero outside ----
@@ -194,19 +181,19 @@ fn load_aux4(idx: u32) -> vec4<f32> {
 fn epilogue4(row: u32, col: u32, s: vec4<f32>) {
     let idx = row * shape.n + col;
     var v = s;
-    if (HAS_PRE) {
+    if (shape.has_pre != 0u) {
         if (VEC4) { pre4[idx / 4u] = v; } else {
             pre[idx] = v.x; pre[idx + 1u] = v.y; pre[idx + 2u] = v.z; pre[idx + 3u] = v.w;
         }
     }
-    if (ACTIVATION == 1u) { v = max(v, vec4<f32>(0.0)); }
-    if (ACTIVATION == 2u) { v = 0.5 * v * (1.0 + erf4(v * 0.70710678)); }
-    if (ACT_GRAD == 1u) { v = select(vec4<f32>(0.0), v, load_aux4(idx) > vec4<f32>(0.0)); }
-    if (ACT_GRAD == 2u) {
+    if (shape.activation == 1u) { v = max(v, vec4<f32>(0.0)); }
+    if (shape.activation == 2u) { v = 0.5 * v * (1.0 + erf4(v * 0.70710678)); }
+    if (shape.act_grad == 1u) { v = select(vec4<f32>(0.0), v, load_aux4(idx) > vec4<f32>(0.0)); }
+    if (shape.act_grad == 2u) {
         let x = load_aux4(idx);
         v *= 0.5 * (1.0 + erf4(x * 0.70710678)) + x * 0.39894228 * exp(-0.5 * x * x);
     }
-    if (ACCUMULATE) { v += load_c4(idx); }
+    if (shape.accumulate != 0u) { v += load_c4(idx); }
     if (VEC4) { c4[idx / 4u] = v; } else {
         c[idx] = v.x; c[idx + 1u] = v.y; c[idx + 2u] = v.z; c[idx + 3u] = v.w;
     }
@@ -216,7 +203,7 @@ fn epilogue4(row: u32, col: u32, s: vec4<f32>) {
 fn store_block(row0: u32, col0: u32, acc: mat4x4<f32>) {
     if (col0 + 4u <= shape.n) {
         var bv = vec4<f32>(0.0);
-        if (HAS_BIAS) {
+        if (shape.has_bias != 0u) {
             if (VEC4) { bv = bias4[col0 / 4u]; } else {
                 bv = vec4<f32>(bias[col0], bias[col0 + 1u], bias[col0 + 2u], bias[col0 + 3u]);
             }
@@ -262,15 +249,15 @@ fn step(k0: u32, row0: u32, col: u32, lane: u32,
         let kk = k0 + (lane & 3u);
         let r = row0 + (lane >> 2u) * 4u;
         t0 = fetch_a(kk, r, k, m);
-        if (ROW_BLOCKS > 2u) { t1 = fetch_a(kk, r + 8u, k, m); }
-        if (ROW_BLOCKS > 4u) { t2 = fetch_a(kk, r + 16u, k, m); }
-        if (ROW_BLOCKS > 6u) { t3 = fetch_a(kk, r + 24u, k, m); }
+        t1 = fetch_a(kk, r + 8u, k, m);
+        t2 = fetch_a(kk, r + 16u, k, m);
+        t3 = fetch_a(kk, r + 24u, k, m);
     } else {
         let r = row0 + lane;
         t0 = fetch_a(r, k0, m, k);
-        if (ROW_BLOCKS > 2u) { t1 = fetch_a(r + 8u, k0, m, k); }
-        if (ROW_BLOCKS > 4u) { t2 = fetch_a(r + 16u, k0, m, k); }
-        if (ROW_BLOCKS > 6u) { t3 = fetch_a(r + 24u, k0, m, k); }
+        t1 = fetch_a(r + 8u, k0, m, k);
+        t2 = fetch_a(r + 16u, k0, m, k);
+        t3 = fetch_a(r + 24u, k0, m, k);
     }
     // This lane's B block, column kk = op(B)[k0 + kk, col..col+4].
     var bm: mat4x4<f32>;
@@ -284,23 +271,17 @@ fn step(k0: u32, row0: u32, col: u32, lane: u32,
     }
     *acc0 += bm * a_block(lanes_lo(t0));
     *acc1 += bm * a_block(lanes_hi(t0));
-    if (ROW_BLOCKS > 2u) {
-        *acc2 += bm * a_block(lanes_lo(t1));
-        *acc3 += bm * a_block(lanes_hi(t1));
-    }
-    if (ROW_BLOCKS > 4u) {
-        *acc4 += bm * a_block(lanes_lo(t2));
-        *acc5 += bm * a_block(lanes_hi(t2));
-    }
-    if (ROW_BLOCKS > 6u) {
-        *acc6 += bm * a_block(lanes_lo(t3));
-        *acc7 += bm * a_block(lanes_hi(t3));
-    }
+    *acc2 += bm * a_block(lanes_lo(t1));
+    *acc3 += bm * a_block(lanes_hi(t1));
+    *acc4 += bm * a_block(lanes_lo(t2));
+    *acc5 += bm * a_block(lanes_hi(t2));
+    *acc6 += bm * a_block(lanes_lo(t3));
+    *acc7 += bm * a_block(lanes_hi(t3));
 }
 
 @compute @workgroup_size(8)
 fn gemm_cpu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    let row0 = wid.y * 4u * ROW_BLOCKS;
+    let row0 = wid.y * 32u;
     let col = wid.x * 32u + lane * 4u;
     var acc0 = mat4x4<f32>();
     var acc1 = mat4x4<f32>();
@@ -319,16 +300,10 @@ fn gemm_cpu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_
     }
     store_block(row0, col, acc0);
     store_block(row0 + 4u, col, acc1);
-    if (ROW_BLOCKS > 2u) {
-        store_block(row0 + 8u, col, acc2);
-        store_block(row0 + 12u, col, acc3);
-    }
-    if (ROW_BLOCKS > 4u) {
-        store_block(row0 + 16u, col, acc4);
-        store_block(row0 + 20u, col, acc5);
-    }
-    if (ROW_BLOCKS > 6u) {
-        store_block(row0 + 24u, col, acc6);
-        store_block(row0 + 28u, col, acc7);
-    }
+    store_block(row0 + 8u, col, acc2);
+    store_block(row0 + 12u, col, acc3);
+    store_block(row0 + 16u, col, acc4);
+    store_block(row0 + 20u, col, acc5);
+    store_block(row0 + 24u, col, acc6);
+    store_block(row0 + 28u, col, acc7);
 }

@@ -1,14 +1,41 @@
-// GEMM for real GPUs: C [m, n] = op(A) op(B) with a fused epilogue.
-// Classic workgroup-memory tiling: a 64x64 tile of C per workgroup of 16x16 invocations,
-// each holding a 4x4 register block; A and B stream through workgroup memory 16 k at a time.
+// GEMM for adapters without 8-lane subgroups: C [m, n] = op(A) op(B) with a fused epilogue.
+// Three entry points:
+//   gemm_tiled     for GPUs: workgroup-memory tiles, built like the fastest published WGSL
+//                  SGEMMs (TF.js packed vec4 matmul, gpu.cpp's 128x128 kernel):
+//                  - 16x16 invocations; BLOCKS = 2: a 128x128 tile of C, 8x8 accumulators
+//                    per invocation as a 2x2 grid of 4x4 blocks at row/column offsets 0 and
+//                    64 (neighbouring invocations read neighbouring vec4: no bank conflicts);
+//                    BLOCKS = 1: a 64x64 tile, one 4x4 block (for shapes with few tiles);
+//                  - workgroup memory as vec4, A stored k-major (transposed on load), so one
+//                    vec4 read of A and one of B feed 16 multiply-adds per 4x4 block;
+//                  - vec4 global loads along the contiguous axis when its length is a
+//                    multiple of 4 (A_VEC4, B_VEC4; else four scalar loads);
+//                  - the next k-tile is fetched into registers while this one is used;
+//                  - the k loop body is written out (neither naga nor drivers unroll);
+//                  - SPLIT: workgroup z sums k in [z k_chunk, (z+1) k_chunk) into
+//                    partial[z] (no epilogue) and gemm_reduce adds the splits: for weight
+//                    gradients (TN), whose output is small and k = B*N large.
+//   gemm_reduce    the split-K sum and the epilogue, one invocation per element of C.
+//   gemm_registers for CPU adapters without 8-lane subgroups (llvmpipe on GL): no workgroup
+//                  memory and no barriers (on a CPU each barrier ends a loop over the lanes);
+//                  each invocation keeps a 4x4 block of C in a mat4x4 and reads its operands
+//                  straight from storage, 8 vec4 loads per 64 multiply-adds.
 // The layout is an override constant, so each pipeline compiles one indexing scheme:
 //   LAYOUT 0 = NN: A [m, k], B [k, n]     C = A B      (dX = dY W)
 //          1 = NT: A [m, k], B [n, k]     C = A B^T    (Y = X W^T)
 //          2 = TN: A [k, m], B [k, n]     C = A^T B    (dW = dY^T X)
 // Epilogue (same as gemm_cpu.wgsl): + bias[n]; pre-activation out; activation;
 // times act'(act_grad_of); C = or C +=.
+// Subgroup sizes are never assumed: nothing here uses subgroups.
 
 override LAYOUT: u32 = 1u;
+// 4x4 blocks per invocation along each axis: 1 (64x64 tile) or 2 (128x128 tile)
+override BLOCKS: u32 = 2u;
+// A's (B's) contiguous axis is a multiple of 4: rows start on 16 bytes, vec4 global loads
+override A_VEC4: bool = false;
+override B_VEC4: bool = false;
+// split-K: raw sums to partial[wid.z], the epilogue runs in gemm_reduce
+override SPLIT: bool = false;
 
 struct Meta {
     m: u32,
@@ -21,6 +48,11 @@ struct Meta {
     // multiply by act'(aux): 0 off, 1 relu, 2 gelu
     act_grad: u32,
     accumulate: u32,
+    // split-K: k per split (a multiple of TK) and the number of splits
+    k_chunk: u32,
+    splits: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(1) @binding(0) var<uniform> shape: Meta;
@@ -31,6 +63,11 @@ struct Meta {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> pre: array<f32>;
 @group(0) @binding(5) var<storage, read> aux: array<f32>;
+// A and B again as vec4 (bound when A_VEC4 / B_VEC4, else placeholders)
+@group(0) @binding(6) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> b4: array<vec4<f32>>;
+// split-K partial sums [splits, m, n]
+@group(0) @binding(8) var<storage, read_write> partial: array<f32>;
 
 // ---- epilogue (kept identical in gemm_cpu.wgsl) ----
 
@@ -66,80 +103,264 @@ fn epilogue(row: u32, col: u32, sum: f32) {
     if (shape.accumulate != 0u) { c[idx] += v; } else { c[idx] = v; }
 }
 
-// ---- tiled kernel ----
+// ---- global loads: 4 consecutive floats of a row-major [rows, cols] matrix, 0 outside ----
 
-const TILE: u32 = 64u;
-const TK: u32 = 16u;
-
-var<workgroup> tile_a: array<f32, 1024>; // [TK][TILE]: tile_a[kk * 64 + i] = op(A)[row0 + i, k0 + kk]
-var<workgroup> tile_b: array<f32, 1024>; // [TK][TILE]: tile_b[kk * 64 + j] = op(B)[k0 + kk, col0 + j]
-
-// op(A)[i, p], zero outside the matrix
-fn load_a(i: u32, p: u32) -> f32 {
-    if (i >= shape.m || p >= shape.k) { return 0.0; }
-    if (LAYOUT == 2u) { return a[p * shape.m + i]; }
-    return a[i * shape.k + p];
+fn load_a4(row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
+    if (row >= rows || col >= cols) { return vec4<f32>(0.0); }
+    let base = row * cols + col;
+    if (A_VEC4) { return a4[base / 4u]; }
+    var v = vec4<f32>(0.0);
+    v.x = a[base];
+    if (col + 1u < cols) { v.y = a[base + 1u]; }
+    if (col + 2u < cols) { v.z = a[base + 2u]; }
+    if (col + 3u < cols) { v.w = a[base + 3u]; }
+    return v;
 }
 
-// op(B)[p, j], zero outside the matrix
-fn load_b(p: u32, j: u32) -> f32 {
-    if (p >= shape.k || j >= shape.n) { return 0.0; }
-    if (LAYOUT == 1u) { return b[j * shape.k + p]; }
-    return b[p * shape.n + j];
+fn load_b4(row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
+    if (row >= rows || col >= cols) { return vec4<f32>(0.0); }
+    let base = row * cols + col;
+    if (B_VEC4) { return b4[base / 4u]; }
+    var v = vec4<f32>(0.0);
+    v.x = b[base];
+    if (col + 1u < cols) { v.y = b[base + 1u]; }
+    if (col + 2u < cols) { v.z = b[base + 2u]; }
+    if (col + 3u < cols) { v.w = b[base + 3u]; }
+    return v;
+}
+
+// op(A) at row i, k p, 4 along A's contiguous axis: k p..p+3 (NN, NT) or rows i..i+3 (TN)
+fn fetch_a(i: u32, p: u32) -> vec4<f32> {
+    if (LAYOUT == 2u) { return load_a4(p, i, shape.k, shape.m); }
+    return load_a4(i, p, shape.m, shape.k);
+}
+
+// op(B) at k p, column j, 4 along B's contiguous axis: columns j..j+3 (NN, TN) or k p..p+3 (NT)
+fn fetch_b(p: u32, j: u32) -> vec4<f32> {
+    if (LAYOUT == 1u) { return load_b4(j, p, shape.n, shape.k); }
+    return load_b4(p, j, shape.k, shape.n);
+}
+
+// ---- gemm_tiled ----
+
+const TK: u32 = 16u;
+// vec4 per k row of a tile in workgroup memory (room for the 128 tile; the 64 uses half)
+const ROW4: u32 = 32u;
+
+// k-major: tile_a[kk * ROW4 + i4] = op(A)[row0 + 4 i4 .. + 4, k0 + kk]
+var<workgroup> tile_a: array<vec4<f32>, 512>;
+// tile_b[kk * ROW4 + j4] = op(B)[k0 + kk, col0 + 4 j4 .. + 4]
+var<workgroup> tile_b: array<vec4<f32>, 512>;
+
+// The vec4 loads of one k-tile: 16 BLOCKS rows (or k) per invocation; invocation t's
+// e-th load. Consecutive invocations walk the matrix's contiguous axis.
+fn fetch_tile_a(e: u32, t: u32, row0: u32, k0: u32) -> vec4<f32> {
+    let u = e * 256u + t;
+    if (LAYOUT == 2u) {
+        // contiguous along rows of op(A): u = kk * (16 BLOCKS) + i4
+        let w = 16u * BLOCKS;
+        return fetch_a(row0 + (u % w) * 4u, k0 + u / w);
+    }
+    // contiguous along k: u = i * 4 + kq
+    return fetch_a(row0 + u / 4u, k0 + (u % 4u) * 4u);
+}
+
+fn fetch_tile_b(e: u32, t: u32, col0: u32, k0: u32) -> vec4<f32> {
+    let u = e * 256u + t;
+    if (LAYOUT == 1u) {
+        return fetch_b(k0 + (u % 4u) * 4u, col0 + u / 4u);
+    }
+    let w = 16u * BLOCKS;
+    return fetch_b(k0 + u / w, col0 + (u % w) * 4u);
+}
+
+// Store a fetched vec4 into workgroup memory; along k it is scattered over 4 k rows.
+fn stash_a(e: u32, t: u32, v: vec4<f32>) {
+    let u = e * 256u + t;
+    if (LAYOUT == 2u) {
+        let w = 16u * BLOCKS;
+        tile_a[(u / w) * ROW4 + u % w] = v;
+    } else {
+        let i = u / 4u;
+        let kk = (u % 4u) * 4u;
+        tile_a[kk * ROW4 + i / 4u][i % 4u] = v.x;
+        tile_a[(kk + 1u) * ROW4 + i / 4u][i % 4u] = v.y;
+        tile_a[(kk + 2u) * ROW4 + i / 4u][i % 4u] = v.z;
+        tile_a[(kk + 3u) * ROW4 + i / 4u][i % 4u] = v.w;
+    }
+}
+
+fn stash_b(e: u32, t: u32, v: vec4<f32>) {
+    let u = e * 256u + t;
+    if (LAYOUT == 1u) {
+        let j = u / 4u;
+        let kk = (u % 4u) * 4u;
+        tile_b[kk * ROW4 + j / 4u][j % 4u] = v.x;
+        tile_b[(kk + 1u) * ROW4 + j / 4u][j % 4u] = v.y;
+        tile_b[(kk + 2u) * ROW4 + j / 4u][j % 4u] = v.z;
+        tile_b[(kk + 3u) * ROW4 + j / 4u][j % 4u] = v.w;
+    } else {
+        let w = 16u * BLOCKS;
+        tile_b[(u / w) * ROW4 + u % w] = v;
+    }
+}
+
+// One k of the register blocks: acc[(qa * 2 + qb) * 4 + r] is row qa*64 + 4 ty + r,
+// columns qb*64 + 4 tx .. + 4 of the tile. Every index is a constant after inlining.
+fn mac(acc: ptr<function, array<vec4<f32>, 16>>, kk: u32, ty: u32, tx: u32) {
+    let a0 = tile_a[kk * ROW4 + ty];
+    let b0 = tile_b[kk * ROW4 + tx];
+    (*acc)[0] += a0.x * b0;
+    (*acc)[1] += a0.y * b0;
+    (*acc)[2] += a0.z * b0;
+    (*acc)[3] += a0.w * b0;
+    if (BLOCKS == 2u) {
+        let a1 = tile_a[kk * ROW4 + 16u + ty];
+        let b1 = tile_b[kk * ROW4 + 16u + tx];
+        (*acc)[4] += a0.x * b1;
+        (*acc)[5] += a0.y * b1;
+        (*acc)[6] += a0.z * b1;
+        (*acc)[7] += a0.w * b1;
+        (*acc)[8] += a1.x * b0;
+        (*acc)[9] += a1.y * b0;
+        (*acc)[10] += a1.z * b0;
+        (*acc)[11] += a1.w * b0;
+        (*acc)[12] += a1.x * b1;
+        (*acc)[13] += a1.y * b1;
+        (*acc)[14] += a1.z * b1;
+        (*acc)[15] += a1.w * b1;
+    }
+}
+
+fn store_block(acc: ptr<function, array<vec4<f32>, 16>>, q: u32, row: u32, col: u32, z: u32) {
+    for (var r = 0u; r < 4u; r++) {
+        let v = (*acc)[q * 4u + r];
+        for (var s = 0u; s < 4u; s++) {
+            if (SPLIT) {
+                if (row + r < shape.m && col + s < shape.n) {
+                    partial[(z * shape.m + row + r) * shape.n + col + s] = v[s];
+                }
+            } else {
+                epilogue(row + r, col + s, v[s]);
+            }
+        }
+    }
 }
 
 @compute @workgroup_size(16, 16)
 fn gemm_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
               @builtin(local_invocation_index) li: u32) {
-    let row0 = wid.y * TILE;
-    let col0 = wid.x * TILE;
-    var acc: array<array<f32, 4>, 4>;
-    for (var k0 = 0u; k0 < shape.k; k0 += TK) {
-        // 256 invocations load 1024 elements of each tile. For A the fastest-moving
-        // invocation index walks along the matrix's contiguous axis.
-        for (var e = 0u; e < 4u; e++) {
-            let t = e * 256u + li;
-            if (LAYOUT == 2u) {
-                // A [k, m]: contiguous along i
-                let i = t % TILE;
-                let kk = t / TILE;
-                tile_a[kk * TILE + i] = load_a(row0 + i, k0 + kk);
-            } else {
-                // A [m, k]: contiguous along k
-                let kk = t % TK;
-                let i = t / TK;
-                tile_a[kk * TILE + i] = load_a(row0 + i, k0 + kk);
-            }
-            if (LAYOUT == 1u) {
-                // B [n, k]: contiguous along k
-                let kk = t % TK;
-                let j = t / TK;
-                tile_b[kk * TILE + j] = load_b(k0 + kk, col0 + j);
-            } else {
-                let j = t % TILE;
-                let kk = t / TILE;
-                tile_b[kk * TILE + j] = load_b(k0 + kk, col0 + j);
-            }
+    let tile = 64u * BLOCKS;
+    let row0 = wid.y * tile;
+    let col0 = wid.x * tile;
+    let k_begin = select(0u, wid.z * shape.k_chunk, SPLIT);
+    let k_end = select(shape.k, min(shape.k, k_begin + shape.k_chunk), SPLIT);
+    var acc: array<vec4<f32>, 16>;
+    // the k-tile in flight, in registers
+    var fa0 = fetch_tile_a(0u, li, row0, k_begin);
+    var fb0 = fetch_tile_b(0u, li, col0, k_begin);
+    var fa1 = vec4<f32>(0.0);
+    var fb1 = vec4<f32>(0.0);
+    if (BLOCKS == 2u) {
+        fa1 = fetch_tile_a(1u, li, row0, k_begin);
+        fb1 = fetch_tile_b(1u, li, col0, k_begin);
+    }
+    for (var k0 = k_begin; k0 < k_end; k0 += TK) {
+        stash_a(0u, li, fa0);
+        stash_b(0u, li, fb0);
+        if (BLOCKS == 2u) {
+            stash_a(1u, li, fa1);
+            stash_b(1u, li, fb1);
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TK; kk++) {
-            var av: array<f32, 4>;
-            var bv: array<f32, 4>;
-            for (var r = 0u; r < 4u; r++) {
-                av[r] = tile_a[kk * TILE + lid.y * 4u + r];
-                bv[r] = tile_b[kk * TILE + lid.x * 4u + r];
-            }
-            for (var r = 0u; r < 4u; r++) {
-                for (var s = 0u; s < 4u; s++) {
-                    acc[r][s] += av[r] * bv[s];
-                }
+        // prefetch the next k-tile: its loads are in flight during the math below
+        let next = k0 + TK;
+        if (next < k_end) {
+            fa0 = fetch_tile_a(0u, li, row0, next);
+            fb0 = fetch_tile_b(0u, li, col0, next);
+            if (BLOCKS == 2u) {
+                fa1 = fetch_tile_a(1u, li, row0, next);
+                fb1 = fetch_tile_b(1u, li, col0, next);
             }
         }
+        let ty = lid.y;
+        let tx = lid.x;
+        mac(&acc, 0u, ty, tx);
+        mac(&acc, 1u, ty, tx);
+        mac(&acc, 2u, ty, tx);
+        mac(&acc, 3u, ty, tx);
+        mac(&acc, 4u, ty, tx);
+        mac(&acc, 5u, ty, tx);
+        mac(&acc, 6u, ty, tx);
+        mac(&acc, 7u, ty, tx);
+        mac(&acc, 8u, ty, tx);
+        mac(&acc, 9u, ty, tx);
+        mac(&acc, 10u, ty, tx);
+        mac(&acc, 11u, ty, tx);
+        mac(&acc, 12u, ty, tx);
+        mac(&acc, 13u, ty, tx);
+        mac(&acc, 14u, ty, tx);
+        mac(&acc, 15u, ty, tx);
         workgroupBarrier();
     }
-    for (var r = 0u; r < 4u; r++) {
-        for (var s = 0u; s < 4u; s++) {
-            epilogue(row0 + lid.y * 4u + r, col0 + lid.x * 4u + s, acc[r][s]);
+    let row = row0 + lid.y * 4u;
+    let col = col0 + lid.x * 4u;
+    store_block(&acc, 0u, row, col, wid.z);
+    if (BLOCKS == 2u) {
+        store_block(&acc, 1u, row, col + 64u, wid.z);
+        store_block(&acc, 2u, row + 64u, col, wid.z);
+        store_block(&acc, 3u, row + 64u, col + 64u, wid.z);
+    }
+}
+
+// ---- gemm_reduce: C = epilogue(sum over splits of partial) ----
+
+@compute @workgroup_size(256)
+fn gemm_reduce(@builtin(global_invocation_id) gid: vec3<u32>,
+               @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = gid.x + gid.y * nwg.x * 256u;
+    let total = shape.m * shape.n;
+    if (idx >= total) { return; }
+    var sum = 0.0;
+    for (var z = 0u; z < shape.splits; z++) {
+        sum += partial[z * total + idx];
+    }
+    epilogue(idx / shape.n, idx % shape.n, sum);
+}
+
+// ---- gemm_registers: no workgroup memory (CPU adapters without 8-lane subgroups) ----
+
+// A workgroup of 8x8 invocations covers a 32x32 tile of C; acc column r = C row i + r.
+@compute @workgroup_size(8, 8)
+fn gemm_registers(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.y * 4u;
+    let j = gid.x * 4u;
+    var acc = mat4x4<f32>();
+    for (var p = 0u; p < shape.k; p += 4u) {
+        // ma column r = op(A)[i + r, p..p+3]; mb column s = op(B)[p + s, j..j+3]
+        var ma: mat4x4<f32>;
+        var mb: mat4x4<f32>;
+        if (LAYOUT == 2u) {
+            ma = transpose(mat4x4<f32>(fetch_a(i, p), fetch_a(i, p + 1u), fetch_a(i, p + 2u),
+                                       fetch_a(i, p + 3u)));
+        } else {
+            ma = mat4x4<f32>(fetch_a(i, p), fetch_a(i + 1u, p), fetch_a(i + 2u, p),
+                             fetch_a(i + 3u, p));
         }
+        if (LAYOUT == 1u) {
+            mb = transpose(mat4x4<f32>(fetch_b(p, j), fetch_b(p, j + 1u), fetch_b(p, j + 2u),
+                                       fetch_b(p, j + 3u)));
+        } else {
+            mb = mat4x4<f32>(fetch_b(p, j), fetch_b(p + 1u, j), fetch_b(p + 2u, j),
+                             fetch_b(p + 3u, j));
+        }
+        // (mb ma) column r = sum_s op(A)[i + r, p + s] op(B)[p + s, j..j+3]
+        acc += mb * ma;
+    }
+    for (var r = 0u; r < 4u; r++) {
+        epilogue(i + r, j, acc[r].x);
+        epilogue(i + r, j + 1u, acc[r].y);
+        epilogue(i + r, j + 2u, acc[r].z);
+        epilogue(i + r, j + 3u, acc[r].w);
     }
 }

@@ -23,6 +23,8 @@ fn covering_shapes() -> Vec<AttentionShape> {
         shape(1, 1, 1, 16),
         shape(5, 1, 3, 64),
         shape(5, 17, 2, 32),
+        shape(2, 50, 2, 64),
+        shape(1, 130, 1, 8),
         shape(1, 17, 4, 64),
         shape(1, 65, 3, 64),
         shape(5, 65, 4, 16),
@@ -32,11 +34,21 @@ fn covering_shapes() -> Vec<AttentionShape> {
     ]
 }
 
-/// Both variants where the adapter runs them (Lanes needs 8-lane subgroups).
+/// Every variant the adapter runs; one line for each it does not, and why.
 fn variants() -> Vec<Variant> {
     Variant::ALL
         .into_iter()
-        .filter(|&v| v != Variant::Lanes || Attention::lanes_supported(gpu()))
+        .filter(|&v| match Attention::supports(gpu(), v) {
+            Ok(()) => true,
+            Err(why) => {
+                eprintln!(
+                    "SKIPPED attention variant {} on '{}': {why}",
+                    v.name(),
+                    gpu().info.name
+                );
+                false
+            }
+        })
         .collect()
 }
 
@@ -185,4 +197,39 @@ fn check_one_token(s: AttentionShape, qkv: &[f32], o: &[f32], lse_out: &[f32], m
         })
         .collect();
     assert_close("one-token attention lse = q.k/sqrt(d)", lse_out, &lse, 1e-5);
+}
+
+/// The variant `Attention::new` takes follows the adapter's capabilities (or
+/// VIT_ATTENTION_VARIANT), and says why.
+#[test]
+fn attention_new_picks_the_variant_the_adapter_supports() {
+    let g = gpu();
+    let attention = Attention::new(g);
+    let forced = std::env::var("VIT_ATTENTION_VARIANT").ok();
+    let expected = if let Some(v) = Variant::ALL
+        .into_iter()
+        .find(|v| forced.as_deref() == Some(v.name()) && Attention::supports(g, *v).is_ok())
+    {
+        v
+    } else if g.caps.cpu {
+        if g.caps.exact_subgroups(8).is_ok() {
+            Variant::Lanes
+        } else {
+            Variant::Rows
+        }
+    } else {
+        Variant::Tiled
+    };
+    assert_eq!(
+        attention.variant(),
+        expected,
+        "reason: {}",
+        attention.reason()
+    );
+    assert!(!attention.reason().is_empty());
+    eprintln!(
+        "attention variant {}: {}",
+        attention.variant().name(),
+        attention.reason()
+    );
 }

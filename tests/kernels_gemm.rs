@@ -6,16 +6,43 @@ use vit_wgpu::reference::gemm::{self as cpu, Epilogue};
 
 /// One `Gemm` per variant for the whole test binary: pipelines compile once.
 fn gemm(variant: Variant) -> &'static Gemm {
-    static GEMMS: [OnceLock<Gemm>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
-    let i = Variant::ALL.iter().position(|&v| v == variant).unwrap();
+    static GEMMS: [OnceLock<Gemm>; 4] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
+    let i = Variant::ALL
+        .iter()
+        .position(|&v| v == variant)
+        .expect("a variant of Variant::ALL");
     GEMMS[i].get_or_init(|| Gemm::with_variant(gpu(), variant))
 }
 
-/// Shapes that are not tile multiples (tiles are 32 and 64), including 1-sized ones, the
-/// ViT token count (5 images x 197 tokens) and both texture-eligible widths (multiples of
-/// 64) and storage-only ones, for every operand of every layout.
+/// True when the adapter runs `variant`; otherwise prints one line saying why not.
+fn runs(variant: Variant) -> bool {
+    match Gemm::supports(gpu(), variant) {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED GEMM variant {} on '{}': {why}",
+                variant.name(),
+                gpu().info.name
+            );
+            false
+        }
+    }
+}
+
+/// Shapes that are not tile multiples (tiles are 32, 64 and 128), including 1-sized ones,
+/// 50 and 197 rows, the ViT token count (5 images x 197 tokens), widths that are not
+/// multiples of 4 (scalar loads) and both texture-eligible widths (multiples of 64) and
+/// storage-only ones, for every operand of every layout.
 const SHAPES: &[(usize, usize, usize)] = &[
     (1, 64, 64),
+    (50, 36, 50),
+    (197, 50, 65),
+    (50, 197, 36),
     (17, 96, 17),
     (65, 192, 96),
     (985, 64, 192),
@@ -41,15 +68,17 @@ struct Flags {
 /// Run one GEMM on the device and on the CPU, compare C (and the pre-activation).
 /// Returns the largest relative error.
 fn check(variant: Variant, layout: Layout, shape: (usize, usize, usize), f: Flags) -> f64 {
-    check_kernel(gemm(variant), variant.name(), layout, shape, f)
+    let (m, n, k) = shape;
+    check_plan(variant, layout, shape, f, Plan::for_shape(m, n, k, layout))
 }
 
-fn check_kernel(
-    kernel: &Gemm,
-    label: &str,
+/// `check` with the tiled variant's tile size and split-K given.
+fn check_plan(
+    variant: Variant,
     layout: Layout,
     (m, n, k): (usize, usize, usize),
     f: Flags,
+    plan: Plan,
 ) -> f64 {
     let g = gpu();
     let mut r = rng();
@@ -93,7 +122,7 @@ fn check_kernel(
         poisoned(m * n)
     };
     let bpre = poisoned(m * n);
-    let commands = kernel.record(
+    let commands = gemm(variant).record_with_plan(
         g,
         &GemmArgs {
             a: (&ba).into(),
@@ -109,10 +138,12 @@ fn check_kernel(
             act_grad_of: f.act_grad.map(|act| (&baux, act)),
             accumulate: f.accumulate,
         },
+        plan,
     );
     g.submit_commands(&commands);
     let what = format!(
-        "{label} {layout:?} {m}x{n}x{k} bias={} pre={} act={activation:?} act_grad={:?} accumulate={}",
+        "{} {plan:?} {layout:?} {m}x{n}x{k} bias={} pre={} act={activation:?} act_grad={:?} accumulate={}",
+        variant.name(),
         f.bias,
         f.pre,
         f.act_grad,
@@ -239,77 +270,163 @@ fn every_epilogue(variant: Variant) {
 
 #[test]
 fn tiled_gemm_matches_cpu_in_every_layout_on_odd_shapes() {
-    every_layout_on_odd_shapes(Variant::Tiled);
+    if runs(Variant::Tiled) {
+        every_layout_on_odd_shapes(Variant::Tiled);
+    }
+}
+
+#[test]
+fn registers_gemm_matches_cpu_in_every_layout_on_odd_shapes() {
+    if runs(Variant::Registers) {
+        every_layout_on_odd_shapes(Variant::Registers);
+    }
 }
 
 #[test]
 fn cpu_gemm_matches_cpu_in_every_layout_on_odd_shapes() {
-    every_layout_on_odd_shapes(Variant::Cpu);
+    if runs(Variant::Cpu) {
+        every_layout_on_odd_shapes(Variant::Cpu);
+    }
 }
 
 #[test]
 fn cpu_gemm_from_storage_matches_cpu_in_every_layout_on_odd_shapes() {
-    every_layout_on_odd_shapes(Variant::CpuStorage);
-}
-
-#[test]
-fn cpu_gemm_matches_cpu_with_other_row_block_counts_in_every_layout() {
-    let relu = Some(Activation::Relu);
-    let epilogues = [
-        Flags::default(),
-        Flags {
-            bias: true,
-            pre: true,
-            activation: Some(Activation::Gelu),
-            ..Flags::default()
-        },
-        Flags {
-            act_grad: relu,
-            accumulate: true,
-            ..Flags::default()
-        },
-    ];
-    // 8 (no GELU) and 2 (GELU epilogues) are the defaults the other tests run.
-    for row_blocks in [4, 6] {
-        let kernel = Gemm::with_variant(gpu(), Variant::Cpu).with_row_blocks(row_blocks);
-        let label = format!("cpu row blocks {row_blocks}");
-        for layout in Layout::ALL {
-            let mut worst: f64 = 0.0;
-            // tile edges in both directions, texture and storage operands
-            let shapes = [(17, 96, 17), (65, 192, 96), (985, 33, 64), (64, 96, 65)];
-            for (i, &shape) in shapes.iter().enumerate() {
-                let f = epilogues[i % epilogues.len()];
-                worst = worst.max(check_kernel(&kernel, &label, layout, shape, f));
-            }
-            eprintln!("SUMMARY {label} {layout:?}: largest relative error {worst:.2e}");
-        }
+    if runs(Variant::CpuStorage) {
+        every_layout_on_odd_shapes(Variant::CpuStorage);
     }
 }
 
 #[test]
 fn tiled_gemm_applies_every_epilogue() {
-    every_epilogue(Variant::Tiled);
+    if runs(Variant::Tiled) {
+        every_epilogue(Variant::Tiled);
+    }
+}
+
+#[test]
+fn registers_gemm_applies_every_epilogue() {
+    if runs(Variant::Registers) {
+        every_epilogue(Variant::Registers);
+    }
 }
 
 #[test]
 fn cpu_gemm_applies_every_epilogue() {
-    every_epilogue(Variant::Cpu);
+    if runs(Variant::Cpu) {
+        every_epilogue(Variant::Cpu);
+    }
 }
 
 #[test]
 fn cpu_gemm_from_storage_applies_every_epilogue() {
-    every_epilogue(Variant::CpuStorage);
+    if runs(Variant::CpuStorage) {
+        every_epilogue(Variant::CpuStorage);
+    }
 }
 
+/// The 64 and 128 tiles in every layout, and split-K (weight gradients, TN) with the
+/// reduction pass running every epilogue, on odd shapes, whatever `Plan::for_shape` picks.
 #[test]
-fn gemm_new_picks_the_cpu_variant_on_cpu_adapters() {
+fn tiled_gemm_matches_cpu_with_both_tile_sizes_and_split_k() {
+    if !runs(Variant::Tiled) {
+        return;
+    }
+    let shapes = [(197, 50, 65), (1, 36, 17), (130, 129, 33)];
+    for layout in Layout::ALL {
+        for blocks in [1, 2] {
+            let mut worst: f64 = 0.0;
+            for &shape in &shapes {
+                let plan = Plan { blocks, splits: 1 };
+                worst = worst.max(check_plan(
+                    Variant::Tiled,
+                    layout,
+                    shape,
+                    Flags::default(),
+                    plan,
+                ));
+            }
+            eprintln!("SUMMARY tiled {layout:?} {blocks}x{blocks} blocks: largest relative error {worst:.2e}");
+        }
+    }
+    let epilogue = Flags {
+        bias: true,
+        pre: true,
+        activation: Some(Activation::Gelu),
+        act_grad: Some(Activation::Relu),
+        accumulate: true,
+    };
+    let mut worst: f64 = 0.0;
+    for (shape, splits) in [((50, 33, 985), 3), ((65, 96, 4100), 16), ((17, 1, 197), 5)] {
+        for blocks in [1, 2] {
+            let plan = Plan { blocks, splits };
+            worst = worst.max(check_plan(
+                Variant::Tiled,
+                Layout::TN,
+                shape,
+                Flags::default(),
+                plan,
+            ));
+            worst = worst.max(check_plan(
+                Variant::Tiled,
+                Layout::TN,
+                shape,
+                epilogue,
+                plan,
+            ));
+        }
+    }
+    eprintln!("SUMMARY tiled TN split-K: largest relative error {worst:.2e}");
+}
+
+/// Weight gradients with few tiles and long k take split-K; large outputs the 128 tile.
+#[test]
+fn tiled_gemm_plans_split_k_for_weight_gradients_and_large_tiles_for_large_outputs() {
+    // labml at batch 64: 4160 rows; dW of the attention projection [512, 512], k = 4160
+    let dw = Plan::for_shape(512, 512, 4160, Layout::TN);
+    assert_eq!(dw.blocks, 1);
+    assert!(dw.splits >= 2, "{dw:?}");
+    // the patch embedding's dW [512, 48]: 8 tiles, k = 4096
+    let patch = Plan::for_shape(512, 48, 4096, Layout::TN);
+    assert_eq!(patch.splits, 16, "{patch:?}");
+    // the MLP forward Y [4160, 2048]: 33 x 16 tiles of 128
+    let fc1 = Plan::for_shape(4160, 2048, 512, Layout::NT);
+    assert_eq!(
+        fc1,
+        Plan {
+            blocks: 2,
+            splits: 1
+        }
+    );
+    // never split a product that is not a weight gradient, nor a short k
+    assert_eq!(Plan::for_shape(64, 64, 100_000, Layout::NN).splits, 1);
+    assert_eq!(Plan::for_shape(64, 64, 300, Layout::TN).splits, 1);
+}
+
+/// The variant `Gemm::new` takes follows the adapter's capabilities (or VIT_GEMM_VARIANT),
+/// and says why.
+#[test]
+fn gemm_new_picks_the_variant_the_adapter_supports() {
     let g = gpu();
-    let expected = if g.is_cpu() && Gemm::cpu_variant_supported(g) {
-        Variant::Cpu
+    let gemm = Gemm::new(g);
+    let forced = std::env::var("VIT_GEMM_VARIANT").ok();
+    let expected = if let Some(v) = Variant::ALL
+        .into_iter()
+        .find(|v| forced.as_deref() == Some(v.name()) && Gemm::supports(g, *v).is_ok())
+    {
+        v
+    } else if g.caps.cpu {
+        if g.caps.exact_subgroups(8).is_ok() {
+            Variant::Cpu
+        } else {
+            Variant::Registers
+        }
     } else {
         Variant::Tiled
     };
-    assert_eq!(Gemm::new(g).variant(), expected);
+    assert_eq!(gemm.variant(), expected, "reason: {}", gemm.reason());
+    assert!(Gemm::supports(g, gemm.variant()).is_ok());
+    assert!(!gemm.reason().is_empty());
+    eprintln!("GEMM variant {}: {}", gemm.variant().name(), gemm.reason());
 }
 
 #[test]
@@ -357,7 +474,10 @@ fn reference_gelu_grad_matches_finite_differences() {
 /// than one vec4, which the vectorised epilogue must not bind.
 #[test]
 fn every_variant_handles_fewer_than_four_columns_with_all_epilogues() {
-    for variant in [Variant::Tiled, Variant::Cpu, Variant::CpuStorage] {
+    for variant in Variant::ALL {
+        if !runs(variant) {
+            continue;
+        }
         for layout in Layout::ALL {
             for n in [1, 2, 3] {
                 let f = Flags {

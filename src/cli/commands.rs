@@ -50,16 +50,23 @@ fn info(opts: &GpuOptions) -> CliResult {
         );
     }
     let gpu = Gpu::new(opts)?;
-    println!(
-        "default choice: {} ({} GEMM variant)",
-        gpu.info.name,
-        if gpu.is_cpu() {
-            "CPU-adapter"
-        } else {
-            "tiled GPU"
-        }
-    );
+    println!("default choice: {}", gpu.info.name);
+    print!("{}", variant_lines(&gpu));
     Ok(())
+}
+
+/// The kernel variants that will run on this device, and why (`info`, `verify`).
+fn variant_lines(gpu: &Gpu) -> String {
+    use crate::kernels::{attention::Attention, gemm::Gemm};
+    let gemm = Gemm::choose(gpu);
+    let attention = Attention::choose(gpu);
+    format!(
+        "  GEMM variant: {} ({})\n  attention variant: {} ({})\n",
+        gemm.variant.name(),
+        gemm.reason,
+        attention.variant.name(),
+        attention.reason
+    )
 }
 
 /// Where a dataset is by default.
@@ -714,6 +721,10 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
                 "loader_images_per_second": loader.map(|l| l.0), "loader_workers": loader.map(|l| l.2),
                 "model_gflop_per_image": flops_per_image * 1e-9, "model_gflops": model_gflops,
                 "ceiling_gflops": ceiling * 1e-9, "of_ceiling": model_gflops / (ceiling * 1e-9),
+                "gemm_variant": kernels.gemm.variant().name(),
+                "gemm_reason": kernels.gemm.reason(),
+                "attention_variant": kernels.attention.variant().name(),
+                "attention_reason": kernels.attention.reason(),
             })
         );
     } else {
@@ -737,6 +748,7 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
             model_gflops / (ceiling * 1e-9),
             ceiling * 1e-9
         );
+        print!("{}", variant_lines(&gpu));
         let total: f64 = families.values().sum();
         if total > 0.0 {
             println!(
@@ -778,6 +790,7 @@ pub fn forward_matmul_flops_per_image(cfg: &crate::model::Config) -> f64 {
 
 fn verify_cmd(opts: &GpuOptions, a: VerifyArgs) -> CliResult {
     let gpu = Gpu::new(opts)?;
+    print!("{}", variant_lines(&gpu));
     let tol = crate::verify::Tolerances {
         logits: a.logits_tol,
         loss: a.loss_tol,

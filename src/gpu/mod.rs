@@ -4,7 +4,10 @@
 //! Getting the device (`Gpu::new`) is separate from running kernels on it, so tests,
 //! benches and the CLI share one `Gpu`.
 
+pub mod caps;
 mod timer;
+
+pub use caps::Caps;
 
 pub use timer::{profile_commands, PassTimer};
 
@@ -87,6 +90,8 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// What the kernels' variant choice depends on, read once here.
+    pub caps: Caps,
     /// The shader file of every pipeline built here, so a `Dispatch` can say which kernel
     /// family it belongs to (for per-family timing).
     families: std::sync::Mutex<std::collections::HashMap<wgpu::ComputePipeline, &'static str>>,
@@ -96,7 +101,7 @@ pub struct Gpu {
 }
 
 /// A WGSL source embedded at compile time (the constants live in `kernels`).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Shader {
     pub name: &'static str,
     pub source: &'static str,
@@ -243,12 +248,14 @@ impl Gpu {
             adapter: info.name.clone(),
             source,
         })?;
+        let caps = Caps::new(&info, &limits, features, adapter.features());
         Ok(Gpu {
             device,
             queue,
             info,
             limits,
             features,
+            caps,
             families: Default::default(),
             pipelines: Default::default(),
         })

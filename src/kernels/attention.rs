@@ -5,6 +5,8 @@
 
 use std::sync::OnceLock;
 
+use super::{PipelineSpec, Shader, ATTENTION, ATTENTION_CPU};
+use crate::gpu::caps::{self, Choice};
 use crate::gpu::{div_ceil, Command, Gpu};
 
 /// Shapes of one attention call: qkv [batch*tokens, 3*heads*head_dim].
@@ -49,9 +51,11 @@ pub const MAX_HEAD_DIM: usize = 64;
 /// Which kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
-    /// One invocation per query (or key) row streaming the other side's rows, for GPUs.
-    /// (Both variants live in one shader module, which uses subgroup builtins: creating
-    /// either needs `Features::SUBGROUP`.)
+    /// The streamed rows staged in workgroup memory, shared by the 64 query (or key) rows
+    /// of a workgroup, for GPUs.
+    Tiled,
+    /// One invocation per query (or key) row streaming the other side's rows from storage,
+    /// no workgroup memory: for CPU adapters without 8-lane subgroups.
     Rows,
     /// `Rows` with the streamed rows shared across 8-lane subgroups by `subgroupBroadcast`,
     /// for CPU adapters (lavapipe), where every storage load is a per-lane loop.
@@ -59,26 +63,79 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 2] = [Variant::Rows, Variant::Lanes];
+    pub const ALL: [Variant; 3] = [Variant::Tiled, Variant::Rows, Variant::Lanes];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Tiled => "tiled",
+            Variant::Rows => "rows",
+            Variant::Lanes => "lanes",
+        }
+    }
 
     /// Query (or key) rows per workgroup, all of one (batch, head).
     fn rows_per_group(self) -> usize {
         match self {
+            Variant::Tiled => TILE_ROWS,
             Variant::Rows => 16,
             Variant::Lanes => LANES as usize,
         }
     }
 
-    fn entry(self, name: &str) -> String {
+    fn entry(self, name: &'static str) -> &'static str {
+        match (self, name) {
+            (Variant::Rows, _) => name,
+            (Variant::Tiled, "attention_forward") => "attention_forward_tiled",
+            (Variant::Tiled, "attention_backward_query") => "attention_backward_query_tiled",
+            (Variant::Tiled, _) => "attention_backward_key_tiled",
+            (Variant::Lanes, "attention_forward") => "attention_forward_lanes",
+            (Variant::Lanes, "attention_backward_query") => "attention_backward_query_lanes",
+            (Variant::Lanes, _) => "attention_backward_key_lanes",
+        }
+    }
+
+    fn shader(self) -> Shader {
         match self {
-            Variant::Rows => name.to_string(),
-            Variant::Lanes => format!("{name}_lanes"),
+            Variant::Lanes => ATTENTION_CPU,
+            _ => ATTENTION,
         }
     }
 }
 
 /// The subgroup size the `Lanes` kernels are written for.
 const LANES: u32 = 8;
+/// `Tiled`: rows per workgroup and its workgroup memory (two [16][16] vec4 tiles and two
+/// [16] f32 arrays), as in shaders/attention.wgsl.
+const TILE_ROWS: usize = 64;
+const TILED_WORKGROUP_BYTES: u32 = 2 * 16 * 16 * 16 + 2 * 16 * 4;
+
+/// The pipelines a variant builds for head dim 4 `head_vec4`: forward, backward_query,
+/// backward_key, probabilities.
+fn specs(variant: Variant, head_vec4: usize) -> [PipelineSpec; 4] {
+    let constants = vec![
+        ("HEAD_VEC4", head_vec4 as f64),
+        ("ROWS", Variant::Rows.rows_per_group() as f64),
+    ];
+    let spec = |shader, entry| PipelineSpec {
+        shader,
+        entry,
+        constants: constants.clone(),
+    };
+    [
+        spec(variant.shader(), variant.entry("attention_forward")),
+        spec(variant.shader(), variant.entry("attention_backward_query")),
+        spec(variant.shader(), variant.entry("attention_backward_key")),
+        // one query row per invocation in every variant: for attention maps only
+        spec(ATTENTION, "attention_probabilities"),
+    ]
+}
+
+/// Every pipeline a variant can build (for the translation test).
+pub fn pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
+    (1..=MAX_HEAD_DIM / 4)
+        .flat_map(|v4| specs(variant, v4))
+        .collect()
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -103,41 +160,80 @@ struct Pipelines {
 
 pub struct Attention {
     variant: Variant,
+    reason: String,
     /// Indexed by head_dim / 4 - 1; built on first use of a head dim and kept (a pipeline
     /// costs an LLVM compile on lavapipe).
     pipelines: [OnceLock<Pipelines>; MAX_HEAD_DIM / 4],
 }
 
 impl Attention {
-    /// The variant for this adapter: `Lanes` on a CPU adapter with 8-lane subgroups.
+    /// The variant `choose` picks for this adapter.
     pub fn new(gpu: &Gpu) -> Attention {
-        let variant = if gpu.is_cpu() && Attention::lanes_supported(gpu) {
-            Variant::Lanes
+        let choice = Attention::choose(gpu);
+        let mut attention = Attention::with_variant(gpu, choice.variant);
+        attention.reason = choice.reason;
+        attention
+    }
+
+    /// On a CPU adapter `Lanes` with 8-lane subgroups, else `Rows`; on a GPU `Tiled` when
+    /// its workgroup fits, else `Rows`. VIT_ATTENTION_VARIANT forces one the adapter runs.
+    pub fn choose(gpu: &Gpu) -> Choice<Variant> {
+        let preferred: &[(Variant, &str)] = if gpu.caps.cpu {
+            &[
+                (
+                    Variant::Lanes,
+                    "CPU adapter with 8-lane subgroups: streamed rows shared by subgroupBroadcast",
+                ),
+                (
+                    Variant::Rows,
+                    "CPU adapter without 8-lane subgroups: one row per invocation, no workgroup memory",
+                ),
+            ]
         } else {
-            Variant::Rows
+            &[
+                (
+                    Variant::Tiled,
+                    "GPU: K/V tiles in workgroup memory shared by 64 query rows",
+                ),
+                (Variant::Rows, "one row per invocation, no workgroup memory"),
+            ]
         };
-        Attention::with_variant(gpu, variant)
+        caps::choose(
+            caps::ATTENTION_VARIANT_ENV,
+            caps::overrides().attention.as_deref(),
+            &Variant::ALL,
+            Variant::name,
+            |v| Attention::supports(gpu, v),
+            preferred,
+        )
+    }
+
+    /// Ok when the adapter runs `variant`, else why not.
+    pub fn supports(gpu: &Gpu, variant: Variant) -> Result<(), String> {
+        match variant {
+            Variant::Tiled => gpu.caps.workgroup(TILE_ROWS as u32, TILED_WORKGROUP_BYTES),
+            Variant::Rows => gpu.caps.workgroup(16, 0),
+            Variant::Lanes => gpu.caps.exact_subgroups(LANES),
+        }
     }
 
     /// `Lanes` needs subgroups of exactly 8 lanes.
     pub fn lanes_supported(gpu: &Gpu) -> bool {
-        gpu.has_subgroups()
-            && gpu.info.subgroup_min_size == LANES
-            && gpu.info.subgroup_max_size == LANES
+        Attention::supports(gpu, Variant::Lanes).is_ok()
     }
 
+    /// A given variant; panics if the adapter cannot run it (check `supports` first).
     pub fn with_variant(gpu: &Gpu, variant: Variant) -> Attention {
-        assert!(
-            variant != Variant::Lanes || Attention::lanes_supported(gpu),
-            "attention variant Lanes needs subgroups of {LANES} lanes; adapter '{}' has \
-             subgroups: {} (size {}..{}). Use Variant::Rows.",
-            gpu.info.name,
-            gpu.has_subgroups(),
-            gpu.info.subgroup_min_size,
-            gpu.info.subgroup_max_size
-        );
+        if let Err(why) = Attention::supports(gpu, variant) {
+            panic!(
+                "attention variant {} on adapter '{}': {why}",
+                variant.name(),
+                gpu.info.name
+            );
+        }
         Attention {
             variant,
+            reason: "chosen by the caller".into(),
             pipelines: Default::default(),
         }
     }
@@ -146,27 +242,21 @@ impl Attention {
         self.variant
     }
 
+    /// Why this variant runs here.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
     fn pipelines(&self, gpu: &Gpu, shape: AttentionShape) -> &Pipelines {
         check(gpu, shape);
         let v4 = shape.head_dim / 4;
         self.pipelines[v4 - 1].get_or_init(|| {
-            let s = match self.variant {
-                Variant::Rows => &super::ATTENTION,
-                Variant::Lanes => &super::ATTENTION_CPU,
-            };
-            let rows = Variant::Rows.rows_per_group() as f64;
-            let constants = [("HEAD_VEC4", v4 as f64), ("ROWS", rows)];
-            let entry = |name: &str| gpu.pipeline_with(s, &self.variant.entry(name), &constants);
+            let [f, q, k, p] = specs(self.variant, v4);
             Pipelines {
-                forward: entry("attention_forward"),
-                backward_query: entry("attention_backward_query"),
-                backward_key: entry("attention_backward_key"),
-                // one query row per invocation in both variants: for attention maps only
-                probabilities: gpu.pipeline_with(
-                    &super::ATTENTION,
-                    "attention_probabilities",
-                    &constants,
-                ),
+                forward: f.build(gpu),
+                backward_query: q.build(gpu),
+                backward_key: k.build(gpu),
+                probabilities: p.build(gpu),
             }
         })
     }

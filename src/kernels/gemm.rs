@@ -11,13 +11,20 @@
 //! activation; multiply by the derivative of an activation at `act_grad_of` (backward
 //! through it); then C = result, or C += result when `accumulate`.
 //!
-//! Two kernels: `Variant::Tiled` (workgroup memory, barriers, 4x4 register blocks) for real
-//! GPUs and `Variant::Cpu` for CPU adapters like lavapipe, where every storage load is a
-//! per-lane loop and loads per multiply-add set the speed (see shaders/gemm_cpu.wgsl).
+//! Variants (chosen once per device by capability, see `Gemm::choose`; overridden with
+//! VIT_GEMM_VARIANT=tiled|registers|cpu|cpu-storage):
+//! - `Tiled` for GPUs: workgroup memory, 8x8 (or 4x4) register blocks, vec4 loads, split-K
+//!   for weight gradients (shaders/gemm_tiled.wgsl);
+//! - `Cpu` / `CpuStorage` for CPU adapters with subgroups of exactly 8 lanes (lavapipe),
+//!   where every storage load is a per-lane loop and loads per multiply-add set the speed
+//!   (shaders/gemm_cpu.wgsl);
+//! - `Registers` for CPU adapters without them (llvmpipe on GL): no workgroup memory, no
+//!   barriers, 4x4 register blocks read straight from storage.
 
-use std::sync::OnceLock;
 
-use crate::gpu::{div_ceil, Bind, Command, Gpu, View};
+use super::{PipelineSpec, GEMM_CPU, GEMM_TILED};
+use crate::gpu::caps::{self, Choice};
+use crate::gpu::{div_ceil, grid_1d, Bind, Command, Gpu, View};
 
 pub use crate::ops::{Activation, Layout};
 
@@ -54,7 +61,7 @@ impl Activation {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
-    /// Workgroup-memory tiling with register blocking, for real GPUs.
+    /// Workgroup-memory tiling with 8x8 register blocks and split-K, for GPUs.
     Tiled,
     /// For CPU adapters with 8-wide subgroups: register blocks, loads shared with
     /// `subgroupBroadcast`, operands read through rgba32float textures where their shape
@@ -62,16 +69,24 @@ pub enum Variant {
     Cpu,
     /// `Cpu` with both operands always read from storage buffers (for comparison).
     CpuStorage,
+    /// For CPU adapters without 8-lane subgroups: 4x4 register blocks, no workgroup memory.
+    Registers,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 3] = [Variant::Tiled, Variant::Cpu, Variant::CpuStorage];
+    pub const ALL: [Variant; 4] = [
+        Variant::Tiled,
+        Variant::Cpu,
+        Variant::CpuStorage,
+        Variant::Registers,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Variant::Tiled => "tiled",
             Variant::Cpu => "cpu",
             Variant::CpuStorage => "cpu-storage",
+            Variant::Registers => "registers",
         }
     }
 }
@@ -91,6 +106,7 @@ pub struct GemmArgs<'a> {
     pub accumulate: bool,
 }
 
+/// The shape record; gemm_cpu.wgsl reads the first eight fields.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Meta {
@@ -102,48 +118,199 @@ struct Meta {
     activation: u32,
     act_grad: u32,
     accumulate: u32,
+    k_chunk: u32,
+    splits: u32,
+    _pad: [u32; 2],
 }
 
-/// Rows and columns of C per tile: Tiled 64x64 per workgroup, Cpu (4 x row blocks) x 32
-/// per 8-lane subgroup.
+/// Tiles of C: Tiled 64 BLOCKS square (16x16 invocations), Registers 32x32 (8x8
+/// invocations of 4x4), Cpu 32x32 per 8-lane subgroup.
 const TILED_TILE: usize = 64;
+const TILED_TK: usize = 16;
+const REGISTERS_TILE: usize = 32;
 const CPU_TILE: usize = 32;
+const CPU_LANES: u32 = 8;
+/// Tiled's workgroup: 256 invocations, two [16][32] vec4 tiles in workgroup memory.
+const TILED_INVOCATIONS: u32 = 256;
+const TILED_WORKGROUP_BYTES: u32 = 2 * 16 * 32 * 16;
+/// Enough workgroups to fill a large GPU (an RTX 4090 has 128 SMs; an H100 132).
+const TARGET_WORKGROUPS: usize = 128;
+/// Split-K never makes a split shorter than this many k.
+const MIN_SPLIT_K: usize = 256;
+const MAX_SPLITS: usize = 32;
 
-/// Blocks of 4 rows per lane of the CPU variant. Measured with `cargo bench` (tiny shapes,
-/// row blocks 8/4/2 side by side): 8 is best without an epilogue or with bias/ReLU, but a
-/// GELU or GELU' epilogue inlined for 8 blocks spills so much that 2 runs ~1.7x faster.
-fn cpu_row_blocks(activation: u32, act_grad: u32) -> u32 {
-    let gelu = Activation::Gelu.code();
-    if activation == gelu || act_grad == gelu {
-        2
-    } else {
-        8
+/// How `Tiled` runs one shape: `blocks` 4x4 blocks per invocation per axis (1: 64x64
+/// tiles, 2: 128x128) and `splits` of k (1: no split-K).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub blocks: u32,
+    pub splits: u32,
+}
+
+impl Plan {
+    /// The large tile when the shape still gives `TARGET_WORKGROUPS` of them; split-K for
+    /// weight gradients (TN) whose tiles alone would leave most of a GPU idle.
+    pub fn for_shape(m: usize, n: usize, k: usize, layout: Layout) -> Plan {
+        let tiles = |t: usize| m.div_ceil(t) * n.div_ceil(t);
+        let blocks = if tiles(2 * TILED_TILE) >= TARGET_WORKGROUPS / 2 {
+            2
+        } else {
+            1
+        };
+        let count = tiles(TILED_TILE * blocks as usize);
+        let mut splits = 1;
+        if layout == Layout::TN && count < TARGET_WORKGROUPS {
+            splits = TARGET_WORKGROUPS
+                .div_ceil(count)
+                .min(k / MIN_SPLIT_K)
+                .clamp(1, MAX_SPLITS);
+        }
+        Plan {
+            blocks,
+            splits: splits as u32,
+        }
+    }
+
+    /// k per split, a multiple of the k-tile, and the number of splits that gives.
+    fn chunk(self, k: usize) -> (usize, usize) {
+        let chunk = k.div_ceil(self.splits as usize).div_ceil(TILED_TK) * TILED_TK;
+        (chunk, k.div_ceil(chunk))
     }
 }
-const CPU_LANES: u32 = 8;
 
-/// What a CPU-variant pipeline is specialised on (override constants of gemm_cpu.wgsl).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct CpuKey {
-    layout: Layout,
+/// Which operands are read as vec4: their contiguous axis is a multiple of 4.
+fn vec4_operands(layout: Layout, m: usize, n: usize, k: usize) -> (bool, bool) {
+    let a = match layout {
+        Layout::TN => m,
+        _ => k,
+    };
+    let b = match layout {
+        Layout::NT => k,
+        _ => n,
+    };
+    (a.is_multiple_of(4), b.is_multiple_of(4))
+}
+
+/// The pipeline for one variant, layout and operand options.
+fn spec(variant: Variant, layout: Layout, o: Options) -> PipelineSpec {
+    let l = layout.index() as f64;
+    let flag = |b: bool| b as u32 as f64;
+    match variant {
+        Variant::Tiled if o.reduce => PipelineSpec {
+            shader: GEMM_TILED,
+            entry: "gemm_reduce",
+            constants: vec![],
+        },
+        Variant::Tiled => PipelineSpec {
+            shader: GEMM_TILED,
+            entry: "gemm_tiled",
+            constants: vec![
+                ("LAYOUT", l),
+                ("BLOCKS", o.blocks as f64),
+                ("A_VEC4", flag(o.a_vec4)),
+                ("B_VEC4", flag(o.b_vec4)),
+                ("SPLIT", flag(o.split)),
+            ],
+        },
+        Variant::Registers => PipelineSpec {
+            shader: GEMM_TILED,
+            entry: "gemm_registers",
+            constants: vec![
+                ("LAYOUT", l),
+                ("A_VEC4", flag(o.a_vec4)),
+                ("B_VEC4", flag(o.b_vec4)),
+            ],
+        },
+        Variant::Cpu | Variant::CpuStorage => PipelineSpec {
+            shader: GEMM_CPU,
+            entry: "gemm_cpu",
+            constants: vec![
+                ("LAYOUT", l),
+                ("A_TEXTURE", flag(o.a_tex)),
+                ("B_TEXTURE", flag(o.b_tex)),
+                ("VEC4", flag(o.vec4)),
+                // Two steps of 4 k per loop trip pay for NN and TN; NT, which
+                // transposes its B block, spills more and runs best with one.
+                ("K_STEPS", if layout == Layout::NT { 1.0 } else { 2.0 }),
+            ],
+        },
+    }
+}
+
+/// The choices a pipeline is specialised on (each variant reads the ones it has).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+struct Options {
+    blocks: u32,
+    a_vec4: bool,
+    b_vec4: bool,
+    split: bool,
+    reduce: bool,
     a_tex: bool,
     b_tex: bool,
     vec4: bool,
-    row_blocks: u32,
-    bias: bool,
-    pre: bool,
-    activation: u32,
-    act_grad: u32,
-    accumulate: bool,
+}
+
+/// Every pipeline a variant can build (the translation test compiles each for Metal,
+/// DX12 and Vulkan).
+pub fn pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
+    let mut specs = Vec::new();
+    let bools = [false, true];
+    for layout in Layout::ALL {
+        for x in bools {
+            for y in bools {
+                let o = |more: Options| Options {
+                    a_vec4: x,
+                    b_vec4: y,
+                    ..more
+                };
+                match variant {
+                    Variant::Tiled => {
+                        for blocks in [1, 2] {
+                            for split in bools {
+                                if split && layout != Layout::TN {
+                                    continue;
+                                }
+                                let more = Options {
+                                    blocks,
+                                    split,
+                                    ..Default::default()
+                                };
+                                specs.push(spec(variant, layout, o(more)));
+                            }
+                        }
+                    }
+                    Variant::Registers => specs.push(spec(variant, layout, o(Options::default()))),
+                    Variant::Cpu | Variant::CpuStorage => {
+                        for vec4 in bools {
+                            if variant == Variant::CpuStorage && (x || y) {
+                                continue;
+                            }
+                            let more = Options {
+                                a_tex: x,
+                                b_tex: y,
+                                vec4,
+                                ..Default::default()
+                            };
+                            specs.push(spec(variant, layout, more));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if variant == Variant::Tiled {
+        let reduce = Options {
+            reduce: true,
+            ..Default::default()
+        };
+        specs.push(spec(variant, Layout::TN, reduce));
+    }
+    specs
 }
 
 pub struct Gemm {
     variant: Variant,
-    /// Tiled: one per layout. Built on first use and kept: a pipeline costs an LLVM compile
-    /// on lavapipe.
-    pipelines: [OnceLock<wgpu::ComputePipeline>; 3],
-    /// Cpu: rows of 4 per lane, when set (benchmarks compare); else `cpu_row_blocks`.
-    row_blocks: Option<u32>,
+    reason: String,
     /// Bound where an optional operand is absent (4 floats: also bound as `array<vec4<f32>>`) (read-only and read-write apart: wgpu
     /// forbids one buffer in both roles in a dispatch).
     dummy_read: wgpu::Buffer,
@@ -152,36 +319,73 @@ pub struct Gemm {
 }
 
 impl Gemm {
-    /// The variant for this adapter: `Cpu` on a CPU adapter with 8-wide subgroups.
+    /// The variant `choose` picks for this adapter.
     pub fn new(gpu: &Gpu) -> Gemm {
-        Gemm::with_variant(gpu, Gemm::variant_for(gpu))
+        let choice = Gemm::choose(gpu);
+        let mut gemm = Gemm::with_variant(gpu, choice.variant);
+        gemm.reason = choice.reason;
+        gemm
+    }
+
+    /// The variant for this adapter and why: on a CPU adapter `Cpu` with 8-lane subgroups,
+    /// else `Registers`; on a GPU `Tiled` when its workgroup fits, else `Registers`.
+    /// VIT_GEMM_VARIANT forces one the adapter supports.
+    pub fn choose(gpu: &Gpu) -> Choice<Variant> {
+        let preferred: &[(Variant, &str)] = if gpu.caps.cpu {
+            &[
+                (
+                    Variant::Cpu,
+                    "CPU adapter with 8-lane subgroups: loads shared by subgroupBroadcast",
+                ),
+                (
+                    Variant::Registers,
+                    "CPU adapter without 8-lane subgroups: register blocks, no workgroup memory",
+                ),
+            ]
+        } else {
+            &[
+                (
+                    Variant::Tiled,
+                    "GPU: workgroup-memory tiles, 8x8 register blocks, split-K for weight gradients",
+                ),
+                (Variant::Registers, "register blocks, no workgroup memory"),
+            ]
+        };
+        caps::choose(
+            caps::GEMM_VARIANT_ENV,
+            caps::overrides().gemm.as_deref(),
+            &Variant::ALL,
+            Variant::name,
+            |v| Gemm::supports(gpu, v),
+            preferred,
+        )
     }
 
     pub fn variant_for(gpu: &Gpu) -> Variant {
-        if gpu.is_cpu() && Gemm::cpu_variant_supported(gpu) {
-            Variant::Cpu
-        } else {
-            Variant::Tiled
+        Gemm::choose(gpu).variant
+    }
+
+    /// Ok when the adapter runs `variant`, else why not.
+    pub fn supports(gpu: &Gpu, variant: Variant) -> Result<(), String> {
+        match variant {
+            Variant::Tiled => gpu.caps.workgroup(TILED_INVOCATIONS, TILED_WORKGROUP_BYTES),
+            Variant::Registers => gpu.caps.workgroup(64, 0),
+            Variant::Cpu | Variant::CpuStorage => gpu.caps.exact_subgroups(CPU_LANES),
         }
     }
 
     /// The CPU kernel shares loads across a subgroup of exactly 8 lanes.
     pub fn cpu_variant_supported(gpu: &Gpu) -> bool {
-        gpu.has_subgroups()
-            && gpu.info.subgroup_min_size <= CPU_LANES
-            && gpu.info.subgroup_max_size >= CPU_LANES
+        Gemm::supports(gpu, Variant::Cpu).is_ok()
     }
 
+    /// A given variant; panics if the adapter cannot run it (check `supports` first).
     pub fn with_variant(gpu: &Gpu, variant: Variant) -> Gemm {
-        if variant != Variant::Tiled {
-            assert!(
-                Gemm::cpu_variant_supported(gpu),
-                "GEMM variant {variant:?} needs subgroups of {CPU_LANES} lanes; adapter '{}' has \
-                 subgroups: {} (size {}..{}). Use Variant::Tiled.",
-                gpu.info.name,
-                gpu.has_subgroups(),
-                gpu.info.subgroup_min_size,
-                gpu.info.subgroup_max_size
+        if let Err(why) = Gemm::supports(gpu, variant) {
+            panic!(
+                "GEMM variant {} on adapter '{}': {why}",
+                variant.name(),
+                gpu.info.name
             );
         }
         let dummy_texture = gpu
@@ -190,8 +394,7 @@ impl Gemm {
             .create_view(&Default::default());
         Gemm {
             variant,
-            pipelines: Default::default(),
-            row_blocks: None,
+            reason: "chosen by the caller".into(),
             dummy_read: gpu.storage("gemm dummy read", 4),
             dummy_write: gpu.storage("gemm dummy write", 4),
             dummy_texture,
@@ -202,118 +405,130 @@ impl Gemm {
         self.variant
     }
 
-    /// The CPU variant with `row_blocks` blocks of 4 rows per lane (2, 4, 6 or 8) in every
-    /// layout, instead of the measured default; for benchmarks.
-    pub fn with_row_blocks(mut self, row_blocks: u32) -> Gemm {
-        assert!(
-            [2, 4, 6, 8].contains(&row_blocks),
-            "row blocks must be 2, 4, 6 or 8, not {row_blocks}"
-        );
-        self.row_blocks = Some(row_blocks);
-        self
+    /// Why this variant runs here.
+    pub fn reason(&self) -> &str {
+        &self.reason
     }
 
-    fn tiled_pipeline(&self, gpu: &Gpu, layout: Layout) -> wgpu::ComputePipeline {
-        let l = layout.index();
-        self.pipelines[l]
-            .get_or_init(|| {
-                gpu.pipeline_with(&super::GEMM_TILED, "gemm_tiled", &[("LAYOUT", l as f64)])
-            })
-            .clone()
-    }
-
-    /// One pipeline per specialisation in use (Gpu::pipeline_with caches them).
-    fn cpu_pipeline(&self, gpu: &Gpu, key: CpuKey) -> wgpu::ComputePipeline {
-        let flag = |b: bool| b as u32 as f64;
-        gpu.pipeline_with(
-            &super::GEMM_CPU,
-            "gemm_cpu",
-            &[
-                ("LAYOUT", key.layout.index() as f64),
-                ("A_TEXTURE", flag(key.a_tex)),
-                ("B_TEXTURE", flag(key.b_tex)),
-                ("VEC4", flag(key.vec4)),
-                ("ROW_BLOCKS", key.row_blocks as f64),
-                // Two steps of 4 k per loop trip pay for NN and TN; NT, which transposes its
-                // B block, spills more and runs best with one.
-                ("K_STEPS", if key.layout == Layout::NT { 1.0 } else { 2.0 }),
-                ("HAS_BIAS", flag(key.bias)),
-                ("HAS_PRE", flag(key.pre)),
-                ("ACTIVATION", key.activation as f64),
-                ("ACT_GRAD", key.act_grad as f64),
-                ("ACCUMULATE", flag(key.accumulate)),
-            ],
-        )
+    /// Built on first use; `Gpu::pipeline_with` keeps one per (shader, entry, constants).
+    fn pipeline(&self, gpu: &Gpu, layout: Layout, o: Options) -> wgpu::ComputePipeline {
+        spec(self.variant, layout, o).build(gpu)
     }
 
     /// The commands for one GEMM. Bind groups, textures and the shape record are made here,
     /// once; the commands are recorded every step without allocating. With textures, the
     /// copy of the operand into its texture is a command before the dispatch.
     pub fn record(&self, gpu: &Gpu, args: &GemmArgs) -> Vec<Command> {
+        self.record_with_plan(
+            gpu,
+            args,
+            Plan::for_shape(args.m, args.n, args.k, args.layout),
+        )
+    }
+
+    /// `record` with the tile size and split-K of `Tiled` given (tests cover each).
+    pub fn record_with_plan(&self, gpu: &Gpu, args: &GemmArgs, plan: Plan) -> Vec<Command> {
+        let meta = check_args(gpu, args);
+        match self.variant {
+            Variant::Tiled => self.record_tiled(gpu, args, meta, plan),
+            Variant::Registers => self.record_registers(gpu, args, meta),
+            Variant::Cpu | Variant::CpuStorage => self.record_cpu(gpu, args, meta),
+        }
+    }
+
+    fn record_tiled(&self, gpu: &Gpu, args: &GemmArgs, mut meta: Meta, plan: Plan) -> Vec<Command> {
         let (m, n, k) = (args.m, args.n, args.k);
-        assert!(
-            m > 0 && n > 0 && k > 0,
-            "GEMM with an empty dimension: m={m} n={n} k={k}"
-        );
+        let (a_vec4, b_vec4) = vec4_operands(args.layout, m, n, k);
+        // split-K is for weight gradients only (pipeline_specs lists no other)
+        let plan = match args.layout {
+            Layout::TN => plan,
+            _ => Plan { splits: 1, ..plan },
+        };
+        let (chunk, splits) = plan.chunk(k);
+        let split = splits > 1;
+        meta.k_chunk = chunk as u32;
+        meta.splits = splits as u32;
+        let tile = TILED_TILE * plan.blocks as usize;
+        let groups = [div_ceil(n, tile), div_ceil(m, tile), splits as u32];
+        check_groups(gpu, groups, m, n);
+        let o = Options {
+            blocks: plan.blocks,
+            a_vec4,
+            b_vec4,
+            split,
+            ..Default::default()
+        };
+        let pipeline = self.pipeline(gpu, args.layout, o);
+        let partial = split.then(|| gpu.storage("gemm split-k partial sums", splits * m * n));
+        let partial = partial.as_ref().unwrap_or(&self.dummy_write);
+        let mut entries = self.epilogue_entries(args);
+        entries.extend([
+            buffer_entry(0, &args.a),
+            buffer_entry(1, &args.b),
+            buffer_entry(6, if a_vec4 { &args.a } else { &self.dummy_read }),
+            buffer_entry(7, if b_vec4 { &args.b } else { &self.dummy_read }),
+            buffer_entry(8, partial),
+        ]);
+        let mut commands = vec![Command::Dispatch(
+            gpu.dispatch_with(&pipeline, &entries, &meta, groups),
+        )];
+        if split {
+            let reduce = Options {
+                reduce: true,
+                ..Default::default()
+            };
+            let pipeline = self.pipeline(gpu, Layout::TN, reduce);
+            let mut entries = self.epilogue_entries(args);
+            entries.push(buffer_entry(8, partial));
+            let groups = grid_1d(div_ceil(m * n, 256));
+            commands.push(Command::Dispatch(
+                gpu.dispatch_with(&pipeline, &entries, &meta, groups),
+            ));
+        }
+        commands
+    }
+
+    fn record_registers(&self, gpu: &Gpu, args: &GemmArgs, meta: Meta) -> Vec<Command> {
+        let (m, n, k) = (args.m, args.n, args.k);
+        let (a_vec4, b_vec4) = vec4_operands(args.layout, m, n, k);
+        let groups = [div_ceil(n, REGISTERS_TILE), div_ceil(m, REGISTERS_TILE), 1];
+        check_groups(gpu, groups, m, n);
+        let o = Options {
+            a_vec4,
+            b_vec4,
+            ..Default::default()
+        };
+        let pipeline = self.pipeline(gpu, args.layout, o);
+        let mut entries = self.epilogue_entries(args);
+        entries.extend([
+            buffer_entry(0, &args.a),
+            buffer_entry(1, &args.b),
+            buffer_entry(6, if a_vec4 { &args.a } else { &self.dummy_read }),
+            buffer_entry(7, if b_vec4 { &args.b } else { &self.dummy_read }),
+        ]);
+        vec![Command::Dispatch(
+            gpu.dispatch_with(&pipeline, &entries, &meta, groups),
+        )]
+    }
+
+    /// C, bias, pre and aux (bindings 2..5), placeholders where absent.
+    fn epilogue_entries<'s>(&'s self, args: &'s GemmArgs<'_>) -> Vec<wgpu::BindGroupEntry<'s>> {
+        vec![
+            buffer_entry(2, &args.c),
+            match &args.bias {
+                Some(bias) => buffer_entry(3, bias),
+                None => buffer_entry(3, &self.dummy_read),
+            },
+            buffer_entry(4, args.pre_activation.unwrap_or(&self.dummy_write)),
+            buffer_entry(5, args.act_grad_of.map_or(&self.dummy_read, |(aux, _)| aux)),
+        ]
+    }
+
+    fn record_cpu(&self, gpu: &Gpu, args: &GemmArgs, meta: Meta) -> Vec<Command> {
+        let (m, n, k) = (args.m, args.n, args.k);
         let ((a_rows, a_cols), (b_rows, b_cols)) = args.layout.shapes(m, n, k);
-        let limit = gpu.limits.max_storage_buffer_binding_size;
-        let check = |what: &str, buffer: View, floats: usize| {
-            let bytes = 4 * floats as u64;
-            assert!(
-                buffer.bytes() >= bytes,
-                "GEMM {what}: buffer of {} bytes is smaller than the {bytes} the shape needs \
-                 (m={m} n={n} k={k} {:?})",
-                buffer.bytes(),
-                args.layout
-            );
-            assert!(
-                buffer.bytes() <= limit,
-                "GEMM {what}: buffer of {} MiB exceeds the adapter's storage binding limit of \
-                 {} MiB; use a smaller batch",
-                buffer.bytes() >> 20,
-                limit >> 20
-            );
-        };
-        check("A", args.a, m * k);
-        check("B", args.b, n * k);
-        check("C", args.c, m * n);
-        if let Some(bias) = args.bias {
-            check("bias", bias, n);
-        }
-        if let Some(pre) = args.pre_activation {
-            check("pre_activation", pre.into(), m * n);
-        }
-        if let Some((aux, _)) = args.act_grad_of {
-            check("act_grad_of", aux.into(), m * n);
-        }
-
-        let meta = Meta {
-            m: m as u32,
-            n: n as u32,
-            k: k as u32,
-            has_bias: args.bias.is_some() as u32,
-            has_pre: args.pre_activation.is_some() as u32,
-            activation: args.activation.code(),
-            act_grad: args.act_grad_of.map_or(0, |(_, act)| match act {
-                Activation::None => 0,
-                a => a.code(),
-            }),
-            accumulate: args.accumulate as u32,
-        };
-        let row_blocks = self
-            .row_blocks
-            .unwrap_or(cpu_row_blocks(meta.activation, meta.act_grad));
-        let (tile_rows, tile_cols) = match self.variant {
-            Variant::Tiled => (TILED_TILE, TILED_TILE),
-            _ => (4 * row_blocks as usize, CPU_TILE),
-        };
-        let groups = [div_ceil(n, tile_cols), div_ceil(m, tile_rows), 1];
-        let max_groups = gpu.limits.max_compute_workgroups_per_dimension;
-        assert!(
-            groups[0] <= max_groups && groups[1] <= max_groups,
-            "GEMM m={m} n={n} needs {groups:?} workgroups, over the adapter's {max_groups} per dimension"
-        );
-
+        let groups = [div_ceil(n, CPU_TILE), div_ceil(m, CPU_TILE), 1];
+        check_groups(gpu, groups, m, n);
         let mut commands = Vec::new();
         let use_textures = self.variant == Variant::Cpu;
         let a_tex = use_textures
@@ -332,68 +547,113 @@ impl Gemm {
         });
         // Rows of C (and of pre and aux) start on 16-byte boundaries: vec4 epilogue.
         let vec4 = n.is_multiple_of(4);
-        let pipeline = match self.variant {
-            Variant::Tiled => self.tiled_pipeline(gpu, args.layout),
-            Variant::Cpu | Variant::CpuStorage => self.cpu_pipeline(
-                gpu,
-                CpuKey {
-                    layout: args.layout,
-                    a_tex: a_view.is_some(),
-                    b_tex: b_view.is_some(),
-                    vec4,
-                    row_blocks,
-                    bias: meta.has_bias != 0,
-                    pre: meta.has_pre != 0,
-                    activation: meta.activation,
-                    act_grad: meta.act_grad,
-                    accumulate: meta.accumulate != 0,
-                },
-            ),
+        let o = Options {
+            a_tex: a_view.is_some(),
+            b_tex: b_view.is_some(),
+            vec4,
+            ..Default::default()
         };
-
-        let dummy_read = View::from(&self.dummy_read);
-        let mut entries = vec![
-            buffer_entry(0, &args.a),
-            buffer_entry(1, &args.b),
-            buffer_entry(2, &args.c),
-            buffer_entry(3, args.bias.as_ref().unwrap_or(&dummy_read)),
-            buffer_entry(4, args.pre_activation.unwrap_or(&self.dummy_write)),
-            buffer_entry(5, args.act_grad_of.map_or(&self.dummy_read, |(aux, _)| aux)),
-        ];
-        if self.variant != Variant::Tiled {
-            // The same buffers again as arrays of vec4, used when n % 4 == 0; otherwise
-            // placeholders (a vec4 binding needs 16 bytes, more than e.g. a 3-class bias).
-            if vec4 {
-                entries.extend([
-                    buffer_entry(8, &args.c),
-                    buffer_entry(9, args.bias.as_ref().unwrap_or(&dummy_read)),
-                    buffer_entry(10, args.pre_activation.unwrap_or(&self.dummy_write)),
-                    buffer_entry(
-                        11,
-                        args.act_grad_of.map_or(&self.dummy_read, |(aux, _)| aux),
-                    ),
-                ]);
-            } else {
-                entries.extend([
-                    buffer_entry(8, &self.dummy_write),
-                    buffer_entry(9, &self.dummy_read),
-                    buffer_entry(10, &self.dummy_write),
-                    buffer_entry(11, &self.dummy_read),
-                ]);
-            }
-            entries.push(wgpu::BindGroupEntry {
-                binding: 6,
-                resource: wgpu::BindingResource::TextureView(a_view.unwrap_or(&self.dummy_texture)),
-            });
-            entries.push(wgpu::BindGroupEntry {
-                binding: 7,
-                resource: wgpu::BindingResource::TextureView(b_view.unwrap_or(&self.dummy_texture)),
-            });
+        let pipeline = self.pipeline(gpu, args.layout, o);
+        let mut entries = self.epilogue_entries(args);
+        entries.extend([buffer_entry(0, &args.a), buffer_entry(1, &args.b)]);
+        // The same buffers again as arrays of vec4, used when n % 4 == 0; otherwise
+        // placeholders (a vec4 binding needs 16 bytes, more than e.g. a 3-class bias).
+        if vec4 {
+            entries.extend([
+                buffer_entry(8, &args.c),
+                match &args.bias {
+                    Some(bias) => buffer_entry(9, bias),
+                    None => buffer_entry(9, &self.dummy_read),
+                },
+                buffer_entry(10, args.pre_activation.unwrap_or(&self.dummy_write)),
+                buffer_entry(
+                    11,
+                    args.act_grad_of.map_or(&self.dummy_read, |(aux, _)| aux),
+                ),
+            ]);
+        } else {
+            entries.extend([
+                buffer_entry(8, &self.dummy_write),
+                buffer_entry(9, &self.dummy_read),
+                buffer_entry(10, &self.dummy_write),
+                buffer_entry(11, &self.dummy_read),
+            ]);
         }
+        entries.push(wgpu::BindGroupEntry {
+            binding: 6,
+            resource: wgpu::BindingResource::TextureView(a_view.unwrap_or(&self.dummy_texture)),
+        });
+        entries.push(wgpu::BindGroupEntry {
+            binding: 7,
+            resource: wgpu::BindingResource::TextureView(b_view.unwrap_or(&self.dummy_texture)),
+        });
         commands.push(Command::Dispatch(
             gpu.dispatch_with(&pipeline, &entries, &meta, groups),
         ));
         commands
+    }
+}
+
+fn check_groups(gpu: &Gpu, groups: [u32; 3], m: usize, n: usize) {
+    let max_groups = gpu.limits.max_compute_workgroups_per_dimension;
+    assert!(
+        groups.iter().all(|&g| g <= max_groups),
+        "GEMM m={m} n={n} needs {groups:?} workgroups, over the adapter's {max_groups} per dimension"
+    );
+}
+
+/// Check the buffers against the shape and make the shape record.
+fn check_args(gpu: &Gpu, args: &GemmArgs) -> Meta {
+    let (m, n, k) = (args.m, args.n, args.k);
+    assert!(
+        m > 0 && n > 0 && k > 0,
+        "GEMM with an empty dimension: m={m} n={n} k={k}"
+    );
+    let limit = gpu.limits.max_storage_buffer_binding_size;
+    let check = |what: &str, buffer: View, floats: usize| {
+        let bytes = 4 * floats as u64;
+        assert!(
+            buffer.bytes() >= bytes,
+            "GEMM {what}: buffer of {} bytes is smaller than the {bytes} the shape needs \
+             (m={m} n={n} k={k} {:?})",
+            buffer.bytes(),
+            args.layout
+        );
+        assert!(
+            buffer.bytes() <= limit,
+            "GEMM {what}: buffer of {} MiB exceeds the adapter's storage binding limit of \
+             {} MiB; use a smaller batch",
+            buffer.bytes() >> 20,
+            limit >> 20
+        );
+    };
+    check("A", args.a, m * k);
+    check("B", args.b, n * k);
+    check("C", args.c, m * n);
+    if let Some(bias) = args.bias {
+        check("bias", bias, n);
+    }
+    if let Some(pre) = args.pre_activation {
+        check("pre_activation", pre.into(), m * n);
+    }
+    if let Some((aux, _)) = args.act_grad_of {
+        check("act_grad_of", aux.into(), m * n);
+    }
+    Meta {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        has_bias: args.bias.is_some() as u32,
+        has_pre: args.pre_activation.is_some() as u32,
+        activation: args.activation.code(),
+        act_grad: args.act_grad_of.map_or(0, |(_, act)| match act {
+            Activation::None => 0,
+            a => a.code(),
+        }),
+        accumulate: args.accumulate as u32,
+        k_chunk: k as u32,
+        splits: 1,
+        _pad: [0; 2],
     }
 }
 

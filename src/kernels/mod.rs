@@ -16,6 +16,23 @@ pub mod reduce;
 
 pub use crate::gpu::Shader;
 
+/// One pipeline a kernel family builds: shader, entry point and override constants. The
+/// families list every one they can build (`pipeline_specs`), so the translation test
+/// covers exactly what the program compiles.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineSpec {
+    pub shader: Shader,
+    pub entry: &'static str,
+    pub constants: Vec<(&'static str, f64)>,
+}
+
+impl PipelineSpec {
+    pub fn build(&self, gpu: &crate::gpu::Gpu) -> wgpu::ComputePipeline {
+        gpu.pipeline_with(&self.shader, self.entry, &self.constants)
+    }
+}
+
+
 macro_rules! shader {
     ($file:literal) => {
         Shader {
@@ -38,7 +55,8 @@ pub const ATTENTION_CPU: Shader = Shader {
 };
 pub const DROPOUT: Shader = shader!("dropout.wgsl");
 pub const EMBED: Shader = shader!("embed.wgsl");
-/// Workgroup-memory tiled GEMM for real GPUs.
+/// GEMM without subgroups: the workgroup-memory tiled kernel for GPUs (with its split-K
+/// reduction) and the register-block kernel for CPU adapters without 8-lane subgroups.
 pub const GEMM_TILED: Shader = shader!("gemm_tiled.wgsl");
 /// GEMM for CPU adapters (lavapipe): register blocks, subgroup-shared loads, no barriers.
 pub const GEMM_CPU: Shader = shader!("gemm_cpu.wgsl");
