@@ -564,3 +564,54 @@ fn a_run_killed_mid_epoch_resumes_from_its_save_every_checkpoint_bit_identically
     assert_eq!(epochs(&full), epochs(&killed), "metrics differ");
     assert_eq!(epochs(&killed).len(), 2);
 }
+
+#[test]
+fn a_model_and_a_state_of_different_steps_resume_from_the_newest_consistent_pair() {
+    let dir = fresh_dir("pairs");
+    let cfg = tiny();
+    let params = vit_wgpu::model::HostParams::init(&cfg, 1);
+    let write = |name: &str, step: u64, state: bool| {
+        let file = if state {
+            let s = checkpoint::TrainState {
+                step,
+                epoch: 0,
+                batch_in_epoch: step,
+                best_accuracy: 0.0,
+                totals: Default::default(),
+                moments: params
+                    .values
+                    .iter()
+                    .map(|v| (v.clone(), v.clone()))
+                    .collect(),
+            };
+            checkpoint::state_file(&params, &s)
+        } else {
+            checkpoint::model_file(&cfg, &params, &[("step", step.to_string())])
+        };
+        file.write(&dir.join(name)).expect("write");
+    };
+    // A failure between the two renames: the state is new (7), the model old (5); the
+    // previous pair was kept as step-5 (its model) and step-3.
+    write("last.safetensors", 5, false);
+    write("last.state.safetensors", 7, true);
+    write("step-000000005.state.safetensors", 5, true);
+    write("step-000000003.safetensors", 3, false);
+    write("step-000000003.state.safetensors", 3, true);
+    let (step, model, state) = run_folder::resume_pair(&dir).expect("a consistent pair");
+    assert_eq!(step, 5);
+    assert_eq!(model, dir.join("last.safetensors"));
+    assert_eq!(state, dir.join("step-000000005.state.safetensors"));
+    // Named explicitly, a consistent pair is used as it is.
+    let (step, _, _) =
+        run_folder::resume_pair(&dir.join("step-000000003.safetensors")).expect("step 3");
+    assert_eq!(step, 3);
+    // No pair of one step at all: an error naming both files and their steps.
+    std::fs::remove_file(dir.join("step-000000005.state.safetensors")).expect("rm");
+    std::fs::remove_file(dir.join("step-000000003.state.safetensors")).expect("rm");
+    let err = run_folder::resume_pair(&dir).expect_err("nothing consistent");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("last.safetensors (step 5)") && msg.contains("state.safetensors (step 7)"),
+        "{msg}"
+    );
+}
