@@ -21,7 +21,6 @@
 //! - `Registers` for CPU adapters without them (llvmpipe on GL): no workgroup memory, no
 //!   barriers, 4x4 register blocks read straight from storage.
 
-
 use super::{PipelineSpec, GEMM_CPU, GEMM_TILED};
 use crate::gpu::caps::{self, Choice};
 use crate::gpu::{div_ceil, grid_1d, Bind, Command, Gpu, View};

@@ -32,7 +32,6 @@ impl PipelineSpec {
     }
 }
 
-
 macro_rules! shader {
     ($file:literal) => {
         Shader {
