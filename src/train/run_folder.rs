@@ -69,10 +69,20 @@ impl RunFolder {
             Err(e) => return Err(io(&path)(e)),
         };
         let all = parse_metrics(&path, &text)?;
-        let kept: Vec<EpochMetrics> = all.iter().filter(|m| m.step <= step).cloned().collect();
-        let canonical: String = kept.iter().map(|m| m.to_json() + "\n").collect();
-        if canonical != text {
-            checkpoint::write_atomic(&path, canonical.as_bytes())?;
+        // The kept lines are written back as they were, not re-serialised, so the file
+        // stays byte for byte what the uninterrupted run wrote.
+        let lines = text.lines().filter(|l| !l.trim().is_empty());
+        let mut kept = Vec::new();
+        let mut kept_text = String::new();
+        for (line, m) in lines.zip(all) {
+            if m.step <= step {
+                kept_text.push_str(line);
+                kept_text.push('\n');
+                kept.push(m);
+            }
+        }
+        if kept_text != text {
+            checkpoint::write_atomic(&path, kept_text.as_bytes())?;
         }
         Ok(kept)
     }
