@@ -174,21 +174,7 @@ impl TensorFile {
         name: &str,
         expected: &[usize],
     ) -> Result<Vec<f32>, CheckpointError> {
-        let (shape, values) =
-            self.tensors
-                .get(name)
-                .ok_or_else(|| CheckpointError::MissingTensor {
-                    path: path.into(),
-                    name: name.into(),
-                })?;
-        if shape.as_slice() != expected {
-            return Err(CheckpointError::Shape {
-                path: path.into(),
-                name: name.into(),
-                expected: expected.to_vec(),
-                found: shape.clone(),
-            });
-        }
+        let values = shaped(&self.tensors, path, name, expected)?;
         if let Some(index) = values.iter().position(|v| !v.is_finite()) {
             return Err(CheckpointError::NonFinite {
                 path: path.into(),
@@ -207,23 +193,32 @@ impl TensorFile {
         name: &str,
         expected: &[usize],
     ) -> Result<Vec<i64>, CheckpointError> {
-        let (shape, values) =
-            self.int_tensors
-                .get(name)
-                .ok_or_else(|| CheckpointError::MissingTensor {
-                    path: path.into(),
-                    name: name.into(),
-                })?;
-        if shape.as_slice() != expected {
-            return Err(CheckpointError::Shape {
-                path: path.into(),
-                name: name.into(),
-                expected: expected.to_vec(),
-                found: shape.clone(),
-            });
-        }
-        Ok(values.clone())
+        shaped(&self.int_tensors, path, name, expected).cloned()
     }
+}
+
+/// The values of tensor `name` if it is there with the `expected` shape.
+fn shaped<'a, T>(
+    tensors: &'a BTreeMap<String, (Vec<usize>, Vec<T>)>,
+    path: &Path,
+    name: &str,
+    expected: &[usize],
+) -> Result<&'a Vec<T>, CheckpointError> {
+    let (shape, values) = tensors
+        .get(name)
+        .ok_or_else(|| CheckpointError::MissingTensor {
+            path: path.into(),
+            name: name.into(),
+        })?;
+    if shape.as_slice() != expected {
+        return Err(CheckpointError::Shape {
+            path: path.into(),
+            name: name.into(),
+            expected: expected.to_vec(),
+            found: shape.clone(),
+        });
+    }
+    Ok(values)
 }
 
 fn f16_to_f32(h: u16) -> f32 {

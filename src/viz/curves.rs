@@ -144,23 +144,6 @@ fn panel<DB: DrawingBackend>(
     Ok(())
 }
 
-/// Parse one metrics.jsonl line (fields missing become NaN / 0).
-pub fn parse_metrics_line(line: &str) -> Option<EpochMetrics> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
-    Some(EpochMetrics {
-        epoch: v.get("epoch")?.as_u64()?,
-        step: v.get("step").and_then(|x| x.as_u64()).unwrap_or(0),
-        lr: f("lr") as f32,
-        train_loss: f("train_loss"),
-        train_accuracy: f("train_accuracy"),
-        val_loss: f("val_loss"),
-        val_accuracy: f("val_accuracy"),
-        images_per_second: f("images_per_second"),
-        seconds: f("seconds"),
-    })
-}
-
 /// The epochs already in a run's metrics.jsonl (for a resumed run's curves); empty when
 /// not resuming or when there is no file. Unreadable lines are skipped.
 pub fn previous_epochs(metrics: &Path, resuming: bool) -> Vec<EpochMetrics> {
@@ -168,7 +151,7 @@ pub fn previous_epochs(metrics: &Path, resuming: bool) -> Vec<EpochMetrics> {
         return Vec::new();
     }
     match std::fs::read_to_string(metrics) {
-        Ok(text) => text.lines().filter_map(parse_metrics_line).collect(),
+        Ok(text) => text.lines().filter_map(EpochMetrics::from_json).collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => {
             eprintln!(
@@ -204,17 +187,17 @@ mod tests {
             images_per_second: 1000.0,
             seconds: 2.0,
         };
-        let back = parse_metrics_line(&m.to_json()).expect("parse");
+        let back = EpochMetrics::from_json(&m.to_json()).expect("parse");
         assert_eq!(back.epoch, 3);
         assert_eq!(back.step, 300);
         assert_eq!(back.val_accuracy, 0.75);
-        assert!(parse_metrics_line("not json").is_none());
+        assert!(EpochMetrics::from_json("not json").is_none());
         // NaN is written as null by serde_json
         let nan = EpochMetrics {
             train_loss: f64::NAN,
             ..m
         };
-        assert!(parse_metrics_line(&nan.to_json())
+        assert!(EpochMetrics::from_json(&nan.to_json())
             .expect("parse")
             .train_loss
             .is_nan());
