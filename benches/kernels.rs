@@ -15,7 +15,7 @@ use std::time::Instant;
 use rand::SeedableRng;
 use vit_wgpu::gpu::{Command, Gpu, GpuOptions, PassTimer};
 use vit_wgpu::kernels::gemm::{Activation, Gemm, GemmArgs, Layout, Variant};
-use vit_wgpu::reference::gemm::{self as cpu_gemm, Epilogue};
+use vit_wgpu::reference::gemm::{self as reference_gemm, Epilogue};
 use vit_wgpu::reference::{random_vec, relative_error};
 
 const TOLERANCE: f64 = 1e-4;
@@ -392,8 +392,8 @@ fn bench_one_gemm(
         g.upload("aux", &aux),
         g.upload("c", &c0),
     );
-    let commands = gemm.record(
-        g,
+    let commands = g.commands(
+        gemm,
         &GemmArgs {
             a: (&ba).into(),
             b: (&bb).into(),
@@ -423,7 +423,7 @@ fn bench_one_gemm(
             .chain(m.saturating_sub(32).max(32)..m)
             .collect();
         for range in [0..m.min(32), m.saturating_sub(32).max(32)..m] {
-            cpu_gemm::gemm(
+            reference_gemm::gemm(
                 &mut reference,
                 None,
                 &a,
@@ -513,7 +513,7 @@ fn main() {
     );
     println!("| kernel | shape m x n x k | variant | ms | ms wall (+copies) | GFLOP/s or GB/s | of ceiling (FMA; copy for GB/s) | vs CPU sgemm | rel. error |");
     println!("|---|---|---|---|---|---|---|---|---|");
-    // Kernel families; each filters its cases by name ("gemm tiny qkv fwd cpu").
+    // Kernel families; each filters its cases by name ("gemm tiny qkv fwd lanes").
     bench_gemm(&mut bench);
     bench_attention(&mut bench);
     bench_layernorm(&mut bench);
@@ -536,8 +536,10 @@ fn bench_attention(bench: &mut Bench) {
 }
 
 fn bench_attention_variant(bench: &mut Bench, kernel: vit_wgpu::kernels::attention::Attention) {
-    use vit_wgpu::kernels::attention::{bench_cases, Attention};
-    use vit_wgpu::reference::attention as cpu;
+    use vit_wgpu::kernels::attention::{
+        bench_cases, Attention, AttentionBackward, AttentionForward,
+    };
+    use vit_wgpu::reference::attention as reference;
     let variant = kernel.variant().name().to_string();
     let mut cases = bench_cases();
     if bench.quick {
@@ -564,30 +566,39 @@ fn bench_attention_variant(bench: &mut Bench, kernel: vit_wgpu::kernels::attenti
             let bdqkv = g.storage("dqkv", s.qkv_len());
             let scratch = g.storage("scratch", Attention::scratch_len(s));
             // The forward's outputs feed the backward.
-            g.submit_commands(&kernel.forward(g, s, &bqkv, &bo, &blse));
+            let forward = AttentionForward {
+                shape: s,
+                qkv: &bqkv,
+                o: &bo,
+                lse: &blse,
+            };
+            g.launch(&kernel, &forward);
             let (commands, flops) = if pass == "fwd" {
-                (
-                    kernel.forward(g, s, &bqkv, &bo, &blse),
-                    Attention::flops_forward(s),
-                )
+                (g.commands(&kernel, &forward), Attention::flops_forward(s))
             } else {
-                (
-                    kernel.backward(g, s, &bqkv, &bo, &blse, &bdo, &bdqkv, &scratch),
-                    Attention::flops_backward(s),
-                )
+                let backward = AttentionBackward {
+                    shape: s,
+                    qkv: &bqkv,
+                    o: &bo,
+                    lse: &blse,
+                    d_o: &bdo,
+                    dqkv: &bdqkv,
+                    scratch: &scratch,
+                };
+                (g.commands(&kernel, &backward), Attention::flops_backward(s))
             };
             let one = vit_wgpu::kernels::attention::AttentionShape { batch: 1, ..s };
             let check = |g: &Gpu| {
                 let q1 = &qkv[..one.qkv_len()];
                 let mut o = vec![0.0; one.out_len()];
                 let mut lse = vec![0.0; one.lse_len()];
-                cpu::forward(&mut o, &mut lse, q1, 1, s.tokens, s.heads, s.head_dim);
+                reference::forward(&mut o, &mut lse, q1, 1, s.tokens, s.heads, s.head_dim);
                 if pass == "fwd" {
                     let ours: Vec<f32> = g.read(&bo).expect("read");
                     relative_error(&ours[..one.out_len()], &o).0
                 } else {
                     let mut dqkv = vec![0.0; one.qkv_len()];
-                    cpu::backward(
+                    reference::backward(
                         &mut dqkv,
                         &d_o[..one.out_len()],
                         q1,
@@ -620,7 +631,7 @@ fn bench_attention_variant(bench: &mut Bench, kernel: vit_wgpu::kernels::attenti
 /// bound, so reported in GB/s (bytes read and written once).
 fn bench_layernorm(bench: &mut Bench) {
     use vit_wgpu::kernels::layernorm::{LayerNorm, LayerNormBackward, LayerNormForward};
-    use vit_wgpu::reference::layernorm as cpu;
+    use vit_wgpu::reference::layernorm as reference;
     let kernel = LayerNorm::new(&bench.gpu);
     let widths: &[(&str, usize)] = if bench.quick {
         &[("tiny", 192)]
@@ -668,13 +679,13 @@ fn bench_layernorm(bench: &mut Bench) {
                 cols,
                 eps: 1e-5,
             };
-            g.submit_commands(&[kernel.forward(g, &fwd).into()]);
+            g.launch(&kernel, &fwd);
             let (mut y, mut mean, mut rstd) = (vec![0.0; n], vec![0.0; rows], vec![0.0; rows]);
-            cpu::forward(
+            reference::forward(
                 &mut y, &mut mean, &mut rstd, &x, &gamma, &beta, rows, cols, 1e-5,
             );
             let (commands, bytes): (Vec<Command>, f64) = if pass == "fwd" {
-                (vec![kernel.forward(g, &fwd).into()], 2.0 * n as f64 * 4.0)
+                (g.commands(&kernel, &fwd), 2.0 * n as f64 * 4.0)
             } else {
                 let args = LayerNormBackward {
                     dy: &bdy,
@@ -691,21 +702,14 @@ fn bench_layernorm(bench: &mut Bench) {
                     accumulate: false,
                 };
                 // dx pass reads dy and x and writes dx; the parameter pass reads dy and x again
-                (
-                    kernel
-                        .backward(g, &args)
-                        .into_iter()
-                        .map(Command::from)
-                        .collect(),
-                    5.0 * n as f64 * 4.0,
-                )
+                (g.commands(&kernel, &args), 5.0 * n as f64 * 4.0)
             };
             let check = |g: &Gpu| {
                 if pass == "fwd" {
                     relative_error(&g.read::<f32>(&by).expect("read"), &y).0
                 } else {
                     let (mut dx, mut dg, mut db) = (vec![0.0; n], vec![0.0; cols], vec![0.0; cols]);
-                    cpu::backward(
+                    reference::backward(
                         &mut dx, &mut dg, &mut db, &dy, &x, &gamma, &mean, &rstd, rows, cols, false,
                     );
                     let e1 = relative_error(&g.read::<f32>(&bdx).expect("read"), &dx).0;

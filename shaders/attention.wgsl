@@ -22,11 +22,11 @@
 //     adapters without 8-lane subgroups (llvmpipe on GL) and GPUs without workgroup memory;
 //   - the same names + _tiled (end of this file): the streamed rows staged in workgroup
 //     memory once per workgroup; for GPUs;
-//   - the same names + _lanes, in attention_cpu.wgsl (one 8-lane subgroup per workgroup):
+//   - the same names + _lanes, in attention_lanes.wgsl (one 8-lane subgroup per workgroup):
 //     lane t loads streamed row t of each block of 8 and subgroupBroadcast shares it, one
 //     vec4 load per 8 vec4 multiply-adds, for CPU adapters (lavapipe) where every storage
 //     load is a per-lane loop. They need Features::SUBGROUP, so they live in their own
-//     file, compiled as this file followed by attention_cpu.wgsl (src/kernels/mod.rs).
+//     file, compiled as this file followed by attention_lanes.wgsl (src/kernels/mod.rs).
 // Rows past N are clamped to N-1 for loads (so the loops stay branch-free and every lane
 // of a subgroup takes part in each broadcast) and skipped at the store; streamed rows past
 // N get probability 0.

@@ -24,7 +24,7 @@
 //   LAYOUT 0 = NN: A [m, k], B [k, n]     C = A B      (dX = dY W)
 //          1 = NT: A [m, k], B [n, k]     C = A B^T    (Y = X W^T)
 //          2 = TN: A [k, m], B [k, n]     C = A^T B    (dW = dY^T X)
-// Epilogue (same as gemm_cpu.wgsl): + bias[n]; pre-activation out; activation;
+// Epilogue (same as gemm_lanes.wgsl): + bias[n]; pre-activation out; activation;
 // times act'(act_grad_of); C = or C +=.
 // Subgroup sizes are never assumed: nothing here uses subgroups.
 
@@ -69,26 +69,7 @@ struct Meta {
 // split-K partial sums [splits, m, n]
 @group(0) @binding(8) var<storage, read_write> partial: array<f32>;
 
-// ---- epilogue (kept identical in gemm_cpu.wgsl) ----
-
-// erf(x) = 1 - erfc(|x|) with Numerical Recipes' Chebyshev fit of erfc (fractional error
-// < 1.2e-7), so GELU and its derivative are float32-accurate.
-fn erf(x: f32) -> f32 {
-    let z = abs(x);
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let p = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806
-        + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))));
-    let r = t * exp(-z * z + p);
-    return select(r - 1.0, 1.0 - r, x >= 0.0);
-}
-
-fn gelu(x: f32) -> f32 {
-    return 0.5 * x * (1.0 + erf(x * 0.70710678));
-}
-
-fn gelu_grad(x: f32) -> f32 {
-    return 0.5 * (1.0 + erf(x * 0.70710678)) + x * 0.39894228 * exp(-0.5 * x * x);
-}
+// ---- epilogue (gelu and gelu_grad: activations.wgsl) ----
 
 fn epilogue(row: u32, col: u32, sum: f32) {
     if (row >= shape.m || col >= shape.n) { return; }

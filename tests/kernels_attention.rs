@@ -1,7 +1,7 @@
 mod common;
 use common::*;
 use vit_wgpu::kernels::attention::*;
-use vit_wgpu::reference::attention as cpu;
+use vit_wgpu::reference::attention as reference;
 
 /// qkv entries in [-2.5, 2.5): scaled scores have a standard deviation of about 2, so the
 /// softmax is far from uniform.
@@ -73,13 +73,19 @@ fn check_forward_backward(attention: &Attention, s: AttentionShape) -> (f64, f64
 
     let mut o = vec![0.0; s.out_len()];
     let mut lse = vec![0.0; s.lse_len()];
-    cpu::forward(&mut o, &mut lse, &qkv, b, n, a, d);
+    reference::forward(&mut o, &mut lse, &qkv, b, n, a, d);
     let mut dqkv = vec![0.0; s.qkv_len()];
-    cpu::backward(&mut dqkv, &d_o, &qkv, &o, &lse, b, n, a, d);
+    reference::backward(&mut dqkv, &d_o, &qkv, &o, &lse, b, n, a, d);
 
     let (bqkv, bdo) = (g.upload("qkv", &qkv), g.upload("dO", &d_o));
     let (bo, blse) = (poisoned(s.out_len()), poisoned(s.lse_len()));
-    g.submit_commands(&attention.forward(g, s, &bqkv, &bo, &blse));
+    let forward = AttentionForward {
+        shape: s,
+        qkv: &bqkv,
+        o: &bo,
+        lse: &blse,
+    };
+    g.launch(attention, &forward);
     let variant = attention.variant();
     let what = format!("attention {variant:?} forward {}", describe(s));
     let e_o = assert_close(&format!("{what} o"), &read(&bo), &o, TOLERANCE);
@@ -87,7 +93,16 @@ fn check_forward_backward(attention: &Attention, s: AttentionShape) -> (f64, f64
 
     let bdqkv = poisoned(s.qkv_len());
     let scratch = poisoned(Attention::scratch_len(s));
-    g.submit_commands(&attention.backward(g, s, &bqkv, &bo, &blse, &bdo, &bdqkv, &scratch));
+    let backward = AttentionBackward {
+        shape: s,
+        qkv: &bqkv,
+        o: &bo,
+        lse: &blse,
+        d_o: &bdo,
+        dqkv: &bdqkv,
+        scratch: &scratch,
+    };
+    g.launch(attention, &backward);
     let what = format!("attention {variant:?} backward {}", describe(s));
     let ours = read(&bdqkv);
     let e_all = assert_close(&format!("{what} dqkv"), &ours, &dqkv, TOLERANCE);
@@ -142,11 +157,16 @@ fn attention_probabilities_match_cpu_and_rows_sum_to_one() {
             .map(|v| v * QKV_SCALE)
             .collect();
         let mut probs = vec![0.0; s.probs_len()];
-        cpu::probabilities(&mut probs, &qkv, s.batch, s.tokens, s.heads, s.head_dim);
+        reference::probabilities(&mut probs, &qkv, s.batch, s.tokens, s.heads, s.head_dim);
 
         let bqkv = g.upload("qkv", &qkv);
         let bprobs = poisoned(s.probs_len());
-        g.submit_commands(&attention.probabilities(g, s, &bqkv, &bprobs));
+        let args = AttentionProbabilities {
+            shape: s,
+            qkv: &bqkv,
+            probs: &bprobs,
+        };
+        g.launch(&attention, &args);
         let ours = read(&bprobs);
         let what = format!("attention probabilities {}", describe(s));
         worst = worst.max(assert_close(&what, &ours, &probs, TOLERANCE));
@@ -173,7 +193,13 @@ fn attention_of_one_token_returns_its_value_row() {
             poisoned(s.out_len()),
             poisoned(s.lse_len()),
         );
-        g.submit_commands(&attention.forward(g, s, &bqkv, &bo, &blse));
+        let forward = AttentionForward {
+            shape: s,
+            qkv: &bqkv,
+            o: &bo,
+            lse: &blse,
+        };
+        g.launch(&attention, &forward);
         check_one_token(s, &qkv, &read(&bo), &read(&blse), model);
     }
 }

@@ -5,8 +5,11 @@ mod common;
 use common::*;
 use rand::Rng;
 use vit_wgpu::kernels::adamw::{AdamW, AdamWArgs, Hyper};
-use vit_wgpu::kernels::dropout::{self, Dropout, DropoutSite};
-use vit_wgpu::kernels::embed::{Embed, EmbedShape};
+use vit_wgpu::kernels::dropout::{self, Dropout, DropoutBackward, DropoutForward, DropoutSite};
+use vit_wgpu::kernels::embed::{
+    AssembleTokens, Embed, EmbedShape, GatherCls, Patchify, PosClsBackward, ScatterCls,
+    TokensBackward,
+};
 use vit_wgpu::kernels::loss::{CrossEntropy, CrossEntropyArgs};
 use vit_wgpu::reference;
 
@@ -85,12 +88,33 @@ fn patchify_and_token_assembly_match_cpu_forward_and_backward() {
             poisoned(n * d),
             poisoned(d),
         );
-        k.patchify(g, s, &bimg, &bpatches).launch(g);
-        k.assemble_tokens(g, s, &bpe, (&bcls).into(), (&bpos).into(), &bx0)
-            .launch(g);
-        k.tokens_backward(g, s, &bdx0, &bdpe).launch(g);
-        k.pos_cls_backward(g, s, &bdx0, (&bdpos).into(), (&bdcls).into())
-            .launch(g);
+        let patchify = Patchify {
+            shape: s,
+            img: &bimg,
+            patches: &bpatches,
+        };
+        g.launch(&k, &patchify);
+        let assemble = AssembleTokens {
+            shape: s,
+            pe: &bpe,
+            cls: (&bcls).into(),
+            pos: (&bpos).into(),
+            x0: &bx0,
+        };
+        g.launch(&k, &assemble);
+        let tokens_backward = TokensBackward {
+            shape: s,
+            dx0: &bdx0,
+            dpe: &bdpe,
+        };
+        g.launch(&k, &tokens_backward);
+        let pos_cls_backward = PosClsBackward {
+            shape: s,
+            dx0: &bdx0,
+            dpos: (&bdpos).into(),
+            dcls: (&bdcls).into(),
+        };
+        g.launch(&k, &pos_cls_backward);
         assert_close(
             &format!("patchify {what}"),
             &read(&bpatches),
@@ -110,8 +134,18 @@ fn patchify_and_token_assembly_match_cpu_forward_and_backward() {
         reference::embed::scatter_cls(&mut dfull, &drows, b, n, d);
         let (brows, bdfull) = (poisoned(b * d), poisoned(b * n * d));
         let bdrows = g.upload("drows", &drows);
-        k.gather_cls(g, s, &bx0, &brows).launch(g);
-        k.scatter_cls(g, s, &bdrows, &bdfull).launch(g);
+        let gather = GatherCls {
+            shape: s,
+            full: &bx0,
+            cls_rows: &brows,
+        };
+        g.launch(&k, &gather);
+        let scatter = ScatterCls {
+            shape: s,
+            dcls_rows: &bdrows,
+            dfull: &bdfull,
+        };
+        g.launch(&k, &scatter);
         assert_close(
             &format!("gather_cls {what}"),
             &read(&brows),
@@ -154,8 +188,8 @@ fn cross_entropy_loss_gradient_and_accuracy_match_cpu() {
         );
         let (bl, by) = (g.upload("logits", &logits), g.upload("labels", &labels));
         let (bloss, bdl, bc) = (poisoned(rows), poisoned(rows * classes), poisoned(rows));
-        k.record(
-            g,
+        g.launch(
+            &k,
             &CrossEntropyArgs {
                 logits: &bl,
                 labels: &by,
@@ -166,8 +200,7 @@ fn cross_entropy_loss_gradient_and_accuracy_match_cpu() {
                 classes,
                 grad_scale: scale,
             },
-        )
-        .launch(g);
+        );
         let what = format!("cross-entropy {rows}x{classes}");
         assert_close(&format!("{what} loss"), &read(&bloss), &losses, TOLERANCE);
         assert_close(&format!("{what} dlogits"), &read(&bdl), &dl, TOLERANCE);
@@ -236,8 +269,21 @@ fn dropout_forward_and_backward_regenerate_the_same_mask_as_cpu() {
             g.upload("y", &y0),
             poisoned(len),
         );
-        k.forward(g, site, &step_buf, &bx, &by, true).launch(g);
-        k.backward(g, site, &step_buf, &bdy, &bdx).launch(g);
+        let forward = DropoutForward {
+            site,
+            step: &step_buf,
+            x: &bx,
+            y: &by,
+            accumulate: true,
+        };
+        g.launch(&k, &forward);
+        let backward = DropoutBackward {
+            site,
+            step: &step_buf,
+            dy: &bdy,
+            dx: &bdx,
+        };
+        g.launch(&k, &backward);
         let what = format!("dropout len={len} p={p} step={step}");
         assert_close(
             &format!("{what} forward (accumulate)"),
@@ -322,7 +368,7 @@ fn adamw_over_an_arena_range_with_clipping_matches_cpu_over_several_steps() {
         hyper: &hyper_buf,
         stats: &stats,
     };
-    let dispatches = k.record(g, &args);
+    let commands = g.commands(&k, &args);
     let frozen = host[0].param.clone();
     for step in 1..=3u64 {
         // Step 1 gradients are large (clipping active), later ones small (inactive).
@@ -337,7 +383,7 @@ fn adamw_over_an_arena_range_with_clipping_matches_cpu_over_several_steps() {
         g.poison(&stats);
         let hyper = Hyper::at_step(1e-2, 0.9, 0.999, 1e-8, 0.05, 1.0, step);
         AdamW::write_hyper(g, &hyper_buf, &hyper);
-        g.run(|pass| dispatches.iter().for_each(|d| d.record(pass)));
+        g.submit_commands(&commands);
         let norm = reference::adamw::step(&mut host[1..], &hyper);
         let got_norm = read(&stats)[AdamW::scale_index() + 1] as f64;
         assert!(

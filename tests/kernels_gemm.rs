@@ -2,7 +2,7 @@ mod common;
 use common::*;
 use std::sync::OnceLock;
 use vit_wgpu::kernels::gemm::*;
-use vit_wgpu::reference::gemm::{self as cpu, Epilogue};
+use vit_wgpu::reference::gemm::{self as reference, Epilogue};
 
 /// One `Gemm` per variant for the whole test binary: pipelines compile once.
 fn gemm(variant: Variant) -> &'static Gemm {
@@ -97,7 +97,7 @@ fn check_plan(
     };
     let mut c = c0.clone();
     let mut pre = vec![0.0; m * n];
-    cpu::gemm(
+    reference::gemm(
         &mut c,
         Some(&mut pre),
         &a,
@@ -284,15 +284,15 @@ fn registers_gemm_matches_cpu_in_every_layout_on_odd_shapes() {
 
 #[test]
 fn cpu_gemm_matches_cpu_in_every_layout_on_odd_shapes() {
-    if runs(Variant::Cpu) {
-        every_layout_on_odd_shapes(Variant::Cpu);
+    if runs(Variant::Lanes) {
+        every_layout_on_odd_shapes(Variant::Lanes);
     }
 }
 
 #[test]
 fn cpu_gemm_from_storage_matches_cpu_in_every_layout_on_odd_shapes() {
-    if runs(Variant::CpuStorage) {
-        every_layout_on_odd_shapes(Variant::CpuStorage);
+    if runs(Variant::LanesStorage) {
+        every_layout_on_odd_shapes(Variant::LanesStorage);
     }
 }
 
@@ -312,15 +312,15 @@ fn registers_gemm_applies_every_epilogue() {
 
 #[test]
 fn cpu_gemm_applies_every_epilogue() {
-    if runs(Variant::Cpu) {
-        every_epilogue(Variant::Cpu);
+    if runs(Variant::Lanes) {
+        every_epilogue(Variant::Lanes);
     }
 }
 
 #[test]
 fn cpu_gemm_from_storage_applies_every_epilogue() {
-    if runs(Variant::CpuStorage) {
-        every_epilogue(Variant::CpuStorage);
+    if runs(Variant::LanesStorage) {
+        every_epilogue(Variant::LanesStorage);
     }
 }
 
@@ -416,7 +416,7 @@ fn gemm_new_picks_the_variant_the_adapter_supports() {
         v
     } else if g.caps.cpu {
         if g.caps.exact_subgroups(8).is_ok() {
-            Variant::Cpu
+            Variant::Lanes
         } else {
             Variant::Registers
         }
@@ -442,7 +442,7 @@ fn reference_erf_matches_known_values() {
         (3.5, 0.999_999_256_901_627_7),
         (-1.0, -0.842_700_792_949_714_9),
     ] {
-        let got = cpu::erf(x);
+        let got = reference::erf(x);
         assert!(
             (got - want).abs() < 1e-12,
             "erf({x}) = {got}, expected {want}"
@@ -455,8 +455,8 @@ fn reference_gelu_grad_matches_finite_differences() {
     let h = 1e-5;
     let mut x = -6.0;
     while x <= 6.0 {
-        let fd = (cpu::gelu(x + h) - cpu::gelu(x - h)) / (2.0 * h);
-        let grad = cpu::gelu_grad(x);
+        let fd = (reference::gelu(x + h) - reference::gelu(x - h)) / (2.0 * h);
+        let grad = reference::gelu_grad(x);
         assert!(
             (fd - grad).abs() < 1e-8,
             "gelu'({x}): analytic {grad} vs finite difference {fd}"
@@ -465,8 +465,8 @@ fn reference_gelu_grad_matches_finite_differences() {
     }
     // and relu's, away from the kink
     for x in [-2.0, -0.3, 0.3, 2.0] {
-        let fd = (cpu::relu(x + h) - cpu::relu(x - h)) / (2.0 * h);
-        assert!((fd - cpu::relu_grad(x)).abs() < 1e-9, "relu'({x})");
+        let fd = (reference::relu(x + h) - reference::relu(x - h)) / (2.0 * h);
+        assert!((fd - reference::relu_grad(x)).abs() < 1e-9, "relu'({x})");
     }
 }
 

@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use vit_wgpu::kernels::reduce::Reduce;
+use vit_wgpu::kernels::reduce::{ColumnSum, Reduce};
 use vit_wgpu::reference;
 
 #[test]
@@ -27,9 +27,15 @@ fn column_sums_match_cpu_on_odd_shapes_and_accumulate() {
             poisoned(cols)
         };
         let scratch = poisoned(Reduce::column_sum_scratch_len(rows, cols));
-        for d in k.column_sum(g, &bx, (&bs).into(), &scratch, rows, cols, acc) {
-            d.launch(g);
-        }
+        let args = ColumnSum {
+            matrix: &bx,
+            sums: (&bs).into(),
+            scratch: &scratch,
+            rows,
+            cols,
+            accumulate: acc,
+        };
+        g.launch(&k, &args);
         assert_close(
             &format!("column_sum {rows}x{cols} acc={acc}"),
             &read(&bs),

@@ -18,9 +18,9 @@ fn every_pipeline() -> Vec<PipelineSpec> {
     }
     let families = [
         "gemm_tiled.wgsl",
-        "gemm_cpu.wgsl",
+        "gemm_lanes.wgsl",
         "attention.wgsl",
-        "attention_cpu.wgsl",
+        "attention_lanes.wgsl",
     ];
     for shader in ALL_SHADERS {
         if families.contains(&shader.name) {
@@ -133,10 +133,10 @@ fn the_translated_pipelines_cover_every_entry_point() {
     for shader in ALL_SHADERS {
         let module = naga::front::wgsl::parse_str(shader.source).expect("shader parses");
         for ep in &module.entry_points {
-            // attention.wgsl's entry points also live in the attention_cpu.wgsl module
+            // attention.wgsl's entry points also live in the attention_lanes.wgsl module
             let covered = specs.iter().any(|s| {
                 s.entry == ep.name
-                    && (s.shader.name == shader.name || shader.name == "attention_cpu.wgsl")
+                    && (s.shader.name == shader.name || shader.name == "attention_lanes.wgsl")
             });
             assert!(
                 covered,

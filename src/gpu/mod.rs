@@ -571,7 +571,7 @@ pub fn describe_adapter(
 
 /// One kernel launch with its bind groups built: recording it costs no allocation.
 pub struct Dispatch {
-    /// The shader file this launch comes from, e.g. "gemm_cpu.wgsl".
+    /// The shader file this launch comes from, e.g. "gemm_lanes.wgsl".
     pub family: &'static str,
     pipeline: wgpu::ComputePipeline,
     groups: Vec<wgpu::BindGroup>,
@@ -589,11 +589,6 @@ impl Dispatch {
         if x > 0 && y > 0 && z > 0 {
             pass.dispatch_workgroups(x, y, z);
         }
-    }
-
-    /// Record and submit alone (tests and benches).
-    pub fn launch(&self, gpu: &Gpu) {
-        gpu.run(|pass| self.record(pass));
     }
 }
 
@@ -672,7 +667,27 @@ pub fn record_commands(encoder: &mut wgpu::CommandEncoder, commands: &[Command])
     }
 }
 
+/// The one verb of every kernel family: append the launches `args` describe to `out`. Each
+/// entry point has its own args struct (`LayerNormForward`, `GemmArgs`, ...), so
+/// `kernel.record(gpu, &args, out)` picks the entry point from the args. Bind groups are built
+/// here, once; the commands are then recorded every step without allocating.
+pub trait Record<Args> {
+    fn record(&self, gpu: &Gpu, args: &Args, out: &mut Vec<Command>);
+}
+
 impl Gpu {
+    /// One kernel call as its own command list.
+    pub fn commands<A>(&self, kernel: &impl Record<A>, args: &A) -> Vec<Command> {
+        let mut out = Vec::new();
+        kernel.record(self, args, &mut out);
+        out
+    }
+
+    /// Record one kernel call and submit it alone (tests, benchmarks, evaluation).
+    pub fn launch<A>(&self, kernel: &impl Record<A>, args: &A) {
+        self.submit_commands(&self.commands(kernel, args));
+    }
+
     /// Record, submit, return (tests and benches; the trainer records many in one encoder).
     pub fn submit_commands(&self, commands: &[Command]) {
         let mut encoder = self

@@ -1,6 +1,6 @@
 //! AdamW over a whole parameter arena with global gradient-norm clipping, on the device.
 
-use crate::gpu::{div_ceil, grid_1d, Dispatch, Gpu};
+use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Record};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -66,10 +66,12 @@ impl AdamW {
     pub fn write_hyper(gpu: &Gpu, buffer: &wgpu::Buffer, hyper: &Hyper) {
         gpu.queue.write_buffer(buffer, 0, bytemuck::bytes_of(hyper));
     }
+}
 
-    /// The whole update in three launches: the sum of squares in `PARTIALS` grid-strided
-    /// workgroups, their sum with the clip scale, then one thread per element.
-    pub fn record(&self, gpu: &Gpu, a: &AdamWArgs) -> [Dispatch; 3] {
+/// The whole update in three launches: the sum of squares in `PARTIALS` grid-strided
+/// workgroups, their sum with the clip scale, then one thread per element.
+impl Record<AdamWArgs<'_>> for AdamW {
+    fn record(&self, gpu: &Gpu, a: &AdamWArgs, out: &mut Vec<Command>) {
         assert!(
             a.range.end <= (a.params.size() / 4) as usize
                 && a.stats.size() >= 4 * Self::stats_len() as u64,
@@ -83,7 +85,7 @@ impl AdamW {
             decay_end: a.decay_end as u32,
             partials: PARTIALS as u32,
         };
-        [
+        let launches = [
             gpu.dispatch(
                 &self.sum_squares,
                 &[(0, a.grads), (1, a.stats)],
@@ -109,6 +111,7 @@ impl AdamW {
                 &meta,
                 grid_1d(div_ceil(a.range.len(), 256)),
             ),
-        ]
+        ];
+        out.extend(launches.map(Command::from));
     }
 }

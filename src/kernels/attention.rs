@@ -5,9 +5,9 @@
 
 use std::sync::OnceLock;
 
-use super::{PipelineSpec, Shader, ATTENTION, ATTENTION_CPU};
+use super::{PipelineSpec, Shader, ATTENTION, ATTENTION_LANES};
 use crate::gpu::caps::{self, Choice};
-use crate::gpu::{div_ceil, Command, Gpu};
+use crate::gpu::{div_ceil, Command, Gpu, Record};
 
 /// Shapes of one attention call: qkv [batch*tokens, 3*heads*head_dim].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +96,7 @@ impl Variant {
 
     fn shader(self) -> Shader {
         match self {
-            Variant::Lanes => ATTENTION_CPU,
+            Variant::Lanes => ATTENTION_LANES,
             _ => ATTENTION,
         }
     }
@@ -261,40 +261,81 @@ impl Attention {
         })
     }
 
-    /// o [B*N, D] = softmax(q k^T / sqrt(d)) v per (batch, head); lse [B, A, N] = the row
-    /// log-sum-exp of the scaled scores, for the backward.
-    pub fn forward(
-        &self,
-        gpu: &Gpu,
-        shape: AttentionShape,
-        qkv: &wgpu::Buffer, // [B*N, 3D]
-        o: &wgpu::Buffer,   // [B*N, D]
-        lse: &wgpu::Buffer, // [B, A, N]
-    ) -> Vec<Command> {
-        let p = self.pipelines(gpu, shape);
-        let d = gpu.dispatch(
-            &p.forward,
-            &[(0, qkv), (1, o), (2, lse)],
-            &meta(shape),
-            self.grid(shape),
-        );
-        vec![d.into()]
+    /// Floats of scratch the backward needs: [B, A, N].
+    pub fn scratch_len(shape: AttentionShape) -> usize {
+        shape.lse_len()
     }
 
-    /// dqkv [B*N, 3D] (overwritten) from dO [B*N, D] and the forward's qkv, o and lse.
-    /// `scratch` holds delta_i = rowsum(dO o O), `scratch_len(shape)` floats.
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward(
-        &self,
-        gpu: &Gpu,
-        shape: AttentionShape,
-        qkv: &wgpu::Buffer,     // [B*N, 3D]
-        o: &wgpu::Buffer,       // [B*N, D]
-        lse: &wgpu::Buffer,     // [B, A, N]
-        d_o: &wgpu::Buffer,     // [B*N, D]
-        dqkv: &wgpu::Buffer,    // [B*N, 3D]
-        scratch: &wgpu::Buffer, // [B, A, N]
-    ) -> Vec<Command> {
+    fn grid(&self, shape: AttentionShape) -> [u32; 3] {
+        grid(shape, self.variant.rows_per_group())
+    }
+
+    /// Multiply-adds x 2 of the forward: S = Q K^T and O = P V, per (batch, head).
+    pub fn flops_forward(shape: AttentionShape) -> f64 {
+        4.0 * (shape.batch * shape.heads) as f64
+            * (shape.tokens * shape.tokens * shape.head_dim) as f64
+    }
+
+    /// The backward's useful FLOPs, FlashAttention's count: S recomputed once, dV, dP, dQ
+    /// and dK (2.5x the forward). The kernels recompute S and dP in both passes, 7/5 of this.
+    pub fn flops_backward(shape: AttentionShape) -> f64 {
+        2.5 * Self::flops_forward(shape)
+    }
+}
+
+/// o [B*N, D] = softmax(q k^T / sqrt(d)) v per (batch, head); lse [B, A, N] = the row
+/// log-sum-exp of the scaled scores, for the backward.
+pub struct AttentionForward<'a> {
+    pub shape: AttentionShape,
+    pub qkv: &'a wgpu::Buffer, // [B*N, 3D]
+    pub o: &'a wgpu::Buffer,   // [B*N, D]
+    pub lse: &'a wgpu::Buffer, // [B, A, N]
+}
+
+/// dqkv [B*N, 3D] (overwritten) from dO [B*N, D] and the forward's qkv, o and lse.
+/// `scratch` holds delta_i = rowsum(dO o O), `Attention::scratch_len(shape)` floats.
+pub struct AttentionBackward<'a> {
+    pub shape: AttentionShape,
+    pub qkv: &'a wgpu::Buffer,     // [B*N, 3D]
+    pub o: &'a wgpu::Buffer,       // [B*N, D]
+    pub lse: &'a wgpu::Buffer,     // [B, A, N]
+    pub d_o: &'a wgpu::Buffer,     // [B*N, D]
+    pub dqkv: &'a wgpu::Buffer,    // [B*N, 3D]
+    pub scratch: &'a wgpu::Buffer, // [B, A, N]
+}
+
+/// Inference only: the attention probabilities P [B, A, N, N] (materialised N x N, for
+/// attention maps).
+pub struct AttentionProbabilities<'a> {
+    pub shape: AttentionShape,
+    pub qkv: &'a wgpu::Buffer,   // [B*N, 3D]
+    pub probs: &'a wgpu::Buffer, // [B, A, N, N]
+}
+
+impl Record<AttentionForward<'_>> for Attention {
+    fn record(&self, gpu: &Gpu, a: &AttentionForward, out: &mut Vec<Command>) {
+        let p = self.pipelines(gpu, a.shape);
+        let d = gpu.dispatch(
+            &p.forward,
+            &[(0, a.qkv), (1, a.o), (2, a.lse)],
+            &meta(a.shape),
+            self.grid(a.shape),
+        );
+        out.push(d.into());
+    }
+}
+
+impl Record<AttentionBackward<'_>> for Attention {
+    fn record(&self, gpu: &Gpu, a: &AttentionBackward, out: &mut Vec<Command>) {
+        let AttentionBackward {
+            shape,
+            qkv,
+            o,
+            lse,
+            d_o,
+            dqkv,
+            scratch,
+        } = *a;
         assert!(
             scratch.size() >= 4 * Self::scratch_len(shape) as u64,
             "attention backward scratch needs {} floats",
@@ -321,48 +362,21 @@ impl Attention {
             &m,
             self.grid(shape),
         );
-        vec![query.into(), key.into()]
+        out.extend([query.into(), key.into()]);
     }
+}
 
-    /// Floats of scratch the backward needs: [B, A, N].
-    pub fn scratch_len(shape: AttentionShape) -> usize {
-        shape.lse_len()
-    }
-
-    /// Inference only: the attention probabilities P [B, A, N, N] (materialised N x N, for
-    /// attention maps).
-    pub fn probabilities(
-        &self,
-        gpu: &Gpu,
-        shape: AttentionShape,
-        qkv: &wgpu::Buffer,   // [B*N, 3D]
-        probs: &wgpu::Buffer, // [B, A, N, N]
-    ) -> Vec<Command> {
-        check_binding(gpu, "probabilities", shape.probs_len());
-        let p = self.pipelines(gpu, shape);
+impl Record<AttentionProbabilities<'_>> for Attention {
+    fn record(&self, gpu: &Gpu, a: &AttentionProbabilities, out: &mut Vec<Command>) {
+        check_binding(gpu, "probabilities", a.shape.probs_len());
+        let p = self.pipelines(gpu, a.shape);
         let d = gpu.dispatch(
             &p.probabilities,
-            &[(0, qkv), (8, probs)],
-            &meta(shape),
-            grid(shape, Variant::Rows.rows_per_group()),
+            &[(0, a.qkv), (8, a.probs)],
+            &meta(a.shape),
+            grid(a.shape, Variant::Rows.rows_per_group()),
         );
-        vec![d.into()]
-    }
-
-    fn grid(&self, shape: AttentionShape) -> [u32; 3] {
-        grid(shape, self.variant.rows_per_group())
-    }
-
-    /// Multiply-adds x 2 of the forward: S = Q K^T and O = P V, per (batch, head).
-    pub fn flops_forward(shape: AttentionShape) -> f64 {
-        4.0 * (shape.batch * shape.heads) as f64
-            * (shape.tokens * shape.tokens * shape.head_dim) as f64
-    }
-
-    /// The backward's useful FLOPs, FlashAttention's count: S recomputed once, dV, dP, dQ
-    /// and dK (2.5x the forward). The kernels recompute S and dP in both passes, 7/5 of this.
-    pub fn flops_backward(shape: AttentionShape) -> f64 {
-        2.5 * Self::flops_forward(shape)
+        out.push(d.into());
     }
 }
 

@@ -1,6 +1,6 @@
 //! Inverted dropout whose mask is a hash of (seed, step, index): backward regenerates it.
 
-use crate::gpu::{div_ceil, grid_1d, Dispatch, Gpu};
+use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Record};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -62,39 +62,46 @@ impl Dropout {
             backward: gpu.pipeline(&super::DROPOUT, "dropout_backward"),
         }
     }
+}
 
-    /// y (+)= x * mask / (1 - p)
-    pub fn forward(
-        &self,
-        gpu: &Gpu,
-        site: DropoutSite,
-        step: &wgpu::Buffer,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-        accumulate: bool,
-    ) -> Dispatch {
-        gpu.dispatch(
+/// y (+)= x * mask / (1 - p)
+pub struct DropoutForward<'a> {
+    pub site: DropoutSite,
+    /// The shared step counter (`step_buffer`).
+    pub step: &'a wgpu::Buffer,
+    pub x: &'a wgpu::Buffer,
+    pub y: &'a wgpu::Buffer,
+    pub accumulate: bool,
+}
+
+/// dx = dy * mask / (1 - p)
+pub struct DropoutBackward<'a> {
+    pub site: DropoutSite,
+    pub step: &'a wgpu::Buffer,
+    pub dy: &'a wgpu::Buffer,
+    pub dx: &'a wgpu::Buffer,
+}
+
+impl Record<DropoutForward<'_>> for Dropout {
+    fn record(&self, gpu: &Gpu, a: &DropoutForward, out: &mut Vec<Command>) {
+        let d = gpu.dispatch(
             &self.forward,
-            &[(0, step), (1, x), (2, y)],
-            &site.meta(accumulate),
-            grid_1d(div_ceil(site.len, 256)),
-        )
+            &[(0, a.step), (1, a.x), (2, a.y)],
+            &a.site.meta(a.accumulate),
+            grid_1d(div_ceil(a.site.len, 256)),
+        );
+        out.push(d.into());
     }
+}
 
-    /// dx = dy * mask / (1 - p)
-    pub fn backward(
-        &self,
-        gpu: &Gpu,
-        site: DropoutSite,
-        step: &wgpu::Buffer,
-        dy: &wgpu::Buffer,
-        dx: &wgpu::Buffer,
-    ) -> Dispatch {
-        gpu.dispatch(
+impl Record<DropoutBackward<'_>> for Dropout {
+    fn record(&self, gpu: &Gpu, a: &DropoutBackward, out: &mut Vec<Command>) {
+        let d = gpu.dispatch(
             &self.backward,
-            &[(0, step), (3, dy), (4, dx)],
-            &site.meta(false),
-            grid_1d(div_ceil(site.len, 256)),
-        )
+            &[(0, a.step), (3, a.dy), (4, a.dx)],
+            &a.site.meta(false),
+            grid_1d(div_ceil(a.site.len, 256)),
+        );
+        out.push(d.into());
     }
 }

@@ -1,7 +1,7 @@
 //! Patchify, token assembly (CLS + position), their backward and CLS row gather/scatter.
 //! The patch projection itself is a GEMM; its bias gradient a column sum (`reduce`).
 
-use crate::gpu::{div_ceil, grid_1d, Dispatch, Gpu, View};
+use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Record, View};
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -76,108 +76,132 @@ impl Embed {
             scatter_cls: gpu.pipeline(s, "scatter_cls"),
         }
     }
+}
 
-    /// img [B,C,H,W] -> patches [B*Np, C*P*P]
-    pub fn patchify(
-        &self,
-        gpu: &Gpu,
-        s: EmbedShape,
-        img: &wgpu::Buffer,
-        patches: &wgpu::Buffer,
-    ) -> Dispatch {
+/// img [B,C,H,W] -> patches [B*Np, C*P*P]
+pub struct Patchify<'a> {
+    pub shape: EmbedShape,
+    pub img: &'a wgpu::Buffer,
+    pub patches: &'a wgpu::Buffer,
+}
+
+/// x0 [B*N, D] = [cls ; pe] + pos
+pub struct AssembleTokens<'a> {
+    pub shape: EmbedShape,
+    pub pe: &'a wgpu::Buffer,
+    pub cls: View<'a>,
+    pub pos: View<'a>,
+    pub x0: &'a wgpu::Buffer,
+}
+
+/// dpe [B*Np, D] from dx0 [B*N, D]
+pub struct TokensBackward<'a> {
+    pub shape: EmbedShape,
+    pub dx0: &'a wgpu::Buffer,
+    pub dpe: &'a wgpu::Buffer,
+}
+
+/// dpos [N, D] and dcls [D] from dx0 (overwritten)
+pub struct PosClsBackward<'a> {
+    pub shape: EmbedShape,
+    pub dx0: &'a wgpu::Buffer,
+    pub dpos: View<'a>,
+    pub dcls: View<'a>,
+}
+
+/// [B*N, D] -> the CLS rows [B, D]
+pub struct GatherCls<'a> {
+    pub shape: EmbedShape,
+    pub full: &'a wgpu::Buffer,
+    pub cls_rows: &'a wgpu::Buffer,
+}
+
+/// [B, D] -> [B*N, D] with zeros outside the CLS rows (overwritten)
+pub struct ScatterCls<'a> {
+    pub shape: EmbedShape,
+    pub dcls_rows: &'a wgpu::Buffer,
+    pub dfull: &'a wgpu::Buffer,
+}
+
+impl Record<Patchify<'_>> for Embed {
+    fn record(&self, gpu: &Gpu, a: &Patchify, out: &mut Vec<Command>) {
+        let s = a.shape;
         let n = s.batch * s.patches() * s.patch_len();
-        gpu.dispatch(
+        let d = gpu.dispatch(
             &self.patchify,
-            &[(0, img), (1, patches)],
+            &[(0, a.img), (1, a.patches)],
             &s.meta(),
             groups(n),
-        )
+        );
+        out.push(d.into());
     }
+}
 
-    /// x0 [B*N, D] = [cls ; pe] + pos
-    pub fn assemble_tokens(
-        &self,
-        gpu: &Gpu,
-        s: EmbedShape,
-        pe: &wgpu::Buffer,
-        cls: View,
-        pos: View,
-        x0: &wgpu::Buffer,
-    ) -> Dispatch {
+impl Record<AssembleTokens<'_>> for Embed {
+    fn record(&self, gpu: &Gpu, a: &AssembleTokens, out: &mut Vec<Command>) {
+        let s = a.shape;
         let n = s.batch * s.tokens() * s.dim;
-        gpu.dispatch(
+        let d = gpu.dispatch(
             &self.assemble,
-            &[(2, pe), (3, &cls), (4, &pos), (5, x0)],
+            &[(2, a.pe), (3, &a.cls), (4, &a.pos), (5, a.x0)],
             &s.meta(),
             groups(n),
-        )
+        );
+        out.push(d.into());
     }
+}
 
-    /// dpe [B*Np, D] from dx0 [B*N, D]
-    pub fn tokens_backward(
-        &self,
-        gpu: &Gpu,
-        s: EmbedShape,
-        dx0: &wgpu::Buffer,
-        dpe: &wgpu::Buffer,
-    ) -> Dispatch {
+impl Record<TokensBackward<'_>> for Embed {
+    fn record(&self, gpu: &Gpu, a: &TokensBackward, out: &mut Vec<Command>) {
+        let s = a.shape;
         let n = s.batch * s.patches() * s.dim;
-        gpu.dispatch(
+        let d = gpu.dispatch(
             &self.tokens_backward,
-            &[(6, dx0), (7, dpe)],
+            &[(6, a.dx0), (7, a.dpe)],
             &s.meta(),
             groups(n),
-        )
+        );
+        out.push(d.into());
     }
+}
 
-    /// dpos [N, D] and dcls [D] from dx0 (overwritten)
-    pub fn pos_cls_backward(
-        &self,
-        gpu: &Gpu,
-        s: EmbedShape,
-        dx0: &wgpu::Buffer,
-        dpos: View,
-        dcls: View,
-    ) -> Dispatch {
+impl Record<PosClsBackward<'_>> for Embed {
+    fn record(&self, gpu: &Gpu, a: &PosClsBackward, out: &mut Vec<Command>) {
+        let s = a.shape;
         let n = s.tokens() * s.dim;
-        gpu.dispatch(
+        let d = gpu.dispatch(
             &self.pos_cls_backward,
-            &[(6, dx0), (8, &dpos), (9, &dcls)],
+            &[(6, a.dx0), (8, &a.dpos), (9, &a.dcls)],
             &s.meta(),
             groups(n),
-        )
+        );
+        out.push(d.into());
     }
+}
 
-    /// [B*N, D] -> the CLS rows [B, D]
-    pub fn gather_cls(
-        &self,
-        gpu: &Gpu,
-        s: EmbedShape,
-        full: &wgpu::Buffer,
-        cls_rows: &wgpu::Buffer,
-    ) -> Dispatch {
-        gpu.dispatch(
+impl Record<GatherCls<'_>> for Embed {
+    fn record(&self, gpu: &Gpu, a: &GatherCls, out: &mut Vec<Command>) {
+        let s = a.shape;
+        let d = gpu.dispatch(
             &self.gather_cls,
-            &[(10, full), (11, cls_rows)],
+            &[(10, a.full), (11, a.cls_rows)],
             &s.meta(),
             groups(s.batch * s.dim),
-        )
+        );
+        out.push(d.into());
     }
+}
 
-    /// [B, D] -> [B*N, D] with zeros outside the CLS rows (overwritten)
-    pub fn scatter_cls(
-        &self,
-        gpu: &Gpu,
-        s: EmbedShape,
-        dcls_rows: &wgpu::Buffer,
-        dfull: &wgpu::Buffer,
-    ) -> Dispatch {
+impl Record<ScatterCls<'_>> for Embed {
+    fn record(&self, gpu: &Gpu, a: &ScatterCls, out: &mut Vec<Command>) {
+        let s = a.shape;
         let n = s.batch * s.tokens() * s.dim;
-        gpu.dispatch(
+        let d = gpu.dispatch(
             &self.scatter_cls,
-            &[(12, dcls_rows), (13, dfull)],
+            &[(12, a.dcls_rows), (13, a.dfull)],
             &s.meta(),
             groups(n),
-        )
+        );
+        out.push(d.into());
     }
 }

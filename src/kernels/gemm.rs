@@ -12,18 +12,18 @@
 //! through it); then C = result, or C += result when `accumulate`.
 //!
 //! Variants (chosen once per device by capability, see `Gemm::choose`; overridden with
-//! VIT_GEMM_VARIANT=tiled|registers|cpu|cpu-storage):
+//! VIT_GEMM_VARIANT=tiled|registers|lanes|lanes-storage):
 //! - `Tiled` for GPUs: workgroup memory, 8x8 (or 4x4) register blocks, vec4 loads, split-K
 //!   for weight gradients (shaders/gemm_tiled.wgsl);
-//! - `Cpu` / `CpuStorage` for CPU adapters with subgroups of exactly 8 lanes (lavapipe),
+//! - `Lanes` / `LanesStorage` for CPU adapters with subgroups of exactly 8 lanes (lavapipe),
 //!   where every storage load is a per-lane loop and loads per multiply-add set the speed
-//!   (shaders/gemm_cpu.wgsl);
+//!   (shaders/gemm_lanes.wgsl);
 //! - `Registers` for CPU adapters without them (llvmpipe on GL): no workgroup memory, no
 //!   barriers, 4x4 register blocks read straight from storage.
 
-use super::{PipelineSpec, GEMM_CPU, GEMM_TILED};
+use super::{PipelineSpec, GEMM_LANES, GEMM_TILED};
 use crate::gpu::caps::{self, Choice};
-use crate::gpu::{div_ceil, grid_1d, Bind, Command, Gpu, View};
+use crate::gpu::{div_ceil, grid_1d, Bind, Command, Gpu, Record, View};
 
 pub use crate::ops::{Activation, Layout};
 
@@ -65,9 +65,9 @@ pub enum Variant {
     /// For CPU adapters with 8-wide subgroups: register blocks, loads shared with
     /// `subgroupBroadcast`, operands read through rgba32float textures where their shape
     /// allows (else storage buffers).
-    Cpu,
-    /// `Cpu` with both operands always read from storage buffers (for comparison).
-    CpuStorage,
+    Lanes,
+    /// `Lanes` with both operands always read from storage buffers (for comparison).
+    LanesStorage,
     /// For CPU adapters without 8-lane subgroups: 4x4 register blocks, no workgroup memory.
     Registers,
 }
@@ -75,16 +75,16 @@ pub enum Variant {
 impl Variant {
     pub const ALL: [Variant; 4] = [
         Variant::Tiled,
-        Variant::Cpu,
-        Variant::CpuStorage,
+        Variant::Lanes,
+        Variant::LanesStorage,
         Variant::Registers,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
             Variant::Tiled => "tiled",
-            Variant::Cpu => "cpu",
-            Variant::CpuStorage => "cpu-storage",
+            Variant::Lanes => "lanes",
+            Variant::LanesStorage => "lanes-storage",
             Variant::Registers => "registers",
         }
     }
@@ -105,7 +105,7 @@ pub struct GemmArgs<'a> {
     pub accumulate: bool,
 }
 
-/// The shape record; gemm_cpu.wgsl reads the first eight fields.
+/// The shape record; gemm_lanes.wgsl reads the first eight fields.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Meta {
@@ -123,7 +123,7 @@ struct Meta {
 }
 
 /// Tiles of C: Tiled 64 BLOCKS square (16x16 invocations), Registers 32x32 (8x8
-/// invocations of 4x4), Cpu 32x32 per 8-lane subgroup.
+/// invocations of 4x4), Lanes 32x32 per 8-lane subgroup.
 const TILED_TILE: usize = 64;
 const TILED_TK: usize = 16;
 const REGISTERS_TILE: usize = 32;
@@ -220,8 +220,8 @@ fn spec(variant: Variant, layout: Layout, o: Options) -> PipelineSpec {
                 ("B_VEC4", flag(o.b_vec4)),
             ],
         },
-        Variant::Cpu | Variant::CpuStorage => PipelineSpec {
-            shader: GEMM_CPU,
+        Variant::Lanes | Variant::LanesStorage => PipelineSpec {
+            shader: GEMM_LANES,
             entry: "gemm_cpu",
             constants: vec![
                 ("LAYOUT", l),
@@ -279,9 +279,9 @@ pub fn pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
                         }
                     }
                     Variant::Registers => specs.push(spec(variant, layout, o(Options::default()))),
-                    Variant::Cpu | Variant::CpuStorage => {
+                    Variant::Lanes | Variant::LanesStorage => {
                         for vec4 in bools {
-                            if variant == Variant::CpuStorage && (x || y) {
+                            if variant == Variant::LanesStorage && (x || y) {
                                 continue;
                             }
                             let more = Options {
@@ -326,14 +326,14 @@ impl Gemm {
         gemm
     }
 
-    /// The variant for this adapter and why: on a CPU adapter `Cpu` with 8-lane subgroups,
+    /// The variant for this adapter and why: on a CPU adapter `Lanes` with 8-lane subgroups,
     /// else `Registers`; on a GPU `Tiled` when its workgroup fits, else `Registers`.
     /// VIT_GEMM_VARIANT forces one the adapter supports.
     pub fn choose(gpu: &Gpu) -> Choice<Variant> {
         let preferred: &[(Variant, &str)] = if gpu.caps.cpu {
             &[
                 (
-                    Variant::Cpu,
+                    Variant::Lanes,
                     "CPU adapter with 8-lane subgroups: loads shared by subgroupBroadcast",
                 ),
                 (
@@ -369,13 +369,13 @@ impl Gemm {
         match variant {
             Variant::Tiled => gpu.caps.workgroup(TILED_INVOCATIONS, TILED_WORKGROUP_BYTES),
             Variant::Registers => gpu.caps.workgroup(64, 0),
-            Variant::Cpu | Variant::CpuStorage => gpu.caps.exact_subgroups(CPU_LANES),
+            Variant::Lanes | Variant::LanesStorage => gpu.caps.exact_subgroups(CPU_LANES),
         }
     }
 
     /// The CPU kernel shares loads across a subgroup of exactly 8 lanes.
-    pub fn cpu_variant_supported(gpu: &Gpu) -> bool {
-        Gemm::supports(gpu, Variant::Cpu).is_ok()
+    pub fn lanes_variant_supported(gpu: &Gpu) -> bool {
+        Gemm::supports(gpu, Variant::Lanes).is_ok()
     }
 
     /// A given variant; panics if the adapter cannot run it (check `supports` first).
@@ -414,24 +414,13 @@ impl Gemm {
         spec(self.variant, layout, o).build(gpu)
     }
 
-    /// The commands for one GEMM. Bind groups, textures and the shape record are made here,
-    /// once; the commands are recorded every step without allocating. With textures, the
-    /// copy of the operand into its texture is a command before the dispatch.
-    pub fn record(&self, gpu: &Gpu, args: &GemmArgs) -> Vec<Command> {
-        self.record_with_plan(
-            gpu,
-            args,
-            Plan::for_shape(args.m, args.n, args.k, args.layout),
-        )
-    }
-
     /// `record` with the tile size and split-K of `Tiled` given (tests cover each).
     pub fn record_with_plan(&self, gpu: &Gpu, args: &GemmArgs, plan: Plan) -> Vec<Command> {
         let meta = check_args(gpu, args);
         match self.variant {
             Variant::Tiled => self.record_tiled(gpu, args, meta, plan),
             Variant::Registers => self.record_registers(gpu, args, meta),
-            Variant::Cpu | Variant::CpuStorage => self.record_cpu(gpu, args, meta),
+            Variant::Lanes | Variant::LanesStorage => self.record_cpu(gpu, args, meta),
         }
     }
 
@@ -529,7 +518,7 @@ impl Gemm {
         let groups = [div_ceil(n, CPU_TILE), div_ceil(m, CPU_TILE), 1];
         check_groups(gpu, groups, m, n);
         let mut commands = Vec::new();
-        let use_textures = self.variant == Variant::Cpu;
+        let use_textures = self.variant == Variant::Lanes;
         let a_tex = use_textures
             .then(|| texture_operand(gpu, args.a, a_rows, a_cols))
             .flatten();
@@ -733,4 +722,14 @@ fn texture_operand(
             size: desc.size,
         },
     ))
+}
+
+/// The commands for one GEMM. Bind groups, textures and the shape record are made here,
+/// once; the commands are recorded every step without allocating. With textures, the copy
+/// of the operand into its texture is a command before the dispatch.
+impl Record<GemmArgs<'_>> for Gemm {
+    fn record(&self, gpu: &Gpu, args: &GemmArgs, out: &mut Vec<Command>) {
+        let plan = Plan::for_shape(args.m, args.n, args.k, args.layout);
+        out.extend(self.record_with_plan(gpu, args, plan));
+    }
 }

@@ -1,6 +1,6 @@
 //! LayerNorm forward (saving mean and rstd) and backward (dx, dgamma, dbeta).
 
-use crate::gpu::{div_ceil, grid_1d, Dispatch, Gpu, View};
+use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Record, View};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -65,7 +65,13 @@ impl LayerNorm {
         }
     }
 
-    pub fn forward(&self, gpu: &Gpu, a: &LayerNormForward) -> Dispatch {
+    pub fn scratch_len(rows: usize, cols: usize) -> usize {
+        2 * rows.div_ceil(CHUNK_ROWS).max(1) * cols
+    }
+}
+
+impl Record<LayerNormForward<'_>> for LayerNorm {
+    fn record(&self, gpu: &Gpu, a: &LayerNormForward, out: &mut Vec<Command>) {
         let meta = Meta {
             rows: a.rows as u32,
             cols: a.cols as u32,
@@ -75,7 +81,7 @@ impl LayerNorm {
             chunks: 0,
             _pad: [0; 2],
         };
-        gpu.dispatch(
+        let d = gpu.dispatch(
             &self.forward,
             &[
                 (0, a.x),
@@ -87,16 +93,14 @@ impl LayerNorm {
             ],
             &meta,
             grid_1d(div_ceil(a.rows, 64)),
-        )
+        );
+        out.push(d.into());
     }
+}
 
-    pub fn scratch_len(rows: usize, cols: usize) -> usize {
-        2 * rows.div_ceil(CHUNK_ROWS).max(1) * cols
-    }
-
-    /// Three launches: dx per row, then dgamma/dbeta partial sums over row chunks, then
-    /// their sum.
-    pub fn backward(&self, gpu: &Gpu, a: &LayerNormBackward) -> [Dispatch; 3] {
+/// Three launches: dx per row, then dgamma/dbeta partial sums over row chunks, then their sum.
+impl Record<LayerNormBackward<'_>> for LayerNorm {
+    fn record(&self, gpu: &Gpu, a: &LayerNormBackward, out: &mut Vec<Command>) {
         let chunks = a.rows.div_ceil(CHUNK_ROWS).max(1);
         assert!(
             a.scratch.size() >= (Self::scratch_len(a.rows, a.cols) * 4) as u64,
@@ -145,6 +149,6 @@ impl LayerNorm {
             &meta,
             [col_groups, 1, 1],
         );
-        [input, params, finish]
+        out.extend([input.into(), params.into(), finish.into()]);
     }
 }

@@ -1,6 +1,6 @@
 //! Softmax cross-entropy: per-row loss, correctness flag and the logits' gradient, fused.
 
-use crate::gpu::{div_ceil, Dispatch, Gpu};
+use crate::gpu::{div_ceil, Command, Gpu, Record};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -33,15 +33,17 @@ impl CrossEntropy {
             pipeline: gpu.pipeline(&super::LOSS, "cross_entropy_forward_backward"),
         }
     }
+}
 
-    pub fn record(&self, gpu: &Gpu, a: &CrossEntropyArgs) -> Dispatch {
+impl Record<CrossEntropyArgs<'_>> for CrossEntropy {
+    fn record(&self, gpu: &Gpu, a: &CrossEntropyArgs, out: &mut Vec<Command>) {
         let meta = Meta {
             rows: a.rows as u32,
             classes: a.classes as u32,
             grad_scale: a.grad_scale,
             _pad: 0,
         };
-        gpu.dispatch(
+        let d = gpu.dispatch(
             &self.pipeline,
             &[
                 (0, a.logits),
@@ -52,6 +54,7 @@ impl CrossEntropy {
             ],
             &meta,
             [div_ceil(a.rows, 64), 1, 1],
-        )
+        );
+        out.push(d.into());
     }
 }

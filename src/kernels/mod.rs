@@ -1,5 +1,6 @@
-//! One module per kernel family, each owning its pipelines (built once) and handing out
-//! `Dispatch`es (or `Command`s) whose bind groups are built once and recorded every step.
+//! One module per kernel family, each owning its pipelines (built once). Every entry point
+//! has an args struct, and every family records with one verb, `gpu::Record::record`, into a
+//! command list whose bind groups are built once and recorded every step.
 //!
 //! Gradient convention, as llm.c's: every backward kernel *overwrites* its outputs unless
 //! its `accumulate` flag is set (used where a gradient adds into the residual stream).
@@ -43,37 +44,54 @@ macro_rules! shader {
 
 pub const ADAMW: Shader = shader!("adamw.wgsl");
 pub const ATTENTION: Shader = shader!("attention.wgsl");
-/// The subgroup (Lanes) attention kernels: attention.wgsl with attention_cpu.wgsl appended,
+/// The subgroup (Lanes) attention kernels: attention.wgsl with attention_lanes.wgsl appended,
 /// so devices without subgroups never compile subgroup code.
-pub const ATTENTION_CPU: Shader = Shader {
-    name: "attention_cpu.wgsl",
+pub const ATTENTION_LANES: Shader = Shader {
+    name: "attention_lanes.wgsl",
     source: concat!(
         include_str!("../../shaders/attention.wgsl"),
-        include_str!("../../shaders/attention_cpu.wgsl")
+        include_str!("../../shaders/attention_lanes.wgsl")
     ),
 };
 pub const DROPOUT: Shader = shader!("dropout.wgsl");
 pub const EMBED: Shader = shader!("embed.wgsl");
+/// erf, GELU and GELU' (scalar and vec4), written once: WGSL has no includes, so the GEMM
+/// shaders below are this file with theirs appended.
+pub const ACTIVATIONS: Shader = shader!("activations.wgsl");
 /// GEMM without subgroups: the workgroup-memory tiled kernel for GPUs (with its split-K
 /// reduction) and the register-block kernel for CPU adapters without 8-lane subgroups.
-pub const GEMM_TILED: Shader = shader!("gemm_tiled.wgsl");
+pub const GEMM_TILED: Shader = Shader {
+    name: "gemm_tiled.wgsl",
+    source: concat!(
+        include_str!("../../shaders/activations.wgsl"),
+        include_str!("../../shaders/gemm_tiled.wgsl")
+    ),
+};
 /// GEMM for CPU adapters (lavapipe): register blocks, subgroup-shared loads, no barriers.
-pub const GEMM_CPU: Shader = shader!("gemm_cpu.wgsl");
+pub const GEMM_LANES: Shader = Shader {
+    name: "gemm_lanes.wgsl",
+    source: concat!(
+        include_str!("../../shaders/activations.wgsl"),
+        include_str!("../../shaders/gemm_lanes.wgsl")
+    ),
+};
 pub const LAYERNORM: Shader = shader!("layernorm.wgsl");
 pub const LOSS: Shader = shader!("loss.wgsl");
 pub const REDUCE: Shader = shader!("reduce.wgsl");
 /// Benchmark only: the adapter's arithmetic ceiling.
 pub const PEAK_FMA: Shader = shader!("peak_fma.wgsl");
 
-/// Every shader, for the validation test.
+/// Every shader, for the validation test (ACTIVATIONS is a library of functions that the
+/// GEMM shaders include; it validates alone too).
 pub const ALL_SHADERS: &[Shader] = &[
+    ACTIVATIONS,
     ADAMW,
     ATTENTION,
-    ATTENTION_CPU,
+    ATTENTION_LANES,
     DROPOUT,
     EMBED,
     GEMM_TILED,
-    GEMM_CPU,
+    GEMM_LANES,
     LAYERNORM,
     LOSS,
     REDUCE,

@@ -40,7 +40,7 @@ pub fn measure_fma_ceiling(
             Some(t) => t.time(gpu, |pass| dispatch.record(pass))?,
             None => {
                 let t0 = Instant::now();
-                dispatch.launch(gpu);
+                gpu.run(|pass| dispatch.record(pass));
                 gpu.wait("peak")?;
                 t0.elapsed().as_secs_f64()
             }

@@ -1,6 +1,6 @@
 //! Column sums: the bias gradient of every linear layer, in two launches.
 
-use crate::gpu::{div_ceil, Dispatch, Gpu, View};
+use crate::gpu::{div_ceil, Command, Gpu, Record, View};
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -34,20 +34,30 @@ impl Reduce {
     pub fn column_sum_scratch_len(rows: usize, cols: usize) -> usize {
         rows.div_ceil(CHUNK_ROWS).max(1) * cols
     }
+}
 
-    /// sums[cols] (+)= sum over rows of matrix [rows, cols]: partial sums over chunks of
-    /// rows into `scratch`, then their sum.
-    #[allow(clippy::too_many_arguments)]
-    pub fn column_sum(
-        &self,
-        gpu: &Gpu,
-        matrix: &wgpu::Buffer,
-        sums: View,
-        scratch: &wgpu::Buffer,
-        rows: usize,
-        cols: usize,
-        accumulate: bool,
-    ) -> [Dispatch; 2] {
+/// sums[cols] (+)= sum over rows of matrix [rows, cols]: partial sums over chunks of rows
+/// into `scratch`, then their sum.
+pub struct ColumnSum<'a> {
+    pub matrix: &'a wgpu::Buffer,
+    pub sums: View<'a>,
+    /// `Reduce::column_sum_scratch_len(rows, cols)` floats.
+    pub scratch: &'a wgpu::Buffer,
+    pub rows: usize,
+    pub cols: usize,
+    pub accumulate: bool,
+}
+
+impl Record<ColumnSum<'_>> for Reduce {
+    fn record(&self, gpu: &Gpu, a: &ColumnSum, out: &mut Vec<Command>) {
+        let ColumnSum {
+            matrix,
+            sums,
+            scratch,
+            rows,
+            cols,
+            accumulate,
+        } = *a;
         let chunks = rows.div_ceil(CHUNK_ROWS).max(1);
         assert!(
             scratch.size() >= (Self::column_sum_scratch_len(rows, cols) * 4) as u64
@@ -63,19 +73,18 @@ impl Reduce {
             ..Default::default()
         };
         let col_groups = div_ceil(cols, 64);
-        [
-            gpu.dispatch(
-                &self.column_sum_partial,
-                &[(0, matrix), (1, scratch)],
-                &meta,
-                [col_groups, chunks as u32, 1],
-            ),
-            gpu.dispatch(
-                &self.column_sum_finish,
-                &[(2, scratch), (3, &sums)],
-                &meta,
-                [col_groups, 1, 1],
-            ),
-        ]
+        let partial = gpu.dispatch(
+            &self.column_sum_partial,
+            &[(0, matrix), (1, scratch)],
+            &meta,
+            [col_groups, chunks as u32, 1],
+        );
+        let finish = gpu.dispatch(
+            &self.column_sum_finish,
+            &[(2, scratch), (3, &sums)],
+            &meta,
+            [col_groups, 1, 1],
+        );
+        out.extend([partial.into(), finish.into()]);
     }
 }

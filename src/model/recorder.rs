@@ -3,9 +3,10 @@
 //! llm.c's `matmul_backward`: weight gradient, bias gradient and input gradient in one call.
 
 use super::arena::{Arena, Tensor};
-use crate::gpu::{Command, Gpu};
+use crate::gpu::{Command, Gpu, Record};
 use crate::kernels::gemm::{Activation, GemmArgs, Layout};
 use crate::kernels::layernorm::{LayerNormBackward, LayerNormForward};
+use crate::kernels::reduce::ColumnSum;
 use crate::kernels::Kernels;
 
 /// A linear layer Y = X W^T + b: weight [out, inp] and bias [out] in the arena.
@@ -58,9 +59,13 @@ impl Recorder<'_> {
         });
     }
 
+    /// Record one kernel call (any family: the args pick the entry point).
+    pub fn record<A>(&mut self, kernel: &impl Record<A>, args: &A) {
+        kernel.record(self.gpu, args, &mut self.commands);
+    }
+
     fn gemm(&mut self, args: &GemmArgs) {
-        let commands = self.kernels.gemm.record(self.gpu, args);
-        self.commands.extend(commands);
+        self.record(&self.kernels.gemm, args);
     }
 
     /// y [rows, out] = x W^T + b, then `act` (saving the pre-activation) when given.
@@ -130,16 +135,15 @@ impl Recorder<'_> {
             act_grad_of: None,
             accumulate: false,
         });
-        let sums = self.kernels.reduce.column_sum(
-            self.gpu,
-            dy,
-            self.arena.grad(l.b),
-            self.reduce_scratch,
+        let sum = ColumnSum {
+            matrix: dy,
+            sums: self.arena.grad(l.b),
+            scratch: self.reduce_scratch,
             rows,
-            l.out,
-            false,
-        );
-        self.extend(sums);
+            cols: l.out,
+            accumulate: false,
+        };
+        self.record(&self.kernels.reduce, &sum);
         if let Some(dx) = dx {
             self.gemm(&GemmArgs {
                 a: dy.into(),
@@ -167,8 +171,8 @@ impl Recorder<'_> {
         s: &NormStats,
         rows: usize,
     ) {
-        let d = self.kernels.layernorm.forward(
-            self.gpu,
+        self.record(
+            &self.kernels.layernorm,
             &LayerNormForward {
                 x,
                 gamma: self.arena.value(n.gamma),
@@ -181,7 +185,6 @@ impl Recorder<'_> {
                 eps: n.eps,
             },
         );
-        self.push(d);
     }
 
     /// dx (= or +=, `accumulate`) and the gamma/beta gradients (overwritten) from dy.
@@ -196,8 +199,8 @@ impl Recorder<'_> {
         rows: usize,
         accumulate: bool,
     ) {
-        let ds = self.kernels.layernorm.backward(
-            self.gpu,
+        self.record(
+            &self.kernels.layernorm,
             &LayerNormBackward {
                 dy,
                 x,
@@ -213,6 +216,5 @@ impl Recorder<'_> {
                 accumulate,
             },
         );
-        self.extend(ds);
     }
 }

@@ -14,9 +14,11 @@ use super::config::{Act, Config, Head};
 use super::recorder::{Linear, Norm, NormStats, Recorder};
 use super::vit::ModelError;
 use crate::gpu::Gpu;
-use crate::kernels::attention::{Attention, AttentionShape};
-use crate::kernels::dropout::DropoutSite;
-use crate::kernels::embed::EmbedShape;
+use crate::kernels::attention::{Attention, AttentionBackward, AttentionForward, AttentionShape};
+use crate::kernels::dropout::{DropoutBackward, DropoutForward, DropoutSite};
+use crate::kernels::embed::{
+    AssembleTokens, EmbedShape, GatherCls, Patchify, PosClsBackward, ScatterCls, TokensBackward,
+};
 use crate::kernels::gemm::Activation;
 use crate::kernels::layernorm::LayerNorm;
 use crate::kernels::loss::CrossEntropyArgs;
@@ -317,31 +319,36 @@ impl Net {
 
     pub fn embed_forward(&self, r: &mut Recorder) {
         let (es, w) = (self.embed_shape, &self.weights);
-        r.push(
-            r.kernels
-                .embed
-                .patchify(r.gpu, es, &self.images, &self.patches),
-        );
+        let k = r.kernels;
+        let patchify = Patchify {
+            shape: es,
+            img: &self.images,
+            patches: &self.patches,
+        };
+        r.record(&k.embed, &patchify);
         let rows = es.batch * es.patches();
         r.linear(&self.patches, &w.patch, &self.pe, rows, None);
         let (cls, pos) = (r.arena.value(w.cls), r.arena.value(w.pos));
         let x0 = &self.blocks[0].x;
-        r.push(
-            r.kernels
-                .embed
-                .assemble_tokens(r.gpu, es, &self.pe, cls, pos, x0),
-        );
+        let assemble = AssembleTokens {
+            shape: es,
+            pe: &self.pe,
+            cls,
+            pos,
+            x0,
+        };
+        r.record(&k.embed, &assemble);
     }
 
     pub fn block_forward(&self, r: &mut Recorder, l: usize, drop: bool) {
         let (w, a, m) = (&self.weights.blocks[l], &self.blocks[l], self.rows());
         r.layernorm(&a.x, &w.norm1, &a.h1, &a.stats1, m);
         r.linear(&a.h1, &w.qkv, &a.qkv, m, None);
-        let attention =
-            r.kernels
-                .attention
-                .forward(r.gpu, self.attention_shape, &a.qkv, &a.o, &a.lse);
-        r.extend(attention);
+        let (shape, qkv, o, lse) = (self.attention_shape, &a.qkv, &a.o, &a.lse);
+        r.record(
+            &r.kernels.attention,
+            &AttentionForward { shape, qkv, o, lse },
+        );
         r.copy(&a.x, &a.mid);
         self.residual_forward(r, &a.o, &w.proj, &a.mid, 2 * l as u64 + 1, drop);
         r.layernorm(&a.mid, &w.norm2, &a.h2, &a.stats2, m);
@@ -363,15 +370,14 @@ impl Net {
     ) {
         if drop {
             r.linear(x, l, &self.branch, self.rows(), None);
-            let d = r.kernels.dropout.forward(
-                r.gpu,
-                self.site(salt),
-                &self.dropout_step,
-                &self.branch,
+            let dropout = DropoutForward {
+                site: self.site(salt),
+                step: &self.dropout_step,
+                x: &self.branch,
                 y,
-                true,
-            );
-            r.push(d);
+                accumulate: true,
+            };
+            r.record(&r.kernels.dropout, &dropout);
         } else {
             r.linear_residual(x, l, y, self.rows());
         }
@@ -379,11 +385,12 @@ impl Net {
 
     pub fn head_forward(&self, r: &mut Recorder) {
         let (w, b) = (&self.weights, self.batch());
-        r.push(
-            r.kernels
-                .embed
-                .gather_cls(r.gpu, self.embed_shape, &self.x_out, &self.cls_x),
-        );
+        let gather = GatherCls {
+            shape: self.embed_shape,
+            full: &self.x_out,
+            cls_rows: &self.cls_x,
+        };
+        r.record(&r.kernels.embed, &gather);
         r.layernorm(&self.cls_x, &w.norm, &self.cls_n, &self.stats_f, b);
         match &w.head {
             HeadWeights::Linear(h) => r.linear(&self.cls_n, h, &self.logits, b, None),
@@ -408,7 +415,7 @@ impl Net {
             classes: self.classes,
             grad_scale: 1.0 / b as f32,
         };
-        r.push(r.kernels.loss.record(r.gpu, &args));
+        r.record(&r.kernels.loss, &args);
     }
 
     pub fn head_backward(&self, r: &mut Recorder) {
@@ -432,11 +439,12 @@ impl Net {
             b,
             false,
         );
-        r.push(
-            r.kernels
-                .embed
-                .scatter_cls(r.gpu, self.embed_shape, &g.d_cls_x, &g.dres),
-        );
+        let scatter = ScatterCls {
+            shape: self.embed_shape,
+            dcls_rows: &g.d_cls_x,
+            dfull: &g.dres,
+        };
+        r.record(&r.kernels.embed, &scatter);
     }
 
     /// `g.dres` holds dL/dx_{l+1} on entry and dL/dx_l on return.
@@ -454,14 +462,23 @@ impl Net {
         r.layernorm_backward(&g.d_h, &a.mid, &w.norm2, &a.stats2, &g.dres, m, true);
         let dy = self.branch_backward(r, 2 * l as u64 + 1, drop);
         r.linear_backward(dy, &a.o, &w.proj, Some(&g.d_o), m, None);
-        let (s, att) = (self.attention_shape, &g.attention);
-        let attention = r
-            .kernels
-            .attention
-            .backward(r.gpu, s, &a.qkv, &a.o, &a.lse, &g.d_o, &g.d_qkv, att);
-        r.extend(attention);
+        r.record(&r.kernels.attention, &self.attention_backward(l));
         r.linear_backward(&g.d_qkv, &a.h1, &w.qkv, Some(&g.d_h), m, None);
         r.layernorm_backward(&g.d_h, &a.x, &w.norm1, &a.stats1, &g.dres, m, true);
+    }
+
+    /// Block l's attention backward: from d_o and the forward's qkv, o and lse to d_qkv.
+    fn attention_backward(&self, l: usize) -> AttentionBackward<'_> {
+        let (a, g) = (&self.blocks[l], self.grads());
+        AttentionBackward {
+            shape: self.attention_shape,
+            qkv: &a.qkv,
+            o: &a.o,
+            lse: &a.lse,
+            d_o: &g.d_o,
+            dqkv: &g.d_qkv,
+            scratch: &g.attention,
+        }
     }
 
     /// The gradient of a residual branch's output: dres itself, or through dropout.
@@ -470,25 +487,36 @@ impl Net {
         if !drop {
             return &g.dres;
         }
-        let d = r.kernels.dropout.backward(
-            r.gpu,
-            self.site(salt),
-            &self.dropout_step,
-            &g.dres,
-            &g.d_branch,
-        );
-        r.push(d);
+        let dropout = DropoutBackward {
+            site: self.site(salt),
+            step: &self.dropout_step,
+            dy: &g.dres,
+            dx: &g.d_branch,
+        };
+        r.record(&r.kernels.dropout, &dropout);
         &g.d_branch
     }
 
     pub fn embed_backward(&self, r: &mut Recorder) {
         let (es, w, g) = (self.embed_shape, &self.weights, self.grads());
-        r.push(r.kernels.embed.tokens_backward(r.gpu, es, &g.dres, &g.d_pe));
+        let (dx0, dpe) = (&g.dres, &g.d_pe);
+        r.record(
+            &r.kernels.embed,
+            &TokensBackward {
+                shape: es,
+                dx0,
+                dpe,
+            },
+        );
         let (dpos, dcls) = (r.arena.grad(w.pos), r.arena.grad(w.cls));
-        r.push(
-            r.kernels
-                .embed
-                .pos_cls_backward(r.gpu, es, &g.dres, dpos, dcls),
+        r.record(
+            &r.kernels.embed,
+            &PosClsBackward {
+                shape: es,
+                dx0,
+                dpos,
+                dcls,
+            },
         );
         let rows = es.batch * es.patches();
         r.linear_backward(&g.d_pe, &self.patches, &w.patch, None, rows, None);

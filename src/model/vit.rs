@@ -7,8 +7,9 @@ use super::config::Config;
 use super::params::{HostParams, ParamSpec};
 use super::recorder::Recorder;
 use super::schedule::{Alloc, Net};
-use crate::gpu::{Command, Gpu, GpuError};
+use crate::gpu::{Command, Gpu, GpuError, Record};
 use crate::kernels::adamw::{AdamW, AdamWArgs, Hyper};
+use crate::kernels::attention::AttentionProbabilities;
 use crate::kernels::dropout;
 pub use crate::kernels::Kernels;
 
@@ -289,8 +290,7 @@ impl Vit {
             hyper,
             stats,
         };
-        let dispatches = kernels.adamw.record(gpu, &args);
-        self.optimizer = dispatches.into_iter().map(Command::from).collect();
+        self.optimizer = gpu.commands(&kernels.adamw, &args);
     }
 
     /// Number of parameter tensors.
@@ -360,11 +360,13 @@ impl Vit {
             let mut cmds = Vec::new();
             for block in &self.net.blocks {
                 let probs = alloc.buf("attention probabilities", shape.probs_len())?;
-                cmds.extend(
-                    kernels
-                        .attention
-                        .probabilities(gpu, shape, &block.qkv, &probs),
-                );
+                let qkv = &block.qkv;
+                let args = AttentionProbabilities {
+                    shape,
+                    qkv,
+                    probs: &probs,
+                };
+                kernels.attention.record(gpu, &args, &mut cmds);
                 bufs.push(probs);
             }
             let _ = self.maps.set((bufs, cmds));

@@ -59,26 +59,7 @@ struct Meta {
 @group(0) @binding(6) var a_tex: texture_2d<f32>;
 @group(0) @binding(7) var b_tex: texture_2d<f32>;
 
-// ---- epilogue (kept identical in gemm_tiled.wgsl) ----
-
-// erf(x) = 1 - erfc(|x|) with Numerical Recipes' Chebyshev fit of erfc (fractional error
-// < 1.2e-7), so GELU and its derivative are float32-accurate.
-fn erf(x: f32) -> f32 {
-    let z = abs(x);
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let p = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806
-        + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))));
-    let r = t * exp(-z * z + p);
-    return select(r - 1.0, 1.0 - r, x >= 0.0);
-}
-
-fn gelu(x: f32) -> f32 {
-    return 0.5 * x * (1.0 + erf(x * 0.70710678));
-}
-
-fn gelu_grad(x: f32) -> f32 {
-    return 0.5 * (1.0 + erf(x * 0.70710678)) + x * 0.39894228 * exp(-0.5 * x * x);
-}
+// ---- epilogue (gelu and gelu_grad: activations.wgsl) ----
 
 fn epilogue(row: u32, col: u32, sum: f32) {
     if (row >= shape.m || col >= shape.n) { return; }
@@ -158,15 +139,6 @@ fn a_block(lanes: mat4x4<f32>) -> mat4x4<f32> {
 
 // ---- vectorized epilogue: one row of 4 columns of this lane ----
 
-fn erf4(x: vec4<f32>) -> vec4<f32> {
-    let z = abs(x);
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let p = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806
-        + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))));
-    let r = t * exp(-z * z + p);
-    return select(r - 1.0, 1.0 - r, x >= vec4<f32>(0.0));
-}
-
 fn load_c4(idx: u32) -> vec4<f32> {
     if (VEC4) { return c4[idx / 4u]; }
     return vec4<f32>(c[idx], c[idx + 1u], c[idx + 2u], c[idx + 3u]);
@@ -187,11 +159,10 @@ fn epilogue4(row: u32, col: u32, s: vec4<f32>) {
         }
     }
     if (shape.activation == 1u) { v = max(v, vec4<f32>(0.0)); }
-    if (shape.activation == 2u) { v = 0.5 * v * (1.0 + erf4(v * 0.70710678)); }
+    if (shape.activation == 2u) { v = gelu4(v); }
     if (shape.act_grad == 1u) { v = select(vec4<f32>(0.0), v, load_aux4(idx) > vec4<f32>(0.0)); }
     if (shape.act_grad == 2u) {
-        let x = load_aux4(idx);
-        v *= 0.5 * (1.0 + erf4(x * 0.70710678)) + x * 0.39894228 * exp(-0.5 * x * x);
+        v *= gelu_grad4(load_aux4(idx));
     }
     if (shape.accumulate != 0u) { v += load_c4(idx); }
     if (VEC4) { c4[idx / 4u] = v; } else {
