@@ -30,11 +30,16 @@ fn mpirun() -> Command {
          it (Debian/Ubuntu: `apt-get install libopenmpi-dev openmpi-bin libclang-dev`)"
     );
     let mut c = Command::new("mpirun");
-    c.args(["--allow-run-as-root", "--oversubscribe", "--bind-to", "none"])
-        // Shared memory between the ranks, without the cross-memory attach containers forbid.
-        .env("OMPI_MCA_btl", "self,vader")
-        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-        .env("LP_NUM_THREADS", "1");
+    c.args([
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "--bind-to",
+        "none",
+    ])
+    // Shared memory between the ranks, without the cross-memory attach containers forbid.
+    .env("OMPI_MCA_btl", "self,vader")
+    .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+    .env("LP_NUM_THREADS", "1");
     c
 }
 
@@ -66,10 +71,36 @@ fn run(mut cmd: Command, limit: Duration) -> Output {
 fn train_args(out: &Path, extra: &[&str]) -> Vec<String> {
     let data = common::fashion_mnist_dir();
     let mut args: Vec<String> = [
-        "train", "--preset", "micro", "--dim", "48", "--heads", "3", "--mlp-hidden", "96",
-        "--dataset", "fashion-mnist", "--limit-train", "64", "--limit-eval", "40",
-        "--batch-size", "8", "--epochs", "1", "--lr", "3e-3", "--warmup", "2", "--dropout",
-        "0.1", "--seed", "5", "--save-every", "4", "--quiet",
+        "train",
+        "--preset",
+        "micro",
+        "--dim",
+        "48",
+        "--heads",
+        "3",
+        "--mlp-hidden",
+        "96",
+        "--dataset",
+        "fashion-mnist",
+        "--limit-train",
+        "64",
+        "--limit-eval",
+        "40",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--lr",
+        "3e-3",
+        "--warmup",
+        "2",
+        "--dropout",
+        "0.1",
+        "--seed",
+        "5",
+        "--save-every",
+        "4",
+        "--quiet",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -116,7 +147,10 @@ fn step_losses(dir: &Path) -> Vec<(u64, f64)> {
     text.lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
-            (v["step"].as_u64().expect("step"), v["loss"].as_f64().expect("loss"))
+            (
+                v["step"].as_u64().expect("step"),
+                v["loss"].as_f64().expect("loss"),
+            )
         })
         .collect()
 }
@@ -129,7 +163,11 @@ fn weights(path: &Path) -> Vec<f32> {
 /// ||a - b|| / ||b||
 fn relative(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    let d: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let d: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
     let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (d / n).sqrt()
 }
@@ -163,26 +201,44 @@ fn two_ranks_train_exactly_like_one_process_with_the_global_batch_and_resume_in_
         .zip(&l2)
         .map(|(a, b)| (a.1 - b.1).abs() / a.1.abs())
         .fold(0.0, f64::max);
-    eprintln!("per-step losses: worst relative difference {worst:.3e} over {} steps", l1.len());
+    eprintln!(
+        "per-step losses: worst relative difference {worst:.3e} over {} steps",
+        l1.len()
+    );
     assert!(worst < 1e-5, "losses differ: {l1:?} vs {l2:?}");
     // Final weights: the two ranks bit-identical; rank 0's checkpoint = its weights; within
     // 1e-5 of the single process.
-    let (r0, r1) = (weights(&two.join("rank-0.safetensors")), weights(&two.join("rank-1.safetensors")));
+    let (r0, r1) = (
+        weights(&two.join("rank-0.safetensors")),
+        weights(&two.join("rank-1.safetensors")),
+    );
     let bits = |w: &[f32]| w.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    assert!(bits(&r0) == bits(&r1), "the ranks' final weights differ (max |diff| {})",
-        r0.iter().zip(&r1).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max));
+    assert!(
+        bits(&r0) == bits(&r1),
+        "the ranks' final weights differ (max |diff| {})",
+        r0.iter()
+            .zip(&r1)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    );
     assert!(bits(&weights(&two.join("last.safetensors"))) == bits(&r0));
     let single = weights(&one.join("rank-0.safetensors"));
     let start = initial_weights(&one.join("rank-0.safetensors"));
     let (err, moved) = (relative(&r0, &single), relative(&single, &start));
-    eprintln!("final weights: relative difference {err:.3e} (they moved {moved:.3e} from the start)");
+    eprintln!(
+        "final weights: relative difference {err:.3e} (they moved {moved:.3e} from the start)"
+    );
     assert!(err < 1e-5, "final weights differ by {err:.3e}");
-    assert!(moved > 1e-3, "training hardly moved the weights ({moved:.3e}): a weak comparison");
+    assert!(
+        moved > 1e-3,
+        "training hardly moved the weights ({moved:.3e}): a weak comparison"
+    );
     // Sharded evaluation: the validation numbers match.
     let m1 = std::fs::read_to_string(one.join("metrics.jsonl")).expect("metrics");
     let m2 = std::fs::read_to_string(two.join("metrics.jsonl")).expect("metrics");
     let val = |m: &str, k: &str| {
-        let v: serde_json::Value = serde_json::from_str(m.lines().last().expect("a line")).expect("json");
+        let v: serde_json::Value =
+            serde_json::from_str(m.lines().last().expect("a line")).expect("json");
         v[k].as_f64().expect("number")
     };
     assert_eq!(val(&m1, "val_accuracy"), val(&m2, "val_accuracy"));
@@ -204,7 +260,11 @@ fn two_ranks_train_exactly_like_one_process_with_the_global_batch_and_resume_in_
     eprintln!("2 ranks to step 4, then 1 process: relative difference {err:.3e}");
     assert!(err < 1e-5, "the resumed run ends {err:.3e} away");
     let steps: Vec<u64> = step_losses(&half).iter().map(|s| s.0).collect();
-    assert_eq!(steps, [5, 6, 7, 8], "the resumed process continues at step 5");
+    assert_eq!(
+        steps,
+        [5, 6, 7, 8],
+        "the resumed process continues at step 5"
+    );
     for dir in [one, two, half] {
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -232,6 +292,9 @@ fn an_error_on_one_rank_aborts_the_whole_job_with_the_rank_and_the_message() {
         "no error naming the rank and the lock:\n{stderr}"
     );
     // Rank 1 was stopped in its first collective: it never finished.
-    assert!(!dir.join("rank-1.safetensors").exists(), "rank 1 finished training:\n{stderr}");
+    assert!(
+        !dir.join("rank-1.safetensors").exists(),
+        "rank 1 finished training:\n{stderr}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

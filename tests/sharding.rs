@@ -41,7 +41,10 @@ fn assert_shards_tile_the_epoch(ds: Dataset, batch: usize) {
     assert_eq!(global.len(), ds.len / batch);
     // The augmentation does something, so equal shards are no accident of its absence.
     let plain = epoch(&ds, batch, Shard::WHOLE, false);
-    assert_ne!(global[0].images, plain[0].images, "augmentation changed nothing");
+    assert_ne!(
+        global[0].images, plain[0].images,
+        "augmentation changed nothing"
+    );
     assert_eq!(global[0].labels, plain[0].labels);
     for size in [1, 2, 4] {
         let per_rank: Vec<Vec<Batch>> = (0..size)
@@ -54,7 +57,10 @@ fn assert_shards_tile_the_epoch(ds: Dataset, batch: usize) {
         for (b, whole) in global.iter().enumerate() {
             let u = union(&per_rank, b);
             assert_eq!(u.labels, whole.labels, "K={size} batch {b}: labels");
-            assert!(u.images == whole.images, "K={size} batch {b}: images differ");
+            assert!(
+                u.images == whole.images,
+                "K={size} batch {b}: images differ"
+            );
         }
     }
 }
@@ -155,14 +161,76 @@ fn sharded_models_apply_the_global_dropout_masks_and_their_gradients_sum_to_the_
             shard_losses.extend(l);
             grad_sum.iter_mut().zip(&gr).for_each(|(s, x)| *s += x);
         }
-        assert_close(&format!("K={size}: per-image losses"), &shard_losses, &losses, 1e-5);
+        assert_close(
+            &format!("K={size}: per-image losses"),
+            &shard_losses,
+            &losses,
+            1e-5,
+        );
         for (i, (a, b)) in shard_losses.iter().zip(&losses).enumerate() {
-            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "K={size} image {i}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                "K={size} image {i}: {a} vs {b}"
+            );
         }
-        assert_close(&format!("K={size}: summed gradients"), &grad_sum, &grads, 1e-5);
+        assert_close(
+            &format!("K={size}: summed gradients"),
+            &grad_sum,
+            &grads,
+            1e-5,
+        );
     }
     // Control: a shard that forgets its position draws other masks (and scales by 1/local).
     let (l, _) = losses_and_grads(&params, &images[4 * image..], &labels[4..], None);
-    let same = l.iter().zip(&losses[4..]).all(|(a, b)| (a - b).abs() <= 1e-5 * b.abs());
-    assert!(!same, "masks at local positions equal the global ones: dropout ignores position");
+    let same = l
+        .iter()
+        .zip(&losses[4..])
+        .all(|(a, b)| (a - b).abs() <= 1e-5 * b.abs());
+    assert!(
+        !same,
+        "masks at local positions equal the global ones: dropout ignores position"
+    );
+}
+
+#[test]
+fn dropout_with_an_element_offset_applies_the_cpu_masks_of_the_shifted_positions() {
+    use rand::Rng;
+    use vit_wgpu::kernels::dropout::{self, Dropout, DropoutSite};
+    use vit_wgpu::reference::dropout::keep_scale;
+    let g = gpu();
+    let k = Dropout::new(g);
+    let mut r = rng();
+    let step_buf = dropout::step_buffer(g);
+    for (len, p, step, offset) in [
+        (1usize, 0.3f32, 2u32, 7u32),
+        (3 * 50 * 48 + 5, 0.1, 9, 2 * 50 * 48),
+    ] {
+        let seed = r.random::<u32>();
+        let site = DropoutSite { len, p, seed };
+        let (x, dy) = (random(&mut r, len), random(&mut r, len));
+        let mask: Vec<f32> = (0..len as u32)
+            .map(|i| keep_scale(seed, step, i + offset, p))
+            .collect();
+        let y: Vec<f32> = x.iter().zip(&mask).map(|(v, m)| v * m).collect();
+        let dx: Vec<f32> = dy.iter().zip(&mask).map(|(v, m)| v * m).collect();
+        dropout::write_step(g, &step_buf, step, offset);
+        let (bx, bdy, by, bdx) = (
+            g.upload("x", &x),
+            g.upload("dy", &dy),
+            poisoned(len),
+            poisoned(len),
+        );
+        k.forward(g, site, &step_buf, &bx, &by, false).launch(g);
+        k.backward(g, site, &step_buf, &bdy, &bdx).launch(g);
+        let what = format!("dropout len={len} offset={offset}");
+        assert_close(&format!("{what} forward"), &read(&by), &y, TOLERANCE);
+        assert_close(&format!("{what} backward"), &read(&bdx), &dx, TOLERANCE);
+        // The offset matters: the masks at the unshifted positions differ.
+        let unshifted: Vec<f32> = (0..len as u32)
+            .map(|i| keep_scale(seed, step, i, p))
+            .collect();
+        if len > 100 {
+            assert_ne!(unshifted, mask);
+        }
+    }
 }

@@ -776,9 +776,12 @@ fn bench_ranks(opts: &GpuOptions, a: BenchArgs, comm: &dyn Communicator) -> CliR
         }
     }
     // The all-reduce per timed step (seconds) and the floats it sums.
-    let reduce = exchange
-        .as_ref()
-        .map(|x| (x.reduce_seconds / x.steps.max(1) as f64, model.trainable().len()));
+    let reduce = exchange.as_ref().map(|x| {
+        (
+            x.reduce_seconds / x.steps.max(1) as f64,
+            model.trainable().len(),
+        )
+    });
     times.sort_by(f64::total_cmp);
     // The ceiling right after the steps, so both see the same machine load.
     let ceiling = crate::kernels::peak::measure_fma_ceiling(

@@ -213,12 +213,7 @@ impl Loader {
     }
 
     /// The positions of batch `b` in the epoch's order that this loader hands out.
-    fn positions(
-        b: usize,
-        batch_size: usize,
-        len: usize,
-        shard: Shard,
-    ) -> (usize, usize) {
+    fn positions(b: usize, batch_size: usize, len: usize, shard: Shard) -> (usize, usize) {
         let start = b * batch_size;
         shard.slice(start, (start + batch_size).min(len), batch_size)
     }

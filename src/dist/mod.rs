@@ -164,9 +164,7 @@ mod tests {
     fn each_rank_takes_an_adapter_of_the_best_type_in_turn() {
         use wgpu::DeviceType::*;
         let types = [Cpu, DiscreteGpu, DiscreteGpu];
-        let picks: Vec<_> = (0..4)
-            .map(|r| adapter_for_rank(None, r, &types))
-            .collect();
+        let picks: Vec<_> = (0..4).map(|r| adapter_for_rank(None, r, &types)).collect();
         assert_eq!(picks, [Some(1), Some(2), Some(1), Some(2)]);
         assert_eq!(adapter_for_rank(Some(0), 3, &types), Some(0));
         assert_eq!(adapter_for_rank(None, 1, &[Cpu]), Some(0));

@@ -1,11 +1,11 @@
 //! [`Communicator`] over MPI (rsmpi): MPI_COMM_WORLD, built-in sums only.
 
 use super::{Communicator, DistError};
+use mpi::collective::CommunicatorCollectives;
 use mpi::collective::SystemOperation;
 use mpi::environment::{Threading, Universe};
 use mpi::topology::{Communicator as _, SimpleCommunicator};
 use mpi::traits::{Equivalence, Root};
-use mpi::collective::CommunicatorCollectives;
 
 /// Elements per MPI call: counts are C ints.
 const CHUNK: usize = 1 << 30;

@@ -220,7 +220,12 @@ impl Vit {
 
     /// Per-step values: dropout's step counter and the optimiser's hyper-parameters.
     pub fn write_step(&self, gpu: &Gpu, step: u64, lr: f32, opt: &OptimConfig) {
-        dropout::write_step(gpu, &self.net.dropout_step, step as u32, self.dropout_offset);
+        dropout::write_step(
+            gpu,
+            &self.net.dropout_step,
+            step as u32,
+            self.dropout_offset,
+        );
         if let Some(h) = &self.hyper {
             let hyper = Hyper::at_step(
                 lr,

@@ -132,7 +132,10 @@ pub fn broadcast_model(gpu: &Gpu, model: &Vit, comm: &dyn Communicator) -> Resul
         return Ok(());
     }
     let a = &model.arena;
-    for buffer in [Some(&a.values), a.m.as_ref(), a.v.as_ref()].into_iter().flatten() {
+    for buffer in [Some(&a.values), a.m.as_ref(), a.v.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         let mut host: Vec<f32> = gpu.read(buffer)?;
         comm.broadcast_f32(&mut host);
         gpu.write(buffer, &host);

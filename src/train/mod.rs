@@ -292,8 +292,7 @@ pub fn evaluate_sharded(
         rank: comm.rank(),
         size: comm.size(),
     };
-    let mut loader =
-        Loader::new(ds.clone(), b * shard.size, false, None, 0, 0, false).shard(shard);
+    let mut loader = Loader::new(ds.clone(), b * shard.size, false, None, 0, 0, false).shard(shard);
     for batch in loader.by_ref() {
         let n = batch.len;
         if n == 0 {

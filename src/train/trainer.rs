@@ -230,7 +230,12 @@ impl<'a> Trainer<'a> {
         )
         .shard(self.shard())
         .start_batch(self.batch_in_epoch as usize);
-        let bar = progress_bar(self.opts, self.steps_per_epoch, self.epoch, self.comm.rank());
+        let bar = progress_bar(
+            self.opts,
+            self.steps_per_epoch,
+            self.epoch,
+            self.comm.rank(),
+        );
         bar.set_position(self.batch_in_epoch);
         let t0 = Instant::now();
         let seconds_before = self.totals.seconds;
@@ -294,9 +299,9 @@ impl<'a> Trainer<'a> {
         self.step += 1;
         let lr = self.schedule.lr_at(self.step);
         if let Some(exchange) = &mut self.exchange {
-            self.model.write_batch(self.gpu, &batch.images, &batch.labels);
             self.model
-                .write_step(self.gpu, self.step, lr, &self.optim);
+                .write_batch(self.gpu, &batch.images, &batch.labels);
+            self.model.write_step(self.gpu, self.step, lr, &self.optim);
             let sums = exchange.step(self.gpu, &self.model, self.comm)?;
             let global = self.opts.batch_size;
             self.totals.images += global as u64;
