@@ -690,6 +690,79 @@ fn bench_loader(
     Ok((images as f64 / t0.elapsed().as_secs_f64(), images, workers))
 }
 
+/// Whole steps on one random batch (this rank's slice): the sorted times of the timed ones.
+/// Under several ranks a training step includes the gradient all-reduce (`exchange`, whose
+/// counters restart after the warm-up).
+fn time_steps(
+    gpu: &Gpu,
+    model: &Vit,
+    a: &BenchArgs,
+    mut exchange: Option<&mut crate::train::exchange::GradExchange>,
+    comm: &dyn Communicator,
+) -> Result<Vec<f64>, Box<dyn std::error::Error>> {
+    let (cfg, local, mode) = (&model.cfg, model.batch, model.mode);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1 + comm.rank() as u64);
+    let images = crate::reference::random_vec(
+        &mut rng,
+        local * cfg.channels * cfg.image_h * cfg.image_w,
+        1.0,
+    );
+    let labels: Vec<u32> = (0..local).map(|i| (i % cfg.classes) as u32).collect();
+    model.write_batch(gpu, &images, &labels);
+    let optim = crate::model::OptimConfig::default();
+    let mut times = Vec::new();
+    for i in 0..a.warmup_steps + a.steps {
+        model.write_step(gpu, i as u64 + 1, 1e-4, &optim);
+        if i == a.warmup_steps {
+            if let Some(x) = &mut exchange {
+                (x.reduce_seconds, x.wait_seconds, x.steps) = (0.0, 0.0, 0);
+                x.separate_wait = true;
+            }
+        }
+        let t0 = Instant::now();
+        if let Some(x) = &mut exchange {
+            x.step(gpu, model, comm)?;
+        } else {
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            match mode {
+                Mode::Train => model.record_train_step(&mut encoder),
+                Mode::Infer => model.record_forward(&mut encoder),
+            }
+            gpu.queue.submit([encoder.finish()]);
+        }
+        gpu.wait("bench step")?;
+        if i >= a.warmup_steps {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
+/// The benchmark's model: this rank's shard of the global batch `b`.
+fn bench_model(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    cfg: &crate::model::Config,
+    (b, mode): (usize, Mode),
+    comm: &dyn Communicator,
+) -> Result<Vit, Box<dyn std::error::Error>> {
+    let ranks = comm.size();
+    if !b.is_multiple_of(ranks) {
+        return Err(resolve::UsageError::Combination(format!(
+            "--batch-size {b} (the global batch) must be a multiple of the {ranks} ranks"
+        ))
+        .into());
+    }
+    let local = b / ranks;
+    let params = HostParams::init(cfg, 0);
+    let mut model = Vit::new(gpu, kernels, cfg, &params, local, mode, 0)?;
+    if ranks > 1 {
+        model.set_shard(gpu, kernels, comm.rank() * local, b);
+    }
+    Ok(model)
+}
+
 fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
     let comm = crate::dist::init()?;
     let result = bench_ranks(opts, a, comm.as_ref());
@@ -723,66 +796,25 @@ fn bench_ranks(opts: &GpuOptions, a: BenchArgs, comm: &dyn Communicator) -> CliR
     }
     let gpu = rank_gpu(opts, comm)?;
     let kernels = Kernels::new(&gpu);
-    let params = HostParams::init(&cfg, 0);
     let mode = match a.mode {
         BenchMode::Train => Mode::Train,
         BenchMode::Infer => Mode::Infer,
     };
     let (b, ranks) = (a.batch_size, comm.size());
-    if !b.is_multiple_of(ranks) {
-        return Err(resolve::UsageError::Combination(format!(
-            "--batch-size {b} (the global batch) must be a multiple of the {ranks} ranks"
-        ))
-        .into());
-    }
-    let local = b / ranks;
-    let mut model = Vit::new(&gpu, &kernels, &cfg, &params, local, mode, 0)?;
-    if ranks > 1 {
-        model.set_shard(&gpu, &kernels, comm.rank() * local, b);
-    }
+    let model = bench_model(&gpu, &kernels, &cfg, (b, mode), comm)?;
     let mut exchange = (ranks > 1 && mode == Mode::Train)
         .then(|| crate::train::exchange::GradExchange::new(&gpu, &model));
-    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1 + comm.rank() as u64);
-    let images = crate::reference::random_vec(
-        &mut rng,
-        local * cfg.channels * cfg.image_h * cfg.image_w,
-        1.0,
-    );
-    let labels: Vec<u32> = (0..local).map(|i| (i % cfg.classes) as u32).collect();
-    model.write_batch(&gpu, &images, &labels);
-    let optim = crate::model::OptimConfig::default();
-    let mut times = Vec::new();
-    for i in 0..a.warmup_steps + a.steps {
-        model.write_step(&gpu, i as u64 + 1, 1e-4, &optim);
-        if i == a.warmup_steps {
-            if let Some(x) = &mut exchange {
-                (x.reduce_seconds, x.steps) = (0.0, 0);
-            }
-        }
-        let t0 = Instant::now();
-        if let Some(x) = &mut exchange {
-            x.step(&gpu, &model, comm)?;
-        } else {
-            let mut encoder = gpu.device.create_command_encoder(&Default::default());
-            match mode {
-                Mode::Train => model.record_train_step(&mut encoder),
-                Mode::Infer => model.record_forward(&mut encoder),
-            }
-            gpu.queue.submit([encoder.finish()]);
-        }
-        gpu.wait("bench step")?;
-        if i >= a.warmup_steps {
-            times.push(t0.elapsed().as_secs_f64());
-        }
-    }
-    // The all-reduce per timed step (seconds) and the floats it sums.
+    let times = time_steps(&gpu, &model, &a, exchange.as_mut(), comm)?;
+    // Per timed step: the all-reduce's seconds, the floats it sums, the wait for the slowest
+    // rank before it (seconds).
     let reduce = exchange.as_ref().map(|x| {
+        let n = x.steps.max(1) as f64;
         (
-            x.reduce_seconds / x.steps.max(1) as f64,
+            x.reduce_seconds / n,
             model.trainable().len(),
+            x.wait_seconds / n,
         )
     });
-    times.sort_by(f64::total_cmp);
     // The ceiling right after the steps, so both see the same machine load.
     let ceiling = crate::kernels::peak::measure_fma_ceiling(
         &gpu,
@@ -828,6 +860,7 @@ fn bench_ranks(opts: &GpuOptions, a: BenchArgs, comm: &dyn Communicator) -> CliR
                 "allreduce_seconds_per_step": reduce.map(|r| r.0),
                 "allreduce_share": reduce.map(|r| r.0 / median),
                 "allreduce_bytes": reduce.map(|r| 4 * r.1),
+                "rank_wait_seconds_per_step": reduce.map(|r| r.2),
             })
         );
     } else {
@@ -837,12 +870,14 @@ fn bench_ranks(opts: &GpuOptions, a: BenchArgs, comm: &dyn Communicator) -> CliR
             a.steps,
             gpu.info.name
         );
-        if let Some((seconds, floats)) = reduce {
+        if let Some((seconds, floats, wait)) = reduce {
             println!(
-                "{ranks} ranks: all-reduce of {:.1} MB {:.1} ms per step ({:.1}% of a step)",
+                "{ranks} ranks: all-reduce of {:.1} MB {:.1} ms per step ({:.1}% of a step), \
+                 after {:.1} ms waiting for the slowest rank",
                 4.0 * floats as f64 / 1e6,
                 seconds * 1e3,
-                100.0 * seconds / median
+                100.0 * seconds / median,
+                wait * 1e3
             );
         }
         if let Some((lips, _, _)) = loader {

@@ -23,6 +23,10 @@ pub struct GradExchange {
     /// Seconds spent in the all-reduce, over `steps` steps.
     pub reduce_seconds: f64,
     pub steps: u64,
+    /// Benchmarks: a one-number all-reduce first, so `reduce_seconds` excludes the wait for
+    /// the slowest rank, which goes to `wait_seconds`.
+    pub separate_wait: bool,
+    pub wait_seconds: f64,
 }
 
 /// The global batch's summed loss and number of correct predictions after a step.
@@ -56,6 +60,8 @@ impl GradExchange {
             recv: vec![0.0; len - 2 * model.batch + 2],
             reduce_seconds: 0.0,
             steps: 0,
+            separate_wait: false,
+            wait_seconds: 0.0,
         }
     }
 
@@ -81,6 +87,11 @@ impl GradExchange {
         encoder.copy_buffer_to_buffer(&model.correct, 0, &self.staging, n as u64 * f + b, b);
         gpu.queue.submit([encoder.finish()]);
         self.read_staging(gpu)?;
+        if self.separate_wait {
+            let t0 = Instant::now();
+            comm.all_reduce_sum_u64(&mut [0]);
+            self.wait_seconds += t0.elapsed().as_secs_f64();
+        }
         let t0 = Instant::now();
         comm.all_reduce_sum_f32(&self.send, &mut self.recv);
         self.reduce_seconds += t0.elapsed().as_secs_f64();
