@@ -260,6 +260,7 @@ pub struct TrainArgs {
     pub data: DataArgs,
     #[arg(long, default_value_t = 32)]
     pub epochs: u64,
+    /// Images per optimiser step (under mpirun: the global batch, split over the ranks).
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// Peak learning rate.

@@ -408,6 +408,10 @@ impl<'a> Trainer<'a> {
     /// parameter (and at an epoch's end the validation loss) is finite: no non-finite model
     /// is ever written, and the last good checkpoint stays.
     fn checkpoint(&mut self, end_of_epoch: Option<&EpochMetrics>) -> Result<(), TrainError> {
+        let host = self.model.read_params(self.gpu)?;
+        if self.comm.size() > 1 {
+            self.check_ranks_agree(&host)?;
+        }
         if self.folder.is_none() {
             // Not rank 0: keep the same position and best accuracy, write nothing.
             if let Some(m) = end_of_epoch {
@@ -417,7 +421,6 @@ impl<'a> Trainer<'a> {
             self.saved_step = Some(self.step);
             return Ok(());
         }
-        let host = self.model.read_params(self.gpu)?;
         if let Some((tensor, index, value)) = first_non_finite(&host) {
             return Err(TrainError::NonFiniteModel {
                 step: self.step,
@@ -468,6 +471,29 @@ impl<'a> Trainer<'a> {
         folder.commit(&model, &state, self.step)?;
         self.last_save = Instant::now();
         self.saved_step = Some(self.step);
+        Ok(())
+    }
+
+    /// Every rank applies the same AdamW to the same summed gradients, so their parameters
+    /// must be bit-identical; ranks on adapters that round differently would drift apart.
+    /// Compared by a 24-bit hash per rank: all equal iff K * sum(h^2) == sum(h)^2.
+    fn check_ranks_agree(&self, host: &HostParams) -> Result<(), TrainError> {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for x in host.values.iter().flatten() {
+            h = (h ^ x.to_bits() as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        let h = (h ^ (h >> 24) ^ (h >> 48)) & 0xff_ffff;
+        let mut sums = [h, h * h];
+        self.comm.all_reduce_sum_u64(&mut sums);
+        let k = self.comm.size() as u128;
+        if k * sums[1] as u128 != (sums[0] as u128).pow(2) {
+            return Err(TrainError::Other(format!(
+                "the ranks' parameters differ at step {} (rank {} has hash {h:06x}); their \
+                 adapters may round differently: use one adapter type on every rank (--adapter)",
+                self.step,
+                self.comm.rank()
+            )));
+        }
         Ok(())
     }
 
