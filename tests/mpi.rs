@@ -185,7 +185,7 @@ fn two_ranks_train_exactly_like_one_process_with_the_global_batch_and_resume_in_
     let stderr = String::from_utf8_lossy(&out.stderr);
     for rank in 0..2 {
         assert!(
-            stderr.contains(&format!("rank {rank}/2: adapter")),
+            stderr.contains(&format!("{rank}/2: adapter [")),
             "no line naming rank {rank}:\n{stderr}"
         );
     }

@@ -217,14 +217,21 @@ fn rank_gpu(opts: &GpuOptions, comm: &dyn Communicator) -> Result<Gpu, crate::gp
         .collect();
     let adapter = crate::dist::adapter_for_rank(opts.adapter, comm.local_rank(), &types);
     let gpu = Gpu::new(&GpuOptions { adapter, ..*opts })?;
-    eprintln!(
-        "rank {}/{}: adapter [{}] {}",
+    let line = format!(
+        "rank {}/{}: adapter [{}] {}\n",
         comm.rank(),
         comm.size(),
         adapter.unwrap_or(0),
         gpu.describe().lines().next().unwrap_or_default()
     );
+    rank_line(&line);
     Ok(gpu)
+}
+
+/// One write, so the ranks' lines do not interleave mid-line (stderr is unbuffered).
+fn rank_line(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 /// Several ranks: an error on one ends the whole job (MPI_Abort) with the rank and the
@@ -232,7 +239,11 @@ fn rank_gpu(opts: &GpuOptions, comm: &dyn Communicator) -> Result<Gpu, crate::gp
 fn abort_on_error(comm: &dyn Communicator, result: CliResult) -> CliResult {
     match result {
         Err(e) if comm.size() > 1 => {
-            eprintln!("rank {}/{}: error: {e}", comm.rank(), comm.size());
+            rank_line(&format!(
+                "rank {}/{}: error: {e}\n",
+                comm.rank(),
+                comm.size()
+            ));
             comm.abort(1)
         }
         r => r,
