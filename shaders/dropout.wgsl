@@ -17,6 +17,7 @@ struct Meta {
 
 struct Step {
     step: u32,
+    offset: u32,    // element index of this batch's first element in the global batch
 }
 
 @group(1) @binding(0) var<uniform> shape: Meta;
@@ -45,7 +46,7 @@ fn dropout_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
                    @builtin(local_invocation_index) lid: u32) {
     let i = global_id(wid, nwg, lid);
     if (i >= shape.len) { return; }
-    let v = x[i] * keep_scale(i, step.step);
+    let v = x[i] * keep_scale(i + step.offset, step.step);
     if (shape.accumulate == 1u) { y[i] += v; } else { y[i] = v; }
 }
 
@@ -57,5 +58,5 @@ fn dropout_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
                     @builtin(local_invocation_index) lid: u32) {
     let i = global_id(wid, nwg, lid);
     if (i >= shape.len) { return; }
-    dx[i] = dy[i] * keep_scale(i, step.step);
+    dx[i] = dy[i] * keep_scale(i + step.offset, step.step);
 }

@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod data;
+pub mod dist;
 pub mod gpu;
 pub mod kernels;
 pub mod model;

@@ -262,7 +262,7 @@ fn dropout_forward_and_backward_regenerate_the_same_mask_as_cpu() {
         reference::dropout::forward(&mut y, &x, p, seed, step, true);
         let mut dx = vec![0.0; len];
         reference::dropout::backward(&mut dx, &dy, p, seed, step);
-        dropout::write_step(g, &step_buf, step);
+        dropout::write_step(g, &step_buf, step, 0);
         let (bx, bdy, by, bdx) = (
             g.upload("x", &x),
             g.upload("dy", &dy),

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::data::{self, Dataset};
+use crate::dist::Communicator;
 use crate::gpu::{enumerate_adapters, Gpu, GpuOptions};
 use crate::model::checkpoint;
 use crate::model::{HostParams, Kernels, Mode, Vit};
@@ -204,7 +205,58 @@ fn limit(ds: Dataset, n: Option<usize>) -> Dataset {
     }
 }
 
+/// Under mpirun/srun, this rank's device: `--adapter`, or its node-local rank modulo the
+/// adapters of the best type; one line names rank, size and adapter. Else `Gpu::new`.
+fn rank_gpu(opts: &GpuOptions, comm: &dyn Communicator) -> Result<Gpu, crate::gpu::GpuError> {
+    if comm.size() == 1 {
+        return Gpu::new(opts);
+    }
+    let types: Vec<_> = enumerate_adapters(opts.backend)
+        .iter()
+        .map(|a| a.get_info().device_type)
+        .collect();
+    let adapter = crate::dist::adapter_for_rank(opts.adapter, comm.local_rank(), &types);
+    let gpu = Gpu::new(&GpuOptions { adapter, ..*opts })?;
+    let line = format!(
+        "rank {}/{}: adapter [{}] {}\n",
+        comm.rank(),
+        comm.size(),
+        adapter.unwrap_or(0),
+        gpu.describe().lines().next().unwrap_or_default()
+    );
+    rank_line(&line);
+    Ok(gpu)
+}
+
+/// One write, so the ranks' lines do not interleave mid-line (stderr is unbuffered).
+fn rank_line(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// Several ranks: an error on one ends the whole job (MPI_Abort) with the rank and the
+/// message, instead of leaving the others waiting in a collective.
+fn abort_on_error(comm: &dyn Communicator, result: CliResult) -> CliResult {
+    match result {
+        Err(e) if comm.size() > 1 => {
+            rank_line(&format!(
+                "rank {}/{}: error: {e}\n",
+                comm.rank(),
+                comm.size()
+            ));
+            comm.abort(1)
+        }
+        r => r,
+    }
+}
+
 fn train_cmd(opts: &GpuOptions, a: TrainArgs) -> CliResult {
+    let comm = crate::dist::init()?;
+    let result = train_ranks(opts, a, comm.as_ref());
+    abort_on_error(comm.as_ref(), result)
+}
+
+fn train_ranks(opts: &GpuOptions, a: TrainArgs, comm: &dyn Communicator) -> CliResult {
     // Starting weights decide the model's shape; otherwise the preset does. Flags override.
     let init = match &a.init {
         Some(path) => {
@@ -252,8 +304,9 @@ fn train_cmd(opts: &GpuOptions, a: TrainArgs) -> CliResult {
         PathBuf::from("runs")
             .join(format!("{:?}-{:?}", a.model.preset, a.data.dataset).to_lowercase())
     });
-    let gpu = Gpu::new(opts)?;
-    if !a.quiet {
+    let gpu = rank_gpu(opts, comm)?;
+    let quiet = a.quiet || comm.rank() > 0;
+    if !quiet {
         eprintln!(
             "adapter: {}",
             gpu.describe().lines().next().unwrap_or_default()
@@ -283,7 +336,7 @@ fn train_cmd(opts: &GpuOptions, a: TrainArgs) -> CliResult {
         init,
         max_steps: a.max_steps,
         augment: !a.no_augment,
-        progress: !a.quiet,
+        progress: !quiet,
         freeze_body: a.freeze_body,
         betas: (a.beta1, a.beta2),
         save_every: a.save_every,
@@ -293,14 +346,29 @@ fn train_cmd(opts: &GpuOptions, a: TrainArgs) -> CliResult {
     let mut draw_curves = |dir: &Path, epochs: &[train::EpochMetrics]| {
         crate::viz::curves::update_curves(&dir.join("curves.png"), epochs)
     };
-    let summary = train::train_with(
+    let (summary, trainer) = train::train_ranked(
         &gpu,
         &kernels,
         &topts,
-        Arc::new(train_set),
-        Arc::new(val_set),
+        (Arc::new(train_set), Arc::new(val_set)),
         &mut draw_curves,
+        comm,
     )?;
+    if let Some(dir) = &a.rank_weights {
+        let path = dir.join(format!("rank-{}.safetensors", comm.rank()));
+        checkpoint::save_model(&path, &topts.cfg, &trainer.params()?, &[])?;
+    }
+    if comm.rank() > 0 {
+        return Ok(());
+    }
+    if let Some(path) = &a.log_steps {
+        let lines: String = summary
+            .step_losses
+            .iter()
+            .map(|(step, loss)| format!("{}\n", serde_json::json!({"step": step, "loss": loss})))
+            .collect();
+        checkpoint::write_atomic(path, lines.as_bytes())?;
+    }
     println!(
         "done: {} steps, best validation accuracy {:.4}; checkpoints in {}",
         summary.steps,
@@ -633,7 +701,88 @@ fn bench_loader(
     Ok((images as f64 / t0.elapsed().as_secs_f64(), images, workers))
 }
 
+/// Whole steps on one random batch (this rank's slice): the sorted times of the timed ones.
+/// Under several ranks a training step includes the gradient all-reduce (`exchange`, whose
+/// counters restart after the warm-up).
+fn time_steps(
+    gpu: &Gpu,
+    model: &Vit,
+    a: &BenchArgs,
+    mut exchange: Option<&mut crate::train::exchange::GradExchange>,
+    comm: &dyn Communicator,
+) -> Result<Vec<f64>, Box<dyn std::error::Error>> {
+    let (cfg, local, mode) = (&model.cfg, model.batch, model.mode);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1 + comm.rank() as u64);
+    let images = crate::reference::random_vec(
+        &mut rng,
+        local * cfg.channels * cfg.image_h * cfg.image_w,
+        1.0,
+    );
+    let labels: Vec<u32> = (0..local).map(|i| (i % cfg.classes) as u32).collect();
+    model.write_batch(gpu, &images, &labels);
+    let optim = crate::model::OptimConfig::default();
+    let mut times = Vec::new();
+    for i in 0..a.warmup_steps + a.steps {
+        model.write_step(gpu, i as u64 + 1, 1e-4, &optim);
+        if i == a.warmup_steps {
+            if let Some(x) = &mut exchange {
+                (x.reduce_seconds, x.wait_seconds, x.steps) = (0.0, 0.0, 0);
+                x.separate_wait = true;
+            }
+        }
+        let t0 = Instant::now();
+        if let Some(x) = &mut exchange {
+            x.step(gpu, model, comm)?;
+        } else {
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            match mode {
+                Mode::Train => model.record_train_step(&mut encoder),
+                Mode::Infer => model.record_forward(&mut encoder),
+            }
+            gpu.queue.submit([encoder.finish()]);
+        }
+        gpu.wait("bench step")?;
+        if i >= a.warmup_steps {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
+/// The benchmark's model: this rank's shard of the global batch `b`.
+fn bench_model(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    cfg: &crate::model::Config,
+    (b, mode): (usize, Mode),
+    comm: &dyn Communicator,
+) -> Result<Vit, Box<dyn std::error::Error>> {
+    let ranks = comm.size();
+    if !b.is_multiple_of(ranks) {
+        return Err(resolve::UsageError::Combination(format!(
+            "--batch-size {b} (the global batch) must be a multiple of the {ranks} ranks"
+        ))
+        .into());
+    }
+    let local = b / ranks;
+    let params = HostParams::init(cfg, 0);
+    let mut model = Vit::new(gpu, kernels, cfg, &params, local, mode, 0)?;
+    if ranks > 1 {
+        model.set_shard(gpu, kernels, comm.rank() * local, b);
+    }
+    Ok(model)
+}
+
 fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
+    let comm = crate::dist::init()?;
+    let result = bench_ranks(opts, a, comm.as_ref());
+    abort_on_error(comm.as_ref(), result)
+}
+
+/// Under mpirun, `--batch-size` is the global batch split over the ranks, a training step
+/// includes the gradient all-reduce, and rank 0 reports.
+fn bench_ranks(opts: &GpuOptions, a: BenchArgs, comm: &dyn Communicator) -> CliResult {
     let cfg = a.model.config(None, None);
     cfg.validate().map_err(|e| {
         resolve::UsageError::Combination(format!("the model flags give no valid model: {e}"))
@@ -656,37 +805,27 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
         }
         return Ok(());
     }
-    let gpu = Gpu::new(opts)?;
+    let gpu = rank_gpu(opts, comm)?;
     let kernels = Kernels::new(&gpu);
-    let params = HostParams::init(&cfg, 0);
     let mode = match a.mode {
         BenchMode::Train => Mode::Train,
         BenchMode::Infer => Mode::Infer,
     };
-    let b = a.batch_size;
-    let model = Vit::new(&gpu, &kernels, &cfg, &params, b, mode, 0)?;
-    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
-    let images =
-        crate::reference::random_vec(&mut rng, b * cfg.channels * cfg.image_h * cfg.image_w, 1.0);
-    let labels: Vec<u32> = (0..b).map(|i| (i % cfg.classes) as u32).collect();
-    model.write_batch(&gpu, &images, &labels);
-    let optim = crate::model::OptimConfig::default();
-    let mut times = Vec::new();
-    for i in 0..a.warmup_steps + a.steps {
-        model.write_step(&gpu, i as u64 + 1, 1e-4, &optim);
-        let t0 = Instant::now();
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        match mode {
-            Mode::Train => model.record_train_step(&mut encoder),
-            Mode::Infer => model.record_forward(&mut encoder),
-        }
-        gpu.queue.submit([encoder.finish()]);
-        gpu.wait("bench step")?;
-        if i >= a.warmup_steps {
-            times.push(t0.elapsed().as_secs_f64());
-        }
-    }
-    times.sort_by(f64::total_cmp);
+    let (b, ranks) = (a.batch_size, comm.size());
+    let model = bench_model(&gpu, &kernels, &cfg, (b, mode), comm)?;
+    let mut exchange = (ranks > 1 && mode == Mode::Train)
+        .then(|| crate::train::exchange::GradExchange::new(&gpu, &model));
+    let times = time_steps(&gpu, &model, &a, exchange.as_mut(), comm)?;
+    // Per timed step: the all-reduce's seconds, the floats it sums, the wait for the slowest
+    // rank before it (seconds).
+    let reduce = exchange.as_ref().map(|x| {
+        let n = x.steps.max(1) as f64;
+        (
+            x.reduce_seconds / n,
+            model.trainable().len(),
+            x.wait_seconds / n,
+        )
+    });
     // The ceiling right after the steps, so both see the same machine load.
     let ceiling = crate::kernels::peak::measure_fma_ceiling(
         &gpu,
@@ -710,6 +849,9 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
     let model_gflops = flops_per_image * ips * 1e-9;
     let mode_name = format!("{:?}", a.mode).to_lowercase();
     let preset = format!("{:?}", a.model.preset).to_lowercase();
+    if comm.rank() > 0 {
+        return Ok(());
+    }
     if a.json {
         println!(
             "{}",
@@ -725,6 +867,11 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
                 "gemm_reason": kernels.gemm.reason(),
                 "attention_variant": kernels.attention.variant().name(),
                 "attention_reason": kernels.attention.reason(),
+                "ranks": ranks,
+                "allreduce_seconds_per_step": reduce.map(|r| r.0),
+                "allreduce_share": reduce.map(|r| r.0 / median),
+                "allreduce_bytes": reduce.map(|r| 4 * r.1),
+                "rank_wait_seconds_per_step": reduce.map(|r| r.2),
             })
         );
     } else {
@@ -734,6 +881,16 @@ fn bench_cmd(opts: &GpuOptions, a: BenchArgs) -> CliResult {
             a.steps,
             gpu.info.name
         );
+        if let Some((seconds, floats, wait)) = reduce {
+            println!(
+                "{ranks} ranks: all-reduce of {:.1} MB {:.1} ms per step ({:.1}% of a step), \
+                 after {:.1} ms waiting for the slowest rank",
+                4.0 * floats as f64 / 1e6,
+                seconds * 1e3,
+                100.0 * seconds / median,
+                wait * 1e3
+            );
+        }
         if let Some((lips, _, _)) = loader {
             let bound = if lips < ips {
                 "the loader"

@@ -260,6 +260,7 @@ pub struct TrainArgs {
     pub data: DataArgs,
     #[arg(long, default_value_t = 32)]
     pub epochs: u64,
+    /// Images per optimiser step (under mpirun: the global batch, split over the ranks).
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// Peak learning rate.
@@ -318,6 +319,14 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Write every optimiser step's mean training loss (over the whole global batch) to
+    /// FILE, one JSON object per line.
+    #[arg(long, value_name = "FILE")]
+    pub log_steps: Option<PathBuf>,
+    /// Every rank writes its final parameters to DIR/rank-<R>.safetensors (to check that
+    /// the ranks of a data-parallel run agree).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub rank_weights: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,9 +1,12 @@
 //! Batches of normalised f32 images, built on a background thread so the device never waits
 //! for the CPU. Order and augmentation depend only on (seed, epoch, batch index), so a run
-//! is reproducible and a resumed run sees exactly the batches it would have seen.
+//! is reproducible and a resumed run sees exactly the batches it would have seen; each
+//! sample's augmentation depends on its position in the epoch alone, so a rank's shard of a
+//! batch (data-parallel training) holds exactly those positions of the whole batch.
 
 use super::stream::{self, Pool};
 use super::{DataError, Dataset};
+use crate::dist::Shard;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -104,25 +107,26 @@ pub(crate) fn mix(a: u64, b: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The images of one batch, given the epoch's order.
+/// The images at positions `[lo, hi)` of the epoch's order (a batch, or one rank's slice
+/// of it). Each sample's draws come from its own generator, seeded by its position in the
+/// epoch, so a slice holds exactly what the same positions of the whole batch hold.
 fn make_batch(
     ds: &Dataset,
     order: &[usize],
-    batch: usize,
-    batch_size: usize,
+    (lo, hi): (usize, usize),
     augment: Option<Augment>,
     seed: u64,
     epoch: u64,
 ) -> Batch {
-    let start = batch * batch_size;
-    let idx = &order[start..(start + batch_size).min(order.len())];
+    let idx = &order[lo..hi];
     let size = ds.image_size();
     let mut images = vec![0f32; idx.len() * size];
-    let mut rng =
-        StdRng::seed_from_u64(mix(mix(seed ^ 0xa076_1d64_78bd_642f, epoch), batch as u64));
-    for (out, &i) in images.chunks_exact_mut(size).zip(idx) {
+    for (k, (out, &i)) in images.chunks_exact_mut(size).zip(idx).enumerate() {
         match &augment {
-            Some(aug) => augment_into(ds, i, aug, &mut rng, out),
+            Some(aug) => {
+                let mut rng = stream::sample_rng(seed, epoch, lo + k);
+                augment_into(ds, i, aug, &mut rng, out)
+            }
             None => normalise_into(ds, i, out),
         }
     }
@@ -148,6 +152,8 @@ pub struct Loader {
     epoch: u64,
     order: Arc<Vec<usize>>,
     num_batches: usize,
+    /// This rank's slice of every batch (the whole batch in one process).
+    shard: Shard,
     /// Next batch index to hand out.
     next_batch: usize,
     rx: Option<Receiver<Batch>>,
@@ -190,12 +196,26 @@ impl Loader {
             epoch,
             order: Arc::new(order),
             num_batches,
+            shard: Shard::WHOLE,
             next_batch: 0,
             rx: None,
             worker: None,
             pool: None,
             error: None,
         }
+    }
+
+    /// Builder: hand out only `shard`'s slice of each batch (data-parallel training: every
+    /// rank draws the same order and takes its own positions of each global batch).
+    pub fn shard(mut self, shard: Shard) -> Loader {
+        self.shard = shard;
+        self
+    }
+
+    /// The positions of batch `b` in the epoch's order that this loader hands out.
+    fn positions(b: usize, batch_size: usize, len: usize, shard: Shard) -> (usize, usize) {
+        let start = b * batch_size;
+        shard.slice(start, (start + batch_size).min(len), batch_size)
     }
 
     /// The error that ended a streamed epoch early (a file that cannot be read), if any.
@@ -220,10 +240,16 @@ impl Loader {
     fn spawn_stream(&mut self, st: Arc<stream::Stream>) {
         let ds = Arc::clone(&self.ds);
         let order = Arc::clone(&self.order);
-        let (batch_size, augment, seed, epoch) =
-            (self.batch_size, self.augment, self.seed, self.epoch);
+        let (batch_size, augment, seed, epoch, shard) = (
+            self.batch_size,
+            self.augment,
+            self.seed,
+            self.epoch,
+            self.shard,
+        );
         let job = Arc::new(move |b: usize| {
-            stream::make_batch(&ds, &st, &order, b, batch_size, augment, seed, epoch)
+            let range = Loader::positions(b, batch_size, order.len(), shard);
+            stream::make_batch(&ds, &st, &order, range, augment, seed, epoch)
         });
         let (workers, depth) = (self.ds_stream_workers(), self.ds_stream_depth());
         self.pool = Some(Pool::new(
@@ -282,11 +308,17 @@ impl Loader {
         let ds = Arc::clone(&self.ds);
         let order = Arc::clone(&self.order);
         let (start, end) = (self.next_batch, self.num_batches);
-        let (batch_size, augment, seed, epoch) =
-            (self.batch_size, self.augment, self.seed, self.epoch);
+        let (batch_size, augment, seed, epoch, shard) = (
+            self.batch_size,
+            self.augment,
+            self.seed,
+            self.epoch,
+            self.shard,
+        );
         self.worker = Some(std::thread::spawn(move || {
             for b in start..end {
-                let batch = make_batch(&ds, &order, b, batch_size, augment, seed, epoch);
+                let range = Loader::positions(b, batch_size, order.len(), shard);
+                let batch = make_batch(&ds, &order, range, augment, seed, epoch);
                 if tx.send(batch).is_err() {
                     break; // the loader was dropped
                 }

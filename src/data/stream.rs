@@ -223,20 +223,17 @@ pub fn sample_rng(seed: u64, epoch: u64, position: usize) -> StdRng {
     ))
 }
 
-/// Batch `batch` of a streamed dataset in the epoch's `order`.
-#[allow(clippy::too_many_arguments)]
+/// Positions `[lo, hi)` of a streamed dataset's epoch `order` (a batch or a rank's slice).
 pub(crate) fn make_batch(
     ds: &Dataset,
     stream: &Stream,
     order: &[usize],
-    batch: usize,
-    batch_size: usize,
+    (lo, hi): (usize, usize),
     augment: Option<Augment>,
     seed: u64,
     epoch: u64,
 ) -> Result<Batch, DataError> {
-    let start = batch * batch_size;
-    let idx = &order[start..(start + batch_size).min(order.len())];
+    let (start, idx) = (lo, &order[lo..hi]);
     let size = ds.image_size();
     let mut images = vec![0f32; idx.len() * size];
     for (k, (out, &i)) in images.chunks_exact_mut(size).zip(idx).enumerate() {

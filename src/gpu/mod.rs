@@ -153,7 +153,8 @@ impl Bind for View<'_> {
     }
 }
 
-fn rank(device_type: wgpu::DeviceType) -> u32 {
+/// Preference of an adapter type when none is chosen: lower is better.
+pub fn type_rank(device_type: wgpu::DeviceType) -> u32 {
     match device_type {
         wgpu::DeviceType::DiscreteGpu => 0,
         wgpu::DeviceType::IntegratedGpu => 1,
@@ -206,7 +207,7 @@ impl Gpu {
                 adapters.swap_remove(index)
             }
             None => {
-                adapters.sort_by_key(|a| rank(a.get_info().device_type));
+                adapters.sort_by_key(|a| type_rank(a.get_info().device_type));
                 adapters.swap_remove(0)
             }
         };

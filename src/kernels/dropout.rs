@@ -40,14 +40,17 @@ pub fn threshold(p: f32) -> u32 {
     (p as f64 * 4294967296.0).min(u32::MAX as f64) as u32
 }
 
-/// The shared step counter: a 16-byte uniform buffer.
+/// The shared step counter and element offset: a 16-byte uniform buffer.
 pub fn step_buffer(gpu: &Gpu) -> wgpu::Buffer {
     gpu.uniform("dropout step", &[0u32; 4])
 }
 
-pub fn write_step(gpu: &Gpu, buffer: &wgpu::Buffer, step: u32) {
+/// `offset` is added to every element index before hashing: one rank's shard of a batch
+/// (data-parallel training) passes its first element's index in the whole batch, so its
+/// masks are the whole batch's masks at those positions.
+pub fn write_step(gpu: &Gpu, buffer: &wgpu::Buffer, step: u32, offset: u32) {
     gpu.queue
-        .write_buffer(buffer, 0, bytemuck::cast_slice(&[step, 0, 0, 0]));
+        .write_buffer(buffer, 0, bytemuck::cast_slice(&[step, offset, 0, 0]));
 }
 
 pub struct Dropout {

@@ -180,6 +180,8 @@ pub struct Net {
     pub correct: wgpu::Buffer,
     pub dropout_step: wgpu::Buffer,
     pub grads: Option<GradBuffers>,
+    /// The loss gradient's factor: 1/B, or 1/(global batch) for one rank's shard.
+    pub loss_grad_scale: f32,
 }
 
 fn activation(a: Act) -> Activation {
@@ -264,6 +266,7 @@ impl Net {
             correct: alloc.buf("correct", b)?,
             dropout_step: crate::kernels::dropout::step_buffer(alloc.gpu),
             grads,
+            loss_grad_scale: 1.0 / b as f32,
         })
     }
 
@@ -413,7 +416,7 @@ impl Net {
             correct: &self.correct,
             rows: b,
             classes: self.classes,
-            grad_scale: 1.0 / b as f32,
+            grad_scale: self.loss_grad_scale,
         };
         r.record(&r.kernels.loss, &args);
     }

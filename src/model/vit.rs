@@ -93,6 +93,10 @@ pub struct Vit {
     forward_eval: Vec<Command>,
     backward: Vec<Command>,
     optimizer: Vec<Command>,
+    /// The arena range AdamW updates (all of it, or the head alone).
+    trainable: std::ops::Range<usize>,
+    /// Added to dropout's element index (see [`Vit::set_shard`]).
+    dropout_offset: u32,
     /// Attention maps: per-layer probabilities [B, A, N, N] and the commands writing them,
     /// built on the first `attention_maps` call (never part of a training step).
     maps: std::sync::OnceLock<(Vec<wgpu::Buffer>, Vec<Command>)>,
@@ -123,6 +127,40 @@ fn ordered_values<'h>(
         .collect()
 }
 
+/// The forward (eval), forward with dropout (empty without dropout) and backward command
+/// lists, recorded once.
+fn record_lists(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    arena: &Arena,
+    net: &Net,
+) -> (Vec<Command>, Vec<Command>, Vec<Command>) {
+    let no_scratch = gpu.storage("no reduce scratch", 1);
+    let record = |schedule: &dyn Fn(&mut Recorder)| {
+        let mut r = Recorder {
+            gpu,
+            kernels,
+            arena,
+            reduce_scratch: net
+                .grads
+                .as_ref()
+                .map_or(&no_scratch, |g| &g.reduce_scratch),
+            commands: Vec::new(),
+        };
+        schedule(&mut r);
+        r.commands
+    };
+    let forward_eval = record(&|r| net.forward(r, false));
+    let (mut forward_train, mut backward) = (Vec::new(), Vec::new());
+    if net.grads.is_some() {
+        if net.dropout > 0.0 {
+            forward_train = record(&|r| net.forward(r, true));
+        }
+        backward = record(&|r| net.backward(r));
+    }
+    (forward_eval, forward_train, backward)
+}
+
 impl Vit {
     pub fn new(
         gpu: &Gpu,
@@ -142,29 +180,7 @@ impl Vit {
         let alloc = Alloc { gpu, batch };
         let net = Net::new(&alloc, cfg, &arena.layout, train, seed)?;
 
-        let no_scratch = gpu.storage("no reduce scratch", 1);
-        let record = |schedule: &dyn Fn(&mut Recorder)| {
-            let mut r = Recorder {
-                gpu,
-                kernels,
-                arena: &arena,
-                reduce_scratch: net
-                    .grads
-                    .as_ref()
-                    .map_or(&no_scratch, |g| &g.reduce_scratch),
-                commands: Vec::new(),
-            };
-            schedule(&mut r);
-            r.commands
-        };
-        let forward_eval = record(&|r| net.forward(r, false));
-        let (mut forward_train, mut backward) = (Vec::new(), Vec::new());
-        if train {
-            if cfg.dropout > 0.0 {
-                forward_train = record(&|r| net.forward(r, true));
-            }
-            backward = record(&|r| net.backward(r));
-        }
+        let (forward_eval, forward_train, backward) = record_lists(gpu, kernels, &arena, &net);
         let (hyper, grad_stats) = if train {
             let hyper = Hyper::at_step(0.0, 0.9, 0.999, 1e-8, 0.0, 0.0, 1);
             let stats = alloc.buf("gradient norm", AdamW::stats_len())?;
@@ -187,6 +203,8 @@ impl Vit {
             forward_eval,
             backward,
             optimizer: Vec::new(),
+            trainable: 0..0,
+            dropout_offset: 0,
             maps: std::sync::OnceLock::new(),
             arena,
             net,
@@ -203,7 +221,12 @@ impl Vit {
 
     /// Per-step values: dropout's step counter and the optimiser's hyper-parameters.
     pub fn write_step(&self, gpu: &Gpu, step: u64, lr: f32, opt: &OptimConfig) {
-        dropout::write_step(gpu, &self.net.dropout_step, step as u32);
+        dropout::write_step(
+            gpu,
+            &self.net.dropout_step,
+            step as u32,
+            self.dropout_offset,
+        );
         if let Some(h) = &self.hyper {
             let hyper = Hyper::at_step(
                 lr,
@@ -223,6 +246,27 @@ impl Vit {
         for list in &self.step_commands(Mode::Train)[..2] {
             crate::gpu::record_commands(encoder, list);
         }
+    }
+
+    /// AdamW alone, on the gradients in the arena (after they were summed over ranks).
+    pub fn record_optimizer(&self, encoder: &mut wgpu::CommandEncoder) {
+        crate::gpu::record_commands(encoder, &self.optimizer);
+    }
+
+    /// Make this model (of batch `b`) one rank's shard of a global batch starting at sample
+    /// `first`: dropout masks become those of the global positions, and the loss gradient is
+    /// scaled by 1/`global_batch`, so the ranks' gradients sum to the whole batch's.
+    pub fn set_shard(&mut self, gpu: &Gpu, kernels: &Kernels, first: usize, global_batch: usize) {
+        let per_sample = self.cfg.tokens() * self.cfg.dim;
+        self.dropout_offset = (first * per_sample) as u32;
+        self.net.loss_grad_scale = 1.0 / global_batch as f32;
+        let (eval, train, backward) = record_lists(gpu, kernels, &self.arena, &self.net);
+        (self.forward_eval, self.forward_train, self.backward) = (eval, train, backward);
+    }
+
+    /// The arena range the optimizer updates: the gradients that must be summed over ranks.
+    pub fn trainable(&self) -> std::ops::Range<usize> {
+        self.trainable.clone()
     }
 
     /// A whole training step: forward, loss, backward, AdamW.
@@ -280,6 +324,7 @@ impl Vit {
             Some(r) => r,
             None => panic!("internal: the trainable tensors are not one range of the arena"),
         };
+        self.trainable = range.clone();
         let args = AdamWArgs {
             params: &a.values,
             grads,

@@ -3,6 +3,7 @@
 //! a ring of staging buffers ([`ring::LossRing`]). Curves and other reports hang off the
 //! epoch callback of [`train_with`].
 
+pub mod exchange;
 pub mod ring;
 pub mod run_folder;
 pub mod schedule;
@@ -235,6 +236,21 @@ pub fn train_with(
     Trainer::new(gpu, kernels, opts, train_set, val_set)?.run(on_epoch)
 }
 
+/// [`train_with`] as one rank of `comm` (data-parallel; see `crate::dist`). Returns the
+/// trainer too, for its final parameters and all-reduce time.
+pub fn train_ranked<'a>(
+    gpu: &'a Gpu,
+    kernels: &crate::model::Kernels,
+    opts: &'a TrainOptions,
+    (train_set, val_set): (Arc<Dataset>, Arc<Dataset>),
+    on_epoch: &mut dyn FnMut(&Path, &[EpochMetrics]),
+    comm: &'a dyn crate::dist::Communicator,
+) -> Result<(RunSummary, Trainer<'a>), TrainError> {
+    let mut trainer = Trainer::with_comm(gpu, kernels, opts, train_set, val_set, comm)?;
+    let summary = trainer.run(on_epoch)?;
+    Ok((summary, trainer))
+}
+
 /// `--resume` takes a run folder or its `last.safetensors`.
 pub fn resume_paths(resume: &Path) -> (PathBuf, PathBuf) {
     let weights = if resume.is_dir() {
@@ -254,6 +270,17 @@ pub fn resume_paths(resume: &Path) -> (PathBuf, PathBuf) {
 /// Accuracy, loss and confusion matrix over a dataset, in batches of the model's size
 /// (the last one padded; padded rows are ignored).
 pub fn evaluate(gpu: &Gpu, model: &Vit, ds: &Arc<Dataset>) -> Result<EvalResult, TrainError> {
+    evaluate_sharded(gpu, model, ds, &crate::dist::Single)
+}
+
+/// [`evaluate`] over `comm`'s ranks: each takes its slice of every batch of
+/// (model batch x ranks) images, and the counts and loss sums are summed over the ranks.
+pub fn evaluate_sharded(
+    gpu: &Gpu,
+    model: &Vit,
+    ds: &Arc<Dataset>,
+    comm: &dyn crate::dist::Communicator,
+) -> Result<EvalResult, TrainError> {
     let k = model.cfg.classes;
     let b = model.batch;
     let mut result = EvalResult {
@@ -261,9 +288,16 @@ pub fn evaluate(gpu: &Gpu, model: &Vit, ds: &Arc<Dataset>) -> Result<EvalResult,
         ..Default::default()
     };
     let mut loss_sum = 0.0f64;
-    let mut loader = Loader::new(ds.clone(), b, false, None, 0, 0, false);
+    let shard = crate::dist::Shard {
+        rank: comm.rank(),
+        size: comm.size(),
+    };
+    let mut loader = Loader::new(ds.clone(), b * shard.size, false, None, 0, 0, false).shard(shard);
     for batch in loader.by_ref() {
         let n = batch.len;
+        if n == 0 {
+            continue; // a last partial batch this rank has no slice of
+        }
         let mut images = batch.images;
         let mut labels = batch.labels;
         images.resize(
@@ -290,6 +324,18 @@ pub fn evaluate(gpu: &Gpu, model: &Vit, ds: &Arc<Dataset>) -> Result<EvalResult,
         result.images += n;
     }
     loader.finish()?;
+    if shard.size > 1 {
+        let mut counts: Vec<u64> = result.confusion.iter().flatten().copied().collect();
+        counts.push(result.images as u64);
+        comm.all_reduce_sum_u64(&mut counts);
+        result.images = counts[k * k] as usize;
+        for (row, sums) in result.confusion.iter_mut().zip(counts.chunks(k)) {
+            row.copy_from_slice(sums);
+        }
+        let mut sum = [loss_sum];
+        comm.all_reduce_sum_f64(&mut sum);
+        loss_sum = sum[0];
+    }
     let correct: u64 = (0..k).map(|i| result.confusion[i][i]).sum();
     if result.images > 0 {
         result.accuracy = correct as f64 / result.images as f64;

@@ -1,12 +1,18 @@
 //! The training loop: batches prepared on a CPU thread, one command encoder and one submit
 //! per step, no device wait inside a step; a checkpoint every `save_every` steps (or about
 //! every ten minutes) and after every epoch, which is also when the model is evaluated.
+//!
+//! Data-parallel (several ranks, see `crate::dist`): each rank trains on its slice of every
+//! global batch and the gradients are summed between backward and AdamW (`exchange.rs`);
+//! evaluation is sharded; rank 0 alone writes the run folder and shows progress.
 
+use super::exchange::{self, GradExchange};
 use super::ring::{LossRing, StepResult};
 use super::run_folder::{self, RunFolder};
 use super::schedule::Schedule;
-use super::{check_dataset, evaluate, EpochMetrics, RunSummary, TrainError, TrainOptions};
+use super::{check_dataset, EpochMetrics, RunSummary, TrainError, TrainOptions};
 use crate::data::{Augment, Batch, Dataset, Loader};
+use crate::dist::{Communicator, Shard, Single};
 use crate::gpu::Gpu;
 use crate::model::checkpoint::{self, EpochTotals, TensorFile, TrainState};
 use crate::model::{HostParams, Kernels, Mode, OptimConfig, Vit};
@@ -24,7 +30,11 @@ pub struct Trainer<'a> {
     ring: LossRing,
     schedule: Schedule,
     optim: OptimConfig,
-    folder: RunFolder,
+    /// The run folder: rank 0's alone (the other ranks write nothing).
+    folder: Option<RunFolder>,
+    comm: &'a dyn Communicator,
+    /// Several ranks: the gradient all-reduce between backward and AdamW.
+    exchange: Option<GradExchange>,
     train_set: Arc<Dataset>,
     val_set: Arc<Dataset>,
     steps_per_epoch: u64,
@@ -52,6 +62,19 @@ impl<'a> Trainer<'a> {
         train_set: Arc<Dataset>,
         val_set: Arc<Dataset>,
     ) -> Result<Trainer<'a>, TrainError> {
+        Trainer::with_comm(gpu, kernels, opts, train_set, val_set, &Single)
+    }
+
+    /// [`Trainer::new`] as one rank of `comm`: `opts.batch_size` is the global batch, split
+    /// evenly over the ranks; rank 0's parameters and moments are broadcast to the others.
+    pub fn with_comm(
+        gpu: &'a Gpu,
+        kernels: &Kernels,
+        opts: &'a TrainOptions,
+        train_set: Arc<Dataset>,
+        val_set: Arc<Dataset>,
+        comm: &'a dyn Communicator,
+    ) -> Result<Trainer<'a>, TrainError> {
         let cfg = &opts.cfg;
         check_dataset(cfg, &train_set)?;
         check_dataset(cfg, &val_set)?;
@@ -63,6 +86,12 @@ impl<'a> Trainer<'a> {
             });
         }
         let batch = opts.batch_size;
+        let ranks = comm.size();
+        if !batch.is_multiple_of(ranks) {
+            return Err(TrainError::Other(format!(
+                "--batch-size {batch} (the global batch) must be a multiple of the {ranks} ranks"
+            )));
+        }
         let steps_per_epoch = (train_set.len / batch.max(1)) as u64;
         if batch == 0 || steps_per_epoch == 0 {
             return Err(TrainError::Other(format!(
@@ -84,22 +113,35 @@ impl<'a> Trainer<'a> {
             max_grad_norm: opts.max_grad_norm,
             ..Default::default()
         };
-        let folder = RunFolder::open(&opts.out, opts.keep)?;
+        let folder = match comm.rank() {
+            0 => Some(RunFolder::open(&opts.out, opts.keep)?),
+            _ => None,
+        };
         let (params, state) = starting_point(opts)?;
         // The epochs logged up to the starting point: a line past it belongs to a checkpoint
         // that never completed (and a fresh run starts the file anew).
-        let logged = folder.trim_metrics(state.step)?;
-        let mut model = Vit::new(gpu, kernels, cfg, &params, batch, Mode::Train, opts.seed)?;
+        let logged = match &folder {
+            Some(f) => f.trim_metrics(state.step)?,
+            None => Vec::new(),
+        };
+        let local = batch / ranks;
+        let mut model = Vit::new(gpu, kernels, cfg, &params, local, Mode::Train, opts.seed)?;
+        if ranks > 1 {
+            model.set_shard(gpu, kernels, comm.rank() * local, batch);
+        }
         if opts.freeze_body {
             model.set_trainable(gpu, kernels, |spec| spec.name.starts_with("head."));
         }
         if !state.moments.is_empty() {
             model.write_moments(gpu, &state.moments);
         }
+        exchange::broadcast_model(gpu, &model, comm)?;
         Ok(Trainer {
             gpu,
             opts,
-            ring: LossRing::new(gpu, batch),
+            ring: LossRing::new(gpu, local),
+            exchange: (ranks > 1).then(|| GradExchange::new(gpu, &model)),
+            comm,
             model,
             schedule,
             optim,
@@ -125,20 +167,45 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// Run the remaining epochs (or up to `max_steps`), calling `on_epoch` after each.
+    /// Run the remaining epochs (or up to `max_steps`), calling `on_epoch` after each (on
+    /// rank 0, which owns the run folder).
     pub fn run(
-        mut self,
+        &mut self,
         on_epoch: &mut dyn FnMut(&Path, &[EpochMetrics]),
     ) -> Result<RunSummary, TrainError> {
         while self.epoch < self.opts.epochs && !self.stop_requested() {
             if !self.run_epoch()? {
                 break;
             }
-            on_epoch(&self.folder.dir, &self.logged);
+            if let Some(folder) = &self.folder {
+                on_epoch(&folder.dir, &self.logged);
+            }
         }
         self.summary.steps = self.step;
         self.summary.best_accuracy = self.best_accuracy;
-        Ok(self.summary)
+        let empty = RunSummary {
+            epochs: Vec::new(),
+            best_accuracy: self.best_accuracy,
+            steps: self.step,
+            out: self.opts.out.clone(),
+            step_losses: Vec::new(),
+        };
+        Ok(std::mem::replace(&mut self.summary, empty))
+    }
+
+    /// This rank's parameters now (waits for the device).
+    pub fn params(&self) -> Result<HostParams, TrainError> {
+        self.finish_on_device()?;
+        Ok(self.model.read_params(self.gpu)?)
+    }
+
+    /// The all-reduce's total seconds and the steps it ran in (several ranks only).
+    pub fn reduce_time(&self) -> Option<(f64, u64)> {
+        self.exchange.as_ref().map(|e| (e.reduce_seconds, e.steps))
+    }
+
+    fn finish_on_device(&self) -> Result<(), TrainError> {
+        Ok(self.gpu.wait("end of training")?)
     }
 
     fn stop_requested(&self) -> bool {
@@ -161,8 +228,14 @@ impl<'a> Trainer<'a> {
             self.epoch,
             true,
         )
+        .shard(self.shard())
         .start_batch(self.batch_in_epoch as usize);
-        let bar = progress_bar(self.opts, self.steps_per_epoch, self.epoch);
+        let bar = progress_bar(
+            self.opts,
+            self.steps_per_epoch,
+            self.epoch,
+            self.comm.rank(),
+        );
         bar.set_position(self.batch_in_epoch);
         let t0 = Instant::now();
         let seconds_before = self.totals.seconds;
@@ -213,10 +286,31 @@ impl<'a> Trainer<'a> {
         Ok(true)
     }
 
-    /// One optimiser step on `batch`: one submit, no wait (the loss arrives later).
+    fn shard(&self) -> Shard {
+        Shard {
+            rank: self.comm.rank(),
+            size: self.comm.size(),
+        }
+    }
+
+    /// One optimiser step on `batch` (this rank's slice of the global batch): one submit, no
+    /// wait (the loss arrives later); with several ranks, see `exchange.rs`.
     pub fn step(&mut self, batch: &Batch) -> Result<(), TrainError> {
         self.step += 1;
         let lr = self.schedule.lr_at(self.step);
+        if let Some(exchange) = &mut self.exchange {
+            self.model
+                .write_batch(self.gpu, &batch.images, &batch.labels);
+            self.model.write_step(self.gpu, self.step, lr, &self.optim);
+            let sums = exchange.step(self.gpu, &self.model, self.comm)?;
+            let global = self.opts.batch_size;
+            self.totals.images += global as u64;
+            return self.record(StepResult {
+                step: self.step,
+                loss: sums.loss / global as f32,
+                accuracy: sums.correct / global as f32,
+            });
+        }
         // Free the staging slot first: this bounds the steps in flight.
         if let Some(r) = self.ring.free_next(self.gpu)? {
             self.record(r)?;
@@ -268,14 +362,20 @@ impl<'a> Trainer<'a> {
     fn save_due(&self) -> bool {
         match self.opts.save_every {
             Some(n) => n > 0 && self.step.is_multiple_of(n),
-            None => self.last_save.elapsed() >= SAVE_INTERVAL,
+            None => {
+                // Every rank must take the same decision (the checkpoint evaluates nothing,
+                // but the ranks must stay in step): due when any rank's clock says so.
+                let mut due = [(self.last_save.elapsed() >= SAVE_INTERVAL) as u64];
+                self.comm.all_reduce_sum_u64(&mut due);
+                due[0] > 0
+            }
         }
     }
 
     /// Evaluate, and the epoch's line for metrics.jsonl.
     fn epoch_metrics(&mut self) -> Result<EpochMetrics, TrainError> {
         self.gpu.wait("end of epoch")?;
-        let eval = evaluate(self.gpu, &self.model, &self.val_set)?;
+        let eval = super::evaluate_sharded(self.gpu, &self.model, &self.val_set, self.comm)?;
         let t = &self.totals;
         let mean = |sum: f64| match t.steps {
             0 => f64::NAN,
@@ -295,7 +395,7 @@ impl<'a> Trainer<'a> {
     }
 
     fn report(&self, m: &EpochMetrics) {
-        if self.opts.progress {
+        if self.opts.progress && self.comm.rank() == 0 {
             eprintln!(
                 "epoch {}/{}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} | {:.0} img/s, {:.1}s",
                 m.epoch, self.opts.epochs, m.train_loss, m.train_accuracy, m.val_loss,
@@ -309,6 +409,18 @@ impl<'a> Trainer<'a> {
     /// is ever written, and the last good checkpoint stays.
     fn checkpoint(&mut self, end_of_epoch: Option<&EpochMetrics>) -> Result<(), TrainError> {
         let host = self.model.read_params(self.gpu)?;
+        if self.comm.size() > 1 {
+            self.check_ranks_agree(&host)?;
+        }
+        if self.folder.is_none() {
+            // Not rank 0: keep the same position and best accuracy, write nothing.
+            if let Some(m) = end_of_epoch {
+                self.best_accuracy = self.best_accuracy.max(m.val_accuracy);
+            }
+            self.last_save = Instant::now();
+            self.saved_step = Some(self.step);
+            return Ok(());
+        }
         if let Some((tensor, index, value)) = first_non_finite(&host) {
             return Err(TrainError::NonFiniteModel {
                 step: self.step,
@@ -346,16 +458,42 @@ impl<'a> Trainer<'a> {
             moments: self.model.read_moments(self.gpu)?,
         };
         let model = self.model_file(&host, end_of_epoch.map(|m| m.val_accuracy));
+        let Some(folder) = &self.folder else {
+            return Ok(());
+        };
         if best {
-            self.folder.save_best(&model)?;
+            folder.save_best(&model)?;
         }
         if let Some(m) = end_of_epoch {
-            self.folder.append_metrics(m)?;
+            folder.append_metrics(m)?;
         }
         let state = checkpoint::state_file(&host, &state);
-        self.folder.commit(&model, &state, self.step)?;
+        folder.commit(&model, &state, self.step)?;
         self.last_save = Instant::now();
         self.saved_step = Some(self.step);
+        Ok(())
+    }
+
+    /// Every rank applies the same AdamW to the same summed gradients, so their parameters
+    /// must be bit-identical; ranks on adapters that round differently would drift apart.
+    /// Compared by a 24-bit hash per rank: all equal iff K * sum(h^2) == sum(h)^2.
+    fn check_ranks_agree(&self, host: &HostParams) -> Result<(), TrainError> {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for x in host.values.iter().flatten() {
+            h = (h ^ x.to_bits() as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        let h = (h ^ (h >> 24) ^ (h >> 48)) & 0xff_ffff;
+        let mut sums = [h, h * h];
+        self.comm.all_reduce_sum_u64(&mut sums);
+        let k = self.comm.size() as u128;
+        if k * sums[1] as u128 != (sums[0] as u128).pow(2) {
+            return Err(TrainError::Other(format!(
+                "the ranks' parameters differ at step {} (rank {} has hash {h:06x}); their \
+                 adapters may round differently: use one adapter type on every rank (--adapter)",
+                self.step,
+                self.comm.rank()
+            )));
+        }
         Ok(())
     }
 
@@ -425,8 +563,8 @@ fn first_non_finite(host: &HostParams) -> Option<(String, usize, f32)> {
     })
 }
 
-fn progress_bar(opts: &TrainOptions, len: u64, epoch: u64) -> indicatif::ProgressBar {
-    if !opts.progress {
+fn progress_bar(opts: &TrainOptions, len: u64, epoch: u64, rank: usize) -> indicatif::ProgressBar {
+    if !opts.progress || rank != 0 {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(len);

@@ -1,0 +1,155 @@
+//! One data-parallel training step: forward and backward on this rank's shard, the
+//! trainable range of the gradient arena read back and summed over every rank in one
+//! all-reduce (with the shard's loss and correct counts appended), written back, then AdamW.
+//! Every rank applies the same AdamW to the same sums, so parameters stay identical.
+//!
+//! Unlike the single-process step (one submit, no wait) this one waits for its backward:
+//! the host all-reduce needs the gradients. Overlapping buckets of the reduce with the rest
+//! of the backward (as DDP and Horovod do) is the next step; see the README.
+
+use crate::dist::Communicator;
+use crate::gpu::{Gpu, GpuError};
+use crate::model::Vit;
+use std::time::Instant;
+
+/// The read-back buffer and host vectors of the gradient all-reduce, allocated once.
+pub struct GradExchange {
+    /// [trainable gradients | losses of the shard | correct flags of the shard]
+    staging: wgpu::Buffer,
+    range: std::ops::Range<usize>,
+    batch: usize,
+    send: Vec<f32>,
+    recv: Vec<f32>,
+    /// Seconds spent in the all-reduce, over `steps` steps.
+    pub reduce_seconds: f64,
+    pub steps: u64,
+    /// Benchmarks: a one-number all-reduce first, so `reduce_seconds` excludes the wait for
+    /// the slowest rank, which goes to `wait_seconds`.
+    pub separate_wait: bool,
+    pub wait_seconds: f64,
+}
+
+/// The global batch's summed loss and number of correct predictions after a step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GlobalSums {
+    pub loss: f32,
+    pub correct: f32,
+}
+
+fn device_error(message: String) -> GpuError {
+    GpuError::Device {
+        context: "gradient read-back".into(),
+        message,
+    }
+}
+
+impl GradExchange {
+    pub fn new(gpu: &Gpu, model: &Vit) -> GradExchange {
+        let range = model.trainable();
+        let len = range.len() + 2 * model.batch;
+        GradExchange {
+            staging: gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("gradient readback"),
+                size: (len * 4) as u64,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            batch: model.batch,
+            range,
+            send: vec![0.0; len - 2 * model.batch + 2],
+            recv: vec![0.0; len - 2 * model.batch + 2],
+            reduce_seconds: 0.0,
+            steps: 0,
+            separate_wait: false,
+            wait_seconds: 0.0,
+        }
+    }
+
+    /// Gradients of this rank's shard (batch and step already written), summed over the
+    /// ranks, then AdamW. Returns the global batch's loss and correct sums.
+    pub fn step(
+        &mut self,
+        gpu: &Gpu,
+        model: &Vit,
+        comm: &dyn Communicator,
+    ) -> Result<GlobalSums, GpuError> {
+        let grads = match &model.arena.grads {
+            Some(g) => g,
+            None => panic!("internal: a training step on an inference model"),
+        };
+        let n = self.range.len();
+        let (b, f) = (self.batch as u64 * 4, 4u64);
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        model.record_gradients(&mut encoder);
+        let at = self.range.start as u64 * f;
+        encoder.copy_buffer_to_buffer(grads, at, &self.staging, 0, n as u64 * f);
+        encoder.copy_buffer_to_buffer(&model.losses, 0, &self.staging, n as u64 * f, b);
+        encoder.copy_buffer_to_buffer(&model.correct, 0, &self.staging, n as u64 * f + b, b);
+        gpu.queue.submit([encoder.finish()]);
+        self.read_staging(gpu)?;
+        if self.separate_wait {
+            let t0 = Instant::now();
+            comm.all_reduce_sum_u64(&mut [0]);
+            self.wait_seconds += t0.elapsed().as_secs_f64();
+        }
+        let t0 = Instant::now();
+        comm.all_reduce_sum_f32(&self.send, &mut self.recv);
+        self.reduce_seconds += t0.elapsed().as_secs_f64();
+        self.steps += 1;
+        gpu.queue
+            .write_buffer(grads, at, bytemuck::cast_slice(&self.recv[..n]));
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        model.record_optimizer(&mut encoder);
+        gpu.queue.submit([encoder.finish()]);
+        Ok(GlobalSums {
+            loss: self.recv[n],
+            correct: self.recv[n + 1],
+        })
+    }
+
+    /// Map the staging buffer (waits for the backward) into `send`: the gradients, then the
+    /// shard's loss sum and correct count.
+    fn read_staging(&mut self, gpu: &Gpu) -> Result<(), GpuError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        gpu.wait("gradient read-back")?;
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(device_error(e.to_string())),
+            Err(e) => return Err(device_error(e.to_string())),
+        }
+        {
+            let view = self
+                .staging
+                .get_mapped_range(..)
+                .map_err(|e| device_error(e.to_string()))?;
+            let all: &[f32] = bytemuck::cast_slice(&view);
+            let n = self.range.len();
+            self.send[..n].copy_from_slice(&all[..n]);
+            self.send[n] = all[n..n + self.batch].iter().sum();
+            self.send[n + 1] = all[n + self.batch..].iter().sum();
+        }
+        self.staging.unmap();
+        Ok(())
+    }
+}
+
+/// Rank 0's parameters and optimizer moments overwrite every other rank's (at start and
+/// after a resume), so all ranks start from one state whatever each one loaded.
+pub fn broadcast_model(gpu: &Gpu, model: &Vit, comm: &dyn Communicator) -> Result<(), GpuError> {
+    if comm.size() < 2 {
+        return Ok(());
+    }
+    let a = &model.arena;
+    for buffer in [Some(&a.values), a.m.as_ref(), a.v.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        let mut host: Vec<f32> = gpu.read(buffer)?;
+        comm.broadcast_f32(&mut host);
+        gpu.write(buffer, &host);
+    }
+    Ok(())
+}
