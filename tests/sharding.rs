@@ -195,7 +195,7 @@ fn sharded_models_apply_the_global_dropout_masks_and_their_gradients_sum_to_the_
 #[test]
 fn dropout_with_an_element_offset_applies_the_cpu_masks_of_the_shifted_positions() {
     use rand::Rng;
-    use vit_wgpu::kernels::dropout::{self, Dropout, DropoutSite};
+    use vit_wgpu::kernels::dropout::{self, Dropout, DropoutBackward, DropoutForward, DropoutSite};
     use vit_wgpu::reference::dropout::keep_scale;
     let g = gpu();
     let k = Dropout::new(g);
@@ -220,8 +220,21 @@ fn dropout_with_an_element_offset_applies_the_cpu_masks_of_the_shifted_positions
             poisoned(len),
             poisoned(len),
         );
-        k.forward(g, site, &step_buf, &bx, &by, false).launch(g);
-        k.backward(g, site, &step_buf, &bdy, &bdx).launch(g);
+        let forward = DropoutForward {
+            site,
+            step: &step_buf,
+            x: &bx,
+            y: &by,
+            accumulate: false,
+        };
+        g.launch(&k, &forward);
+        let backward = DropoutBackward {
+            site,
+            step: &step_buf,
+            dy: &bdy,
+            dx: &bdx,
+        };
+        g.launch(&k, &backward);
         let what = format!("dropout len={len} offset={offset}");
         assert_close(&format!("{what} forward"), &read(&by), &y, TOLERANCE);
         assert_close(&format!("{what} backward"), &read(&bdx), &dx, TOLERANCE);
