@@ -16,6 +16,10 @@ Same as `vit-wgpu train --preset micro --dataset fashion-mnist --epochs 8 --lr 2
   gradient-norm clipping at 1.0, linear warmup over 5% of the steps then cosine, with
   vit-wgpu's step formula (src/train/schedule.rs).
 Prints one JSON line with the test accuracy at the end.
+
+`--patch-init vit-wgpu` initialises the patch embedding as vit-wgpu did before it matched
+timm (weight trunc_normal(0.02), bias 0) instead of PyTorch's Conv2d default that timm keeps
+(uniform in +-1/sqrt(fan_in) for both): the one difference of initialisation found between them.
 """
 
 import argparse
@@ -79,6 +83,7 @@ def main():
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--patch-init", choices=["timm", "vit-wgpu"], default="timm")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -97,6 +102,10 @@ def main():
         num_heads=4, mlp_ratio=4.0, qkv_bias=True, class_token=True, global_pool="token",
         act_layer=nn.GELU, norm_layer=partial(nn.LayerNorm, eps=1e-6),
     )
+    if a.patch_init == "vit-wgpu":
+        with torch.no_grad():
+            nn.init.trunc_normal_(model.patch_embed.proj.weight, std=0.02)
+            nn.init.zeros_(model.patch_embed.proj.bias)
     decay = [t for n, t in model.named_parameters() if n.endswith(".weight") and t.dim() >= 2]
     rest = [t for n, t in model.named_parameters() if not (n.endswith(".weight") and t.dim() >= 2)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay},
@@ -130,7 +139,8 @@ def main():
         acc = evaluate(model, test_x, test_y)
         print(f"epoch {epoch + 1}/{a.epochs}: train loss {loss_sum / seen:.4f} acc {correct / seen:.4f}"
               f" | test acc {acc:.4f} | {time.time() - start:.0f}s", flush=True)
-    print(json.dumps({"framework": "timm", "seed": a.seed, "epochs": a.epochs, "test_accuracy": acc}))
+    print(json.dumps({"framework": "timm", "seed": a.seed, "epochs": a.epochs,
+                      "patch_init": a.patch_init, "test_accuracy": acc}))
 
 
 @torch.no_grad()

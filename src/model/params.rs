@@ -10,6 +10,10 @@ pub enum Init {
     TruncNormal(f32),
     /// Plain normal (timm's cls_token: std 1e-6).
     Normal(f32),
+    /// Uniform in [-bound, bound]: PyTorch's Conv2d default (kaiming_uniform with a = sqrt(5),
+    /// bound 1/sqrt(fan_in), and the same bound for its bias), which timm keeps for the patch
+    /// embedding because its ViT init touches Linear layers only.
+    Uniform(f32),
     Zeros,
     Ones,
 }
@@ -46,6 +50,8 @@ const W: Init = Init::TruncNormal(0.02);
 /// The body's parameters (everything but the head), in a fixed order.
 pub fn body_specs(cfg: &Config) -> Vec<ParamSpec> {
     let (d, f, n) = (cfg.dim, cfg.mlp_hidden, cfg.tokens());
+    let fan_in = cfg.channels * cfg.patch * cfg.patch;
+    let patch_init = Init::Uniform(1.0 / (fan_in as f32).sqrt());
     let mut v = vec![
         spec("cls_token", &[1, 1, d], false, Init::Normal(1e-6)),
         spec("pos_embed", &[1, n, d], false, W),
@@ -53,9 +59,9 @@ pub fn body_specs(cfg: &Config) -> Vec<ParamSpec> {
             "patch_embed.proj.weight",
             &[d, cfg.channels, cfg.patch, cfg.patch],
             true,
-            W,
+            patch_init,
         ),
-        spec("patch_embed.proj.bias", &[d], false, Init::Zeros),
+        spec("patch_embed.proj.bias", &[d], false, patch_init),
     ];
     for i in 0..cfg.depth {
         let p = format!("blocks.{i}.");
@@ -118,6 +124,7 @@ fn init_values(spec: &ParamSpec, rng: &mut impl Rng) -> Vec<f32> {
         Init::Zeros => vec![0.0; n],
         Init::Ones => vec![1.0; n],
         Init::Normal(std) => (0..n).map(|_| std * normal(rng)).collect(),
+        Init::Uniform(bound) => (0..n).map(|_| rng.random_range(-bound..=bound)).collect(),
         Init::TruncNormal(std) => (0..n)
             .map(|_| loop {
                 let z = normal(rng);
@@ -167,5 +174,63 @@ impl HostParams {
             specs.push(s);
         }
         HostParams { specs, values }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::Preset;
+
+    fn stats(v: &[f32]) -> (f64, f64) {
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+        (
+            var.sqrt(),
+            v.iter().fold(0.0f64, |m, &x| m.max(x.abs() as f64)),
+        )
+    }
+
+    /// timm's VisionTransformer as built by `VisionTransformer(...)`: Linear weights and
+    /// pos_embed trunc_normal(0.02) (std 0.02 x 0.8796 after truncation at 2 std), cls_token
+    /// normal(1e-6), the patch embedding (a Conv2d timm does not re-initialise) and its bias
+    /// uniform in +-1/sqrt(C*P*P) (std bound/sqrt(3)), norms 1 and biases 0.
+    #[test]
+    fn initialisation_follows_timm_tensor_by_tensor() {
+        for preset in [Preset::Micro, Preset::Tiny] {
+            let cfg = preset.config();
+            let p = HostParams::init(&cfg, 7);
+            let get = |name: &str| p.get(name).unwrap_or_else(|| panic!("{name} missing"));
+            let bound = 1.0 / ((cfg.channels * cfg.patch * cfg.patch) as f64).sqrt();
+            for name in ["patch_embed.proj.weight", "patch_embed.proj.bias"] {
+                let (std, max) = stats(get(name));
+                assert!(max <= bound * (1.0 + 1e-6), "{name}: |x| {max} > {bound}");
+                let want = bound / 3f64.sqrt();
+                assert!(
+                    (std / want - 1.0).abs() < 0.2,
+                    "{name}: std {std} vs {want}"
+                );
+            }
+            for name in [
+                "pos_embed",
+                "blocks.0.attn.qkv.weight",
+                "blocks.1.mlp.fc2.weight",
+            ] {
+                let (std, max) = stats(get(name));
+                assert!(
+                    max <= 0.04 + 1e-7,
+                    "{name}: |x| {max} beyond the truncation"
+                );
+                assert!(
+                    (std / (0.02 * 0.8796) - 1.0).abs() < 0.1,
+                    "{name}: std {std}"
+                );
+            }
+            let (std, _) = stats(get("cls_token"));
+            assert!(std < 3e-6 && std > 3e-7, "cls_token std {std}");
+            assert!(get("blocks.0.norm1.weight").iter().all(|&x| x == 1.0));
+            assert!(get("blocks.0.mlp.fc1.bias").iter().all(|&x| x == 0.0));
+        }
     }
 }
