@@ -162,10 +162,12 @@ fn resumed_run_matches_the_uninterrupted_run_exactly() {
     let (_, p_res, _) =
         checkpoint::load_model(&part_dir.join("last.safetensors")).expect("resumed");
     assert_eq!(p_full, p_res, "final weights differ");
-    // The loss went down: the run learned something.
-    let first_loss = full.step_losses[0].1;
-    let last_loss = full.step_losses.last().expect("losses").1;
-    assert!(last_loss < first_loss, "loss {first_loss} -> {last_loss}");
+    // The run learned something: the second epoch's mean loss (the same 40 images) is below
+    // the first's. (One batch's loss against another's is too noisy at batch 8.)
+    let mean = |s: &[(u64, f32)]| s.iter().map(|l| l.1 as f64).sum::<f64>() / s.len() as f64;
+    let (first, second) = full.step_losses.split_at(5);
+    let (first, second) = (mean(first), mean(second));
+    assert!(second < first, "mean loss by epoch {first} -> {second}");
 }
 
 #[test]
