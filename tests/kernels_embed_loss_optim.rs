@@ -248,10 +248,13 @@ fn dropout_forward_and_backward_regenerate_the_same_mask_as_cpu() {
     let k = Dropout::new(g);
     let mut r = rng();
     let step_buf = dropout::step_buffer(g);
-    for (len, p, step) in [
-        (1usize, 0.1f32, 0u32),
-        (4161, 0.1, 7),
-        (65 * 192 + 3, 0.5, 123456),
+    // offset: the element position of a rank's shard in the global batch (data parallel)
+    for (len, p, step, offset) in [
+        (1usize, 0.1f32, 0u32, 0u32),
+        (4161, 0.1, 7, 0),
+        (65 * 192 + 3, 0.5, 123456, 0),
+        (1, 0.3, 2, 7),
+        (3 * 50 * 48 + 5, 0.1, 9, 2 * 50 * 48),
     ] {
         let seed = r.random::<u32>();
         let site = DropoutSite { len, p, seed };
@@ -259,10 +262,10 @@ fn dropout_forward_and_backward_regenerate_the_same_mask_as_cpu() {
         let dy = random(&mut r, len);
         let y0 = random(&mut r, len);
         let mut y = y0.clone();
-        reference::dropout::forward(&mut y, &x, p, seed, step, true);
+        reference::dropout::forward(&mut y, &x, p, (seed, step, offset), true);
         let mut dx = vec![0.0; len];
-        reference::dropout::backward(&mut dx, &dy, p, seed, step);
-        dropout::write_step(g, &step_buf, step, 0);
+        reference::dropout::backward(&mut dx, &dy, p, (seed, step, offset));
+        dropout::write_step(g, &step_buf, step, offset);
         let (bx, bdy, by, bdx) = (
             g.upload("x", &x),
             g.upload("dy", &dy),
@@ -284,7 +287,7 @@ fn dropout_forward_and_backward_regenerate_the_same_mask_as_cpu() {
             dx: &bdx,
         };
         g.launch(&k, &backward);
-        let what = format!("dropout len={len} p={p} step={step}");
+        let what = format!("dropout len={len} p={p} step={step} offset={offset}");
         assert_close(
             &format!("{what} forward (accumulate)"),
             &read(&by),
@@ -303,6 +306,14 @@ fn dropout_forward_and_backward_regenerate_the_same_mask_as_cpu() {
             );
         }
     }
+    // The offset matters: a shard's masks are not those of the unshifted positions.
+    let shifted: Vec<f32> = (0..1000)
+        .map(|i| reference::dropout::keep_scale(1, 1, i + 7200, 0.1))
+        .collect();
+    let unshifted: Vec<f32> = (0..1000)
+        .map(|i| reference::dropout::keep_scale(1, 1, i, 0.1))
+        .collect();
+    assert_ne!(shifted, unshifted);
     // A different step gives a different mask.
     let a: Vec<f32> = (0..1000)
         .map(|i| reference::dropout::keep_scale(1, 1, i, 0.5))

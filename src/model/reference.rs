@@ -270,7 +270,7 @@ impl Model<'_> {
         let mut y = x.to_vec();
         match self.site(salt) {
             Some((seed, step)) => {
-                dropout::forward(&mut y, branch, self.cfg.dropout, seed, step, true)
+                dropout::forward(&mut y, branch, self.cfg.dropout, (seed, step, 0), true)
             }
             None => y.iter_mut().zip(branch).for_each(|(a, b)| *a += b),
         }
@@ -281,7 +281,7 @@ impl Model<'_> {
     fn residual_backward(&self, dres: &[f64], salt: u64) -> Vec<f64> {
         let mut d = dres.to_vec();
         if let Some((seed, step)) = self.site(salt) {
-            dropout::backward(&mut d, dres, self.cfg.dropout, seed, step);
+            dropout::backward(&mut d, dres, self.cfg.dropout, (seed, step, 0));
         }
         d
     }

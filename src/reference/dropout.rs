@@ -21,15 +21,22 @@ pub fn keep_scale(seed: u32, step: u32, i: u32, p: f32) -> f32 {
     }
 }
 
-/// y (+)= x * mask / (1-p)
-pub fn forward<T: Real>(y: &mut [T], x: &[T], p: f32, seed: u32, step: u32, accumulate: bool) {
+/// y (+)= x * mask / (1-p), element i masked as position `offset + i` (a rank's shard of the
+/// global batch starts at its offset).
+pub fn forward<T: Real>(
+    y: &mut [T],
+    x: &[T],
+    p: f32,
+    (seed, step, offset): (u32, u32, u32),
+    accumulate: bool,
+) {
     for (i, (o, &v)) in y.iter_mut().zip(x).enumerate() {
-        let r = v.to_f64() * keep_scale(seed, step, i as u32, p) as f64;
+        let r = v.to_f64() * keep_scale(seed, step, offset + i as u32, p) as f64;
         *o = T::from_f64(if accumulate { o.to_f64() + r } else { r });
     }
 }
 
 /// dx = dy * mask / (1-p)
-pub fn backward<T: Real>(dx: &mut [T], dy: &[T], p: f32, seed: u32, step: u32) {
-    forward(dx, dy, p, seed, step, false)
+pub fn backward<T: Real>(dx: &mut [T], dy: &[T], p: f32, site: (u32, u32, u32)) {
+    forward(dx, dy, p, site, false)
 }
