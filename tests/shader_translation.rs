@@ -2,6 +2,8 @@
 //! (shader x entry point x override constants) goes through naga's MSL, HLSL and SPIR-V
 //! back ends, as wgpu does on Metal, DX12 and Vulkan. Needs no adapter.
 
+use std::collections::HashMap;
+
 use naga::back::{hlsl, msl, spv, PipelineConstants};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use vit_wgpu::kernels::{attention, gemm, PipelineSpec, ALL_SHADERS};
@@ -42,19 +44,30 @@ fn leak(s: &str) -> &'static str {
     Box::leak(s.to_string().into_boxed_str())
 }
 
-/// Translate one pipeline for each back end; the errors, named.
-fn translate(spec: &PipelineSpec) -> Vec<String> {
+/// A shader parsed and validated, or why not.
+type Parsed = Result<(naga::Module, naga::valid::ModuleInfo), String>;
+
+fn parse(source: &str) -> Parsed {
+    let module = naga::front::wgsl::parse_str(source).map_err(|e| format!("parse: {e}"))?;
+    let info = Validator::new(ValidationFlags::all(), Capabilities::all())
+        .validate(&module)
+        .map_err(|e| format!("validate: {e:?}"))?;
+    Ok((module, info))
+}
+
+/// Translate one pipeline for each back end; the errors, named. `parsed` keeps each shader
+/// parsed once (the GEMM has thousands of pipelines: one per epilogue).
+fn translate(spec: &PipelineSpec, parsed: &mut HashMap<&'static str, Parsed>) -> Vec<String> {
     let name = format!(
         "{} entry {} constants {:?}",
         spec.shader.name, spec.entry, spec.constants
     );
-    let module = match naga::front::wgsl::parse_str(spec.shader.source) {
-        Ok(m) => m,
-        Err(e) => return vec![format!("{name}: parse: {e}")],
-    };
-    let info = match Validator::new(ValidationFlags::all(), Capabilities::all()).validate(&module) {
-        Ok(i) => i,
-        Err(e) => return vec![format!("{name}: validate: {e:?}")],
+    let (module, info) = match parsed
+        .entry(spec.shader.name)
+        .or_insert_with(|| parse(spec.shader.source))
+    {
+        Ok((m, i)) => (&*m, &*i),
+        Err(e) => return vec![format!("{name}: {e}")],
     };
     let mut constants = PipelineConstants::default();
     for (k, v) in &spec.constants {
@@ -62,8 +75,8 @@ fn translate(spec: &PipelineSpec) -> Vec<String> {
     }
     let stage = naga::ShaderStage::Compute;
     let (module, info) = match naga::back::pipeline_constants::process_overrides(
-        &module,
-        &info,
+        module,
+        info,
         Some((stage, spec.entry)),
         &constants,
     ) {
@@ -115,8 +128,9 @@ fn translate(spec: &PipelineSpec) -> Vec<String> {
 fn every_pipeline_translates_to_msl_hlsl_and_spirv() {
     let specs = every_pipeline();
     let mut failures = Vec::new();
+    let mut parsed = HashMap::new();
     for spec in &specs {
-        failures.extend(translate(spec));
+        failures.extend(translate(spec, &mut parsed));
     }
     eprintln!(
         "{} pipelines translated to MSL, HLSL and SPIR-V, {} failures",

@@ -231,6 +231,13 @@ fn spec(variant: Variant, layout: Layout, o: Options) -> PipelineSpec {
                 // Two steps of 4 k per loop trip pay for NN and TN; NT, which
                 // transposes its B block, spills more and runs best with one.
                 ("K_STEPS", if layout == Layout::NT { 1.0 } else { 2.0 }),
+                ("HAS_BIAS", flag(o.epilogue.bias)),
+                ("HAS_PRE", flag(o.epilogue.pre)),
+                ("ACTIVATION", o.epilogue.activation as f64),
+                ("ACT_GRAD", o.epilogue.act_grad as f64),
+                ("ACCUMULATE", flag(o.epilogue.accumulate)),
+                ("AUX_TEXTURE", flag(o.aux_tex)),
+                ("C_TEXTURE", flag(o.c_tex)),
             ],
         },
     }
@@ -247,6 +254,54 @@ struct Options {
     a_tex: bool,
     b_tex: bool,
     vec4: bool,
+    epilogue: Epilogue,
+    aux_tex: bool,
+    c_tex: bool,
+}
+
+/// The epilogue as the `Lanes` kernels take it: override constants, one pipeline each.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+struct Epilogue {
+    bias: bool,
+    pre: bool,
+    activation: u32,
+    act_grad: u32,
+    accumulate: bool,
+}
+
+impl Epilogue {
+    fn of(meta: &Meta) -> Epilogue {
+        Epilogue {
+            bias: meta.has_bias != 0,
+            pre: meta.has_pre != 0,
+            activation: meta.activation,
+            act_grad: meta.act_grad,
+            accumulate: meta.accumulate != 0,
+        }
+    }
+
+    /// Every epilogue `GemmArgs` can ask for.
+    fn all() -> Vec<Epilogue> {
+        let mut all = Vec::new();
+        for bias in [false, true] {
+            for pre in [false, true] {
+                for activation in 0..3 {
+                    for act_grad in 0..3 {
+                        for accumulate in [false, true] {
+                            all.push(Epilogue {
+                                bias,
+                                pre,
+                                activation,
+                                act_grad,
+                                accumulate,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        all
+    }
 }
 
 /// Every pipeline a variant can build (the translation test compiles each for Metal,
@@ -280,17 +335,34 @@ pub fn pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
                     }
                     Variant::Registers => specs.push(spec(variant, layout, o(Options::default()))),
                     Variant::Lanes | Variant::LanesStorage => {
-                        for vec4 in bools {
-                            if variant == Variant::LanesStorage && (x || y) {
-                                continue;
+                        if variant == Variant::LanesStorage && (x || y) {
+                            continue;
+                        }
+                        // aux and C come from textures only with vec4 rows, in `Lanes`
+                        let textures = |vec4: bool, wanted: bool| {
+                            if vec4 && wanted && variant == Variant::Lanes {
+                                vec![false, true]
+                            } else {
+                                vec![false]
                             }
-                            let more = Options {
-                                a_tex: x,
-                                b_tex: y,
-                                vec4,
-                                ..Default::default()
-                            };
-                            specs.push(spec(variant, layout, more));
+                        };
+                        for vec4 in bools {
+                            for epilogue in Epilogue::all() {
+                                for aux_tex in textures(vec4, epilogue.act_grad != 0) {
+                                    for c_tex in textures(vec4, epilogue.accumulate) {
+                                        let more = Options {
+                                            a_tex: x,
+                                            b_tex: y,
+                                            vec4,
+                                            epilogue,
+                                            aux_tex,
+                                            c_tex,
+                                            ..Default::default()
+                                        };
+                                        specs.push(spec(variant, layout, more));
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -533,12 +605,33 @@ impl Gemm {
             commands.push(copy.clone_command());
             view
         });
+        // aux, and C's old value when accumulating, from textures copied before the
+        // dispatch (their rows are then a multiple of 64 floats, so vec4 below too).
+        let epilogue = Epilogue::of(&meta);
+        let aux_tex = args
+            .act_grad_of
+            .filter(|_| use_textures)
+            .and_then(|(aux, _)| texture_operand(gpu, aux.into(), m, n));
+        let c_tex = (use_textures && epilogue.accumulate)
+            .then(|| texture_operand(gpu, args.c, m, n))
+            .flatten();
+        let aux_view = aux_tex.as_ref().map(|(view, copy)| {
+            commands.push(copy.clone_command());
+            view
+        });
+        let c_view = c_tex.as_ref().map(|(view, copy)| {
+            commands.push(copy.clone_command());
+            view
+        });
         // Rows of C (and of pre and aux) start on 16-byte boundaries: vec4 epilogue.
         let vec4 = n.is_multiple_of(4);
         let o = Options {
             a_tex: a_view.is_some(),
             b_tex: b_view.is_some(),
             vec4,
+            epilogue,
+            aux_tex: aux_view.is_some(),
+            c_tex: c_view.is_some(),
             ..Default::default()
         };
         let pipeline = self.pipeline(gpu, args.layout, o);
@@ -571,10 +664,12 @@ impl Gemm {
             binding: 6,
             resource: wgpu::BindingResource::TextureView(a_view.unwrap_or(&self.dummy_texture)),
         });
-        entries.push(wgpu::BindGroupEntry {
-            binding: 7,
-            resource: wgpu::BindingResource::TextureView(b_view.unwrap_or(&self.dummy_texture)),
-        });
+        for (binding, view) in [(7, b_view), (12, aux_view), (13, c_view)] {
+            entries.push(wgpu::BindGroupEntry {
+                binding,
+                resource: wgpu::BindingResource::TextureView(view.unwrap_or(&self.dummy_texture)),
+            });
+        }
         commands.push(Command::Dispatch(
             gpu.dispatch_with(&pipeline, &entries, &meta, groups),
         ));
