@@ -31,6 +31,10 @@ fn covering_shapes() -> Vec<AttentionShape> {
         shape(1, 197, 2, 64),
         shape(5, 197, 1, 32),
         shape(2, 197, 3, 16),
+        // head dims of 1, 3 and 5 vec4: the unrolled lanes loops stop between their steps
+        shape(2, 9, 2, 4),
+        shape(3, 23, 2, 12),
+        shape(2, 33, 3, 20),
     ]
 }
 
