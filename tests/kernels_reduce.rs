@@ -8,14 +8,21 @@ use vit_wgpu::reference;
 #[test]
 fn column_sums_match_cpu_on_odd_shapes_and_accumulate() {
     let g = gpu();
-    let k = Reduce::new(g);
     let mut r = rng();
-    for (rows, cols, acc) in [
+    // Widths that are multiples of 64 take the texture path when it is on; the others read
+    // the buffer either way.
+    let cases = [
         (1, 64, false),
         (65, 33, false),
         (985, 192, true),
         (4160, 257, false),
-    ] {
+        (4160, 256, true),
+    ];
+    for (textures, (rows, cols, acc)) in [false, true]
+        .into_iter()
+        .flat_map(|t| cases.map(|case| (t, case)))
+    {
+        let k = Reduce::with_textures(g, textures);
         let x = random(&mut r, rows * cols);
         let init = random(&mut r, cols);
         let mut sums = init.clone();
@@ -37,7 +44,7 @@ fn column_sums_match_cpu_on_odd_shapes_and_accumulate() {
         };
         g.launch(&k, &args);
         assert_close(
-            &format!("column_sum {rows}x{cols} acc={acc}"),
+            &format!("column_sum {rows}x{cols} acc={acc} textures={textures}"),
             &read(&bs),
             &sums,
             TOLERANCE,

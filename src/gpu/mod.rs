@@ -5,6 +5,7 @@
 //! benches and the CLI share one `Gpu`.
 
 pub mod caps;
+pub mod texture;
 mod timer;
 
 pub use caps::Caps;

@@ -23,7 +23,7 @@
 
 use super::{PipelineSpec, GEMM_LANES, GEMM_TILED};
 use crate::gpu::caps::{self, Choice};
-use crate::gpu::{div_ceil, grid_1d, Bind, Command, Gpu, Record, View};
+use crate::gpu::{div_ceil, grid_1d, texture, Bind, Command, Gpu, Record, View};
 
 pub use crate::ops::{Activation, Layout};
 
@@ -459,10 +459,7 @@ impl Gemm {
                 gpu.info.name
             );
         }
-        let dummy_texture = gpu
-            .device
-            .create_texture(&texture_descriptor("gemm dummy", 1, 1))
-            .create_view(&Default::default());
+        let dummy_texture = texture::placeholder(gpu);
         Gemm {
             variant,
             reason: "chosen by the caller".into(),
@@ -591,38 +588,23 @@ impl Gemm {
         check_groups(gpu, groups, m, n);
         let mut commands = Vec::new();
         let use_textures = self.variant == Variant::Lanes;
-        let a_tex = use_textures
-            .then(|| texture_operand(gpu, args.a, a_rows, a_cols))
-            .flatten();
-        let b_tex = use_textures
-            .then(|| texture_operand(gpu, args.b, b_rows, b_cols))
-            .flatten();
-        let a_view = a_tex.as_ref().map(|(view, copy)| {
-            commands.push(copy.clone_command());
-            view
-        });
-        let b_view = b_tex.as_ref().map(|(view, copy)| {
-            commands.push(copy.clone_command());
-            view
-        });
+        let mut as_texture = |wanted: bool, operand: View, rows: usize, cols: usize| {
+            let (view, copy) = wanted
+                .then(|| texture::rows_of(gpu, operand, rows, cols))
+                .flatten()?;
+            commands.push(copy);
+            Some(view)
+        };
+        let a_view = as_texture(use_textures, args.a, a_rows, a_cols);
+        let b_view = as_texture(use_textures, args.b, b_rows, b_cols);
         // aux, and C's old value when accumulating, from textures copied before the
         // dispatch (their rows are then a multiple of 64 floats, so vec4 below too).
         let epilogue = Epilogue::of(&meta);
-        let aux_tex = args
-            .act_grad_of
-            .filter(|_| use_textures)
-            .and_then(|(aux, _)| texture_operand(gpu, aux.into(), m, n));
-        let c_tex = (use_textures && epilogue.accumulate)
-            .then(|| texture_operand(gpu, args.c, m, n))
-            .flatten();
-        let aux_view = aux_tex.as_ref().map(|(view, copy)| {
-            commands.push(copy.clone_command());
-            view
-        });
-        let c_view = c_tex.as_ref().map(|(view, copy)| {
-            commands.push(copy.clone_command());
-            view
-        });
+        let aux_view = match args.act_grad_of {
+            Some((aux, _)) => as_texture(use_textures, aux.into(), m, n),
+            None => None,
+        };
+        let c_view = as_texture(use_textures && epilogue.accumulate, args.c, m, n);
         // Rows of C (and of pre and aux) start on 16-byte boundaries: vec4 epilogue.
         let vec4 = n.is_multiple_of(4);
         let o = Options {
@@ -662,12 +644,16 @@ impl Gemm {
         }
         entries.push(wgpu::BindGroupEntry {
             binding: 6,
-            resource: wgpu::BindingResource::TextureView(a_view.unwrap_or(&self.dummy_texture)),
+            resource: wgpu::BindingResource::TextureView(
+                a_view.as_ref().unwrap_or(&self.dummy_texture),
+            ),
         });
-        for (binding, view) in [(7, b_view), (12, aux_view), (13, c_view)] {
+        for (binding, view) in [(7, &b_view), (12, &aux_view), (13, &c_view)] {
             entries.push(wgpu::BindGroupEntry {
                 binding,
-                resource: wgpu::BindingResource::TextureView(view.unwrap_or(&self.dummy_texture)),
+                resource: wgpu::BindingResource::TextureView(
+                    view.as_ref().unwrap_or(&self.dummy_texture),
+                ),
             });
         }
         commands.push(Command::Dispatch(
@@ -745,78 +731,6 @@ fn buffer_entry(binding: u32, buffer: &dyn Bind) -> wgpu::BindGroupEntry<'_> {
         binding,
         resource: buffer.resource(),
     }
-}
-
-fn texture_descriptor(label: &str, width: u32, height: u32) -> wgpu::TextureDescriptor<'_> {
-    wgpu::TextureDescriptor {
-        label: Some(label),
-        size: wgpu::Extent3d {
-            width,
-            height,
-            depth_or_array_layers: 1,
-        },
-        mip_level_count: 1,
-        sample_count: 1,
-        dimension: wgpu::TextureDimension::D2,
-        format: wgpu::TextureFormat::Rgba32Float,
-        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
-        view_formats: &[],
-    }
-}
-
-/// The copy that refreshes an operand's texture each step.
-struct TextureCopy {
-    buffer: wgpu::Buffer,
-    offset: u64,
-    texture: wgpu::Texture,
-    bytes_per_row: u32,
-    size: wgpu::Extent3d,
-}
-
-impl TextureCopy {
-    fn clone_command(&self) -> Command {
-        Command::CopyBufferToTexture {
-            buffer: self.buffer.clone(),
-            offset: self.offset,
-            texture: self.texture.clone(),
-            bytes_per_row: self.bytes_per_row,
-            size: self.size,
-        }
-    }
-}
-
-/// A row-major [rows, cols] operand as an rgba32float texture (texel = 4 floats of a row),
-/// or `None` when the shape doesn't allow it and the kernel reads the buffer instead: a
-/// buffer-to-texture copy needs rows of a multiple of 256 bytes (cols % 64 == 0), and both
-/// sides must fit the adapter's texture dimension.
-fn texture_operand(
-    gpu: &Gpu,
-    buffer: View,
-    rows: usize,
-    cols: usize,
-) -> Option<(wgpu::TextureView, TextureCopy)> {
-    let max = gpu.limits.max_texture_dimension_2d as usize;
-    let bytes_per_row = cols * 4;
-    if !bytes_per_row.is_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT as usize)
-        || cols / 4 > max
-        || rows > max
-        || !buffer.buffer.usage().contains(wgpu::BufferUsages::COPY_SRC)
-    {
-        return None;
-    }
-    let desc = texture_descriptor("gemm operand", (cols / 4) as u32, rows as u32);
-    let texture = gpu.device.create_texture(&desc);
-    let view = texture.create_view(&Default::default());
-    Some((
-        view,
-        TextureCopy {
-            buffer: buffer.buffer.clone(),
-            offset: buffer.offset,
-            texture,
-            bytes_per_row: bytes_per_row as u32,
-            size: desc.size,
-        },
-    ))
 }
 
 /// The commands for one GEMM. Bind groups, textures and the shape record are made here,

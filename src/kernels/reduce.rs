@@ -1,6 +1,6 @@
 //! Column sums: the bias gradient of every linear layer, in two launches.
 
-use crate::gpu::{div_ceil, Command, Gpu, Record, View};
+use crate::gpu::{div_ceil, texture, Command, Gpu, Record, View};
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -18,7 +18,11 @@ const CHUNK_ROWS: usize = 128;
 
 pub struct Reduce {
     column_sum_partial: wgpu::ComputePipeline,
+    column_sum_partial_texture: wgpu::ComputePipeline,
     column_sum_finish: wgpu::ComputePipeline,
+    /// Read the matrix through a texture where its shape allows (CPU adapters, where
+    /// that replaces a per-lane load loop per element).
+    textures: bool,
 }
 
 impl Reduce {
@@ -26,7 +30,17 @@ impl Reduce {
         let s = &super::REDUCE;
         Reduce {
             column_sum_partial: gpu.pipeline(s, "column_sum_partial"),
+            column_sum_partial_texture: gpu.pipeline(s, "column_sum_partial_texture"),
             column_sum_finish: gpu.pipeline(s, "column_sum_finish"),
+            textures: gpu.is_cpu(),
+        }
+    }
+
+    /// The same with the texture path on or off whatever the adapter (tests cover both).
+    pub fn with_textures(gpu: &Gpu, textures: bool) -> Self {
+        Reduce {
+            textures,
+            ..Reduce::new(gpu)
         }
     }
 
@@ -73,12 +87,37 @@ impl Record<ColumnSum<'_>> for Reduce {
             ..Default::default()
         };
         let col_groups = div_ceil(cols, 64);
-        let partial = gpu.dispatch(
-            &self.column_sum_partial,
-            &[(0, matrix), (1, scratch)],
-            &meta,
-            [col_groups, chunks as u32, 1],
-        );
+        let as_texture = self
+            .textures
+            .then(|| texture::rows_of(gpu, matrix.into(), rows, cols))
+            .flatten();
+        let partial = match as_texture {
+            Some((view, copy)) => {
+                out.push(copy);
+                let entries = [
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: scratch.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 4,
+                        resource: wgpu::BindingResource::TextureView(&view),
+                    },
+                ];
+                gpu.dispatch_with(
+                    &self.column_sum_partial_texture,
+                    &entries,
+                    &meta,
+                    [div_ceil(cols / 4, 64), chunks as u32, 1],
+                )
+            }
+            None => gpu.dispatch(
+                &self.column_sum_partial,
+                &[(0, matrix), (1, scratch)],
+                &meta,
+                [col_groups, chunks as u32, 1],
+            ),
+        };
         let finish = gpu.dispatch(
             &self.column_sum_finish,
             &[(2, scratch), (3, &sums)],

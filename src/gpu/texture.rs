@@ -1,0 +1,62 @@
+//! Row-major matrices as rgba32float textures: on CPU adapters (llvmpipe) a texel fetch is
+//! a few vector instructions where a storage load is a per-lane loop, so read-only operands
+//! are copied into a texture before the kernel that reads them.
+
+use super::{Command, Gpu, View};
+
+fn descriptor(label: &str, width: u32, height: u32) -> wgpu::TextureDescriptor<'_> {
+    wgpu::TextureDescriptor {
+        label: Some(label),
+        size: wgpu::Extent3d {
+            width,
+            height,
+            depth_or_array_layers: 1,
+        },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format: wgpu::TextureFormat::Rgba32Float,
+        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+        view_formats: &[],
+    }
+}
+
+/// A 1x1 texture to bind where a kernel's texture operand is not used.
+pub fn placeholder(gpu: &Gpu) -> wgpu::TextureView {
+    gpu.device
+        .create_texture(&descriptor("placeholder", 1, 1))
+        .create_view(&Default::default())
+}
+
+/// A row-major [rows, cols] matrix as a texture (texel = 4 consecutive floats of a row) and
+/// the copy that refreshes it, to record before each use; `None` when the shape doesn't
+/// allow it and the kernel reads the buffer instead: a buffer-to-texture copy needs rows of
+/// a multiple of 256 bytes (cols % 64 == 0), both sides must fit the adapter's texture
+/// dimension, and the buffer must be a copy source.
+pub fn rows_of(
+    gpu: &Gpu,
+    matrix: View,
+    rows: usize,
+    cols: usize,
+) -> Option<(wgpu::TextureView, Command)> {
+    let max = gpu.limits.max_texture_dimension_2d as usize;
+    let bytes_per_row = cols * 4;
+    if !bytes_per_row.is_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT as usize)
+        || cols / 4 > max
+        || rows > max
+        || !matrix.buffer.usage().contains(wgpu::BufferUsages::COPY_SRC)
+    {
+        return None;
+    }
+    let desc = descriptor("matrix as texture", (cols / 4) as u32, rows as u32);
+    let texture = gpu.device.create_texture(&desc);
+    let view = texture.create_view(&Default::default());
+    let copy = Command::CopyBufferToTexture {
+        buffer: matrix.buffer.clone(),
+        offset: matrix.offset,
+        texture,
+        bytes_per_row: bytes_per_row as u32,
+        size: desc.size,
+    };
+    Some((view, copy))
+}
