@@ -128,3 +128,103 @@ fn layernorm_params_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local
     dgamma[col] = sg;
     dbeta[col] = sb;
 }
+
+// ---- The same three row and column passes reading their inputs through rgba32float
+// textures (a texel = 4 floats of a row; the host copies x, dy, gamma and beta in when
+// cols % 64 == 0). On CPU adapters a texel fetch replaces a per-lane load loop per float;
+// outputs stay storage, written a vec4 at a time.
+
+@group(0) @binding(16) var x_tex: texture_2d<f32>;       // [rows, cols]
+@group(0) @binding(17) var gamma_tex: texture_2d<f32>;   // [1, cols]
+@group(0) @binding(18) var beta_tex: texture_2d<f32>;    // [1, cols]
+@group(0) @binding(19) var dy_tex: texture_2d<f32>;      // [rows, cols]
+@group(0) @binding(20) var<storage, read_write> y4: array<vec4<f32>>;
+@group(0) @binding(21) var<storage, read_write> dx4: array<vec4<f32>>;
+
+fn texel(t: texture_2d<f32>, row: u32, c: u32) -> vec4<f32> {
+    return textureLoad(t, vec2<u32>(c, row), 0);
+}
+
+@compute @workgroup_size(64)
+fn layernorm_forward_texture(@builtin(workgroup_id) wid: vec3<u32>,
+                             @builtin(num_workgroups) nwg: vec3<u32>,
+                             @builtin(local_invocation_index) lid: u32) {
+    let row = linear_id(wid, nwg, lid);
+    if (row >= shape.rows) { return; }
+    let texels = shape.cols / 4u;
+    // one pass of shifted sums, as layernorm_forward
+    let shift = texel(x_tex, row, 0u).x;
+    var sum = vec4<f32>(0.0);
+    var sum_sq = vec4<f32>(0.0);
+    for (var c = 0u; c < texels; c++) {
+        let d = texel(x_tex, row, c) - shift;
+        sum += d;
+        sum_sq += d * d;
+    }
+    let n = f32(shape.cols);
+    let mean_d = (sum.x + sum.y + sum.z + sum.w) / n;
+    let mu = shift + mean_d;
+    let var_ = (sum_sq.x + sum_sq.y + sum_sq.z + sum_sq.w) / n - mean_d * mean_d;
+    let rs = inverseSqrt(max(var_, 0.0) + shape.eps);
+    let base = row * texels;
+    for (var c = 0u; c < texels; c++) {
+        y4[base + c] = (texel(x_tex, row, c) - mu) * rs * texel(gamma_tex, 0u, c)
+            + texel(beta_tex, 0u, c);
+    }
+    mean_out[row] = mu;
+    rstd_out[row] = rs;
+}
+
+@compute @workgroup_size(64)
+fn layernorm_backward_input_texture(@builtin(workgroup_id) wid: vec3<u32>,
+                                    @builtin(num_workgroups) nwg: vec3<u32>,
+                                    @builtin(local_invocation_index) lid: u32) {
+    let row = linear_id(wid, nwg, lid);
+    if (row >= shape.rows) { return; }
+    let texels = shape.cols / 4u;
+    let mu = bmean[row];
+    let rs = brstd[row];
+    var sum_g = vec4<f32>(0.0);
+    var sum_gx = vec4<f32>(0.0);
+    for (var c = 0u; c < texels; c++) {
+        let g = texel(gamma_tex, 0u, c) * texel(dy_tex, row, c);
+        sum_g += g;
+        sum_gx += g * (texel(x_tex, row, c) - mu) * rs;
+    }
+    let mean_g = (sum_g.x + sum_g.y + sum_g.z + sum_g.w) / f32(shape.cols);
+    let mean_gx = (sum_gx.x + sum_gx.y + sum_gx.z + sum_gx.w) / f32(shape.cols);
+    let base = row * texels;
+    for (var c = 0u; c < texels; c++) {
+        let xhat = (texel(x_tex, row, c) - mu) * rs;
+        let v = rs * (texel(gamma_tex, 0u, c) * texel(dy_tex, row, c) - mean_g - xhat * mean_gx);
+        if (shape.accumulate == 1u) { dx4[base + c] += v; } else { dx4[base + c] = v; }
+    }
+}
+
+// One invocation per texel (4 columns) and chunk of rows.
+@compute @workgroup_size(64)
+fn layernorm_backward_params_texture(@builtin(workgroup_id) wid: vec3<u32>,
+                                     @builtin(local_invocation_index) lid: u32) {
+    let c = wid.x * 64u + lid;
+    let chunk = wid.y;
+    if (c * 4u >= shape.cols) { return; }
+    let start = chunk * shape.chunk_rows;
+    let end = min(start + shape.chunk_rows, shape.rows);
+    var sg = vec4<f32>(0.0);
+    var sb = vec4<f32>(0.0);
+    for (var r = start; r < end; r++) {
+        let dyv = texel(dy_tex, r, c);
+        sg += dyv * (texel(x_tex, r, c) - bmean[r]) * brstd[r];
+        sb += dyv;
+    }
+    let pg = chunk * shape.cols + c * 4u;
+    let pb = (shape.chunks + chunk) * shape.cols + c * 4u;
+    partial[pg] = sg.x;
+    partial[pg + 1u] = sg.y;
+    partial[pg + 2u] = sg.z;
+    partial[pg + 3u] = sg.w;
+    partial[pb] = sb.x;
+    partial[pb + 1u] = sb.y;
+    partial[pb + 2u] = sb.z;
+    partial[pb + 3u] = sb.w;
+}

@@ -7,8 +7,15 @@ fn check(rows: usize, cols: usize, accumulate: bool) {
     check_offset(rows, cols, accumulate, 0.0);
 }
 
-/// `offset` is added to every x: the forward's one-pass statistics must not cancel.
+/// `offset` is added to every x: the forward's one-pass statistics must not cancel. Both
+/// paths: storage reads, and textures (taken when cols % 64 == 0).
 fn check_offset(rows: usize, cols: usize, accumulate: bool, offset: f32) {
+    for textures in [false, true] {
+        check_path(rows, cols, accumulate, offset, textures);
+    }
+}
+
+fn check_path(rows: usize, cols: usize, accumulate: bool, offset: f32, textures: bool) {
     let g = gpu();
     let mut r = rng();
     let x: Vec<f32> = random(&mut r, rows * cols)
@@ -30,7 +37,7 @@ fn check_offset(rows: usize, cols: usize, accumulate: bool, offset: f32) {
         &mut dx, &mut dg, &mut db, &dy, &x, &gamma, &mean, &rstd, rows, cols, accumulate,
     );
 
-    let ln = LayerNorm::new(g);
+    let ln = LayerNorm::with_textures(g, textures);
     let (bx, bg, bb, bdy) = (
         g.upload("x", &x),
         g.upload("g", &gamma),
@@ -52,7 +59,7 @@ fn check_offset(rows: usize, cols: usize, accumulate: bool, offset: f32) {
             eps,
         },
     );
-    let what = format!("layernorm forward {rows}x{cols}");
+    let what = format!("layernorm forward {rows}x{cols} textures={textures}");
     assert_close(&what, &read(&by), &y, TOLERANCE);
     assert_close(&format!("{what} mean"), &read(&bm), &mean, TOLERANCE);
     assert_close(&format!("{what} rstd"), &read(&br), &rstd, TOLERANCE);
@@ -79,7 +86,8 @@ fn check_offset(rows: usize, cols: usize, accumulate: bool, offset: f32) {
         accumulate,
     };
     g.launch(&ln, &args);
-    let what = format!("layernorm backward {rows}x{cols} accumulate={accumulate}");
+    let what =
+        format!("layernorm backward {rows}x{cols} accumulate={accumulate} textures={textures}");
     assert_close(&format!("{what} dx"), &read(&bdx), &dx, TOLERANCE);
     assert_close(&format!("{what} dgamma"), &read(&bdg), &dg, TOLERANCE);
     assert_close(&format!("{what} dbeta"), &read(&bdb), &db, TOLERANCE);
@@ -95,6 +103,7 @@ fn layernorm_matches_the_reference_on_odd_shapes() {
 #[test]
 fn layernorm_backward_accumulates_into_residual_gradient() {
     check(65, 96, true);
+    check(65, 192, true);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! LayerNorm forward (saving mean and rstd) and backward (dx, dgamma, dbeta).
 
-use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Record, View};
+use crate::gpu::{div_ceil, grid_1d, texture, Command, Gpu, Record, View};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -22,6 +22,12 @@ pub struct LayerNorm {
     backward_input: wgpu::ComputePipeline,
     backward_params: wgpu::ComputePipeline,
     params_finish: wgpu::ComputePipeline,
+    forward_texture: wgpu::ComputePipeline,
+    backward_input_texture: wgpu::ComputePipeline,
+    backward_params_texture: wgpu::ComputePipeline,
+    /// Read inputs through textures where the width allows (CPU adapters: a texel fetch
+    /// instead of a per-lane load loop per float).
+    textures: bool,
 }
 
 /// Forward: y = (x - mean) * rstd * gamma + beta, rows of `cols` floats.
@@ -62,7 +68,40 @@ impl LayerNorm {
             backward_input: gpu.pipeline(s, "layernorm_backward_input"),
             backward_params: gpu.pipeline(s, "layernorm_backward_params"),
             params_finish: gpu.pipeline(s, "layernorm_params_finish"),
+            forward_texture: gpu.pipeline(s, "layernorm_forward_texture"),
+            backward_input_texture: gpu.pipeline(s, "layernorm_backward_input_texture"),
+            backward_params_texture: gpu.pipeline(s, "layernorm_backward_params_texture"),
+            textures: gpu.is_cpu(),
         }
+    }
+
+    /// The same with the texture path on or off whatever the adapter (tests cover both).
+    pub fn with_textures(gpu: &Gpu, textures: bool) -> Self {
+        LayerNorm {
+            textures,
+            ..LayerNorm::new(gpu)
+        }
+    }
+
+    /// Each matrix as a texture and the copies that fill it, or `None` (then every input
+    /// is read from storage) unless all of them can be.
+    fn textures_of(
+        &self,
+        gpu: &Gpu,
+        matrices: &[(View, usize)],
+        cols: usize,
+        out: &mut Vec<Command>,
+    ) -> Option<Vec<wgpu::TextureView>> {
+        if !self.textures {
+            return None;
+        }
+        let made: Option<Vec<_>> = matrices
+            .iter()
+            .map(|&(m, rows)| texture::rows_of(gpu, m, rows, cols))
+            .collect();
+        let (views, copies): (Vec<_>, Vec<_>) = made?.into_iter().unzip();
+        out.extend(copies);
+        Some(views)
     }
 
     pub fn scratch_len(rows: usize, cols: usize) -> usize {
@@ -81,6 +120,23 @@ impl Record<LayerNormForward<'_>> for LayerNorm {
             chunks: 0,
             _pad: [0; 2],
         };
+        let inputs = [(a.x.into(), a.rows), (a.gamma, 1), (a.beta, 1)];
+        if let Some(t) = self.textures_of(gpu, &inputs, a.cols, out) {
+            let entries = [
+                texture_entry(16, &t[0]),
+                texture_entry(17, &t[1]),
+                texture_entry(18, &t[2]),
+                a.y.as_entire_binding_at(20),
+                a.mean.as_entire_binding_at(4),
+                a.rstd.as_entire_binding_at(5),
+            ];
+            let groups = grid_1d(div_ceil(a.rows, 64));
+            out.push(
+                gpu.dispatch_with(&self.forward_texture, &entries, &meta, groups)
+                    .into(),
+            );
+            return;
+        }
         let d = gpu.dispatch(
             &self.forward,
             &[
@@ -117,6 +173,43 @@ impl Record<LayerNormBackward<'_>> for LayerNorm {
             chunks: chunks as u32,
             _pad: [0; 2],
         };
+        let inputs = [(a.dy.into(), a.rows), (a.x.into(), a.rows), (a.gamma, 1)];
+        if let Some(t) = self.textures_of(gpu, &inputs, a.cols, out) {
+            let (dy, x, gamma) = (&t[0], &t[1], &t[2]);
+            let input = gpu.dispatch_with(
+                &self.backward_input_texture,
+                &[
+                    texture_entry(19, dy),
+                    texture_entry(16, x),
+                    texture_entry(17, gamma),
+                    a.mean.as_entire_binding_at(9),
+                    a.rstd.as_entire_binding_at(10),
+                    a.dx.as_entire_binding_at(21),
+                ],
+                &meta,
+                grid_1d(div_ceil(a.rows, 64)),
+            );
+            let params = gpu.dispatch_with(
+                &self.backward_params_texture,
+                &[
+                    texture_entry(19, dy),
+                    texture_entry(16, x),
+                    a.mean.as_entire_binding_at(9),
+                    a.rstd.as_entire_binding_at(10),
+                    a.scratch.as_entire_binding_at(14),
+                ],
+                &meta,
+                [div_ceil(a.cols / 4, 64), chunks as u32, 1],
+            );
+            let finish = gpu.dispatch(
+                &self.params_finish,
+                &[(15, a.scratch), (12, &a.dgamma), (13, &a.dbeta)],
+                &meta,
+                [div_ceil(a.cols, 64), 1, 1],
+            );
+            out.extend([input.into(), params.into(), finish.into()]);
+            return;
+        }
         let input = gpu.dispatch(
             &self.backward_input,
             &[
@@ -150,5 +243,26 @@ impl Record<LayerNormBackward<'_>> for LayerNorm {
             [col_groups, 1, 1],
         );
         out.extend([input.into(), params.into(), finish.into()]);
+    }
+}
+
+fn texture_entry(binding: u32, view: &wgpu::TextureView) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry {
+        binding,
+        resource: wgpu::BindingResource::TextureView(view),
+    }
+}
+
+/// A whole buffer at a binding.
+trait AtBinding {
+    fn as_entire_binding_at(&self, binding: u32) -> wgpu::BindGroupEntry<'_>;
+}
+
+impl AtBinding for wgpu::Buffer {
+    fn as_entire_binding_at(&self, binding: u32) -> wgpu::BindGroupEntry<'_> {
+        wgpu::BindGroupEntry {
+            binding,
+            resource: self.as_entire_binding(),
+        }
     }
 }
