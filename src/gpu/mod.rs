@@ -144,6 +144,12 @@ impl Bind for wgpu::Buffer {
     }
 }
 
+impl Bind for wgpu::TextureView {
+    fn resource(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::TextureView(self)
+    }
+}
+
 impl Bind for View<'_> {
     fn resource(&self) -> wgpu::BindingResource<'_> {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -470,8 +476,8 @@ impl Gpu {
             })
     }
 
-    /// A `Dispatch` with storage buffers in `@group(0)` at the given bindings and a shape
-    /// record in `@group(1) @binding(0)`. Bind groups are built here, once.
+    /// A `Dispatch` with storage buffers (or textures) in `@group(0)` at the given bindings
+    /// and a shape record in `@group(1) @binding(0)`. Bind groups are built here, once.
     pub fn dispatch<T: bytemuck::Pod>(
         &self,
         pipeline: &wgpu::ComputePipeline,
@@ -489,8 +495,7 @@ impl Gpu {
         self.dispatch_with(pipeline, &entries, meta, workgroups)
     }
 
-    /// Like `dispatch`, for kernels that bind more than whole storage buffers (textures):
-    /// `entries` make `@group(0)`, the shape record `@group(1) @binding(0)`.
+    /// Like `dispatch`, with `@group(0)`'s entries already made.
     pub fn dispatch_with<T: bytemuck::Pod>(
         &self,
         pipeline: &wgpu::ComputePipeline,

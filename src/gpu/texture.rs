@@ -21,6 +21,12 @@ fn descriptor(label: &str, width: u32, height: u32) -> wgpu::TextureDescriptor<'
     }
 }
 
+/// Whether kernels should read their read-only inputs through textures on this adapter:
+/// on CPU adapters, where a storage load is a per-lane loop.
+pub fn preferred(gpu: &Gpu) -> bool {
+    gpu.is_cpu()
+}
+
 /// A 1x1 texture to bind where a kernel's texture operand is not used.
 pub fn placeholder(gpu: &Gpu) -> wgpu::TextureView {
     gpu.device

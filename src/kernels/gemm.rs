@@ -520,11 +520,11 @@ impl Gemm {
         let partial = partial.as_ref().unwrap_or(&self.dummy_write);
         let mut entries = self.epilogue_entries(args);
         entries.extend([
-            buffer_entry(0, &args.a),
-            buffer_entry(1, &args.b),
-            buffer_entry(6, if a_vec4 { &args.a } else { &self.dummy_read }),
-            buffer_entry(7, if b_vec4 { &args.b } else { &self.dummy_read }),
-            buffer_entry(8, partial),
+            entry(0, &args.a),
+            entry(1, &args.b),
+            entry(6, if a_vec4 { &args.a } else { &self.dummy_read }),
+            entry(7, if b_vec4 { &args.b } else { &self.dummy_read }),
+            entry(8, partial),
         ]);
         let mut commands = vec![Command::Dispatch(
             gpu.dispatch_with(&pipeline, &entries, &meta, groups),
@@ -536,7 +536,7 @@ impl Gemm {
             };
             let pipeline = self.pipeline(gpu, Layout::TN, reduce);
             let mut entries = self.epilogue_entries(args);
-            entries.push(buffer_entry(8, partial));
+            entries.push(entry(8, partial));
             let groups = grid_1d(div_ceil(m * n, 256));
             commands.push(Command::Dispatch(
                 gpu.dispatch_with(&pipeline, &entries, &meta, groups),
@@ -558,10 +558,10 @@ impl Gemm {
         let pipeline = self.pipeline(gpu, args.layout, o);
         let mut entries = self.epilogue_entries(args);
         entries.extend([
-            buffer_entry(0, &args.a),
-            buffer_entry(1, &args.b),
-            buffer_entry(6, if a_vec4 { &args.a } else { &self.dummy_read }),
-            buffer_entry(7, if b_vec4 { &args.b } else { &self.dummy_read }),
+            entry(0, &args.a),
+            entry(1, &args.b),
+            entry(6, if a_vec4 { &args.a } else { &self.dummy_read }),
+            entry(7, if b_vec4 { &args.b } else { &self.dummy_read }),
         ]);
         vec![Command::Dispatch(
             gpu.dispatch_with(&pipeline, &entries, &meta, groups),
@@ -571,13 +571,13 @@ impl Gemm {
     /// C, bias, pre and aux (bindings 2..5), placeholders where absent.
     fn epilogue_entries<'s>(&'s self, args: &'s GemmArgs<'_>) -> Vec<wgpu::BindGroupEntry<'s>> {
         vec![
-            buffer_entry(2, &args.c),
+            entry(2, &args.c),
             match &args.bias {
-                Some(bias) => buffer_entry(3, bias),
-                None => buffer_entry(3, &self.dummy_read),
+                Some(bias) => entry(3, bias),
+                None => entry(3, &self.dummy_read),
             },
-            buffer_entry(4, args.pre_activation.unwrap_or(&self.dummy_write)),
-            buffer_entry(5, args.act_grad_of.map_or(&self.dummy_read, |(aux, _)| aux)),
+            entry(4, args.pre_activation.unwrap_or(&self.dummy_write)),
+            entry(5, args.act_grad_of.map_or(&self.dummy_read, |(aux, _)| aux)),
         ]
     }
 
@@ -618,43 +618,32 @@ impl Gemm {
         };
         let pipeline = self.pipeline(gpu, args.layout, o);
         let mut entries = self.epilogue_entries(args);
-        entries.extend([buffer_entry(0, &args.a), buffer_entry(1, &args.b)]);
+        entries.extend([entry(0, &args.a), entry(1, &args.b)]);
         // The same buffers again as arrays of vec4, used when n % 4 == 0; otherwise
         // placeholders (a vec4 binding needs 16 bytes, more than e.g. a 3-class bias).
         if vec4 {
             entries.extend([
-                buffer_entry(8, &args.c),
+                entry(8, &args.c),
                 match &args.bias {
-                    Some(bias) => buffer_entry(9, bias),
-                    None => buffer_entry(9, &self.dummy_read),
+                    Some(bias) => entry(9, bias),
+                    None => entry(9, &self.dummy_read),
                 },
-                buffer_entry(10, args.pre_activation.unwrap_or(&self.dummy_write)),
-                buffer_entry(
+                entry(10, args.pre_activation.unwrap_or(&self.dummy_write)),
+                entry(
                     11,
                     args.act_grad_of.map_or(&self.dummy_read, |(aux, _)| aux),
                 ),
             ]);
         } else {
             entries.extend([
-                buffer_entry(8, &self.dummy_write),
-                buffer_entry(9, &self.dummy_read),
-                buffer_entry(10, &self.dummy_write),
-                buffer_entry(11, &self.dummy_read),
+                entry(8, &self.dummy_write),
+                entry(9, &self.dummy_read),
+                entry(10, &self.dummy_write),
+                entry(11, &self.dummy_read),
             ]);
         }
-        entries.push(wgpu::BindGroupEntry {
-            binding: 6,
-            resource: wgpu::BindingResource::TextureView(
-                a_view.as_ref().unwrap_or(&self.dummy_texture),
-            ),
-        });
-        for (binding, view) in [(7, &b_view), (12, &aux_view), (13, &c_view)] {
-            entries.push(wgpu::BindGroupEntry {
-                binding,
-                resource: wgpu::BindingResource::TextureView(
-                    view.as_ref().unwrap_or(&self.dummy_texture),
-                ),
-            });
+        for (binding, view) in [(6, &a_view), (7, &b_view), (12, &aux_view), (13, &c_view)] {
+            entries.push(entry(binding, view.as_ref().unwrap_or(&self.dummy_texture)));
         }
         commands.push(Command::Dispatch(
             gpu.dispatch_with(&pipeline, &entries, &meta, groups),
@@ -726,10 +715,11 @@ fn check_args(gpu: &Gpu, args: &GemmArgs) -> Meta {
     }
 }
 
-fn buffer_entry(binding: u32, buffer: &dyn Bind) -> wgpu::BindGroupEntry<'_> {
+/// A buffer or texture at a binding of `@group(0)`.
+fn entry(binding: u32, resource: &dyn Bind) -> wgpu::BindGroupEntry<'_> {
     wgpu::BindGroupEntry {
         binding,
-        resource: buffer.resource(),
+        resource: resource.resource(),
     }
 }
 

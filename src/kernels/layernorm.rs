@@ -71,7 +71,7 @@ impl LayerNorm {
             forward_texture: gpu.pipeline(s, "layernorm_forward_texture"),
             backward_input_texture: gpu.pipeline(s, "layernorm_backward_input_texture"),
             backward_params_texture: gpu.pipeline(s, "layernorm_backward_params_texture"),
-            textures: gpu.is_cpu(),
+            textures: texture::preferred(gpu),
         }
     }
 
@@ -122,19 +122,20 @@ impl Record<LayerNormForward<'_>> for LayerNorm {
         };
         let inputs = [(a.x.into(), a.rows), (a.gamma, 1), (a.beta, 1)];
         if let Some(t) = self.textures_of(gpu, &inputs, a.cols, out) {
-            let entries = [
-                texture_entry(16, &t[0]),
-                texture_entry(17, &t[1]),
-                texture_entry(18, &t[2]),
-                a.y.as_entire_binding_at(20),
-                a.mean.as_entire_binding_at(4),
-                a.rstd.as_entire_binding_at(5),
-            ];
-            let groups = grid_1d(div_ceil(a.rows, 64));
-            out.push(
-                gpu.dispatch_with(&self.forward_texture, &entries, &meta, groups)
-                    .into(),
+            let d = gpu.dispatch(
+                &self.forward_texture,
+                &[
+                    (16, &t[0]),
+                    (17, &t[1]),
+                    (18, &t[2]),
+                    (20, a.y),
+                    (4, a.mean),
+                    (5, a.rstd),
+                ],
+                &meta,
+                grid_1d(div_ceil(a.rows, 64)),
             );
+            out.push(d.into());
             return;
         }
         let d = gpu.dispatch(
@@ -176,27 +177,27 @@ impl Record<LayerNormBackward<'_>> for LayerNorm {
         let inputs = [(a.dy.into(), a.rows), (a.x.into(), a.rows), (a.gamma, 1)];
         if let Some(t) = self.textures_of(gpu, &inputs, a.cols, out) {
             let (dy, x, gamma) = (&t[0], &t[1], &t[2]);
-            let input = gpu.dispatch_with(
+            let input = gpu.dispatch(
                 &self.backward_input_texture,
                 &[
-                    texture_entry(19, dy),
-                    texture_entry(16, x),
-                    texture_entry(17, gamma),
-                    a.mean.as_entire_binding_at(9),
-                    a.rstd.as_entire_binding_at(10),
-                    a.dx.as_entire_binding_at(21),
+                    (19, dy),
+                    (16, x),
+                    (17, gamma),
+                    (9, a.mean),
+                    (10, a.rstd),
+                    (21, a.dx),
                 ],
                 &meta,
                 grid_1d(div_ceil(a.rows, 64)),
             );
-            let params = gpu.dispatch_with(
+            let params = gpu.dispatch(
                 &self.backward_params_texture,
                 &[
-                    texture_entry(19, dy),
-                    texture_entry(16, x),
-                    a.mean.as_entire_binding_at(9),
-                    a.rstd.as_entire_binding_at(10),
-                    a.scratch.as_entire_binding_at(14),
+                    (19, dy),
+                    (16, x),
+                    (9, a.mean),
+                    (10, a.rstd),
+                    (14, a.scratch),
                 ],
                 &meta,
                 [div_ceil(a.cols / 4, 64), chunks as u32, 1],
@@ -243,26 +244,5 @@ impl Record<LayerNormBackward<'_>> for LayerNorm {
             [col_groups, 1, 1],
         );
         out.extend([input.into(), params.into(), finish.into()]);
-    }
-}
-
-fn texture_entry(binding: u32, view: &wgpu::TextureView) -> wgpu::BindGroupEntry<'_> {
-    wgpu::BindGroupEntry {
-        binding,
-        resource: wgpu::BindingResource::TextureView(view),
-    }
-}
-
-/// A whole buffer at a binding.
-trait AtBinding {
-    fn as_entire_binding_at(&self, binding: u32) -> wgpu::BindGroupEntry<'_>;
-}
-
-impl AtBinding for wgpu::Buffer {
-    fn as_entire_binding_at(&self, binding: u32) -> wgpu::BindGroupEntry<'_> {
-        wgpu::BindGroupEntry {
-            binding,
-            resource: self.as_entire_binding(),
-        }
     }
 }

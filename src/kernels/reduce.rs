@@ -32,7 +32,7 @@ impl Reduce {
             column_sum_partial: gpu.pipeline(s, "column_sum_partial"),
             column_sum_partial_texture: gpu.pipeline(s, "column_sum_partial_texture"),
             column_sum_finish: gpu.pipeline(s, "column_sum_finish"),
-            textures: gpu.is_cpu(),
+            textures: texture::preferred(gpu),
         }
     }
 
@@ -94,19 +94,9 @@ impl Record<ColumnSum<'_>> for Reduce {
         let partial = match as_texture {
             Some((view, copy)) => {
                 out.push(copy);
-                let entries = [
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: scratch.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 4,
-                        resource: wgpu::BindingResource::TextureView(&view),
-                    },
-                ];
-                gpu.dispatch_with(
+                gpu.dispatch(
                     &self.column_sum_partial_texture,
-                    &entries,
+                    &[(1, scratch), (4, &view)],
                     &meta,
                     [div_ceil(cols / 4, 64), chunks as u32, 1],
                 )
