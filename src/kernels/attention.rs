@@ -78,7 +78,7 @@ impl Variant {
         match self {
             Variant::Tiled => TILE_ROWS,
             Variant::Rows => 16,
-            Variant::Lanes => LANES as usize,
+            Variant::Lanes => (LANES * LANE_ROWS) as usize,
         }
     }
 
@@ -104,6 +104,9 @@ impl Variant {
 
 /// The subgroup size the `Lanes` kernels are written for.
 const LANES: u32 = 8;
+/// Rows per lane in the `Lanes` kernels: shaders/attention_lanes.wgsl's LANE_ROWS
+/// (scripts/gen_attention_lanes.py --lane-rows).
+const LANE_ROWS: u32 = 3;
 /// `Tiled`: rows per workgroup and its workgroup memory (two [16][16] vec4 tiles and two
 /// [16] f32 arrays), as in shaders/attention.wgsl.
 const TILE_ROWS: usize = 64;
@@ -441,4 +444,19 @@ fn meta(s: AttentionShape) -> Meta {
 /// x: blocks of `rows` rows, y: (batch, head).
 fn grid(s: AttentionShape, rows: usize) -> [u32; 3] {
     [div_ceil(s.tokens, rows), (s.batch * s.heads) as u32, 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lane_rows_match_the_generated_shader() {
+        let line = format!("const LANE_ROWS: u32 = {LANE_ROWS}u;");
+        assert!(
+            ATTENTION_LANES.source.contains(&line),
+            "shaders/attention_lanes.wgsl lacks `{line}`: regenerate it with \
+             scripts/gen_attention_lanes.py --lane-rows {LANE_ROWS}"
+        );
+    }
 }
