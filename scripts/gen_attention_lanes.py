@@ -101,6 +101,33 @@ class Out:
             self(f"if (HEAD_VEC4 > {c}u) {{ {body(c)} }}")
 
 
+def partials(o, R, *names):
+    """Zeroed score accumulators: {name}{r}_lo and _hi for streamed rows 0..3 and 4..7."""
+    for r in range(R):
+        for name in names:
+            o(f"var {name}{r}_lo = vec4<f32>(0.0);")
+            o(f"var {name}{r}_hi = vec4<f32>(0.0);")
+
+
+def dots_step(c, load, x, tag, acc, rows, R):
+    """After the statement `load`, acc{r} += (rows{r}[c] . lane t's x)_t for every r (the
+    streamed vec4 x spread as {tag}lo, {tag}hi)."""
+    parts = [f"{load}; let {tag}lo = transpose(lanes4_lo({x})); let {tag}hi = transpose(lanes4_hi({x}));"]
+    for r in range(R):
+        parts.append(f"{acc}{r}_lo = dots4({acc}{r}_lo, {rows}{r}[{c}u], {tag}lo); "
+                     f"{acc}{r}_hi = dots4({acc}{r}_hi, {rows}{r}[{c}u], {tag}hi);")
+    return " ".join(parts)
+
+
+def mix_step(c, x, tag, acc, weights, R, scale=""):
+    """acc{r}[c] (times scale{r} first, if given) += sum_t weights{r}[t] * lane t's x."""
+    parts = [f"let {tag}lo = lanes4_lo({x}); let {tag}hi = lanes4_hi({x});"]
+    for r in range(R):
+        start = f"{acc}{r}[{c}u] * {scale}{r}" if scale else f"{acc}{r}[{c}u]"
+        parts.append(f"{acc}{r}[{c}u] = mix4(mix4({start}, {tag}lo, {weights}{r}_lo), {tag}hi, {weights}{r}_hi);")
+    return " ".join(parts)
+
+
 def rows_prologue(o, R):
     for r in range(R):
         o(f"let r{r} = rows(wid, lane + {8 * r}u, LANES * LANE_ROWS);")
@@ -125,17 +152,8 @@ def forward(o, R):
     o("// this lane loads key (and value) j0 + lane")
     o("let mine = min(j0 + lane, n - 1u);")
     o("let kj = qkv_at(r0, mine, 1u);")
-    for r in range(R):
-        o(f"var s{r}_lo = vec4<f32>(0.0);")
-        o(f"var s{r}_hi = vec4<f32>(0.0);")
-
-    def scores(c):
-        parts = [f"let x = qkv[kj + {c}u]; let lo = transpose(lanes4_lo(x)); let hi = transpose(lanes4_hi(x));"]
-        for r in range(R):
-            parts.append(f"s{r}_lo = dots4(s{r}_lo, q{r}[{c}u], lo); s{r}_hi = dots4(s{r}_hi, q{r}[{c}u], hi);")
-        return " ".join(parts)
-
-    o.steps(scores)
+    partials(o, R, "s")
+    o.steps(lambda c: dots_step(c, f"let x = qkv[kj + {c}u]", "x", "", "s", "q", R))
     o("let in_lo = valid_lo(j0, n);")
     o("let in_hi = valid_hi(j0, n);")
     for r in range(R):
@@ -149,13 +167,7 @@ def forward(o, R):
         o(f"m{r} = mb{r};")
     o("let vj = qkv_at(r0, mine, 2u);")
 
-    def values(c):
-        parts = [f"let x = qkv[vj + {c}u]; let lo = lanes4_lo(x); let hi = lanes4_hi(x);"]
-        for r in range(R):
-            parts.append(f"acc{r}[{c}u] = mix4(mix4(acc{r}[{c}u] * corr{r}, lo, p{r}_lo), hi, p{r}_hi);")
-        return " ".join(parts)
-
-    o.steps(values)
+    o.steps(lambda c: f"let x = qkv[vj + {c}u]; " + mix_step(c, "x", "", "acc", "p", R, scale="corr"))
     o.depth -= 1
     o("}")
     for r in range(R):
@@ -198,35 +210,16 @@ def backward_query(o, R):
     o("let kj = qkv_at(r0, mine, 1u);")
     o("let vj = qkv_at(r0, mine, 2u);")
     o("var k: array<vec4<f32>, 16>;")
-    for r in range(R):
-        o(f"var s{r}_lo = vec4<f32>(0.0);")
-        o(f"var s{r}_hi = vec4<f32>(0.0);")
-        o(f"var dp{r}_lo = vec4<f32>(0.0);")
-        o(f"var dp{r}_hi = vec4<f32>(0.0);")
-
-    def dots(c):
-        parts = [f"k[{c}u] = qkv[kj + {c}u]; let klo = transpose(lanes4_lo(k[{c}u])); let khi = transpose(lanes4_hi(k[{c}u]));"]
-        for r in range(R):
-            parts.append(f"s{r}_lo = dots4(s{r}_lo, q{r}[{c}u], klo); s{r}_hi = dots4(s{r}_hi, q{r}[{c}u], khi);")
-        parts.append(f"let v = qkv[vj + {c}u]; let vlo = transpose(lanes4_lo(v)); let vhi = transpose(lanes4_hi(v));")
-        for r in range(R):
-            parts.append(f"dp{r}_lo = dots4(dp{r}_lo, g{r}[{c}u], vlo); dp{r}_hi = dots4(dp{r}_hi, g{r}[{c}u], vhi);")
-        return " ".join(parts)
-
-    o.steps(dots)
+    partials(o, R, "s", "dp")
+    o.steps(lambda c: dots_step(c, f"k[{c}u] = qkv[kj + {c}u]", f"k[{c}u]", "k", "s", "q", R) + " "
+            + dots_step(c, f"let v = qkv[vj + {c}u]", "v", "v", "dp", "g", R))
     o("let in_lo = valid_lo(j0, n);")
     o("let in_hi = valid_hi(j0, n);")
     for r in range(R):
         o(f"let ds{r}_lo = select(vec4<f32>(0.0), exp(s{r}_lo - vec4<f32>(li{r})), in_lo) * (dp{r}_lo - vec4<f32>(di{r}));")
         o(f"let ds{r}_hi = select(vec4<f32>(0.0), exp(s{r}_hi - vec4<f32>(li{r})), in_hi) * (dp{r}_hi - vec4<f32>(di{r}));")
 
-    def grads(c):
-        parts = [f"let lo = lanes4_lo(k[{c}u]); let hi = lanes4_hi(k[{c}u]);"]
-        for r in range(R):
-            parts.append(f"dq{r}[{c}u] = mix4(mix4(dq{r}[{c}u], lo, ds{r}_lo), hi, ds{r}_hi);")
-        return " ".join(parts)
-
-    o.steps(grads)
+    o.steps(lambda c: mix_step(c, f"k[{c}u]", "", "dq", "ds", R))
     o.depth -= 1
     o("}")
     for r in range(R):
@@ -267,22 +260,9 @@ def backward_key(o, R):
     o("let delta_mine = delta[r0.bh * n + mine];")
     o("var qr: array<vec4<f32>, 16>;")
     o("var gr: array<vec4<f32>, 16>;")
-    for r in range(R):
-        o(f"var s{r}_lo = vec4<f32>(0.0);")
-        o(f"var s{r}_hi = vec4<f32>(0.0);")
-        o(f"var dp{r}_lo = vec4<f32>(0.0);")
-        o(f"var dp{r}_hi = vec4<f32>(0.0);")
-
-    def dots(c):
-        parts = [f"qr[{c}u] = qkv[qi + {c}u]; let qlo = transpose(lanes4_lo(qr[{c}u])); let qhi = transpose(lanes4_hi(qr[{c}u]));"]
-        for r in range(R):
-            parts.append(f"s{r}_lo = dots4(s{r}_lo, k{r}[{c}u], qlo); s{r}_hi = dots4(s{r}_hi, k{r}[{c}u], qhi);")
-        parts.append(f"gr[{c}u] = d_o[gi + {c}u]; let glo = transpose(lanes4_lo(gr[{c}u])); let ghi = transpose(lanes4_hi(gr[{c}u]));")
-        for r in range(R):
-            parts.append(f"dp{r}_lo = dots4(dp{r}_lo, v{r}[{c}u], glo); dp{r}_hi = dots4(dp{r}_hi, v{r}[{c}u], ghi);")
-        return " ".join(parts)
-
-    o.steps(dots)
+    partials(o, R, "s", "dp")
+    o.steps(lambda c: dots_step(c, f"qr[{c}u] = qkv[qi + {c}u]", f"qr[{c}u]", "q", "s", "k", R) + " "
+            + dots_step(c, f"gr[{c}u] = d_o[gi + {c}u]", f"gr[{c}u]", "g", "dp", "v", R))
     o("let in_lo = valid_lo(i0, n);")
     o("let in_hi = valid_hi(i0, n);")
     o("let lse_lo = lanes_lo(lse_mine);")
@@ -295,16 +275,7 @@ def backward_key(o, R):
         o(f"let ds{r}_lo = p{r}_lo * (dp{r}_lo - delta_lo);")
         o(f"let ds{r}_hi = p{r}_hi * (dp{r}_hi - delta_hi);")
 
-    def grads(c):
-        parts = [f"let glo = lanes4_lo(gr[{c}u]); let ghi = lanes4_hi(gr[{c}u]);"]
-        for r in range(R):
-            parts.append(f"dv{r}[{c}u] = mix4(mix4(dv{r}[{c}u], glo, p{r}_lo), ghi, p{r}_hi);")
-        parts.append(f"let qlo = lanes4_lo(qr[{c}u]); let qhi = lanes4_hi(qr[{c}u]);")
-        for r in range(R):
-            parts.append(f"dk{r}[{c}u] = mix4(mix4(dk{r}[{c}u], qlo, ds{r}_lo), qhi, ds{r}_hi);")
-        return " ".join(parts)
-
-    o.steps(grads)
+    o.steps(lambda c: mix_step(c, f"gr[{c}u]", "g", "dv", "p", R) + " " + mix_step(c, f"qr[{c}u]", "q", "dk", "ds", R))
     o.depth -= 1
     o("}")
     for r in range(R):
