@@ -6,6 +6,8 @@ keeps only constant-indexed local arrays in registers), which is too much text t
 step by hand. Edit this script, run it, commit both:
 
     python3 scripts/gen_attention_lanes.py [--lane-rows R]
+
+R (default 3) must equal LANE_ROWS in src/kernels/attention.rs, which a unit test checks.
 """
 import argparse
 import pathlib
@@ -290,7 +292,7 @@ def backward_key(o, R):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lane-rows", type=int, default=2, help="rows per lane (a workgroup owns 8x as many)")
+    ap.add_argument("--lane-rows", type=int, default=3, help="rows per lane (a workgroup owns 8x as many)")
     ap.add_argument("--out", default=str(pathlib.Path(__file__).resolve().parent.parent / "shaders" / "attention_lanes.wgsl"))
     args = ap.parse_args()
     R = args.lane_rows
