@@ -6,6 +6,7 @@
 //!     cargo bench --bench kernels                  # everything
 //!     cargo bench --bench kernels -- gemm tiny     # cases whose name has every word
 //!     VIT_BENCH_QUICK=1 cargo bench --bench kernels   # smoke run: fewer shapes and runs
+//!     VIT_BENCH_RUNS=30 cargo bench --bench kernels   # more runs per case
 //!
 //! Adding a case: build its commands once, then `bench.run(Case { .. }, check)` where
 //! `check` reads the outputs back and returns the relative error against the reference.
@@ -51,6 +52,13 @@ struct Bench {
 
 impl Bench {
     fn runs(&self) -> usize {
+        // VIT_BENCH_RUNS=N: more runs per case (steadier medians, or a long run to profile).
+        if let Some(n) = std::env::var("VIT_BENCH_RUNS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            return n;
+        }
         if self.quick {
             3
         } else {

@@ -14,7 +14,10 @@
 //     vec4-typed binding of the same buffer (bindings 8..11). At k = 192 the stores were
 //     over half of the time with one scalar access per element;
 //   - A and B come from rgba32float textures (one texel fetch per vec4, cheaper than four
-//     storage loads there) when the operand's shape allows, else from storage buffers.
+//     storage loads there) when the operand's shape allows, else from storage buffers. The
+//     textures are read-only storage textures: llvmpipe reads those inline, where a
+//     texture_2d texel goes through a sampling function call (2.3x slower per texel; a
+//     tiny qkv GEMM 1.1x (forward, NT) and 1.6-2x (weight gradient, TN) faster).
 // The layout is an override constant (0 NN, 1 NT, 2 TN, as in gemm_tiled.wgsl), and so
 // are the operand sources (A_TEXTURE, B_TEXTURE) and the epilogue (HAS_BIAS ... C_TEXTURE):
 // one pipeline per combination, built on first use.
@@ -66,10 +69,10 @@ struct Meta {
 @group(0) @binding(10) var<storage, read_write> pre4: array<vec4<f32>>;
 @group(0) @binding(11) var<storage, read> aux4: array<vec4<f32>>;
 // The same operands as rgba32float textures, a texel = 4 consecutive floats of a row.
-@group(0) @binding(6) var a_tex: texture_2d<f32>;
-@group(0) @binding(7) var b_tex: texture_2d<f32>;
-@group(0) @binding(12) var aux_tex: texture_2d<f32>;
-@group(0) @binding(13) var c_tex: texture_2d<f32>;
+@group(0) @binding(6) var a_tex: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(7) var b_tex: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(12) var aux_tex: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(13) var c_tex: texture_storage_2d<rgba32float, read>;
 
 // ---- epilogue (gelu and gelu_grad: activations.wgsl) ----
 
@@ -114,7 +117,7 @@ fn fetch_buf_b(row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
 // Textures: the host only uses them when cols is a multiple of 4 (texel width cols / 4).
 fn fetch_a(row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
     if (A_TEXTURE) {
-        let t = textureLoad(a_tex, vec2<u32>(col / 4u, min(row, rows - 1u)), 0);
+        let t = textureLoad(a_tex, vec2<u32>(col / 4u, min(row, rows - 1u)));
         return select(vec4<f32>(0.0), t, row < rows && col < cols);
     }
     return fetch_buf_a(row, col, rows, cols);
@@ -122,7 +125,7 @@ fn fetch_a(row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
 
 fn fetch_b(row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
     if (B_TEXTURE) {
-        let t = textureLoad(b_tex, vec2<u32>(col / 4u, min(row, rows - 1u)), 0);
+        let t = textureLoad(b_tex, vec2<u32>(col / 4u, min(row, rows - 1u)));
         return select(vec4<f32>(0.0), t, row < rows && col < cols);
     }
     return fetch_buf_b(row, col, rows, cols);
@@ -152,13 +155,13 @@ fn a_block(lanes: mat4x4<f32>) -> mat4x4<f32> {
 // ---- vectorized epilogue: one row of 4 columns of this lane ----
 
 fn load_c4(row: u32, col: u32, idx: u32) -> vec4<f32> {
-    if (C_TEXTURE) { return textureLoad(c_tex, vec2<u32>(col / 4u, row), 0); }
+    if (C_TEXTURE) { return textureLoad(c_tex, vec2<u32>(col / 4u, row)); }
     if (VEC4) { return c4[idx / 4u]; }
     return vec4<f32>(c[idx], c[idx + 1u], c[idx + 2u], c[idx + 3u]);
 }
 
 fn load_aux4(row: u32, col: u32, idx: u32) -> vec4<f32> {
-    if (AUX_TEXTURE) { return textureLoad(aux_tex, vec2<u32>(col / 4u, row), 0); }
+    if (AUX_TEXTURE) { return textureLoad(aux_tex, vec2<u32>(col / 4u, row)); }
     if (VEC4) { return aux4[idx / 4u]; }
     return vec4<f32>(aux[idx], aux[idx + 1u], aux[idx + 2u], aux[idx + 3u]);
 }
@@ -184,15 +187,18 @@ fn epilogue4(row: u32, col: u32, s: vec4<f32>) {
     }
 }
 
-// Store a lane's 4x4 block: column i of acc is C[row0 + i, col0..col0+4].
-fn store_block(row0: u32, col0: u32, acc: mat4x4<f32>) {
+// This lane's 4 bias values (columns col0..col0+4, all < n), loaded once for its eight
+// blocks (the compiler may not merge eight loads that C's stores might alias).
+fn load_bias4(col0: u32) -> vec4<f32> {
+    if (!HAS_BIAS || col0 + 4u > shape.n) { return vec4<f32>(0.0); }
+    if (VEC4) { return bias4[col0 / 4u]; }
+    return vec4<f32>(bias[col0], bias[col0 + 1u], bias[col0 + 2u], bias[col0 + 3u]);
+}
+
+// Store a lane's 4x4 block: column i of acc is C[row0 + i, col0..col0+4]; bv is
+// load_bias4(col0).
+fn store_block(row0: u32, col0: u32, acc: mat4x4<f32>, bv: vec4<f32>) {
     if (col0 + 4u <= shape.n) {
-        var bv = vec4<f32>(0.0);
-        if (HAS_BIAS) {
-            if (VEC4) { bv = bias4[col0 / 4u]; } else {
-                bv = vec4<f32>(bias[col0], bias[col0 + 1u], bias[col0 + 2u], bias[col0 + 3u]);
-            }
-        }
         let m = shape.m;
         if (row0 + 4u <= m) {
             epilogue4(row0, col0, acc[0] + bv);
@@ -283,12 +289,13 @@ fn gemm_cpu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_
             step(k0 + 4u, row0, col, lane, &acc0, &acc1, &acc2, &acc3, &acc4, &acc5, &acc6, &acc7);
         }
     }
-    store_block(row0, col, acc0);
-    store_block(row0 + 4u, col, acc1);
-    store_block(row0 + 8u, col, acc2);
-    store_block(row0 + 12u, col, acc3);
-    store_block(row0 + 16u, col, acc4);
-    store_block(row0 + 20u, col, acc5);
-    store_block(row0 + 24u, col, acc6);
-    store_block(row0 + 28u, col, acc7);
+    let bv = load_bias4(col);
+    store_block(row0, col, acc0, bv);
+    store_block(row0 + 4u, col, acc1, bv);
+    store_block(row0 + 8u, col, acc2, bv);
+    store_block(row0 + 12u, col, acc3, bv);
+    store_block(row0 + 16u, col, acc4, bv);
+    store_block(row0 + 20u, col, acc5, bv);
+    store_block(row0 + 24u, col, acc6, bv);
+    store_block(row0 + 28u, col, acc7, bv);
 }

@@ -134,16 +134,18 @@ fn layernorm_params_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local
 // cols % 64 == 0). On CPU adapters a texel fetch replaces a per-lane load loop per float;
 // outputs stay storage, written a vec4 at a time.
 
-@group(0) @binding(16) var x_tex: texture_2d<f32>;       // [rows, cols]
-@group(0) @binding(17) var gamma_tex: texture_2d<f32>;   // [1, cols]
-@group(0) @binding(18) var beta_tex: texture_2d<f32>;    // [1, cols]
-@group(0) @binding(19) var dy_tex: texture_2d<f32>;      // [rows, cols]
+@group(0) @binding(16) var x_tex: texture_storage_2d<rgba32float, read>;       // [rows, cols]
+@group(0) @binding(17) var gamma_tex: texture_storage_2d<rgba32float, read>;   // [1, cols]
+@group(0) @binding(18) var beta_tex: texture_storage_2d<rgba32float, read>;    // [1, cols]
+@group(0) @binding(19) var dy_tex: texture_storage_2d<rgba32float, read>;      // [rows, cols]
 @group(0) @binding(20) var<storage, read_write> y4: array<vec4<f32>>;
 @group(0) @binding(21) var<storage, read_write> dx4: array<vec4<f32>>;
 
-fn texel(t: texture_2d<f32>, row: u32, c: u32) -> vec4<f32> {
-    return textureLoad(t, vec2<u32>(c, row), 0);
-}
+// Texel c of a row (one function per texture: GLSL takes no image as a parameter).
+fn x_texel(row: u32, c: u32) -> vec4<f32> { return textureLoad(x_tex, vec2<u32>(c, row)); }
+fn dy_texel(row: u32, c: u32) -> vec4<f32> { return textureLoad(dy_tex, vec2<u32>(c, row)); }
+fn gamma_texel(c: u32) -> vec4<f32> { return textureLoad(gamma_tex, vec2<u32>(c, 0u)); }
+fn beta_texel(c: u32) -> vec4<f32> { return textureLoad(beta_tex, vec2<u32>(c, 0u)); }
 
 @compute @workgroup_size(64)
 fn layernorm_forward_texture(@builtin(workgroup_id) wid: vec3<u32>,
@@ -153,11 +155,11 @@ fn layernorm_forward_texture(@builtin(workgroup_id) wid: vec3<u32>,
     if (row >= shape.rows) { return; }
     let texels = shape.cols / 4u;
     // one pass of shifted sums, as layernorm_forward
-    let shift = texel(x_tex, row, 0u).x;
+    let shift = x_texel(row, 0u).x;
     var sum = vec4<f32>(0.0);
     var sum_sq = vec4<f32>(0.0);
     for (var c = 0u; c < texels; c++) {
-        let d = texel(x_tex, row, c) - shift;
+        let d = x_texel(row, c) - shift;
         sum += d;
         sum_sq += d * d;
     }
@@ -168,8 +170,8 @@ fn layernorm_forward_texture(@builtin(workgroup_id) wid: vec3<u32>,
     let rs = inverseSqrt(max(var_, 0.0) + shape.eps);
     let base = row * texels;
     for (var c = 0u; c < texels; c++) {
-        y4[base + c] = (texel(x_tex, row, c) - mu) * rs * texel(gamma_tex, 0u, c)
-            + texel(beta_tex, 0u, c);
+        y4[base + c] = (x_texel(row, c) - mu) * rs * gamma_texel(c)
+            + beta_texel(c);
     }
     mean_out[row] = mu;
     rstd_out[row] = rs;
@@ -187,16 +189,16 @@ fn layernorm_backward_input_texture(@builtin(workgroup_id) wid: vec3<u32>,
     var sum_g = vec4<f32>(0.0);
     var sum_gx = vec4<f32>(0.0);
     for (var c = 0u; c < texels; c++) {
-        let g = texel(gamma_tex, 0u, c) * texel(dy_tex, row, c);
+        let g = gamma_texel(c) * dy_texel(row, c);
         sum_g += g;
-        sum_gx += g * (texel(x_tex, row, c) - mu) * rs;
+        sum_gx += g * (x_texel(row, c) - mu) * rs;
     }
     let mean_g = (sum_g.x + sum_g.y + sum_g.z + sum_g.w) / f32(shape.cols);
     let mean_gx = (sum_gx.x + sum_gx.y + sum_gx.z + sum_gx.w) / f32(shape.cols);
     let base = row * texels;
     for (var c = 0u; c < texels; c++) {
-        let xhat = (texel(x_tex, row, c) - mu) * rs;
-        let v = rs * (texel(gamma_tex, 0u, c) * texel(dy_tex, row, c) - mean_g - xhat * mean_gx);
+        let xhat = (x_texel(row, c) - mu) * rs;
+        let v = rs * (gamma_texel(c) * dy_texel(row, c) - mean_g - xhat * mean_gx);
         if (shape.accumulate == 1u) { dx4[base + c] += v; } else { dx4[base + c] = v; }
     }
 }
@@ -213,8 +215,8 @@ fn layernorm_backward_params_texture(@builtin(workgroup_id) wid: vec3<u32>,
     var sg = vec4<f32>(0.0);
     var sb = vec4<f32>(0.0);
     for (var r = start; r < end; r++) {
-        let dyv = texel(dy_tex, r, c);
-        sg += dyv * (texel(x_tex, r, c) - bmean[r]) * brstd[r];
+        let dyv = dy_texel(r, c);
+        sg += dyv * (x_texel(r, c) - bmean[r]) * brstd[r];
         sb += dyv;
     }
     let pg = chunk * shape.cols + c * 4u;

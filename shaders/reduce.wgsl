@@ -50,7 +50,7 @@ fn column_sum_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
 // column_sum_partial with the matrix read as an rgba32float texture (the host copies it in
 // when cols % 64 == 0): one invocation sums a texel, 4 columns. On CPU adapters a texel
 // fetch replaces a per-lane load loop.
-@group(0) @binding(4) var matrix_tex: texture_2d<f32>;
+@group(0) @binding(4) var matrix_tex: texture_storage_2d<rgba32float, read>;
 
 @compute @workgroup_size(64)
 fn column_sum_partial_texture(@builtin(workgroup_id) wid: vec3<u32>,
@@ -62,7 +62,7 @@ fn column_sum_partial_texture(@builtin(workgroup_id) wid: vec3<u32>,
     let end = min(start + shape.chunk_rows, shape.rows);
     var s = vec4<f32>(0.0);
     for (var r = start; r < end; r++) {
-        s += textureLoad(matrix_tex, vec2<u32>(texel, r), 0);
+        s += textureLoad(matrix_tex, vec2<u32>(texel, r));
     }
     let p = chunk * shape.cols + texel * 4u;
     partial[p] = s.x;

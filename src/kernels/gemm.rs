@@ -441,7 +441,11 @@ impl Gemm {
         match variant {
             Variant::Tiled => gpu.caps.workgroup(TILED_INVOCATIONS, TILED_WORKGROUP_BYTES),
             Variant::Registers => gpu.caps.workgroup(64, 0),
-            Variant::Lanes | Variant::LanesStorage => gpu.caps.exact_subgroups(CPU_LANES),
+            // gemm_lanes.wgsl declares its four texture operands in both variants
+            Variant::Lanes | Variant::LanesStorage => {
+                gpu.caps.exact_subgroups(CPU_LANES)?;
+                texture::supported(gpu)
+            }
         }
     }
 
