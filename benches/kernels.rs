@@ -527,7 +527,20 @@ fn main() {
     bench_layernorm(&mut bench);
     if bench.rows.is_empty() {
         println!("(no case matches the filter {:?})", bench.filters);
+        return;
     }
+    // The ratios above use the ceiling measured at the start; on a shared machine it drifts.
+    let end = vit_wgpu::kernels::peak::measure_fma_ceiling(
+        &bench.gpu,
+        bench.timer.as_ref(),
+        if quick { 256 } else { 1024 },
+    )
+    .expect("peak_fma launch");
+    println!(
+        "\narithmetic ceiling measured again at the end: {:.1} GFLOP/s (the ratios use the start's {:.1})",
+        end * 1e-9,
+        bench.peak * 1e-9
+    );
 }
 
 /// Attention forward and backward at the tiny (3 heads) and labml (8 heads) shapes with 65
