@@ -565,13 +565,14 @@ pub fn describe_adapter(
     let yes = |f: wgpu::Features| if features.contains(f) { "yes" } else { "no" };
     let _ = writeln!(
         s,
-        "  subgroups: {} (size {}..{}), f16: {}, timestamps: {}, storage buffers/stage: {}",
+        "  subgroups: {} (size {}..{}), f16: {}, timestamps: {}, storage buffers/stage: {}, storage textures/stage: {}",
         yes(wgpu::Features::SUBGROUP),
         info.subgroup_min_size,
         info.subgroup_max_size,
         yes(wgpu::Features::SHADER_F16),
         yes(wgpu::Features::TIMESTAMP_QUERY),
         limits.max_storage_buffers_per_shader_stage,
+        limits.max_storage_textures_per_shader_stage,
     );
     s
 }
