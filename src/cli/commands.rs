@@ -815,6 +815,8 @@ fn bench_ranks(opts: &GpuOptions, a: BenchArgs, comm: &dyn Communicator) -> CliR
     let model = bench_model(&gpu, &kernels, &cfg, (b, mode), comm)?;
     let mut exchange = (ranks > 1 && mode == Mode::Train)
         .then(|| crate::train::exchange::GradExchange::new(&gpu, &model));
+    let timer = crate::gpu::PassTimer::new(&gpu);
+    let ceiling_before = crate::kernels::peak::measure_fma_ceiling(&gpu, timer.as_ref(), 256)?;
     let times = time_steps(&gpu, &model, &a, exchange.as_mut(), comm)?;
     // Per timed step: the all-reduce's seconds, the floats it sums, the wait for the slowest
     // rank before it (seconds).
@@ -826,12 +828,10 @@ fn bench_ranks(opts: &GpuOptions, a: BenchArgs, comm: &dyn Communicator) -> CliR
             x.wait_seconds / n,
         )
     });
-    // The ceiling right after the steps, so both see the same machine load.
-    let ceiling = crate::kernels::peak::measure_fma_ceiling(
-        &gpu,
-        crate::gpu::PassTimer::new(&gpu).as_ref(),
-        256,
-    )?;
+    // The ceiling right before and right after the steps, so both see the same machine
+    // load; the larger of the two, so a slow moment cannot flatter the ratio.
+    let ceiling_after = crate::kernels::peak::measure_fma_ceiling(&gpu, timer.as_ref(), 256)?;
+    let ceiling = ceiling_before.max(ceiling_after);
     let mut families = std::collections::BTreeMap::new();
     if a.profile {
         for list in model.step_commands(mode) {
