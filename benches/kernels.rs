@@ -55,7 +55,8 @@ impl Bench {
         // VIT_BENCH_RUNS=N: more runs per case (steadier medians, or a long run to profile).
         if let Some(n) = std::env::var("VIT_BENCH_RUNS")
             .ok()
-            .and_then(|v| v.parse().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n > 0)
         {
             return n;
         }

@@ -45,9 +45,10 @@ pid=$!
 trap 'kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
 sleep "$delay"
 kill -0 "$pid" 2>/dev/null || { echo "the command ended within --delay $delay s; see $out/command.log" >&2; exit 1; }
-perf record -F 4000 -p "$pid" -o "$out/perf.data" -- sleep "$seconds" > /dev/null 2>&1
+perf record -F 4000 -p "$pid" -o "$out/perf.data" -- sleep "$seconds" > "$out/perf.log" 2>&1 \
+    || { echo "perf record failed (see $out/perf.log; perf_event_paranoid?)" >&2; exit 1; }
 # JIT code has no symbol file: perf names its samples after a missing perf-PID.map or [JIT].
-perf script -i "$out/perf.data" -F ip,dso 2>/dev/null | grep -E 'JIT|perf-' | awk '{print $1}' \
+perf script -i "$out/perf.data" -F ip,dso 2>/dev/null | { grep -E 'JIT|perf-' || true; } | awk '{print $1}' \
     | sort | uniq -c | sort -rn > "$out/ips.txt"
 [[ -s "$out/ips.txt" ]] || { echo "no samples in JIT code (was the kernel running?)" >&2; exit 1; }
 kill -STOP "$pid"
