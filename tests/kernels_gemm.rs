@@ -497,3 +497,99 @@ fn every_variant_handles_fewer_than_four_columns_with_all_epilogues() {
         }
     }
 }
+
+/// C [m, n] = X Y^T, no epilogue.
+fn plain_nt<'a>(
+    x: &'a wgpu::Buffer,
+    y: &'a wgpu::Buffer,
+    c: &'a wgpu::Buffer,
+    (m, n, k): (usize, usize, usize),
+) -> GemmArgs<'a> {
+    GemmArgs {
+        a: x.into(),
+        b: y.into(),
+        c: c.into(),
+        m,
+        n,
+        k,
+        layout: Layout::NT,
+        bias: None,
+        pre_activation: None,
+        activation: Activation::None,
+        act_grad_of: None,
+        accumulate: false,
+    }
+}
+
+/// Texture copies of GEMM operands are shared along one command list until a command
+/// writes the operand's buffer: a second GEMM on the same A and B copies nothing, and after
+/// a GEMM overwrites A the next one reads the new A through a fresh copy (B still shared).
+#[test]
+fn texture_copies_are_shared_until_the_buffer_is_written() {
+    use vit_wgpu::gpu::{Command, Record};
+    // k and inner multiples of 64: every operand is texture-eligible.
+    let (m, n, k, inner) = (65, 64, 128, 64);
+    for variant in Variant::ALL {
+        if !runs(variant) {
+            continue;
+        }
+        let g = gpu();
+        let mut r = rng();
+        let a = random(&mut r, m * k);
+        let b = random(&mut r, n * k);
+        let d = random(&mut r, m * inner);
+        let e = random(&mut r, k * inner);
+        let (ba, bb, bd, be) = (
+            g.upload("a", &a),
+            g.upload("b", &b),
+            g.upload("d", &d),
+            g.upload("e", &e),
+        );
+        let (c1, c2, c3) = (poisoned(m * n), poisoned(m * n), poisoned(m * n));
+        let gemm = gemm(variant);
+        let mut list: Vec<Command> = Vec::new();
+        let mut copies_of = |args: GemmArgs| {
+            let before = list.iter().filter(|c| !c.is_dispatch()).count();
+            gemm.record(g, &args, &mut list);
+            list.iter().filter(|c| !c.is_dispatch()).count() - before
+        };
+        let copies = [
+            copies_of(plain_nt(&ba, &bb, &c1, (m, n, k))),
+            copies_of(plain_nt(&ba, &bb, &c2, (m, n, k))),
+            // A = D E^T overwrites A's buffer
+            copies_of(plain_nt(&bd, &be, &ba, (m, k, inner))),
+            copies_of(plain_nt(&ba, &bb, &c3, (m, n, k))),
+        ];
+        g.submit_commands(&list);
+
+        let nt = |x: &[f32], y: &[f32], n: usize, k: usize| {
+            let mut c = vec![0.0; m * n];
+            reference::gemm(
+                &mut c,
+                None,
+                x,
+                y,
+                m,
+                n,
+                k,
+                Layout::NT,
+                &Epilogue::NONE,
+                0..m,
+            );
+            c
+        };
+        let (ab, new_a) = (nt(&a, &b, n, k), nt(&d, &e, k, inner));
+        let name = variant.name();
+        assert_close(&format!("{name} A B^T"), &read(&c1), &ab, TOLERANCE);
+        assert_close(&format!("{name} A B^T again"), &read(&c2), &ab, TOLERANCE);
+        assert_close(&format!("{name} new A"), &read(&ba), &new_a, TOLERANCE);
+        let new_ab = nt(&new_a, &b, n, k);
+        assert_close(&format!("{name} new A B^T"), &read(&c3), &new_ab, TOLERANCE);
+        let expected = if variant == Variant::Lanes {
+            [2, 0, 2, 1]
+        } else {
+            [0; 4]
+        };
+        assert_eq!(copies, expected, "{name}: texture copies per GEMM");
+    }
+}

@@ -93,9 +93,10 @@ pub struct Gpu {
     pub features: wgpu::Features,
     /// What the kernels' variant choice depends on, read once here.
     pub caps: Caps,
-    /// The shader file of every pipeline built here, so a `Dispatch` can say which kernel
-    /// family it belongs to (for per-family timing).
-    families: std::sync::Mutex<std::collections::HashMap<wgpu::ComputePipeline, &'static str>>,
+    /// The shader file and the writable bindings of every pipeline built here, so a
+    /// `Dispatch` can say which kernel family it belongs to (per-family timing) and which
+    /// buffers it writes (a texture copy is reused until its buffer is written).
+    pipeline_info: std::sync::Mutex<std::collections::HashMap<wgpu::ComputePipeline, PipelineInfo>>,
     /// Every pipeline built here, keyed by (shader, entry point, override constants): a
     /// pipeline costs an LLVM compile on lavapipe, so no two kernels build the same one.
     pipelines: std::sync::Mutex<std::collections::HashMap<String, wgpu::ComputePipeline>>,
@@ -264,7 +265,7 @@ impl Gpu {
             limits,
             features,
             caps,
-            families: Default::default(),
+            pipeline_info: Default::default(),
             pipelines: Default::default(),
         })
     }
@@ -462,8 +463,12 @@ impl Gpu {
                 },
                 cache: None,
             });
-        if let Ok(mut f) = self.families.lock() {
-            f.insert(pipeline.clone(), shader.name);
+        let info = PipelineInfo {
+            family: shader.name,
+            writable: writable_bindings(shader.source),
+        };
+        if let Ok(mut f) = self.pipeline_info.lock() {
+            f.insert(pipeline.clone(), info);
         }
         pipeline
     }
@@ -518,21 +523,35 @@ impl Gpu {
                 resource: meta_buffer.as_entire_binding(),
             }],
         });
+        let info = self
+            .pipeline_info
+            .lock()
+            .ok()
+            .and_then(|f| f.get(pipeline).cloned());
+        let family = info.as_ref().map_or("other", |i| i.family);
+        // Unknown writable bindings (a pipeline not built here): every buffer counts as
+        // written, which only costs a texture copy.
+        let writable = |binding: u32| {
+            info.as_ref()
+                .and_then(|i| i.writable.as_ref())
+                .is_none_or(|w| w.contains(&binding))
+        };
+        let writes = entries
+            .iter()
+            .filter(|e| writable(e.binding))
+            .filter_map(|e| match &e.resource {
+                wgpu::BindingResource::Buffer(b) => Some(b.buffer.clone()),
+                _ => None,
+            })
+            .collect();
         Dispatch {
-            family: self.family(pipeline),
+            family,
             pipeline: pipeline.clone(),
             groups: vec![group0, group1],
             workgroups,
+            writes,
             _meta: meta_buffer,
         }
-    }
-
-    fn family(&self, pipeline: &wgpu::ComputePipeline) -> &'static str {
-        self.families
-            .lock()
-            .ok()
-            .and_then(|f| f.get(pipeline).copied())
-            .unwrap_or("other")
     }
 
     /// A one-paragraph description of the adapter for logs and `info`.
@@ -577,6 +596,31 @@ pub fn describe_adapter(
     s
 }
 
+#[derive(Clone)]
+struct PipelineInfo {
+    family: &'static str,
+    /// `@group(0)` bindings the shader may store to; `None` if its source did not parse.
+    writable: Option<Vec<u32>>,
+}
+
+/// The `@group(0)` bindings a WGSL module declares `var<storage, read_write>`.
+fn writable_bindings(source: &str) -> Option<Vec<u32>> {
+    let module = naga::front::wgsl::parse_str(source).ok()?;
+    let writable = module
+        .global_variables
+        .iter()
+        .filter_map(|(_, var)| match (var.space, &var.binding) {
+            (naga::AddressSpace::Storage { access }, Some(b))
+                if b.group == 0 && access.contains(naga::StorageAccess::STORE) =>
+            {
+                Some(b.binding)
+            }
+            _ => None,
+        })
+        .collect();
+    Some(writable)
+}
+
 /// One kernel launch with its bind groups built: recording it costs no allocation.
 pub struct Dispatch {
     /// The shader file this launch comes from, e.g. "gemm_lanes.wgsl".
@@ -584,6 +628,8 @@ pub struct Dispatch {
     pipeline: wgpu::ComputePipeline,
     groups: Vec<wgpu::BindGroup>,
     workgroups: [u32; 3],
+    /// The buffers bound where the shader may store.
+    writes: Vec<wgpu::Buffer>,
     _meta: wgpu::Buffer,
 }
 
@@ -623,6 +669,16 @@ pub enum Command {
 impl Command {
     pub fn is_dispatch(&self) -> bool {
         matches!(self, Command::Dispatch(_))
+    }
+
+    /// Whether this command may change `buffer`'s contents.
+    pub fn writes(&self, buffer: &wgpu::Buffer) -> bool {
+        match self {
+            Command::Dispatch(d) => d.writes.contains(buffer),
+            Command::CopyBufferToTexture { .. } => false,
+            Command::ClearBuffer(b) => b == buffer,
+            Command::CopyBuffer { dst, .. } => dst == buffer,
+        }
     }
 }
 

@@ -54,16 +54,23 @@ pub fn placeholder(gpu: &Gpu) -> wgpu::TextureView {
 }
 
 /// A row-major [rows, cols] matrix as a texture (texel = 4 consecutive floats of a row) and
-/// the copy that refreshes it, to record before each use; `None` when the shape doesn't
-/// allow it and the kernel reads the buffer instead: a buffer-to-texture copy needs rows of
-/// a multiple of 256 bytes (cols % 64 == 0), both sides must fit the adapter's texture
+/// the copy that fills it, to record before its use; `None` when the shape doesn't allow it
+/// and the kernel reads the buffer instead: a buffer-to-texture copy needs rows of a
+/// multiple of 256 bytes (cols % 64 == 0), both sides must fit the adapter's texture
 /// dimension, and the buffer must be a copy source.
+///
+/// `recorded` is the command list the use will be appended to: when it already copies the
+/// same matrix and no later command writes the matrix's buffer, that texture is returned
+/// with no copy (a weight read by the forward and the input-gradient GEMM, an activation
+/// read by the forward and the weight-gradient GEMM). The list must then always run whole
+/// and in order, as the step's lists do.
 pub fn rows_of(
     gpu: &Gpu,
     matrix: View,
     rows: usize,
     cols: usize,
-) -> Option<(wgpu::TextureView, Command)> {
+    recorded: &[Command],
+) -> Option<(wgpu::TextureView, Option<Command>)> {
     let max = gpu.limits.max_texture_dimension_2d as usize;
     let bytes_per_row = cols * 4;
     if !bytes_per_row.is_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT as usize)
@@ -74,6 +81,9 @@ pub fn rows_of(
         return None;
     }
     let desc = descriptor("matrix as texture", (cols / 4) as u32, rows as u32);
+    if let Some(texture) = earlier_copy(&desc, matrix, recorded) {
+        return Some((texture.create_view(&Default::default()), None));
+    }
     let texture = gpu.device.create_texture(&desc);
     let view = texture.create_view(&Default::default());
     let copy = Command::CopyBufferToTexture {
@@ -83,5 +93,32 @@ pub fn rows_of(
         bytes_per_row: bytes_per_row as u32,
         size: desc.size,
     };
-    Some((view, copy))
+    Some((view, Some(copy)))
+}
+
+/// The texture of the last copy of `matrix` (same buffer, offset and shape) in `recorded`,
+/// if no command after it writes the buffer.
+fn earlier_copy<'a>(
+    desc: &wgpu::TextureDescriptor,
+    matrix: View,
+    recorded: &'a [Command],
+) -> Option<&'a wgpu::Texture> {
+    for command in recorded.iter().rev() {
+        if let Command::CopyBufferToTexture {
+            buffer,
+            offset,
+            texture,
+            size,
+            ..
+        } = command
+        {
+            if buffer == matrix.buffer && *offset == matrix.offset && *size == desc.size {
+                return Some(texture);
+            }
+        }
+        if command.writes(matrix.buffer) {
+            return None;
+        }
+    }
+    None
 }

@@ -489,11 +489,23 @@ impl Gemm {
 
     /// `record` with the tile size and split-K of `Tiled` given (tests cover each).
     pub fn record_with_plan(&self, gpu: &Gpu, args: &GemmArgs, plan: Plan) -> Vec<Command> {
+        self.record_after(gpu, args, plan, &[])
+    }
+
+    /// The commands of one GEMM to append to `recorded` (whose texture copies of the same
+    /// operands it reuses, see `texture::rows_of`).
+    fn record_after(
+        &self,
+        gpu: &Gpu,
+        args: &GemmArgs,
+        plan: Plan,
+        recorded: &[Command],
+    ) -> Vec<Command> {
         let meta = check_args(gpu, args);
         match self.variant {
             Variant::Tiled => self.record_tiled(gpu, args, meta, plan),
             Variant::Registers => self.record_registers(gpu, args, meta),
-            Variant::Lanes | Variant::LanesStorage => self.record_cpu(gpu, args, meta),
+            Variant::Lanes | Variant::LanesStorage => self.record_cpu(gpu, args, meta, recorded),
         }
     }
 
@@ -585,7 +597,13 @@ impl Gemm {
         ]
     }
 
-    fn record_cpu(&self, gpu: &Gpu, args: &GemmArgs, meta: Meta) -> Vec<Command> {
+    fn record_cpu(
+        &self,
+        gpu: &Gpu,
+        args: &GemmArgs,
+        meta: Meta,
+        recorded: &[Command],
+    ) -> Vec<Command> {
         let (m, n, k) = (args.m, args.n, args.k);
         let ((a_rows, a_cols), (b_rows, b_cols)) = args.layout.shapes(m, n, k);
         let groups = [div_ceil(n, CPU_TILE), div_ceil(m, CPU_TILE), 1];
@@ -594,9 +612,9 @@ impl Gemm {
         let use_textures = self.variant == Variant::Lanes;
         let mut as_texture = |wanted: bool, operand: View, rows: usize, cols: usize| {
             let (view, copy) = wanted
-                .then(|| texture::rows_of(gpu, operand, rows, cols))
+                .then(|| texture::rows_of(gpu, operand, rows, cols, recorded))
                 .flatten()?;
-            commands.push(copy);
+            commands.extend(copy);
             Some(view)
         };
         let a_view = as_texture(use_textures, args.a, a_rows, a_cols);
@@ -733,6 +751,7 @@ fn entry(binding: u32, resource: &dyn Bind) -> wgpu::BindGroupEntry<'_> {
 impl Record<GemmArgs<'_>> for Gemm {
     fn record(&self, gpu: &Gpu, args: &GemmArgs, out: &mut Vec<Command>) {
         let plan = Plan::for_shape(args.m, args.n, args.k, args.layout);
-        out.extend(self.record_with_plan(gpu, args, plan));
+        let commands = self.record_after(gpu, args, plan, out);
+        out.extend(commands);
     }
 }

@@ -97,10 +97,10 @@ impl LayerNorm {
         }
         let made: Option<Vec<_>> = matrices
             .iter()
-            .map(|&(m, rows)| texture::rows_of(gpu, m, rows, cols))
+            .map(|&(m, rows)| texture::rows_of(gpu, m, rows, cols, out))
             .collect();
         let (views, copies): (Vec<_>, Vec<_>) = made?.into_iter().unzip();
-        out.extend(copies);
+        out.extend(copies.into_iter().flatten());
         Some(views)
     }
 

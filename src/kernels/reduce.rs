@@ -89,11 +89,11 @@ impl Record<ColumnSum<'_>> for Reduce {
         let col_groups = div_ceil(cols, 64);
         let as_texture = self
             .textures
-            .then(|| texture::rows_of(gpu, matrix.into(), rows, cols))
+            .then(|| texture::rows_of(gpu, matrix.into(), rows, cols, out))
             .flatten();
         let partial = match as_texture {
             Some((view, copy)) => {
-                out.push(copy);
+                out.extend(copy);
                 gpu.dispatch(
                     &self.column_sum_partial_texture,
                     &[(1, scratch), (4, &view)],

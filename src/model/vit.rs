@@ -128,7 +128,10 @@ fn ordered_values<'h>(
 }
 
 /// The forward (eval), forward with dropout (empty without dropout) and backward command
-/// lists, recorded once.
+/// lists, recorded once. The training forward and the backward are recorded as one list and
+/// split, so the backward's GEMMs reuse the forward's texture copies of weights and saved
+/// activations (`texture::rows_of`): the backward list must only run right after that
+/// forward, as `step_commands` orders them.
 fn record_lists(
     gpu: &Gpu,
     kernels: &Kernels,
@@ -136,7 +139,9 @@ fn record_lists(
     net: &Net,
 ) -> (Vec<Command>, Vec<Command>, Vec<Command>) {
     let no_scratch = gpu.storage("no reduce scratch", 1);
-    let record = |schedule: &dyn Fn(&mut Recorder)| {
+    // `parts` recorded one after the other into one list (each sees the commands before
+    // it), returned split per part.
+    let record = |parts: &[&dyn Fn(&mut Recorder)]| {
         let mut r = Recorder {
             gpu,
             kernels,
@@ -147,18 +152,36 @@ fn record_lists(
                 .map_or(&no_scratch, |g| &g.reduce_scratch),
             commands: Vec::new(),
         };
-        schedule(&mut r);
-        r.commands
-    };
-    let forward_eval = record(&|r| net.forward(r, false));
-    let (mut forward_train, mut backward) = (Vec::new(), Vec::new());
-    if net.grads.is_some() {
-        if net.dropout > 0.0 {
-            forward_train = record(&|r| net.forward(r, true));
+        let mut bounds = vec![0];
+        for part in parts {
+            part(&mut r);
+            bounds.push(r.commands.len());
         }
-        backward = record(&|r| net.backward(r));
+        let mut lists: Vec<Vec<Command>> = bounds
+            .windows(2)
+            .rev()
+            .map(|w| r.commands.split_off(w[0]))
+            .collect();
+        lists.reverse();
+        lists.into_iter()
+    };
+    let forward_eval = |r: &mut Recorder| net.forward(r, false);
+    let forward_train = |r: &mut Recorder| net.forward(r, true);
+    let backward = |r: &mut Recorder| net.backward(r);
+    if net.grads.is_none() {
+        let forward = record(&[&forward_eval]).next().unwrap_or_default();
+        return (forward, Vec::new(), Vec::new());
     }
-    (forward_eval, forward_train, backward)
+    if net.dropout > 0.0 {
+        let eval = record(&[&forward_eval]).next().unwrap_or_default();
+        let mut train = record(&[&forward_train, &backward]);
+        let forward = train.next().unwrap_or_default();
+        (eval, forward, train.next().unwrap_or_default())
+    } else {
+        let mut train = record(&[&forward_eval, &backward]);
+        let forward = train.next().unwrap_or_default();
+        (forward, Vec::new(), train.next().unwrap_or_default())
+    }
 }
 
 impl Vit {
