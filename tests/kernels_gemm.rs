@@ -37,7 +37,8 @@ fn runs(variant: Variant) -> bool {
 /// Shapes that are not tile multiples (tiles are 32, 64 and 128), including 1-sized ones,
 /// 50 and 197 rows, the ViT token count (5 images x 197 tokens), widths that are not
 /// multiples of 4 (scalar loads) and both texture-eligible widths (multiples of 64) and
-/// storage-only ones, for every operand of every layout.
+/// storage-only ones, for every operand of every layout. The last three are tile multiples
+/// (m, n of 32, k of 8), which the `Lanes` kernel runs without bounds checks.
 const SHAPES: &[(usize, usize, usize)] = &[
     (1, 64, 64),
     (50, 36, 50),
@@ -54,6 +55,9 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (64, 96, 65),
     (192, 33, 985),
     (65, 64, 192),
+    (128, 64, 192),
+    (64, 192, 64),
+    (96, 32, 40),
 ];
 
 #[derive(Clone, Copy, Default)]
@@ -262,7 +266,7 @@ fn every_epilogue(variant: Variant) {
         ),
     ];
     for (layout, flags) in cases {
-        for shape in [(65, 96, 64), (985, 33, 17), (17, 192, 192)] {
+        for shape in [(65, 96, 64), (985, 33, 17), (17, 192, 192), (64, 128, 192)] {
             check(variant, layout, shape, flags);
         }
     }

@@ -228,9 +228,7 @@ fn spec(variant: Variant, layout: Layout, o: Options) -> PipelineSpec {
                 ("A_TEXTURE", flag(o.a_tex)),
                 ("B_TEXTURE", flag(o.b_tex)),
                 ("VEC4", flag(o.vec4)),
-                // Two steps of 4 k per loop trip pay for NN and TN; NT, which
-                // transposes its B block, spills more and runs best with one.
-                ("K_STEPS", if layout == Layout::NT { 1.0 } else { 2.0 }),
+                ("K_STEPS", k_steps(layout) as f64),
                 ("HAS_BIAS", flag(o.epilogue.bias)),
                 ("HAS_PRE", flag(o.epilogue.pre)),
                 ("ACTIVATION", o.epilogue.activation as f64),
@@ -238,8 +236,19 @@ fn spec(variant: Variant, layout: Layout, o: Options) -> PipelineSpec {
                 ("ACCUMULATE", flag(o.epilogue.accumulate)),
                 ("AUX_TEXTURE", flag(o.aux_tex)),
                 ("C_TEXTURE", flag(o.c_tex)),
+                ("ALIGNED", flag(o.aligned)),
             ],
         },
+    }
+}
+
+/// Steps of 4 k per loop trip of the `Lanes` kernel: two pay for NN and TN; NT, which
+/// transposes its B block, spills more and runs best with one.
+fn k_steps(layout: Layout) -> usize {
+    if layout == Layout::NT {
+        1
+    } else {
+        2
     }
 }
 
@@ -257,6 +266,7 @@ struct Options {
     epilogue: Epilogue,
     aux_tex: bool,
     c_tex: bool,
+    aligned: bool,
 }
 
 /// The epilogue as the `Lanes` kernels take it: override constants, one pipeline each.
@@ -636,6 +646,9 @@ impl Gemm {
             epilogue,
             aux_tex: aux_view.is_some(),
             c_tex: c_view.is_some(),
+            aligned: m.is_multiple_of(CPU_TILE)
+                && n.is_multiple_of(CPU_TILE)
+                && k.is_multiple_of(4 * k_steps(args.layout)),
             ..Default::default()
         };
         let pipeline = self.pipeline(gpu, args.layout, o);
