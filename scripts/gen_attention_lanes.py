@@ -39,6 +39,35 @@ HEADER = """\
 const LANES: u32 = 8u;
 const LANE_ROWS: u32 = {R}u;
 
+// The streamed rows (keys and values, or queries and dO rows in the key pass) read from
+// rgba32float copies of qkv [B*N, 3D] and dO [B*N, D], a texel = 4 floats of a row: on
+// llvmpipe a storage-texture texel is read inline where a storage load is a per-lane loop
+// (a third of the forward's time). The host sets it when D is a multiple of 64 (a
+// buffer-to-texture copy needs rows of a multiple of 256 bytes).
+override ROWS_TEXTURE: bool = false;
+@group(0) @binding(9) var qkv_tex: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(10) var d_o_tex: texture_storage_2d<rgba32float, read>;
+
+// Texel of token t's head columns of q (part 0), k (1) or v (2), and of an o-shaped row.
+fn qkv_texel(r: Rows, t: u32, part: u32) -> vec2<u32> {{
+    return vec2<u32>(part * shape.model_vec4 + r.head_col, r.batch * shape.tokens + t);
+}}
+
+fn o_texel(r: Rows, t: u32) -> vec2<u32> {{
+    return vec2<u32>(r.head_col, r.batch * shape.tokens + t);
+}}
+
+// Step c of a streamed row: vec4 index i + c of the buffer, or texel t + (c, 0).
+fn load_qkv(i: u32, t: vec2<u32>, c: u32) -> vec4<f32> {{
+    if (ROWS_TEXTURE) {{ return textureLoad(qkv_tex, t + vec2<u32>(c, 0u)); }}
+    return qkv[i + c];
+}}
+
+fn load_d_o(i: u32, t: vec2<u32>, c: u32) -> vec4<f32> {{
+    if (ROWS_TEXTURE) {{ return textureLoad(d_o_tex, t + vec2<u32>(c, 0u)); }}
+    return d_o[i + c];
+}}
+
 // The vec4 x of lanes 0..3 (lo) or 4..7 (hi) as the columns of a matrix.
 fn lanes4_lo(x: vec4<f32>) -> mat4x4<f32> {{
     return mat4x4<f32>(subgroupBroadcast(x, 0u), subgroupBroadcast(x, 1u),
@@ -154,8 +183,9 @@ def forward(o, R):
     o("// this lane loads key (and value) j0 + lane")
     o("let mine = min(j0 + lane, n - 1u);")
     o("let kj = qkv_at(r0, mine, 1u);")
+    o("let kt = qkv_texel(r0, mine, 1u);")
     partials(o, R, "s")
-    o.steps(lambda c: dots_step(c, f"let x = qkv[kj + {c}u]", "x", "", "s", "q", R))
+    o.steps(lambda c: dots_step(c, f"let x = load_qkv(kj, kt, {c}u)", "x", "", "s", "q", R))
     o("let in_lo = valid_lo(j0, n);")
     o("let in_hi = valid_hi(j0, n);")
     for r in range(R):
@@ -168,8 +198,9 @@ def forward(o, R):
         o(f"l{r} = l{r} * corr{r} + hsum(p{r}_lo + p{r}_hi);")
         o(f"m{r} = mb{r};")
     o("let vj = qkv_at(r0, mine, 2u);")
+    o("let vt = qkv_texel(r0, mine, 2u);")
 
-    o.steps(lambda c: f"let x = qkv[vj + {c}u]; " + mix_step(c, "x", "", "acc", "p", R, scale="corr"))
+    o.steps(lambda c: f"let x = load_qkv(vj, vt, {c}u); " + mix_step(c, "x", "", "acc", "p", R, scale="corr"))
     o.depth -= 1
     o("}")
     for r in range(R):
@@ -210,11 +241,13 @@ def backward_query(o, R):
     o("// this lane loads key and value j0 + lane")
     o("let mine = min(j0 + lane, n - 1u);")
     o("let kj = qkv_at(r0, mine, 1u);")
+    o("let kt = qkv_texel(r0, mine, 1u);")
     o("let vj = qkv_at(r0, mine, 2u);")
+    o("let vt = qkv_texel(r0, mine, 2u);")
     o("var k: array<vec4<f32>, 16>;")
     partials(o, R, "s", "dp")
-    o.steps(lambda c: dots_step(c, f"k[{c}u] = qkv[kj + {c}u]", f"k[{c}u]", "k", "s", "q", R) + " "
-            + dots_step(c, f"let v = qkv[vj + {c}u]", "v", "v", "dp", "g", R))
+    o.steps(lambda c: dots_step(c, f"k[{c}u] = load_qkv(kj, kt, {c}u)", f"k[{c}u]", "k", "s", "q", R) + " "
+            + dots_step(c, f"let v = load_qkv(vj, vt, {c}u)", "v", "v", "dp", "g", R))
     o("let in_lo = valid_lo(j0, n);")
     o("let in_hi = valid_hi(j0, n);")
     for r in range(R):
@@ -258,13 +291,15 @@ def backward_key(o, R):
     o("let mine = min(i0 + lane, n - 1u);")
     o("let qi = qkv_at(r0, mine, 0u);")
     o("let gi = o_at(r0, mine);")
+    o("let qt = qkv_texel(r0, mine, 0u);")
+    o("let gt = o_texel(r0, mine);")
     o("let lse_mine = lse_in[r0.bh * n + mine];")
     o("let delta_mine = delta[r0.bh * n + mine];")
     o("var qr: array<vec4<f32>, 16>;")
     o("var gr: array<vec4<f32>, 16>;")
     partials(o, R, "s", "dp")
-    o.steps(lambda c: dots_step(c, f"qr[{c}u] = qkv[qi + {c}u]", f"qr[{c}u]", "q", "s", "k", R) + " "
-            + dots_step(c, f"gr[{c}u] = d_o[gi + {c}u]", f"gr[{c}u]", "g", "dp", "v", R))
+    o.steps(lambda c: dots_step(c, f"qr[{c}u] = load_qkv(qi, qt, {c}u)", f"qr[{c}u]", "q", "s", "k", R) + " "
+            + dots_step(c, f"gr[{c}u] = load_d_o(gi, gt, {c}u)", f"gr[{c}u]", "g", "dp", "v", R))
     o("let in_lo = valid_lo(i0, n);")
     o("let in_hi = valid_hi(i0, n);")
     o("let lse_lo = lanes_lo(lse_mine);")

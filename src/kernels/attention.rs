@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use super::{PipelineSpec, Shader, ATTENTION, ATTENTION_LANES};
 use crate::gpu::caps::{self, Choice};
-use crate::gpu::{div_ceil, Command, Gpu, Record};
+use crate::gpu::{div_ceil, texture, Bind, Command, Gpu, Record};
 
 /// Shapes of one attention call: qkv [batch*tokens, 3*heads*head_dim].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,12 +113,17 @@ const TILE_ROWS: usize = 64;
 const TILED_WORKGROUP_BYTES: u32 = 2 * 16 * 16 * 16 + 2 * 16 * 4;
 
 /// The pipelines a variant builds for head dim 4 `head_vec4`: forward, backward_query,
-/// backward_key, probabilities.
-fn specs(variant: Variant, head_vec4: usize) -> [PipelineSpec; 4] {
-    let constants = vec![
+/// backward_key, probabilities. `rows_texture` (`Lanes` only): the streamed rows come from
+/// textures.
+fn specs(variant: Variant, head_vec4: usize, rows_texture: bool) -> [PipelineSpec; 4] {
+    let base = vec![
         ("HEAD_VEC4", head_vec4 as f64),
         ("ROWS", Variant::Rows.rows_per_group() as f64),
     ];
+    let mut constants = base.clone();
+    if variant == Variant::Lanes {
+        constants.push(("ROWS_TEXTURE", if rows_texture { 1.0 } else { 0.0 }));
+    }
     let spec = |shader, entry| PipelineSpec {
         shader,
         entry,
@@ -129,14 +134,24 @@ fn specs(variant: Variant, head_vec4: usize) -> [PipelineSpec; 4] {
         spec(variant.shader(), variant.entry("attention_backward_query")),
         spec(variant.shader(), variant.entry("attention_backward_key")),
         // one query row per invocation in every variant: for attention maps only
-        spec(ATTENTION, "attention_probabilities"),
+        PipelineSpec {
+            shader: ATTENTION,
+            entry: "attention_probabilities",
+            constants: base,
+        },
     ]
 }
 
 /// Every pipeline a variant can build (for the translation test).
 pub fn pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
-    (1..=MAX_HEAD_DIM / 4)
-        .flat_map(|v4| specs(variant, v4))
+    let textures: &[bool] = if variant == Variant::Lanes {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    textures
+        .iter()
+        .flat_map(|&t| (1..=MAX_HEAD_DIM / 4).flat_map(move |v4| specs(variant, v4, t)))
         .collect()
 }
 
@@ -164,9 +179,14 @@ struct Pipelines {
 pub struct Attention {
     variant: Variant,
     reason: String,
-    /// Indexed by head_dim / 4 - 1; built on first use of a head dim and kept (a pipeline
-    /// costs an LLVM compile on lavapipe).
-    pipelines: [OnceLock<Pipelines>; MAX_HEAD_DIM / 4],
+    /// `Lanes` on an adapter where textures are cheaper to read than storage
+    /// (`texture::preferred`): the streamed rows are read from texture copies.
+    textures: bool,
+    /// Bound where a `Lanes` kernel's textures are not used.
+    placeholder: Option<wgpu::TextureView>,
+    /// Indexed by [rows from textures][head_dim / 4 - 1]; built on first use and kept (a
+    /// pipeline costs an LLVM compile on lavapipe).
+    pipelines: [[OnceLock<Pipelines>; MAX_HEAD_DIM / 4]; 2],
 }
 
 impl Attention {
@@ -234,9 +254,12 @@ impl Attention {
                 gpu.info.name
             );
         }
+        let lanes = variant == Variant::Lanes;
         Attention {
             variant,
             reason: "chosen by the caller".into(),
+            textures: lanes && texture::preferred(gpu),
+            placeholder: lanes.then(|| texture::placeholder(gpu)),
             pipelines: Default::default(),
         }
     }
@@ -250,11 +273,11 @@ impl Attention {
         &self.reason
     }
 
-    fn pipelines(&self, gpu: &Gpu, shape: AttentionShape) -> &Pipelines {
+    fn pipelines(&self, gpu: &Gpu, shape: AttentionShape, rows_texture: bool) -> &Pipelines {
         check(gpu, shape);
         let v4 = shape.head_dim / 4;
-        self.pipelines[v4 - 1].get_or_init(|| {
-            let [f, q, k, p] = specs(self.variant, v4);
+        self.pipelines[rows_texture as usize][v4 - 1].get_or_init(|| {
+            let [f, q, k, p] = specs(self.variant, v4, rows_texture);
             Pipelines {
                 forward: f.build(gpu),
                 backward_query: q.build(gpu),
@@ -315,15 +338,56 @@ pub struct AttentionProbabilities<'a> {
     pub probs: &'a wgpu::Buffer, // [B, A, N, N]
 }
 
+impl Attention {
+    /// The `Lanes` kernels' texture copies of qkv [B*N, 3D] and dO [B*N, D] (those not
+    /// already in `out`, see `texture::rows_of`), or `None` when they read storage.
+    fn row_textures(
+        &self,
+        gpu: &Gpu,
+        shape: AttentionShape,
+        qkv: &wgpu::Buffer,
+        d_o: Option<&wgpu::Buffer>,
+        out: &mut Vec<Command>,
+    ) -> Option<[wgpu::TextureView; 2]> {
+        if !self.textures {
+            return None;
+        }
+        let (rows, model) = (shape.batch * shape.tokens, shape.model_dim());
+        let (qkv_view, qkv_copy) = texture::rows_of(gpu, qkv.into(), rows, 3 * model, out)?;
+        let d_o_view = match d_o {
+            Some(d_o) => {
+                let (view, copy) = texture::rows_of(gpu, d_o.into(), rows, model, out)?;
+                out.extend(copy);
+                view
+            }
+            None => self.placeholder.clone()?,
+        };
+        out.extend(qkv_copy);
+        Some([qkv_view, d_o_view])
+    }
+
+    /// The `Lanes` kernels' texture bindings (9 qkv, 10 dO): the copies, else placeholders.
+    fn texture_views<'a>(
+        &'a self,
+        textures: &'a Option<[wgpu::TextureView; 2]>,
+    ) -> Option<[&'a wgpu::TextureView; 2]> {
+        match (textures, &self.placeholder) {
+            (Some([q, g]), _) => Some([q, g]),
+            (None, Some(p)) => Some([p, p]),
+            (None, None) => None,
+        }
+    }
+}
+
 impl Record<AttentionForward<'_>> for Attention {
     fn record(&self, gpu: &Gpu, a: &AttentionForward, out: &mut Vec<Command>) {
-        let p = self.pipelines(gpu, a.shape);
-        let d = gpu.dispatch(
-            &p.forward,
-            &[(0, a.qkv), (1, a.o), (2, a.lse)],
-            &meta(a.shape),
-            self.grid(a.shape),
-        );
+        let textures = self.row_textures(gpu, a.shape, a.qkv, None, out);
+        let p = self.pipelines(gpu, a.shape, textures.is_some());
+        let mut entries: Vec<(u32, &dyn Bind)> = vec![(0, a.qkv), (1, a.o), (2, a.lse)];
+        if let Some([qkv_tex, _]) = self.texture_views(&textures) {
+            entries.push((9, qkv_tex));
+        }
+        let d = gpu.dispatch(&p.forward, &entries, &meta(a.shape), self.grid(a.shape));
         out.push(d.into());
     }
 }
@@ -344,27 +408,25 @@ impl Record<AttentionBackward<'_>> for Attention {
             "attention backward scratch needs {} floats",
             Self::scratch_len(shape)
         );
-        let p = self.pipelines(gpu, shape);
+        let textures = self.row_textures(gpu, shape, qkv, Some(d_o), out);
+        let p = self.pipelines(gpu, shape, textures.is_some());
         let m = meta(shape);
-        let query = gpu.dispatch(
-            &p.backward_query,
-            &[
-                (0, qkv),
-                (3, o),
-                (4, lse),
-                (5, d_o),
-                (6, dqkv),
-                (7, scratch),
-            ],
-            &m,
-            self.grid(shape),
-        );
-        let key = gpu.dispatch(
-            &p.backward_key,
-            &[(0, qkv), (4, lse), (5, d_o), (6, dqkv), (7, scratch)],
-            &m,
-            self.grid(shape),
-        );
+        let mut query_entries: Vec<(u32, &dyn Bind)> = vec![
+            (0, qkv),
+            (3, o),
+            (4, lse),
+            (5, d_o),
+            (6, dqkv),
+            (7, scratch),
+        ];
+        let mut key_entries: Vec<(u32, &dyn Bind)> =
+            vec![(0, qkv), (4, lse), (5, d_o), (6, dqkv), (7, scratch)];
+        if let Some([qkv_tex, d_o_tex]) = self.texture_views(&textures) {
+            query_entries.push((9, qkv_tex));
+            key_entries.extend([(9, qkv_tex as &dyn Bind), (10, d_o_tex)]);
+        }
+        let query = gpu.dispatch(&p.backward_query, &query_entries, &m, self.grid(shape));
+        let key = gpu.dispatch(&p.backward_key, &key_entries, &m, self.grid(shape));
         out.extend([query.into(), key.into()]);
     }
 }
@@ -372,7 +434,9 @@ impl Record<AttentionBackward<'_>> for Attention {
 impl Record<AttentionProbabilities<'_>> for Attention {
     fn record(&self, gpu: &Gpu, a: &AttentionProbabilities, out: &mut Vec<Command>) {
         check_binding(gpu, "probabilities", a.shape.probs_len());
-        let p = self.pipelines(gpu, a.shape);
+        // the pipeline set the model's own attention calls build, if this shape's
+        let rows_texture = self.textures && a.shape.model_dim().is_multiple_of(64);
+        let p = self.pipelines(gpu, a.shape, rows_texture);
         let d = gpu.dispatch(
             &p.probabilities,
             &[(0, a.qkv), (8, a.probs)],
