@@ -47,8 +47,9 @@ override ACCUMULATE: bool = false;
 // fc2's dX with the GELU' epilogue).
 override AUX_TEXTURE: bool = false;
 override C_TEXTURE: bool = false;
-// m and n multiples of 32 and k of 4 * K_STEPS: every fetch and store is in bounds, so
-// none is checked (bounds math was a fifth of a k = 192 GEMM's instructions).
+// n a multiple of 32, k of 4 * K_STEPS and this launch's rows whole tiles: every fetch and
+// store is in bounds, so none is checked (bounds math was a fifth of a k = 192 GEMM's
+// instructions).
 override ALIGNED: bool = false;
 
 // The host's record also carries the epilogue flags; this kernel takes them as the
@@ -57,6 +58,16 @@ struct Meta {
     m: u32,
     n: u32,
     k: u32,
+    has_bias: u32,
+    has_pre: u32,
+    activation: u32,
+    act_grad: u32,
+    accumulate: u32,
+    k_chunk: u32,
+    splits: u32,
+    // the first row of C this launch's tiles start at (a partial last row tile runs in a
+    // launch of its own, with bounds checks)
+    row_base: u32,
 }
 
 @group(1) @binding(0) var<uniform> shape: Meta;
@@ -277,7 +288,7 @@ fn step(k0: u32, row0: u32, col: u32, lane: u32,
 
 @compute @workgroup_size(8)
 fn gemm_cpu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    let row0 = wid.y * 32u;
+    let row0 = shape.row_base + wid.y * 32u;
     let col = wid.x * 32u + lane * 4u;
     var acc0 = mat4x4<f32>();
     var acc1 = mat4x4<f32>();

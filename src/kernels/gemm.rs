@@ -119,7 +119,9 @@ struct Meta {
     accumulate: u32,
     k_chunk: u32,
     splits: u32,
-    _pad: [u32; 2],
+    /// `Lanes`: the first row of C this launch's tiles start at.
+    row_base: u32,
+    _pad: u32,
 }
 
 /// Tiles of C: Tiled 64 BLOCKS square (16x16 invocations), Registers 32x32 (8x8
@@ -646,12 +648,8 @@ impl Gemm {
             epilogue,
             aux_tex: aux_view.is_some(),
             c_tex: c_view.is_some(),
-            aligned: m.is_multiple_of(CPU_TILE)
-                && n.is_multiple_of(CPU_TILE)
-                && k.is_multiple_of(4 * k_steps(args.layout)),
             ..Default::default()
         };
-        let pipeline = self.pipeline(gpu, args.layout, o);
         let mut entries = self.epilogue_entries(args);
         entries.extend([entry(0, &args.a), entry(1, &args.b)]);
         // The same buffers again as arrays of vec4, used when n % 4 == 0; otherwise
@@ -680,9 +678,30 @@ impl Gemm {
         for (binding, view) in [(6, &a_view), (7, &b_view), (12, &aux_view), (13, &c_view)] {
             entries.push(entry(binding, view.as_ref().unwrap_or(&self.dummy_texture)));
         }
-        commands.push(Command::Dispatch(
-            gpu.dispatch_with(&pipeline, &entries, &meta, groups),
-        ));
+        // When n and k are tile multiples, the whole row tiles run without bounds checks
+        // (ALIGNED) and a last partial row tile, if any, in a second launch with them.
+        let full_tiles = m / CPU_TILE;
+        let aligned_cols = n.is_multiple_of(CPU_TILE) && k.is_multiple_of(4 * k_steps(args.layout));
+        let launches = if aligned_cols && full_tiles > 0 {
+            let mut l = vec![(true, 0, full_tiles)];
+            if !m.is_multiple_of(CPU_TILE) {
+                l.push((false, full_tiles * CPU_TILE, 1));
+            }
+            l
+        } else {
+            vec![(false, 0, m.div_ceil(CPU_TILE))]
+        };
+        for (aligned, row_base, row_tiles) in launches {
+            let pipeline = self.pipeline(gpu, args.layout, Options { aligned, ..o });
+            let meta = Meta {
+                row_base: row_base as u32,
+                ..meta
+            };
+            let groups = [groups[0], row_tiles as u32, 1];
+            commands.push(Command::Dispatch(
+                gpu.dispatch_with(&pipeline, &entries, &meta, groups),
+            ));
+        }
         commands
     }
 }
@@ -746,7 +765,8 @@ fn check_args(gpu: &Gpu, args: &GemmArgs) -> Meta {
         accumulate: args.accumulate as u32,
         k_chunk: k as u32,
         splits: 1,
-        _pad: [0; 2],
+        row_base: 0,
+        _pad: 0,
     }
 }
 
