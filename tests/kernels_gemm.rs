@@ -526,8 +526,9 @@ fn plain_nt<'a>(
 }
 
 /// Texture copies of GEMM operands are shared along one command list until a command
-/// writes the operand's buffer: a second GEMM on the same A and B copies nothing, and after
-/// a GEMM overwrites A the next one reads the new A through a fresh copy (B still shared).
+/// writes the operand's buffer: a second GEMM on the same A and B copies nothing, after a
+/// GEMM overwrites A the next one reads the new A through a fresh copy (B still shared), and
+/// a whole-buffer copy of A is read through A's texture.
 #[test]
 fn texture_copies_are_shared_until_the_buffer_is_written() {
     use vit_wgpu::gpu::{Command, Record};
@@ -549,20 +550,34 @@ fn texture_copies_are_shared_until_the_buffer_is_written() {
             g.upload("d", &d),
             g.upload("e", &e),
         );
-        let (c1, c2, c3) = (poisoned(m * n), poisoned(m * n), poisoned(m * n));
+        let (c1, c2, c3, c4) = (
+            poisoned(m * n),
+            poisoned(m * n),
+            poisoned(m * n),
+            poisoned(m * n),
+        );
+        let a_copy = poisoned(m * k);
         let gemm = gemm(variant);
         let mut list: Vec<Command> = Vec::new();
-        let mut copies_of = |args: GemmArgs| {
+        // texture copies one GEMM appends to `list`
+        let copies_of = |list: &mut Vec<Command>, args: GemmArgs| {
             let before = list.iter().filter(|c| !c.is_dispatch()).count();
-            gemm.record(g, &args, &mut list);
+            gemm.record(g, &args, list);
             list.iter().filter(|c| !c.is_dispatch()).count() - before
         };
         let copies = [
-            copies_of(plain_nt(&ba, &bb, &c1, (m, n, k))),
-            copies_of(plain_nt(&ba, &bb, &c2, (m, n, k))),
+            copies_of(&mut list, plain_nt(&ba, &bb, &c1, (m, n, k))),
+            copies_of(&mut list, plain_nt(&ba, &bb, &c2, (m, n, k))),
             // A = D E^T overwrites A's buffer
-            copies_of(plain_nt(&bd, &be, &ba, (m, k, inner))),
-            copies_of(plain_nt(&ba, &bb, &c3, (m, n, k))),
+            copies_of(&mut list, plain_nt(&bd, &be, &ba, (m, k, inner))),
+            copies_of(&mut list, plain_nt(&ba, &bb, &c3, (m, n, k))),
+            {
+                list.push(Command::CopyBuffer {
+                    src: ba.clone(),
+                    dst: a_copy.clone(),
+                });
+                copies_of(&mut list, plain_nt(&a_copy, &bb, &c4, (m, n, k)))
+            },
         ];
         g.submit_commands(&list);
 
@@ -589,10 +604,16 @@ fn texture_copies_are_shared_until_the_buffer_is_written() {
         assert_close(&format!("{name} new A"), &read(&ba), &new_a, TOLERANCE);
         let new_ab = nt(&new_a, &b, n, k);
         assert_close(&format!("{name} new A B^T"), &read(&c3), &new_ab, TOLERANCE);
+        assert_close(
+            &format!("{name} copied A B^T"),
+            &read(&c4),
+            &new_ab,
+            TOLERANCE,
+        );
         let expected = if variant == Variant::Lanes {
-            [2, 0, 2, 1]
+            [2, 0, 2, 1, 0]
         } else {
-            [0; 4]
+            [0; 5]
         };
         assert_eq!(copies, expected, "{name}: texture copies per GEMM");
     }

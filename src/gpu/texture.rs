@@ -97,27 +97,34 @@ pub fn rows_of(
 }
 
 /// The texture of the last copy of `matrix` (same buffer, offset and shape) in `recorded`,
-/// if no command after it writes the buffer.
+/// if no command after it writes the buffer. A whole-buffer copy into the buffer (the
+/// residual stream copied before a GEMM adds to it) is followed back to its source: a texture
+/// of the source's same region holds the same values.
 fn earlier_copy<'a>(
     desc: &wgpu::TextureDescriptor,
     matrix: View,
     recorded: &'a [Command],
 ) -> Option<&'a wgpu::Texture> {
+    let mut source = matrix.buffer;
+    let end = matrix.offset + 16 * u64::from(desc.size.width) * u64::from(desc.size.height);
     for command in recorded.iter().rev() {
-        if let Command::CopyBufferToTexture {
-            buffer,
-            offset,
-            texture,
-            size,
-            ..
-        } = command
-        {
-            if buffer == matrix.buffer && *offset == matrix.offset && *size == desc.size {
+        match command {
+            Command::CopyBufferToTexture {
+                buffer,
+                offset,
+                texture,
+                size,
+                ..
+            } if buffer == source && *offset == matrix.offset && *size == desc.size => {
                 return Some(texture);
             }
-        }
-        if command.writes(matrix.buffer) {
-            return None;
+            Command::CopyBuffer { src, dst }
+                if dst == source && end <= src.size().min(dst.size()) =>
+            {
+                source = src;
+            }
+            _ if command.writes(source) => return None,
+            _ => {}
         }
     }
     None
