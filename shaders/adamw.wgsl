@@ -6,6 +6,10 @@
 //   adamw_update (one thread per element of [start, end)): g' = g * scale
 //       m = b1 m + (1-b1) g';  v = b2 v + (1-b2) g'^2
 //       p -= lr * (m / bc1) / (sqrt(v / bc2) + eps) + lr * wd * p   (wd where i < decay_end)
+// sum_squares4 and adamw_update4 do the same on 4 consecutive floats per invocation, the
+// components outside [start, end) masked (left as they are): on CPU adapters every storage
+// access is a loop over the lanes, whose cost a vec4 shares by 4. The host uses them when
+// every buffer holds whole vec4s.
 // [start, end) is the trainable range (the whole arena, or the head alone); the arena puts
 // every weight-decayed tensor before the others, so decay is the prefix [0, decay_end).
 // The padding between tensors is zero in every role and stays zero.
@@ -94,4 +98,48 @@ fn adamw_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     if (i < shape.decay_end) { p -= hyper.lr * hyper.weight_decay * p; }
     p -= hyper.lr * (mi / hyper.bias_correction1) / (sqrt(vi / hyper.bias_correction2) + hyper.eps);
     param[i] = p;
+}
+
+@group(0) @binding(7) var<storage, read> grad4: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> param4: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read_write> m4: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read_write> v4: array<vec4<f32>>;
+
+// Which of floats 4j .. 4j + 3 lie in [lo, hi).
+fn inside(j: u32, lo: u32, hi: u32) -> vec4<bool> {
+    let i = vec4<u32>(4u * j) + vec4<u32>(0u, 1u, 2u, 3u);
+    return (i >= vec4<u32>(lo)) & (i < vec4<u32>(hi));
+}
+
+@compute @workgroup_size(256)
+fn sum_squares4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    var s = vec4<f32>(0.0);
+    let end4 = (shape.end + 3u) / 4u;
+    for (var j = shape.start / 4u + wid.x * 256u + lid; j < end4; j += shape.partials * 256u) {
+        let g = select(vec4<f32>(0.0), grad4[j], inside(j, shape.start, shape.end));
+        s += g * g;
+    }
+    scratch[lid] = (s.x + s.y) + (s.z + s.w);
+    workgroup_sum(lid);
+    if (lid == 0u) { stats[wid.x] = scratch[0]; }
+}
+
+@compute @workgroup_size(256)
+fn adamw_update4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let j = shape.start / 4u + (wid.x + wid.y * nwg.x) * 256u + lid;
+    if (4u * j >= shape.end) { return; }
+    let live = inside(j, shape.start, shape.end);
+    let g = grad4[j] * clip[shape.partials];
+    let m_old = m4[j];
+    let v_old = v4[j];
+    let mj = hyper.beta1 * m_old + (1.0 - hyper.beta1) * g;
+    let vj = hyper.beta2 * v_old + (1.0 - hyper.beta2) * g * g;
+    let p_old = param4[j];
+    var p = p_old;
+    p = select(p, p - hyper.lr * hyper.weight_decay * p, inside(j, 0u, shape.decay_end));
+    p -= hyper.lr * (mj / hyper.bias_correction1) / (sqrt(vj / hyper.bias_correction2) + hyper.eps);
+    m4[j] = select(m_old, mj, live);
+    v4[j] = select(v_old, vj, live);
+    param4[j] = select(p_old, p, live);
 }

@@ -324,8 +324,15 @@ fn dropout_forward_and_backward_regenerate_the_same_mask_as_cpu() {
     assert_ne!(a, b);
 }
 
+/// Arenas of whole vec4s take the vec4 kernels, others (one float more) the scalar ones.
 #[test]
 fn adamw_over_an_arena_range_with_clipping_matches_cpu_over_several_steps() {
+    adamw_over_an_arena_range(0);
+    adamw_over_an_arena_range(1);
+}
+
+/// `extra` floats after the last tensor's padding.
+fn adamw_over_an_arena_range(extra: usize) {
     let g = gpu();
     let k = AdamW::new(g);
     let mut r = rng();
@@ -340,7 +347,7 @@ fn adamw_over_an_arena_range_with_clipping_matches_cpu_over_several_steps() {
         offsets.push(at);
         at = (at + n).div_ceil(64) * 64;
     }
-    let total = at;
+    let total = at + extra;
     let (first, decay_end) = (offsets[1], offsets[2] + lens[2]);
     let range = first..offsets[4] + lens[4];
     let mut host: Vec<reference::adamw::HostParam> = lens
@@ -422,5 +429,74 @@ fn adamw_over_an_arena_range_with_clipping_matches_cpu_over_several_steps() {
                 "padding element {i} changed"
             );
         }
+    }
+}
+
+/// A range and a decay boundary that split vec4s: the vec4 kernels update exactly the floats
+/// of [start, end), decay exactly those below decay_end, and leave every other float as it
+/// was (values, moments and the gradient norm alike).
+#[test]
+fn adamw_updates_exactly_its_range_when_the_bounds_split_vec4s() {
+    let g = gpu();
+    let k = AdamW::new(g);
+    let mut r = rng();
+    let (total, start, decay_end, end) = (32usize, 5usize, 13usize, 27usize);
+    let (param, grad) = (random(&mut r, total), random(&mut r, total));
+    let m0: Vec<f32> = random(&mut r, total).iter().map(|v| v * 0.01).collect();
+    let v0: Vec<f32> = random(&mut r, total).iter().map(|v| v * v * 1e-4).collect();
+    let (bp, bg, bm, bv) = (
+        g.upload("params", &param),
+        g.upload("grads", &grad),
+        g.upload("m", &m0),
+        g.upload("v", &v0),
+    );
+    let hyper = Hyper::at_step(1e-2, 0.9, 0.999, 1e-8, 0.05, 1.0, 2);
+    let hyper_buf = AdamW::hyper_buffer(g, &hyper);
+    let stats = poisoned(AdamW::stats_len());
+    let args = AdamWArgs {
+        params: &bp,
+        grads: &bg,
+        m: &bm,
+        v: &bv,
+        range: start..end,
+        decay_end,
+        hyper: &hyper_buf,
+        stats: &stats,
+    };
+    g.launch(&k, &args);
+
+    let part = |lo: usize, hi: usize, decay: bool| reference::adamw::HostParam {
+        param: param[lo..hi].to_vec(),
+        grad: grad[lo..hi].to_vec(),
+        m: m0[lo..hi].to_vec(),
+        v: v0[lo..hi].to_vec(),
+        decay,
+    };
+    let mut host = [part(start, decay_end, true), part(decay_end, end, false)];
+    let norm = reference::adamw::step(&mut host, &hyper);
+    let got_norm = read(&stats)[AdamW::scale_index() + 1] as f64;
+    assert!(
+        (got_norm - norm).abs() <= 1e-4 * norm,
+        "grad norm {got_norm} vs {norm}"
+    );
+    let (gp, gm, gv) = (read(&bp), read(&bm), read(&bv));
+    for (name, got, before, updated) in [
+        ("param", &gp, &param, [&host[0].param, &host[1].param]),
+        ("m", &gm, &m0, [&host[0].m, &host[1].m]),
+        ("v", &gv, &v0, [&host[0].v, &host[1].v]),
+    ] {
+        assert_eq!(
+            &got[..start],
+            &before[..start],
+            "{name} below the range moved"
+        );
+        assert_eq!(&got[end..], &before[end..], "{name} past the range moved");
+        let expected: Vec<f32> = updated.iter().flat_map(|t| t.iter().copied()).collect();
+        assert_close(
+            &format!("adamw {name} in range"),
+            &got[start..end],
+            &expected,
+            TOLERANCE,
+        );
     }
 }

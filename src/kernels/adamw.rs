@@ -37,6 +37,10 @@ pub struct AdamW {
     sum_squares: wgpu::ComputePipeline,
     clip_scale: wgpu::ComputePipeline,
     update: wgpu::ComputePipeline,
+    /// The same on a vec4 per invocation (see adamw.wgsl), used when every buffer holds
+    /// whole vec4s.
+    sum_squares4: wgpu::ComputePipeline,
+    update4: wgpu::ComputePipeline,
 }
 
 impl AdamW {
@@ -46,6 +50,8 @@ impl AdamW {
             sum_squares: gpu.pipeline(s, "sum_squares"),
             clip_scale: gpu.pipeline(s, "clip_scale"),
             update: gpu.pipeline(s, "adamw_update"),
+            sum_squares4: gpu.pipeline(s, "sum_squares4"),
+            update4: gpu.pipeline(s, "adamw_update4"),
         }
     }
 
@@ -85,19 +91,40 @@ impl Record<AdamWArgs<'_>> for AdamW {
             decay_end: a.decay_end as u32,
             partials: PARTIALS as u32,
         };
-        let launches = [
+        let vec4 = [a.params, a.grads, a.m, a.v]
+            .iter()
+            .all(|b| b.size().is_multiple_of(16));
+        let sum_squares = if vec4 {
+            gpu.dispatch(
+                &self.sum_squares4,
+                &[(7, a.grads), (1, a.stats)],
+                &meta,
+                [PARTIALS as u32, 1, 1],
+            )
+        } else {
             gpu.dispatch(
                 &self.sum_squares,
                 &[(0, a.grads), (1, a.stats)],
                 &meta,
                 [PARTIALS as u32, 1, 1],
-            ),
+            )
+        };
+        let update = if vec4 {
+            let vec4s = a.range.end.div_ceil(4) - a.range.start / 4;
             gpu.dispatch(
-                &self.clip_scale,
-                &[(1, a.stats), (2, a.hyper)],
+                &self.update4,
+                &[
+                    (7, a.grads),
+                    (2, a.hyper),
+                    (3, a.stats),
+                    (8, a.params),
+                    (9, a.m),
+                    (10, a.v),
+                ],
                 &meta,
-                [1, 1, 1],
-            ),
+                grid_1d(div_ceil(vec4s, 256)),
+            )
+        } else {
             gpu.dispatch(
                 &self.update,
                 &[
@@ -110,8 +137,15 @@ impl Record<AdamWArgs<'_>> for AdamW {
                 ],
                 &meta,
                 grid_1d(div_ceil(a.range.len(), 256)),
-            ),
-        ];
+            )
+        };
+        let clip_scale = gpu.dispatch(
+            &self.clip_scale,
+            &[(1, a.stats), (2, a.hyper)],
+            &meta,
+            [1, 1, 1],
+        );
+        let launches = [sum_squares, clip_scale, update];
         out.extend(launches.map(Command::from));
     }
 }
