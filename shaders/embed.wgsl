@@ -5,6 +5,9 @@
 //   pos_cls_backward: dpos[t,:] = sum_b dx0[b,t,:];  dcls = dpos[0]
 //   gather_cls / scatter_cls: the CLS rows of [B*N, D] <-> [B, D] (scatter zeroes the rest)
 // One invocation per output element; all of these are memory bound and small.
+// assemble_tokens4 / tokens_backward4: the same on a vec4 of D per invocation, used when
+// D % 4 == 0 (on CPU adapters every storage access is a loop over the lanes, whose cost a
+// vec4 shares by 4).
 
 struct Meta {
     batch: u32,
@@ -131,4 +134,44 @@ fn scatter_cls(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         v = dcls_rows[(row / shape.tokens) * d + i % d];
     }
     dfull[i] = v;
+}
+
+@group(0) @binding(12) var<storage, read> pe4: array<vec4<f32>>;
+@group(0) @binding(13) var<storage, read> cls4: array<vec4<f32>>;
+@group(0) @binding(14) var<storage, read> pos4: array<vec4<f32>>;
+@group(0) @binding(15) var<storage, read_write> x04: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn assemble_tokens4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let i = global_id(wid, nwg, lid);
+    let d4 = shape.dim / 4u;
+    if (i >= shape.batch * shape.tokens * d4) { return; }
+    let row = i / d4;
+    let col = i % d4;
+    let b = row / shape.tokens;
+    let t = row % shape.tokens;
+    var v: vec4<f32>;
+    if (t == 0u) {
+        v = cls4[col];
+    } else {
+        v = pe4[(b * (shape.tokens - 1u) + t - 1u) * d4 + col];
+    }
+    x04[i] = v + pos4[t * d4 + col];
+}
+
+@group(0) @binding(16) var<storage, read> dx04: array<vec4<f32>>;
+@group(0) @binding(17) var<storage, read_write> dpe4: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn tokens_backward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let i = global_id(wid, nwg, lid);
+    let d4 = shape.dim / 4u;
+    let np = shape.tokens - 1u;
+    if (i >= shape.batch * np * d4) { return; }
+    let row = i / d4;
+    let b = row / np;
+    let p = row % np;
+    dpe4[i] = dx04[(b * shape.tokens + 1u + p) * d4 + i % d4];
 }

@@ -55,6 +55,9 @@ pub struct Embed {
     patchify: wgpu::ComputePipeline,
     assemble: wgpu::ComputePipeline,
     tokens_backward: wgpu::ComputePipeline,
+    /// The same on a vec4 of D per invocation (D % 4 == 0).
+    assemble4: wgpu::ComputePipeline,
+    tokens_backward4: wgpu::ComputePipeline,
     pos_cls_backward: wgpu::ComputePipeline,
     gather_cls: wgpu::ComputePipeline,
     scatter_cls: wgpu::ComputePipeline,
@@ -71,6 +74,8 @@ impl Embed {
             patchify: gpu.pipeline(s, "patchify"),
             assemble: gpu.pipeline(s, "assemble_tokens"),
             tokens_backward: gpu.pipeline(s, "tokens_backward"),
+            assemble4: gpu.pipeline(s, "assemble_tokens4"),
+            tokens_backward4: gpu.pipeline(s, "tokens_backward4"),
             pos_cls_backward: gpu.pipeline(s, "pos_cls_backward"),
             gather_cls: gpu.pipeline(s, "gather_cls"),
             scatter_cls: gpu.pipeline(s, "scatter_cls"),
@@ -141,12 +146,21 @@ impl Record<AssembleTokens<'_>> for Embed {
     fn record(&self, gpu: &Gpu, a: &AssembleTokens, out: &mut Vec<Command>) {
         let s = a.shape;
         let n = s.batch * s.tokens() * s.dim;
-        let d = gpu.dispatch(
-            &self.assemble,
-            &[(2, a.pe), (3, &a.cls), (4, &a.pos), (5, a.x0)],
-            &s.meta(),
-            groups(n),
-        );
+        let d = if s.dim.is_multiple_of(4) {
+            gpu.dispatch(
+                &self.assemble4,
+                &[(12, a.pe), (13, &a.cls), (14, &a.pos), (15, a.x0)],
+                &s.meta(),
+                groups(n / 4),
+            )
+        } else {
+            gpu.dispatch(
+                &self.assemble,
+                &[(2, a.pe), (3, &a.cls), (4, &a.pos), (5, a.x0)],
+                &s.meta(),
+                groups(n),
+            )
+        };
         out.push(d.into());
     }
 }
@@ -155,12 +169,21 @@ impl Record<TokensBackward<'_>> for Embed {
     fn record(&self, gpu: &Gpu, a: &TokensBackward, out: &mut Vec<Command>) {
         let s = a.shape;
         let n = s.batch * s.patches() * s.dim;
-        let d = gpu.dispatch(
-            &self.tokens_backward,
-            &[(6, a.dx0), (7, a.dpe)],
-            &s.meta(),
-            groups(n),
-        );
+        let d = if s.dim.is_multiple_of(4) {
+            gpu.dispatch(
+                &self.tokens_backward4,
+                &[(16, a.dx0), (17, a.dpe)],
+                &s.meta(),
+                groups(n / 4),
+            )
+        } else {
+            gpu.dispatch(
+                &self.tokens_backward,
+                &[(6, a.dx0), (7, a.dpe)],
+                &s.meta(),
+                groups(n),
+            )
+        };
         out.push(d.into());
     }
 }
