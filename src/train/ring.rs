@@ -98,17 +98,21 @@ impl LossRing {
         self.next = (self.next + 1) % RING;
     }
 
-    /// Results of every finished step, in step order; with `wait`, of every step in flight.
+    /// Results of the finished steps older than any step still in flight, in step order;
+    /// with `wait`, of every step in flight. A step's result is never returned before an
+    /// older one's (a later map can complete first), so the caller records them in order.
     pub fn harvest(&mut self, gpu: &Gpu, wait: bool) -> Result<Vec<StepResult>, GpuError> {
         let _ = gpu.device.poll(wgpu::PollType::Poll);
         let mut out = Vec::new();
+        // From `next`, the slots hold the steps in flight oldest first.
         for k in 0..RING {
             let i = (self.next + k) % RING;
-            if let Some(r) = self.collect(gpu, i, wait)? {
-                out.push(r);
+            match self.collect(gpu, i, wait)? {
+                Some(r) => out.push(r),
+                None if self.slots[i].state.load(Ordering::Acquire) == MAPPING => break,
+                None => {}
             }
         }
-        out.sort_by_key(|r| r.step);
         Ok(out)
     }
 
