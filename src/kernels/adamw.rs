@@ -94,51 +94,32 @@ impl Record<AdamWArgs<'_>> for AdamW {
         let vec4 = [a.params, a.grads, a.m, a.v]
             .iter()
             .all(|b| b.size().is_multiple_of(16));
-        let sum_squares = if vec4 {
-            gpu.dispatch(
-                &self.sum_squares4,
-                &[(7, a.grads), (1, a.stats)],
-                &meta,
-                [PARTIALS as u32, 1, 1],
-            )
-        } else {
-            gpu.dispatch(
-                &self.sum_squares,
-                &[(0, a.grads), (1, a.stats)],
-                &meta,
-                [PARTIALS as u32, 1, 1],
-            )
-        };
-        let update = if vec4 {
+        // The vec4 kernels bind the gradients, values and moments as vec4 arrays (7..10).
+        let (sum_squares, update, [grads, params, m, v], threads) = if vec4 {
             let vec4s = a.range.end.div_ceil(4) - a.range.start / 4;
-            gpu.dispatch(
-                &self.update4,
-                &[
-                    (7, a.grads),
-                    (2, a.hyper),
-                    (3, a.stats),
-                    (8, a.params),
-                    (9, a.m),
-                    (10, a.v),
-                ],
-                &meta,
-                grid_1d(div_ceil(vec4s, 256)),
-            )
+            (&self.sum_squares4, &self.update4, [7, 8, 9, 10], vec4s)
         } else {
-            gpu.dispatch(
-                &self.update,
-                &[
-                    (0, a.grads),
-                    (2, a.hyper),
-                    (3, a.stats),
-                    (4, a.params),
-                    (5, a.m),
-                    (6, a.v),
-                ],
-                &meta,
-                grid_1d(div_ceil(a.range.len(), 256)),
-            )
+            (&self.sum_squares, &self.update, [0, 4, 5, 6], a.range.len())
         };
+        let sum_squares = gpu.dispatch(
+            sum_squares,
+            &[(grads, a.grads), (1, a.stats)],
+            &meta,
+            [PARTIALS as u32, 1, 1],
+        );
+        let update = gpu.dispatch(
+            update,
+            &[
+                (grads, a.grads),
+                (2, a.hyper),
+                (3, a.stats),
+                (params, a.params),
+                (m, a.m),
+                (v, a.v),
+            ],
+            &meta,
+            grid_1d(div_ceil(threads, 256)),
+        );
         let clip_scale = gpu.dispatch(
             &self.clip_scale,
             &[(1, a.stats), (2, a.hyper)],

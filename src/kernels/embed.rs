@@ -146,21 +146,23 @@ impl Record<AssembleTokens<'_>> for Embed {
     fn record(&self, gpu: &Gpu, a: &AssembleTokens, out: &mut Vec<Command>) {
         let s = a.shape;
         let n = s.batch * s.tokens() * s.dim;
-        let d = if s.dim.is_multiple_of(4) {
-            gpu.dispatch(
-                &self.assemble4,
-                &[(12, a.pe), (13, &a.cls), (14, &a.pos), (15, a.x0)],
-                &s.meta(),
-                groups(n / 4),
-            )
+        // The vec4 kernel binds the same buffers as vec4 arrays (12..15).
+        let (pipeline, first, threads) = if s.dim.is_multiple_of(4) {
+            (&self.assemble4, 12, n / 4)
         } else {
-            gpu.dispatch(
-                &self.assemble,
-                &[(2, a.pe), (3, &a.cls), (4, &a.pos), (5, a.x0)],
-                &s.meta(),
-                groups(n),
-            )
+            (&self.assemble, 2, n)
         };
+        let d = gpu.dispatch(
+            pipeline,
+            &[
+                (first, a.pe),
+                (first + 1, &a.cls),
+                (first + 2, &a.pos),
+                (first + 3, a.x0),
+            ],
+            &s.meta(),
+            groups(threads),
+        );
         out.push(d.into());
     }
 }
@@ -169,21 +171,18 @@ impl Record<TokensBackward<'_>> for Embed {
     fn record(&self, gpu: &Gpu, a: &TokensBackward, out: &mut Vec<Command>) {
         let s = a.shape;
         let n = s.batch * s.patches() * s.dim;
-        let d = if s.dim.is_multiple_of(4) {
-            gpu.dispatch(
-                &self.tokens_backward4,
-                &[(16, a.dx0), (17, a.dpe)],
-                &s.meta(),
-                groups(n / 4),
-            )
+        // The vec4 kernel binds the same buffers as vec4 arrays (16, 17).
+        let (pipeline, first, threads) = if s.dim.is_multiple_of(4) {
+            (&self.tokens_backward4, 16, n / 4)
         } else {
-            gpu.dispatch(
-                &self.tokens_backward,
-                &[(6, a.dx0), (7, a.dpe)],
-                &s.meta(),
-                groups(n),
-            )
+            (&self.tokens_backward, 6, n)
         };
+        let d = gpu.dispatch(
+            pipeline,
+            &[(first, a.dx0), (first + 1, a.dpe)],
+            &s.meta(),
+            groups(threads),
+        );
         out.push(d.into());
     }
 }
