@@ -107,6 +107,12 @@ impl Record<AdamWArgs<'_>> for AdamW {
             &meta,
             [PARTIALS as u32, 1, 1],
         );
+        let clip_scale = gpu.dispatch(
+            &self.clip_scale,
+            &[(1, a.stats), (2, a.hyper)],
+            &meta,
+            [1, 1, 1],
+        );
         let update = gpu.dispatch(
             update,
             &[
@@ -119,12 +125,6 @@ impl Record<AdamWArgs<'_>> for AdamW {
             ],
             &meta,
             grid_1d(div_ceil(threads, 256)),
-        );
-        let clip_scale = gpu.dispatch(
-            &self.clip_scale,
-            &[(1, a.stats), (2, a.hyper)],
-            &meta,
-            [1, 1, 1],
         );
         let launches = [sum_squares, clip_scale, update];
         out.extend(launches.map(Command::from));

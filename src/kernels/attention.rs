@@ -338,9 +338,17 @@ pub struct AttentionProbabilities<'a> {
     pub probs: &'a wgpu::Buffer, // [B, A, N, N]
 }
 
+/// The `Lanes` kernels' texture bindings, qkv (9) and dO (10): copies of the buffers
+/// (`copied`, the kernels then read their streamed rows there), else placeholders.
+struct RowTextures {
+    copied: bool,
+    qkv: wgpu::TextureView,
+    d_o: wgpu::TextureView,
+}
+
 impl Attention {
-    /// The `Lanes` kernels' texture copies of qkv [B*N, 3D] and dO [B*N, D] (those not
-    /// already in `out`, see `texture::rows_of`), or `None` when they read storage.
+    /// `None` for the variants without textures. The copies of qkv [B*N, 3D] and dO
+    /// [B*N, D] not already in `out` (see `texture::rows_of`) are appended to it.
     fn row_textures(
         &self,
         gpu: &Gpu,
@@ -348,44 +356,50 @@ impl Attention {
         qkv: &wgpu::Buffer,
         d_o: Option<&wgpu::Buffer>,
         out: &mut Vec<Command>,
-    ) -> Option<[wgpu::TextureView; 2]> {
+    ) -> Option<RowTextures> {
+        let placeholder = self.placeholder.as_ref()?;
+        let unused = RowTextures {
+            copied: false,
+            qkv: placeholder.clone(),
+            d_o: placeholder.clone(),
+        };
         if !self.textures {
-            return None;
+            return Some(unused);
         }
         let (rows, model) = (shape.batch * shape.tokens, shape.model_dim());
-        let (qkv_view, qkv_copy) = texture::rows_of(gpu, qkv.into(), rows, 3 * model, out)?;
-        let d_o_view = match d_o {
-            Some(d_o) => {
-                let (view, copy) = texture::rows_of(gpu, d_o.into(), rows, model, out)?;
+        let Some((qkv, qkv_copy)) = texture::rows_of(gpu, qkv.into(), rows, 3 * model, out) else {
+            return Some(unused);
+        };
+        let d_o = match d_o {
+            Some(d_o) => match texture::rows_of(gpu, d_o.into(), rows, model, out) {
+                Some(made) => Some(made),
+                None => return Some(unused),
+            },
+            None => None,
+        };
+        out.extend(qkv_copy);
+        let d_o = match d_o {
+            Some((view, copy)) => {
                 out.extend(copy);
                 view
             }
-            None => self.placeholder.clone()?,
+            None => placeholder.clone(),
         };
-        out.extend(qkv_copy);
-        Some([qkv_view, d_o_view])
-    }
-
-    /// The `Lanes` kernels' texture bindings (9 qkv, 10 dO): the copies, else placeholders.
-    fn texture_views<'a>(
-        &'a self,
-        textures: &'a Option<[wgpu::TextureView; 2]>,
-    ) -> Option<[&'a wgpu::TextureView; 2]> {
-        match (textures, &self.placeholder) {
-            (Some([q, g]), _) => Some([q, g]),
-            (None, Some(p)) => Some([p, p]),
-            (None, None) => None,
-        }
+        Some(RowTextures {
+            copied: true,
+            qkv,
+            d_o,
+        })
     }
 }
 
 impl Record<AttentionForward<'_>> for Attention {
     fn record(&self, gpu: &Gpu, a: &AttentionForward, out: &mut Vec<Command>) {
         let textures = self.row_textures(gpu, a.shape, a.qkv, None, out);
-        let p = self.pipelines(gpu, a.shape, textures.is_some());
+        let p = self.pipelines(gpu, a.shape, textures.as_ref().is_some_and(|t| t.copied));
         let mut entries: Vec<(u32, &dyn Bind)> = vec![(0, a.qkv), (1, a.o), (2, a.lse)];
-        if let Some([qkv_tex, _]) = self.texture_views(&textures) {
-            entries.push((9, qkv_tex));
+        if let Some(t) = &textures {
+            entries.push((9, &t.qkv));
         }
         let d = gpu.dispatch(&p.forward, &entries, &meta(a.shape), self.grid(a.shape));
         out.push(d.into());
@@ -409,7 +423,7 @@ impl Record<AttentionBackward<'_>> for Attention {
             Self::scratch_len(shape)
         );
         let textures = self.row_textures(gpu, shape, qkv, Some(d_o), out);
-        let p = self.pipelines(gpu, shape, textures.is_some());
+        let p = self.pipelines(gpu, shape, textures.as_ref().is_some_and(|t| t.copied));
         let m = meta(shape);
         let mut query_entries: Vec<(u32, &dyn Bind)> = vec![
             (0, qkv),
@@ -421,9 +435,9 @@ impl Record<AttentionBackward<'_>> for Attention {
         ];
         let mut key_entries: Vec<(u32, &dyn Bind)> =
             vec![(0, qkv), (4, lse), (5, d_o), (6, dqkv), (7, scratch)];
-        if let Some([qkv_tex, d_o_tex]) = self.texture_views(&textures) {
-            query_entries.push((9, qkv_tex));
-            key_entries.extend([(9, qkv_tex as &dyn Bind), (10, d_o_tex)]);
+        if let Some(t) = &textures {
+            query_entries.push((9, &t.qkv));
+            key_entries.extend([(9, &t.qkv as &dyn Bind), (10, &t.d_o)]);
         }
         let query = gpu.dispatch(&p.backward_query, &query_entries, &m, self.grid(shape));
         let key = gpu.dispatch(&p.backward_key, &key_entries, &m, self.grid(shape));

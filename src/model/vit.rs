@@ -139,9 +139,9 @@ fn record_lists(
     net: &Net,
 ) -> (Vec<Command>, Vec<Command>, Vec<Command>) {
     let no_scratch = gpu.storage("no reduce scratch", 1);
-    // `parts` recorded one after the other into one list (each sees the commands before
-    // it), returned split per part.
-    let record = |parts: &[&dyn Fn(&mut Recorder)]| {
+    // `first` then `then` recorded into one list (so `then` reuses `first`'s texture
+    // copies), returned as the two parts.
+    let record = |first: &dyn Fn(&mut Recorder), then: &dyn Fn(&mut Recorder)| {
         let mut r = Recorder {
             gpu,
             kernels,
@@ -152,35 +152,26 @@ fn record_lists(
                 .map_or(&no_scratch, |g| &g.reduce_scratch),
             commands: Vec::new(),
         };
-        let mut bounds = vec![0];
-        for part in parts {
-            part(&mut r);
-            bounds.push(r.commands.len());
-        }
-        let mut lists: Vec<Vec<Command>> = bounds
-            .windows(2)
-            .rev()
-            .map(|w| r.commands.split_off(w[0]))
-            .collect();
-        lists.reverse();
-        lists.into_iter()
+        first(&mut r);
+        let split = r.commands.len();
+        then(&mut r);
+        let second = r.commands.split_off(split);
+        (r.commands, second)
     };
     let forward_eval = |r: &mut Recorder| net.forward(r, false);
     let forward_train = |r: &mut Recorder| net.forward(r, true);
     let backward = |r: &mut Recorder| net.backward(r);
+    let nothing = |_: &mut Recorder| {};
     if net.grads.is_none() {
-        let forward = record(&[&forward_eval]).next().unwrap_or_default();
-        return (forward, Vec::new(), Vec::new());
-    }
-    if net.dropout > 0.0 {
-        let eval = record(&[&forward_eval]).next().unwrap_or_default();
-        let mut train = record(&[&forward_train, &backward]);
-        let forward = train.next().unwrap_or_default();
-        (eval, forward, train.next().unwrap_or_default())
+        let (forward, _) = record(&forward_eval, &nothing);
+        (forward, Vec::new(), Vec::new())
+    } else if net.dropout > 0.0 {
+        let (eval, _) = record(&forward_eval, &nothing);
+        let (train, backward) = record(&forward_train, &backward);
+        (eval, train, backward)
     } else {
-        let mut train = record(&[&forward_eval, &backward]);
-        let forward = train.next().unwrap_or_default();
-        (forward, Vec::new(), train.next().unwrap_or_default())
+        let (forward, backward) = record(&forward_eval, &backward);
+        (forward, Vec::new(), backward)
     }
 }
 
