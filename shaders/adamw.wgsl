@@ -1,8 +1,8 @@
 // AdamW over one parameter arena (every tensor in one buffer per role: values, grads, m, v),
 // with global gradient-norm clipping, all on the device, in three launches:
-//   sum_squares  (PARTIALS workgroups, grid-strided over [start, end)) -> stats[wg]
-//   clip_scale   (one workgroup)  -> stats[PARTIALS] = min(1, max_norm / (||g|| + 1e-6)),
-//                                    stats[PARTIALS + 1] = ||g||
+//   sum_squares  (`partials` workgroups, grid-strided over [start, end)) -> stats[wg]
+//   clip_scale   (one workgroup)  -> stats[scale_at] = min(1, max_norm / (||g|| + 1e-6)),
+//                                    stats[scale_at + 1] = ||g||
 //   adamw_update (one thread per element of [start, end)): g' = g * scale
 //       m = b1 m + (1-b1) g';  v = b2 v + (1-b2) g'^2
 //       p -= lr * (m / bc1) / (sqrt(v / bc2) + eps) + lr * wd * p   (wd where i < decay_end)
@@ -20,7 +20,8 @@ struct Meta {
     start: u32,
     end: u32,
     decay_end: u32,
-    partials: u32,  // workgroups of sum_squares = floats of stats before the scale and norm
+    partials: u32,  // workgroups of sum_squares = partial sums at the start of stats
+    scale_at: u32,  // index in stats of the clip scale (the norm follows), >= partials
 }
 
 struct Hyper {
@@ -74,8 +75,8 @@ fn clip_scale(@builtin(local_invocation_index) lid: u32) {
         let norm = sqrt(scratch[0]);
         var scale = 1.0;
         if (hyper.max_norm > 0.0) { scale = min(1.0, hyper.max_norm / (norm + 1e-6)); }
-        stats[shape.partials] = scale;
-        stats[shape.partials + 1u] = norm;
+        stats[shape.scale_at] = scale;
+        stats[shape.scale_at + 1u] = norm;
     }
 }
 
@@ -89,7 +90,7 @@ fn adamw_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
                 @builtin(local_invocation_index) lid: u32) {
     let i = shape.start + (wid.x + wid.y * nwg.x) * 256u + lid;
     if (i >= shape.end) { return; }
-    let g = grad[i] * clip[shape.partials];
+    let g = grad[i] * clip[shape.scale_at];
     let mi = hyper.beta1 * m[i] + (1.0 - hyper.beta1) * g;
     let vi = hyper.beta2 * v[i] + (1.0 - hyper.beta2) * g * g;
     m[i] = mi;
@@ -130,7 +131,7 @@ fn adamw_update4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let j = shape.start / 4u + (wid.x + wid.y * nwg.x) * 256u + lid;
     if (4u * j >= shape.end) { return; }
     let live = inside(j, shape.start, shape.end);
-    let g = grad4[j] * clip[shape.partials];
+    let g = grad4[j] * clip[shape.scale_at];
     let m_old = m4[j];
     let v_old = v4[j];
     let mj = hyper.beta1 * m_old + (1.0 - hyper.beta1) * g;

@@ -324,17 +324,22 @@ fn dropout_forward_and_backward_regenerate_the_same_mask_as_cpu() {
     assert_ne!(a, b);
 }
 
-/// Arenas of whole vec4s take the vec4 kernels, others (one float more) the scalar ones.
+/// Arenas of whole vec4s take the vec4 kernels, others (one float more) the scalar ones;
+/// the gradient norm's partial sums in the counts a CPU (8) and a GPU adapter (256) use,
+/// and an odd one.
 #[test]
 fn adamw_over_an_arena_range_with_clipping_matches_cpu_over_several_steps() {
-    adamw_over_an_arena_range(0);
-    adamw_over_an_arena_range(1);
+    for partials in [8, 256, 3] {
+        adamw_over_an_arena_range(0, partials);
+        adamw_over_an_arena_range(1, partials);
+    }
 }
 
-/// `extra` floats after the last tensor's padding.
-fn adamw_over_an_arena_range(extra: usize) {
+/// `extra` floats after the last tensor's padding; `partials` workgroups in the sum of
+/// squares.
+fn adamw_over_an_arena_range(extra: usize, partials: usize) {
     let g = gpu();
-    let k = AdamW::new(g);
+    let k = AdamW::with_partials(g, partials);
     let mut r = rng();
     // Five tensors of odd sizes at 64-float aligned offsets; weight-decayed ones first. The
     // first is frozen (outside the trained range): its values must not move and its
