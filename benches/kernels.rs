@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use rand::SeedableRng;
 use vit_wgpu::gpu::{Command, Gpu, GpuOptions, PassTimer};
-use vit_wgpu::kernels::gemm::{Activation, Gemm, GemmArgs, Layout, Variant};
+use vit_wgpu::kernels::gemm::{ActGrad, Activation, Gemm, GemmArgs, Layout, Variant};
 use vit_wgpu::reference::gemm::{self as reference_gemm, Epilogue};
 use vit_wgpu::reference::{random_vec, relative_error};
 
@@ -257,7 +257,9 @@ struct GemmShape {
     k: usize,
     bias: bool,
     activation: Activation,
-    act_grad: Option<Activation>,
+    /// saves act'(pre) as training's GELU forward does
+    slope: bool,
+    act_grad: Option<ActGrad>,
     accumulate: bool,
 }
 
@@ -271,6 +273,7 @@ fn layer_gemms(p: &Preset, tokens: usize, quick: bool) -> Vec<GemmShape> {
         k,
         bias: false,
         activation: Activation::None,
+        slope: false,
         act_grad: None,
         accumulate: false,
     };
@@ -279,9 +282,11 @@ fn layer_gemms(p: &Preset, tokens: usize, quick: bool) -> Vec<GemmShape> {
             bias: true,
             ..g("qkv fwd", Layout::NT, m, 3 * d, d)
         },
+        // as in training: GELU saves its slope, ReLU's backward reads the output
         GemmShape {
             bias: true,
             activation: p.act,
+            slope: p.act == Activation::Gelu,
             ..g("fc1 fwd", Layout::NT, m, f, d)
         },
     ];
@@ -304,7 +309,10 @@ fn layer_gemms(p: &Preset, tokens: usize, quick: bool) -> Vec<GemmShape> {
         g("qkv dX", Layout::NN, m, d, 3 * d),
         g("qkv dW", Layout::TN, 3 * d, d, m),
         GemmShape {
-            act_grad: Some(p.act),
+            act_grad: Some(match p.act {
+                Activation::Gelu => ActGrad::Slope,
+                _ => ActGrad::ReluOutput,
+            }),
             ..g("fc2 dX", Layout::NN, m, f, d)
         },
         g("fc1 dW", Layout::TN, f, d, m),
@@ -401,6 +409,7 @@ fn bench_one_gemm(
         g.upload("aux", &aux),
         g.upload("c", &c0),
     );
+    let bslope = g.storage("slope", m * n);
     let commands = g.commands(
         gemm,
         &GemmArgs {
@@ -412,9 +421,9 @@ fn bench_one_gemm(
             k,
             layout: s.layout,
             bias: s.bias.then(|| (&bbias).into()),
-            pre_activation: None,
+            slope: s.slope.then_some(&bslope),
             activation: s.activation,
-            act_grad_of: s.act_grad.map(|act| (&baux, act)),
+            act_grad: s.act_grad.map(|grad| (&baux, grad)),
             accumulate: s.accumulate,
         },
     );
@@ -425,7 +434,7 @@ fn bench_one_gemm(
         let epilogue = Epilogue {
             bias: s.bias.then_some(&bias[..]),
             activation: s.activation,
-            act_grad_of: s.act_grad.map(|act| (&aux[..], act)),
+            act_grad: s.act_grad.map(|grad| (&aux[..], grad)),
             accumulate: s.accumulate,
         };
         let rows: Vec<usize> = (0..m.min(32))
@@ -459,8 +468,13 @@ fn bench_one_gemm(
     if s.activation != Activation::None {
         epilogue.push(format!("{:?}", s.activation).to_lowercase());
     }
-    if let Some(act) = s.act_grad {
-        epilogue.push(format!("*{}'", format!("{act:?}").to_lowercase()));
+    if s.slope {
+        epilogue.push("+slope".into());
+    }
+    match s.act_grad {
+        Some(ActGrad::Slope) => epilogue.push("*slope".into()),
+        Some(ActGrad::ReluOutput) => epilogue.push("*relu'".into()),
+        None => {}
     }
     if s.accumulate {
         epilogue.push("+=".into());

@@ -37,3 +37,17 @@ fn gelu_grad4(x: vec4<f32>) -> vec4<f32> {
     return 0.5 * (1.0 + erf4(x * 0.70710678)) + x * 0.39894228 * exp(-0.5 * x * x);
 }
 
+
+// The slope act'(x) a forward GEMM saves for its backward, for an activation code (0 none,
+// 1 relu, 2 gelu). Where the forward also applies GELU, the shared erf is computed once.
+fn act_slope(code: u32, x: f32) -> f32 {
+    if (code == 1u) { return select(0.0, 1.0, x > 0.0); }
+    if (code == 2u) { return gelu_grad(x); }
+    return 1.0;
+}
+
+fn act_slope4(code: u32, x: vec4<f32>) -> vec4<f32> {
+    if (code == 1u) { return select(vec4<f32>(0.0), vec4<f32>(1.0), x > vec4<f32>(0.0)); }
+    if (code == 2u) { return gelu_grad4(x); }
+    return vec4<f32>(1.0);
+}

@@ -10,7 +10,7 @@
 //     shared with subgroupBroadcast) and its own 4 vec4 of B, then does 8 mat4x4 products:
 //     128 vec4 multiply-adds for 8 vec4 loads;
 //   - the epilogue works on a row of a lane's block at a time (4 columns): when n % 4 == 0
-//     (override VEC4) C, bias, pre and aux are read and written as vec4 through a second,
+//     (override VEC4) C, bias, slope and aux are read and written as vec4 through a second,
 //     vec4-typed binding of the same buffer (bindings 8..11). At k = 192 the stores were
 //     over half of the time with one scalar access per element;
 //   - A and B come from rgba32float textures (one texel fetch per vec4, cheaper than four
@@ -30,16 +30,17 @@ override A_TEXTURE: bool = false;
 override B_TEXTURE: bool = false;
 // steps of 4 k per loop iteration (1 or 2)
 override K_STEPS: u32 = 2u;
-// n % 4 == 0: C, bias, pre and aux are also bound as arrays of vec4 (bindings 8..11), and
+// n % 4 == 0: C, bias, slope and aux are also bound as arrays of vec4 (bindings 8..11), and
 // the epilogue reads and writes a vec4 per row of a lane's block.
 override VEC4: bool = false;
 // The epilogue, fixed per pipeline: read from `shape`, the flags' branches cost llvmpipe
 // 16% of a plain 4160x192x576 GEMM even when not taken.
 override HAS_BIAS: bool = false;
-override HAS_PRE: bool = false;
+override HAS_SLOPE: bool = false;
 // 0 none, 1 relu, 2 gelu
 override ACTIVATION: u32 = 0u;
-// multiply by act'(aux): 0 off, 1 relu, 2 gelu
+// multiply by act'(pre) from aux: 0 off, 1 aux = relu(pre) (keep where positive),
+// 2 aux = act'(pre) (a forward's HAS_SLOPE output)
 override ACT_GRAD: u32 = 0u;
 override ACCUMULATE: bool = false;
 // aux (and, when accumulating, C's old value) read from rgba32float copies (bindings 12,
@@ -59,7 +60,7 @@ struct Meta {
     n: u32,
     k: u32,
     has_bias: u32,
-    has_pre: u32,
+    has_slope: u32,
     activation: u32,
     act_grad: u32,
     accumulate: u32,
@@ -76,11 +77,11 @@ struct Meta {
 @group(0) @binding(1) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> pre: array<f32>;
+@group(0) @binding(4) var<storage, read_write> slope: array<f32>;
 @group(0) @binding(5) var<storage, read> aux: array<f32>;
 @group(0) @binding(8) var<storage, read_write> c4: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read> bias4: array<vec4<f32>>;
-@group(0) @binding(10) var<storage, read_write> pre4: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read_write> slope4: array<vec4<f32>>;
 @group(0) @binding(11) var<storage, read> aux4: array<vec4<f32>>;
 // The same operands as rgba32float textures, a texel = 4 consecutive floats of a row.
 @group(0) @binding(6) var a_tex: texture_storage_2d<rgba32float, read>;
@@ -95,11 +96,11 @@ fn epilogue(row: u32, col: u32, sum: f32) {
     let idx = row * shape.n + col;
     var v = sum;
     if (HAS_BIAS) { v += bias[col]; }
-    if (HAS_PRE) { pre[idx] = v; }
+    if (HAS_SLOPE) { slope[idx] = act_slope(ACTIVATION, v); }
     if (ACTIVATION == 1u) { v = max(v, 0.0); }
     if (ACTIVATION == 2u) { v = gelu(v); }
     if (ACT_GRAD == 1u) { v = select(0.0, v, aux[idx] > 0.0); }
-    if (ACT_GRAD == 2u) { v *= gelu_grad(aux[idx]); }
+    if (ACT_GRAD == 2u) { v *= aux[idx]; }
     if (ACCUMULATE) { c[idx] += v; } else { c[idx] = v; }
 }
 
@@ -186,9 +187,10 @@ fn load_aux4(row: u32, col: u32, idx: u32) -> vec4<f32> {
 fn epilogue4(row: u32, col: u32, s: vec4<f32>) {
     let idx = row * shape.n + col;
     var v = s;
-    if (HAS_PRE) {
-        if (VEC4) { pre4[idx / 4u] = v; } else {
-            pre[idx] = v.x; pre[idx + 1u] = v.y; pre[idx + 2u] = v.z; pre[idx + 3u] = v.w;
+    if (HAS_SLOPE) {
+        let d = act_slope4(ACTIVATION, v);
+        if (VEC4) { slope4[idx / 4u] = d; } else {
+            slope[idx] = d.x; slope[idx + 1u] = d.y; slope[idx + 2u] = d.z; slope[idx + 3u] = d.w;
         }
     }
     if (ACTIVATION == 1u) { v = max(v, vec4<f32>(0.0)); }
@@ -196,7 +198,7 @@ fn epilogue4(row: u32, col: u32, s: vec4<f32>) {
     if (ACT_GRAD == 1u) {
         v = select(vec4<f32>(0.0), v, load_aux4(row, col, idx) > vec4<f32>(0.0));
     }
-    if (ACT_GRAD == 2u) { v *= gelu_grad4(load_aux4(row, col, idx)); }
+    if (ACT_GRAD == 2u) { v *= load_aux4(row, col, idx); }
     if (ACCUMULATE) { v += load_c4(row, col, idx); }
     if (VEC4) { c4[idx / 4u] = v; } else {
         c[idx] = v.x; c[idx + 1u] = v.y; c[idx + 2u] = v.z; c[idx + 3u] = v.w;

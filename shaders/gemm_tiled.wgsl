@@ -24,8 +24,8 @@
 //   LAYOUT 0 = NN: A [m, k], B [k, n]     C = A B      (dX = dY W)
 //          1 = NT: A [m, k], B [n, k]     C = A B^T    (Y = X W^T)
 //          2 = TN: A [k, m], B [k, n]     C = A^T B    (dW = dY^T X)
-// Epilogue (same as gemm_lanes.wgsl): + bias[n]; pre-activation out; activation;
-// times act'(act_grad_of); C = or C +=.
+// Epilogue (same as gemm_lanes.wgsl): + bias[n]; slope act'(pre-activation) out;
+// activation; times act'(pre) of a later layer from aux; C = or C +=.
 // Subgroup sizes are never assumed: nothing here uses subgroups.
 
 override LAYOUT: u32 = 1u;
@@ -42,10 +42,10 @@ struct Meta {
     n: u32,
     k: u32,
     has_bias: u32,
-    has_pre: u32,
+    has_slope: u32,
     // 0 none, 1 relu, 2 gelu
     activation: u32,
-    // multiply by act'(aux): 0 off, 1 relu, 2 gelu
+    // multiply by act'(pre) from aux: 0 off, 1 aux = relu(pre), 2 aux = act'(pre)
     act_grad: u32,
     accumulate: u32,
     // split-K: k per split (a multiple of TK) and the number of splits
@@ -61,7 +61,7 @@ struct Meta {
 @group(0) @binding(1) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> pre: array<f32>;
+@group(0) @binding(4) var<storage, read_write> slope: array<f32>;
 @group(0) @binding(5) var<storage, read> aux: array<f32>;
 // A and B again as vec4 (bound when A_VEC4 / B_VEC4, else placeholders)
 @group(0) @binding(6) var<storage, read> a4: array<vec4<f32>>;
@@ -76,11 +76,11 @@ fn epilogue(row: u32, col: u32, sum: f32) {
     let idx = row * shape.n + col;
     var v = sum;
     if (shape.has_bias != 0u) { v += bias[col]; }
-    if (shape.has_pre != 0u) { pre[idx] = v; }
+    if (shape.has_slope != 0u) { slope[idx] = act_slope(shape.activation, v); }
     if (shape.activation == 1u) { v = max(v, 0.0); }
     if (shape.activation == 2u) { v = gelu(v); }
     if (shape.act_grad == 1u) { v = select(0.0, v, aux[idx] > 0.0); }
-    if (shape.act_grad == 2u) { v *= gelu_grad(aux[idx]); }
+    if (shape.act_grad == 2u) { v *= aux[idx]; }
     if (shape.accumulate != 0u) { c[idx] += v; } else { c[idx] = v; }
 }
 

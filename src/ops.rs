@@ -8,6 +8,18 @@ pub enum Activation {
     Gelu,
 }
 
+/// How a backward GEMM gets act'(pre) from what its layer's forward saved, to multiply the
+/// input gradient by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActGrad {
+    /// The buffer holds the slope act'(pre), saved by the forward GEMM's `slope` output
+    /// (GELU: its erf is computed once, in the forward).
+    Slope,
+    /// The buffer holds relu(pre), the forward's output: relu'(pre) = [relu(pre) > 0], so
+    /// a ReLU layer saves nothing more.
+    ReluOutput,
+}
+
 /// C [m, n] = op(A) op(B) for PyTorch-style [out, in] weights: `NT` is the forward
 /// (Y = X W^T), `NN` the input gradient (dX = dY W), `TN` the weight gradient (dW = dY^T X).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

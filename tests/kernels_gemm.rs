@@ -63,13 +63,13 @@ const SHAPES: &[(usize, usize, usize)] = &[
 #[derive(Clone, Copy, Default)]
 struct Flags {
     bias: bool,
-    pre: bool,
+    slope: bool,
     activation: Option<Activation>,
-    act_grad: Option<Activation>,
+    act_grad: Option<ActGrad>,
     accumulate: bool,
 }
 
-/// Run one GEMM on the device and on the CPU, compare C (and the pre-activation).
+/// Run one GEMM on the device and on the CPU, compare C (and the saved slope).
 /// Returns the largest relative error.
 fn check(variant: Variant, layout: Layout, shape: (usize, usize, usize), f: Flags) -> f64 {
     let (m, n, k) = shape;
@@ -96,14 +96,14 @@ fn check_plan(
     let epilogue = Epilogue {
         bias: f.bias.then_some(&bias[..]),
         activation,
-        act_grad_of: f.act_grad.map(|act| (&aux[..], act)),
+        act_grad: f.act_grad.map(|grad| (&aux[..], grad)),
         accumulate: f.accumulate,
     };
     let mut c = c0.clone();
-    let mut pre = vec![0.0; m * n];
+    let mut slope = vec![0.0; m * n];
     reference::gemm(
         &mut c,
-        Some(&mut pre),
+        Some(&mut slope),
         &a,
         &b,
         m,
@@ -125,7 +125,7 @@ fn check_plan(
     } else {
         poisoned(m * n)
     };
-    let bpre = poisoned(m * n);
+    let bslope = poisoned(m * n);
     let commands = gemm(variant).record_with_plan(
         g,
         &GemmArgs {
@@ -137,28 +137,28 @@ fn check_plan(
             k,
             layout,
             bias: f.bias.then(|| (&bbias).into()),
-            pre_activation: f.pre.then_some(&bpre),
+            slope: f.slope.then_some(&bslope),
             activation,
-            act_grad_of: f.act_grad.map(|act| (&baux, act)),
+            act_grad: f.act_grad.map(|grad| (&baux, grad)),
             accumulate: f.accumulate,
         },
         plan,
     );
     g.submit_commands(&commands);
     let what = format!(
-        "{} {plan:?} {layout:?} {m}x{n}x{k} bias={} pre={} act={activation:?} act_grad={:?} accumulate={}",
+        "{} {plan:?} {layout:?} {m}x{n}x{k} bias={} slope={} act={activation:?} act_grad={:?} accumulate={}",
         variant.name(),
         f.bias,
-        f.pre,
+        f.slope,
         f.act_grad,
         f.accumulate
     );
     let mut err = assert_close(&what, &read(&bc), &c, TOLERANCE);
-    if f.pre {
+    if f.slope {
         err = err.max(assert_close(
-            &format!("{what} pre-activation"),
-            &read(&bpre),
-            &pre,
+            &format!("{what} slope"),
+            &read(&bslope),
+            &slope,
             TOLERANCE,
         ));
     }
@@ -182,8 +182,9 @@ fn every_layout_on_odd_shapes(variant: Variant) {
 fn every_epilogue(variant: Variant) {
     let relu = Some(Activation::Relu);
     let gelu = Some(Activation::Gelu);
+    let (relu_output, slope) = (Some(ActGrad::ReluOutput), Some(ActGrad::Slope));
     let cases = [
-        // forward of a linear layer: bias, activation, saved pre-activation
+        // forward of a linear layer: bias, activation, saved slope
         (
             Layout::NT,
             Flags {
@@ -203,7 +204,7 @@ fn every_epilogue(variant: Variant) {
             Layout::NT,
             Flags {
                 bias: true,
-                pre: true,
+                slope: true,
                 activation: gelu,
                 ..Default::default()
             },
@@ -211,7 +212,7 @@ fn every_epilogue(variant: Variant) {
         (
             Layout::NT,
             Flags {
-                pre: true,
+                slope: true,
                 activation: relu,
                 ..Default::default()
             },
@@ -225,25 +226,26 @@ fn every_epilogue(variant: Variant) {
                 ..Default::default()
             },
         ),
-        // backward through the MLP activation: dH = (dA W2) * act'(pre)
+        // backward through the MLP activation: dH = (dA W2) * act'(pre), act'(pre) from
+        // relu(pre) or from the saved slope
         (
             Layout::NN,
             Flags {
-                act_grad: relu,
+                act_grad: relu_output,
                 ..Default::default()
             },
         ),
         (
             Layout::NN,
             Flags {
-                act_grad: gelu,
+                act_grad: slope,
                 ..Default::default()
             },
         ),
         (
             Layout::NN,
             Flags {
-                act_grad: gelu,
+                act_grad: slope,
                 accumulate: true,
                 ..Default::default()
             },
@@ -354,9 +356,9 @@ fn tiled_gemm_matches_cpu_with_both_tile_sizes_and_split_k() {
     }
     let epilogue = Flags {
         bias: true,
-        pre: true,
+        slope: true,
         activation: Some(Activation::Gelu),
-        act_grad: Some(Activation::Relu),
+        act_grad: Some(ActGrad::ReluOutput),
         accumulate: true,
     };
     let mut worst: f64 = 0.0;
@@ -486,13 +488,13 @@ fn every_variant_handles_fewer_than_four_columns_with_all_epilogues() {
             for n in [1, 2, 3] {
                 let f = Flags {
                     bias: true,
-                    pre: true,
+                    slope: true,
                     activation: Some(Activation::Gelu),
                     ..Default::default()
                 };
                 check(variant, layout, (5, n, 7), f);
                 let g = Flags {
-                    act_grad: Some(Activation::Relu),
+                    act_grad: Some(ActGrad::Slope),
                     accumulate: true,
                     ..Default::default()
                 };
@@ -518,9 +520,9 @@ fn plain_nt<'a>(
         k,
         layout: Layout::NT,
         bias: None,
-        pre_activation: None,
+        slope: None,
         activation: Activation::None,
-        act_grad_of: None,
+        act_grad: None,
         accumulate: false,
     }
 }

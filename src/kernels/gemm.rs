@@ -7,9 +7,10 @@
 //! | `NN` | [m, k] | [k, n] | A B | input gradient, dX = dY W |
 //! | `TN` | [k, m] | [k, n] | A^T B | weight gradient, dW = dY^T X |
 //!
-//! Epilogue, in this order: `+ bias[n]`; write the pre-activation to a second buffer;
-//! activation; multiply by the derivative of an activation at `act_grad_of` (backward
-//! through it); then C = result, or C += result when `accumulate`.
+//! Epilogue, in this order: `+ bias[n]`; write the activation's slope act'(pre-activation)
+//! to a second buffer (`slope`, saved for the backward); activation; multiply by act'(pre)
+//! of a later layer, from what its forward saved (`act_grad`: the backward through it);
+//! then C = result, or C += result when `accumulate`.
 //!
 //! Variants (chosen once per device by capability, see `Gemm::choose`; overridden with
 //! VIT_GEMM_VARIANT=tiled|registers|lanes|lanes-storage):
@@ -25,7 +26,7 @@ use super::{PipelineSpec, GEMM_LANES, GEMM_TILED};
 use crate::gpu::caps::{self, Choice};
 use crate::gpu::{div_ceil, grid_1d, texture, Bind, Command, Gpu, Record, View};
 
-pub use crate::ops::{Activation, Layout};
+pub use crate::ops::{ActGrad, Activation, Layout};
 
 impl Layout {
     pub const ALL: [Layout; 3] = [Layout::NN, Layout::NT, Layout::TN];
@@ -54,6 +55,16 @@ impl Activation {
             Activation::None => 0,
             Activation::Relu => 1,
             Activation::Gelu => 2,
+        }
+    }
+}
+
+impl ActGrad {
+    /// The shaders' ACT_GRAD / `act_grad` (0 is none).
+    fn code(self) -> u32 {
+        match self {
+            ActGrad::ReluOutput => 1,
+            ActGrad::Slope => 2,
         }
     }
 }
@@ -98,10 +109,10 @@ pub struct GemmArgs<'a> {
     pub n: usize,
     pub k: usize,
     pub layout: Layout,
-    pub bias: Option<View<'a>>,                   // [n]
-    pub pre_activation: Option<&'a wgpu::Buffer>, // [m, n] out: result + bias before activation
+    pub bias: Option<View<'a>>,          // [n]
+    pub slope: Option<&'a wgpu::Buffer>, // [m, n] out: act'(result + bias)
     pub activation: Activation,
-    pub act_grad_of: Option<(&'a wgpu::Buffer, Activation)>, // [m, n]: result *= act'(this)
+    pub act_grad: Option<(&'a wgpu::Buffer, ActGrad)>, // [m, n]: result *= act'(pre) from it
     pub accumulate: bool,
 }
 
@@ -113,7 +124,7 @@ struct Meta {
     n: u32,
     k: u32,
     has_bias: u32,
-    has_pre: u32,
+    has_slope: u32,
     activation: u32,
     act_grad: u32,
     accumulate: u32,
@@ -232,7 +243,7 @@ fn spec(variant: Variant, layout: Layout, o: Options) -> PipelineSpec {
                 ("VEC4", flag(o.vec4)),
                 ("K_STEPS", k_steps(layout) as f64),
                 ("HAS_BIAS", flag(o.epilogue.bias)),
-                ("HAS_PRE", flag(o.epilogue.pre)),
+                ("HAS_SLOPE", flag(o.epilogue.slope)),
                 ("ACTIVATION", o.epilogue.activation as f64),
                 ("ACT_GRAD", o.epilogue.act_grad as f64),
                 ("ACCUMULATE", flag(o.epilogue.accumulate)),
@@ -275,7 +286,7 @@ struct Options {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 struct Epilogue {
     bias: bool,
-    pre: bool,
+    slope: bool,
     activation: u32,
     act_grad: u32,
     accumulate: bool,
@@ -285,7 +296,7 @@ impl Epilogue {
     fn of(meta: &Meta) -> Epilogue {
         Epilogue {
             bias: meta.has_bias != 0,
-            pre: meta.has_pre != 0,
+            slope: meta.has_slope != 0,
             activation: meta.activation,
             act_grad: meta.act_grad,
             accumulate: meta.accumulate != 0,
@@ -296,13 +307,13 @@ impl Epilogue {
     fn all() -> Vec<Epilogue> {
         let mut all = Vec::new();
         for bias in [false, true] {
-            for pre in [false, true] {
+            for slope in [false, true] {
                 for activation in 0..3 {
                     for act_grad in 0..3 {
                         for accumulate in [false, true] {
                             all.push(Epilogue {
                                 bias,
-                                pre,
+                                slope,
                                 activation,
                                 act_grad,
                                 accumulate,
@@ -596,7 +607,7 @@ impl Gemm {
         )]
     }
 
-    /// C, bias, pre and aux (bindings 2..5), placeholders where absent.
+    /// C, bias, slope and aux (bindings 2..5), placeholders where absent.
     fn epilogue_entries<'s>(&'s self, args: &'s GemmArgs<'_>) -> Vec<wgpu::BindGroupEntry<'s>> {
         vec![
             entry(2, &args.c),
@@ -604,8 +615,8 @@ impl Gemm {
                 Some(bias) => entry(3, bias),
                 None => entry(3, &self.dummy_read),
             },
-            entry(4, args.pre_activation.unwrap_or(&self.dummy_write)),
-            entry(5, args.act_grad_of.map_or(&self.dummy_read, |(aux, _)| aux)),
+            entry(4, args.slope.unwrap_or(&self.dummy_write)),
+            entry(5, args.act_grad.map_or(&self.dummy_read, |(aux, _)| aux)),
         ]
     }
 
@@ -634,12 +645,12 @@ impl Gemm {
         // aux, and C's old value when accumulating, from textures copied before the
         // dispatch (their rows are then a multiple of 64 floats, so vec4 below too).
         let epilogue = Epilogue::of(&meta);
-        let aux_view = match args.act_grad_of {
+        let aux_view = match args.act_grad {
             Some((aux, _)) => as_texture(use_textures, aux.into(), m, n),
             None => None,
         };
         let c_view = as_texture(use_textures && epilogue.accumulate, args.c, m, n);
-        // Rows of C (and of pre and aux) start on 16-byte boundaries: vec4 epilogue.
+        // Rows of C (and of slope and aux) start on 16-byte boundaries: vec4 epilogue.
         let vec4 = n.is_multiple_of(4);
         let o = Options {
             a_tex: a_view.is_some(),
@@ -661,11 +672,8 @@ impl Gemm {
                     Some(bias) => entry(9, bias),
                     None => entry(9, &self.dummy_read),
                 },
-                entry(10, args.pre_activation.unwrap_or(&self.dummy_write)),
-                entry(
-                    11,
-                    args.act_grad_of.map_or(&self.dummy_read, |(aux, _)| aux),
-                ),
+                entry(10, args.slope.unwrap_or(&self.dummy_write)),
+                entry(11, args.act_grad.map_or(&self.dummy_read, |(aux, _)| aux)),
             ]);
         } else {
             entries.extend([
@@ -745,23 +753,20 @@ fn check_args(gpu: &Gpu, args: &GemmArgs) -> Meta {
     if let Some(bias) = args.bias {
         check("bias", bias, n);
     }
-    if let Some(pre) = args.pre_activation {
-        check("pre_activation", pre.into(), m * n);
+    if let Some(slope) = args.slope {
+        check("slope", slope.into(), m * n);
     }
-    if let Some((aux, _)) = args.act_grad_of {
-        check("act_grad_of", aux.into(), m * n);
+    if let Some((aux, _)) = args.act_grad {
+        check("act_grad", aux.into(), m * n);
     }
     Meta {
         m: m as u32,
         n: n as u32,
         k: k as u32,
         has_bias: args.bias.is_some() as u32,
-        has_pre: args.pre_activation.is_some() as u32,
+        has_slope: args.slope.is_some() as u32,
         activation: args.activation.code(),
-        act_grad: args.act_grad_of.map_or(0, |(_, act)| match act {
-            Activation::None => 0,
-            a => a.code(),
-        }),
+        act_grad: args.act_grad.map_or(0, |(_, grad)| grad.code()),
         accumulate: args.accumulate as u32,
         k_chunk: k as u32,
         splits: 1,

@@ -4,7 +4,7 @@
 
 use super::arena::{Arena, Tensor};
 use crate::gpu::{Command, Gpu, Record};
-use crate::kernels::gemm::{Activation, GemmArgs, Layout};
+use crate::kernels::gemm::{ActGrad, Activation, GemmArgs, Layout};
 use crate::kernels::layernorm::{LayerNormBackward, LayerNormForward};
 use crate::kernels::reduce::ColumnSum;
 use crate::kernels::Kernels;
@@ -68,21 +68,28 @@ impl Recorder<'_> {
         self.record(&self.kernels.gemm, args);
     }
 
-    /// y [rows, out] = x W^T + b, then `act` (saving the pre-activation) when given.
-    pub fn linear(
+    /// y [rows, out] = x W^T + b.
+    pub fn linear(&mut self, x: &wgpu::Buffer, l: &Linear, y: &wgpu::Buffer, rows: usize) {
+        self.linear_epilogue(x, l, y, rows, (Activation::None, None), false);
+    }
+
+    /// y [rows, out] = act(x W^T + b), saving the slope act'(x W^T + b) into `slope` when
+    /// given (for the backward of a trained layer whose y does not give it: GELU's).
+    pub fn linear_act(
         &mut self,
         x: &wgpu::Buffer,
         l: &Linear,
         y: &wgpu::Buffer,
         rows: usize,
-        act: Option<(Activation, &wgpu::Buffer)>,
+        act: Activation,
+        slope: Option<&wgpu::Buffer>,
     ) {
-        self.linear_epilogue(x, l, y, rows, act, false);
+        self.linear_epilogue(x, l, y, rows, (act, slope), false);
     }
 
     /// y [rows, out] += x W^T + b: the residual add folded into the GEMM epilogue.
     pub fn linear_residual(&mut self, x: &wgpu::Buffer, l: &Linear, y: &wgpu::Buffer, rows: usize) {
-        self.linear_epilogue(x, l, y, rows, None, true);
+        self.linear_epilogue(x, l, y, rows, (Activation::None, None), true);
     }
 
     fn linear_epilogue(
@@ -91,7 +98,7 @@ impl Recorder<'_> {
         l: &Linear,
         y: &wgpu::Buffer,
         rows: usize,
-        act: Option<(Activation, &wgpu::Buffer)>,
+        (act, slope): (Activation, Option<&wgpu::Buffer>),
         accumulate: bool,
     ) {
         self.gemm(&GemmArgs {
@@ -103,15 +110,15 @@ impl Recorder<'_> {
             k: l.inp,
             layout: Layout::NT,
             bias: Some(self.arena.value(l.b)),
-            pre_activation: act.map(|(_, pre)| pre),
-            activation: act.map_or(Activation::None, |(a, _)| a),
-            act_grad_of: None,
+            slope,
+            activation: act,
+            act_grad: None,
             accumulate,
         });
     }
 
     /// From dy [rows, out]: dW = dy^T x, db = column sums of dy (both overwritten), and,
-    /// when `dx` is given, dx [rows, inp] = dy W, times act'(pre) for `act_grad_of`.
+    /// when `dx` is given, dx [rows, inp] = dy W, times act'(pre) from `act_grad`.
     pub fn linear_backward(
         &mut self,
         dy: &wgpu::Buffer,
@@ -119,7 +126,7 @@ impl Recorder<'_> {
         l: &Linear,
         dx: Option<&wgpu::Buffer>,
         rows: usize,
-        act_grad_of: Option<(&wgpu::Buffer, Activation)>,
+        act_grad: Option<(&wgpu::Buffer, ActGrad)>,
     ) {
         self.gemm(&GemmArgs {
             a: dy.into(),
@@ -130,9 +137,9 @@ impl Recorder<'_> {
             k: rows,
             layout: Layout::TN,
             bias: None,
-            pre_activation: None,
+            slope: None,
             activation: Activation::None,
-            act_grad_of: None,
+            act_grad: None,
             accumulate: false,
         });
         let sum = ColumnSum {
@@ -154,9 +161,9 @@ impl Recorder<'_> {
                 k: l.out,
                 layout: Layout::NN,
                 bias: None,
-                pre_activation: None,
+                slope: None,
                 activation: Activation::None,
-                act_grad_of,
+                act_grad,
                 accumulate: false,
             });
         }

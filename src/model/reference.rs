@@ -5,7 +5,7 @@
 
 use super::config::{Act, Config, Head};
 use super::params::HostParams;
-use crate::ops::{Activation, Layout};
+use crate::ops::{ActGrad, Activation, Layout};
 use crate::reference::gemm::{gemm, Epilogue};
 use crate::reference::{attention, dropout, embed, layernorm, loss, reduce};
 
@@ -92,7 +92,7 @@ struct BlockSaved {
     mid: Vec<f64>,
     h2: Vec<f64>,
     stats2: (Vec<f64>, Vec<f64>),
-    pre: Vec<f64>,
+    slope: Vec<f64>,
     act: Vec<f64>,
 }
 
@@ -100,7 +100,7 @@ struct HeadSaved {
     cls_x: Vec<f64>,
     cls_n: Vec<f64>,
     stats: (Vec<f64>, Vec<f64>),
-    pre: Vec<f64>,
+    slope: Vec<f64>,
     act: Vec<f64>,
     logits: Vec<f64>,
     losses: Vec<f64>,
@@ -133,7 +133,8 @@ impl Model<'_> {
         self.batch * self.cfg.tokens()
     }
 
-    /// y [rows, out] = x W^T + b (then the activation, keeping the pre-activation).
+    /// y [rows, out] = x W^T + b (then the activation, keeping its slope at the
+    /// pre-activation for the backward).
     fn linear(&self, x: &[f64], name: &str, rows: usize, act: Activation) -> (Vec<f64>, Vec<f64>) {
         let (w, b) = (
             self.p(&format!("{name}.weight")),
@@ -141,16 +142,16 @@ impl Model<'_> {
         );
         let (out, inp) = (b.len(), w.len() / b.len());
         let mut y = vec![0.0; rows * out];
-        let mut pre = vec![0.0; rows * out];
+        let mut slope = vec![0.0; rows * out];
         let epilogue = Epilogue {
             bias: Some(b),
             activation: act,
-            act_grad_of: None,
+            act_grad: None,
             accumulate: false,
         };
         gemm(
             &mut y,
-            Some(&mut pre),
+            Some(&mut slope),
             x,
             w,
             rows,
@@ -160,10 +161,10 @@ impl Model<'_> {
             &epilogue,
             0..rows,
         );
-        (y, pre)
+        (y, slope)
     }
 
-    /// dW, db into `grads`; returns dx = dy W (times act'(pre) for `act_grad_of`).
+    /// dW, db into `grads`; returns dx = dy W (times act'(pre) for `act_grad`).
     fn linear_backward(
         &self,
         grads: &mut [Vec<f64>],
@@ -171,7 +172,7 @@ impl Model<'_> {
         x: &[f64],
         name: &str,
         rows: usize,
-        act_grad_of: Option<(&[f64], Activation)>,
+        act_grad: Option<(&[f64], ActGrad)>,
     ) -> Vec<f64> {
         let w = self.p(&format!("{name}.weight"));
         let out = self.p(&format!("{name}.bias")).len();
@@ -192,7 +193,7 @@ impl Model<'_> {
         );
         reduce::column_sum(&mut db, dy, rows, out, false);
         let epilogue = Epilogue {
-            act_grad_of,
+            act_grad,
             ..Epilogue::NONE
         };
         gemm(
@@ -324,7 +325,7 @@ impl Model<'_> {
         let (proj, _) = self.linear(&o, &q("attn.proj"), m, Activation::None);
         let mid = self.residual(&x, &proj, 2 * l as u64 + 1);
         let (h2, stats2) = self.layernorm(&mid, &q("norm2"), m);
-        let (act, pre) = self.linear(&h2, &q("mlp.fc1"), m, activation(c.act));
+        let (act, slope) = self.linear(&h2, &q("mlp.fc1"), m, activation(c.act));
         let (fc2, _) = self.linear(&act, &q("mlp.fc2"), m, Activation::None);
         let next = self.residual(&mid, &fc2, 2 * l as u64 + 2);
         let saved = BlockSaved {
@@ -337,7 +338,7 @@ impl Model<'_> {
             mid,
             h2,
             stats2,
-            pre,
+            slope,
             act,
         };
         (saved, next)
@@ -353,7 +354,7 @@ impl Model<'_> {
         let (c, m) = (self.cfg, self.rows());
         let q = |s: &str| format!("blocks.{l}.{s}");
         let dy = self.residual_backward(&dres, 2 * l as u64 + 2);
-        let act = Some((&s.pre[..], activation(c.act)));
+        let act = Some((&s.slope[..], ActGrad::Slope));
         let dpre = self.linear_backward(grads, &dy, &s.act, &q("mlp.fc2"), m, act);
         let dh2 = self.linear_backward(grads, &dpre, &s.h2, &q("mlp.fc1"), m, None);
         self.layernorm_backward(grads, &mut dres, &dh2, &s.mid, &s.stats2, &q("norm2"), m);
@@ -373,15 +374,15 @@ impl Model<'_> {
         let mut cls_x = vec![0.0; b * c.dim];
         embed::gather_cls(&mut cls_x, x, b, c.tokens(), c.dim);
         let (cls_n, stats) = self.layernorm(&cls_x, "norm", b);
-        let (logits, pre, act) = match c.head {
+        let (logits, slope, act) = match c.head {
             Head::Linear => {
                 let (logits, _) = self.linear(&cls_n, "head", b, Activation::None);
                 (logits, Vec::new(), Vec::new())
             }
             Head::Mlp { .. } => {
-                let (act, pre) = self.linear(&cls_n, "head.fc1", b, Activation::Relu);
+                let (act, slope) = self.linear(&cls_n, "head.fc1", b, Activation::Relu);
                 let (logits, _) = self.linear(&act, "head.fc2", b, Activation::None);
-                (logits, pre, act)
+                (logits, slope, act)
             }
         };
         let k = c.classes;
@@ -400,7 +401,7 @@ impl Model<'_> {
             cls_x,
             cls_n,
             stats,
-            pre,
+            slope,
             act,
             logits,
             losses,
@@ -414,7 +415,7 @@ impl Model<'_> {
         let dcn = match c.head {
             Head::Linear => self.linear_backward(grads, &h.dlogits, &h.cls_n, "head", b, None),
             Head::Mlp { .. } => {
-                let relu = Some((&h.pre[..], Activation::Relu));
+                let relu = Some((&h.slope[..], ActGrad::Slope));
                 let dpre = self.linear_backward(grads, &h.dlogits, &h.act, "head.fc2", b, relu);
                 self.linear_backward(grads, &dpre, &h.cls_n, "head.fc1", b, None)
             }

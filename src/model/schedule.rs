@@ -4,6 +4,7 @@
 //! Forward, per block l (M = B*N rows):
 //!   h1 = LN1(x_l); qkv = h1 Wqkv^T + b; o = attn(qkv); mid = x_l + drop(o Wo^T + bo)
 //!   h2 = LN2(mid); pre = h2 W1^T + b1; a = act(pre); x_{l+1} = mid + drop(a W2^T + b2)
+//!   (training with GELU also saves GELU'(pre): the backward multiplies by it)
 //! then c = LNf(x_L[:,0]) -> head -> logits -> cross-entropy.
 //! Backward: `dres` holds dL/d(residual stream) and LayerNorm backwards add into it in
 //! place; parameter gradients are overwritten (llm.c's convention is `+=`; ours is `=`,
@@ -19,7 +20,7 @@ use crate::kernels::dropout::{DropoutBackward, DropoutForward, DropoutSite};
 use crate::kernels::embed::{
     AssembleTokens, EmbedShape, GatherCls, Patchify, PosClsBackward, ScatterCls, TokensBackward,
 };
-use crate::kernels::gemm::Activation;
+use crate::kernels::gemm::{ActGrad, Activation};
 use crate::kernels::layernorm::LayerNorm;
 use crate::kernels::loss::CrossEntropyArgs;
 use crate::kernels::reduce::Reduce;
@@ -133,8 +134,10 @@ pub struct BlockActs {
     pub mid: wgpu::Buffer, // after the attention residual [M, D]
     pub h2: wgpu::Buffer,  // LN2(mid) [M, D]
     pub stats2: NormStats,
-    pub pre: wgpu::Buffer, // fc1 pre-activation [M, F]
     pub act: wgpu::Buffer, // fc1 activation [M, F]
+    /// GELU'(fc1 pre-activation) [M, F], saved by a training forward for the backward
+    /// (ReLU's backward takes relu' from `act`; an inference model saves nothing).
+    pub slope: Option<wgpu::Buffer>,
 }
 
 /// Gradient buffers of the backward, reused by every block.
@@ -172,8 +175,7 @@ pub struct Net {
     pub cls_x: wgpu::Buffer,
     pub cls_n: wgpu::Buffer,
     pub stats_f: NormStats,
-    pub head_pre: wgpu::Buffer,
-    pub head_act: wgpu::Buffer,
+    pub head_act: wgpu::Buffer, // the MLP head's hidden ReLU output [B, Hh]
     pub logits: wgpu::Buffer,
     pub losses: wgpu::Buffer,
     pub dlogits: wgpu::Buffer, // [B, K]
@@ -217,8 +219,11 @@ impl Net {
                 mid: alloc.buf("mid", m * d)?,
                 h2: alloc.buf("h2", m * d)?,
                 stats2: alloc.stats(m)?,
-                pre: alloc.buf("fc1 pre-activation", m * f)?,
                 act: alloc.buf("fc1 activation", m * f)?,
+                slope: match (train, cfg.act) {
+                    (true, Act::Gelu) => Some(alloc.buf("fc1 GELU slope", m * f)?),
+                    _ => None,
+                },
             });
         }
         let embed_shape = EmbedShape {
@@ -258,7 +263,6 @@ impl Net {
             cls_x: alloc.buf("cls rows", b * d)?,
             cls_n: alloc.buf("cls normed", b * d)?,
             stats_f: alloc.stats(b)?,
-            head_pre: alloc.buf("head pre", b * hh)?,
             head_act: alloc.buf("head act", b * hh)?,
             logits: alloc.buf("logits", b * cfg.classes)?,
             losses: alloc.buf("losses", b)?,
@@ -330,7 +334,7 @@ impl Net {
         };
         r.record(&k.embed, &patchify);
         let rows = es.batch * es.patches();
-        r.linear(&self.patches, &w.patch, &self.pe, rows, None);
+        r.linear(&self.patches, &w.patch, &self.pe, rows);
         let (cls, pos) = (r.arena.value(w.cls), r.arena.value(w.pos));
         let x0 = &self.blocks[0].x;
         let assemble = AssembleTokens {
@@ -343,10 +347,12 @@ impl Net {
         r.record(&k.embed, &assemble);
     }
 
+    /// A training model's forward also saves GELU's slope for the backward (every forward:
+    /// `verify` runs the backward after one without dropout).
     pub fn block_forward(&self, r: &mut Recorder, l: usize, drop: bool) {
         let (w, a, m) = (&self.weights.blocks[l], &self.blocks[l], self.rows());
         r.layernorm(&a.x, &w.norm1, &a.h1, &a.stats1, m);
-        r.linear(&a.h1, &w.qkv, &a.qkv, m, None);
+        r.linear(&a.h1, &w.qkv, &a.qkv, m);
         let (shape, qkv, o, lse) = (self.attention_shape, &a.qkv, &a.o, &a.lse);
         r.record(
             &r.kernels.attention,
@@ -355,7 +361,7 @@ impl Net {
         r.copy(&a.x, &a.mid);
         self.residual_forward(r, &a.o, &w.proj, &a.mid, 2 * l as u64 + 1, drop);
         r.layernorm(&a.mid, &w.norm2, &a.h2, &a.stats2, m);
-        r.linear(&a.h2, &w.fc1, &a.act, m, Some((self.act, &a.pre)));
+        r.linear_act(&a.h2, &w.fc1, &a.act, m, self.act, a.slope.as_ref());
         let next = self.block_output(l);
         r.copy(&a.mid, next);
         self.residual_forward(r, &a.act, &w.fc2, next, 2 * l as u64 + 2, drop);
@@ -372,7 +378,7 @@ impl Net {
         drop: bool,
     ) {
         if drop {
-            r.linear(x, l, &self.branch, self.rows(), None);
+            r.linear(x, l, &self.branch, self.rows());
             let dropout = DropoutForward {
                 site: self.site(salt),
                 step: &self.dropout_step,
@@ -396,11 +402,10 @@ impl Net {
         r.record(&r.kernels.embed, &gather);
         r.layernorm(&self.cls_x, &w.norm, &self.cls_n, &self.stats_f, b);
         match &w.head {
-            HeadWeights::Linear(h) => r.linear(&self.cls_n, h, &self.logits, b, None),
+            HeadWeights::Linear(h) => r.linear(&self.cls_n, h, &self.logits, b),
             HeadWeights::Mlp { fc1, fc2 } => {
-                let relu = Some((Activation::Relu, &self.head_pre));
-                r.linear(&self.cls_n, fc1, &self.head_act, b, relu);
-                r.linear(&self.head_act, fc2, &self.logits, b, None);
+                r.linear_act(&self.cls_n, fc1, &self.head_act, b, Activation::Relu, None);
+                r.linear(&self.head_act, fc2, &self.logits, b);
             }
         }
         self.loss(r);
@@ -428,7 +433,7 @@ impl Net {
                 r.linear_backward(&self.dlogits, &self.cls_n, h, Some(&g.d_cls_n), b, None)
             }
             HeadWeights::Mlp { fc1, fc2 } => {
-                let relu = Some((&self.head_pre, Activation::Relu));
+                let relu = Some((&self.head_act, ActGrad::ReluOutput));
                 r.linear_backward(&self.dlogits, &self.head_act, fc2, Some(&g.d_head), b, relu);
                 r.linear_backward(&g.d_head, &self.cls_n, fc1, Some(&g.d_cls_n), b, None);
             }
@@ -459,7 +464,11 @@ impl Net {
             self.rows(),
         );
         let dy = self.branch_backward(r, 2 * l as u64 + 2, drop);
-        let act = Some((&a.pre, self.act));
+        let act = match (&a.slope, self.act) {
+            (Some(slope), _) => Some((slope, ActGrad::Slope)),
+            (None, Activation::Relu) => Some((&a.act, ActGrad::ReluOutput)),
+            (None, _) => panic!("internal: {:?} backward without its saved slope", self.act),
+        };
         r.linear_backward(dy, &a.act, &w.fc2, Some(&g.d_hidden), m, act);
         r.linear_backward(&g.d_hidden, &a.h2, &w.fc1, Some(&g.d_h), m, None);
         r.layernorm_backward(&g.d_h, &a.mid, &w.norm2, &a.stats2, &g.dres, m, true);

@@ -4,11 +4,12 @@
 //!   NN: A [m, k], B [k, n]  -> C = A B      (dX = dY W)
 //!   NT: A [m, k], B [n, k]  -> C = A B^T    (Y = X W^T)
 //!   TN: A [k, m], B [k, n]  -> C = A^T B    (dW = dY^T X)
-//! Epilogue, in this order: + bias[n]; save the pre-activation; activation; times the
-//! activation's derivative at `act_grad_of`; then C = result, or C += result (`accumulate`).
+//! Epilogue, in this order: + bias[n]; save the slope act'(pre-activation); activation;
+//! times act'(pre) of a later layer from what its forward saved (`act_grad`); then
+//! C = result, or C += result (`accumulate`).
 
 use super::Real;
-use crate::ops::{Activation, Layout};
+use crate::ops::{ActGrad, Activation, Layout};
 
 const SQRT_2: f64 = std::f64::consts::SQRT_2;
 /// 1 / sqrt(2 pi)
@@ -63,7 +64,7 @@ pub fn activation_grad(act: Activation, x: f64) -> f64 {
 pub struct Epilogue<'a, T = f32> {
     pub bias: Option<&'a [T]>, // [n]
     pub activation: Activation,
-    pub act_grad_of: Option<(&'a [T], Activation)>, // [m, n]
+    pub act_grad: Option<(&'a [T], ActGrad)>, // [m, n]
     pub accumulate: bool,
 }
 
@@ -71,20 +72,20 @@ impl<T: 'static> Epilogue<'static, T> {
     pub const NONE: Epilogue<'static, T> = Epilogue {
         bias: None,
         activation: Activation::None,
-        act_grad_of: None,
+        act_grad: None,
         accumulate: false,
     };
 }
 
-/// c (= or += when `accumulate`), pre_activation = op(A) op(B) (+ bias) and the rest of
-/// the epilogue. `rows` limits the computation to those rows of C (benchmarks validate a
+/// c (= or += when `accumulate`), slope = act'(op(A) op(B) (+ bias)) and the rest of the
+/// epilogue. `rows` limits the computation to those rows of C (benchmarks validate a
 /// sample of a large matrix); pass `0..m` for all.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm<T: Real>(
-    c: &mut [T],                      // [m, n]
-    pre_activation: Option<&mut [T]>, // [m, n]
-    a: &[T],                          // [m, k] (NN, NT) or [k, m] (TN)
-    b: &[T],                          // [k, n] (NN, TN) or [n, k] (NT)
+    c: &mut [T],             // [m, n]
+    slope: Option<&mut [T]>, // [m, n]
+    a: &[T],                 // [m, k] (NN, NT) or [k, m] (TN)
+    b: &[T],                 // [k, n] (NN, TN) or [n, k] (NT)
     m: usize,
     n: usize,
     k: usize,
@@ -93,7 +94,7 @@ pub fn gemm<T: Real>(
     rows: std::ops::Range<usize>,
 ) {
     assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= n * k);
-    let mut pre = pre_activation;
+    let mut slope = slope;
     let mut acc = vec![0.0f64; n];
     for i in rows {
         acc.iter_mut().for_each(|v| *v = 0.0);
@@ -123,12 +124,14 @@ pub fn gemm<T: Real>(
             if let Some(bias) = epilogue.bias {
                 v += bias[j].to_f64();
             }
-            if let Some(pre) = pre.as_deref_mut() {
-                pre[idx] = T::from_f64(v);
+            if let Some(slope) = slope.as_deref_mut() {
+                slope[idx] = T::from_f64(activation_grad(epilogue.activation, v));
             }
             v = activate(epilogue.activation, v);
-            if let Some((z, act)) = epilogue.act_grad_of {
-                v *= activation_grad(act, z[idx].to_f64());
+            match epilogue.act_grad {
+                Some((z, ActGrad::Slope)) => v *= z[idx].to_f64(),
+                Some((z, ActGrad::ReluOutput)) => v *= relu_grad(z[idx].to_f64()),
+                None => {}
             }
             c[idx] = if epilogue.accumulate {
                 T::from_f64(c[idx].to_f64() + v)
