@@ -34,6 +34,8 @@ struct Case {
     cpu_seconds: Option<f64>,
     /// Bytes moved, for memory-bound kernels: the rate column then shows GB/s.
     bytes: Option<f64>,
+    /// Floats the launch stores (a GEMM's C, and its slope), for the store-bound column.
+    stored: Option<f64>,
     commands: Vec<Command>,
 }
 
@@ -46,6 +48,8 @@ struct Bench {
     peak: f64,
     /// A plain copy kernel's bytes per second (read + write), the memory-bound rows' ceiling.
     copy_bandwidth: f64,
+    /// A plain store kernel's floats per second (each invocation writes one vec4).
+    store_rate: f64,
     rows: Vec<String>,
     rng: rand::rngs::StdRng,
 }
@@ -138,11 +142,21 @@ impl Bench {
             Some(b) => format!("{:.2} of copy", b / seconds / self.copy_bandwidth),
             None => format!("{:.2}", case.flops / seconds / self.peak),
         };
+        // The share of the ceiling left when the arithmetic runs at the ceiling and the
+        // stores at the plain store kernel's rate, one after the other (on llvmpipe each
+        // store is a scalar loop over the lanes, which no multiply-add overlaps).
+        let store_bound = case.stored.map_or("-".to_string(), |floats| {
+            let arithmetic = case.flops / self.peak;
+            format!(
+                "{:.2}",
+                arithmetic / (arithmetic + floats / self.store_rate)
+            )
+        });
         let vs_cpu = case
             .cpu_seconds
             .map_or("-".to_string(), |c| format!("{:.2}x", c / seconds));
         let row = format!(
-            "| {} | {} | {} | {:.2} | {:.2} | {} | {} | {} | {:.1e} |",
+            "| {} | {} | {} | {:.2} | {:.2} | {} | {} | {} | {} | {:.1e} |",
             case.name,
             case.shape,
             case.variant,
@@ -150,6 +164,7 @@ impl Bench {
             wall * 1e3,
             rate,
             of_ceiling,
+            store_bound,
             vs_cpu,
             err
         );
@@ -179,6 +194,39 @@ fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 }
 ",
 };
+
+/// A plain store kernel (one vec4 of values that differ per lane written per invocation,
+/// nothing read): the rate GEMM epilogues store at, at best.
+const STORE: vit_wgpu::kernels::Shader = vit_wgpu::kernels::Shader {
+    name: "store (bench)",
+    source: "
+@group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;
+struct Meta { len4: u32, pad0: u32, pad1: u32, pad2: u32 }
+@group(1) @binding(0) var<uniform> shape: Meta;
+@compute @workgroup_size(64)
+fn store(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    let x = f32(i);
+    if (i < shape.len4) { dst[i] = vec4<f32>(x, x + 1.0, x * 2.0, x - 3.0); }
+}
+",
+};
+
+/// Floats per second of the store kernel over `floats` floats.
+fn measure_store(bench: &Bench, floats: usize) -> f64 {
+    let g = &bench.gpu;
+    let pipeline = g.pipeline(&STORE, "store");
+    let dst = g.storage("store dst", floats);
+    let len4 = (floats / 4) as u32;
+    let dispatch = g.dispatch(
+        &pipeline,
+        &[(1, &dst)],
+        &[len4, 0, 0, 0],
+        vit_wgpu::gpu::grid_1d(len4.div_ceil(64)),
+    );
+    let (seconds, _) = bench.time(&[Command::Dispatch(dispatch)]);
+    floats as f64 / seconds
+}
 
 /// Bytes per second of the copy kernel over `floats` floats (read + write counted).
 fn measure_copy(bench: &Bench, floats: usize) -> f64 {
@@ -486,6 +534,7 @@ fn bench_one_gemm(
         flops: 2.0 * (m * n * k) as f64,
         cpu_seconds: Some(cpu_seconds),
         bytes: None,
+        stored: Some((m * n) as f64 * if s.slope { 2.0 } else { 1.0 }),
         commands,
     };
     bench.run(case, check);
@@ -525,17 +574,20 @@ fn main() {
         filters,
         peak,
         copy_bandwidth: 0.0,
+        store_rate: 0.0,
         rows: Vec::new(),
         rng: rand::rngs::StdRng::seed_from_u64(1),
     };
     // LayerNorm's rows are 64*65 x 512 floats at most: copy that much.
     bench.copy_bandwidth = measure_copy(&bench, 64 * 65 * 512);
+    bench.store_rate = measure_store(&bench, 64 * 65 * 512);
     println!(
-        "memory reference (plain vec4 copy kernel, 64x65x512 floats): {:.1} GB/s\n",
-        bench.copy_bandwidth * 1e-9
+        "memory reference (plain vec4 copy kernel, 64x65x512 floats): {:.1} GB/s; plain vec4 stores: {:.2} ns per float\n",
+        bench.copy_bandwidth * 1e-9,
+        1e9 / bench.store_rate
     );
-    println!("| kernel | shape m x n x k | variant | ms | ms wall (+copies) | GFLOP/s or GB/s | of ceiling (FMA; copy for GB/s) | vs CPU sgemm | rel. error |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| kernel | shape m x n x k | variant | ms | ms wall (+copies) | GFLOP/s or GB/s | of ceiling (FMA; copy for GB/s) | store-bound (FMA at ceiling + plain stores) | vs CPU sgemm | rel. error |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     // Kernel families; each filters its cases by name ("gemm tiny qkv fwd lanes").
     bench_gemm(&mut bench);
     bench_attention(&mut bench);
@@ -656,6 +708,7 @@ fn bench_attention_variant(bench: &mut Bench, kernel: vit_wgpu::kernels::attenti
                 flops,
                 cpu_seconds: None,
                 bytes: None,
+                stored: None,
                 commands,
             };
             bench.run(case, check);
@@ -760,6 +813,7 @@ fn bench_layernorm(bench: &mut Bench) {
                 flops: 0.0,
                 cpu_seconds: None,
                 bytes: Some(bytes),
+                stored: None,
                 commands,
             };
             bench.run(case, check);
