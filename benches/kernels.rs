@@ -178,10 +178,12 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// A plain copy kernel (one vec4 read and written per invocation): the memory-speed
-/// reference for memory-bound kernels, measured in the same run.
-const COPY: vit_wgpu::kernels::Shader = vit_wgpu::kernels::Shader {
-    name: "copy (bench)",
+/// The memory references, measured in the same run: a plain copy kernel (one vec4 read and
+/// written per invocation), the memory-bound kernels' reference; a plain store kernel (one
+/// vec4 of values that differ per lane written, nothing read), the rate GEMM epilogues store
+/// at, at best.
+const MEMORY: vit_wgpu::kernels::Shader = vit_wgpu::kernels::Shader {
+    name: "memory references (bench)",
     source: "
 @group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;
@@ -192,17 +194,6 @@ fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let i = gid.x + gid.y * nwg.x * 64u;
     if (i < shape.len4) { dst[i] = src[i]; }
 }
-",
-};
-
-/// A plain store kernel (one vec4 of values that differ per lane written per invocation,
-/// nothing read): the rate GEMM epilogues store at, at best.
-const STORE: vit_wgpu::kernels::Shader = vit_wgpu::kernels::Shader {
-    name: "store (bench)",
-    source: "
-@group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;
-struct Meta { len4: u32, pad0: u32, pad1: u32, pad2: u32 }
-@group(1) @binding(0) var<uniform> shape: Meta;
 @compute @workgroup_size(64)
 fn store(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * 64u;
@@ -215,7 +206,7 @@ fn store(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
 /// Floats per second of the store kernel over `floats` floats.
 fn measure_store(bench: &Bench, floats: usize) -> f64 {
     let g = &bench.gpu;
-    let pipeline = g.pipeline(&STORE, "store");
+    let pipeline = g.pipeline(&MEMORY, "store");
     let dst = g.storage("store dst", floats);
     let len4 = (floats / 4) as u32;
     let dispatch = g.dispatch(
@@ -231,7 +222,7 @@ fn measure_store(bench: &Bench, floats: usize) -> f64 {
 /// Bytes per second of the copy kernel over `floats` floats (read + write counted).
 fn measure_copy(bench: &Bench, floats: usize) -> f64 {
     let g = &bench.gpu;
-    let pipeline = g.pipeline(&COPY, "copy");
+    let pipeline = g.pipeline(&MEMORY, "copy");
     let src = g.upload("copy src", &vec![1.0f32; floats]);
     let dst = g.storage("copy dst", floats);
     let len4 = (floats / 4) as u32;
