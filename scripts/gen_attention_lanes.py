@@ -7,7 +7,10 @@ step by hand. Edit this script, run it, commit both:
 
     python3 scripts/gen_attention_lanes.py [--lane-rows R]
 
-R (default 3) must equal LANE_ROWS in src/kernels/attention.rs, which a unit test checks.
+R (default 3) must equal LANE_ROWS in src/kernels/attention.rs, which a unit test checks. Each
+kernel is also written with one row per lane (entry points suffixed `_tail`): the host runs
+those over the last N mod 8R rows when they fit in 8-row blocks, so 50 tokens cost 56 rows of
+work instead of 72.
 """
 import argparse
 import pathlib
@@ -31,6 +34,9 @@ HEADER = """\
 //     multiply-add fall as 1 / LANE_ROWS;
 //   - scores are accumulated as dot products (fma chains over the 4 components of a vec4)
 //     into one vec4 per 4 streamed rows, and the weighted sums as mat4x4 x vec4 fma chains.
+// The `_tail` entry points are the same kernels with one row per lane (8-row blocks), for
+// the last N mod (8 x LANE_ROWS) rows when there are at most 8 of them (shape.row_base is
+// the first row a launch covers).
 // Everything is written out (the 8 lanes, the LANE_ROWS rows and the HEAD_VEC4 steps of a
 // row, each step guarded by `if (HEAD_VEC4 > c)`, folded per pipeline): subgroupBroadcast
 // takes constant lane ids only, and arrays indexed by a loop counter become per-lane
@@ -159,14 +165,19 @@ def mix_step(c, x, tag, acc, weights, R, scale=""):
     return " ".join(parts)
 
 
+def suffix(R):
+    """Entry point suffix: none for the main kernels, `_tail` for one row per lane."""
+    return "_tail" if R == 1 else ""
+
+
 def rows_prologue(o, R):
     for r in range(R):
-        o(f"let r{r} = rows(wid, lane + {8 * r}u, LANES * LANE_ROWS);")
+        o(f"let r{r} = rows(wid, lane + {8 * r}u, {8 * R}u);")
 
 
 def forward(o, R):
     o("@compute @workgroup_size(8)")
-    o("fn attention_forward_lanes(@builtin(workgroup_id) wid: vec3<u32>,")
+    o(f"fn attention_forward_lanes{suffix(R)}(@builtin(workgroup_id) wid: vec3<u32>,")
     o("                           @builtin(subgroup_invocation_id) lane: u32) {")
     o.depth += 1
     o("let n = shape.tokens;")
@@ -218,7 +229,7 @@ def forward(o, R):
 
 def backward_query(o, R):
     o("@compute @workgroup_size(8)")
-    o("fn attention_backward_query_lanes(@builtin(workgroup_id) wid: vec3<u32>,")
+    o(f"fn attention_backward_query_lanes{suffix(R)}(@builtin(workgroup_id) wid: vec3<u32>,")
     o("                                  @builtin(subgroup_invocation_id) lane: u32) {")
     o.depth += 1
     o("let n = shape.tokens;")
@@ -270,7 +281,7 @@ def backward_query(o, R):
 
 def backward_key(o, R):
     o("@compute @workgroup_size(8)")
-    o("fn attention_backward_key_lanes(@builtin(workgroup_id) wid: vec3<u32>,")
+    o(f"fn attention_backward_key_lanes{suffix(R)}(@builtin(workgroup_id) wid: vec3<u32>,")
     o("                                @builtin(subgroup_invocation_id) lane: u32) {")
     o.depth += 1
     o("let n = shape.tokens;")
@@ -334,14 +345,18 @@ def main():
     o = Out()
     o(HEADER.format(R=R).rstrip("\n"))
     o()
-    o("// Per query row: online softmax over blocks of 8 keys, o = sum_j p_j v_j / l, lse saved.")
-    forward(o, R)
-    o()
-    o("// Per query row: delta_i = dO_i . O_i, dQ_i = scale * sum_j P_ij (dO_i . V_j - delta_i) K_j.")
-    backward_query(o, R)
-    o()
-    o("// Per key row: dV_j = sum_i P_ij dO_i, dK_j = scale * sum_i P_ij (dO_i . V_j - delta_i) Q_i.")
-    backward_key(o, R)
+    for rows in (R, 1):
+        what = "" if rows == R else " One row per lane (the tail)."
+        o(f"// Per query row: online softmax over blocks of 8 keys, o = sum_j p_j v_j / l, lse saved.{what}")
+        forward(o, rows)
+        o()
+        o(f"// Per query row: delta_i = dO_i . O_i, dQ_i = scale * sum_j P_ij (dO_i . V_j - delta_i) K_j.{what}")
+        backward_query(o, rows)
+        o()
+        o(f"// Per key row: dV_j = sum_i P_ij dO_i, dK_j = scale * sum_i P_ij (dO_i . V_j - delta_i) Q_i.{what}")
+        backward_key(o, rows)
+        if rows == R:
+            o()
     pathlib.Path(args.out).write_text("\n".join(o.lines) + "\n")
 
 

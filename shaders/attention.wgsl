@@ -52,7 +52,8 @@ struct Meta {
     model_vec4: u32,
     // 1 / sqrt(d)
     scale: f32,
-    _pad: u32,
+    // the first row this launch's workgroups start at (the `Lanes` tail launch's; else 0)
+    row_base: u32,
 }
 
 @group(1) @binding(0) var<uniform> shape: Meta;
@@ -89,7 +90,7 @@ fn rows(wid: vec3<u32>, lid: u32, per_group: u32) -> Rows {
     r.bh = wid.y;
     r.batch = wid.y / shape.heads;
     r.head = wid.y % shape.heads;
-    r.row = wid.x * per_group + lid;
+    r.row = shape.row_base + wid.x * per_group + lid;
     r.clamped = min(r.row, shape.tokens - 1u);
     r.qkv_batch = r.batch * shape.tokens * shape.qkv_row_vec4;
     r.head_col = r.head * HEAD_VEC4;

@@ -14,6 +14,9 @@
 //     multiply-add fall as 1 / LANE_ROWS;
 //   - scores are accumulated as dot products (fma chains over the 4 components of a vec4)
 //     into one vec4 per 4 streamed rows, and the weighted sums as mat4x4 x vec4 fma chains.
+// The `_tail` entry points are the same kernels with one row per lane (8-row blocks), for
+// the last N mod (8 x LANE_ROWS) rows when there are at most 8 of them (shape.row_base is
+// the first row a launch covers).
 // Everything is written out (the 8 lanes, the LANE_ROWS rows and the HEAD_VEC4 steps of a
 // row, each step guarded by `if (HEAD_VEC4 > c)`, folded per pipeline): subgroupBroadcast
 // takes constant lane ids only, and arrays indexed by a loop counter become per-lane
@@ -103,9 +106,9 @@ fn max4(v: vec4<f32>) -> f32 {
 fn attention_forward_lanes(@builtin(workgroup_id) wid: vec3<u32>,
                            @builtin(subgroup_invocation_id) lane: u32) {
     let n = shape.tokens;
-    let r0 = rows(wid, lane + 0u, LANES * LANE_ROWS);
-    let r1 = rows(wid, lane + 8u, LANES * LANE_ROWS);
-    let r2 = rows(wid, lane + 16u, LANES * LANE_ROWS);
+    let r0 = rows(wid, lane + 0u, 24u);
+    let r1 = rows(wid, lane + 8u, 24u);
+    let r2 = rows(wid, lane + 16u, 24u);
     var q0: array<vec4<f32>, 16>;
     var acc0: array<vec4<f32>, 16>;
     var m0 = NEG_BIG;
@@ -279,9 +282,9 @@ fn attention_forward_lanes(@builtin(workgroup_id) wid: vec3<u32>,
 fn attention_backward_query_lanes(@builtin(workgroup_id) wid: vec3<u32>,
                                   @builtin(subgroup_invocation_id) lane: u32) {
     let n = shape.tokens;
-    let r0 = rows(wid, lane + 0u, LANES * LANE_ROWS);
-    let r1 = rows(wid, lane + 8u, LANES * LANE_ROWS);
-    let r2 = rows(wid, lane + 16u, LANES * LANE_ROWS);
+    let r0 = rows(wid, lane + 0u, 24u);
+    let r1 = rows(wid, lane + 8u, 24u);
+    let r2 = rows(wid, lane + 16u, 24u);
     var q0: array<vec4<f32>, 16>;
     var g0: array<vec4<f32>, 16>;
     var dq0: array<vec4<f32>, 16>;
@@ -447,9 +450,9 @@ fn attention_backward_query_lanes(@builtin(workgroup_id) wid: vec3<u32>,
 fn attention_backward_key_lanes(@builtin(workgroup_id) wid: vec3<u32>,
                                 @builtin(subgroup_invocation_id) lane: u32) {
     let n = shape.tokens;
-    let r0 = rows(wid, lane + 0u, LANES * LANE_ROWS);
-    let r1 = rows(wid, lane + 8u, LANES * LANE_ROWS);
-    let r2 = rows(wid, lane + 16u, LANES * LANE_ROWS);
+    let r0 = rows(wid, lane + 0u, 24u);
+    let r1 = rows(wid, lane + 8u, 24u);
+    let r2 = rows(wid, lane + 16u, 24u);
     var k0: array<vec4<f32>, 16>;
     var v0: array<vec4<f32>, 16>;
     var dk0: array<vec4<f32>, 16>;
@@ -611,5 +614,313 @@ fn attention_backward_key_lanes(@builtin(workgroup_id) wid: vec3<u32>,
         if (HEAD_VEC4 > 13u) { dqkv[kj2 + 13u] = dk2[13u] * shape.scale; dqkv[vj2 + 13u] = dv2[13u]; }
         if (HEAD_VEC4 > 14u) { dqkv[kj2 + 14u] = dk2[14u] * shape.scale; dqkv[vj2 + 14u] = dv2[14u]; }
         if (HEAD_VEC4 > 15u) { dqkv[kj2 + 15u] = dk2[15u] * shape.scale; dqkv[vj2 + 15u] = dv2[15u]; }
+    }
+}
+
+// Per query row: online softmax over blocks of 8 keys, o = sum_j p_j v_j / l, lse saved. One row per lane (the tail).
+@compute @workgroup_size(8)
+fn attention_forward_lanes_tail(@builtin(workgroup_id) wid: vec3<u32>,
+                           @builtin(subgroup_invocation_id) lane: u32) {
+    let n = shape.tokens;
+    let r0 = rows(wid, lane + 0u, 8u);
+    var q0: array<vec4<f32>, 16>;
+    var acc0: array<vec4<f32>, 16>;
+    var m0 = NEG_BIG;
+    var l0 = 0.0;
+    let qi0 = qkv_at(r0, r0.clamped, 0u);
+    if (HEAD_VEC4 > 0u) { q0[0u] = qkv[qi0 + 0u] * shape.scale; }
+    if (HEAD_VEC4 > 1u) { q0[1u] = qkv[qi0 + 1u] * shape.scale; }
+    if (HEAD_VEC4 > 2u) { q0[2u] = qkv[qi0 + 2u] * shape.scale; }
+    if (HEAD_VEC4 > 3u) { q0[3u] = qkv[qi0 + 3u] * shape.scale; }
+    if (HEAD_VEC4 > 4u) { q0[4u] = qkv[qi0 + 4u] * shape.scale; }
+    if (HEAD_VEC4 > 5u) { q0[5u] = qkv[qi0 + 5u] * shape.scale; }
+    if (HEAD_VEC4 > 6u) { q0[6u] = qkv[qi0 + 6u] * shape.scale; }
+    if (HEAD_VEC4 > 7u) { q0[7u] = qkv[qi0 + 7u] * shape.scale; }
+    if (HEAD_VEC4 > 8u) { q0[8u] = qkv[qi0 + 8u] * shape.scale; }
+    if (HEAD_VEC4 > 9u) { q0[9u] = qkv[qi0 + 9u] * shape.scale; }
+    if (HEAD_VEC4 > 10u) { q0[10u] = qkv[qi0 + 10u] * shape.scale; }
+    if (HEAD_VEC4 > 11u) { q0[11u] = qkv[qi0 + 11u] * shape.scale; }
+    if (HEAD_VEC4 > 12u) { q0[12u] = qkv[qi0 + 12u] * shape.scale; }
+    if (HEAD_VEC4 > 13u) { q0[13u] = qkv[qi0 + 13u] * shape.scale; }
+    if (HEAD_VEC4 > 14u) { q0[14u] = qkv[qi0 + 14u] * shape.scale; }
+    if (HEAD_VEC4 > 15u) { q0[15u] = qkv[qi0 + 15u] * shape.scale; }
+    for (var j0 = 0u; j0 < n; j0 += LANES) {
+        // this lane loads key (and value) j0 + lane
+        let mine = min(j0 + lane, n - 1u);
+        let kj = qkv_at(r0, mine, 1u);
+        let kt = qkv_texel(r0, mine, 1u);
+        var s0_lo = vec4<f32>(0.0);
+        var s0_hi = vec4<f32>(0.0);
+        if (HEAD_VEC4 > 0u) { let x = load_qkv(kj, kt, 0u); let lo = transpose(lanes4_lo(x)); let hi = transpose(lanes4_hi(x)); s0_lo = dots4(s0_lo, q0[0u], lo); s0_hi = dots4(s0_hi, q0[0u], hi); }
+        if (HEAD_VEC4 > 1u) { let x = load_qkv(kj, kt, 1u); let lo = transpose(lanes4_lo(x)); let hi = transpose(lanes4_hi(x)); s0_lo = dots4(s0_lo, q0[1u], lo); s0_hi = dots4(s0_hi, q0[1u], hi); }
+        if (HEAD_VEC4 > 2u) { let x = load_qkv(kj, kt, 2u); let lo = transpose(lanes4_lo(x)); let hi = transpose(lanes4_hi(x)); s0_lo = dots4(s0_lo, q0[2u], lo); s0_hi = dots4(s0_hi, q0[2u], hi); }
+        if (HEAD_VEC4 > 3u) { let x = load_qkv(kj, kt, 3u); let lo = transpose(lanes4_lo(x)); let hi = transpose(lanes4_hi(x)); s0_lo = dots4(s0_lo, q0[3u], lo); s0_hi = dots4(s0_hi, q0[3u], hi); }
+        if (HEAD_VEC4 > 4u) { let x = load_qkv(kj, kt, 4u); let lo = transpose(lanes4_lo(x)); let hi = transpose(lanes4_hi(x)); s0_lo = dots4(s0_lo, q0[4u], lo); s0_hi = dots4(s0_hi, q0[4u], hi); }
+        if (HEAD_VEC4 > 5u) { let x = load_qkv(kj, kt, 5u); let lo = transpose(lanes4_lo(x)); let hi = transpose(lanes4_hi(x)); s0_lo = dots4(s0_lo, q0[5u], lo); s0_hi = dots4(s0_hi, q0[5u], hi); }
+        if (HEAD_VEC4 > 6u) { let x = load_qkv(kj, kt, 6u); let lo = transpose(lanes4_lo(x)); let hi = transpose(lanes4_hi(x)); s0_lo = dots4(s0_lo, q0[6u], lo); s0_hi = dots4(s0_hi, q0[6u], hi); }
+        if (HEAD_VEC4 > 7u) { let x = load_qkv(kj, kt, 7u); let lo = transpose(lanes4_lo(x)); let hi = transpose(lanes4_hi(x)); s0_lo = dots4(s0_lo, q0[7u], lo); s0_hi = dots4(s0_hi, q0[7u], hi); }
+        if (HEAD_VEC4 > 8u) { let x = load_qkv(kj, kt, 8u); let lo = transpose(lanes4_lo(x)); let hi = transpose(lanes4_hi(x)); s0_lo = dots4(s0_lo, q0[8u], lo); s0_hi = dots4(s0_hi, q0[8u], hi); }
+        if (HEAD_VEC4 > 9u) { let x = load_qkv(kj, kt, 9u); let lo = transpose(lanes4_lo(x)); let hi = transpose(lanes4_hi(x)); s0_lo = dots4(s0_lo, q0[9u], lo); s0_hi = dots4(s0_hi, q0[9u], hi); }
+        if (HEAD_VEC4 > 10u) { let x = load_qkv(kj, kt, 10u); let lo = transpose(lanes4_lo(x)); let hi = transpose(lanes4_hi(x)); s0_lo = dots4(s0_lo, q0[10u], lo); s0_hi = dots4(s0_hi, q0[10u], hi); }
+        if (HEAD_VEC4 > 11u) { let x = load_qkv(kj, kt, 11u); let lo = transpose(lanes4_lo(x)); let hi = transpose(lanes4_hi(x)); s0_lo = dots4(s0_lo, q0[11u], lo); s0_hi = dots4(s0_hi, q0[11u], hi); }
+        if (HEAD_VEC4 > 12u) { let x = load_qkv(kj, kt, 12u); let lo = transpose(lanes4_lo(x)); let hi = transpose(lanes4_hi(x)); s0_lo = dots4(s0_lo, q0[12u], lo); s0_hi = dots4(s0_hi, q0[12u], hi); }
+        if (HEAD_VEC4 > 13u) { let x = load_qkv(kj, kt, 13u); let lo = transpose(lanes4_lo(x)); let hi = transpose(lanes4_hi(x)); s0_lo = dots4(s0_lo, q0[13u], lo); s0_hi = dots4(s0_hi, q0[13u], hi); }
+        if (HEAD_VEC4 > 14u) { let x = load_qkv(kj, kt, 14u); let lo = transpose(lanes4_lo(x)); let hi = transpose(lanes4_hi(x)); s0_lo = dots4(s0_lo, q0[14u], lo); s0_hi = dots4(s0_hi, q0[14u], hi); }
+        if (HEAD_VEC4 > 15u) { let x = load_qkv(kj, kt, 15u); let lo = transpose(lanes4_lo(x)); let hi = transpose(lanes4_hi(x)); s0_lo = dots4(s0_lo, q0[15u], lo); s0_hi = dots4(s0_hi, q0[15u], hi); }
+        let in_lo = valid_lo(j0, n);
+        let in_hi = valid_hi(j0, n);
+        s0_lo = select(vec4<f32>(NEG_BIG), s0_lo, in_lo);
+        s0_hi = select(vec4<f32>(NEG_BIG), s0_hi, in_hi);
+        let mb0 = max(m0, max4(max(s0_lo, s0_hi)));
+        let corr0 = exp(m0 - mb0);
+        let p0_lo = exp(s0_lo - vec4<f32>(mb0));
+        let p0_hi = exp(s0_hi - vec4<f32>(mb0));
+        l0 = l0 * corr0 + hsum(p0_lo + p0_hi);
+        m0 = mb0;
+        let vj = qkv_at(r0, mine, 2u);
+        let vt = qkv_texel(r0, mine, 2u);
+        if (HEAD_VEC4 > 0u) { let x = load_qkv(vj, vt, 0u); let lo = lanes4_lo(x); let hi = lanes4_hi(x); acc0[0u] = mix4(mix4(acc0[0u] * corr0, lo, p0_lo), hi, p0_hi); }
+        if (HEAD_VEC4 > 1u) { let x = load_qkv(vj, vt, 1u); let lo = lanes4_lo(x); let hi = lanes4_hi(x); acc0[1u] = mix4(mix4(acc0[1u] * corr0, lo, p0_lo), hi, p0_hi); }
+        if (HEAD_VEC4 > 2u) { let x = load_qkv(vj, vt, 2u); let lo = lanes4_lo(x); let hi = lanes4_hi(x); acc0[2u] = mix4(mix4(acc0[2u] * corr0, lo, p0_lo), hi, p0_hi); }
+        if (HEAD_VEC4 > 3u) { let x = load_qkv(vj, vt, 3u); let lo = lanes4_lo(x); let hi = lanes4_hi(x); acc0[3u] = mix4(mix4(acc0[3u] * corr0, lo, p0_lo), hi, p0_hi); }
+        if (HEAD_VEC4 > 4u) { let x = load_qkv(vj, vt, 4u); let lo = lanes4_lo(x); let hi = lanes4_hi(x); acc0[4u] = mix4(mix4(acc0[4u] * corr0, lo, p0_lo), hi, p0_hi); }
+        if (HEAD_VEC4 > 5u) { let x = load_qkv(vj, vt, 5u); let lo = lanes4_lo(x); let hi = lanes4_hi(x); acc0[5u] = mix4(mix4(acc0[5u] * corr0, lo, p0_lo), hi, p0_hi); }
+        if (HEAD_VEC4 > 6u) { let x = load_qkv(vj, vt, 6u); let lo = lanes4_lo(x); let hi = lanes4_hi(x); acc0[6u] = mix4(mix4(acc0[6u] * corr0, lo, p0_lo), hi, p0_hi); }
+        if (HEAD_VEC4 > 7u) { let x = load_qkv(vj, vt, 7u); let lo = lanes4_lo(x); let hi = lanes4_hi(x); acc0[7u] = mix4(mix4(acc0[7u] * corr0, lo, p0_lo), hi, p0_hi); }
+        if (HEAD_VEC4 > 8u) { let x = load_qkv(vj, vt, 8u); let lo = lanes4_lo(x); let hi = lanes4_hi(x); acc0[8u] = mix4(mix4(acc0[8u] * corr0, lo, p0_lo), hi, p0_hi); }
+        if (HEAD_VEC4 > 9u) { let x = load_qkv(vj, vt, 9u); let lo = lanes4_lo(x); let hi = lanes4_hi(x); acc0[9u] = mix4(mix4(acc0[9u] * corr0, lo, p0_lo), hi, p0_hi); }
+        if (HEAD_VEC4 > 10u) { let x = load_qkv(vj, vt, 10u); let lo = lanes4_lo(x); let hi = lanes4_hi(x); acc0[10u] = mix4(mix4(acc0[10u] * corr0, lo, p0_lo), hi, p0_hi); }
+        if (HEAD_VEC4 > 11u) { let x = load_qkv(vj, vt, 11u); let lo = lanes4_lo(x); let hi = lanes4_hi(x); acc0[11u] = mix4(mix4(acc0[11u] * corr0, lo, p0_lo), hi, p0_hi); }
+        if (HEAD_VEC4 > 12u) { let x = load_qkv(vj, vt, 12u); let lo = lanes4_lo(x); let hi = lanes4_hi(x); acc0[12u] = mix4(mix4(acc0[12u] * corr0, lo, p0_lo), hi, p0_hi); }
+        if (HEAD_VEC4 > 13u) { let x = load_qkv(vj, vt, 13u); let lo = lanes4_lo(x); let hi = lanes4_hi(x); acc0[13u] = mix4(mix4(acc0[13u] * corr0, lo, p0_lo), hi, p0_hi); }
+        if (HEAD_VEC4 > 14u) { let x = load_qkv(vj, vt, 14u); let lo = lanes4_lo(x); let hi = lanes4_hi(x); acc0[14u] = mix4(mix4(acc0[14u] * corr0, lo, p0_lo), hi, p0_hi); }
+        if (HEAD_VEC4 > 15u) { let x = load_qkv(vj, vt, 15u); let lo = lanes4_lo(x); let hi = lanes4_hi(x); acc0[15u] = mix4(mix4(acc0[15u] * corr0, lo, p0_lo), hi, p0_hi); }
+    }
+    if (r0.row < n) {
+        let inv = 1.0 / l0;
+        let oi = o_at(r0, r0.row);
+        if (HEAD_VEC4 > 0u) { o[oi + 0u] = acc0[0u] * inv; }
+        if (HEAD_VEC4 > 1u) { o[oi + 1u] = acc0[1u] * inv; }
+        if (HEAD_VEC4 > 2u) { o[oi + 2u] = acc0[2u] * inv; }
+        if (HEAD_VEC4 > 3u) { o[oi + 3u] = acc0[3u] * inv; }
+        if (HEAD_VEC4 > 4u) { o[oi + 4u] = acc0[4u] * inv; }
+        if (HEAD_VEC4 > 5u) { o[oi + 5u] = acc0[5u] * inv; }
+        if (HEAD_VEC4 > 6u) { o[oi + 6u] = acc0[6u] * inv; }
+        if (HEAD_VEC4 > 7u) { o[oi + 7u] = acc0[7u] * inv; }
+        if (HEAD_VEC4 > 8u) { o[oi + 8u] = acc0[8u] * inv; }
+        if (HEAD_VEC4 > 9u) { o[oi + 9u] = acc0[9u] * inv; }
+        if (HEAD_VEC4 > 10u) { o[oi + 10u] = acc0[10u] * inv; }
+        if (HEAD_VEC4 > 11u) { o[oi + 11u] = acc0[11u] * inv; }
+        if (HEAD_VEC4 > 12u) { o[oi + 12u] = acc0[12u] * inv; }
+        if (HEAD_VEC4 > 13u) { o[oi + 13u] = acc0[13u] * inv; }
+        if (HEAD_VEC4 > 14u) { o[oi + 14u] = acc0[14u] * inv; }
+        if (HEAD_VEC4 > 15u) { o[oi + 15u] = acc0[15u] * inv; }
+        lse[r0.bh * n + r0.row] = m0 + log(l0);
+    }
+}
+
+// Per query row: delta_i = dO_i . O_i, dQ_i = scale * sum_j P_ij (dO_i . V_j - delta_i) K_j. One row per lane (the tail).
+@compute @workgroup_size(8)
+fn attention_backward_query_lanes_tail(@builtin(workgroup_id) wid: vec3<u32>,
+                                  @builtin(subgroup_invocation_id) lane: u32) {
+    let n = shape.tokens;
+    let r0 = rows(wid, lane + 0u, 8u);
+    var q0: array<vec4<f32>, 16>;
+    var g0: array<vec4<f32>, 16>;
+    var dq0: array<vec4<f32>, 16>;
+    let qi0 = qkv_at(r0, r0.clamped, 0u);
+    let oi0 = o_at(r0, r0.clamped);
+    var dd0 = vec4<f32>(0.0);
+    if (HEAD_VEC4 > 0u) { q0[0u] = qkv[qi0 + 0u] * shape.scale; g0[0u] = d_o[oi0 + 0u]; dd0 += g0[0u] * o_in[oi0 + 0u]; }
+    if (HEAD_VEC4 > 1u) { q0[1u] = qkv[qi0 + 1u] * shape.scale; g0[1u] = d_o[oi0 + 1u]; dd0 += g0[1u] * o_in[oi0 + 1u]; }
+    if (HEAD_VEC4 > 2u) { q0[2u] = qkv[qi0 + 2u] * shape.scale; g0[2u] = d_o[oi0 + 2u]; dd0 += g0[2u] * o_in[oi0 + 2u]; }
+    if (HEAD_VEC4 > 3u) { q0[3u] = qkv[qi0 + 3u] * shape.scale; g0[3u] = d_o[oi0 + 3u]; dd0 += g0[3u] * o_in[oi0 + 3u]; }
+    if (HEAD_VEC4 > 4u) { q0[4u] = qkv[qi0 + 4u] * shape.scale; g0[4u] = d_o[oi0 + 4u]; dd0 += g0[4u] * o_in[oi0 + 4u]; }
+    if (HEAD_VEC4 > 5u) { q0[5u] = qkv[qi0 + 5u] * shape.scale; g0[5u] = d_o[oi0 + 5u]; dd0 += g0[5u] * o_in[oi0 + 5u]; }
+    if (HEAD_VEC4 > 6u) { q0[6u] = qkv[qi0 + 6u] * shape.scale; g0[6u] = d_o[oi0 + 6u]; dd0 += g0[6u] * o_in[oi0 + 6u]; }
+    if (HEAD_VEC4 > 7u) { q0[7u] = qkv[qi0 + 7u] * shape.scale; g0[7u] = d_o[oi0 + 7u]; dd0 += g0[7u] * o_in[oi0 + 7u]; }
+    if (HEAD_VEC4 > 8u) { q0[8u] = qkv[qi0 + 8u] * shape.scale; g0[8u] = d_o[oi0 + 8u]; dd0 += g0[8u] * o_in[oi0 + 8u]; }
+    if (HEAD_VEC4 > 9u) { q0[9u] = qkv[qi0 + 9u] * shape.scale; g0[9u] = d_o[oi0 + 9u]; dd0 += g0[9u] * o_in[oi0 + 9u]; }
+    if (HEAD_VEC4 > 10u) { q0[10u] = qkv[qi0 + 10u] * shape.scale; g0[10u] = d_o[oi0 + 10u]; dd0 += g0[10u] * o_in[oi0 + 10u]; }
+    if (HEAD_VEC4 > 11u) { q0[11u] = qkv[qi0 + 11u] * shape.scale; g0[11u] = d_o[oi0 + 11u]; dd0 += g0[11u] * o_in[oi0 + 11u]; }
+    if (HEAD_VEC4 > 12u) { q0[12u] = qkv[qi0 + 12u] * shape.scale; g0[12u] = d_o[oi0 + 12u]; dd0 += g0[12u] * o_in[oi0 + 12u]; }
+    if (HEAD_VEC4 > 13u) { q0[13u] = qkv[qi0 + 13u] * shape.scale; g0[13u] = d_o[oi0 + 13u]; dd0 += g0[13u] * o_in[oi0 + 13u]; }
+    if (HEAD_VEC4 > 14u) { q0[14u] = qkv[qi0 + 14u] * shape.scale; g0[14u] = d_o[oi0 + 14u]; dd0 += g0[14u] * o_in[oi0 + 14u]; }
+    if (HEAD_VEC4 > 15u) { q0[15u] = qkv[qi0 + 15u] * shape.scale; g0[15u] = d_o[oi0 + 15u]; dd0 += g0[15u] * o_in[oi0 + 15u]; }
+    let di0 = hsum(dd0);
+    let li0 = lse_in[r0.bh * n + r0.clamped];
+    for (var j0 = 0u; j0 < n; j0 += LANES) {
+        // this lane loads key and value j0 + lane
+        let mine = min(j0 + lane, n - 1u);
+        let kj = qkv_at(r0, mine, 1u);
+        let kt = qkv_texel(r0, mine, 1u);
+        let vj = qkv_at(r0, mine, 2u);
+        let vt = qkv_texel(r0, mine, 2u);
+        var k: array<vec4<f32>, 16>;
+        var s0_lo = vec4<f32>(0.0);
+        var s0_hi = vec4<f32>(0.0);
+        var dp0_lo = vec4<f32>(0.0);
+        var dp0_hi = vec4<f32>(0.0);
+        if (HEAD_VEC4 > 0u) { k[0u] = load_qkv(kj, kt, 0u); let klo = transpose(lanes4_lo(k[0u])); let khi = transpose(lanes4_hi(k[0u])); s0_lo = dots4(s0_lo, q0[0u], klo); s0_hi = dots4(s0_hi, q0[0u], khi); let v = load_qkv(vj, vt, 0u); let vlo = transpose(lanes4_lo(v)); let vhi = transpose(lanes4_hi(v)); dp0_lo = dots4(dp0_lo, g0[0u], vlo); dp0_hi = dots4(dp0_hi, g0[0u], vhi); }
+        if (HEAD_VEC4 > 1u) { k[1u] = load_qkv(kj, kt, 1u); let klo = transpose(lanes4_lo(k[1u])); let khi = transpose(lanes4_hi(k[1u])); s0_lo = dots4(s0_lo, q0[1u], klo); s0_hi = dots4(s0_hi, q0[1u], khi); let v = load_qkv(vj, vt, 1u); let vlo = transpose(lanes4_lo(v)); let vhi = transpose(lanes4_hi(v)); dp0_lo = dots4(dp0_lo, g0[1u], vlo); dp0_hi = dots4(dp0_hi, g0[1u], vhi); }
+        if (HEAD_VEC4 > 2u) { k[2u] = load_qkv(kj, kt, 2u); let klo = transpose(lanes4_lo(k[2u])); let khi = transpose(lanes4_hi(k[2u])); s0_lo = dots4(s0_lo, q0[2u], klo); s0_hi = dots4(s0_hi, q0[2u], khi); let v = load_qkv(vj, vt, 2u); let vlo = transpose(lanes4_lo(v)); let vhi = transpose(lanes4_hi(v)); dp0_lo = dots4(dp0_lo, g0[2u], vlo); dp0_hi = dots4(dp0_hi, g0[2u], vhi); }
+        if (HEAD_VEC4 > 3u) { k[3u] = load_qkv(kj, kt, 3u); let klo = transpose(lanes4_lo(k[3u])); let khi = transpose(lanes4_hi(k[3u])); s0_lo = dots4(s0_lo, q0[3u], klo); s0_hi = dots4(s0_hi, q0[3u], khi); let v = load_qkv(vj, vt, 3u); let vlo = transpose(lanes4_lo(v)); let vhi = transpose(lanes4_hi(v)); dp0_lo = dots4(dp0_lo, g0[3u], vlo); dp0_hi = dots4(dp0_hi, g0[3u], vhi); }
+        if (HEAD_VEC4 > 4u) { k[4u] = load_qkv(kj, kt, 4u); let klo = transpose(lanes4_lo(k[4u])); let khi = transpose(lanes4_hi(k[4u])); s0_lo = dots4(s0_lo, q0[4u], klo); s0_hi = dots4(s0_hi, q0[4u], khi); let v = load_qkv(vj, vt, 4u); let vlo = transpose(lanes4_lo(v)); let vhi = transpose(lanes4_hi(v)); dp0_lo = dots4(dp0_lo, g0[4u], vlo); dp0_hi = dots4(dp0_hi, g0[4u], vhi); }
+        if (HEAD_VEC4 > 5u) { k[5u] = load_qkv(kj, kt, 5u); let klo = transpose(lanes4_lo(k[5u])); let khi = transpose(lanes4_hi(k[5u])); s0_lo = dots4(s0_lo, q0[5u], klo); s0_hi = dots4(s0_hi, q0[5u], khi); let v = load_qkv(vj, vt, 5u); let vlo = transpose(lanes4_lo(v)); let vhi = transpose(lanes4_hi(v)); dp0_lo = dots4(dp0_lo, g0[5u], vlo); dp0_hi = dots4(dp0_hi, g0[5u], vhi); }
+        if (HEAD_VEC4 > 6u) { k[6u] = load_qkv(kj, kt, 6u); let klo = transpose(lanes4_lo(k[6u])); let khi = transpose(lanes4_hi(k[6u])); s0_lo = dots4(s0_lo, q0[6u], klo); s0_hi = dots4(s0_hi, q0[6u], khi); let v = load_qkv(vj, vt, 6u); let vlo = transpose(lanes4_lo(v)); let vhi = transpose(lanes4_hi(v)); dp0_lo = dots4(dp0_lo, g0[6u], vlo); dp0_hi = dots4(dp0_hi, g0[6u], vhi); }
+        if (HEAD_VEC4 > 7u) { k[7u] = load_qkv(kj, kt, 7u); let klo = transpose(lanes4_lo(k[7u])); let khi = transpose(lanes4_hi(k[7u])); s0_lo = dots4(s0_lo, q0[7u], klo); s0_hi = dots4(s0_hi, q0[7u], khi); let v = load_qkv(vj, vt, 7u); let vlo = transpose(lanes4_lo(v)); let vhi = transpose(lanes4_hi(v)); dp0_lo = dots4(dp0_lo, g0[7u], vlo); dp0_hi = dots4(dp0_hi, g0[7u], vhi); }
+        if (HEAD_VEC4 > 8u) { k[8u] = load_qkv(kj, kt, 8u); let klo = transpose(lanes4_lo(k[8u])); let khi = transpose(lanes4_hi(k[8u])); s0_lo = dots4(s0_lo, q0[8u], klo); s0_hi = dots4(s0_hi, q0[8u], khi); let v = load_qkv(vj, vt, 8u); let vlo = transpose(lanes4_lo(v)); let vhi = transpose(lanes4_hi(v)); dp0_lo = dots4(dp0_lo, g0[8u], vlo); dp0_hi = dots4(dp0_hi, g0[8u], vhi); }
+        if (HEAD_VEC4 > 9u) { k[9u] = load_qkv(kj, kt, 9u); let klo = transpose(lanes4_lo(k[9u])); let khi = transpose(lanes4_hi(k[9u])); s0_lo = dots4(s0_lo, q0[9u], klo); s0_hi = dots4(s0_hi, q0[9u], khi); let v = load_qkv(vj, vt, 9u); let vlo = transpose(lanes4_lo(v)); let vhi = transpose(lanes4_hi(v)); dp0_lo = dots4(dp0_lo, g0[9u], vlo); dp0_hi = dots4(dp0_hi, g0[9u], vhi); }
+        if (HEAD_VEC4 > 10u) { k[10u] = load_qkv(kj, kt, 10u); let klo = transpose(lanes4_lo(k[10u])); let khi = transpose(lanes4_hi(k[10u])); s0_lo = dots4(s0_lo, q0[10u], klo); s0_hi = dots4(s0_hi, q0[10u], khi); let v = load_qkv(vj, vt, 10u); let vlo = transpose(lanes4_lo(v)); let vhi = transpose(lanes4_hi(v)); dp0_lo = dots4(dp0_lo, g0[10u], vlo); dp0_hi = dots4(dp0_hi, g0[10u], vhi); }
+        if (HEAD_VEC4 > 11u) { k[11u] = load_qkv(kj, kt, 11u); let klo = transpose(lanes4_lo(k[11u])); let khi = transpose(lanes4_hi(k[11u])); s0_lo = dots4(s0_lo, q0[11u], klo); s0_hi = dots4(s0_hi, q0[11u], khi); let v = load_qkv(vj, vt, 11u); let vlo = transpose(lanes4_lo(v)); let vhi = transpose(lanes4_hi(v)); dp0_lo = dots4(dp0_lo, g0[11u], vlo); dp0_hi = dots4(dp0_hi, g0[11u], vhi); }
+        if (HEAD_VEC4 > 12u) { k[12u] = load_qkv(kj, kt, 12u); let klo = transpose(lanes4_lo(k[12u])); let khi = transpose(lanes4_hi(k[12u])); s0_lo = dots4(s0_lo, q0[12u], klo); s0_hi = dots4(s0_hi, q0[12u], khi); let v = load_qkv(vj, vt, 12u); let vlo = transpose(lanes4_lo(v)); let vhi = transpose(lanes4_hi(v)); dp0_lo = dots4(dp0_lo, g0[12u], vlo); dp0_hi = dots4(dp0_hi, g0[12u], vhi); }
+        if (HEAD_VEC4 > 13u) { k[13u] = load_qkv(kj, kt, 13u); let klo = transpose(lanes4_lo(k[13u])); let khi = transpose(lanes4_hi(k[13u])); s0_lo = dots4(s0_lo, q0[13u], klo); s0_hi = dots4(s0_hi, q0[13u], khi); let v = load_qkv(vj, vt, 13u); let vlo = transpose(lanes4_lo(v)); let vhi = transpose(lanes4_hi(v)); dp0_lo = dots4(dp0_lo, g0[13u], vlo); dp0_hi = dots4(dp0_hi, g0[13u], vhi); }
+        if (HEAD_VEC4 > 14u) { k[14u] = load_qkv(kj, kt, 14u); let klo = transpose(lanes4_lo(k[14u])); let khi = transpose(lanes4_hi(k[14u])); s0_lo = dots4(s0_lo, q0[14u], klo); s0_hi = dots4(s0_hi, q0[14u], khi); let v = load_qkv(vj, vt, 14u); let vlo = transpose(lanes4_lo(v)); let vhi = transpose(lanes4_hi(v)); dp0_lo = dots4(dp0_lo, g0[14u], vlo); dp0_hi = dots4(dp0_hi, g0[14u], vhi); }
+        if (HEAD_VEC4 > 15u) { k[15u] = load_qkv(kj, kt, 15u); let klo = transpose(lanes4_lo(k[15u])); let khi = transpose(lanes4_hi(k[15u])); s0_lo = dots4(s0_lo, q0[15u], klo); s0_hi = dots4(s0_hi, q0[15u], khi); let v = load_qkv(vj, vt, 15u); let vlo = transpose(lanes4_lo(v)); let vhi = transpose(lanes4_hi(v)); dp0_lo = dots4(dp0_lo, g0[15u], vlo); dp0_hi = dots4(dp0_hi, g0[15u], vhi); }
+        let in_lo = valid_lo(j0, n);
+        let in_hi = valid_hi(j0, n);
+        let ds0_lo = select(vec4<f32>(0.0), exp(s0_lo - vec4<f32>(li0)), in_lo) * (dp0_lo - vec4<f32>(di0));
+        let ds0_hi = select(vec4<f32>(0.0), exp(s0_hi - vec4<f32>(li0)), in_hi) * (dp0_hi - vec4<f32>(di0));
+        if (HEAD_VEC4 > 0u) { let lo = lanes4_lo(k[0u]); let hi = lanes4_hi(k[0u]); dq0[0u] = mix4(mix4(dq0[0u], lo, ds0_lo), hi, ds0_hi); }
+        if (HEAD_VEC4 > 1u) { let lo = lanes4_lo(k[1u]); let hi = lanes4_hi(k[1u]); dq0[1u] = mix4(mix4(dq0[1u], lo, ds0_lo), hi, ds0_hi); }
+        if (HEAD_VEC4 > 2u) { let lo = lanes4_lo(k[2u]); let hi = lanes4_hi(k[2u]); dq0[2u] = mix4(mix4(dq0[2u], lo, ds0_lo), hi, ds0_hi); }
+        if (HEAD_VEC4 > 3u) { let lo = lanes4_lo(k[3u]); let hi = lanes4_hi(k[3u]); dq0[3u] = mix4(mix4(dq0[3u], lo, ds0_lo), hi, ds0_hi); }
+        if (HEAD_VEC4 > 4u) { let lo = lanes4_lo(k[4u]); let hi = lanes4_hi(k[4u]); dq0[4u] = mix4(mix4(dq0[4u], lo, ds0_lo), hi, ds0_hi); }
+        if (HEAD_VEC4 > 5u) { let lo = lanes4_lo(k[5u]); let hi = lanes4_hi(k[5u]); dq0[5u] = mix4(mix4(dq0[5u], lo, ds0_lo), hi, ds0_hi); }
+        if (HEAD_VEC4 > 6u) { let lo = lanes4_lo(k[6u]); let hi = lanes4_hi(k[6u]); dq0[6u] = mix4(mix4(dq0[6u], lo, ds0_lo), hi, ds0_hi); }
+        if (HEAD_VEC4 > 7u) { let lo = lanes4_lo(k[7u]); let hi = lanes4_hi(k[7u]); dq0[7u] = mix4(mix4(dq0[7u], lo, ds0_lo), hi, ds0_hi); }
+        if (HEAD_VEC4 > 8u) { let lo = lanes4_lo(k[8u]); let hi = lanes4_hi(k[8u]); dq0[8u] = mix4(mix4(dq0[8u], lo, ds0_lo), hi, ds0_hi); }
+        if (HEAD_VEC4 > 9u) { let lo = lanes4_lo(k[9u]); let hi = lanes4_hi(k[9u]); dq0[9u] = mix4(mix4(dq0[9u], lo, ds0_lo), hi, ds0_hi); }
+        if (HEAD_VEC4 > 10u) { let lo = lanes4_lo(k[10u]); let hi = lanes4_hi(k[10u]); dq0[10u] = mix4(mix4(dq0[10u], lo, ds0_lo), hi, ds0_hi); }
+        if (HEAD_VEC4 > 11u) { let lo = lanes4_lo(k[11u]); let hi = lanes4_hi(k[11u]); dq0[11u] = mix4(mix4(dq0[11u], lo, ds0_lo), hi, ds0_hi); }
+        if (HEAD_VEC4 > 12u) { let lo = lanes4_lo(k[12u]); let hi = lanes4_hi(k[12u]); dq0[12u] = mix4(mix4(dq0[12u], lo, ds0_lo), hi, ds0_hi); }
+        if (HEAD_VEC4 > 13u) { let lo = lanes4_lo(k[13u]); let hi = lanes4_hi(k[13u]); dq0[13u] = mix4(mix4(dq0[13u], lo, ds0_lo), hi, ds0_hi); }
+        if (HEAD_VEC4 > 14u) { let lo = lanes4_lo(k[14u]); let hi = lanes4_hi(k[14u]); dq0[14u] = mix4(mix4(dq0[14u], lo, ds0_lo), hi, ds0_hi); }
+        if (HEAD_VEC4 > 15u) { let lo = lanes4_lo(k[15u]); let hi = lanes4_hi(k[15u]); dq0[15u] = mix4(mix4(dq0[15u], lo, ds0_lo), hi, ds0_hi); }
+    }
+    if (r0.row < n) {
+        if (HEAD_VEC4 > 0u) { dqkv[qi0 + 0u] = dq0[0u] * shape.scale; }
+        if (HEAD_VEC4 > 1u) { dqkv[qi0 + 1u] = dq0[1u] * shape.scale; }
+        if (HEAD_VEC4 > 2u) { dqkv[qi0 + 2u] = dq0[2u] * shape.scale; }
+        if (HEAD_VEC4 > 3u) { dqkv[qi0 + 3u] = dq0[3u] * shape.scale; }
+        if (HEAD_VEC4 > 4u) { dqkv[qi0 + 4u] = dq0[4u] * shape.scale; }
+        if (HEAD_VEC4 > 5u) { dqkv[qi0 + 5u] = dq0[5u] * shape.scale; }
+        if (HEAD_VEC4 > 6u) { dqkv[qi0 + 6u] = dq0[6u] * shape.scale; }
+        if (HEAD_VEC4 > 7u) { dqkv[qi0 + 7u] = dq0[7u] * shape.scale; }
+        if (HEAD_VEC4 > 8u) { dqkv[qi0 + 8u] = dq0[8u] * shape.scale; }
+        if (HEAD_VEC4 > 9u) { dqkv[qi0 + 9u] = dq0[9u] * shape.scale; }
+        if (HEAD_VEC4 > 10u) { dqkv[qi0 + 10u] = dq0[10u] * shape.scale; }
+        if (HEAD_VEC4 > 11u) { dqkv[qi0 + 11u] = dq0[11u] * shape.scale; }
+        if (HEAD_VEC4 > 12u) { dqkv[qi0 + 12u] = dq0[12u] * shape.scale; }
+        if (HEAD_VEC4 > 13u) { dqkv[qi0 + 13u] = dq0[13u] * shape.scale; }
+        if (HEAD_VEC4 > 14u) { dqkv[qi0 + 14u] = dq0[14u] * shape.scale; }
+        if (HEAD_VEC4 > 15u) { dqkv[qi0 + 15u] = dq0[15u] * shape.scale; }
+        delta[r0.bh * n + r0.row] = di0;
+    }
+}
+
+// Per key row: dV_j = sum_i P_ij dO_i, dK_j = scale * sum_i P_ij (dO_i . V_j - delta_i) Q_i. One row per lane (the tail).
+@compute @workgroup_size(8)
+fn attention_backward_key_lanes_tail(@builtin(workgroup_id) wid: vec3<u32>,
+                                @builtin(subgroup_invocation_id) lane: u32) {
+    let n = shape.tokens;
+    let r0 = rows(wid, lane + 0u, 8u);
+    var k0: array<vec4<f32>, 16>;
+    var v0: array<vec4<f32>, 16>;
+    var dk0: array<vec4<f32>, 16>;
+    var dv0: array<vec4<f32>, 16>;
+    let kj0 = qkv_at(r0, r0.clamped, 1u);
+    let vj0 = qkv_at(r0, r0.clamped, 2u);
+    if (HEAD_VEC4 > 0u) { k0[0u] = qkv[kj0 + 0u] * shape.scale; v0[0u] = qkv[vj0 + 0u]; }
+    if (HEAD_VEC4 > 1u) { k0[1u] = qkv[kj0 + 1u] * shape.scale; v0[1u] = qkv[vj0 + 1u]; }
+    if (HEAD_VEC4 > 2u) { k0[2u] = qkv[kj0 + 2u] * shape.scale; v0[2u] = qkv[vj0 + 2u]; }
+    if (HEAD_VEC4 > 3u) { k0[3u] = qkv[kj0 + 3u] * shape.scale; v0[3u] = qkv[vj0 + 3u]; }
+    if (HEAD_VEC4 > 4u) { k0[4u] = qkv[kj0 + 4u] * shape.scale; v0[4u] = qkv[vj0 + 4u]; }
+    if (HEAD_VEC4 > 5u) { k0[5u] = qkv[kj0 + 5u] * shape.scale; v0[5u] = qkv[vj0 + 5u]; }
+    if (HEAD_VEC4 > 6u) { k0[6u] = qkv[kj0 + 6u] * shape.scale; v0[6u] = qkv[vj0 + 6u]; }
+    if (HEAD_VEC4 > 7u) { k0[7u] = qkv[kj0 + 7u] * shape.scale; v0[7u] = qkv[vj0 + 7u]; }
+    if (HEAD_VEC4 > 8u) { k0[8u] = qkv[kj0 + 8u] * shape.scale; v0[8u] = qkv[vj0 + 8u]; }
+    if (HEAD_VEC4 > 9u) { k0[9u] = qkv[kj0 + 9u] * shape.scale; v0[9u] = qkv[vj0 + 9u]; }
+    if (HEAD_VEC4 > 10u) { k0[10u] = qkv[kj0 + 10u] * shape.scale; v0[10u] = qkv[vj0 + 10u]; }
+    if (HEAD_VEC4 > 11u) { k0[11u] = qkv[kj0 + 11u] * shape.scale; v0[11u] = qkv[vj0 + 11u]; }
+    if (HEAD_VEC4 > 12u) { k0[12u] = qkv[kj0 + 12u] * shape.scale; v0[12u] = qkv[vj0 + 12u]; }
+    if (HEAD_VEC4 > 13u) { k0[13u] = qkv[kj0 + 13u] * shape.scale; v0[13u] = qkv[vj0 + 13u]; }
+    if (HEAD_VEC4 > 14u) { k0[14u] = qkv[kj0 + 14u] * shape.scale; v0[14u] = qkv[vj0 + 14u]; }
+    if (HEAD_VEC4 > 15u) { k0[15u] = qkv[kj0 + 15u] * shape.scale; v0[15u] = qkv[vj0 + 15u]; }
+    for (var i0 = 0u; i0 < n; i0 += LANES) {
+        // this lane loads query i0 + lane: its q and dO rows, lse and delta
+        let mine = min(i0 + lane, n - 1u);
+        let qi = qkv_at(r0, mine, 0u);
+        let gi = o_at(r0, mine);
+        let qt = qkv_texel(r0, mine, 0u);
+        let gt = o_texel(r0, mine);
+        let lse_mine = lse_in[r0.bh * n + mine];
+        let delta_mine = delta[r0.bh * n + mine];
+        var qr: array<vec4<f32>, 16>;
+        var gr: array<vec4<f32>, 16>;
+        var s0_lo = vec4<f32>(0.0);
+        var s0_hi = vec4<f32>(0.0);
+        var dp0_lo = vec4<f32>(0.0);
+        var dp0_hi = vec4<f32>(0.0);
+        if (HEAD_VEC4 > 0u) { qr[0u] = load_qkv(qi, qt, 0u); let qlo = transpose(lanes4_lo(qr[0u])); let qhi = transpose(lanes4_hi(qr[0u])); s0_lo = dots4(s0_lo, k0[0u], qlo); s0_hi = dots4(s0_hi, k0[0u], qhi); gr[0u] = load_d_o(gi, gt, 0u); let glo = transpose(lanes4_lo(gr[0u])); let ghi = transpose(lanes4_hi(gr[0u])); dp0_lo = dots4(dp0_lo, v0[0u], glo); dp0_hi = dots4(dp0_hi, v0[0u], ghi); }
+        if (HEAD_VEC4 > 1u) { qr[1u] = load_qkv(qi, qt, 1u); let qlo = transpose(lanes4_lo(qr[1u])); let qhi = transpose(lanes4_hi(qr[1u])); s0_lo = dots4(s0_lo, k0[1u], qlo); s0_hi = dots4(s0_hi, k0[1u], qhi); gr[1u] = load_d_o(gi, gt, 1u); let glo = transpose(lanes4_lo(gr[1u])); let ghi = transpose(lanes4_hi(gr[1u])); dp0_lo = dots4(dp0_lo, v0[1u], glo); dp0_hi = dots4(dp0_hi, v0[1u], ghi); }
+        if (HEAD_VEC4 > 2u) { qr[2u] = load_qkv(qi, qt, 2u); let qlo = transpose(lanes4_lo(qr[2u])); let qhi = transpose(lanes4_hi(qr[2u])); s0_lo = dots4(s0_lo, k0[2u], qlo); s0_hi = dots4(s0_hi, k0[2u], qhi); gr[2u] = load_d_o(gi, gt, 2u); let glo = transpose(lanes4_lo(gr[2u])); let ghi = transpose(lanes4_hi(gr[2u])); dp0_lo = dots4(dp0_lo, v0[2u], glo); dp0_hi = dots4(dp0_hi, v0[2u], ghi); }
+        if (HEAD_VEC4 > 3u) { qr[3u] = load_qkv(qi, qt, 3u); let qlo = transpose(lanes4_lo(qr[3u])); let qhi = transpose(lanes4_hi(qr[3u])); s0_lo = dots4(s0_lo, k0[3u], qlo); s0_hi = dots4(s0_hi, k0[3u], qhi); gr[3u] = load_d_o(gi, gt, 3u); let glo = transpose(lanes4_lo(gr[3u])); let ghi = transpose(lanes4_hi(gr[3u])); dp0_lo = dots4(dp0_lo, v0[3u], glo); dp0_hi = dots4(dp0_hi, v0[3u], ghi); }
+        if (HEAD_VEC4 > 4u) { qr[4u] = load_qkv(qi, qt, 4u); let qlo = transpose(lanes4_lo(qr[4u])); let qhi = transpose(lanes4_hi(qr[4u])); s0_lo = dots4(s0_lo, k0[4u], qlo); s0_hi = dots4(s0_hi, k0[4u], qhi); gr[4u] = load_d_o(gi, gt, 4u); let glo = transpose(lanes4_lo(gr[4u])); let ghi = transpose(lanes4_hi(gr[4u])); dp0_lo = dots4(dp0_lo, v0[4u], glo); dp0_hi = dots4(dp0_hi, v0[4u], ghi); }
+        if (HEAD_VEC4 > 5u) { qr[5u] = load_qkv(qi, qt, 5u); let qlo = transpose(lanes4_lo(qr[5u])); let qhi = transpose(lanes4_hi(qr[5u])); s0_lo = dots4(s0_lo, k0[5u], qlo); s0_hi = dots4(s0_hi, k0[5u], qhi); gr[5u] = load_d_o(gi, gt, 5u); let glo = transpose(lanes4_lo(gr[5u])); let ghi = transpose(lanes4_hi(gr[5u])); dp0_lo = dots4(dp0_lo, v0[5u], glo); dp0_hi = dots4(dp0_hi, v0[5u], ghi); }
+        if (HEAD_VEC4 > 6u) { qr[6u] = load_qkv(qi, qt, 6u); let qlo = transpose(lanes4_lo(qr[6u])); let qhi = transpose(lanes4_hi(qr[6u])); s0_lo = dots4(s0_lo, k0[6u], qlo); s0_hi = dots4(s0_hi, k0[6u], qhi); gr[6u] = load_d_o(gi, gt, 6u); let glo = transpose(lanes4_lo(gr[6u])); let ghi = transpose(lanes4_hi(gr[6u])); dp0_lo = dots4(dp0_lo, v0[6u], glo); dp0_hi = dots4(dp0_hi, v0[6u], ghi); }
+        if (HEAD_VEC4 > 7u) { qr[7u] = load_qkv(qi, qt, 7u); let qlo = transpose(lanes4_lo(qr[7u])); let qhi = transpose(lanes4_hi(qr[7u])); s0_lo = dots4(s0_lo, k0[7u], qlo); s0_hi = dots4(s0_hi, k0[7u], qhi); gr[7u] = load_d_o(gi, gt, 7u); let glo = transpose(lanes4_lo(gr[7u])); let ghi = transpose(lanes4_hi(gr[7u])); dp0_lo = dots4(dp0_lo, v0[7u], glo); dp0_hi = dots4(dp0_hi, v0[7u], ghi); }
+        if (HEAD_VEC4 > 8u) { qr[8u] = load_qkv(qi, qt, 8u); let qlo = transpose(lanes4_lo(qr[8u])); let qhi = transpose(lanes4_hi(qr[8u])); s0_lo = dots4(s0_lo, k0[8u], qlo); s0_hi = dots4(s0_hi, k0[8u], qhi); gr[8u] = load_d_o(gi, gt, 8u); let glo = transpose(lanes4_lo(gr[8u])); let ghi = transpose(lanes4_hi(gr[8u])); dp0_lo = dots4(dp0_lo, v0[8u], glo); dp0_hi = dots4(dp0_hi, v0[8u], ghi); }
+        if (HEAD_VEC4 > 9u) { qr[9u] = load_qkv(qi, qt, 9u); let qlo = transpose(lanes4_lo(qr[9u])); let qhi = transpose(lanes4_hi(qr[9u])); s0_lo = dots4(s0_lo, k0[9u], qlo); s0_hi = dots4(s0_hi, k0[9u], qhi); gr[9u] = load_d_o(gi, gt, 9u); let glo = transpose(lanes4_lo(gr[9u])); let ghi = transpose(lanes4_hi(gr[9u])); dp0_lo = dots4(dp0_lo, v0[9u], glo); dp0_hi = dots4(dp0_hi, v0[9u], ghi); }
+        if (HEAD_VEC4 > 10u) { qr[10u] = load_qkv(qi, qt, 10u); let qlo = transpose(lanes4_lo(qr[10u])); let qhi = transpose(lanes4_hi(qr[10u])); s0_lo = dots4(s0_lo, k0[10u], qlo); s0_hi = dots4(s0_hi, k0[10u], qhi); gr[10u] = load_d_o(gi, gt, 10u); let glo = transpose(lanes4_lo(gr[10u])); let ghi = transpose(lanes4_hi(gr[10u])); dp0_lo = dots4(dp0_lo, v0[10u], glo); dp0_hi = dots4(dp0_hi, v0[10u], ghi); }
+        if (HEAD_VEC4 > 11u) { qr[11u] = load_qkv(qi, qt, 11u); let qlo = transpose(lanes4_lo(qr[11u])); let qhi = transpose(lanes4_hi(qr[11u])); s0_lo = dots4(s0_lo, k0[11u], qlo); s0_hi = dots4(s0_hi, k0[11u], qhi); gr[11u] = load_d_o(gi, gt, 11u); let glo = transpose(lanes4_lo(gr[11u])); let ghi = transpose(lanes4_hi(gr[11u])); dp0_lo = dots4(dp0_lo, v0[11u], glo); dp0_hi = dots4(dp0_hi, v0[11u], ghi); }
+        if (HEAD_VEC4 > 12u) { qr[12u] = load_qkv(qi, qt, 12u); let qlo = transpose(lanes4_lo(qr[12u])); let qhi = transpose(lanes4_hi(qr[12u])); s0_lo = dots4(s0_lo, k0[12u], qlo); s0_hi = dots4(s0_hi, k0[12u], qhi); gr[12u] = load_d_o(gi, gt, 12u); let glo = transpose(lanes4_lo(gr[12u])); let ghi = transpose(lanes4_hi(gr[12u])); dp0_lo = dots4(dp0_lo, v0[12u], glo); dp0_hi = dots4(dp0_hi, v0[12u], ghi); }
+        if (HEAD_VEC4 > 13u) { qr[13u] = load_qkv(qi, qt, 13u); let qlo = transpose(lanes4_lo(qr[13u])); let qhi = transpose(lanes4_hi(qr[13u])); s0_lo = dots4(s0_lo, k0[13u], qlo); s0_hi = dots4(s0_hi, k0[13u], qhi); gr[13u] = load_d_o(gi, gt, 13u); let glo = transpose(lanes4_lo(gr[13u])); let ghi = transpose(lanes4_hi(gr[13u])); dp0_lo = dots4(dp0_lo, v0[13u], glo); dp0_hi = dots4(dp0_hi, v0[13u], ghi); }
+        if (HEAD_VEC4 > 14u) { qr[14u] = load_qkv(qi, qt, 14u); let qlo = transpose(lanes4_lo(qr[14u])); let qhi = transpose(lanes4_hi(qr[14u])); s0_lo = dots4(s0_lo, k0[14u], qlo); s0_hi = dots4(s0_hi, k0[14u], qhi); gr[14u] = load_d_o(gi, gt, 14u); let glo = transpose(lanes4_lo(gr[14u])); let ghi = transpose(lanes4_hi(gr[14u])); dp0_lo = dots4(dp0_lo, v0[14u], glo); dp0_hi = dots4(dp0_hi, v0[14u], ghi); }
+        if (HEAD_VEC4 > 15u) { qr[15u] = load_qkv(qi, qt, 15u); let qlo = transpose(lanes4_lo(qr[15u])); let qhi = transpose(lanes4_hi(qr[15u])); s0_lo = dots4(s0_lo, k0[15u], qlo); s0_hi = dots4(s0_hi, k0[15u], qhi); gr[15u] = load_d_o(gi, gt, 15u); let glo = transpose(lanes4_lo(gr[15u])); let ghi = transpose(lanes4_hi(gr[15u])); dp0_lo = dots4(dp0_lo, v0[15u], glo); dp0_hi = dots4(dp0_hi, v0[15u], ghi); }
+        let in_lo = valid_lo(i0, n);
+        let in_hi = valid_hi(i0, n);
+        let lse_lo = lanes_lo(lse_mine);
+        let lse_hi = lanes_hi(lse_mine);
+        let delta_lo = lanes_lo(delta_mine);
+        let delta_hi = lanes_hi(delta_mine);
+        let p0_lo = select(vec4<f32>(0.0), exp(s0_lo - lse_lo), in_lo);
+        let p0_hi = select(vec4<f32>(0.0), exp(s0_hi - lse_hi), in_hi);
+        let ds0_lo = p0_lo * (dp0_lo - delta_lo);
+        let ds0_hi = p0_hi * (dp0_hi - delta_hi);
+        if (HEAD_VEC4 > 0u) { let glo = lanes4_lo(gr[0u]); let ghi = lanes4_hi(gr[0u]); dv0[0u] = mix4(mix4(dv0[0u], glo, p0_lo), ghi, p0_hi); let qlo = lanes4_lo(qr[0u]); let qhi = lanes4_hi(qr[0u]); dk0[0u] = mix4(mix4(dk0[0u], qlo, ds0_lo), qhi, ds0_hi); }
+        if (HEAD_VEC4 > 1u) { let glo = lanes4_lo(gr[1u]); let ghi = lanes4_hi(gr[1u]); dv0[1u] = mix4(mix4(dv0[1u], glo, p0_lo), ghi, p0_hi); let qlo = lanes4_lo(qr[1u]); let qhi = lanes4_hi(qr[1u]); dk0[1u] = mix4(mix4(dk0[1u], qlo, ds0_lo), qhi, ds0_hi); }
+        if (HEAD_VEC4 > 2u) { let glo = lanes4_lo(gr[2u]); let ghi = lanes4_hi(gr[2u]); dv0[2u] = mix4(mix4(dv0[2u], glo, p0_lo), ghi, p0_hi); let qlo = lanes4_lo(qr[2u]); let qhi = lanes4_hi(qr[2u]); dk0[2u] = mix4(mix4(dk0[2u], qlo, ds0_lo), qhi, ds0_hi); }
+        if (HEAD_VEC4 > 3u) { let glo = lanes4_lo(gr[3u]); let ghi = lanes4_hi(gr[3u]); dv0[3u] = mix4(mix4(dv0[3u], glo, p0_lo), ghi, p0_hi); let qlo = lanes4_lo(qr[3u]); let qhi = lanes4_hi(qr[3u]); dk0[3u] = mix4(mix4(dk0[3u], qlo, ds0_lo), qhi, ds0_hi); }
+        if (HEAD_VEC4 > 4u) { let glo = lanes4_lo(gr[4u]); let ghi = lanes4_hi(gr[4u]); dv0[4u] = mix4(mix4(dv0[4u], glo, p0_lo), ghi, p0_hi); let qlo = lanes4_lo(qr[4u]); let qhi = lanes4_hi(qr[4u]); dk0[4u] = mix4(mix4(dk0[4u], qlo, ds0_lo), qhi, ds0_hi); }
+        if (HEAD_VEC4 > 5u) { let glo = lanes4_lo(gr[5u]); let ghi = lanes4_hi(gr[5u]); dv0[5u] = mix4(mix4(dv0[5u], glo, p0_lo), ghi, p0_hi); let qlo = lanes4_lo(qr[5u]); let qhi = lanes4_hi(qr[5u]); dk0[5u] = mix4(mix4(dk0[5u], qlo, ds0_lo), qhi, ds0_hi); }
+        if (HEAD_VEC4 > 6u) { let glo = lanes4_lo(gr[6u]); let ghi = lanes4_hi(gr[6u]); dv0[6u] = mix4(mix4(dv0[6u], glo, p0_lo), ghi, p0_hi); let qlo = lanes4_lo(qr[6u]); let qhi = lanes4_hi(qr[6u]); dk0[6u] = mix4(mix4(dk0[6u], qlo, ds0_lo), qhi, ds0_hi); }
+        if (HEAD_VEC4 > 7u) { let glo = lanes4_lo(gr[7u]); let ghi = lanes4_hi(gr[7u]); dv0[7u] = mix4(mix4(dv0[7u], glo, p0_lo), ghi, p0_hi); let qlo = lanes4_lo(qr[7u]); let qhi = lanes4_hi(qr[7u]); dk0[7u] = mix4(mix4(dk0[7u], qlo, ds0_lo), qhi, ds0_hi); }
+        if (HEAD_VEC4 > 8u) { let glo = lanes4_lo(gr[8u]); let ghi = lanes4_hi(gr[8u]); dv0[8u] = mix4(mix4(dv0[8u], glo, p0_lo), ghi, p0_hi); let qlo = lanes4_lo(qr[8u]); let qhi = lanes4_hi(qr[8u]); dk0[8u] = mix4(mix4(dk0[8u], qlo, ds0_lo), qhi, ds0_hi); }
+        if (HEAD_VEC4 > 9u) { let glo = lanes4_lo(gr[9u]); let ghi = lanes4_hi(gr[9u]); dv0[9u] = mix4(mix4(dv0[9u], glo, p0_lo), ghi, p0_hi); let qlo = lanes4_lo(qr[9u]); let qhi = lanes4_hi(qr[9u]); dk0[9u] = mix4(mix4(dk0[9u], qlo, ds0_lo), qhi, ds0_hi); }
+        if (HEAD_VEC4 > 10u) { let glo = lanes4_lo(gr[10u]); let ghi = lanes4_hi(gr[10u]); dv0[10u] = mix4(mix4(dv0[10u], glo, p0_lo), ghi, p0_hi); let qlo = lanes4_lo(qr[10u]); let qhi = lanes4_hi(qr[10u]); dk0[10u] = mix4(mix4(dk0[10u], qlo, ds0_lo), qhi, ds0_hi); }
+        if (HEAD_VEC4 > 11u) { let glo = lanes4_lo(gr[11u]); let ghi = lanes4_hi(gr[11u]); dv0[11u] = mix4(mix4(dv0[11u], glo, p0_lo), ghi, p0_hi); let qlo = lanes4_lo(qr[11u]); let qhi = lanes4_hi(qr[11u]); dk0[11u] = mix4(mix4(dk0[11u], qlo, ds0_lo), qhi, ds0_hi); }
+        if (HEAD_VEC4 > 12u) { let glo = lanes4_lo(gr[12u]); let ghi = lanes4_hi(gr[12u]); dv0[12u] = mix4(mix4(dv0[12u], glo, p0_lo), ghi, p0_hi); let qlo = lanes4_lo(qr[12u]); let qhi = lanes4_hi(qr[12u]); dk0[12u] = mix4(mix4(dk0[12u], qlo, ds0_lo), qhi, ds0_hi); }
+        if (HEAD_VEC4 > 13u) { let glo = lanes4_lo(gr[13u]); let ghi = lanes4_hi(gr[13u]); dv0[13u] = mix4(mix4(dv0[13u], glo, p0_lo), ghi, p0_hi); let qlo = lanes4_lo(qr[13u]); let qhi = lanes4_hi(qr[13u]); dk0[13u] = mix4(mix4(dk0[13u], qlo, ds0_lo), qhi, ds0_hi); }
+        if (HEAD_VEC4 > 14u) { let glo = lanes4_lo(gr[14u]); let ghi = lanes4_hi(gr[14u]); dv0[14u] = mix4(mix4(dv0[14u], glo, p0_lo), ghi, p0_hi); let qlo = lanes4_lo(qr[14u]); let qhi = lanes4_hi(qr[14u]); dk0[14u] = mix4(mix4(dk0[14u], qlo, ds0_lo), qhi, ds0_hi); }
+        if (HEAD_VEC4 > 15u) { let glo = lanes4_lo(gr[15u]); let ghi = lanes4_hi(gr[15u]); dv0[15u] = mix4(mix4(dv0[15u], glo, p0_lo), ghi, p0_hi); let qlo = lanes4_lo(qr[15u]); let qhi = lanes4_hi(qr[15u]); dk0[15u] = mix4(mix4(dk0[15u], qlo, ds0_lo), qhi, ds0_hi); }
+    }
+    if (r0.row < n) {
+        if (HEAD_VEC4 > 0u) { dqkv[kj0 + 0u] = dk0[0u] * shape.scale; dqkv[vj0 + 0u] = dv0[0u]; }
+        if (HEAD_VEC4 > 1u) { dqkv[kj0 + 1u] = dk0[1u] * shape.scale; dqkv[vj0 + 1u] = dv0[1u]; }
+        if (HEAD_VEC4 > 2u) { dqkv[kj0 + 2u] = dk0[2u] * shape.scale; dqkv[vj0 + 2u] = dv0[2u]; }
+        if (HEAD_VEC4 > 3u) { dqkv[kj0 + 3u] = dk0[3u] * shape.scale; dqkv[vj0 + 3u] = dv0[3u]; }
+        if (HEAD_VEC4 > 4u) { dqkv[kj0 + 4u] = dk0[4u] * shape.scale; dqkv[vj0 + 4u] = dv0[4u]; }
+        if (HEAD_VEC4 > 5u) { dqkv[kj0 + 5u] = dk0[5u] * shape.scale; dqkv[vj0 + 5u] = dv0[5u]; }
+        if (HEAD_VEC4 > 6u) { dqkv[kj0 + 6u] = dk0[6u] * shape.scale; dqkv[vj0 + 6u] = dv0[6u]; }
+        if (HEAD_VEC4 > 7u) { dqkv[kj0 + 7u] = dk0[7u] * shape.scale; dqkv[vj0 + 7u] = dv0[7u]; }
+        if (HEAD_VEC4 > 8u) { dqkv[kj0 + 8u] = dk0[8u] * shape.scale; dqkv[vj0 + 8u] = dv0[8u]; }
+        if (HEAD_VEC4 > 9u) { dqkv[kj0 + 9u] = dk0[9u] * shape.scale; dqkv[vj0 + 9u] = dv0[9u]; }
+        if (HEAD_VEC4 > 10u) { dqkv[kj0 + 10u] = dk0[10u] * shape.scale; dqkv[vj0 + 10u] = dv0[10u]; }
+        if (HEAD_VEC4 > 11u) { dqkv[kj0 + 11u] = dk0[11u] * shape.scale; dqkv[vj0 + 11u] = dv0[11u]; }
+        if (HEAD_VEC4 > 12u) { dqkv[kj0 + 12u] = dk0[12u] * shape.scale; dqkv[vj0 + 12u] = dv0[12u]; }
+        if (HEAD_VEC4 > 13u) { dqkv[kj0 + 13u] = dk0[13u] * shape.scale; dqkv[vj0 + 13u] = dv0[13u]; }
+        if (HEAD_VEC4 > 14u) { dqkv[kj0 + 14u] = dk0[14u] * shape.scale; dqkv[vj0 + 14u] = dv0[14u]; }
+        if (HEAD_VEC4 > 15u) { dqkv[kj0 + 15u] = dk0[15u] * shape.scale; dqkv[vj0 + 15u] = dv0[15u]; }
     }
 }

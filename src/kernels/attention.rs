@@ -113,9 +113,9 @@ const TILE_ROWS: usize = 64;
 const TILED_WORKGROUP_BYTES: u32 = 2 * 16 * 16 * 16 + 2 * 16 * 4;
 
 /// The pipelines a variant builds for head dim 4 `head_vec4`: forward, backward_query,
-/// backward_key, probabilities. `rows_texture` (`Lanes` only): the streamed rows come from
-/// textures.
-fn specs(variant: Variant, head_vec4: usize, rows_texture: bool) -> [PipelineSpec; 4] {
+/// backward_key, probabilities, and for `Lanes` the first three's one-row-per-lane `_tail`
+/// kernels. `rows_texture` (`Lanes` only): the streamed rows come from textures.
+fn specs(variant: Variant, head_vec4: usize, rows_texture: bool) -> Vec<PipelineSpec> {
     let base = vec![
         ("HEAD_VEC4", head_vec4 as f64),
         ("ROWS", Variant::Rows.rows_per_group() as f64),
@@ -129,7 +129,7 @@ fn specs(variant: Variant, head_vec4: usize, rows_texture: bool) -> [PipelineSpe
         entry,
         constants: constants.clone(),
     };
-    [
+    let mut specs = vec![
         spec(variant.shader(), variant.entry("attention_forward")),
         spec(variant.shader(), variant.entry("attention_backward_query")),
         spec(variant.shader(), variant.entry("attention_backward_key")),
@@ -139,7 +139,15 @@ fn specs(variant: Variant, head_vec4: usize, rows_texture: bool) -> [PipelineSpe
             entry: "attention_probabilities",
             constants: base,
         },
-    ]
+    ];
+    if variant == Variant::Lanes {
+        specs.extend([
+            spec(ATTENTION_LANES, "attention_forward_lanes_tail"),
+            spec(ATTENTION_LANES, "attention_backward_query_lanes_tail"),
+            spec(ATTENTION_LANES, "attention_backward_key_lanes_tail"),
+        ]);
+    }
+    specs
 }
 
 /// Every pipeline a variant can build (for the translation test).
@@ -165,15 +173,39 @@ struct Meta {
     qkv_row_vec4: u32,
     model_vec4: u32,
     scale: f32,
-    _pad: u32,
+    row_base: u32,
 }
 
-/// The four entry points specialised for one head dim.
+/// The four entry points specialised for one head dim, and for `Lanes` the `_tail` kernels
+/// (forward, backward_query, backward_key).
 struct Pipelines {
     forward: wgpu::ComputePipeline,
     backward_query: wgpu::ComputePipeline,
     backward_key: wgpu::ComputePipeline,
     probabilities: wgpu::ComputePipeline,
+    tail: Option<[wgpu::ComputePipeline; 3]>,
+}
+
+impl Pipelines {
+    /// `main`, or tail kernel `i` (0 forward, 1 backward_query, 2 backward_key).
+    fn pick<'a>(
+        &'a self,
+        tail: bool,
+        i: usize,
+        main: &'a wgpu::ComputePipeline,
+    ) -> &'a wgpu::ComputePipeline {
+        match (&self.tail, tail) {
+            (Some(t), true) => &t[i],
+            _ => main,
+        }
+    }
+}
+
+/// One launch over some rows of every (batch, head): `tail` runs the `_tail` kernels.
+struct RowLaunch {
+    tail: bool,
+    row_base: usize,
+    grid: [u32; 3],
 }
 
 pub struct Attention {
@@ -277,12 +309,22 @@ impl Attention {
         check(gpu, shape);
         let v4 = shape.head_dim / 4;
         self.pipelines[rows_texture as usize][v4 - 1].get_or_init(|| {
-            let [f, q, k, p] = specs(self.variant, v4, rows_texture);
+            let built: Vec<wgpu::ComputePipeline> = specs(self.variant, v4, rows_texture)
+                .iter()
+                .map(|s| s.build(gpu))
+                .collect();
+            let mut built = built.into_iter();
+            let mut next = || {
+                built
+                    .next()
+                    .expect("specs() gives 4 pipelines, 7 for Lanes")
+            };
             Pipelines {
-                forward: f.build(gpu),
-                backward_query: q.build(gpu),
-                backward_key: k.build(gpu),
-                probabilities: p.build(gpu),
+                forward: next(),
+                backward_query: next(),
+                backward_key: next(),
+                probabilities: next(),
+                tail: (self.variant == Variant::Lanes).then(|| [next(), next(), next()]),
             }
         })
     }
@@ -292,8 +334,34 @@ impl Attention {
         shape.lse_len()
     }
 
-    fn grid(&self, shape: AttentionShape) -> [u32; 3] {
-        grid(shape, self.variant.rows_per_group())
+    /// The launches covering every row: blocks of the variant's rows per workgroup; for
+    /// `Lanes`, when the last N mod (8 x LANE_ROWS) rows are at most 8, they run in an 8-row
+    /// block of the `_tail` kernels (50 tokens: 2 x 24 + 8 rows of work rather than 3 x 24).
+    fn row_launches(&self, shape: AttentionShape) -> Vec<RowLaunch> {
+        let per_group = self.variant.rows_per_group();
+        let heads = (shape.batch * shape.heads) as u32;
+        let (full, rest) = (shape.tokens / per_group, shape.tokens % per_group);
+        if self.variant != Variant::Lanes || rest == 0 || rest > LANES as usize {
+            return vec![RowLaunch {
+                tail: false,
+                row_base: 0,
+                grid: grid(shape, per_group),
+            }];
+        }
+        let mut launches = Vec::new();
+        if full > 0 {
+            launches.push(RowLaunch {
+                tail: false,
+                row_base: 0,
+                grid: [full as u32, heads, 1],
+            });
+        }
+        launches.push(RowLaunch {
+            tail: true,
+            row_base: full * per_group,
+            grid: [1, heads, 1],
+        });
+        launches
     }
 
     /// Multiply-adds x 2 of the forward: S = Q K^T and O = P V, per (batch, head).
@@ -401,8 +469,11 @@ impl Record<AttentionForward<'_>> for Attention {
         if let Some(t) = &textures {
             entries.push((9, &t.qkv));
         }
-        let d = gpu.dispatch(&p.forward, &entries, &meta(a.shape), self.grid(a.shape));
-        out.push(d.into());
+        for l in self.row_launches(a.shape) {
+            let pipeline = p.pick(l.tail, 0, &p.forward);
+            let meta = meta(a.shape, l.row_base);
+            out.push(gpu.dispatch(pipeline, &entries, &meta, l.grid).into());
+        }
     }
 }
 
@@ -424,7 +495,6 @@ impl Record<AttentionBackward<'_>> for Attention {
         );
         let textures = self.row_textures(gpu, shape, qkv, Some(d_o), out);
         let p = self.pipelines(gpu, shape, textures.as_ref().is_some_and(|t| t.copied));
-        let m = meta(shape);
         let mut query_entries: Vec<(u32, &dyn Bind)> = vec![
             (0, qkv),
             (3, o),
@@ -439,9 +509,18 @@ impl Record<AttentionBackward<'_>> for Attention {
             query_entries.push((9, &t.qkv));
             key_entries.extend([(9, &t.qkv as &dyn Bind), (10, &t.d_o)]);
         }
-        let query = gpu.dispatch(&p.backward_query, &query_entries, &m, self.grid(shape));
-        let key = gpu.dispatch(&p.backward_key, &key_entries, &m, self.grid(shape));
-        out.extend([query.into(), key.into()]);
+        // every query row's pass (it writes delta) before any key row's
+        let launches = self.row_launches(shape);
+        for l in &launches {
+            let pipeline = p.pick(l.tail, 1, &p.backward_query);
+            let meta = meta(shape, l.row_base);
+            out.push(gpu.dispatch(pipeline, &query_entries, &meta, l.grid).into());
+        }
+        for l in &launches {
+            let pipeline = p.pick(l.tail, 2, &p.backward_key);
+            let meta = meta(shape, l.row_base);
+            out.push(gpu.dispatch(pipeline, &key_entries, &meta, l.grid).into());
+        }
     }
 }
 
@@ -454,7 +533,7 @@ impl Record<AttentionProbabilities<'_>> for Attention {
         let d = gpu.dispatch(
             &p.probabilities,
             &[(0, a.qkv), (8, a.probs)],
-            &meta(a.shape),
+            &meta(a.shape, 0),
             grid(a.shape, Variant::Rows.rows_per_group()),
         );
         out.push(d.into());
@@ -505,7 +584,7 @@ fn check_binding(gpu: &Gpu, what: &str, floats: usize) {
     );
 }
 
-fn meta(s: AttentionShape) -> Meta {
+fn meta(s: AttentionShape, row_base: usize) -> Meta {
     let model = s.model_dim();
     Meta {
         batch: s.batch as u32,
@@ -515,7 +594,7 @@ fn meta(s: AttentionShape) -> Meta {
         qkv_row_vec4: (3 * model / 4) as u32,
         model_vec4: (model / 4) as u32,
         scale: 1.0 / (s.head_dim as f32).sqrt(),
-        _pad: 0,
+        row_base: row_base as u32,
     }
 }
 
