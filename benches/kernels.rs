@@ -602,8 +602,8 @@ fn main() {
 }
 
 /// Attention forward and backward at the tiny (3 heads) and labml (8 heads) shapes with 65
-/// and 197 tokens, head dim 64; validated on the first image of the batch (images are
-/// independent) against the f64 reference.
+/// and 197 tokens, head dim 64, and micro's (4 heads of 16, 50 tokens); validated on the
+/// first image of the batch (images are independent) against the f64 reference.
 fn bench_attention(bench: &mut Bench) {
     use vit_wgpu::kernels::attention::{Attention, Variant};
     for v in Variant::ALL {
@@ -622,13 +622,17 @@ fn bench_attention_variant(bench: &mut Bench, kernel: vit_wgpu::kernels::attenti
     let variant = kernel.variant().name().to_string();
     let mut cases = bench_cases();
     if bench.quick {
-        // The variant in use: the tiny preset at 65 and 197 tokens. The others (GPU kernels
+        // The variant in use: tiny at 65 and 197 tokens, and micro. The others (GPU kernels
         // on a CPU adapter run at well under 1 GFLOP/s): 65 tokens only.
         let in_use = kernel.variant() == Attention::new(&bench.gpu).variant();
-        cases.truncate(if in_use { 2 } else { 1 });
+        cases.truncate(if in_use { 3 } else { 1 });
     }
     for s in cases {
-        let label = if s.heads == 3 { "tiny" } else { "labml" };
+        let label = match s.heads {
+            3 => "tiny",
+            4 => "micro",
+            _ => "labml",
+        };
         let shape = format!("B{} N{} A{} d{}", s.batch, s.tokens, s.heads, s.head_dim);
         for pass in ["fwd", "bwd"] {
             let name = format!("{label} attention {pass}");

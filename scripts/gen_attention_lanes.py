@@ -45,14 +45,17 @@ HEADER = """\
 const LANES: u32 = 8u;
 const LANE_ROWS: u32 = {R}u;
 
-// The streamed rows (keys and values, or queries and dO rows in the key pass) read from
-// rgba32float copies of qkv [B*N, 3D] and dO [B*N, D], a texel = 4 floats of a row: on
-// llvmpipe a storage-texture texel is read inline where a storage load is a per-lane loop
-// (a third of the forward's time). The host sets it when D is a multiple of 64 (a
-// buffer-to-texture copy needs rows of a multiple of 256 bytes).
+// Every row read (the streamed keys and values, or queries and dO rows in the key pass,
+// and each lane's own q, k, v, dO and o rows) comes from rgba32float copies of qkv
+// [B*N, 3D], dO and o [B*N, D], a texel = 4 floats of a row: on llvmpipe a storage-texture
+// texel is read inline where a storage load is a per-lane loop (a third of the forward's
+// time; at head dim 16 the own rows' loads were as costly as the arithmetic). The host sets
+// it when D is a multiple of 64 (a buffer-to-texture copy needs rows of a multiple of 256
+// bytes).
 override ROWS_TEXTURE: bool = false;
 @group(0) @binding(9) var qkv_tex: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(10) var d_o_tex: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(11) var o_tex: texture_storage_2d<rgba32float, read>;
 
 // Texel of token t's head columns of q (part 0), k (1) or v (2), and of an o-shaped row.
 fn qkv_texel(r: Rows, t: u32, part: u32) -> vec2<u32> {{
@@ -72,6 +75,11 @@ fn load_qkv(i: u32, t: vec2<u32>, c: u32) -> vec4<f32> {{
 fn load_d_o(i: u32, t: vec2<u32>, c: u32) -> vec4<f32> {{
     if (ROWS_TEXTURE) {{ return textureLoad(d_o_tex, t + vec2<u32>(c, 0u)); }}
     return d_o[i + c];
+}}
+
+fn load_o(i: u32, t: vec2<u32>, c: u32) -> vec4<f32> {{
+    if (ROWS_TEXTURE) {{ return textureLoad(o_tex, t + vec2<u32>(c, 0u)); }}
+    return o_in[i + c];
 }}
 
 // The vec4 x of lanes 0..3 (lo) or 4..7 (hi) as the columns of a matrix.
@@ -188,7 +196,8 @@ def forward(o, R):
         o(f"var m{r} = NEG_BIG;")
         o(f"var l{r} = 0.0;")
         o(f"let qi{r} = qkv_at(r{r}, r{r}.clamped, 0u);")
-    o.steps(lambda c: " ".join(f"q{r}[{c}u] = qkv[qi{r} + {c}u] * shape.scale;" for r in range(R)))
+        o(f"let qt{r} = qkv_texel(r{r}, r{r}.clamped, 0u);")
+    o.steps(lambda c: " ".join(f"q{r}[{c}u] = load_qkv(qi{r}, qt{r}, {c}u) * shape.scale;" for r in range(R)))
     o("for (var j0 = 0u; j0 < n; j0 += LANES) {")
     o.depth += 1
     o("// this lane loads key (and value) j0 + lane")
@@ -240,10 +249,12 @@ def backward_query(o, R):
         o(f"var dq{r}: array<vec4<f32>, 16>;")
         o(f"let qi{r} = qkv_at(r{r}, r{r}.clamped, 0u);")
         o(f"let oi{r} = o_at(r{r}, r{r}.clamped);")
+        o(f"let qt{r} = qkv_texel(r{r}, r{r}.clamped, 0u);")
+        o(f"let ot{r} = o_texel(r{r}, r{r}.clamped);")
         o(f"var dd{r} = vec4<f32>(0.0);")
     o.steps(lambda c: " ".join(
-        f"q{r}[{c}u] = qkv[qi{r} + {c}u] * shape.scale; g{r}[{c}u] = d_o[oi{r} + {c}u]; "
-        f"dd{r} += g{r}[{c}u] * o_in[oi{r} + {c}u];" for r in range(R)))
+        f"q{r}[{c}u] = load_qkv(qi{r}, qt{r}, {c}u) * shape.scale; g{r}[{c}u] = load_d_o(oi{r}, ot{r}, {c}u); "
+        f"dd{r} += g{r}[{c}u] * load_o(oi{r}, ot{r}, {c}u);" for r in range(R)))
     for r in range(R):
         o(f"let di{r} = hsum(dd{r});")
         o(f"let li{r} = lse_in[r{r}.bh * n + r{r}.clamped];")
@@ -293,8 +304,10 @@ def backward_key(o, R):
         o(f"var dv{r}: array<vec4<f32>, 16>;")
         o(f"let kj{r} = qkv_at(r{r}, r{r}.clamped, 1u);")
         o(f"let vj{r} = qkv_at(r{r}, r{r}.clamped, 2u);")
+        o(f"let kt{r} = qkv_texel(r{r}, r{r}.clamped, 1u);")
+        o(f"let vt{r} = qkv_texel(r{r}, r{r}.clamped, 2u);")
     o.steps(lambda c: " ".join(
-        f"k{r}[{c}u] = qkv[kj{r} + {c}u] * shape.scale; v{r}[{c}u] = qkv[vj{r} + {c}u];"
+        f"k{r}[{c}u] = load_qkv(kj{r}, kt{r}, {c}u) * shape.scale; v{r}[{c}u] = load_qkv(vj{r}, vt{r}, {c}u);"
         for r in range(R)))
     o("for (var i0 = 0u; i0 < n; i0 += LANES) {")
     o.depth += 1

@@ -25,14 +25,17 @@
 const LANES: u32 = 8u;
 const LANE_ROWS: u32 = 3u;
 
-// The streamed rows (keys and values, or queries and dO rows in the key pass) read from
-// rgba32float copies of qkv [B*N, 3D] and dO [B*N, D], a texel = 4 floats of a row: on
-// llvmpipe a storage-texture texel is read inline where a storage load is a per-lane loop
-// (a third of the forward's time). The host sets it when D is a multiple of 64 (a
-// buffer-to-texture copy needs rows of a multiple of 256 bytes).
+// Every row read (the streamed keys and values, or queries and dO rows in the key pass,
+// and each lane's own q, k, v, dO and o rows) comes from rgba32float copies of qkv
+// [B*N, 3D], dO and o [B*N, D], a texel = 4 floats of a row: on llvmpipe a storage-texture
+// texel is read inline where a storage load is a per-lane loop (a third of the forward's
+// time; at head dim 16 the own rows' loads were as costly as the arithmetic). The host sets
+// it when D is a multiple of 64 (a buffer-to-texture copy needs rows of a multiple of 256
+// bytes).
 override ROWS_TEXTURE: bool = false;
 @group(0) @binding(9) var qkv_tex: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(10) var d_o_tex: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(11) var o_tex: texture_storage_2d<rgba32float, read>;
 
 // Texel of token t's head columns of q (part 0), k (1) or v (2), and of an o-shaped row.
 fn qkv_texel(r: Rows, t: u32, part: u32) -> vec2<u32> {
@@ -52,6 +55,11 @@ fn load_qkv(i: u32, t: vec2<u32>, c: u32) -> vec4<f32> {
 fn load_d_o(i: u32, t: vec2<u32>, c: u32) -> vec4<f32> {
     if (ROWS_TEXTURE) { return textureLoad(d_o_tex, t + vec2<u32>(c, 0u)); }
     return d_o[i + c];
+}
+
+fn load_o(i: u32, t: vec2<u32>, c: u32) -> vec4<f32> {
+    if (ROWS_TEXTURE) { return textureLoad(o_tex, t + vec2<u32>(c, 0u)); }
+    return o_in[i + c];
 }
 
 // The vec4 x of lanes 0..3 (lo) or 4..7 (hi) as the columns of a matrix.
@@ -114,32 +122,35 @@ fn attention_forward_lanes(@builtin(workgroup_id) wid: vec3<u32>,
     var m0 = NEG_BIG;
     var l0 = 0.0;
     let qi0 = qkv_at(r0, r0.clamped, 0u);
+    let qt0 = qkv_texel(r0, r0.clamped, 0u);
     var q1: array<vec4<f32>, 16>;
     var acc1: array<vec4<f32>, 16>;
     var m1 = NEG_BIG;
     var l1 = 0.0;
     let qi1 = qkv_at(r1, r1.clamped, 0u);
+    let qt1 = qkv_texel(r1, r1.clamped, 0u);
     var q2: array<vec4<f32>, 16>;
     var acc2: array<vec4<f32>, 16>;
     var m2 = NEG_BIG;
     var l2 = 0.0;
     let qi2 = qkv_at(r2, r2.clamped, 0u);
-    if (HEAD_VEC4 > 0u) { q0[0u] = qkv[qi0 + 0u] * shape.scale; q1[0u] = qkv[qi1 + 0u] * shape.scale; q2[0u] = qkv[qi2 + 0u] * shape.scale; }
-    if (HEAD_VEC4 > 1u) { q0[1u] = qkv[qi0 + 1u] * shape.scale; q1[1u] = qkv[qi1 + 1u] * shape.scale; q2[1u] = qkv[qi2 + 1u] * shape.scale; }
-    if (HEAD_VEC4 > 2u) { q0[2u] = qkv[qi0 + 2u] * shape.scale; q1[2u] = qkv[qi1 + 2u] * shape.scale; q2[2u] = qkv[qi2 + 2u] * shape.scale; }
-    if (HEAD_VEC4 > 3u) { q0[3u] = qkv[qi0 + 3u] * shape.scale; q1[3u] = qkv[qi1 + 3u] * shape.scale; q2[3u] = qkv[qi2 + 3u] * shape.scale; }
-    if (HEAD_VEC4 > 4u) { q0[4u] = qkv[qi0 + 4u] * shape.scale; q1[4u] = qkv[qi1 + 4u] * shape.scale; q2[4u] = qkv[qi2 + 4u] * shape.scale; }
-    if (HEAD_VEC4 > 5u) { q0[5u] = qkv[qi0 + 5u] * shape.scale; q1[5u] = qkv[qi1 + 5u] * shape.scale; q2[5u] = qkv[qi2 + 5u] * shape.scale; }
-    if (HEAD_VEC4 > 6u) { q0[6u] = qkv[qi0 + 6u] * shape.scale; q1[6u] = qkv[qi1 + 6u] * shape.scale; q2[6u] = qkv[qi2 + 6u] * shape.scale; }
-    if (HEAD_VEC4 > 7u) { q0[7u] = qkv[qi0 + 7u] * shape.scale; q1[7u] = qkv[qi1 + 7u] * shape.scale; q2[7u] = qkv[qi2 + 7u] * shape.scale; }
-    if (HEAD_VEC4 > 8u) { q0[8u] = qkv[qi0 + 8u] * shape.scale; q1[8u] = qkv[qi1 + 8u] * shape.scale; q2[8u] = qkv[qi2 + 8u] * shape.scale; }
-    if (HEAD_VEC4 > 9u) { q0[9u] = qkv[qi0 + 9u] * shape.scale; q1[9u] = qkv[qi1 + 9u] * shape.scale; q2[9u] = qkv[qi2 + 9u] * shape.scale; }
-    if (HEAD_VEC4 > 10u) { q0[10u] = qkv[qi0 + 10u] * shape.scale; q1[10u] = qkv[qi1 + 10u] * shape.scale; q2[10u] = qkv[qi2 + 10u] * shape.scale; }
-    if (HEAD_VEC4 > 11u) { q0[11u] = qkv[qi0 + 11u] * shape.scale; q1[11u] = qkv[qi1 + 11u] * shape.scale; q2[11u] = qkv[qi2 + 11u] * shape.scale; }
-    if (HEAD_VEC4 > 12u) { q0[12u] = qkv[qi0 + 12u] * shape.scale; q1[12u] = qkv[qi1 + 12u] * shape.scale; q2[12u] = qkv[qi2 + 12u] * shape.scale; }
-    if (HEAD_VEC4 > 13u) { q0[13u] = qkv[qi0 + 13u] * shape.scale; q1[13u] = qkv[qi1 + 13u] * shape.scale; q2[13u] = qkv[qi2 + 13u] * shape.scale; }
-    if (HEAD_VEC4 > 14u) { q0[14u] = qkv[qi0 + 14u] * shape.scale; q1[14u] = qkv[qi1 + 14u] * shape.scale; q2[14u] = qkv[qi2 + 14u] * shape.scale; }
-    if (HEAD_VEC4 > 15u) { q0[15u] = qkv[qi0 + 15u] * shape.scale; q1[15u] = qkv[qi1 + 15u] * shape.scale; q2[15u] = qkv[qi2 + 15u] * shape.scale; }
+    let qt2 = qkv_texel(r2, r2.clamped, 0u);
+    if (HEAD_VEC4 > 0u) { q0[0u] = load_qkv(qi0, qt0, 0u) * shape.scale; q1[0u] = load_qkv(qi1, qt1, 0u) * shape.scale; q2[0u] = load_qkv(qi2, qt2, 0u) * shape.scale; }
+    if (HEAD_VEC4 > 1u) { q0[1u] = load_qkv(qi0, qt0, 1u) * shape.scale; q1[1u] = load_qkv(qi1, qt1, 1u) * shape.scale; q2[1u] = load_qkv(qi2, qt2, 1u) * shape.scale; }
+    if (HEAD_VEC4 > 2u) { q0[2u] = load_qkv(qi0, qt0, 2u) * shape.scale; q1[2u] = load_qkv(qi1, qt1, 2u) * shape.scale; q2[2u] = load_qkv(qi2, qt2, 2u) * shape.scale; }
+    if (HEAD_VEC4 > 3u) { q0[3u] = load_qkv(qi0, qt0, 3u) * shape.scale; q1[3u] = load_qkv(qi1, qt1, 3u) * shape.scale; q2[3u] = load_qkv(qi2, qt2, 3u) * shape.scale; }
+    if (HEAD_VEC4 > 4u) { q0[4u] = load_qkv(qi0, qt0, 4u) * shape.scale; q1[4u] = load_qkv(qi1, qt1, 4u) * shape.scale; q2[4u] = load_qkv(qi2, qt2, 4u) * shape.scale; }
+    if (HEAD_VEC4 > 5u) { q0[5u] = load_qkv(qi0, qt0, 5u) * shape.scale; q1[5u] = load_qkv(qi1, qt1, 5u) * shape.scale; q2[5u] = load_qkv(qi2, qt2, 5u) * shape.scale; }
+    if (HEAD_VEC4 > 6u) { q0[6u] = load_qkv(qi0, qt0, 6u) * shape.scale; q1[6u] = load_qkv(qi1, qt1, 6u) * shape.scale; q2[6u] = load_qkv(qi2, qt2, 6u) * shape.scale; }
+    if (HEAD_VEC4 > 7u) { q0[7u] = load_qkv(qi0, qt0, 7u) * shape.scale; q1[7u] = load_qkv(qi1, qt1, 7u) * shape.scale; q2[7u] = load_qkv(qi2, qt2, 7u) * shape.scale; }
+    if (HEAD_VEC4 > 8u) { q0[8u] = load_qkv(qi0, qt0, 8u) * shape.scale; q1[8u] = load_qkv(qi1, qt1, 8u) * shape.scale; q2[8u] = load_qkv(qi2, qt2, 8u) * shape.scale; }
+    if (HEAD_VEC4 > 9u) { q0[9u] = load_qkv(qi0, qt0, 9u) * shape.scale; q1[9u] = load_qkv(qi1, qt1, 9u) * shape.scale; q2[9u] = load_qkv(qi2, qt2, 9u) * shape.scale; }
+    if (HEAD_VEC4 > 10u) { q0[10u] = load_qkv(qi0, qt0, 10u) * shape.scale; q1[10u] = load_qkv(qi1, qt1, 10u) * shape.scale; q2[10u] = load_qkv(qi2, qt2, 10u) * shape.scale; }
+    if (HEAD_VEC4 > 11u) { q0[11u] = load_qkv(qi0, qt0, 11u) * shape.scale; q1[11u] = load_qkv(qi1, qt1, 11u) * shape.scale; q2[11u] = load_qkv(qi2, qt2, 11u) * shape.scale; }
+    if (HEAD_VEC4 > 12u) { q0[12u] = load_qkv(qi0, qt0, 12u) * shape.scale; q1[12u] = load_qkv(qi1, qt1, 12u) * shape.scale; q2[12u] = load_qkv(qi2, qt2, 12u) * shape.scale; }
+    if (HEAD_VEC4 > 13u) { q0[13u] = load_qkv(qi0, qt0, 13u) * shape.scale; q1[13u] = load_qkv(qi1, qt1, 13u) * shape.scale; q2[13u] = load_qkv(qi2, qt2, 13u) * shape.scale; }
+    if (HEAD_VEC4 > 14u) { q0[14u] = load_qkv(qi0, qt0, 14u) * shape.scale; q1[14u] = load_qkv(qi1, qt1, 14u) * shape.scale; q2[14u] = load_qkv(qi2, qt2, 14u) * shape.scale; }
+    if (HEAD_VEC4 > 15u) { q0[15u] = load_qkv(qi0, qt0, 15u) * shape.scale; q1[15u] = load_qkv(qi1, qt1, 15u) * shape.scale; q2[15u] = load_qkv(qi2, qt2, 15u) * shape.scale; }
     for (var j0 = 0u; j0 < n; j0 += LANES) {
         // this lane loads key (and value) j0 + lane
         let mine = min(j0 + lane, n - 1u);
@@ -290,35 +301,41 @@ fn attention_backward_query_lanes(@builtin(workgroup_id) wid: vec3<u32>,
     var dq0: array<vec4<f32>, 16>;
     let qi0 = qkv_at(r0, r0.clamped, 0u);
     let oi0 = o_at(r0, r0.clamped);
+    let qt0 = qkv_texel(r0, r0.clamped, 0u);
+    let ot0 = o_texel(r0, r0.clamped);
     var dd0 = vec4<f32>(0.0);
     var q1: array<vec4<f32>, 16>;
     var g1: array<vec4<f32>, 16>;
     var dq1: array<vec4<f32>, 16>;
     let qi1 = qkv_at(r1, r1.clamped, 0u);
     let oi1 = o_at(r1, r1.clamped);
+    let qt1 = qkv_texel(r1, r1.clamped, 0u);
+    let ot1 = o_texel(r1, r1.clamped);
     var dd1 = vec4<f32>(0.0);
     var q2: array<vec4<f32>, 16>;
     var g2: array<vec4<f32>, 16>;
     var dq2: array<vec4<f32>, 16>;
     let qi2 = qkv_at(r2, r2.clamped, 0u);
     let oi2 = o_at(r2, r2.clamped);
+    let qt2 = qkv_texel(r2, r2.clamped, 0u);
+    let ot2 = o_texel(r2, r2.clamped);
     var dd2 = vec4<f32>(0.0);
-    if (HEAD_VEC4 > 0u) { q0[0u] = qkv[qi0 + 0u] * shape.scale; g0[0u] = d_o[oi0 + 0u]; dd0 += g0[0u] * o_in[oi0 + 0u]; q1[0u] = qkv[qi1 + 0u] * shape.scale; g1[0u] = d_o[oi1 + 0u]; dd1 += g1[0u] * o_in[oi1 + 0u]; q2[0u] = qkv[qi2 + 0u] * shape.scale; g2[0u] = d_o[oi2 + 0u]; dd2 += g2[0u] * o_in[oi2 + 0u]; }
-    if (HEAD_VEC4 > 1u) { q0[1u] = qkv[qi0 + 1u] * shape.scale; g0[1u] = d_o[oi0 + 1u]; dd0 += g0[1u] * o_in[oi0 + 1u]; q1[1u] = qkv[qi1 + 1u] * shape.scale; g1[1u] = d_o[oi1 + 1u]; dd1 += g1[1u] * o_in[oi1 + 1u]; q2[1u] = qkv[qi2 + 1u] * shape.scale; g2[1u] = d_o[oi2 + 1u]; dd2 += g2[1u] * o_in[oi2 + 1u]; }
-    if (HEAD_VEC4 > 2u) { q0[2u] = qkv[qi0 + 2u] * shape.scale; g0[2u] = d_o[oi0 + 2u]; dd0 += g0[2u] * o_in[oi0 + 2u]; q1[2u] = qkv[qi1 + 2u] * shape.scale; g1[2u] = d_o[oi1 + 2u]; dd1 += g1[2u] * o_in[oi1 + 2u]; q2[2u] = qkv[qi2 + 2u] * shape.scale; g2[2u] = d_o[oi2 + 2u]; dd2 += g2[2u] * o_in[oi2 + 2u]; }
-    if (HEAD_VEC4 > 3u) { q0[3u] = qkv[qi0 + 3u] * shape.scale; g0[3u] = d_o[oi0 + 3u]; dd0 += g0[3u] * o_in[oi0 + 3u]; q1[3u] = qkv[qi1 + 3u] * shape.scale; g1[3u] = d_o[oi1 + 3u]; dd1 += g1[3u] * o_in[oi1 + 3u]; q2[3u] = qkv[qi2 + 3u] * shape.scale; g2[3u] = d_o[oi2 + 3u]; dd2 += g2[3u] * o_in[oi2 + 3u]; }
-    if (HEAD_VEC4 > 4u) { q0[4u] = qkv[qi0 + 4u] * shape.scale; g0[4u] = d_o[oi0 + 4u]; dd0 += g0[4u] * o_in[oi0 + 4u]; q1[4u] = qkv[qi1 + 4u] * shape.scale; g1[4u] = d_o[oi1 + 4u]; dd1 += g1[4u] * o_in[oi1 + 4u]; q2[4u] = qkv[qi2 + 4u] * shape.scale; g2[4u] = d_o[oi2 + 4u]; dd2 += g2[4u] * o_in[oi2 + 4u]; }
-    if (HEAD_VEC4 > 5u) { q0[5u] = qkv[qi0 + 5u] * shape.scale; g0[5u] = d_o[oi0 + 5u]; dd0 += g0[5u] * o_in[oi0 + 5u]; q1[5u] = qkv[qi1 + 5u] * shape.scale; g1[5u] = d_o[oi1 + 5u]; dd1 += g1[5u] * o_in[oi1 + 5u]; q2[5u] = qkv[qi2 + 5u] * shape.scale; g2[5u] = d_o[oi2 + 5u]; dd2 += g2[5u] * o_in[oi2 + 5u]; }
-    if (HEAD_VEC4 > 6u) { q0[6u] = qkv[qi0 + 6u] * shape.scale; g0[6u] = d_o[oi0 + 6u]; dd0 += g0[6u] * o_in[oi0 + 6u]; q1[6u] = qkv[qi1 + 6u] * shape.scale; g1[6u] = d_o[oi1 + 6u]; dd1 += g1[6u] * o_in[oi1 + 6u]; q2[6u] = qkv[qi2 + 6u] * shape.scale; g2[6u] = d_o[oi2 + 6u]; dd2 += g2[6u] * o_in[oi2 + 6u]; }
-    if (HEAD_VEC4 > 7u) { q0[7u] = qkv[qi0 + 7u] * shape.scale; g0[7u] = d_o[oi0 + 7u]; dd0 += g0[7u] * o_in[oi0 + 7u]; q1[7u] = qkv[qi1 + 7u] * shape.scale; g1[7u] = d_o[oi1 + 7u]; dd1 += g1[7u] * o_in[oi1 + 7u]; q2[7u] = qkv[qi2 + 7u] * shape.scale; g2[7u] = d_o[oi2 + 7u]; dd2 += g2[7u] * o_in[oi2 + 7u]; }
-    if (HEAD_VEC4 > 8u) { q0[8u] = qkv[qi0 + 8u] * shape.scale; g0[8u] = d_o[oi0 + 8u]; dd0 += g0[8u] * o_in[oi0 + 8u]; q1[8u] = qkv[qi1 + 8u] * shape.scale; g1[8u] = d_o[oi1 + 8u]; dd1 += g1[8u] * o_in[oi1 + 8u]; q2[8u] = qkv[qi2 + 8u] * shape.scale; g2[8u] = d_o[oi2 + 8u]; dd2 += g2[8u] * o_in[oi2 + 8u]; }
-    if (HEAD_VEC4 > 9u) { q0[9u] = qkv[qi0 + 9u] * shape.scale; g0[9u] = d_o[oi0 + 9u]; dd0 += g0[9u] * o_in[oi0 + 9u]; q1[9u] = qkv[qi1 + 9u] * shape.scale; g1[9u] = d_o[oi1 + 9u]; dd1 += g1[9u] * o_in[oi1 + 9u]; q2[9u] = qkv[qi2 + 9u] * shape.scale; g2[9u] = d_o[oi2 + 9u]; dd2 += g2[9u] * o_in[oi2 + 9u]; }
-    if (HEAD_VEC4 > 10u) { q0[10u] = qkv[qi0 + 10u] * shape.scale; g0[10u] = d_o[oi0 + 10u]; dd0 += g0[10u] * o_in[oi0 + 10u]; q1[10u] = qkv[qi1 + 10u] * shape.scale; g1[10u] = d_o[oi1 + 10u]; dd1 += g1[10u] * o_in[oi1 + 10u]; q2[10u] = qkv[qi2 + 10u] * shape.scale; g2[10u] = d_o[oi2 + 10u]; dd2 += g2[10u] * o_in[oi2 + 10u]; }
-    if (HEAD_VEC4 > 11u) { q0[11u] = qkv[qi0 + 11u] * shape.scale; g0[11u] = d_o[oi0 + 11u]; dd0 += g0[11u] * o_in[oi0 + 11u]; q1[11u] = qkv[qi1 + 11u] * shape.scale; g1[11u] = d_o[oi1 + 11u]; dd1 += g1[11u] * o_in[oi1 + 11u]; q2[11u] = qkv[qi2 + 11u] * shape.scale; g2[11u] = d_o[oi2 + 11u]; dd2 += g2[11u] * o_in[oi2 + 11u]; }
-    if (HEAD_VEC4 > 12u) { q0[12u] = qkv[qi0 + 12u] * shape.scale; g0[12u] = d_o[oi0 + 12u]; dd0 += g0[12u] * o_in[oi0 + 12u]; q1[12u] = qkv[qi1 + 12u] * shape.scale; g1[12u] = d_o[oi1 + 12u]; dd1 += g1[12u] * o_in[oi1 + 12u]; q2[12u] = qkv[qi2 + 12u] * shape.scale; g2[12u] = d_o[oi2 + 12u]; dd2 += g2[12u] * o_in[oi2 + 12u]; }
-    if (HEAD_VEC4 > 13u) { q0[13u] = qkv[qi0 + 13u] * shape.scale; g0[13u] = d_o[oi0 + 13u]; dd0 += g0[13u] * o_in[oi0 + 13u]; q1[13u] = qkv[qi1 + 13u] * shape.scale; g1[13u] = d_o[oi1 + 13u]; dd1 += g1[13u] * o_in[oi1 + 13u]; q2[13u] = qkv[qi2 + 13u] * shape.scale; g2[13u] = d_o[oi2 + 13u]; dd2 += g2[13u] * o_in[oi2 + 13u]; }
-    if (HEAD_VEC4 > 14u) { q0[14u] = qkv[qi0 + 14u] * shape.scale; g0[14u] = d_o[oi0 + 14u]; dd0 += g0[14u] * o_in[oi0 + 14u]; q1[14u] = qkv[qi1 + 14u] * shape.scale; g1[14u] = d_o[oi1 + 14u]; dd1 += g1[14u] * o_in[oi1 + 14u]; q2[14u] = qkv[qi2 + 14u] * shape.scale; g2[14u] = d_o[oi2 + 14u]; dd2 += g2[14u] * o_in[oi2 + 14u]; }
-    if (HEAD_VEC4 > 15u) { q0[15u] = qkv[qi0 + 15u] * shape.scale; g0[15u] = d_o[oi0 + 15u]; dd0 += g0[15u] * o_in[oi0 + 15u]; q1[15u] = qkv[qi1 + 15u] * shape.scale; g1[15u] = d_o[oi1 + 15u]; dd1 += g1[15u] * o_in[oi1 + 15u]; q2[15u] = qkv[qi2 + 15u] * shape.scale; g2[15u] = d_o[oi2 + 15u]; dd2 += g2[15u] * o_in[oi2 + 15u]; }
+    if (HEAD_VEC4 > 0u) { q0[0u] = load_qkv(qi0, qt0, 0u) * shape.scale; g0[0u] = load_d_o(oi0, ot0, 0u); dd0 += g0[0u] * load_o(oi0, ot0, 0u); q1[0u] = load_qkv(qi1, qt1, 0u) * shape.scale; g1[0u] = load_d_o(oi1, ot1, 0u); dd1 += g1[0u] * load_o(oi1, ot1, 0u); q2[0u] = load_qkv(qi2, qt2, 0u) * shape.scale; g2[0u] = load_d_o(oi2, ot2, 0u); dd2 += g2[0u] * load_o(oi2, ot2, 0u); }
+    if (HEAD_VEC4 > 1u) { q0[1u] = load_qkv(qi0, qt0, 1u) * shape.scale; g0[1u] = load_d_o(oi0, ot0, 1u); dd0 += g0[1u] * load_o(oi0, ot0, 1u); q1[1u] = load_qkv(qi1, qt1, 1u) * shape.scale; g1[1u] = load_d_o(oi1, ot1, 1u); dd1 += g1[1u] * load_o(oi1, ot1, 1u); q2[1u] = load_qkv(qi2, qt2, 1u) * shape.scale; g2[1u] = load_d_o(oi2, ot2, 1u); dd2 += g2[1u] * load_o(oi2, ot2, 1u); }
+    if (HEAD_VEC4 > 2u) { q0[2u] = load_qkv(qi0, qt0, 2u) * shape.scale; g0[2u] = load_d_o(oi0, ot0, 2u); dd0 += g0[2u] * load_o(oi0, ot0, 2u); q1[2u] = load_qkv(qi1, qt1, 2u) * shape.scale; g1[2u] = load_d_o(oi1, ot1, 2u); dd1 += g1[2u] * load_o(oi1, ot1, 2u); q2[2u] = load_qkv(qi2, qt2, 2u) * shape.scale; g2[2u] = load_d_o(oi2, ot2, 2u); dd2 += g2[2u] * load_o(oi2, ot2, 2u); }
+    if (HEAD_VEC4 > 3u) { q0[3u] = load_qkv(qi0, qt0, 3u) * shape.scale; g0[3u] = load_d_o(oi0, ot0, 3u); dd0 += g0[3u] * load_o(oi0, ot0, 3u); q1[3u] = load_qkv(qi1, qt1, 3u) * shape.scale; g1[3u] = load_d_o(oi1, ot1, 3u); dd1 += g1[3u] * load_o(oi1, ot1, 3u); q2[3u] = load_qkv(qi2, qt2, 3u) * shape.scale; g2[3u] = load_d_o(oi2, ot2, 3u); dd2 += g2[3u] * load_o(oi2, ot2, 3u); }
+    if (HEAD_VEC4 > 4u) { q0[4u] = load_qkv(qi0, qt0, 4u) * shape.scale; g0[4u] = load_d_o(oi0, ot0, 4u); dd0 += g0[4u] * load_o(oi0, ot0, 4u); q1[4u] = load_qkv(qi1, qt1, 4u) * shape.scale; g1[4u] = load_d_o(oi1, ot1, 4u); dd1 += g1[4u] * load_o(oi1, ot1, 4u); q2[4u] = load_qkv(qi2, qt2, 4u) * shape.scale; g2[4u] = load_d_o(oi2, ot2, 4u); dd2 += g2[4u] * load_o(oi2, ot2, 4u); }
+    if (HEAD_VEC4 > 5u) { q0[5u] = load_qkv(qi0, qt0, 5u) * shape.scale; g0[5u] = load_d_o(oi0, ot0, 5u); dd0 += g0[5u] * load_o(oi0, ot0, 5u); q1[5u] = load_qkv(qi1, qt1, 5u) * shape.scale; g1[5u] = load_d_o(oi1, ot1, 5u); dd1 += g1[5u] * load_o(oi1, ot1, 5u); q2[5u] = load_qkv(qi2, qt2, 5u) * shape.scale; g2[5u] = load_d_o(oi2, ot2, 5u); dd2 += g2[5u] * load_o(oi2, ot2, 5u); }
+    if (HEAD_VEC4 > 6u) { q0[6u] = load_qkv(qi0, qt0, 6u) * shape.scale; g0[6u] = load_d_o(oi0, ot0, 6u); dd0 += g0[6u] * load_o(oi0, ot0, 6u); q1[6u] = load_qkv(qi1, qt1, 6u) * shape.scale; g1[6u] = load_d_o(oi1, ot1, 6u); dd1 += g1[6u] * load_o(oi1, ot1, 6u); q2[6u] = load_qkv(qi2, qt2, 6u) * shape.scale; g2[6u] = load_d_o(oi2, ot2, 6u); dd2 += g2[6u] * load_o(oi2, ot2, 6u); }
+    if (HEAD_VEC4 > 7u) { q0[7u] = load_qkv(qi0, qt0, 7u) * shape.scale; g0[7u] = load_d_o(oi0, ot0, 7u); dd0 += g0[7u] * load_o(oi0, ot0, 7u); q1[7u] = load_qkv(qi1, qt1, 7u) * shape.scale; g1[7u] = load_d_o(oi1, ot1, 7u); dd1 += g1[7u] * load_o(oi1, ot1, 7u); q2[7u] = load_qkv(qi2, qt2, 7u) * shape.scale; g2[7u] = load_d_o(oi2, ot2, 7u); dd2 += g2[7u] * load_o(oi2, ot2, 7u); }
+    if (HEAD_VEC4 > 8u) { q0[8u] = load_qkv(qi0, qt0, 8u) * shape.scale; g0[8u] = load_d_o(oi0, ot0, 8u); dd0 += g0[8u] * load_o(oi0, ot0, 8u); q1[8u] = load_qkv(qi1, qt1, 8u) * shape.scale; g1[8u] = load_d_o(oi1, ot1, 8u); dd1 += g1[8u] * load_o(oi1, ot1, 8u); q2[8u] = load_qkv(qi2, qt2, 8u) * shape.scale; g2[8u] = load_d_o(oi2, ot2, 8u); dd2 += g2[8u] * load_o(oi2, ot2, 8u); }
+    if (HEAD_VEC4 > 9u) { q0[9u] = load_qkv(qi0, qt0, 9u) * shape.scale; g0[9u] = load_d_o(oi0, ot0, 9u); dd0 += g0[9u] * load_o(oi0, ot0, 9u); q1[9u] = load_qkv(qi1, qt1, 9u) * shape.scale; g1[9u] = load_d_o(oi1, ot1, 9u); dd1 += g1[9u] * load_o(oi1, ot1, 9u); q2[9u] = load_qkv(qi2, qt2, 9u) * shape.scale; g2[9u] = load_d_o(oi2, ot2, 9u); dd2 += g2[9u] * load_o(oi2, ot2, 9u); }
+    if (HEAD_VEC4 > 10u) { q0[10u] = load_qkv(qi0, qt0, 10u) * shape.scale; g0[10u] = load_d_o(oi0, ot0, 10u); dd0 += g0[10u] * load_o(oi0, ot0, 10u); q1[10u] = load_qkv(qi1, qt1, 10u) * shape.scale; g1[10u] = load_d_o(oi1, ot1, 10u); dd1 += g1[10u] * load_o(oi1, ot1, 10u); q2[10u] = load_qkv(qi2, qt2, 10u) * shape.scale; g2[10u] = load_d_o(oi2, ot2, 10u); dd2 += g2[10u] * load_o(oi2, ot2, 10u); }
+    if (HEAD_VEC4 > 11u) { q0[11u] = load_qkv(qi0, qt0, 11u) * shape.scale; g0[11u] = load_d_o(oi0, ot0, 11u); dd0 += g0[11u] * load_o(oi0, ot0, 11u); q1[11u] = load_qkv(qi1, qt1, 11u) * shape.scale; g1[11u] = load_d_o(oi1, ot1, 11u); dd1 += g1[11u] * load_o(oi1, ot1, 11u); q2[11u] = load_qkv(qi2, qt2, 11u) * shape.scale; g2[11u] = load_d_o(oi2, ot2, 11u); dd2 += g2[11u] * load_o(oi2, ot2, 11u); }
+    if (HEAD_VEC4 > 12u) { q0[12u] = load_qkv(qi0, qt0, 12u) * shape.scale; g0[12u] = load_d_o(oi0, ot0, 12u); dd0 += g0[12u] * load_o(oi0, ot0, 12u); q1[12u] = load_qkv(qi1, qt1, 12u) * shape.scale; g1[12u] = load_d_o(oi1, ot1, 12u); dd1 += g1[12u] * load_o(oi1, ot1, 12u); q2[12u] = load_qkv(qi2, qt2, 12u) * shape.scale; g2[12u] = load_d_o(oi2, ot2, 12u); dd2 += g2[12u] * load_o(oi2, ot2, 12u); }
+    if (HEAD_VEC4 > 13u) { q0[13u] = load_qkv(qi0, qt0, 13u) * shape.scale; g0[13u] = load_d_o(oi0, ot0, 13u); dd0 += g0[13u] * load_o(oi0, ot0, 13u); q1[13u] = load_qkv(qi1, qt1, 13u) * shape.scale; g1[13u] = load_d_o(oi1, ot1, 13u); dd1 += g1[13u] * load_o(oi1, ot1, 13u); q2[13u] = load_qkv(qi2, qt2, 13u) * shape.scale; g2[13u] = load_d_o(oi2, ot2, 13u); dd2 += g2[13u] * load_o(oi2, ot2, 13u); }
+    if (HEAD_VEC4 > 14u) { q0[14u] = load_qkv(qi0, qt0, 14u) * shape.scale; g0[14u] = load_d_o(oi0, ot0, 14u); dd0 += g0[14u] * load_o(oi0, ot0, 14u); q1[14u] = load_qkv(qi1, qt1, 14u) * shape.scale; g1[14u] = load_d_o(oi1, ot1, 14u); dd1 += g1[14u] * load_o(oi1, ot1, 14u); q2[14u] = load_qkv(qi2, qt2, 14u) * shape.scale; g2[14u] = load_d_o(oi2, ot2, 14u); dd2 += g2[14u] * load_o(oi2, ot2, 14u); }
+    if (HEAD_VEC4 > 15u) { q0[15u] = load_qkv(qi0, qt0, 15u) * shape.scale; g0[15u] = load_d_o(oi0, ot0, 15u); dd0 += g0[15u] * load_o(oi0, ot0, 15u); q1[15u] = load_qkv(qi1, qt1, 15u) * shape.scale; g1[15u] = load_d_o(oi1, ot1, 15u); dd1 += g1[15u] * load_o(oi1, ot1, 15u); q2[15u] = load_qkv(qi2, qt2, 15u) * shape.scale; g2[15u] = load_d_o(oi2, ot2, 15u); dd2 += g2[15u] * load_o(oi2, ot2, 15u); }
     let di0 = hsum(dd0);
     let li0 = lse_in[r0.bh * n + r0.clamped];
     let di1 = hsum(dd1);
@@ -459,34 +476,40 @@ fn attention_backward_key_lanes(@builtin(workgroup_id) wid: vec3<u32>,
     var dv0: array<vec4<f32>, 16>;
     let kj0 = qkv_at(r0, r0.clamped, 1u);
     let vj0 = qkv_at(r0, r0.clamped, 2u);
+    let kt0 = qkv_texel(r0, r0.clamped, 1u);
+    let vt0 = qkv_texel(r0, r0.clamped, 2u);
     var k1: array<vec4<f32>, 16>;
     var v1: array<vec4<f32>, 16>;
     var dk1: array<vec4<f32>, 16>;
     var dv1: array<vec4<f32>, 16>;
     let kj1 = qkv_at(r1, r1.clamped, 1u);
     let vj1 = qkv_at(r1, r1.clamped, 2u);
+    let kt1 = qkv_texel(r1, r1.clamped, 1u);
+    let vt1 = qkv_texel(r1, r1.clamped, 2u);
     var k2: array<vec4<f32>, 16>;
     var v2: array<vec4<f32>, 16>;
     var dk2: array<vec4<f32>, 16>;
     var dv2: array<vec4<f32>, 16>;
     let kj2 = qkv_at(r2, r2.clamped, 1u);
     let vj2 = qkv_at(r2, r2.clamped, 2u);
-    if (HEAD_VEC4 > 0u) { k0[0u] = qkv[kj0 + 0u] * shape.scale; v0[0u] = qkv[vj0 + 0u]; k1[0u] = qkv[kj1 + 0u] * shape.scale; v1[0u] = qkv[vj1 + 0u]; k2[0u] = qkv[kj2 + 0u] * shape.scale; v2[0u] = qkv[vj2 + 0u]; }
-    if (HEAD_VEC4 > 1u) { k0[1u] = qkv[kj0 + 1u] * shape.scale; v0[1u] = qkv[vj0 + 1u]; k1[1u] = qkv[kj1 + 1u] * shape.scale; v1[1u] = qkv[vj1 + 1u]; k2[1u] = qkv[kj2 + 1u] * shape.scale; v2[1u] = qkv[vj2 + 1u]; }
-    if (HEAD_VEC4 > 2u) { k0[2u] = qkv[kj0 + 2u] * shape.scale; v0[2u] = qkv[vj0 + 2u]; k1[2u] = qkv[kj1 + 2u] * shape.scale; v1[2u] = qkv[vj1 + 2u]; k2[2u] = qkv[kj2 + 2u] * shape.scale; v2[2u] = qkv[vj2 + 2u]; }
-    if (HEAD_VEC4 > 3u) { k0[3u] = qkv[kj0 + 3u] * shape.scale; v0[3u] = qkv[vj0 + 3u]; k1[3u] = qkv[kj1 + 3u] * shape.scale; v1[3u] = qkv[vj1 + 3u]; k2[3u] = qkv[kj2 + 3u] * shape.scale; v2[3u] = qkv[vj2 + 3u]; }
-    if (HEAD_VEC4 > 4u) { k0[4u] = qkv[kj0 + 4u] * shape.scale; v0[4u] = qkv[vj0 + 4u]; k1[4u] = qkv[kj1 + 4u] * shape.scale; v1[4u] = qkv[vj1 + 4u]; k2[4u] = qkv[kj2 + 4u] * shape.scale; v2[4u] = qkv[vj2 + 4u]; }
-    if (HEAD_VEC4 > 5u) { k0[5u] = qkv[kj0 + 5u] * shape.scale; v0[5u] = qkv[vj0 + 5u]; k1[5u] = qkv[kj1 + 5u] * shape.scale; v1[5u] = qkv[vj1 + 5u]; k2[5u] = qkv[kj2 + 5u] * shape.scale; v2[5u] = qkv[vj2 + 5u]; }
-    if (HEAD_VEC4 > 6u) { k0[6u] = qkv[kj0 + 6u] * shape.scale; v0[6u] = qkv[vj0 + 6u]; k1[6u] = qkv[kj1 + 6u] * shape.scale; v1[6u] = qkv[vj1 + 6u]; k2[6u] = qkv[kj2 + 6u] * shape.scale; v2[6u] = qkv[vj2 + 6u]; }
-    if (HEAD_VEC4 > 7u) { k0[7u] = qkv[kj0 + 7u] * shape.scale; v0[7u] = qkv[vj0 + 7u]; k1[7u] = qkv[kj1 + 7u] * shape.scale; v1[7u] = qkv[vj1 + 7u]; k2[7u] = qkv[kj2 + 7u] * shape.scale; v2[7u] = qkv[vj2 + 7u]; }
-    if (HEAD_VEC4 > 8u) { k0[8u] = qkv[kj0 + 8u] * shape.scale; v0[8u] = qkv[vj0 + 8u]; k1[8u] = qkv[kj1 + 8u] * shape.scale; v1[8u] = qkv[vj1 + 8u]; k2[8u] = qkv[kj2 + 8u] * shape.scale; v2[8u] = qkv[vj2 + 8u]; }
-    if (HEAD_VEC4 > 9u) { k0[9u] = qkv[kj0 + 9u] * shape.scale; v0[9u] = qkv[vj0 + 9u]; k1[9u] = qkv[kj1 + 9u] * shape.scale; v1[9u] = qkv[vj1 + 9u]; k2[9u] = qkv[kj2 + 9u] * shape.scale; v2[9u] = qkv[vj2 + 9u]; }
-    if (HEAD_VEC4 > 10u) { k0[10u] = qkv[kj0 + 10u] * shape.scale; v0[10u] = qkv[vj0 + 10u]; k1[10u] = qkv[kj1 + 10u] * shape.scale; v1[10u] = qkv[vj1 + 10u]; k2[10u] = qkv[kj2 + 10u] * shape.scale; v2[10u] = qkv[vj2 + 10u]; }
-    if (HEAD_VEC4 > 11u) { k0[11u] = qkv[kj0 + 11u] * shape.scale; v0[11u] = qkv[vj0 + 11u]; k1[11u] = qkv[kj1 + 11u] * shape.scale; v1[11u] = qkv[vj1 + 11u]; k2[11u] = qkv[kj2 + 11u] * shape.scale; v2[11u] = qkv[vj2 + 11u]; }
-    if (HEAD_VEC4 > 12u) { k0[12u] = qkv[kj0 + 12u] * shape.scale; v0[12u] = qkv[vj0 + 12u]; k1[12u] = qkv[kj1 + 12u] * shape.scale; v1[12u] = qkv[vj1 + 12u]; k2[12u] = qkv[kj2 + 12u] * shape.scale; v2[12u] = qkv[vj2 + 12u]; }
-    if (HEAD_VEC4 > 13u) { k0[13u] = qkv[kj0 + 13u] * shape.scale; v0[13u] = qkv[vj0 + 13u]; k1[13u] = qkv[kj1 + 13u] * shape.scale; v1[13u] = qkv[vj1 + 13u]; k2[13u] = qkv[kj2 + 13u] * shape.scale; v2[13u] = qkv[vj2 + 13u]; }
-    if (HEAD_VEC4 > 14u) { k0[14u] = qkv[kj0 + 14u] * shape.scale; v0[14u] = qkv[vj0 + 14u]; k1[14u] = qkv[kj1 + 14u] * shape.scale; v1[14u] = qkv[vj1 + 14u]; k2[14u] = qkv[kj2 + 14u] * shape.scale; v2[14u] = qkv[vj2 + 14u]; }
-    if (HEAD_VEC4 > 15u) { k0[15u] = qkv[kj0 + 15u] * shape.scale; v0[15u] = qkv[vj0 + 15u]; k1[15u] = qkv[kj1 + 15u] * shape.scale; v1[15u] = qkv[vj1 + 15u]; k2[15u] = qkv[kj2 + 15u] * shape.scale; v2[15u] = qkv[vj2 + 15u]; }
+    let kt2 = qkv_texel(r2, r2.clamped, 1u);
+    let vt2 = qkv_texel(r2, r2.clamped, 2u);
+    if (HEAD_VEC4 > 0u) { k0[0u] = load_qkv(kj0, kt0, 0u) * shape.scale; v0[0u] = load_qkv(vj0, vt0, 0u); k1[0u] = load_qkv(kj1, kt1, 0u) * shape.scale; v1[0u] = load_qkv(vj1, vt1, 0u); k2[0u] = load_qkv(kj2, kt2, 0u) * shape.scale; v2[0u] = load_qkv(vj2, vt2, 0u); }
+    if (HEAD_VEC4 > 1u) { k0[1u] = load_qkv(kj0, kt0, 1u) * shape.scale; v0[1u] = load_qkv(vj0, vt0, 1u); k1[1u] = load_qkv(kj1, kt1, 1u) * shape.scale; v1[1u] = load_qkv(vj1, vt1, 1u); k2[1u] = load_qkv(kj2, kt2, 1u) * shape.scale; v2[1u] = load_qkv(vj2, vt2, 1u); }
+    if (HEAD_VEC4 > 2u) { k0[2u] = load_qkv(kj0, kt0, 2u) * shape.scale; v0[2u] = load_qkv(vj0, vt0, 2u); k1[2u] = load_qkv(kj1, kt1, 2u) * shape.scale; v1[2u] = load_qkv(vj1, vt1, 2u); k2[2u] = load_qkv(kj2, kt2, 2u) * shape.scale; v2[2u] = load_qkv(vj2, vt2, 2u); }
+    if (HEAD_VEC4 > 3u) { k0[3u] = load_qkv(kj0, kt0, 3u) * shape.scale; v0[3u] = load_qkv(vj0, vt0, 3u); k1[3u] = load_qkv(kj1, kt1, 3u) * shape.scale; v1[3u] = load_qkv(vj1, vt1, 3u); k2[3u] = load_qkv(kj2, kt2, 3u) * shape.scale; v2[3u] = load_qkv(vj2, vt2, 3u); }
+    if (HEAD_VEC4 > 4u) { k0[4u] = load_qkv(kj0, kt0, 4u) * shape.scale; v0[4u] = load_qkv(vj0, vt0, 4u); k1[4u] = load_qkv(kj1, kt1, 4u) * shape.scale; v1[4u] = load_qkv(vj1, vt1, 4u); k2[4u] = load_qkv(kj2, kt2, 4u) * shape.scale; v2[4u] = load_qkv(vj2, vt2, 4u); }
+    if (HEAD_VEC4 > 5u) { k0[5u] = load_qkv(kj0, kt0, 5u) * shape.scale; v0[5u] = load_qkv(vj0, vt0, 5u); k1[5u] = load_qkv(kj1, kt1, 5u) * shape.scale; v1[5u] = load_qkv(vj1, vt1, 5u); k2[5u] = load_qkv(kj2, kt2, 5u) * shape.scale; v2[5u] = load_qkv(vj2, vt2, 5u); }
+    if (HEAD_VEC4 > 6u) { k0[6u] = load_qkv(kj0, kt0, 6u) * shape.scale; v0[6u] = load_qkv(vj0, vt0, 6u); k1[6u] = load_qkv(kj1, kt1, 6u) * shape.scale; v1[6u] = load_qkv(vj1, vt1, 6u); k2[6u] = load_qkv(kj2, kt2, 6u) * shape.scale; v2[6u] = load_qkv(vj2, vt2, 6u); }
+    if (HEAD_VEC4 > 7u) { k0[7u] = load_qkv(kj0, kt0, 7u) * shape.scale; v0[7u] = load_qkv(vj0, vt0, 7u); k1[7u] = load_qkv(kj1, kt1, 7u) * shape.scale; v1[7u] = load_qkv(vj1, vt1, 7u); k2[7u] = load_qkv(kj2, kt2, 7u) * shape.scale; v2[7u] = load_qkv(vj2, vt2, 7u); }
+    if (HEAD_VEC4 > 8u) { k0[8u] = load_qkv(kj0, kt0, 8u) * shape.scale; v0[8u] = load_qkv(vj0, vt0, 8u); k1[8u] = load_qkv(kj1, kt1, 8u) * shape.scale; v1[8u] = load_qkv(vj1, vt1, 8u); k2[8u] = load_qkv(kj2, kt2, 8u) * shape.scale; v2[8u] = load_qkv(vj2, vt2, 8u); }
+    if (HEAD_VEC4 > 9u) { k0[9u] = load_qkv(kj0, kt0, 9u) * shape.scale; v0[9u] = load_qkv(vj0, vt0, 9u); k1[9u] = load_qkv(kj1, kt1, 9u) * shape.scale; v1[9u] = load_qkv(vj1, vt1, 9u); k2[9u] = load_qkv(kj2, kt2, 9u) * shape.scale; v2[9u] = load_qkv(vj2, vt2, 9u); }
+    if (HEAD_VEC4 > 10u) { k0[10u] = load_qkv(kj0, kt0, 10u) * shape.scale; v0[10u] = load_qkv(vj0, vt0, 10u); k1[10u] = load_qkv(kj1, kt1, 10u) * shape.scale; v1[10u] = load_qkv(vj1, vt1, 10u); k2[10u] = load_qkv(kj2, kt2, 10u) * shape.scale; v2[10u] = load_qkv(vj2, vt2, 10u); }
+    if (HEAD_VEC4 > 11u) { k0[11u] = load_qkv(kj0, kt0, 11u) * shape.scale; v0[11u] = load_qkv(vj0, vt0, 11u); k1[11u] = load_qkv(kj1, kt1, 11u) * shape.scale; v1[11u] = load_qkv(vj1, vt1, 11u); k2[11u] = load_qkv(kj2, kt2, 11u) * shape.scale; v2[11u] = load_qkv(vj2, vt2, 11u); }
+    if (HEAD_VEC4 > 12u) { k0[12u] = load_qkv(kj0, kt0, 12u) * shape.scale; v0[12u] = load_qkv(vj0, vt0, 12u); k1[12u] = load_qkv(kj1, kt1, 12u) * shape.scale; v1[12u] = load_qkv(vj1, vt1, 12u); k2[12u] = load_qkv(kj2, kt2, 12u) * shape.scale; v2[12u] = load_qkv(vj2, vt2, 12u); }
+    if (HEAD_VEC4 > 13u) { k0[13u] = load_qkv(kj0, kt0, 13u) * shape.scale; v0[13u] = load_qkv(vj0, vt0, 13u); k1[13u] = load_qkv(kj1, kt1, 13u) * shape.scale; v1[13u] = load_qkv(vj1, vt1, 13u); k2[13u] = load_qkv(kj2, kt2, 13u) * shape.scale; v2[13u] = load_qkv(vj2, vt2, 13u); }
+    if (HEAD_VEC4 > 14u) { k0[14u] = load_qkv(kj0, kt0, 14u) * shape.scale; v0[14u] = load_qkv(vj0, vt0, 14u); k1[14u] = load_qkv(kj1, kt1, 14u) * shape.scale; v1[14u] = load_qkv(vj1, vt1, 14u); k2[14u] = load_qkv(kj2, kt2, 14u) * shape.scale; v2[14u] = load_qkv(vj2, vt2, 14u); }
+    if (HEAD_VEC4 > 15u) { k0[15u] = load_qkv(kj0, kt0, 15u) * shape.scale; v0[15u] = load_qkv(vj0, vt0, 15u); k1[15u] = load_qkv(kj1, kt1, 15u) * shape.scale; v1[15u] = load_qkv(vj1, vt1, 15u); k2[15u] = load_qkv(kj2, kt2, 15u) * shape.scale; v2[15u] = load_qkv(vj2, vt2, 15u); }
     for (var i0 = 0u; i0 < n; i0 += LANES) {
         // this lane loads query i0 + lane: its q and dO rows, lse and delta
         let mine = min(i0 + lane, n - 1u);
@@ -628,22 +651,23 @@ fn attention_forward_lanes_tail(@builtin(workgroup_id) wid: vec3<u32>,
     var m0 = NEG_BIG;
     var l0 = 0.0;
     let qi0 = qkv_at(r0, r0.clamped, 0u);
-    if (HEAD_VEC4 > 0u) { q0[0u] = qkv[qi0 + 0u] * shape.scale; }
-    if (HEAD_VEC4 > 1u) { q0[1u] = qkv[qi0 + 1u] * shape.scale; }
-    if (HEAD_VEC4 > 2u) { q0[2u] = qkv[qi0 + 2u] * shape.scale; }
-    if (HEAD_VEC4 > 3u) { q0[3u] = qkv[qi0 + 3u] * shape.scale; }
-    if (HEAD_VEC4 > 4u) { q0[4u] = qkv[qi0 + 4u] * shape.scale; }
-    if (HEAD_VEC4 > 5u) { q0[5u] = qkv[qi0 + 5u] * shape.scale; }
-    if (HEAD_VEC4 > 6u) { q0[6u] = qkv[qi0 + 6u] * shape.scale; }
-    if (HEAD_VEC4 > 7u) { q0[7u] = qkv[qi0 + 7u] * shape.scale; }
-    if (HEAD_VEC4 > 8u) { q0[8u] = qkv[qi0 + 8u] * shape.scale; }
-    if (HEAD_VEC4 > 9u) { q0[9u] = qkv[qi0 + 9u] * shape.scale; }
-    if (HEAD_VEC4 > 10u) { q0[10u] = qkv[qi0 + 10u] * shape.scale; }
-    if (HEAD_VEC4 > 11u) { q0[11u] = qkv[qi0 + 11u] * shape.scale; }
-    if (HEAD_VEC4 > 12u) { q0[12u] = qkv[qi0 + 12u] * shape.scale; }
-    if (HEAD_VEC4 > 13u) { q0[13u] = qkv[qi0 + 13u] * shape.scale; }
-    if (HEAD_VEC4 > 14u) { q0[14u] = qkv[qi0 + 14u] * shape.scale; }
-    if (HEAD_VEC4 > 15u) { q0[15u] = qkv[qi0 + 15u] * shape.scale; }
+    let qt0 = qkv_texel(r0, r0.clamped, 0u);
+    if (HEAD_VEC4 > 0u) { q0[0u] = load_qkv(qi0, qt0, 0u) * shape.scale; }
+    if (HEAD_VEC4 > 1u) { q0[1u] = load_qkv(qi0, qt0, 1u) * shape.scale; }
+    if (HEAD_VEC4 > 2u) { q0[2u] = load_qkv(qi0, qt0, 2u) * shape.scale; }
+    if (HEAD_VEC4 > 3u) { q0[3u] = load_qkv(qi0, qt0, 3u) * shape.scale; }
+    if (HEAD_VEC4 > 4u) { q0[4u] = load_qkv(qi0, qt0, 4u) * shape.scale; }
+    if (HEAD_VEC4 > 5u) { q0[5u] = load_qkv(qi0, qt0, 5u) * shape.scale; }
+    if (HEAD_VEC4 > 6u) { q0[6u] = load_qkv(qi0, qt0, 6u) * shape.scale; }
+    if (HEAD_VEC4 > 7u) { q0[7u] = load_qkv(qi0, qt0, 7u) * shape.scale; }
+    if (HEAD_VEC4 > 8u) { q0[8u] = load_qkv(qi0, qt0, 8u) * shape.scale; }
+    if (HEAD_VEC4 > 9u) { q0[9u] = load_qkv(qi0, qt0, 9u) * shape.scale; }
+    if (HEAD_VEC4 > 10u) { q0[10u] = load_qkv(qi0, qt0, 10u) * shape.scale; }
+    if (HEAD_VEC4 > 11u) { q0[11u] = load_qkv(qi0, qt0, 11u) * shape.scale; }
+    if (HEAD_VEC4 > 12u) { q0[12u] = load_qkv(qi0, qt0, 12u) * shape.scale; }
+    if (HEAD_VEC4 > 13u) { q0[13u] = load_qkv(qi0, qt0, 13u) * shape.scale; }
+    if (HEAD_VEC4 > 14u) { q0[14u] = load_qkv(qi0, qt0, 14u) * shape.scale; }
+    if (HEAD_VEC4 > 15u) { q0[15u] = load_qkv(qi0, qt0, 15u) * shape.scale; }
     for (var j0 = 0u; j0 < n; j0 += LANES) {
         // this lane loads key (and value) j0 + lane
         let mine = min(j0 + lane, n - 1u);
@@ -730,23 +754,25 @@ fn attention_backward_query_lanes_tail(@builtin(workgroup_id) wid: vec3<u32>,
     var dq0: array<vec4<f32>, 16>;
     let qi0 = qkv_at(r0, r0.clamped, 0u);
     let oi0 = o_at(r0, r0.clamped);
+    let qt0 = qkv_texel(r0, r0.clamped, 0u);
+    let ot0 = o_texel(r0, r0.clamped);
     var dd0 = vec4<f32>(0.0);
-    if (HEAD_VEC4 > 0u) { q0[0u] = qkv[qi0 + 0u] * shape.scale; g0[0u] = d_o[oi0 + 0u]; dd0 += g0[0u] * o_in[oi0 + 0u]; }
-    if (HEAD_VEC4 > 1u) { q0[1u] = qkv[qi0 + 1u] * shape.scale; g0[1u] = d_o[oi0 + 1u]; dd0 += g0[1u] * o_in[oi0 + 1u]; }
-    if (HEAD_VEC4 > 2u) { q0[2u] = qkv[qi0 + 2u] * shape.scale; g0[2u] = d_o[oi0 + 2u]; dd0 += g0[2u] * o_in[oi0 + 2u]; }
-    if (HEAD_VEC4 > 3u) { q0[3u] = qkv[qi0 + 3u] * shape.scale; g0[3u] = d_o[oi0 + 3u]; dd0 += g0[3u] * o_in[oi0 + 3u]; }
-    if (HEAD_VEC4 > 4u) { q0[4u] = qkv[qi0 + 4u] * shape.scale; g0[4u] = d_o[oi0 + 4u]; dd0 += g0[4u] * o_in[oi0 + 4u]; }
-    if (HEAD_VEC4 > 5u) { q0[5u] = qkv[qi0 + 5u] * shape.scale; g0[5u] = d_o[oi0 + 5u]; dd0 += g0[5u] * o_in[oi0 + 5u]; }
-    if (HEAD_VEC4 > 6u) { q0[6u] = qkv[qi0 + 6u] * shape.scale; g0[6u] = d_o[oi0 + 6u]; dd0 += g0[6u] * o_in[oi0 + 6u]; }
-    if (HEAD_VEC4 > 7u) { q0[7u] = qkv[qi0 + 7u] * shape.scale; g0[7u] = d_o[oi0 + 7u]; dd0 += g0[7u] * o_in[oi0 + 7u]; }
-    if (HEAD_VEC4 > 8u) { q0[8u] = qkv[qi0 + 8u] * shape.scale; g0[8u] = d_o[oi0 + 8u]; dd0 += g0[8u] * o_in[oi0 + 8u]; }
-    if (HEAD_VEC4 > 9u) { q0[9u] = qkv[qi0 + 9u] * shape.scale; g0[9u] = d_o[oi0 + 9u]; dd0 += g0[9u] * o_in[oi0 + 9u]; }
-    if (HEAD_VEC4 > 10u) { q0[10u] = qkv[qi0 + 10u] * shape.scale; g0[10u] = d_o[oi0 + 10u]; dd0 += g0[10u] * o_in[oi0 + 10u]; }
-    if (HEAD_VEC4 > 11u) { q0[11u] = qkv[qi0 + 11u] * shape.scale; g0[11u] = d_o[oi0 + 11u]; dd0 += g0[11u] * o_in[oi0 + 11u]; }
-    if (HEAD_VEC4 > 12u) { q0[12u] = qkv[qi0 + 12u] * shape.scale; g0[12u] = d_o[oi0 + 12u]; dd0 += g0[12u] * o_in[oi0 + 12u]; }
-    if (HEAD_VEC4 > 13u) { q0[13u] = qkv[qi0 + 13u] * shape.scale; g0[13u] = d_o[oi0 + 13u]; dd0 += g0[13u] * o_in[oi0 + 13u]; }
-    if (HEAD_VEC4 > 14u) { q0[14u] = qkv[qi0 + 14u] * shape.scale; g0[14u] = d_o[oi0 + 14u]; dd0 += g0[14u] * o_in[oi0 + 14u]; }
-    if (HEAD_VEC4 > 15u) { q0[15u] = qkv[qi0 + 15u] * shape.scale; g0[15u] = d_o[oi0 + 15u]; dd0 += g0[15u] * o_in[oi0 + 15u]; }
+    if (HEAD_VEC4 > 0u) { q0[0u] = load_qkv(qi0, qt0, 0u) * shape.scale; g0[0u] = load_d_o(oi0, ot0, 0u); dd0 += g0[0u] * load_o(oi0, ot0, 0u); }
+    if (HEAD_VEC4 > 1u) { q0[1u] = load_qkv(qi0, qt0, 1u) * shape.scale; g0[1u] = load_d_o(oi0, ot0, 1u); dd0 += g0[1u] * load_o(oi0, ot0, 1u); }
+    if (HEAD_VEC4 > 2u) { q0[2u] = load_qkv(qi0, qt0, 2u) * shape.scale; g0[2u] = load_d_o(oi0, ot0, 2u); dd0 += g0[2u] * load_o(oi0, ot0, 2u); }
+    if (HEAD_VEC4 > 3u) { q0[3u] = load_qkv(qi0, qt0, 3u) * shape.scale; g0[3u] = load_d_o(oi0, ot0, 3u); dd0 += g0[3u] * load_o(oi0, ot0, 3u); }
+    if (HEAD_VEC4 > 4u) { q0[4u] = load_qkv(qi0, qt0, 4u) * shape.scale; g0[4u] = load_d_o(oi0, ot0, 4u); dd0 += g0[4u] * load_o(oi0, ot0, 4u); }
+    if (HEAD_VEC4 > 5u) { q0[5u] = load_qkv(qi0, qt0, 5u) * shape.scale; g0[5u] = load_d_o(oi0, ot0, 5u); dd0 += g0[5u] * load_o(oi0, ot0, 5u); }
+    if (HEAD_VEC4 > 6u) { q0[6u] = load_qkv(qi0, qt0, 6u) * shape.scale; g0[6u] = load_d_o(oi0, ot0, 6u); dd0 += g0[6u] * load_o(oi0, ot0, 6u); }
+    if (HEAD_VEC4 > 7u) { q0[7u] = load_qkv(qi0, qt0, 7u) * shape.scale; g0[7u] = load_d_o(oi0, ot0, 7u); dd0 += g0[7u] * load_o(oi0, ot0, 7u); }
+    if (HEAD_VEC4 > 8u) { q0[8u] = load_qkv(qi0, qt0, 8u) * shape.scale; g0[8u] = load_d_o(oi0, ot0, 8u); dd0 += g0[8u] * load_o(oi0, ot0, 8u); }
+    if (HEAD_VEC4 > 9u) { q0[9u] = load_qkv(qi0, qt0, 9u) * shape.scale; g0[9u] = load_d_o(oi0, ot0, 9u); dd0 += g0[9u] * load_o(oi0, ot0, 9u); }
+    if (HEAD_VEC4 > 10u) { q0[10u] = load_qkv(qi0, qt0, 10u) * shape.scale; g0[10u] = load_d_o(oi0, ot0, 10u); dd0 += g0[10u] * load_o(oi0, ot0, 10u); }
+    if (HEAD_VEC4 > 11u) { q0[11u] = load_qkv(qi0, qt0, 11u) * shape.scale; g0[11u] = load_d_o(oi0, ot0, 11u); dd0 += g0[11u] * load_o(oi0, ot0, 11u); }
+    if (HEAD_VEC4 > 12u) { q0[12u] = load_qkv(qi0, qt0, 12u) * shape.scale; g0[12u] = load_d_o(oi0, ot0, 12u); dd0 += g0[12u] * load_o(oi0, ot0, 12u); }
+    if (HEAD_VEC4 > 13u) { q0[13u] = load_qkv(qi0, qt0, 13u) * shape.scale; g0[13u] = load_d_o(oi0, ot0, 13u); dd0 += g0[13u] * load_o(oi0, ot0, 13u); }
+    if (HEAD_VEC4 > 14u) { q0[14u] = load_qkv(qi0, qt0, 14u) * shape.scale; g0[14u] = load_d_o(oi0, ot0, 14u); dd0 += g0[14u] * load_o(oi0, ot0, 14u); }
+    if (HEAD_VEC4 > 15u) { q0[15u] = load_qkv(qi0, qt0, 15u) * shape.scale; g0[15u] = load_d_o(oi0, ot0, 15u); dd0 += g0[15u] * load_o(oi0, ot0, 15u); }
     let di0 = hsum(dd0);
     let li0 = lse_in[r0.bh * n + r0.clamped];
     for (var j0 = 0u; j0 < n; j0 += LANES) {
@@ -831,22 +857,24 @@ fn attention_backward_key_lanes_tail(@builtin(workgroup_id) wid: vec3<u32>,
     var dv0: array<vec4<f32>, 16>;
     let kj0 = qkv_at(r0, r0.clamped, 1u);
     let vj0 = qkv_at(r0, r0.clamped, 2u);
-    if (HEAD_VEC4 > 0u) { k0[0u] = qkv[kj0 + 0u] * shape.scale; v0[0u] = qkv[vj0 + 0u]; }
-    if (HEAD_VEC4 > 1u) { k0[1u] = qkv[kj0 + 1u] * shape.scale; v0[1u] = qkv[vj0 + 1u]; }
-    if (HEAD_VEC4 > 2u) { k0[2u] = qkv[kj0 + 2u] * shape.scale; v0[2u] = qkv[vj0 + 2u]; }
-    if (HEAD_VEC4 > 3u) { k0[3u] = qkv[kj0 + 3u] * shape.scale; v0[3u] = qkv[vj0 + 3u]; }
-    if (HEAD_VEC4 > 4u) { k0[4u] = qkv[kj0 + 4u] * shape.scale; v0[4u] = qkv[vj0 + 4u]; }
-    if (HEAD_VEC4 > 5u) { k0[5u] = qkv[kj0 + 5u] * shape.scale; v0[5u] = qkv[vj0 + 5u]; }
-    if (HEAD_VEC4 > 6u) { k0[6u] = qkv[kj0 + 6u] * shape.scale; v0[6u] = qkv[vj0 + 6u]; }
-    if (HEAD_VEC4 > 7u) { k0[7u] = qkv[kj0 + 7u] * shape.scale; v0[7u] = qkv[vj0 + 7u]; }
-    if (HEAD_VEC4 > 8u) { k0[8u] = qkv[kj0 + 8u] * shape.scale; v0[8u] = qkv[vj0 + 8u]; }
-    if (HEAD_VEC4 > 9u) { k0[9u] = qkv[kj0 + 9u] * shape.scale; v0[9u] = qkv[vj0 + 9u]; }
-    if (HEAD_VEC4 > 10u) { k0[10u] = qkv[kj0 + 10u] * shape.scale; v0[10u] = qkv[vj0 + 10u]; }
-    if (HEAD_VEC4 > 11u) { k0[11u] = qkv[kj0 + 11u] * shape.scale; v0[11u] = qkv[vj0 + 11u]; }
-    if (HEAD_VEC4 > 12u) { k0[12u] = qkv[kj0 + 12u] * shape.scale; v0[12u] = qkv[vj0 + 12u]; }
-    if (HEAD_VEC4 > 13u) { k0[13u] = qkv[kj0 + 13u] * shape.scale; v0[13u] = qkv[vj0 + 13u]; }
-    if (HEAD_VEC4 > 14u) { k0[14u] = qkv[kj0 + 14u] * shape.scale; v0[14u] = qkv[vj0 + 14u]; }
-    if (HEAD_VEC4 > 15u) { k0[15u] = qkv[kj0 + 15u] * shape.scale; v0[15u] = qkv[vj0 + 15u]; }
+    let kt0 = qkv_texel(r0, r0.clamped, 1u);
+    let vt0 = qkv_texel(r0, r0.clamped, 2u);
+    if (HEAD_VEC4 > 0u) { k0[0u] = load_qkv(kj0, kt0, 0u) * shape.scale; v0[0u] = load_qkv(vj0, vt0, 0u); }
+    if (HEAD_VEC4 > 1u) { k0[1u] = load_qkv(kj0, kt0, 1u) * shape.scale; v0[1u] = load_qkv(vj0, vt0, 1u); }
+    if (HEAD_VEC4 > 2u) { k0[2u] = load_qkv(kj0, kt0, 2u) * shape.scale; v0[2u] = load_qkv(vj0, vt0, 2u); }
+    if (HEAD_VEC4 > 3u) { k0[3u] = load_qkv(kj0, kt0, 3u) * shape.scale; v0[3u] = load_qkv(vj0, vt0, 3u); }
+    if (HEAD_VEC4 > 4u) { k0[4u] = load_qkv(kj0, kt0, 4u) * shape.scale; v0[4u] = load_qkv(vj0, vt0, 4u); }
+    if (HEAD_VEC4 > 5u) { k0[5u] = load_qkv(kj0, kt0, 5u) * shape.scale; v0[5u] = load_qkv(vj0, vt0, 5u); }
+    if (HEAD_VEC4 > 6u) { k0[6u] = load_qkv(kj0, kt0, 6u) * shape.scale; v0[6u] = load_qkv(vj0, vt0, 6u); }
+    if (HEAD_VEC4 > 7u) { k0[7u] = load_qkv(kj0, kt0, 7u) * shape.scale; v0[7u] = load_qkv(vj0, vt0, 7u); }
+    if (HEAD_VEC4 > 8u) { k0[8u] = load_qkv(kj0, kt0, 8u) * shape.scale; v0[8u] = load_qkv(vj0, vt0, 8u); }
+    if (HEAD_VEC4 > 9u) { k0[9u] = load_qkv(kj0, kt0, 9u) * shape.scale; v0[9u] = load_qkv(vj0, vt0, 9u); }
+    if (HEAD_VEC4 > 10u) { k0[10u] = load_qkv(kj0, kt0, 10u) * shape.scale; v0[10u] = load_qkv(vj0, vt0, 10u); }
+    if (HEAD_VEC4 > 11u) { k0[11u] = load_qkv(kj0, kt0, 11u) * shape.scale; v0[11u] = load_qkv(vj0, vt0, 11u); }
+    if (HEAD_VEC4 > 12u) { k0[12u] = load_qkv(kj0, kt0, 12u) * shape.scale; v0[12u] = load_qkv(vj0, vt0, 12u); }
+    if (HEAD_VEC4 > 13u) { k0[13u] = load_qkv(kj0, kt0, 13u) * shape.scale; v0[13u] = load_qkv(vj0, vt0, 13u); }
+    if (HEAD_VEC4 > 14u) { k0[14u] = load_qkv(kj0, kt0, 14u) * shape.scale; v0[14u] = load_qkv(vj0, vt0, 14u); }
+    if (HEAD_VEC4 > 15u) { k0[15u] = load_qkv(kj0, kt0, 15u) * shape.scale; v0[15u] = load_qkv(vj0, vt0, 15u); }
     for (var i0 = 0u; i0 < n; i0 += LANES) {
         // this lane loads query i0 + lane: its q and dO rows, lse and delta
         let mine = min(i0 + lane, n - 1u);

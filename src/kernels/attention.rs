@@ -406,23 +406,25 @@ pub struct AttentionProbabilities<'a> {
     pub probs: &'a wgpu::Buffer, // [B, A, N, N]
 }
 
-/// The `Lanes` kernels' texture bindings, qkv (9) and dO (10): copies of the buffers
-/// (`copied`, the kernels then read their streamed rows there), else placeholders.
+/// The `Lanes` kernels' texture bindings, qkv (9), dO (10) and o (11): copies of the
+/// buffers (`copied`, the kernels then read their rows there), else placeholders.
 struct RowTextures {
     copied: bool,
     qkv: wgpu::TextureView,
     d_o: wgpu::TextureView,
+    o: wgpu::TextureView,
 }
 
 impl Attention {
-    /// `None` for the variants without textures. The copies of qkv [B*N, 3D] and dO
-    /// [B*N, D] not already in `out` (see `texture::rows_of`) are appended to it.
+    /// `None` for the variants without textures. The copies of qkv [B*N, 3D] and, for the
+    /// backward, of dO and o [B*N, D] not already in `out` (see `texture::rows_of`) are
+    /// appended to it: all of them, or none (then the kernels read storage).
     fn row_textures(
         &self,
         gpu: &Gpu,
         shape: AttentionShape,
         qkv: &wgpu::Buffer,
-        d_o: Option<&wgpu::Buffer>,
+        d_o_and_o: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
         out: &mut Vec<Command>,
     ) -> Option<RowTextures> {
         let placeholder = self.placeholder.as_ref()?;
@@ -430,33 +432,32 @@ impl Attention {
             copied: false,
             qkv: placeholder.clone(),
             d_o: placeholder.clone(),
+            o: placeholder.clone(),
         };
         if !self.textures {
             return Some(unused);
         }
         let (rows, model) = (shape.batch * shape.tokens, shape.model_dim());
-        let Some((qkv, qkv_copy)) = texture::rows_of(gpu, qkv.into(), rows, 3 * model, out) else {
+        let mut copies = Vec::new();
+        let mut copy_of = |buffer: &wgpu::Buffer, cols: usize| {
+            let (view, copy) = texture::rows_of(gpu, buffer.into(), rows, cols, out)?;
+            copies.extend(copy);
+            Some(view)
+        };
+        let qkv = copy_of(qkv, 3 * model);
+        let (d_o, o) = match d_o_and_o {
+            Some((d_o, o)) => (copy_of(d_o, model), copy_of(o, model)),
+            None => (Some(placeholder.clone()), Some(placeholder.clone())),
+        };
+        let (Some(qkv), Some(d_o), Some(o)) = (qkv, d_o, o) else {
             return Some(unused);
         };
-        let d_o = match d_o {
-            Some(d_o) => match texture::rows_of(gpu, d_o.into(), rows, model, out) {
-                Some(made) => Some(made),
-                None => return Some(unused),
-            },
-            None => None,
-        };
-        out.extend(qkv_copy);
-        let d_o = match d_o {
-            Some((view, copy)) => {
-                out.extend(copy);
-                view
-            }
-            None => placeholder.clone(),
-        };
+        out.extend(copies);
         Some(RowTextures {
             copied: true,
             qkv,
             d_o,
+            o,
         })
     }
 }
@@ -493,7 +494,7 @@ impl Record<AttentionBackward<'_>> for Attention {
             "attention backward scratch needs {} floats",
             Self::scratch_len(shape)
         );
-        let textures = self.row_textures(gpu, shape, qkv, Some(d_o), out);
+        let textures = self.row_textures(gpu, shape, qkv, Some((d_o, o)), out);
         let p = self.pipelines(gpu, shape, textures.as_ref().is_some_and(|t| t.copied));
         let mut query_entries: Vec<(u32, &dyn Bind)> = vec![
             (0, qkv),
@@ -506,7 +507,7 @@ impl Record<AttentionBackward<'_>> for Attention {
         let mut key_entries: Vec<(u32, &dyn Bind)> =
             vec![(0, qkv), (4, lse), (5, d_o), (6, dqkv), (7, scratch)];
         if let Some(t) = &textures {
-            query_entries.push((9, &t.qkv));
+            query_entries.extend([(9, &t.qkv as &dyn Bind), (10, &t.d_o), (11, &t.o)]);
             key_entries.extend([(9, &t.qkv as &dyn Bind), (10, &t.d_o)]);
         }
         // every query row's pass (it writes delta) before any key row's
@@ -541,19 +542,22 @@ impl Record<AttentionProbabilities<'_>> for Attention {
 }
 
 /// Benchmark shapes: the tiny preset (3 heads x 64, batch 64) and labml (8 heads x 64,
-/// batch 16) at 65 tokens (32x32 images, patch 4) and 197 tokens (higher resolution).
+/// batch 16) at 65 tokens (32x32 images, patch 4) and 197 tokens (higher resolution), and
+/// micro (4 heads x 16, batch 64, 50 tokens).
 pub fn bench_cases() -> Vec<AttentionShape> {
-    let shape = |batch, tokens, heads| AttentionShape {
+    let shape = |batch, tokens, heads, head_dim| AttentionShape {
         batch,
         tokens,
         heads,
-        head_dim: 64,
+        head_dim,
     };
     vec![
-        shape(64, 65, 3),
-        shape(64, 197, 3),
-        shape(16, 65, 8),
-        shape(16, 197, 8),
+        shape(64, 65, 3, 64),
+        shape(64, 197, 3, 64),
+        // micro: 28x28 images in patches of 4, 4 heads of 16
+        shape(64, 50, 4, 16),
+        shape(16, 65, 8, 64),
+        shape(16, 197, 8, 64),
     ]
 }
 
