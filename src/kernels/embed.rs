@@ -121,7 +121,8 @@ pub struct GatherCls<'a> {
     pub cls_rows: &'a wgpu::Buffer,
 }
 
-/// [B, D] -> [B*N, D] with zeros outside the CLS rows (overwritten)
+/// [B, D] -> [B*N, D] with zeros outside the CLS rows: `dfull` (exactly [B*N, D]) is
+/// cleared, then the CLS rows written.
 pub struct ScatterCls<'a> {
     pub shape: EmbedShape,
     pub dcls_rows: &'a wgpu::Buffer,
@@ -217,12 +218,17 @@ impl Record<GatherCls<'_>> for Embed {
 impl Record<ScatterCls<'_>> for Embed {
     fn record(&self, gpu: &Gpu, a: &ScatterCls, out: &mut Vec<Command>) {
         let s = a.shape;
-        let n = s.batch * s.tokens() * s.dim;
+        assert_eq!(
+            a.dfull.size(),
+            4 * (s.batch * s.tokens() * s.dim) as u64,
+            "scatter_cls clears the whole of dfull: it must be exactly [B*N, D]"
+        );
+        out.push(Command::ClearBuffer(a.dfull.clone()));
         let d = gpu.dispatch(
             &self.scatter_cls,
             &[(12, a.dcls_rows), (13, a.dfull)],
             &s.meta(),
-            groups(n),
+            groups(s.batch * s.dim),
         );
         out.push(d.into());
     }
