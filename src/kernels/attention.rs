@@ -183,20 +183,27 @@ struct Pipelines {
     backward_query: wgpu::ComputePipeline,
     backward_key: wgpu::ComputePipeline,
     probabilities: wgpu::ComputePipeline,
-    tail: Option<[wgpu::ComputePipeline; 3]>,
+    tail: Option<TailPipelines>,
+}
+
+/// The `Lanes` kernels with one row per lane (the `_tail` entry points).
+struct TailPipelines {
+    forward: wgpu::ComputePipeline,
+    backward_query: wgpu::ComputePipeline,
+    backward_key: wgpu::ComputePipeline,
 }
 
 impl Pipelines {
-    /// `main`, or tail kernel `i` (0 forward, 1 backward_query, 2 backward_key).
-    fn pick<'a>(
-        &'a self,
+    /// The pipeline `which` picks for a launch: from the tail kernels when `tail`.
+    fn pick(
+        &self,
         tail: bool,
-        i: usize,
-        main: &'a wgpu::ComputePipeline,
-    ) -> &'a wgpu::ComputePipeline {
+        which: impl Fn(&Pipelines) -> &wgpu::ComputePipeline,
+        which_tail: impl Fn(&TailPipelines) -> &wgpu::ComputePipeline,
+    ) -> &wgpu::ComputePipeline {
         match (&self.tail, tail) {
-            (Some(t), true) => &t[i],
-            _ => main,
+            (Some(t), true) => which_tail(t),
+            _ => which(self),
         }
     }
 }
@@ -324,7 +331,11 @@ impl Attention {
                 backward_query: next(),
                 backward_key: next(),
                 probabilities: next(),
-                tail: (self.variant == Variant::Lanes).then(|| [next(), next(), next()]),
+                tail: (self.variant == Variant::Lanes).then(|| TailPipelines {
+                    forward: next(),
+                    backward_query: next(),
+                    backward_key: next(),
+                }),
             }
         })
     }
@@ -471,7 +482,7 @@ impl Record<AttentionForward<'_>> for Attention {
             entries.push((9, &t.qkv));
         }
         for l in self.row_launches(a.shape) {
-            let pipeline = p.pick(l.tail, 0, &p.forward);
+            let pipeline = p.pick(l.tail, |p| &p.forward, |t| &t.forward);
             let meta = meta(a.shape, l.row_base);
             out.push(gpu.dispatch(pipeline, &entries, &meta, l.grid).into());
         }
@@ -513,12 +524,12 @@ impl Record<AttentionBackward<'_>> for Attention {
         // every query row's pass (it writes delta) before any key row's
         let launches = self.row_launches(shape);
         for l in &launches {
-            let pipeline = p.pick(l.tail, 1, &p.backward_query);
+            let pipeline = p.pick(l.tail, |p| &p.backward_query, |t| &t.backward_query);
             let meta = meta(shape, l.row_base);
             out.push(gpu.dispatch(pipeline, &query_entries, &meta, l.grid).into());
         }
         for l in &launches {
-            let pipeline = p.pick(l.tail, 2, &p.backward_key);
+            let pipeline = p.pick(l.tail, |p| &p.backward_key, |t| &t.backward_key);
             let meta = meta(shape, l.row_base);
             out.push(gpu.dispatch(pipeline, &key_entries, &meta, l.grid).into());
         }
