@@ -39,7 +39,9 @@ fn gelu_grad4(x: vec4<f32>) -> vec4<f32> {
 
 
 // The slope act'(x) a forward GEMM saves for its backward, for an activation code (0 none,
-// 1 relu, 2 gelu). Where the forward also applies GELU, the shared erf is computed once.
+// 1 relu, 2 gelu). GELU and GELU' start from the same erf(x / sqrt 2) expression, which the
+// shader compiler evaluates once: with the slope, micro's fc1 forward ran as fast as it did
+// storing the pre-activation.
 fn act_slope(code: u32, x: f32) -> f32 {
     if (code == 1u) { return select(0.0, 1.0, x > 0.0); }
     if (code == 2u) { return gelu_grad(x); }

@@ -316,11 +316,9 @@ impl Attention {
         check(gpu, shape);
         let v4 = shape.head_dim / 4;
         self.pipelines[rows_texture as usize][v4 - 1].get_or_init(|| {
-            let built: Vec<wgpu::ComputePipeline> = specs(self.variant, v4, rows_texture)
-                .iter()
-                .map(|s| s.build(gpu))
-                .collect();
-            let mut built = built.into_iter();
+            let mut built = specs(self.variant, v4, rows_texture)
+                .into_iter()
+                .map(|s| s.build(gpu));
             let mut next = || {
                 built
                     .next()
