@@ -64,11 +64,14 @@ struct Meta {
     activation: u32,
     act_grad: u32,
     accumulate: u32,
+    // this launch's k range: k_chunk values of k from k_begin (a long k of a weight gradient
+    // runs as chunks, one launch each, accumulating into C)
     k_chunk: u32,
     splits: u32,
     // the first row of C this launch's tiles start at (a partial last row tile runs in a
     // launch of its own, with bounds checks)
     row_base: u32,
+    k_begin: u32,
 }
 
 @group(1) @binding(0) var<uniform> shape: Meta;
@@ -301,7 +304,8 @@ fn gemm_cpu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_
     var acc6 = mat4x4<f32>();
     var acc7 = mat4x4<f32>();
     // K_STEPS steps of 4 k per iteration; past the end of k the fetches return zeros.
-    for (var k0 = 0u; k0 < shape.k; k0 += 4u * K_STEPS) {
+    let k_end = min(shape.k_begin + shape.k_chunk, shape.k);
+    for (var k0 = shape.k_begin; k0 < k_end; k0 += 4u * K_STEPS) {
         step(k0, row0, col, lane, &acc0, &acc1, &acc2, &acc3, &acc4, &acc5, &acc6, &acc7);
         if (K_STEPS > 1u) {
             step(k0 + 4u, row0, col, lane, &acc0, &acc1, &acc2, &acc3, &acc4, &acc5, &acc6, &acc7);

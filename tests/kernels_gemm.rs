@@ -73,7 +73,11 @@ struct Flags {
 /// Returns the largest relative error.
 fn check(variant: Variant, layout: Layout, shape: (usize, usize, usize), f: Flags) -> f64 {
     let (m, n, k) = shape;
-    check_plan(variant, layout, shape, f, Plan::for_shape(m, n, k, layout))
+    let plan = match variant {
+        Variant::Lanes | Variant::LanesStorage => Plan::for_cpu(m, n, k, layout),
+        _ => Plan::for_shape(m, n, k, layout),
+    };
+    check_plan(variant, layout, shape, f, plan)
 }
 
 /// `check` with the tiled variant's tile size and split-K given.
@@ -382,6 +386,63 @@ fn tiled_gemm_matches_cpu_with_both_tile_sizes_and_split_k() {
         }
     }
     eprintln!("SUMMARY tiled TN split-K: largest relative error {worst:.2e}");
+}
+
+/// `Lanes` weight gradients in k-chunks, each launch adding into C: chunk edges inside
+/// and at whole loop trips, aligned (no bounds checks) and not, with a partial last row
+/// tile, into zeros and into an existing gradient; an epilogue beyond accumulation runs
+/// unsplit whatever the plan says.
+#[test]
+fn cpu_gemm_splits_long_weight_gradients_into_k_chunks() {
+    let epilogue = Flags {
+        bias: true,
+        slope: true,
+        activation: Some(Activation::Gelu),
+        ..Default::default()
+    };
+    for variant in [Variant::Lanes, Variant::LanesStorage] {
+        if !runs(variant) {
+            continue;
+        }
+        let mut worst: f64 = 0.0;
+        for (shape, splits) in [
+            ((64, 96, 1000), 3),
+            ((70, 64, 2048), 4),
+            ((50, 33, 985), 3),
+            ((65, 96, 4100), 5),
+            ((32, 32, 264), 32),
+        ] {
+            for accumulate in [false, true] {
+                let flags = Flags {
+                    accumulate,
+                    ..Default::default()
+                };
+                let plan = Plan { blocks: 1, splits };
+                worst = worst.max(check_plan(variant, Layout::TN, shape, flags, plan));
+            }
+            let plan = Plan { blocks: 1, splits };
+            worst = worst.max(check_plan(variant, Layout::TN, shape, epilogue, plan));
+        }
+        eprintln!(
+            "SUMMARY {} TN k-chunks: largest relative error {worst:.2e}",
+            variant.name()
+        );
+    }
+}
+
+/// `Lanes` chunks k only for weight gradients whose operands outgrow the cache.
+#[test]
+fn cpu_gemm_plans_k_chunks_for_weight_gradients_with_large_operands() {
+    // labml qkv dW at batch 64: A [4160, 1536] and B [4160, 512], 34 MB
+    assert_eq!(Plan::for_cpu(1536, 512, 4160, Layout::TN).splits, 5);
+    // tiny qkv dW: 12.8 MB
+    assert_eq!(Plan::for_cpu(576, 192, 4160, Layout::TN).splits, 2);
+    // micro qkv dW: 3.3 MB, and every forward or input gradient
+    assert_eq!(Plan::for_cpu(192, 64, 3200, Layout::TN).splits, 1);
+    assert_eq!(Plan::for_cpu(4160, 1536, 512, Layout::NT).splits, 1);
+    assert_eq!(Plan::for_cpu(4160, 512, 1536, Layout::NN).splits, 1);
+    // never a chunk shorter than 256 k
+    assert_eq!(Plan::for_cpu(4096, 4096, 600, Layout::TN).splits, 2);
 }
 
 /// Weight gradients with few tiles and long k take split-K; large outputs the 128 tile.
