@@ -151,9 +151,11 @@ const TARGET_WORKGROUPS: usize = 128;
 /// Split-K never makes a split shorter than this many k.
 const MIN_SPLIT_K: usize = 256;
 const MAX_SPLITS: usize = 32;
-/// `Lanes`: a k-chunk's A and B panels together (cache-resident on the CPU this was
-/// measured on: 2 MiB L2 per core, 32 MiB L3).
-const CPU_CHUNK_BYTES: usize = 8 << 20;
+/// `Lanes`: the most A and B bytes a k-chunk reads. Measured on llvmpipe (2 MiB L2 per
+/// core, 32 MiB L3) at labml's qkv dW shape: 51-57 GFLOP/s with 8.5 MB of operands, 50-54
+/// with 17 MB, 33-43 with 34 MB; 44-48 at 4.3 MB, where each chunk's reading and writing
+/// of C is paid over fewer k.
+const CPU_CHUNK_BYTES: usize = 16 << 20;
 const MIN_CPU_CHUNK_K: usize = 256;
 
 /// How `Tiled` runs one shape: `blocks` 4x4 blocks per invocation per axis (1: 64x64
@@ -189,10 +191,9 @@ impl Plan {
     }
 
     /// `Lanes` (CPU adapters): split-K for weight gradients whose operands outgrow the
-    /// cache, as chunks of k run one after another, each adding into C. On llvmpipe a
-    /// weight gradient with 34 MB of operands (labml qkv, k = 4160) ran at 33-43 GFLOP/s,
-    /// the same shape at k = 1040 at 51-57: each k-chunk's panels stay in the last-level
-    /// cache while every tile of C reads them.
+    /// cache, as chunks of k run one after another, each adding into C: a chunk's panels
+    /// stay in the last-level cache while every tile of C reads them (labml's qkv dW at
+    /// batch 64 ran 1.1-1.3x faster in 3 or 5 chunks, alternated with 1).
     pub fn for_cpu(m: usize, n: usize, k: usize, layout: Layout) -> Plan {
         let operand_bytes = 4 * k * (m + n);
         let splits = if layout == Layout::TN {
