@@ -282,13 +282,14 @@ fn spec(variant: Variant, layout: Layout, o: Options) -> PipelineSpec {
     }
 }
 
-/// Steps of 4 k per loop trip of the `Lanes` kernel: two pay for NN and TN; NT, which
-/// transposes its B block, spills more and runs best with one.
+/// Steps of 4 k per loop trip of the `Lanes` kernel: two pay for TN only. NT transposes
+/// its B block and spills more with two; NN ran 1.07-1.19x faster with one at labml's and
+/// micro's dX shapes, the same at tiny's (n = 192), alternated five times each.
 fn k_steps(layout: Layout) -> usize {
-    if layout == Layout::NT {
-        1
-    } else {
+    if layout == Layout::TN {
         2
+    } else {
+        1
     }
 }
 
