@@ -249,12 +249,16 @@ fn dropout_forward_and_backward_regenerate_the_same_mask_as_cpu() {
     let mut r = rng();
     let step_buf = dropout::step_buffer(g);
     // offset: the element position of a rank's shard in the global batch (data parallel)
+    // lengths that are a multiple of 4 take the vec4 kernels, the others the scalar ones
     for (len, p, step, offset) in [
         (1usize, 0.1f32, 0u32, 0u32),
         (4161, 0.1, 7, 0),
         (65 * 192 + 3, 0.5, 123456, 0),
         (1, 0.3, 2, 7),
         (3 * 50 * 48 + 5, 0.1, 9, 2 * 50 * 48),
+        (4, 0.5, 3, 0),
+        (65 * 192, 0.1, 11, 0),
+        (3 * 50 * 48 + 4, 0.3, 9, 2 * 50 * 48 + 1),
     ] {
         let seed = r.random::<u32>();
         let site = DropoutSite { len, p, seed };

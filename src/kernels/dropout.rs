@@ -53,9 +53,12 @@ pub fn write_step(gpu: &Gpu, buffer: &wgpu::Buffer, step: u32, offset: u32) {
         .write_buffer(buffer, 0, bytemuck::cast_slice(&[step, offset, 0, 0]));
 }
 
+/// Scalar kernels, and vec4 ones for lengths that are a multiple of 4.
 pub struct Dropout {
     forward: wgpu::ComputePipeline,
     backward: wgpu::ComputePipeline,
+    forward4: wgpu::ComputePipeline,
+    backward4: wgpu::ComputePipeline,
 }
 
 impl Dropout {
@@ -63,7 +66,18 @@ impl Dropout {
         Dropout {
             forward: gpu.pipeline(&super::DROPOUT, "dropout_forward"),
             backward: gpu.pipeline(&super::DROPOUT, "dropout_backward"),
+            forward4: gpu.pipeline(&super::DROPOUT, "dropout_forward4"),
+            backward4: gpu.pipeline(&super::DROPOUT, "dropout_backward4"),
         }
+    }
+}
+
+/// The bindings of the scalar kernels, or of the vec4 ones (4 floats per invocation).
+fn plan(len: usize, scalar: [u32; 2], vec4: [u32; 2]) -> ([u32; 2], usize) {
+    if len.is_multiple_of(4) {
+        (vec4, len / 4)
+    } else {
+        (scalar, len)
     }
 }
 
@@ -87,11 +101,17 @@ pub struct DropoutBackward<'a> {
 
 impl Record<DropoutForward<'_>> for Dropout {
     fn record(&self, gpu: &Gpu, a: &DropoutForward, out: &mut Vec<Command>) {
+        let ([x, y], invocations) = plan(a.site.len, [1, 2], [5, 6]);
+        let pipeline = if x == 5 {
+            &self.forward4
+        } else {
+            &self.forward
+        };
         let d = gpu.dispatch(
-            &self.forward,
-            &[(0, a.step), (1, a.x), (2, a.y)],
+            pipeline,
+            &[(0, a.step), (x, a.x), (y, a.y)],
             &a.site.meta(a.accumulate),
-            grid_1d(div_ceil(a.site.len, 256)),
+            grid_1d(div_ceil(invocations, 256)),
         );
         out.push(d.into());
     }
@@ -99,11 +119,17 @@ impl Record<DropoutForward<'_>> for Dropout {
 
 impl Record<DropoutBackward<'_>> for Dropout {
     fn record(&self, gpu: &Gpu, a: &DropoutBackward, out: &mut Vec<Command>) {
+        let ([dy, dx], invocations) = plan(a.site.len, [3, 4], [7, 8]);
+        let pipeline = if dy == 7 {
+            &self.backward4
+        } else {
+            &self.backward
+        };
         let d = gpu.dispatch(
-            &self.backward,
-            &[(0, a.step), (3, a.dy), (4, a.dx)],
+            pipeline,
+            &[(0, a.step), (dy, a.dy), (dx, a.dx)],
             &a.site.meta(false),
-            grid_1d(div_ceil(a.site.len, 256)),
+            grid_1d(div_ceil(invocations, 256)),
         );
         out.push(d.into());
     }
