@@ -759,7 +759,7 @@ impl Gemm {
                     row_base: row_base as u32,
                     k_begin: k_begin as u32,
                     k_chunk: chunk as u32,
-                    splits: splits as u32,
+                    splits: k.div_ceil(chunk) as u32,
                     accumulate: o.epilogue.accumulate as u32,
                     ..meta
                 };
