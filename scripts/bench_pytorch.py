@@ -135,13 +135,14 @@ def run_vit_wgpu(program, preset, batch, mode, steps):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def side_by_side(program, presets, steps, threads):
+def side_by_side(program, presets, steps, threads, batch_size=None):
     print("| preset, batch, mode | vit-wgpu img/s | PyTorch img/s | ratio | vit-wgpu model GFLOP/s "
           "(of FMA ceiling) | PyTorch model GFLOP/s (of its sgemm) |")
     print("|---|---|---|---|---|---|")
     for preset, batch in SIDE_BY_SIDE:
         if preset not in presets:
             continue
+        batch = batch_size or batch
         for mode in ("train", "infer"):
             ours = run_vit_wgpu(program, preset, batch, mode, steps)
             theirs = bench(preset, batch, mode, steps, 2, threads)
@@ -156,7 +157,8 @@ def side_by_side(program, presets, steps, threads):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="labml")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="default 64; with --side-by-side, each preset's batch (micro/tiny 64, labml 16)")
     ap.add_argument("--mode", choices=["train", "infer"], default="train")
     ap.add_argument("--steps", type=int, default=10, help="timed steps (after the warm-up)")
     ap.add_argument("--warmup-steps", type=int, default=2)
@@ -171,9 +173,9 @@ def main():
                     help="with --side-by-side: how to run vit-wgpu (e.g. target/release/vit-wgpu)")
     a = ap.parse_args()
     if a.side_by_side:
-        side_by_side(a.vit_wgpu, a.presets.split(","), a.steps, a.threads)
+        side_by_side(a.vit_wgpu, a.presets.split(","), a.steps, a.threads, a.batch_size)
         return
-    r = bench(a.preset, a.batch_size, a.mode, a.steps, a.warmup_steps, a.threads)
+    r = bench(a.preset, a.batch_size or 64, a.mode, a.steps, a.warmup_steps, a.threads)
     if a.json:
         print(json.dumps(r))
     else:
