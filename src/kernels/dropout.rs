@@ -72,13 +72,9 @@ impl Dropout {
     }
 }
 
-/// The bindings of the scalar kernels, or of the vec4 ones (4 floats per invocation).
-fn plan(len: usize, scalar: [u32; 2], vec4: [u32; 2]) -> ([u32; 2], usize) {
-    if len.is_multiple_of(4) {
-        (vec4, len / 4)
-    } else {
-        (scalar, len)
-    }
+/// Workgroups of 256 invocations over `len` floats, 4 per invocation when `vec4`.
+fn grid(len: usize, vec4: bool) -> [u32; 3] {
+    grid_1d(div_ceil(if vec4 { len / 4 } else { len }, 256))
 }
 
 /// y (+)= x * mask / (1 - p)
@@ -101,17 +97,17 @@ pub struct DropoutBackward<'a> {
 
 impl Record<DropoutForward<'_>> for Dropout {
     fn record(&self, gpu: &Gpu, a: &DropoutForward, out: &mut Vec<Command>) {
-        let ([x, y], invocations) = plan(a.site.len, [1, 2], [5, 6]);
-        let pipeline = if x == 5 {
-            &self.forward4
+        let vec4 = a.site.len.is_multiple_of(4);
+        let (pipeline, x, y) = if vec4 {
+            (&self.forward4, 5, 6)
         } else {
-            &self.forward
+            (&self.forward, 1, 2)
         };
         let d = gpu.dispatch(
             pipeline,
             &[(0, a.step), (x, a.x), (y, a.y)],
             &a.site.meta(a.accumulate),
-            grid_1d(div_ceil(invocations, 256)),
+            grid(a.site.len, vec4),
         );
         out.push(d.into());
     }
@@ -119,17 +115,17 @@ impl Record<DropoutForward<'_>> for Dropout {
 
 impl Record<DropoutBackward<'_>> for Dropout {
     fn record(&self, gpu: &Gpu, a: &DropoutBackward, out: &mut Vec<Command>) {
-        let ([dy, dx], invocations) = plan(a.site.len, [3, 4], [7, 8]);
-        let pipeline = if dy == 7 {
-            &self.backward4
+        let vec4 = a.site.len.is_multiple_of(4);
+        let (pipeline, dy, dx) = if vec4 {
+            (&self.backward4, 7, 8)
         } else {
-            &self.backward
+            (&self.backward, 3, 4)
         };
         let d = gpu.dispatch(
             pipeline,
             &[(0, a.step), (dy, a.dy), (dx, a.dx)],
             &a.site.meta(false),
-            grid_1d(div_ceil(invocations, 256)),
+            grid(a.site.len, vec4),
         );
         out.push(d.into());
     }
