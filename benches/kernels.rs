@@ -282,6 +282,8 @@ fn cpu_sgemm_seconds(layout: Layout, m: usize, n: usize, k: usize, runs: usize) 
 
 struct Preset {
     name: &'static str,
+    /// tokens per image (batch 64)
+    tokens: usize,
     d: usize,
     f: usize,
     act: Activation,
@@ -369,16 +371,24 @@ fn layer_gemms(p: &Preset, tokens: usize, quick: bool) -> Vec<GemmShape> {
 
 fn bench_gemm(bench: &mut Bench) {
     let batch = 64;
-    let tokens = batch * 65;
     let presets = [
         Preset {
+            name: "micro",
+            tokens: 50,
+            d: 64,
+            f: 256,
+            act: Activation::Gelu,
+        },
+        Preset {
             name: "tiny",
+            tokens: 65,
             d: 192,
             f: 768,
             act: Activation::Gelu,
         },
         Preset {
             name: "labml",
+            tokens: 65,
             d: 512,
             f: 2048,
             act: Activation::Relu,
@@ -400,7 +410,7 @@ fn bench_gemm(bench: &mut Bench) {
         .map(|&v| (Gemm::with_variant(&bench.gpu, v), v.name().to_string()))
         .collect();
     for preset in &presets {
-        for s in layer_gemms(preset, tokens, bench.quick) {
+        for s in layer_gemms(preset, batch * preset.tokens, bench.quick) {
             let name = format!("{} {}", preset.name, s.what);
             let selected: Vec<&(Gemm, String)> = gemms
                 .iter()
@@ -412,7 +422,7 @@ fn bench_gemm(bench: &mut Bench) {
                         && g.variant() != Gemm::variant_for(&bench.gpu)
                         && bench.gpu.is_cpu()
                         && !(preset.name == "tiny" && s.layout == Layout::NT);
-                    !slow && bench.selected(&format!("gemm {name} {label}"))
+                    !slow && bench.selected(&format!("gemm {name} {label}$"))
                 })
                 .collect();
             if selected.is_empty() {

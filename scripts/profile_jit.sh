@@ -11,9 +11,11 @@
 #   - the instruction mix ([rsp] marks stack spills and reloads);
 #   - /tmp/profile_jit/annotated.txt: every hot instruction with its sample count.
 #
-#   scripts/profile_jit.sh [--delay SECONDS] [--seconds SECONDS] -- COMMAND...
+#   scripts/profile_jit.sh [--delay SECONDS] [--wait-for TEXT] [--seconds SECONDS] -- COMMAND...
 #
-# --delay skips start-up and pipeline compilation (default 15). The command must run the
+# --delay skips start-up and pipeline compilation (default 15); --wait-for TEXT first waits
+# until the command's output holds TEXT (e.g. the bench's table header, printed once the
+# ceiling and memory references are measured), then the delay. The command must run the
 # kernel of interest long enough, e.g. one GEMM shape for a few thousand runs:
 #
 #   VIT_BENCH_QUICK=1 VIT_BENCH_RUNS=400 scripts/profile_jit.sh --delay 15 -- \
@@ -24,12 +26,14 @@ set -euo pipefail
 
 delay=15
 seconds=3
+wait_for=
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --delay) delay="$2"; shift 2 ;;
         --seconds) seconds="$2"; shift 2 ;;
+        --wait-for) wait_for="$2"; shift 2 ;;
         --) shift; break ;;
-        *) echo "unknown option $1 (usage: $0 [--delay S] [--seconds S] -- COMMAND...)" >&2; exit 2 ;;
+        *) echo "unknown option $1 (usage: $0 [--delay S] [--wait-for TEXT] [--seconds S] -- COMMAND...)" >&2; exit 2 ;;
     esac
 done
 [[ $# -gt 0 ]] || { echo "usage: $0 [--delay S] [--seconds S] -- COMMAND..." >&2; exit 2; }
@@ -43,6 +47,12 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 "$@" > "$out/command.log" 2>&1 &
 pid=$!
 trap 'kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
+if [[ -n "$wait_for" ]]; then
+    until grep -qF -- "$wait_for" "$out/command.log"; do
+        kill -0 "$pid" 2>/dev/null || { echo "the command ended before printing '$wait_for'; see $out/command.log" >&2; exit 1; }
+        sleep 1
+    done
+fi
 sleep "$delay"
 kill -0 "$pid" 2>/dev/null || { echo "the command ended within --delay $delay s; see $out/command.log" >&2; exit 1; }
 perf record -F 4000 -p "$pid" -o "$out/perf.data" -- sleep "$seconds" > "$out/perf.log" 2>&1 \
