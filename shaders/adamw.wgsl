@@ -9,7 +9,10 @@
 // sum_squares4 and adamw_update4 do the same on 4 consecutive floats per invocation, the
 // components outside [start, end) masked (left as they are): on CPU adapters every storage
 // access is a loop over the lanes, whose cost a vec4 shares by 4. The host uses them when
-// every buffer holds whole vec4s.
+// every buffer holds whole vec4s. sum_squares_texture and adamw_update_texture read those
+// vec4s from rgba32float copies of the four buffers instead (CPU adapters: a texel fetch is
+// a few vector instructions where a storage load is a per-lane loop; labml's update with
+// the copies took 115 ms where the storage loads took 321).
 // [start, end) is the trainable range (the whole arena, or the head alone); the arena puts
 // every weight-decayed tensor before the others, so decay is the prefix [0, decay_end).
 // The padding between tensors is zero in every role and stays zero.
@@ -22,6 +25,10 @@ struct Meta {
     decay_end: u32,
     partials: u32,  // workgroups of sum_squares = partial sums at the start of stats
     scale_at: u32,  // index in stats of the clip scale (the norm follows), >= partials
+    // texture path: vec4 j of a buffer is texel (j % 2^texture_shift, j >> texture_shift)
+    texture_shift: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 struct Hyper {
@@ -125,22 +132,61 @@ fn sum_squares4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     if (lid == 0u) { stats[wid.x] = scratch[0]; }
 }
 
-@compute @workgroup_size(256)
-fn adamw_update4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                 @builtin(local_invocation_index) lid: u32) {
-    let j = shape.start / 4u + (wid.x + wid.y * nwg.x) * 256u + lid;
-    if (4u * j >= shape.end) { return; }
+// The update of vec4 j from its old gradient, moments and values.
+fn update4_at(j: u32, grad_j: vec4<f32>, m_old: vec4<f32>, v_old: vec4<f32>, p_old: vec4<f32>) {
     let live = inside(j, shape.start, shape.end);
-    let g = grad4[j] * clip[shape.scale_at];
-    let m_old = m4[j];
-    let v_old = v4[j];
+    let g = grad_j * clip[shape.scale_at];
     let mj = hyper.beta1 * m_old + (1.0 - hyper.beta1) * g;
     let vj = hyper.beta2 * v_old + (1.0 - hyper.beta2) * g * g;
-    let p_old = param4[j];
     var p = p_old;
     p = select(p, p - hyper.lr * hyper.weight_decay * p, inside(j, 0u, shape.decay_end));
     p -= hyper.lr * (mj / hyper.bias_correction1) / (sqrt(vj / hyper.bias_correction2) + hyper.eps);
     m4[j] = select(m_old, mj, live);
     v4[j] = select(v_old, vj, live);
     param4[j] = select(p_old, p, live);
+}
+
+@compute @workgroup_size(256)
+fn adamw_update4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let j = shape.start / 4u + (wid.x + wid.y * nwg.x) * 256u + lid;
+    if (4u * j >= shape.end) { return; }
+    update4_at(j, grad4[j], m4[j], v4[j], param4[j]);
+}
+
+// ---- the texture path: the same reads from rgba32float copies of the buffers ----
+
+@group(0) @binding(11) var grad_texture: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(12) var m_texture: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(13) var v_texture: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(14) var param_texture: texture_storage_2d<rgba32float, read>;
+
+fn texel(j: u32) -> vec2<u32> {
+    return vec2<u32>(j & ((1u << shape.texture_shift) - 1u), j >> shape.texture_shift);
+}
+
+@compute @workgroup_size(256)
+fn sum_squares_texture(@builtin(workgroup_id) wid: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    var s = vec4<f32>(0.0);
+    let end4 = (shape.end + 3u) / 4u;
+    for (var j = shape.start / 4u + wid.x * 256u + lid; j < end4; j += shape.partials * 256u) {
+        let g = select(vec4<f32>(0.0), textureLoad(grad_texture, texel(j)),
+                       inside(j, shape.start, shape.end));
+        s += g * g;
+    }
+    scratch[lid] = (s.x + s.y) + (s.z + s.w);
+    workgroup_sum(lid);
+    if (lid == 0u) { stats[wid.x] = scratch[0]; }
+}
+
+@compute @workgroup_size(256)
+fn adamw_update_texture(@builtin(workgroup_id) wid: vec3<u32>,
+                        @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_index) lid: u32) {
+    let j = shape.start / 4u + (wid.x + wid.y * nwg.x) * 256u + lid;
+    if (4u * j >= shape.end) { return; }
+    let t = texel(j);
+    update4_at(j, textureLoad(grad_texture, t), textureLoad(m_texture, t),
+               textureLoad(v_texture, t), textureLoad(param_texture, t));
 }

@@ -334,16 +334,22 @@ fn dropout_forward_and_backward_regenerate_the_same_mask_as_cpu() {
 #[test]
 fn adamw_over_an_arena_range_with_clipping_matches_cpu_over_several_steps() {
     for partials in [8, 256, 3] {
-        adamw_over_an_arena_range(0, partials);
-        adamw_over_an_arena_range(1, partials);
+        adamw_over_an_arena_range(0, partials, None);
+        adamw_over_an_arena_range(1, partials, None);
+    }
+    // the texture path: 1184 vec4s in rows of 64 texels, 18 whole and one of 32 (with one
+    // extra float the arena is not whole vec4s and the scalar kernels run)
+    for partials in [8, 3] {
+        adamw_over_an_arena_range(0, partials, Some(64));
+        adamw_over_an_arena_range(1, partials, Some(64));
     }
 }
 
 /// `extra` floats after the last tensor's padding; `partials` workgroups in the sum of
-/// squares.
-fn adamw_over_an_arena_range(extra: usize, partials: usize) {
+/// squares; `width`: the texture path's row width in texels, or `None` for storage reads.
+fn adamw_over_an_arena_range(extra: usize, partials: usize, width: Option<u32>) {
     let g = gpu();
-    let k = AdamW::with_partials(g, partials);
+    let k = AdamW::with_texture_width(g, partials, width);
     let mut r = rng();
     // Five tensors of odd sizes at 64-float aligned offsets; weight-decayed ones first. The
     // first is frozen (outside the trained range): its values must not move and its
@@ -443,11 +449,19 @@ fn adamw_over_an_arena_range(extra: usize, partials: usize) {
 
 /// A range and a decay boundary that split vec4s: the vec4 kernels update exactly the floats
 /// of [start, end), decay exactly those below decay_end, and leave every other float as it
-/// was (values, moments and the gradient norm alike).
+/// was (values, moments and the gradient norm alike): from storage, from textures (the arena
+/// in one partial row of 16 texels), and with rows too narrow for a buffer-to-texture copy
+/// (64 bytes), where the storage kernels must run instead.
 #[test]
 fn adamw_updates_exactly_its_range_when_the_bounds_split_vec4s() {
+    for width in [None, Some(16), Some(4)] {
+        adamw_updates_exactly_its_range(width);
+    }
+}
+
+fn adamw_updates_exactly_its_range(width: Option<u32>) {
     let g = gpu();
-    let k = AdamW::new(g);
+    let k = AdamW::with_texture_width(g, 8, width);
     let mut r = rng();
     let (total, start, decay_end, end) = (32usize, 5usize, 13usize, 27usize);
     let (param, grad) = (random(&mut r, total), random(&mut r, total));

@@ -657,6 +657,8 @@ pub enum Command {
         texture: wgpu::Texture,
         bytes_per_row: u32,
         size: wgpu::Extent3d,
+        /// The first texture row written (a partial last row lands below the whole ones).
+        origin_y: u32,
     },
     ClearBuffer(wgpu::Buffer),
     /// A whole-buffer copy (the residual stream saved before an accumulating GEMM).
@@ -710,6 +712,7 @@ pub fn record_commands(encoder: &mut wgpu::CommandEncoder, commands: &[Command])
                 texture,
                 bytes_per_row,
                 size,
+                origin_y,
             } => encoder.copy_buffer_to_texture(
                 wgpu::TexelCopyBufferInfo {
                     buffer,
@@ -719,7 +722,14 @@ pub fn record_commands(encoder: &mut wgpu::CommandEncoder, commands: &[Command])
                         rows_per_image: None,
                     },
                 },
-                texture.as_image_copy(),
+                wgpu::TexelCopyTextureInfo {
+                    origin: wgpu::Origin3d {
+                        x: 0,
+                        y: *origin_y,
+                        z: 0,
+                    },
+                    ..texture.as_image_copy()
+                },
                 *size,
             ),
             Command::ClearBuffer(buffer) => encoder.clear_buffer(buffer, 0, None),

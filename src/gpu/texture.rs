@@ -92,6 +92,7 @@ pub fn rows_of(
         texture,
         bytes_per_row: bytes_per_row as u32,
         size: desc.size,
+        origin_y: 0,
     };
     Some((view, Some(copy)))
 }
@@ -114,6 +115,7 @@ fn earlier_copy<'a>(
                 offset,
                 texture,
                 size,
+                origin_y: 0,
                 ..
             } if buffer == source && *offset == matrix.offset && *size == desc.size => {
                 return Some(texture);
@@ -128,4 +130,51 @@ fn earlier_copy<'a>(
         }
     }
     None
+}
+
+/// A whole buffer of vec4s as a texture `width` texels wide (vec4 j at (j % width,
+/// j / width)) and the copies that fill it (the whole rows, then the last partial row), to
+/// record before its use; `None` when the buffer is not a copy source of whole vec4s or
+/// does not fit the adapter's texture height.
+pub fn flat(
+    gpu: &Gpu,
+    buffer: &wgpu::Buffer,
+    width: u32,
+) -> Option<(wgpu::TextureView, Vec<Command>)> {
+    let texels = buffer.size() / 16;
+    let bytes_per_row = 16 * u64::from(width);
+    let (rows, rest) = (texels / u64::from(width), texels % u64::from(width));
+    let height = rows + u64::from(rest > 0);
+    if !buffer.size().is_multiple_of(16)
+        || !bytes_per_row.is_multiple_of(u64::from(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT))
+        || width > gpu.limits.max_texture_dimension_2d
+        || height > u64::from(gpu.limits.max_texture_dimension_2d)
+        || !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC)
+    {
+        return None;
+    }
+    let texture = gpu
+        .device
+        .create_texture(&descriptor("buffer as texture", width, height as u32));
+    let view = texture.create_view(&Default::default());
+    let mut copies = Vec::new();
+    let copy = |offset: u64, width: u32, rows: u64, origin_y: u32| Command::CopyBufferToTexture {
+        buffer: buffer.clone(),
+        offset,
+        texture: texture.clone(),
+        bytes_per_row: bytes_per_row as u32,
+        size: wgpu::Extent3d {
+            width,
+            height: rows as u32,
+            depth_or_array_layers: 1,
+        },
+        origin_y,
+    };
+    if rows > 0 {
+        copies.push(copy(0, width, rows, 0));
+    }
+    if rest > 0 {
+        copies.push(copy(rows * bytes_per_row, rest as u32, 1, rows as u32));
+    }
+    Some((view, copies))
 }

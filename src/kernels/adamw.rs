@@ -1,6 +1,6 @@
 //! AdamW over a whole parameter arena with global gradient-norm clipping, on the device.
 
-use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Record};
+use crate::gpu::{div_ceil, grid_1d, texture, Command, Gpu, Record};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -10,6 +10,8 @@ struct Meta {
     decay_end: u32,
     partials: u32,
     scale_at: u32,
+    texture_shift: u32,
+    _pad: [u32; 2],
 }
 
 /// Most workgroups of the sum of squares (its first pass): enough to keep every core of a
@@ -21,6 +23,10 @@ const MAX_PARTIALS: usize = 256;
 /// runs as 32 coroutines switched at each of the tree sum's 9 barriers: with 256
 /// workgroups that pass took 2.9 ms of a 105 ms micro step, with 8 it takes 0.3 ms.
 const CPU_PARTIALS: usize = 8;
+
+/// Texels per row of the texture path's textures: 8192 (128 KiB rows) holds labml's 20M
+/// floats in 611 rows, and a 8192-texel dimension is every adapter's default limit.
+const TEXTURE_WIDTH: u32 = 8192;
 
 /// The per-step hyper-parameters, written to a uniform buffer before each step's submit.
 pub use crate::ops::Hyper;
@@ -48,6 +54,11 @@ pub struct AdamW {
     /// whole vec4s.
     sum_squares4: wgpu::ComputePipeline,
     update4: wgpu::ComputePipeline,
+    /// The vec4 kernels reading rgba32float copies of the four buffers (CPU adapters).
+    sum_squares_texture: wgpu::ComputePipeline,
+    update_texture: wgpu::ComputePipeline,
+    /// Texels per row (a power of two) of those copies, when the texture path is on.
+    texture_width: Option<u32>,
     /// Workgroups of the sum of squares (at most MAX_PARTIALS).
     partials: usize,
 }
@@ -77,6 +88,22 @@ impl AdamW {
             update: gpu.pipeline(s, "adamw_update"),
             sum_squares4: gpu.pipeline(s, "sum_squares4"),
             update4: gpu.pipeline(s, "adamw_update4"),
+            sum_squares_texture: gpu.pipeline(s, "sum_squares_texture"),
+            update_texture: gpu.pipeline(s, "adamw_update_texture"),
+            texture_width: texture::preferred(gpu).then_some(TEXTURE_WIDTH),
+        }
+    }
+
+    /// The same with the texture path off (`None`) or on with rows of `width` texels (a
+    /// power of two), whatever the adapter: the tests cover every path.
+    pub fn with_texture_width(gpu: &Gpu, partials: usize, width: Option<u32>) -> Self {
+        assert!(
+            width.is_none_or(|w| w.is_power_of_two()),
+            "AdamW texture width {width:?} is not a power of two"
+        );
+        AdamW {
+            texture_width: width,
+            ..Self::with_partials(gpu, partials)
         }
     }
 
@@ -116,13 +143,54 @@ impl Record<AdamWArgs<'_>> for AdamW {
             decay_end: a.decay_end as u32,
             partials: self.partials as u32,
             scale_at: MAX_PARTIALS as u32,
+            texture_shift: self.texture_width.map_or(0, u32::trailing_zeros),
+            _pad: [0; 2],
         };
-        let vec4 = [a.params, a.grads, a.m, a.v]
-            .iter()
-            .all(|b| b.size().is_multiple_of(16));
+        let buffers = [a.grads, a.m, a.v, a.params];
+        let vec4 = buffers.iter().all(|b| b.size().is_multiple_of(16));
+        let vec4s = a.range.end.div_ceil(4) - a.range.start / 4;
+        // All four as textures, or none; not to update a small part (a head alone) of a
+        // large arena, whose copies would cost more than they save.
+        let textures: Option<Vec<_>> = self
+            .texture_width
+            .filter(|_| vec4 && 2 * a.range.len() as u64 >= a.params.size() / 4)
+            .and_then(|w| buffers.iter().map(|b| texture::flat(gpu, b, w)).collect());
+        if let Some(textures) = textures {
+            let (views, copies): (Vec<_>, Vec<_>) = textures.into_iter().unzip();
+            out.extend(copies.into_iter().flatten());
+            let sum_squares = gpu.dispatch(
+                &self.sum_squares_texture,
+                &[(11, &views[0]), (1, a.stats)],
+                &meta,
+                [self.partials as u32, 1, 1],
+            );
+            let clip_scale = gpu.dispatch(
+                &self.clip_scale,
+                &[(1, a.stats), (2, a.hyper)],
+                &meta,
+                [1, 1, 1],
+            );
+            let update = gpu.dispatch(
+                &self.update_texture,
+                &[
+                    (11, &views[0]),
+                    (12, &views[1]),
+                    (13, &views[2]),
+                    (14, &views[3]),
+                    (2, a.hyper),
+                    (3, a.stats),
+                    (8, a.params),
+                    (9, a.m),
+                    (10, a.v),
+                ],
+                &meta,
+                grid_1d(div_ceil(vec4s, 256)),
+            );
+            out.extend([sum_squares, clip_scale, update].map(Command::from));
+            return;
+        }
         // The vec4 kernels bind the gradients, values and moments as vec4 arrays (7..10).
         let (sum_squares, update, [grads, params, m, v], threads) = if vec4 {
-            let vec4s = a.range.end.div_ceil(4) - a.range.start / 4;
             (&self.sum_squares4, &self.update4, [7, 8, 9, 10], vec4s)
         } else {
             (&self.sum_squares, &self.update, [0, 4, 5, 6], a.range.len())
