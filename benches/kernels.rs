@@ -793,10 +793,12 @@ fn bench_layernorm(bench: &mut Bench) {
                     scratch: &scratch,
                     rows,
                     cols,
-                    accumulate: false,
+                    // as in training, where dx is the residual stream's gradient
+                    accumulate: true,
                 };
-                // dx pass reads dy and x and writes dx; the parameter pass reads dy and x again
-                (g.commands(&kernel, &args), 5.0 * n as f64 * 4.0)
+                // dx pass reads dy, x and dx and writes dx; the parameter pass reads dy and x
+                // again
+                (g.commands(&kernel, &args), 6.0 * n as f64 * 4.0)
             };
             let check = |g: &Gpu| {
                 if pass == "fwd" {
@@ -804,7 +806,7 @@ fn bench_layernorm(bench: &mut Bench) {
                 } else {
                     let (mut dx, mut dg, mut db) = (vec![0.0; n], vec![0.0; cols], vec![0.0; cols]);
                     reference::backward(
-                        &mut dx, &mut dg, &mut db, &dy, &x, &gamma, &mean, &rstd, rows, cols, false,
+                        &mut dx, &mut dg, &mut db, &dy, &x, &gamma, &mean, &rstd, rows, cols, true,
                     );
                     let e1 = relative_error(&g.read::<f32>(&bdx).expect("read"), &dx).0;
                     let e2 = relative_error(&g.read::<f32>(&bdg).expect("read"), &dg).0;

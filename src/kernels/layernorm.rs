@@ -174,15 +174,23 @@ impl Record<LayerNormBackward<'_>> for LayerNorm {
             chunks: chunks as u32,
             _pad: [0; 2],
         };
-        let inputs = [(a.dy.into(), a.rows), (a.x.into(), a.rows), (a.gamma, 1)];
-        if let Some(t) = self.textures_of(gpu, &inputs, a.cols, out) {
-            let (dy, x, gamma) = (&t[0], &t[1], &t[2]);
+        // When adding to dx, its old values come through a texture too.
+        let mut inputs = vec![(a.dy.into(), a.rows), (a.x.into(), a.rows), (a.gamma, 1)];
+        if a.accumulate {
+            inputs.push((a.dx.into(), a.rows));
+        }
+        if let Some(mut t) = self.textures_of(gpu, &inputs, a.cols, out) {
+            if !a.accumulate {
+                t.push(texture::placeholder(gpu));
+            }
+            let (dy, x, gamma, dx_old) = (&t[0], &t[1], &t[2], &t[3]);
             let input = gpu.dispatch(
                 &self.backward_input_texture,
                 &[
                     (19, dy),
                     (16, x),
                     (17, gamma),
+                    (22, dx_old),
                     (9, a.mean),
                     (10, a.rstd),
                     (21, a.dx),
