@@ -242,10 +242,17 @@ fn cross_entropy_gradient_matches_finite_differences_of_cpu_loss() {
     }
 }
 
+/// From storage, and from texture copies in rows of 16 texels (whole rows and a partial one).
 #[test]
 fn dropout_forward_and_backward_regenerate_the_same_mask_as_cpu() {
+    for width in [None, Some(16)] {
+        dropout_regenerates_the_same_mask_as_cpu(width);
+    }
+}
+
+fn dropout_regenerates_the_same_mask_as_cpu(width: Option<u32>) {
     let g = gpu();
-    let k = Dropout::new(g);
+    let k = Dropout::with_texture_width(g, width);
     let mut r = rng();
     let step_buf = dropout::step_buffer(g);
     // offset: the element position of a rank's shard in the global batch (data parallel)
@@ -291,7 +298,7 @@ fn dropout_forward_and_backward_regenerate_the_same_mask_as_cpu() {
             dx: &bdx,
         };
         g.launch(&k, &backward);
-        let what = format!("dropout len={len} p={p} step={step} offset={offset}");
+        let what = format!("dropout len={len} p={p} step={step} offset={offset} {width:?}");
         assert_close(
             &format!("{what} forward (accumulate)"),
             &read(&by),

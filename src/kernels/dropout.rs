@@ -1,6 +1,6 @@
 //! Inverted dropout whose mask is a hash of (seed, step, index): backward regenerates it.
 
-use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Record};
+use crate::gpu::{div_ceil, grid_1d, texture, Command, Gpu, Record};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -10,7 +10,8 @@ struct Meta {
     scale: f32,
     seed: u32,
     accumulate: u32,
-    _pad: [u32; 3],
+    texture_shift: u32,
+    _pad: [u32; 2],
 }
 
 /// Where a dropout mask comes from: `seed` mixes the run seed with a per-site salt; the
@@ -23,14 +24,15 @@ pub struct DropoutSite {
 }
 
 impl DropoutSite {
-    fn meta(&self, accumulate: bool) -> Meta {
+    fn meta(&self, accumulate: bool, texture_width: Option<u32>) -> Meta {
         Meta {
             len: self.len as u32,
             threshold: threshold(self.p),
             scale: 1.0 / (1.0 - self.p),
             seed: self.seed,
             accumulate: accumulate as u32,
-            _pad: [0; 3],
+            texture_shift: texture_width.map_or(0, u32::trailing_zeros),
+            _pad: [0; 2],
         }
     }
 }
@@ -53,22 +55,62 @@ pub fn write_step(gpu: &Gpu, buffer: &wgpu::Buffer, step: u32, offset: u32) {
         .write_buffer(buffer, 0, bytemuck::cast_slice(&[step, offset, 0, 0]));
 }
 
-/// Scalar kernels, and vec4 ones for lengths that are a multiple of 4.
+/// Scalar kernels, and vec4 ones for lengths that are a multiple of 4: from storage, or on
+/// CPU adapters from texture copies of the inputs (the accumulating forward and the backward).
 pub struct Dropout {
     forward: wgpu::ComputePipeline,
     backward: wgpu::ComputePipeline,
     forward4: wgpu::ComputePipeline,
     backward4: wgpu::ComputePipeline,
+    forward_texture: wgpu::ComputePipeline,
+    backward_texture: wgpu::ComputePipeline,
+    /// Texels per row (a power of two) of the texture copies, when that path is on.
+    texture_width: Option<u32>,
 }
+
+/// Texels per row of the texture path's copies (as AdamW's).
+const TEXTURE_WIDTH: u32 = 8192;
 
 impl Dropout {
     pub fn new(gpu: &Gpu) -> Self {
+        Self::with_texture_width(gpu, texture::preferred(gpu).then_some(TEXTURE_WIDTH))
+    }
+
+    /// The texture path off (`None`) or on with rows of `width` texels (a power of two),
+    /// whatever the adapter: the tests cover both.
+    pub fn with_texture_width(gpu: &Gpu, width: Option<u32>) -> Self {
+        assert!(
+            width.is_none_or(|w| w.is_power_of_two()),
+            "dropout texture width {width:?} is not a power of two"
+        );
+        let s = &super::DROPOUT;
         Dropout {
-            forward: gpu.pipeline(&super::DROPOUT, "dropout_forward"),
-            backward: gpu.pipeline(&super::DROPOUT, "dropout_backward"),
-            forward4: gpu.pipeline(&super::DROPOUT, "dropout_forward4"),
-            backward4: gpu.pipeline(&super::DROPOUT, "dropout_backward4"),
+            forward: gpu.pipeline(s, "dropout_forward"),
+            backward: gpu.pipeline(s, "dropout_backward"),
+            forward4: gpu.pipeline(s, "dropout_forward4"),
+            backward4: gpu.pipeline(s, "dropout_backward4"),
+            forward_texture: gpu.pipeline(s, "dropout_forward_texture"),
+            backward_texture: gpu.pipeline(s, "dropout_backward_texture"),
+            texture_width: width,
         }
+    }
+
+    /// Each buffer as a texture of `texture_width`-texel rows, the copies appended to `out`;
+    /// `None` (and nothing appended) unless all of them can be.
+    fn textures(
+        &self,
+        gpu: &Gpu,
+        buffers: &[&wgpu::Buffer],
+        out: &mut Vec<Command>,
+    ) -> Option<Vec<wgpu::TextureView>> {
+        let width = self.texture_width?;
+        let made: Option<Vec<_>> = buffers
+            .iter()
+            .map(|b| texture::flat(gpu, b, width))
+            .collect();
+        let (views, copies): (Vec<_>, Vec<_>) = made?.into_iter().unzip();
+        out.extend(copies.into_iter().flatten());
+        Some(views)
     }
 }
 
@@ -98,6 +140,18 @@ pub struct DropoutBackward<'a> {
 impl Record<DropoutForward<'_>> for Dropout {
     fn record(&self, gpu: &Gpu, a: &DropoutForward, out: &mut Vec<Command>) {
         let vec4 = a.site.len.is_multiple_of(4);
+        if vec4 && a.accumulate {
+            if let Some(t) = self.textures(gpu, &[a.x, a.y], out) {
+                let d = gpu.dispatch(
+                    &self.forward_texture,
+                    &[(0, a.step), (9, &t[0]), (10, &t[1]), (6, a.y)],
+                    &a.site.meta(true, self.texture_width),
+                    grid(a.site.len, true),
+                );
+                out.push(d.into());
+                return;
+            }
+        }
         let (pipeline, x, y) = if vec4 {
             (&self.forward4, 5, 6)
         } else {
@@ -106,7 +160,7 @@ impl Record<DropoutForward<'_>> for Dropout {
         let d = gpu.dispatch(
             pipeline,
             &[(0, a.step), (x, a.x), (y, a.y)],
-            &a.site.meta(a.accumulate),
+            &a.site.meta(a.accumulate, None),
             grid(a.site.len, vec4),
         );
         out.push(d.into());
@@ -116,6 +170,18 @@ impl Record<DropoutForward<'_>> for Dropout {
 impl Record<DropoutBackward<'_>> for Dropout {
     fn record(&self, gpu: &Gpu, a: &DropoutBackward, out: &mut Vec<Command>) {
         let vec4 = a.site.len.is_multiple_of(4);
+        if vec4 {
+            if let Some(t) = self.textures(gpu, &[a.dy], out) {
+                let d = gpu.dispatch(
+                    &self.backward_texture,
+                    &[(0, a.step), (11, &t[0]), (8, a.dx)],
+                    &a.site.meta(false, self.texture_width),
+                    grid(a.site.len, true),
+                );
+                out.push(d.into());
+                return;
+            }
+        }
         let (pipeline, dy, dx) = if vec4 {
             (&self.backward4, 7, 8)
         } else {
@@ -124,7 +190,7 @@ impl Record<DropoutBackward<'_>> for Dropout {
         let d = gpu.dispatch(
             pipeline,
             &[(0, a.step), (dy, a.dy), (dx, a.dx)],
-            &a.site.meta(false),
+            &a.site.meta(false, None),
             grid(a.site.len, vec4),
         );
         out.push(d.into());
