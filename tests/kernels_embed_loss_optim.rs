@@ -42,22 +42,32 @@ fn shapes() -> Vec<EmbedShape> {
             patch: 4,
             dim: 96,
         },
+        // 20x12 patch 4 -> 16 tokens, D a multiple of 64 (the texture path)
+        EmbedShape {
+            batch: 3,
+            channels: 3,
+            height: 20,
+            width: 12,
+            patch: 4,
+            dim: 128,
+        },
     ]
 }
 
 #[test]
 fn patchify_and_token_assembly_match_cpu_forward_and_backward() {
     let g = gpu();
-    let k = Embed::new(g);
     let mut r = rng();
-    for s in shapes() {
+    // storage reads, then texture copies (taken where D % 64 == 0)
+    for (s, textures) in shapes().into_iter().flat_map(|s| [(s, false), (s, true)]) {
+        let k = Embed::with_textures(g, textures);
         let (b, n, d, np, pl) = (s.batch, s.tokens(), s.dim, s.patches(), s.patch_len());
         let img = random(&mut r, b * s.channels * s.height * s.width);
         let pe = random(&mut r, b * np * d);
         let cls = random(&mut r, d);
         let pos = random(&mut r, n * d);
         let dx0 = random(&mut r, b * n * d);
-        let what = format!("{s:?}");
+        let what = format!("{s:?} textures={textures}");
 
         let mut patches = vec![0.0; b * np * pl];
         reference::embed::patchify(

@@ -1,7 +1,7 @@
 //! Patchify, token assembly (CLS + position), their backward and CLS row gather/scatter.
 //! The patch projection itself is a GEMM; its bias gradient a column sum (`reduce`).
 
-use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Record, View};
+use crate::gpu::{div_ceil, grid_1d, texture, Command, Gpu, Record, View};
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -61,6 +61,11 @@ pub struct Embed {
     pos_cls_backward: wgpu::ComputePipeline,
     gather_cls: wgpu::ComputePipeline,
     scatter_cls: wgpu::ComputePipeline,
+    /// The token kernels reading their rows from texture copies (CPU adapters, D % 64 == 0).
+    assemble_texture: wgpu::ComputePipeline,
+    tokens_backward_texture: wgpu::ComputePipeline,
+    pos_cls_backward_texture: wgpu::ComputePipeline,
+    textures: bool,
 }
 
 fn groups(n: usize) -> [u32; 3] {
@@ -79,7 +84,40 @@ impl Embed {
             pos_cls_backward: gpu.pipeline(s, "pos_cls_backward"),
             gather_cls: gpu.pipeline(s, "gather_cls"),
             scatter_cls: gpu.pipeline(s, "scatter_cls"),
+            assemble_texture: gpu.pipeline(s, "assemble_tokens_texture"),
+            tokens_backward_texture: gpu.pipeline(s, "tokens_backward_texture"),
+            pos_cls_backward_texture: gpu.pipeline(s, "pos_cls_backward_texture"),
+            textures: texture::preferred(gpu),
         }
+    }
+
+    /// The same with the texture path on or off whatever the adapter (tests cover both).
+    pub fn with_textures(gpu: &Gpu, textures: bool) -> Self {
+        Embed {
+            textures,
+            ..Embed::new(gpu)
+        }
+    }
+
+    /// Each [rows, D] matrix as a texture, the copies appended to `out` (or shared with an
+    /// earlier one there); `None` (nothing appended) unless all of them can be.
+    fn textures_of(
+        &self,
+        gpu: &Gpu,
+        matrices: &[(View, usize)],
+        dim: usize,
+        out: &mut Vec<Command>,
+    ) -> Option<Vec<wgpu::TextureView>> {
+        if !self.textures {
+            return None;
+        }
+        let made: Option<Vec<_>> = matrices
+            .iter()
+            .map(|&(m, rows)| texture::rows_of(gpu, m, rows, dim, out))
+            .collect();
+        let (views, copies): (Vec<_>, Vec<_>) = made?.into_iter().unzip();
+        out.extend(copies.into_iter().flatten());
+        Some(views)
     }
 }
 
@@ -147,6 +185,21 @@ impl Record<AssembleTokens<'_>> for Embed {
     fn record(&self, gpu: &Gpu, a: &AssembleTokens, out: &mut Vec<Command>) {
         let s = a.shape;
         let n = s.batch * s.tokens() * s.dim;
+        let rows = [
+            (a.pe.into(), s.batch * s.patches()),
+            (a.cls, 1),
+            (a.pos, s.tokens()),
+        ];
+        if let Some(t) = self.textures_of(gpu, &rows, s.dim, out) {
+            let d = gpu.dispatch(
+                &self.assemble_texture,
+                &[(18, &t[0]), (19, &t[1]), (20, &t[2]), (15, a.x0)],
+                &s.meta(),
+                groups(n / 4),
+            );
+            out.push(d.into());
+            return;
+        }
         // The vec4 kernel binds the same buffers as vec4 arrays (12..15).
         let (pipeline, first, threads) = if s.dim.is_multiple_of(4) {
             (&self.assemble4, 12, n / 4)
@@ -172,6 +225,17 @@ impl Record<TokensBackward<'_>> for Embed {
     fn record(&self, gpu: &Gpu, a: &TokensBackward, out: &mut Vec<Command>) {
         let s = a.shape;
         let n = s.batch * s.patches() * s.dim;
+        let rows = [(a.dx0.into(), s.batch * s.tokens())];
+        if let Some(t) = self.textures_of(gpu, &rows, s.dim, out) {
+            let d = gpu.dispatch(
+                &self.tokens_backward_texture,
+                &[(21, &t[0]), (17, a.dpe)],
+                &s.meta(),
+                groups(n / 4),
+            );
+            out.push(d.into());
+            return;
+        }
         // The vec4 kernel binds the same buffers as vec4 arrays (16, 17).
         let (pipeline, first, threads) = if s.dim.is_multiple_of(4) {
             (&self.tokens_backward4, 16, n / 4)
@@ -192,6 +256,17 @@ impl Record<PosClsBackward<'_>> for Embed {
     fn record(&self, gpu: &Gpu, a: &PosClsBackward, out: &mut Vec<Command>) {
         let s = a.shape;
         let n = s.tokens() * s.dim;
+        let rows = [(a.dx0.into(), s.batch * s.tokens())];
+        if let Some(t) = self.textures_of(gpu, &rows, s.dim, out) {
+            let d = gpu.dispatch(
+                &self.pos_cls_backward_texture,
+                &[(21, &t[0]), (8, &a.dpos), (9, &a.dcls)],
+                &s.meta(),
+                groups(n / 4),
+            );
+            out.push(d.into());
+            return;
+        }
         let d = gpu.dispatch(
             &self.pos_cls_backward,
             &[(6, a.dx0), (8, &a.dpos), (9, &a.dcls)],
