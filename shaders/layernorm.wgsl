@@ -207,6 +207,19 @@ fn layernorm_backward_input_texture(@builtin(workgroup_id) wid: vec3<u32>,
     }
 }
 
+// The row statistics as textures of 64-texel rows (float r = component r % 4 of texel r / 4):
+// every invocation reads the same row's statistics, and a storage load of them was a per-lane
+// loop each.
+@group(0) @binding(23) var mean_tex: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(24) var rstd_tex: texture_storage_2d<rgba32float, read>;
+
+fn stat_texel(r: u32) -> vec2<u32> {
+    let j = r >> 2u;
+    return vec2<u32>(j & 63u, j >> 6u);
+}
+fn mean_at(r: u32) -> f32 { return textureLoad(mean_tex, stat_texel(r))[r & 3u]; }
+fn rstd_at(r: u32) -> f32 { return textureLoad(rstd_tex, stat_texel(r))[r & 3u]; }
+
 // One invocation per texel (4 columns) and chunk of rows.
 @compute @workgroup_size(64)
 fn layernorm_backward_params_texture(@builtin(workgroup_id) wid: vec3<u32>,
@@ -220,7 +233,7 @@ fn layernorm_backward_params_texture(@builtin(workgroup_id) wid: vec3<u32>,
     var sb = vec4<f32>(0.0);
     for (var r = start; r < end; r++) {
         let dyv = dy_texel(r, c);
-        sg += dyv * (x_texel(r, c) - bmean[r]) * brstd[r];
+        sg += dyv * (x_texel(r, c) - mean_at(r)) * rstd_at(r);
         sb += dyv;
     }
     let pg = chunk * shape.cols + c * 4u;

@@ -17,6 +17,9 @@ struct Meta {
 /// Rows per partial sum of dgamma/dbeta.
 const CHUNK_ROWS: usize = 128;
 
+/// Texels per row of the row statistics' texture copies (layernorm.wgsl's `stat_texel`).
+const STAT_TEXELS_PER_ROW: u32 = 64;
+
 pub struct LayerNorm {
     forward: wgpu::ComputePipeline,
     backward_input: wgpu::ComputePipeline,
@@ -179,7 +182,18 @@ impl Record<LayerNormBackward<'_>> for LayerNorm {
         if a.accumulate {
             inputs.push((a.dx.into(), a.rows));
         }
-        if let Some(mut t) = self.textures_of(gpu, &inputs, a.cols, out) {
+        // The statistics' copies, in rows of 64 texels (layernorm.wgsl's stat_texel): their
+        // buffers must hold whole vec4s (the model rounds them up), else storage is read.
+        let stats: Option<Vec<_>> = [a.mean, a.rstd]
+            .iter()
+            .map(|b| texture::flat(gpu, b, STAT_TEXELS_PER_ROW))
+            .collect();
+        let textures = stats
+            .filter(|_| self.textures)
+            .and_then(|stats| Some((stats, self.textures_of(gpu, &inputs, a.cols, out)?)));
+        if let Some((stats, mut t)) = textures {
+            let (stats, copies): (Vec<_>, Vec<_>) = stats.into_iter().unzip();
+            out.extend(copies.into_iter().flatten());
             if !a.accumulate {
                 t.push(texture::placeholder(gpu));
             }
@@ -203,8 +217,8 @@ impl Record<LayerNormBackward<'_>> for LayerNorm {
                 &[
                     (19, dy),
                     (16, x),
-                    (9, a.mean),
-                    (10, a.rstd),
+                    (23, &stats[0]),
+                    (24, &stats[1]),
                     (14, a.scratch),
                 ],
                 &meta,

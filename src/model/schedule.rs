@@ -115,10 +115,12 @@ impl Alloc<'_> {
         Ok(self.gpu.storage(label, floats))
     }
 
+    /// Rounded up to whole vec4s: LayerNorm's backward then reads them through textures.
     fn stats(&self, rows: usize) -> Result<NormStats, ModelError> {
+        let floats = rows.next_multiple_of(4);
         Ok(NormStats {
-            mean: self.buf("layernorm mean", rows)?,
-            rstd: self.buf("layernorm rstd", rows)?,
+            mean: self.buf("layernorm mean", floats)?,
+            rstd: self.buf("layernorm rstd", floats)?,
         })
     }
 }
