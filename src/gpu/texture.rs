@@ -178,3 +178,30 @@ pub fn flat(
     }
     Some((view, copies))
 }
+
+/// `rows_of` for every (matrix, rows) of `matrices` (cols wide): their textures and the
+/// copies to record before their use, or `None` unless every one can be a texture.
+pub fn all_rows_of(
+    gpu: &Gpu,
+    matrices: &[(View, usize)],
+    cols: usize,
+    recorded: &[Command],
+) -> Option<(Vec<wgpu::TextureView>, Vec<Command>)> {
+    let made: Option<Vec<_>> = matrices
+        .iter()
+        .map(|&(m, rows)| rows_of(gpu, m, rows, cols, recorded))
+        .collect();
+    let (views, copies): (Vec<_>, Vec<_>) = made?.into_iter().unzip();
+    Some((views, copies.into_iter().flatten().collect()))
+}
+
+/// `flat` for every buffer: their textures and copies, or `None` unless every one can be.
+pub fn all_flat(
+    gpu: &Gpu,
+    buffers: &[&wgpu::Buffer],
+    width: u32,
+) -> Option<(Vec<wgpu::TextureView>, Vec<Command>)> {
+    let made: Option<Vec<_>> = buffers.iter().map(|b| flat(gpu, b, width)).collect();
+    let (views, copies): (Vec<_>, Vec<_>) = made?.into_iter().unzip();
+    Some((views, copies.into_iter().flatten().collect()))
+}

@@ -151,24 +151,17 @@ impl Record<AdamWArgs<'_>> for AdamW {
         let vec4s = a.range.end.div_ceil(4) - a.range.start / 4;
         // All four as textures, or none; not to update a small part (a head alone) of a
         // large arena, whose copies would cost more than they save.
-        let textures: Option<Vec<_>> = self
+        let textures = self
             .texture_width
             .filter(|_| vec4 && 2 * a.range.len() as u64 >= a.params.size() / 4)
-            .and_then(|w| buffers.iter().map(|b| texture::flat(gpu, b, w)).collect());
-        if let Some(textures) = textures {
-            let (views, copies): (Vec<_>, Vec<_>) = textures.into_iter().unzip();
-            out.extend(copies.into_iter().flatten());
+            .and_then(|w| texture::all_flat(gpu, &buffers, w));
+        let (sum_squares, update) = if let Some((views, copies)) = textures {
+            out.extend(copies);
             let sum_squares = gpu.dispatch(
                 &self.sum_squares_texture,
                 &[(11, &views[0]), (1, a.stats)],
                 &meta,
                 [self.partials as u32, 1, 1],
-            );
-            let clip_scale = gpu.dispatch(
-                &self.clip_scale,
-                &[(1, a.stats), (2, a.hyper)],
-                &meta,
-                [1, 1, 1],
             );
             let update = gpu.dispatch(
                 &self.update_texture,
@@ -186,39 +179,40 @@ impl Record<AdamWArgs<'_>> for AdamW {
                 &meta,
                 grid_1d(div_ceil(vec4s, 256)),
             );
-            out.extend([sum_squares, clip_scale, update].map(Command::from));
-            return;
-        }
-        // The vec4 kernels bind the gradients, values and moments as vec4 arrays (7..10).
-        let (sum_squares, update, [grads, params, m, v], threads) = if vec4 {
-            (&self.sum_squares4, &self.update4, [7, 8, 9, 10], vec4s)
+            (sum_squares, update)
         } else {
-            (&self.sum_squares, &self.update, [0, 4, 5, 6], a.range.len())
+            // The vec4 kernels bind the gradients, values and moments as vec4 arrays (7..10).
+            let (sum_squares, update, [grads, params, m, v], threads) = if vec4 {
+                (&self.sum_squares4, &self.update4, [7, 8, 9, 10], vec4s)
+            } else {
+                (&self.sum_squares, &self.update, [0, 4, 5, 6], a.range.len())
+            };
+            let sum_squares = gpu.dispatch(
+                sum_squares,
+                &[(grads, a.grads), (1, a.stats)],
+                &meta,
+                [self.partials as u32, 1, 1],
+            );
+            let update = gpu.dispatch(
+                update,
+                &[
+                    (grads, a.grads),
+                    (2, a.hyper),
+                    (3, a.stats),
+                    (params, a.params),
+                    (m, a.m),
+                    (v, a.v),
+                ],
+                &meta,
+                grid_1d(div_ceil(threads, 256)),
+            );
+            (sum_squares, update)
         };
-        let sum_squares = gpu.dispatch(
-            sum_squares,
-            &[(grads, a.grads), (1, a.stats)],
-            &meta,
-            [self.partials as u32, 1, 1],
-        );
         let clip_scale = gpu.dispatch(
             &self.clip_scale,
             &[(1, a.stats), (2, a.hyper)],
             &meta,
             [1, 1, 1],
-        );
-        let update = gpu.dispatch(
-            update,
-            &[
-                (grads, a.grads),
-                (2, a.hyper),
-                (3, a.stats),
-                (params, a.params),
-                (m, a.m),
-                (v, a.v),
-            ],
-            &meta,
-            grid_1d(div_ceil(threads, 256)),
         );
         let launches = [sum_squares, clip_scale, update];
         out.extend(launches.map(Command::from));

@@ -103,13 +103,8 @@ impl Dropout {
         buffers: &[&wgpu::Buffer],
         out: &mut Vec<Command>,
     ) -> Option<Vec<wgpu::TextureView>> {
-        let width = self.texture_width?;
-        let made: Option<Vec<_>> = buffers
-            .iter()
-            .map(|b| texture::flat(gpu, b, width))
-            .collect();
-        let (views, copies): (Vec<_>, Vec<_>) = made?.into_iter().unzip();
-        out.extend(copies.into_iter().flatten());
+        let (views, copies) = texture::all_flat(gpu, buffers, self.texture_width?)?;
+        out.extend(copies);
         Some(views)
     }
 }

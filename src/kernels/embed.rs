@@ -111,12 +111,8 @@ impl Embed {
         if !self.textures {
             return None;
         }
-        let made: Option<Vec<_>> = matrices
-            .iter()
-            .map(|&(m, rows)| texture::rows_of(gpu, m, rows, dim, out))
-            .collect();
-        let (views, copies): (Vec<_>, Vec<_>) = made?.into_iter().unzip();
-        out.extend(copies.into_iter().flatten());
+        let (views, copies) = texture::all_rows_of(gpu, matrices, dim, out)?;
+        out.extend(copies);
         Some(views)
     }
 }

@@ -86,7 +86,7 @@ impl LayerNorm {
         }
     }
 
-    /// Each matrix as a texture and the copies that fill it, or `None` (then every input
+    /// Each matrix as a texture, the copies appended to `out`, or `None` (then every input
     /// is read from storage) unless all of them can be.
     fn textures_of(
         &self,
@@ -98,12 +98,8 @@ impl LayerNorm {
         if !self.textures {
             return None;
         }
-        let made: Option<Vec<_>> = matrices
-            .iter()
-            .map(|&(m, rows)| texture::rows_of(gpu, m, rows, cols, out))
-            .collect();
-        let (views, copies): (Vec<_>, Vec<_>) = made?.into_iter().unzip();
-        out.extend(copies.into_iter().flatten());
+        let (views, copies) = texture::all_rows_of(gpu, matrices, cols, out)?;
+        out.extend(copies);
         Some(views)
     }
 
@@ -184,16 +180,13 @@ impl Record<LayerNormBackward<'_>> for LayerNorm {
         }
         // The statistics' copies, in rows of 64 texels (layernorm.wgsl's stat_texel): their
         // buffers must hold whole vec4s (the model rounds them up), else storage is read.
-        let stats: Option<Vec<_>> = [a.mean, a.rstd]
-            .iter()
-            .map(|b| texture::flat(gpu, b, STAT_TEXELS_PER_ROW))
-            .collect();
-        let textures = stats
-            .filter(|_| self.textures)
+        let textures = self
+            .textures
+            .then(|| texture::all_flat(gpu, &[a.mean, a.rstd], STAT_TEXELS_PER_ROW))
+            .flatten()
             .and_then(|stats| Some((stats, self.textures_of(gpu, &inputs, a.cols, out)?)));
-        if let Some((stats, mut t)) = textures {
-            let (stats, copies): (Vec<_>, Vec<_>) = stats.into_iter().unzip();
-            out.extend(copies.into_iter().flatten());
+        if let Some(((stats, copies), mut t)) = textures {
+            out.extend(copies);
             if !a.accumulate {
                 t.push(texture::placeholder(gpu));
             }
