@@ -5,6 +5,7 @@
 //!
 //!     cargo bench --bench kernels                  # everything
 //!     cargo bench --bench kernels -- gemm tiny     # cases whose name has every word
+//!     cargo bench --bench kernels -- 'tiny qkv fwd' 'lanes$'   # a GEMM's names end in `$`
 //!     VIT_BENCH_QUICK=1 cargo bench --bench kernels   # smoke run: fewer shapes and runs
 //!     VIT_BENCH_RUNS=30 cargo bench --bench kernels   # more runs per case
 //!

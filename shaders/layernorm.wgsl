@@ -203,7 +203,11 @@ fn layernorm_backward_input_texture(@builtin(workgroup_id) wid: vec3<u32>,
     for (var c = 0u; c < texels; c++) {
         let xhat = (x_texel(row, c) - mu) * rs;
         let v = rs * (gamma_texel(c) * dy_texel(row, c) - mean_g - xhat * mean_gx);
-        if (shape.accumulate == 1u) { dx4[base + c] = dx_old_texel(row, c) + v; } else { dx4[base + c] = v; }
+        if (shape.accumulate == 1u) {
+            dx4[base + c] = dx_old_texel(row, c) + v;
+        } else {
+            dx4[base + c] = v;
+        }
     }
 }
 

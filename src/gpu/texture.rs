@@ -180,20 +180,22 @@ pub fn flat(
     Some((view, copies))
 }
 
-/// `rows_of` for every (matrix, rows) of `matrices` (cols wide): their textures and the
-/// copies to record before their use, or `None` unless every one can be a texture.
+/// `rows_of` for every (matrix, rows) of `matrices` (cols wide), the copies appended to
+/// `out` (or shared with an earlier one there): their textures, or `None` (nothing appended,
+/// the kernel reads storage) unless every one can be a texture.
 pub fn all_rows_of(
     gpu: &Gpu,
     matrices: &[(View, usize)],
     cols: usize,
-    recorded: &[Command],
-) -> Option<(Vec<wgpu::TextureView>, Vec<Command>)> {
+    out: &mut Vec<Command>,
+) -> Option<Vec<wgpu::TextureView>> {
     let made: Option<Vec<_>> = matrices
         .iter()
-        .map(|&(m, rows)| rows_of(gpu, m, rows, cols, recorded))
+        .map(|&(m, rows)| rows_of(gpu, m, rows, cols, out))
         .collect();
     let (views, copies): (Vec<_>, Vec<_>) = made?.into_iter().unzip();
-    Some((views, copies.into_iter().flatten().collect()))
+    out.extend(copies.into_iter().flatten());
+    Some(views)
 }
 
 /// `flat` for every buffer: their textures and copies, or `None` unless every one can be.

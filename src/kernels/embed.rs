@@ -99,8 +99,7 @@ impl Embed {
         }
     }
 
-    /// Each [rows, D] matrix as a texture, the copies appended to `out` (or shared with an
-    /// earlier one there); `None` (nothing appended) unless all of them can be.
+    /// Each matrix as a texture when the texture path is on (`texture::all_rows_of`).
     fn textures_of(
         &self,
         gpu: &Gpu,
@@ -108,12 +107,9 @@ impl Embed {
         dim: usize,
         out: &mut Vec<Command>,
     ) -> Option<Vec<wgpu::TextureView>> {
-        if !self.textures {
-            return None;
-        }
-        let (views, copies) = texture::all_rows_of(gpu, matrices, dim, out)?;
-        out.extend(copies);
-        Some(views)
+        self.textures
+            .then(|| texture::all_rows_of(gpu, matrices, dim, out))
+            .flatten()
     }
 }
 

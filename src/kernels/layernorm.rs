@@ -86,8 +86,7 @@ impl LayerNorm {
         }
     }
 
-    /// Each matrix as a texture, the copies appended to `out`, or `None` (then every input
-    /// is read from storage) unless all of them can be.
+    /// Each matrix as a texture when the texture path is on (`texture::all_rows_of`).
     fn textures_of(
         &self,
         gpu: &Gpu,
@@ -95,12 +94,9 @@ impl LayerNorm {
         cols: usize,
         out: &mut Vec<Command>,
     ) -> Option<Vec<wgpu::TextureView>> {
-        if !self.textures {
-            return None;
-        }
-        let (views, copies) = texture::all_rows_of(gpu, matrices, cols, out)?;
-        out.extend(copies);
-        Some(views)
+        self.textures
+            .then(|| texture::all_rows_of(gpu, matrices, cols, out))
+            .flatten()
     }
 
     pub fn scratch_len(rows: usize, cols: usize) -> usize {
