@@ -1,11 +1,17 @@
-// The adapter's arithmetic ceiling, for the benchmarks: each invocation runs 16 independent
-// vec4 multiply-add chains, acc = acc * x + y, for `iterations` steps (measured on
-// llvmpipe: 16 chains beat 6 or 8; the unrolled inner loop hides the loop's own cost).
+// The adapter's arithmetic ceiling, for the benchmarks: each invocation runs 8 independent
+// vec4 multiply-add chains, acc = acc * x + y, 8 steps per loop trip, written out.
+// Measured on llvmpipe (2026-12-02, one run, GFLOP/s): written out, 4 chains reach 95-102,
+// 6 108-113, 8 115-127, 16 115-127, 32 94-100; 8 chains at 1, 2, 4 or 16 steps per trip 55,
+// 84, 108 and 94. The shader before then ran 16 chains in an inner `for` of 4 steps and
+// reached 62-67 on the same machine: llvmpipe keeps a loop, with ~30 cycles of masked-loop
+// bookkeeping per trip, so that ceiling was 0.55 of this one, the GEMMs measured above it,
+// and the "of ceiling" ratios measured with it here read 1.8x too high (how near its peak it
+// ran on the machines of earlier tables, where it measured 78-112, is not known).
 // Written so a compiler that reassociates (llvmpipe does, and has no FMA instruction) can't
 // fold it: x and y come from the uniform at run time, every chain starts from a different
 // value, and the sum is stored only when it equals a value the host never passes, so the
 // chains are live but (in practice) nothing is written.
-// FLOPs = invocations * iterations * 16 chains * 4 steps * 4 components * 2.
+// FLOPs = invocations * iterations * 8 chains * 8 steps * 4 components * 2.
 
 struct Meta {
     iterations: u32,
@@ -18,50 +24,39 @@ struct Meta {
 @group(1) @binding(0) var<uniform> shape: Meta;
 @group(0) @binding(0) var<storage, read_write> out: array<f32>;
 
+// The 8 chains, one step.
+fn step(a: ptr<function, array<vec4<f32>, 8>>, x: vec4<f32>, y: vec4<f32>) {
+    (*a)[0] = (*a)[0] * x + y;
+    (*a)[1] = (*a)[1] * x + y;
+    (*a)[2] = (*a)[2] * x + y;
+    (*a)[3] = (*a)[3] * x + y;
+    (*a)[4] = (*a)[4] * x + y;
+    (*a)[5] = (*a)[5] * x + y;
+    (*a)[6] = (*a)[6] * x + y;
+    (*a)[7] = (*a)[7] * x + y;
+}
+
 @compute @workgroup_size(64)
 fn peak_fma(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let id = gid.x + gid.y * nwg.x * 64u;
     let s = f32(id & 1023u) * 1e-3;
     let x = vec4<f32>(shape.x);
     let y = vec4<f32>(shape.y);
-    var a0 = vec4<f32>(s, s + 0.01, s + 0.02, s + 0.03);
-    var a1 = a0 + 0.1;
-    var a2 = a0 + 0.2;
-    var a3 = a0 + 0.3;
-    var a4 = a0 + 0.4;
-    var a5 = a0 + 0.5;
-    var a6 = a0 + 0.6;
-    var a7 = a0 + 0.7;
-    var a8 = a0 + 0.8;
-    var a9 = a0 + 0.9;
-    var a10 = a0 + 1.0;
-    var a11 = a0 + 1.1;
-    var a12 = a0 + 1.2;
-    var a13 = a0 + 1.3;
-    var a14 = a0 + 1.4;
-    var a15 = a0 + 1.5;
+    let a0 = vec4<f32>(s, s + 0.01, s + 0.02, s + 0.03);
+    var a = array<vec4<f32>, 8>(a0, a0 + 0.1, a0 + 0.2, a0 + 0.3, a0 + 0.4, a0 + 0.5, a0 + 0.6,
+                                a0 + 0.7);
     for (var i = 0u; i < shape.iterations; i++) {
-        // four steps per iteration so the loop's own overhead doesn't count
-        for (var u = 0u; u < 4u; u++) {
-            a0 = a0 * x + y;
-            a1 = a1 * x + y;
-            a2 = a2 * x + y;
-            a3 = a3 * x + y;
-            a4 = a4 * x + y;
-            a5 = a5 * x + y;
-            a6 = a6 * x + y;
-            a7 = a7 * x + y;
-            a8 = a8 * x + y;
-            a9 = a9 * x + y;
-            a10 = a10 * x + y;
-            a11 = a11 * x + y;
-            a12 = a12 * x + y;
-            a13 = a13 * x + y;
-            a14 = a14 * x + y;
-            a15 = a15 * x + y;
-        }
+        // written out: a `for` over the 8 steps halves llvmpipe's rate (see above)
+        step(&a, x, y);
+        step(&a, x, y);
+        step(&a, x, y);
+        step(&a, x, y);
+        step(&a, x, y);
+        step(&a, x, y);
+        step(&a, x, y);
+        step(&a, x, y);
     }
-    let sum = (a0 + a1 + a2 + a3) + (a4 + a5 + a6 + a7) + (a8 + a9 + a10 + a11) + (a12 + a13 + a14 + a15);
+    let sum = (a[0] + a[1] + a[2] + a[3]) + (a[4] + a[5] + a[6] + a[7]);
     let total = sum.x + sum.y + sum.z + sum.w;
     if (total == shape.sentinel) {
         out[id & 1023u] = total;

@@ -32,7 +32,7 @@ pub fn measure_fma_ceiling(
         sentinel: -12345.0,
     };
     let dispatch = gpu.dispatch(&pipeline, &[(0, &out)], &meta, [workgroups, 1, 1]);
-    // invocations x iterations x 16 chains x 4 steps x 4 components x 2 (mul + add)
+    // invocations x iterations x 8 chains x 8 steps x 4 components x 2 (mul + add)
     let flops = workgroups as f64 * 64.0 * iterations as f64 * 16.0 * 4.0 * 4.0 * 2.0;
     let mut times = Vec::new();
     for run in 0..4 {
