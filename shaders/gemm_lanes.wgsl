@@ -52,6 +52,10 @@ override C_TEXTURE: bool = false;
 // store is in bounds, so none is checked (bounds math was a fifth of a k = 192 GEMM's
 // instructions).
 override ALIGNED: bool = false;
+// Workgroup x walks the row tiles and y the column tiles (the host swaps its counts): for a
+// weight gradient whose B is the wider operand, consecutive workgroups then share B's strip
+// of k rows (kept in cache) and walk A's narrower one.
+override ROWS_FAST: bool = false;
 
 // The host's record also carries the epilogue flags; this kernel takes them as the
 // override constants above.
@@ -295,8 +299,9 @@ fn step(k0: u32, row0: u32, col: u32, lane: u32,
 
 @compute @workgroup_size(8)
 fn gemm_cpu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    let row0 = shape.row_base + wid.y * 32u;
-    let col = wid.x * 32u + lane * 4u;
+    let tile = select(wid.xy, wid.yx, ROWS_FAST);
+    let row0 = shape.row_base + tile.y * 32u;
+    let col = tile.x * 32u + lane * 4u;
     var acc0 = mat4x4<f32>();
     var acc1 = mat4x4<f32>();
     var acc2 = mat4x4<f32>();

@@ -277,6 +277,7 @@ fn spec(variant: Variant, layout: Layout, o: Options) -> PipelineSpec {
                 ("AUX_TEXTURE", flag(o.aux_tex)),
                 ("C_TEXTURE", flag(o.c_tex)),
                 ("ALIGNED", flag(o.aligned)),
+                ("ROWS_FAST", flag(o.rows_fast)),
             ],
         },
     }
@@ -308,6 +309,7 @@ struct Options {
     aux_tex: bool,
     c_tex: bool,
     aligned: bool,
+    rows_fast: bool,
 }
 
 /// The epilogue as the `Lanes` kernels take it: override constants, one pipeline each.
@@ -692,6 +694,9 @@ impl Gemm {
             epilogue,
             aux_tex: aux_view.is_some(),
             c_tex: c_view.is_some(),
+            // a weight gradient with the wider B: 1.1-1.4x at fc2's (tiny, labml), 0.9x
+            // when A is the wider (fc1's, qkv's), measured with and without padded rows
+            rows_fast: args.layout == Layout::TN && n > m,
             ..Default::default()
         };
         let mut entries = self.epilogue_entries(args);
@@ -763,7 +768,11 @@ impl Gemm {
                     accumulate: o.epilogue.accumulate as u32,
                     ..meta
                 };
-                let groups = [groups[0], row_tiles as u32, 1];
+                let groups = if o.rows_fast {
+                    [row_tiles as u32, groups[0], 1]
+                } else {
+                    [groups[0], row_tiles as u32, 1]
+                };
                 commands.push(Command::Dispatch(
                     gpu.dispatch_with(&pipeline, &entries, &meta, groups),
                 ));
