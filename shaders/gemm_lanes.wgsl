@@ -56,6 +56,10 @@ override ALIGNED: bool = false;
 // weight gradient whose B is the wider operand, consecutive workgroups then share B's strip
 // of k rows (kept in cache) and walk A's narrower one.
 override ROWS_FAST: bool = false;
+// Otherwise, when > 0: the column tiles run in bands of BAND, every row tile of a band before
+// the next band, so a wide B's panel of BAND column strips stays in cache while the row tiles
+// walk A (NN input gradients, whose B rows are a weight's whole width apart).
+override BAND: u32 = 0u;
 
 // The host's record also carries the epilogue flags; this kernel takes them as the
 // override constants above.
@@ -297,9 +301,22 @@ fn step(k0: u32, row0: u32, col: u32, lane: u32,
     *acc7 += bm * a_block(lanes_hi(t3));
 }
 
+// This workgroup's (column tile, row tile) in the order ROWS_FAST and BAND choose.
+fn tile_of(wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
+    if (ROWS_FAST) { return wid.yx; }
+    if (BAND == 0u) { return wid.xy; }
+    let rows = nwg.y;
+    let l = wid.x + wid.y * nwg.x;
+    let band_start = l / (BAND * rows) * BAND;
+    let width = min(BAND, nwg.x - band_start);
+    let i = l - band_start * rows;
+    return vec2<u32>(band_start + i % width, i / width);
+}
+
 @compute @workgroup_size(8)
-fn gemm_cpu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    let tile = select(wid.xy, wid.yx, ROWS_FAST);
+fn gemm_cpu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(subgroup_invocation_id) lane: u32) {
+    let tile = tile_of(wid, nwg);
     let row0 = shape.row_base + tile.y * 32u;
     let col = tile.x * 32u + lane * 4u;
     var acc0 = mat4x4<f32>();

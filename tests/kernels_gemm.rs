@@ -346,7 +346,11 @@ fn tiled_gemm_matches_cpu_with_both_tile_sizes_and_split_k() {
         for blocks in [1, 2] {
             let mut worst: f64 = 0.0;
             for &shape in &shapes {
-                let plan = Plan { blocks, splits: 1 };
+                let plan = Plan {
+                    blocks,
+                    splits: 1,
+                    band: 0,
+                };
                 worst = worst.max(check_plan(
                     Variant::Tiled,
                     layout,
@@ -368,7 +372,11 @@ fn tiled_gemm_matches_cpu_with_both_tile_sizes_and_split_k() {
     let mut worst: f64 = 0.0;
     for (shape, splits) in [((50, 33, 985), 3), ((65, 96, 4100), 16), ((17, 1, 197), 5)] {
         for blocks in [1, 2] {
-            let plan = Plan { blocks, splits };
+            let plan = Plan {
+                blocks,
+                splits,
+                band: 0,
+            };
             worst = worst.max(check_plan(
                 Variant::Tiled,
                 Layout::TN,
@@ -417,10 +425,18 @@ fn cpu_gemm_splits_long_weight_gradients_into_k_chunks() {
                     accumulate,
                     ..Default::default()
                 };
-                let plan = Plan { blocks: 1, splits };
+                let plan = Plan {
+                    blocks: 1,
+                    splits,
+                    band: 0,
+                };
                 worst = worst.max(check_plan(variant, Layout::TN, shape, flags, plan));
             }
-            let plan = Plan { blocks: 1, splits };
+            let plan = Plan {
+                blocks: 1,
+                splits,
+                band: 0,
+            };
             worst = worst.max(check_plan(variant, Layout::TN, shape, epilogue, plan));
         }
         eprintln!(
@@ -428,6 +444,61 @@ fn cpu_gemm_splits_long_weight_gradients_into_k_chunks() {
             variant.name()
         );
     }
+}
+
+/// Column bands (`Plan::band`): every tile computed once, whatever the band width, the
+/// number of column tiles (a last band narrower than the rest) and the row tiles (a partial
+/// last row tile runs in a launch of its own), with the epilogues input gradients take.
+#[test]
+fn cpu_gemm_runs_column_bands_in_any_order() {
+    let variant = Variant::Lanes;
+    if !runs(variant) {
+        return;
+    }
+    let slope = Flags {
+        act_grad: Some(ActGrad::Slope),
+        ..Default::default()
+    };
+    let accumulate = Flags {
+        accumulate: true,
+        ..Default::default()
+    };
+    let mut worst: f64 = 0.0;
+    // (m, n, k): 5, 3 and 6 column tiles of 32 (a narrower last band or none), 1 (a band
+    // wider than the grid), an unaligned n; 97, 64, 65 and 70 rows; (65, 192, 128) reads its
+    // operands through textures where the adapter prefers them
+    for shape in [
+        (97, 160, 64),
+        (64, 96, 36),
+        (97, 32, 20),
+        (70, 150, 24),
+        (65, 192, 128),
+    ] {
+        for band in [1, 2, 3] {
+            let plan = Plan {
+                blocks: 1,
+                splits: 1,
+                band,
+            };
+            for flags in [Flags::default(), slope, accumulate] {
+                worst = worst.max(check_plan(variant, Layout::NN, shape, flags, plan));
+            }
+        }
+    }
+    eprintln!("SUMMARY lanes NN column bands: largest relative error {worst:.2e}");
+}
+
+/// `Lanes` runs an input gradient in column bands when its B outgrows a core's cache.
+#[test]
+fn cpu_gemm_plans_column_bands_for_input_gradients_with_wide_weights() {
+    // labml fc2 dX: B = W2 [512, 2048], 4 MiB; qkv dX [1536, 512], 3 MiB
+    assert_eq!(Plan::for_cpu(4160, 2048, 512, Layout::NN).band, 2);
+    assert_eq!(Plan::for_cpu(4160, 512, 1536, Layout::NN).band, 2);
+    // labml proj dX (1 MiB), every tiny GEMM, every forward and weight gradient
+    assert_eq!(Plan::for_cpu(4160, 512, 512, Layout::NN).band, 0);
+    assert_eq!(Plan::for_cpu(4160, 768, 192, Layout::NN).band, 0);
+    assert_eq!(Plan::for_cpu(4160, 2048, 512, Layout::NT).band, 0);
+    assert_eq!(Plan::for_cpu(512, 2048, 4160, Layout::TN).band, 0);
 }
 
 /// `Lanes` chunks k only for weight gradients whose operands outgrow the cache.
@@ -462,7 +533,8 @@ fn tiled_gemm_plans_split_k_for_weight_gradients_and_large_tiles_for_large_outpu
         fc1,
         Plan {
             blocks: 2,
-            splits: 1
+            splits: 1,
+            band: 0
         }
     );
     // never split a product that is not a weight gradient, nor a short k

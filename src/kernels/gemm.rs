@@ -157,13 +157,17 @@ const MAX_SPLITS: usize = 32;
 /// of C is paid over fewer k.
 const CPU_CHUNK_BYTES: usize = 16 << 20;
 const MIN_CPU_CHUNK_K: usize = 256;
+/// B past this runs in column bands (`Plan::for_cpu`): a core's L2 on the machines measured.
+const CPU_BAND_B_BYTES: usize = 2 << 20;
 
 /// How `Tiled` runs one shape: `blocks` 4x4 blocks per invocation per axis (1: 64x64
-/// tiles, 2: 128x128) and `splits` of k (1: no split-K).
+/// tiles, 2: 128x128) and `splits` of k (1: no split-K); `Lanes` reads `splits` and `band`,
+/// the column tiles it runs as one band over every row tile (0: row tile by row tile).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Plan {
     pub blocks: u32,
     pub splits: u32,
+    pub band: u32,
 }
 
 impl Plan {
@@ -187,13 +191,18 @@ impl Plan {
         Plan {
             blocks,
             splits: splits as u32,
+            band: 0,
         }
     }
 
     /// `Lanes` (CPU adapters): split-K for weight gradients whose operands outgrow the
     /// cache, as chunks of k run one after another, each adding into C: a chunk's panels
     /// stay in the last-level cache while every tile of C reads them (labml's qkv dW at
-    /// batch 64 ran 1.1-1.3x faster in 3 or 5 chunks, alternated with 1).
+    /// batch 64 ran 1.1-1.3x faster in 3 or 5 chunks, alternated with 1). Bands of 2 column
+    /// tiles for an input gradient (NN) whose B outgrows a core's cache: row by row, every
+    /// tile's 32 columns of B come from the last-level cache, a k-row apart each (labml's fc2
+    /// dX 1.06-1.2x in four runs, qkv and fc1 dX 0.9-1.1x; the forward's B, a weight read
+    /// along its rows, gained nothing).
     pub fn for_cpu(m: usize, n: usize, k: usize, layout: Layout) -> Plan {
         let operand_bytes = 4 * k * (m + n);
         let splits = if layout == Layout::TN {
@@ -204,9 +213,15 @@ impl Plan {
         } else {
             1
         };
+        let band = if layout == Layout::NN && 4 * k * n > CPU_BAND_B_BYTES {
+            2
+        } else {
+            0
+        };
         Plan {
             blocks: 1,
             splits: splits as u32,
+            band,
         }
     }
 
@@ -278,6 +293,7 @@ fn spec(variant: Variant, layout: Layout, o: Options) -> PipelineSpec {
                 ("C_TEXTURE", flag(o.c_tex)),
                 ("ALIGNED", flag(o.aligned)),
                 ("ROWS_FAST", flag(o.rows_fast)),
+                ("BAND", o.band as f64),
             ],
         },
     }
@@ -310,6 +326,7 @@ struct Options {
     c_tex: bool,
     aligned: bool,
     rows_fast: bool,
+    band: u32,
 }
 
 /// The epilogue as the `Lanes` kernels take it: override constants, one pipeline each.
@@ -697,6 +714,7 @@ impl Gemm {
             // a weight gradient with the wider B: 1.1-1.4x at fc2's (tiny, labml), 0.9x
             // when A is the wider (fc1's, qkv's), measured with and without padded rows
             rows_fast: args.layout == Layout::TN && n > m,
+            band: plan.band,
             ..Default::default()
         };
         let mut entries = self.epilogue_entries(args);
