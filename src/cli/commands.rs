@@ -833,10 +833,14 @@ fn bench_ranks(opts: &GpuOptions, a: BenchArgs, comm: &dyn Communicator) -> CliR
     let ceiling_after = crate::kernels::peak::measure_fma_ceiling(&gpu, timer.as_ref(), 256)?;
     let ceiling = ceiling_before.max(ceiling_after);
     let mut families = std::collections::BTreeMap::new();
+    // (family, what was launched) -> (launches, seconds)
+    let mut launches = std::collections::BTreeMap::new();
     if a.profile {
         for list in model.step_commands(mode) {
-            for (family, s) in crate::gpu::profile_commands(&gpu, list)? {
-                *families.entry(family).or_insert(0.0) += s;
+            for l in crate::gpu::profile_commands(&gpu, list)? {
+                *families.entry(l.family).or_insert(0.0) += l.seconds;
+                let e = launches.entry((l.family, l.what)).or_insert((0, 0.0));
+                *e = (e.0 + 1, e.1 + l.seconds);
             }
         }
     }
@@ -917,6 +921,18 @@ fn bench_ranks(opts: &GpuOptions, a: BenchArgs, comm: &dyn Communicator) -> CliR
             for (family, s) in rows {
                 println!(
                     "  {family:<18} {:>8.2} ms  {:>5.1}%",
+                    s * 1e3,
+                    100.0 * s / total
+                );
+            }
+            // The same shape of launch recurs once per block: grouped, the largest first.
+            println!("largest launches (family, what, launches per step, ms):");
+            let mut rows: Vec<_> = launches.iter().collect();
+            rows.sort_by(|x, y| y.1 .1.total_cmp(&x.1 .1));
+            for ((family, what), (count, s)) in rows.into_iter().take(12) {
+                println!(
+                    "  {family:<20} {what:<24} {count:>4} x {:>7.2} = {:>8.2} ms  {:>5.1}%",
+                    s * 1e3 / *count as f64,
                     s * 1e3,
                     100.0 * s / total
                 );

@@ -65,32 +65,49 @@ impl PassTimer {
     }
 }
 
-/// GPU time per kernel family (shader file) of a command list: every launch runs alone in
-/// a timed pass, copies are timed by wall clock under "copies". Slower than a real step
-/// (one submit per command); for the `bench --profile` breakdown only.
+/// One command's time in `profile_commands`: its kernel family (shader file, or "copies"),
+/// what it launched (a dispatch's workgroups, a copy's texture size or buffer floats) and
+/// its seconds.
+pub struct LaunchTime {
+    pub family: &'static str,
+    pub what: String,
+    pub seconds: f64,
+}
+
+/// The time of every command of a command list: every launch runs alone in a timed pass,
+/// copies are timed by wall clock (their submit included) under "copies". Slower than a real
+/// step (one submit per command); for the `bench --profile` breakdown only.
 pub fn profile_commands(
     gpu: &Gpu,
     commands: &[super::Command],
-) -> Result<std::collections::BTreeMap<&'static str, f64>, GpuError> {
-    let mut out = std::collections::BTreeMap::new();
+) -> Result<Vec<LaunchTime>, GpuError> {
+    use super::Command;
+    let mut out = Vec::new();
     let timer = PassTimer::new(gpu);
     for c in commands {
-        match (c, &timer) {
-            (super::Command::Dispatch(d), Some(t)) => {
-                let s = t.time(gpu, |pass| d.record(pass))?;
-                *out.entry(d.family).or_insert(0.0) += s;
-            }
+        let seconds = match (c, &timer) {
+            (Command::Dispatch(d), Some(t)) => t.time(gpu, |pass| d.record(pass))?,
             _ => {
                 let t0 = std::time::Instant::now();
                 gpu.submit_commands(std::slice::from_ref(c));
                 gpu.wait("profile")?;
-                let family = match c {
-                    super::Command::Dispatch(d) => d.family,
-                    _ => "copies",
-                };
-                *out.entry(family).or_insert(0.0) += t0.elapsed().as_secs_f64();
+                t0.elapsed().as_secs_f64()
             }
-        }
+        };
+        let (family, what) = match c {
+            Command::Dispatch(d) => (d.family, format!("workgroups {:?}", d.workgroups)),
+            Command::CopyBufferToTexture { size, .. } => (
+                "copies",
+                format!("to texture {}x{}", size.width, size.height),
+            ),
+            Command::CopyBuffer { src, .. } => ("copies", format!("buffer of {}", src.size() / 4)),
+            Command::ClearBuffer(b) => ("copies", format!("clear of {}", b.size() / 4)),
+        };
+        out.push(LaunchTime {
+            family,
+            what,
+            seconds,
+        });
     }
     Ok(out)
 }
