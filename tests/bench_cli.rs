@@ -1,7 +1,8 @@
 //! The `bench` command's reports: `--json` carries the model's GFLOP/s and its ratio to the
 //! in-run ceiling (scripts/bench_pytorch.py reads those keys), and `--profile`'s tables
-//! add up: family shares to 100%, and each group of like launches to its count times its
-//! per-launch time, no group larger than its family.
+//! add up: the commands timed in place to about a step, family shares to 100%, and each
+//! group of like launches to its count times its per-launch time, no group larger than its
+//! family.
 
 use std::process::Command;
 
@@ -84,6 +85,26 @@ fn bench_profile_tables_add_up() {
             .filter_map(|w| w.trim_end_matches('%').parse::<f64>().ok())
             .collect()
     };
+    // Lavapipe has timestamps inside encoders: the step runs once with one between every
+    // two commands, so the commands' sum is about a step's time (a real step also waits
+    // for its submit and reads the loss back).
+    let header = lines[families_at];
+    assert!(header.contains("timed in place"), "{header}");
+    let sum: f64 = header
+        .rsplit("sum ")
+        .next()
+        .and_then(|w| w.trim_end_matches(" ms):").parse().ok())
+        .unwrap_or_else(|| panic!("no sum in {header}"));
+    let step: f64 = stdout
+        .split("median step ")
+        .nth(1)
+        .and_then(|w| w.split(" ms").next())
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no median step in {stdout}"));
+    assert!(
+        (0.3..1.5).contains(&(sum / step)),
+        "commands timed in place sum to {sum} ms, a step takes {step} ms: {stdout}"
+    );
     // "  gemm_lanes.wgsl   41.90 ms   45.8%"
     let mut families = std::collections::HashMap::new();
     let mut share = 0.0;

@@ -912,10 +912,15 @@ fn bench_ranks(opts: &GpuOptions, a: BenchArgs, comm: &dyn Communicator) -> CliR
         print!("{}", variant_lines(&gpu));
         let total: f64 = families.values().sum();
         if total > 0.0 {
-            println!(
-                "per kernel family (each launch timed alone; sum {:.1} ms):",
-                total * 1e3
-            );
+            let how = if gpu
+                .features
+                .contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+            {
+                "every command timed in place in one run of the step"
+            } else {
+                "each launch timed alone"
+            };
+            println!("per kernel family ({how}; sum {:.1} ms):", total * 1e3);
             let mut rows: Vec<_> = families.iter().collect();
             rows.sort_by(|x, y| y.1.total_cmp(x.1));
             for (family, s) in rows {

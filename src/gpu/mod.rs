@@ -196,7 +196,10 @@ pub fn enumerate_adapters(backend: BackendChoice) -> Vec<wgpu::Adapter> {
 /// The features we use when the adapter has them. Subgroups feed the CPU GEMM variant;
 /// timestamps feed the benchmarks.
 pub fn wanted_features() -> wgpu::Features {
-    wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY
+    // Timestamps inside encoders: `profile_commands` times every command of a step in place.
+    wgpu::Features::SUBGROUP
+        | wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
 }
 
 impl Gpu {

@@ -74,18 +74,84 @@ pub struct LaunchTime {
     pub seconds: f64,
 }
 
-/// The time of every command of a command list: every launch runs alone in a timed pass,
-/// copies are timed by wall clock (their submit included) under "copies". Slower than a real
-/// step (one submit per command); for the `bench --profile` breakdown only.
+/// The time of every command of a command list. With timestamps inside encoders the list
+/// runs once, as in a step, with a timestamp between every two commands: each command's time
+/// is what it costs in place (caches as the step leaves them, no submit of its own). Without
+/// them every launch runs alone in a timed pass and copies are timed by wall clock, their
+/// submit and wait included (a copy of lavapipe's read 2-5x its in-place cost that way).
 pub fn profile_commands(
     gpu: &Gpu,
     commands: &[super::Command],
 ) -> Result<Vec<LaunchTime>, GpuError> {
+    let seconds = if gpu
+        .features
+        .contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+    {
+        in_place_seconds(gpu, commands)?
+    } else {
+        alone_seconds(gpu, commands)?
+    };
+    Ok(commands
+        .iter()
+        .zip(seconds)
+        .map(|(c, seconds)| {
+            let (family, what) = describe(c);
+            LaunchTime {
+                family,
+                what,
+                seconds,
+            }
+        })
+        .collect())
+}
+
+/// Commands per query set of `in_place_seconds` (wgpu allows 4096 queries per set).
+const TIMED_PER_SUBMIT: usize = 2048;
+
+/// Run `commands` in order, a chunk per submit, a timestamp before each and after the last.
+fn in_place_seconds(gpu: &Gpu, commands: &[super::Command]) -> Result<Vec<f64>, GpuError> {
+    let period_ns = f64::from(gpu.queue.get_timestamp_period());
+    let mut out = Vec::with_capacity(commands.len());
+    for chunk in commands.chunks(TIMED_PER_SUBMIT) {
+        let count = chunk.len() as u32 + 1;
+        let queries = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile resolve"),
+            size: 8 * u64::from(count),
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let mut encoder = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        for (i, c) in chunk.iter().enumerate() {
+            encoder.write_timestamp(&queries, i as u32);
+            super::record_commands(&mut encoder, std::slice::from_ref(c));
+        }
+        encoder.write_timestamp(&queries, count - 1);
+        encoder.resolve_query_set(&queries, 0..count, &resolve, 0);
+        gpu.queue.submit([encoder.finish()]);
+        let ticks: Vec<u64> = gpu.read(&resolve)?;
+        out.extend(
+            ticks
+                .windows(2)
+                .map(|t| t[1].wrapping_sub(t[0]) as f64 * period_ns * 1e-9),
+        );
+    }
+    Ok(out)
+}
+
+/// Every launch alone in a timed pass, every other command by wall clock.
+fn alone_seconds(gpu: &Gpu, commands: &[super::Command]) -> Result<Vec<f64>, GpuError> {
     use super::Command;
-    let mut out = Vec::new();
     let timer = PassTimer::new(gpu);
+    let mut out = Vec::with_capacity(commands.len());
     for c in commands {
-        let seconds = match (c, &timer) {
+        out.push(match (c, &timer) {
             (Command::Dispatch(d), Some(t)) => t.time(gpu, |pass| d.record(pass))?,
             _ => {
                 let t0 = std::time::Instant::now();
@@ -93,21 +159,21 @@ pub fn profile_commands(
                 gpu.wait("profile")?;
                 t0.elapsed().as_secs_f64()
             }
-        };
-        let (family, what) = match c {
-            Command::Dispatch(d) => (d.family, format!("workgroups {:?}", d.workgroups)),
-            Command::CopyBufferToTexture { size, .. } => (
-                "copies",
-                format!("to texture {}x{}", size.width, size.height),
-            ),
-            Command::CopyBuffer { src, .. } => ("copies", format!("buffer of {}", src.size() / 4)),
-            Command::ClearBuffer(b) => ("copies", format!("clear of {}", b.size() / 4)),
-        };
-        out.push(LaunchTime {
-            family,
-            what,
-            seconds,
         });
     }
     Ok(out)
+}
+
+/// A command's kernel family and what it launched or copied.
+fn describe(c: &super::Command) -> (&'static str, String) {
+    use super::Command;
+    match c {
+        Command::Dispatch(d) => (d.family, format!("workgroups {:?}", d.workgroups)),
+        Command::CopyBufferToTexture { size, .. } => (
+            "copies",
+            format!("to texture {}x{}", size.width, size.height),
+        ),
+        Command::CopyBuffer { src, .. } => ("copies", format!("buffer of {}", src.size() / 4)),
+        Command::ClearBuffer(b) => ("copies", format!("clear of {}", b.size() / 4)),
+    }
 }
