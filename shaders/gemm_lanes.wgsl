@@ -28,7 +28,7 @@
 override LAYOUT: u32 = 1u;
 override A_TEXTURE: bool = false;
 override B_TEXTURE: bool = false;
-// steps of 4 k per loop iteration (1 or 2)
+// steps of 4 k per loop iteration (1 or 2; the host runs 2)
 override K_STEPS: u32 = 2u;
 // n % 4 == 0: C, bias, slope and aux are also bound as arrays of vec4 (bindings 8..11), and
 // the epilogue reads and writes a vec4 per row of a lane's block.

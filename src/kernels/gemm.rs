@@ -283,7 +283,7 @@ fn spec(variant: Variant, layout: Layout, o: Options) -> PipelineSpec {
                 ("A_TEXTURE", flag(o.a_tex)),
                 ("B_TEXTURE", flag(o.b_tex)),
                 ("VEC4", flag(o.vec4)),
-                ("K_STEPS", k_steps(layout) as f64),
+                ("K_STEPS", K_STEPS as f64),
                 ("HAS_BIAS", flag(o.epilogue.bias)),
                 ("HAS_SLOPE", flag(o.epilogue.slope)),
                 ("ACTIVATION", o.epilogue.activation as f64),
@@ -299,16 +299,14 @@ fn spec(variant: Variant, layout: Layout, o: Options) -> PipelineSpec {
     }
 }
 
-/// Steps of 4 k per loop trip of the `Lanes` kernel: two pay for TN only. NT transposes
-/// its B block and spills more with two; NN ran 1.07-1.19x faster with one at labml's and
-/// micro's dX shapes, the same at tiny's (n = 192), alternated five times each.
-fn k_steps(layout: Layout) -> usize {
-    if layout == Layout::TN {
-        2
-    } else {
-        1
-    }
-}
+/// Steps of 4 k per loop trip of the `Lanes` kernel. llvmpipe blends every accumulator with
+/// the execution mask once per trip (one vblendvps per value), so two steps halve that.
+/// Measured with three orders of 1 and 2 alternated (`cargo bench --bench kernels -- gemm`,
+/// 2026-12-02): two ran NT forwards 1.1-1.18x faster at labml's shapes and 1.02-1.2x at
+/// tiny's and micro's, NN input gradients 1.05-1.1x (labml's fc1 and proj the same), TN as
+/// before; tiny's whole step 1.04x (median of five pairs). Four ran no faster at tiny's and
+/// micro's shapes (TN slower).
+const K_STEPS: usize = 2;
 
 /// The choices a pipeline is specialised on (each variant reads the ones it has).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -745,7 +743,7 @@ impl Gemm {
         // When n and k are tile multiples, the whole row tiles run without bounds checks
         // (ALIGNED) and a last partial row tile, if any, in a second launch with them.
         let full_tiles = m / CPU_TILE;
-        let k_step = 4 * k_steps(args.layout);
+        let k_step = 4 * K_STEPS;
         let aligned_cols = n.is_multiple_of(CPU_TILE) && k.is_multiple_of(k_step);
         let row_launches = if aligned_cols && full_tiles > 0 {
             let mut l = vec![(true, 0, full_tiles)];
