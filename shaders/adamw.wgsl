@@ -9,10 +9,11 @@
 // sum_squares4 and adamw_update4 do the same on 4 consecutive floats per invocation, the
 // components outside [start, end) masked (left as they are): on CPU adapters every storage
 // access is a loop over the lanes, whose cost a vec4 shares by 4. The host uses them when
-// every buffer holds whole vec4s. sum_squares_texture and adamw_update_texture read those
-// vec4s from rgba32float copies of the four buffers instead (CPU adapters: a texel fetch is
-// a few vector instructions where a storage load is a per-lane loop; labml's update with
-// the copies took 115 ms where the storage loads took 321).
+// every buffer holds whole vec4s. sum_squares_texture and adamw_update_texture read the
+// gradients from an rgba32float copy instead (CPU adapters: a texel fetch is a few vector
+// instructions where a storage load is a per-lane loop; labml's sum of squares 25 -> 7 ms
+// plus the copy's 12). The update reads the moments and values it also writes from storage:
+// their copies cost 35 ms per labml step and saved 5-8 (the stores bound the update).
 // [start, end) is the trainable range (the whole arena, or the head alone); the arena puts
 // every weight-decayed tensor before the others, so decay is the prefix [0, decay_end).
 // The padding between tensors is zero in every role and stays zero.
@@ -154,12 +155,9 @@ fn adamw_update4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     update4_at(j, grad4[j], m4[j], v4[j], param4[j]);
 }
 
-// ---- the texture path: the same reads from rgba32float copies of the buffers ----
+// ---- the texture path: the gradients from an rgba32float copy ----
 
 @group(0) @binding(11) var grad_texture: texture_storage_2d<rgba32float, read>;
-@group(0) @binding(12) var m_texture: texture_storage_2d<rgba32float, read>;
-@group(0) @binding(13) var v_texture: texture_storage_2d<rgba32float, read>;
-@group(0) @binding(14) var param_texture: texture_storage_2d<rgba32float, read>;
 
 fn texel(j: u32) -> vec2<u32> {
     return vec2<u32>(j & ((1u << shape.texture_shift) - 1u), j >> shape.texture_shift);
@@ -195,7 +193,5 @@ fn adamw_update_texture(@builtin(workgroup_id) wid: vec3<u32>,
                         @builtin(local_invocation_index) lid: u32) {
     let j = shape.start / 4u + (wid.x + wid.y * nwg.x) * 256u + lid;
     if (4u * j >= shape.end) { return; }
-    let t = texel(j);
-    update4_at(j, textureLoad(grad_texture, t), textureLoad(m_texture, t),
-               textureLoad(v_texture, t), textureLoad(param_texture, t));
+    update4_at(j, textureLoad(grad_texture, texel(j)), m4[j], v4[j], param4[j]);
 }

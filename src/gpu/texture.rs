@@ -35,7 +35,7 @@ pub fn preferred(gpu: &Gpu) -> bool {
 }
 
 /// The most textures one kernel reads (the GEMM's A, B, aux and C; LayerNorm's x, gamma,
-/// dy and old dx, or x, dy and the row statistics; AdamW's gradients, moments and values).
+/// dy and old dx, or x, dy and the row statistics).
 pub const TEXTURES_PER_KERNEL: u32 = 4;
 
 /// Ok when the adapter binds `TEXTURES_PER_KERNEL` read-only storage textures per stage.
@@ -151,7 +151,7 @@ fn earlier_copy<'a>(
 /// j / width)) and the copies that fill it (the whole rows, then the last partial row), to
 /// record before its use; `None` when the buffer is not a copy source of whole vec4s or
 /// does not fit the adapter's texture height. The texture is as large as the buffer (AdamW's
-/// four of labml's 80 MB arena: 320 MB more host memory on lavapipe).
+/// gradients of labml's 80 MB arena: 80 MB more host memory on lavapipe).
 pub fn flat(
     gpu: &Gpu,
     buffer: &wgpu::Buffer,

@@ -54,7 +54,7 @@ pub struct AdamW {
     /// whole vec4s.
     sum_squares4: wgpu::ComputePipeline,
     update4: wgpu::ComputePipeline,
-    /// The vec4 kernels reading rgba32float copies of the four buffers (CPU adapters).
+    /// The vec4 kernels reading the gradients from an rgba32float copy (CPU adapters).
     sum_squares_texture: wgpu::ComputePipeline,
     update_texture: wgpu::ComputePipeline,
     /// Texels per row (a power of two) of those copies, when the texture path is on.
@@ -149,27 +149,24 @@ impl Record<AdamWArgs<'_>> for AdamW {
         let buffers = [a.grads, a.m, a.v, a.params];
         let vec4 = buffers.iter().all(|b| b.size().is_multiple_of(16));
         let vec4s = a.range.end.div_ceil(4) - a.range.start / 4;
-        // All four as textures, or none; not to update a small part (a head alone) of a
-        // large arena, whose copies would cost more than they save.
-        let textures = self
+        // The gradients as a texture, not to update a small part (a head alone) of a large
+        // arena, whose copy would cost more than it saves.
+        let texture = self
             .texture_width
             .filter(|_| vec4 && 2 * a.range.len() as u64 >= a.params.size() / 4)
-            .and_then(|w| texture::all_flat(gpu, &buffers, w));
-        let (sum_squares, update) = if let Some((views, copies)) = textures {
+            .and_then(|w| texture::flat(gpu, a.grads, w));
+        let (sum_squares, update) = if let Some((grads, copies)) = texture {
             out.extend(copies);
             let sum_squares = gpu.dispatch(
                 &self.sum_squares_texture,
-                &[(11, &views[0]), (1, a.stats)],
+                &[(11, &grads), (1, a.stats)],
                 &meta,
                 [self.partials as u32, 1, 1],
             );
             let update = gpu.dispatch(
                 &self.update_texture,
                 &[
-                    (11, &views[0]),
-                    (12, &views[1]),
-                    (13, &views[2]),
-                    (14, &views[3]),
+                    (11, &grads),
                     (2, a.hyper),
                     (3, a.stats),
                     (8, a.params),
