@@ -504,12 +504,18 @@ fn cpu_gemm_plans_column_bands_for_input_gradients_with_wide_weights() {
 /// `Lanes` chunks k only for weight gradients whose operands outgrow the cache.
 #[test]
 fn cpu_gemm_plans_k_chunks_for_weight_gradients_with_large_operands() {
-    // labml qkv dW at batch 64: A [4160, 1536] and B [4160, 512], 34 MB
-    assert_eq!(Plan::for_cpu(1536, 512, 4160, Layout::TN).splits, 3);
-    // labml fc1 dW at batch 64: 42.6 MB
-    assert_eq!(Plan::for_cpu(2048, 512, 4160, Layout::TN).splits, 3);
-    // tiny qkv dW: 12.8 MB; micro qkv dW: 3.3 MB; every forward or input gradient
-    assert_eq!(Plan::for_cpu(576, 192, 4160, Layout::TN).splits, 1);
+    // chunks of at most 6 MiB of A and B: labml qkv dW at batch 64, A [4160, 1536] and
+    // B [4160, 512], 34 MB
+    assert_eq!(Plan::for_cpu(1536, 512, 4160, Layout::TN).splits, 6);
+    // labml fc1 dW at batch 64: 42.6 MB; at batch 16 (k = 1040): 10.6 MB
+    assert_eq!(Plan::for_cpu(2048, 512, 4160, Layout::TN).splits, 7);
+    assert_eq!(Plan::for_cpu(2048, 512, 1040, Layout::TN).splits, 2);
+    // tiny qkv dW: 12.8 MB; tiny fc1 dW: 16 MB
+    assert_eq!(Plan::for_cpu(576, 192, 4160, Layout::TN).splits, 3);
+    assert_eq!(Plan::for_cpu(768, 192, 4160, Layout::TN).splits, 3);
+    // labml proj dW at batch 16: 4.3 MB; micro qkv dW: 3.3 MB; every forward or input
+    // gradient
+    assert_eq!(Plan::for_cpu(512, 512, 1040, Layout::TN).splits, 1);
     assert_eq!(Plan::for_cpu(192, 64, 3200, Layout::TN).splits, 1);
     assert_eq!(Plan::for_cpu(4160, 1536, 512, Layout::NT).splits, 1);
     assert_eq!(Plan::for_cpu(4160, 512, 1536, Layout::NN).splits, 1);

@@ -151,11 +151,16 @@ const TARGET_WORKGROUPS: usize = 128;
 /// Split-K never makes a split shorter than this many k.
 const MIN_SPLIT_K: usize = 256;
 const MAX_SPLITS: usize = 32;
-/// `Lanes`: the most A and B bytes a k-chunk reads. Measured on llvmpipe (2 MiB L2 per
-/// core, 32 MiB L3) at labml's qkv dW shape: 51-57 GFLOP/s with 8.5 MB of operands, 50-54
-/// with 17 MB, 33-43 with 34 MB; 44-48 at 4.3 MB, where each chunk's reading and writing
-/// of C is paid over fewer k.
-const CPU_CHUNK_BYTES: usize = 16 << 20;
+/// `Lanes`: the most A and B bytes a k-chunk reads. Weight gradients walk k through A's
+/// and B's column strips; in chunks of 4-6 MB the strips a chunk's tiles share stay in the
+/// core's 2 MiB L2 and the last-level cache. Measured on llvmpipe (2026-12-02, a lab binary
+/// timing 1-8 chunks of one shape interleaved, five rounds): tiny's qkv dW (12.8 MB) 1.04x
+/// in 2 chunks, 1.10x in 3, fc1 and fc2 dW (16 MB) 1.04-1.24x in 3-4; labml's batch-16 qkv,
+/// fc1 and fc2 dW (8.5-10.6 MB) 1.10-1.14x in 2; at batch 64 (34-43 MB) 6-8 chunks ran
+/// 1.12-1.23x faster than the 3 a 16 MiB bound gave. Small ones lose: labml's proj dW
+/// (4.3 MB, one chunk) ran 0.94x in 2, tiny's (6.4 MB, just over the bound: 2) 0.97x (each
+/// chunk's pass over C paid over fewer k).
+const CPU_CHUNK_BYTES: usize = 6 << 20;
 const MIN_CPU_CHUNK_K: usize = 256;
 /// B past this runs in column bands (`Plan::for_cpu`): a core's L2 on the machines measured.
 const CPU_BAND_B_BYTES: usize = 2 << 20;
