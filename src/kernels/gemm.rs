@@ -201,9 +201,8 @@ impl Plan {
     }
 
     /// `Lanes` (CPU adapters): split-K for weight gradients whose operands outgrow the
-    /// cache, as chunks of k run one after another, each adding into C: a chunk's panels
-    /// stay in the last-level cache while every tile of C reads them (labml's qkv dW at
-    /// batch 64 ran 1.1-1.3x faster in 3 or 5 chunks, alternated with 1). Bands of 2 column
+    /// cache, as chunks of k run one after another, each adding into C, every chunk at most
+    /// `CPU_CHUNK_BYTES` of operands (measurements there). Bands of 2 column
     /// tiles for an input gradient (NN) whose B outgrows a core's cache: row by row, every
     /// tile's 32 columns of B come from the last-level cache, a k-row apart each (labml's fc2
     /// dX 1.06-1.2x in four runs, qkv and fc1 dX 0.9-1.1x; the forward's B, a weight read
