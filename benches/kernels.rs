@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use rand::SeedableRng;
 use vit_wgpu::gpu::{Command, Gpu, GpuOptions, PassTimer};
-use vit_wgpu::kernels::gemm::{ActGrad, Activation, Gemm, GemmArgs, Layout, Variant};
+use vit_wgpu::kernels::gemm::{ActGrad, Activation, Gemm, GemmArgs, Layout, Plan, Variant};
 use vit_wgpu::reference::gemm::{self as reference_gemm, Epilogue};
 use vit_wgpu::reference::{random_vec, relative_error};
 
@@ -35,8 +35,9 @@ struct Case {
     cpu_seconds: Option<f64>,
     /// Bytes moved, for memory-bound kernels: the rate column then shows GB/s.
     bytes: Option<f64>,
-    /// A GEMM's C [m, n] and whether it also stores a slope, for the store-bound column.
-    stored: Option<(usize, usize, bool)>,
+    /// A GEMM's C [m, n], whether it also stores a slope and whether the `lanes` kernel
+    /// stores it in 16x64 tiles (else 32x32), for the store-bound column.
+    stored: Option<(usize, usize, bool, bool)>,
     commands: Vec<Command>,
 }
 
@@ -52,14 +53,14 @@ struct Bench {
     /// A plain store kernel's floats per second (each invocation writes one vec4).
     store_rate: f64,
     /// Seconds to store C (and a slope) of a shape as the `lanes` epilogue does, by shape.
-    tile_store_seconds: std::collections::HashMap<(usize, usize, bool), f64>,
+    tile_store_seconds: std::collections::HashMap<(usize, usize, bool, bool), f64>,
     rows: Vec<String>,
     rng: rand::rngs::StdRng,
 }
 
 impl Bench {
     /// `measure_tile_stores` once per shape.
-    fn tile_stores(&mut self, shape: (usize, usize, bool)) -> f64 {
+    fn tile_stores(&mut self, shape: (usize, usize, bool, bool)) -> f64 {
         if let Some(&seconds) = self.tile_store_seconds.get(&shape) {
             return seconds;
         }
@@ -156,7 +157,7 @@ impl Bench {
             None => format!("{:.2}", case.flops / seconds / self.peak),
         };
         // The share of the ceiling left when the arithmetic runs at the ceiling and C (and
-        // the slope) are stored as the `lanes` epilogue stores them, 32x32 tiles row by row,
+        // the slope) are stored as the `lanes` epilogue stores them, its tiles row by row,
         // timed alone for this shape, one after the other (on llvmpipe each store is a
         // scalar loop over the lanes, which no multiply-add overlaps).
         let store_bound = case.stored.map_or("-".to_string(), |shape| {
@@ -200,8 +201,9 @@ const MEMORY: vit_wgpu::kernels::Shader = vit_wgpu::kernels::Shader {
 @group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> dst2: array<vec4<f32>>;
-// copy and store: len4 vec4; tile_store: C [m = len4, n], a second output when two != 0
-struct Meta { len4: u32, n: u32, two: u32, pad: u32 }
+// copy and store: len4 vec4; tile_store: C [m = len4, n], a second output when two != 0,
+// 16x64 tiles when wide != 0
+struct Meta { len4: u32, n: u32, two: u32, wide: u32 }
 @group(1) @binding(0) var<uniform> shape: Meta;
 @compute @workgroup_size(64)
 fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -215,18 +217,22 @@ fn store(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     if (i < shape.len4) { dst[i] = vec4<f32>(x, x + 1.0, x * 2.0, x - 3.0); }
 }
 // The `lanes` GEMM epilogue's store pattern: an 8-lane workgroup per 32x32 tile of C, each
-// lane 4 columns of its 32 rows, row by row (n % 4 == 0).
+// lane 4 columns of its 32 rows, or per 16x64 tile, each lane columns 4 lane.. and
+// 32 + 4 lane.. of its 16 rows, row by row (n % 4 == 0).
 @compute @workgroup_size(8)
 fn tile_store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-    let col = wid.x * 32u + lane * 4u;
-    if (col >= shape.n) { return; }
+    let rows = select(32u, 16u, shape.wide != 0u);
+    let groups = select(1u, 2u, shape.wide != 0u);
     let x = f32(lane) + f32(wid.x);
-    for (var r = 0u; r < 32u; r++) {
-        let row = wid.y * 32u + r;
-        if (row < shape.len4) {
-            let v = vec4<f32>(x, x + f32(r), x * 2.0, x - 3.0);
-            dst[(row * shape.n + col) / 4u] = v;
-            if (shape.two != 0u) { dst2[(row * shape.n + col) / 4u] = v * 0.5; }
+    for (var r = 0u; r < rows; r++) {
+        let row = wid.y * rows + r;
+        for (var g = 0u; g < groups; g++) {
+            let col = wid.x * 32u * groups + g * 32u + lane * 4u;
+            if (row < shape.len4 && col < shape.n) {
+                let v = vec4<f32>(x, x + f32(r), x * 2.0, x - 3.0);
+                dst[(row * shape.n + col) / 4u] = v;
+                if (shape.two != 0u) { dst2[(row * shape.n + col) / 4u] = v * 0.5; }
+            }
         }
     }
 }
@@ -250,7 +256,7 @@ fn measure_store(bench: &Bench, floats: usize) -> f64 {
 }
 
 /// Seconds to store C [m, n] (and a second output) in the `lanes` GEMM epilogue's pattern.
-fn measure_tile_stores(bench: &Bench, (m, n, two): (usize, usize, bool)) -> f64 {
+fn measure_tile_stores(bench: &Bench, (m, n, two, wide): (usize, usize, bool, bool)) -> f64 {
     let g = &bench.gpu;
     if !n.is_multiple_of(4) {
         // no GEMM case has such an n; the plain rate stands in
@@ -262,8 +268,12 @@ fn measure_tile_stores(bench: &Bench, (m, n, two): (usize, usize, bool)) -> f64 
     let dispatch = g.dispatch(
         &pipeline,
         &[(1, &dst), (2, &dst2)],
-        &[m as u32, n as u32, two as u32, 0],
-        [n.div_ceil(32) as u32, m.div_ceil(32) as u32, 1],
+        &[m as u32, n as u32, two as u32, wide as u32],
+        if wide {
+            [n.div_ceil(64) as u32, m.div_ceil(16) as u32, 1]
+        } else {
+            [n.div_ceil(32) as u32, m.div_ceil(32) as u32, 1]
+        },
     );
     bench.time(&[Command::Dispatch(dispatch)]).0
 }
@@ -577,14 +587,22 @@ fn bench_one_gemm(
     if s.accumulate {
         epilogue.push("+=".into());
     }
+    // the tiles the `lanes` kernel stores C in for this shape and epilogue
+    let epilogue_floats =
+        1 + s.slope as usize + s.act_grad.is_some() as usize + s.accumulate as usize;
+    let wide = Plan::for_cpu(m, n, k, s.layout, epilogue_floats).wide;
     let case = Case {
         name: format!("{name} {}", epilogue.join(" ")).trim().to_string(),
         shape: format!("{m}x{n}x{k} {:?}", s.layout),
-        variant: label.to_string(),
+        variant: if wide && label.starts_with("lanes") {
+            format!("{label} 16x64")
+        } else {
+            label.to_string()
+        },
         flops: 2.0 * (m * n * k) as f64,
         cpu_seconds: Some(cpu_seconds),
         bytes: None,
-        stored: Some((m, n, s.slope)),
+        stored: Some((m, n, s.slope, wide)),
         commands,
     };
     bench.run(case, check);
@@ -637,7 +655,7 @@ fn main() {
         bench.copy_bandwidth * 1e-9,
         1e9 / bench.store_rate
     );
-    println!("| kernel | shape m x n x k | variant | ms | ms wall (+copies) | GFLOP/s or GB/s | of ceiling (FMA; copy for GB/s) | store-bound (FMA at ceiling + C stored in 32x32 tiles) | vs CPU sgemm | rel. error |");
+    println!("| kernel | shape m x n x k | variant | ms | ms wall (+copies) | GFLOP/s or GB/s | of ceiling (FMA; copy for GB/s) | store-bound (FMA at ceiling + C stored in the lanes kernel's tiles) | vs CPU sgemm | rel. error |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     // Kernel families; each filters its cases by name ("gemm tiny qkv fwd lanes").
     bench_gemm(&mut bench);

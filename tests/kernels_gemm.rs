@@ -72,9 +72,30 @@ struct Flags {
 /// Run one GEMM on the device and on the CPU, compare C (and the saved slope).
 /// Returns the largest relative error.
 fn check(variant: Variant, layout: Layout, shape: (usize, usize, usize), f: Flags) -> f64 {
+    check_tiles(variant, layout, shape, f, Tiles::Planned)
+}
+
+/// The `Lanes` tiles a check runs: as `Plan::for_cpu` picks for the shape (32x32 for every
+/// shape of these tests) or 16x64 whatever it picks.
+#[derive(Clone, Copy, PartialEq)]
+enum Tiles {
+    Planned,
+    Wide,
+}
+
+fn check_tiles(
+    variant: Variant,
+    layout: Layout,
+    shape: (usize, usize, usize),
+    f: Flags,
+    tiles: Tiles,
+) -> f64 {
     let (m, n, k) = shape;
     let plan = match variant {
-        Variant::Lanes | Variant::LanesStorage => Plan::for_cpu(m, n, k, layout),
+        Variant::Lanes | Variant::LanesStorage => Plan {
+            wide: tiles == Tiles::Wide,
+            ..Plan::for_cpu(m, n, k, layout, 1)
+        },
         _ => Plan::for_shape(m, n, k, layout),
     };
     check_plan(variant, layout, shape, f, plan)
@@ -169,21 +190,26 @@ fn check_plan(
     err
 }
 
-fn every_layout_on_odd_shapes(variant: Variant) {
+fn every_layout_on_odd_shapes(variant: Variant, tiles: Tiles) {
     for layout in Layout::ALL {
         let mut worst: f64 = 0.0;
         for &shape in SHAPES {
-            worst = worst.max(check(variant, layout, shape, Flags::default()));
+            worst = worst.max(check_tiles(variant, layout, shape, Flags::default(), tiles));
         }
         eprintln!(
-            "SUMMARY {} {layout:?}: {} shapes, largest relative error {worst:.2e}",
+            "SUMMARY {} {layout:?}{}: {} shapes, largest relative error {worst:.2e}",
             variant.name(),
+            if tiles == Tiles::Wide {
+                " 16x64 tiles"
+            } else {
+                ""
+            },
             SHAPES.len()
         );
     }
 }
 
-fn every_epilogue(variant: Variant) {
+fn every_epilogue(variant: Variant, tiles: Tiles) {
     let relu = Some(Activation::Relu);
     let gelu = Some(Activation::Gelu);
     let (relu_output, slope) = (Some(ActGrad::ReluOutput), Some(ActGrad::Slope));
@@ -273,7 +299,7 @@ fn every_epilogue(variant: Variant) {
     ];
     for (layout, flags) in cases {
         for shape in [(65, 96, 64), (985, 33, 17), (17, 192, 192), (64, 128, 192)] {
-            check(variant, layout, shape, flags);
+            check_tiles(variant, layout, shape, flags, tiles);
         }
     }
 }
@@ -281,56 +307,77 @@ fn every_epilogue(variant: Variant) {
 #[test]
 fn tiled_gemm_matches_cpu_in_every_layout_on_odd_shapes() {
     if runs(Variant::Tiled) {
-        every_layout_on_odd_shapes(Variant::Tiled);
+        every_layout_on_odd_shapes(Variant::Tiled, Tiles::Planned);
     }
 }
 
 #[test]
 fn registers_gemm_matches_cpu_in_every_layout_on_odd_shapes() {
     if runs(Variant::Registers) {
-        every_layout_on_odd_shapes(Variant::Registers);
+        every_layout_on_odd_shapes(Variant::Registers, Tiles::Planned);
     }
 }
 
 #[test]
 fn cpu_gemm_matches_cpu_in_every_layout_on_odd_shapes() {
     if runs(Variant::Lanes) {
-        every_layout_on_odd_shapes(Variant::Lanes);
+        every_layout_on_odd_shapes(Variant::Lanes, Tiles::Planned);
     }
 }
 
 #[test]
 fn cpu_gemm_from_storage_matches_cpu_in_every_layout_on_odd_shapes() {
     if runs(Variant::LanesStorage) {
-        every_layout_on_odd_shapes(Variant::LanesStorage);
+        every_layout_on_odd_shapes(Variant::LanesStorage, Tiles::Planned);
     }
 }
 
 #[test]
 fn tiled_gemm_applies_every_epilogue() {
     if runs(Variant::Tiled) {
-        every_epilogue(Variant::Tiled);
+        every_epilogue(Variant::Tiled, Tiles::Planned);
     }
 }
 
 #[test]
 fn registers_gemm_applies_every_epilogue() {
     if runs(Variant::Registers) {
-        every_epilogue(Variant::Registers);
+        every_epilogue(Variant::Registers, Tiles::Planned);
     }
 }
 
 #[test]
 fn cpu_gemm_applies_every_epilogue() {
     if runs(Variant::Lanes) {
-        every_epilogue(Variant::Lanes);
+        every_epilogue(Variant::Lanes, Tiles::Planned);
     }
 }
 
 #[test]
 fn cpu_gemm_from_storage_applies_every_epilogue() {
     if runs(Variant::LanesStorage) {
-        every_epilogue(Variant::LanesStorage);
+        every_epilogue(Variant::LanesStorage, Tiles::Planned);
+    }
+}
+
+/// 16x64 tiles (`Plan::wide`), which `Plan::for_cpu` picks for large C and short k, in
+/// every layout (weight gradients included, though the plan never picks them there) on the
+/// odd shapes: aligned ones (n of 64, m of 16) run unchecked, the rest with bounds checks.
+#[test]
+fn cpu_gemm_with_16x64_tiles_matches_cpu_in_every_layout_on_odd_shapes() {
+    for variant in [Variant::Lanes, Variant::LanesStorage] {
+        if runs(variant) {
+            every_layout_on_odd_shapes(variant, Tiles::Wide);
+        }
+    }
+}
+
+#[test]
+fn cpu_gemm_with_16x64_tiles_applies_every_epilogue() {
+    for variant in [Variant::Lanes, Variant::LanesStorage] {
+        if runs(variant) {
+            every_epilogue(variant, Tiles::Wide);
+        }
     }
 }
 
@@ -350,6 +397,7 @@ fn tiled_gemm_matches_cpu_with_both_tile_sizes_and_split_k() {
                     blocks,
                     splits: 1,
                     band: 0,
+                    wide: false,
                 };
                 worst = worst.max(check_plan(
                     Variant::Tiled,
@@ -376,6 +424,7 @@ fn tiled_gemm_matches_cpu_with_both_tile_sizes_and_split_k() {
                 blocks,
                 splits,
                 band: 0,
+                wide: false,
             };
             worst = worst.max(check_plan(
                 Variant::Tiled,
@@ -429,6 +478,7 @@ fn cpu_gemm_splits_long_weight_gradients_into_k_chunks() {
                     blocks: 1,
                     splits,
                     band: 0,
+                    wide: false,
                 };
                 worst = worst.max(check_plan(variant, Layout::TN, shape, flags, plan));
             }
@@ -436,6 +486,7 @@ fn cpu_gemm_splits_long_weight_gradients_into_k_chunks() {
                 blocks: 1,
                 splits,
                 band: 0,
+                wide: false,
             };
             worst = worst.max(check_plan(variant, Layout::TN, shape, epilogue, plan));
         }
@@ -479,6 +530,7 @@ fn cpu_gemm_runs_column_bands_in_any_order() {
                 blocks: 1,
                 splits: 1,
                 band,
+                wide: false,
             };
             for flags in [Flags::default(), slope, accumulate] {
                 worst = worst.max(check_plan(variant, Layout::NN, shape, flags, plan));
@@ -492,13 +544,36 @@ fn cpu_gemm_runs_column_bands_in_any_order() {
 #[test]
 fn cpu_gemm_plans_column_bands_for_input_gradients_with_wide_weights() {
     // labml fc2 dX: B = W2 [512, 2048], 4 MiB; qkv dX [1536, 512], 3 MiB
-    assert_eq!(Plan::for_cpu(4160, 2048, 512, Layout::NN).band, 2);
-    assert_eq!(Plan::for_cpu(4160, 512, 1536, Layout::NN).band, 2);
+    assert_eq!(Plan::for_cpu(4160, 2048, 512, Layout::NN, 1).band, 2);
+    assert_eq!(Plan::for_cpu(4160, 512, 1536, Layout::NN, 1).band, 2);
     // labml proj dX (1 MiB), every tiny GEMM, every forward and weight gradient
-    assert_eq!(Plan::for_cpu(4160, 512, 512, Layout::NN).band, 0);
-    assert_eq!(Plan::for_cpu(4160, 768, 192, Layout::NN).band, 0);
-    assert_eq!(Plan::for_cpu(4160, 2048, 512, Layout::NT).band, 0);
-    assert_eq!(Plan::for_cpu(512, 2048, 4160, Layout::TN).band, 0);
+    assert_eq!(Plan::for_cpu(4160, 512, 512, Layout::NN, 1).band, 0);
+    assert_eq!(Plan::for_cpu(4160, 768, 192, Layout::NN, 1).band, 0);
+    assert_eq!(Plan::for_cpu(4160, 2048, 512, Layout::NT, 1).band, 0);
+    assert_eq!(Plan::for_cpu(512, 2048, 4160, Layout::TN, 1).band, 0);
+}
+
+/// `Lanes` takes 16x64 tiles where the epilogue's stores weigh as much as the arithmetic:
+/// k at most 96 per float the epilogue moves, C of 2 MiB or more, n a multiple of 64, never
+/// for weight gradients.
+#[test]
+fn cpu_gemm_plans_16x64_tiles_for_short_k_and_large_outputs() {
+    // tiny fc1 forward (GELU + slope) and fc2 dX (x slope): k = 192, two floats moved
+    assert!(Plan::for_cpu(4160, 768, 192, Layout::NT, 2).wide);
+    assert!(Plan::for_cpu(4160, 768, 192, Layout::NN, 2).wide);
+    // micro: k = 64 forwards, C alone
+    assert!(Plan::for_cpu(3200, 192, 64, Layout::NT, 1).wide);
+    assert!(Plan::for_cpu(3200, 256, 64, Layout::NT, 2).wide);
+    // tiny qkv forward: k = 192 with C alone; fc2 forward: k = 768
+    assert!(!Plan::for_cpu(4160, 576, 192, Layout::NT, 1).wide);
+    assert!(!Plan::for_cpu(4160, 192, 768, Layout::NT, 2).wide);
+    // labml: k >= 512 everywhere
+    assert!(!Plan::for_cpu(1040, 2048, 512, Layout::NT, 1).wide);
+    assert!(!Plan::for_cpu(4160, 2048, 512, Layout::NN, 2).wide);
+    // micro's n = 64 outputs (0.8 MB), n not a multiple of 64, a weight gradient
+    assert!(!Plan::for_cpu(3200, 64, 64, Layout::NT, 2).wide);
+    assert!(!Plan::for_cpu(4160, 100, 64, Layout::NT, 1).wide);
+    assert!(!Plan::for_cpu(2048, 512, 64, Layout::TN, 2).wide);
 }
 
 /// `Lanes` chunks k only for weight gradients whose operands outgrow the cache.
@@ -506,21 +581,21 @@ fn cpu_gemm_plans_column_bands_for_input_gradients_with_wide_weights() {
 fn cpu_gemm_plans_k_chunks_for_weight_gradients_with_large_operands() {
     // chunks of at most 6 MiB of A and B: labml qkv dW at batch 64, A [4160, 1536] and
     // B [4160, 512], 34 MB
-    assert_eq!(Plan::for_cpu(1536, 512, 4160, Layout::TN).splits, 6);
+    assert_eq!(Plan::for_cpu(1536, 512, 4160, Layout::TN, 1).splits, 6);
     // labml fc1 dW at batch 64: 42.6 MB; at batch 16 (k = 1040): 10.6 MB
-    assert_eq!(Plan::for_cpu(2048, 512, 4160, Layout::TN).splits, 7);
-    assert_eq!(Plan::for_cpu(2048, 512, 1040, Layout::TN).splits, 2);
+    assert_eq!(Plan::for_cpu(2048, 512, 4160, Layout::TN, 1).splits, 7);
+    assert_eq!(Plan::for_cpu(2048, 512, 1040, Layout::TN, 1).splits, 2);
     // tiny qkv dW: 12.8 MB; tiny fc1 dW: 16 MB
-    assert_eq!(Plan::for_cpu(576, 192, 4160, Layout::TN).splits, 3);
-    assert_eq!(Plan::for_cpu(768, 192, 4160, Layout::TN).splits, 3);
+    assert_eq!(Plan::for_cpu(576, 192, 4160, Layout::TN, 1).splits, 3);
+    assert_eq!(Plan::for_cpu(768, 192, 4160, Layout::TN, 1).splits, 3);
     // labml proj dW at batch 16: 4.3 MB; micro qkv dW: 3.3 MB; every forward or input
     // gradient
-    assert_eq!(Plan::for_cpu(512, 512, 1040, Layout::TN).splits, 1);
-    assert_eq!(Plan::for_cpu(192, 64, 3200, Layout::TN).splits, 1);
-    assert_eq!(Plan::for_cpu(4160, 1536, 512, Layout::NT).splits, 1);
-    assert_eq!(Plan::for_cpu(4160, 512, 1536, Layout::NN).splits, 1);
+    assert_eq!(Plan::for_cpu(512, 512, 1040, Layout::TN, 1).splits, 1);
+    assert_eq!(Plan::for_cpu(192, 64, 3200, Layout::TN, 1).splits, 1);
+    assert_eq!(Plan::for_cpu(4160, 1536, 512, Layout::NT, 1).splits, 1);
+    assert_eq!(Plan::for_cpu(4160, 512, 1536, Layout::NN, 1).splits, 1);
     // never a chunk shorter than 256 k
-    assert_eq!(Plan::for_cpu(4096, 4096, 600, Layout::TN).splits, 2);
+    assert_eq!(Plan::for_cpu(4096, 4096, 600, Layout::TN, 1).splits, 2);
 }
 
 /// Weight gradients with few tiles and long k take split-K; large outputs the 128 tile.
@@ -540,7 +615,8 @@ fn tiled_gemm_plans_split_k_for_weight_gradients_and_large_tiles_for_large_outpu
         Plan {
             blocks: 2,
             splits: 1,
-            band: 0
+            band: 0,
+            wide: false
         }
     );
     // never split a product that is not a weight gradient, nor a short k

@@ -164,15 +164,33 @@ const CPU_CHUNK_BYTES: usize = 6 << 20;
 const MIN_CPU_CHUNK_K: usize = 256;
 /// B past this runs in column bands (`Plan::for_cpu`): a core's L2 on the machines measured.
 const CPU_BAND_B_BYTES: usize = 2 << 20;
+/// `Lanes` 16x64 tiles (rows, columns): the same 128 accumulators per lane as 16 rows x 8
+/// columns, so a tile stores 16 rows of 256 bytes rather than 32 of 128. On llvmpipe a C
+/// stored in 32x32 tiles cost 2.2-2.7x a plain contiguous store per float once it outgrew
+/// the caches (3.7-4.4 ns per float against 1.4-2.0 for 16x64 tiles into buffers not in
+/// cache, a lab kernel, 2026-12-03), but a 16x64 tile loads 2 vec4 of A and 8 of B per 4 k
+/// for the same products (against 4 and 4), so it wins only where the stores weigh as much
+/// as the arithmetic: k at most 96 per float the epilogue moves, C past a core's L2.
+/// Measured in one process alternating the two, 15 rounds: micro's k = 64 forwards and fc2
+/// dX 1.15-1.28x, tiny's fc1 forward (GELU + slope) and fc2 dX (x slope) 1.19-1.20x, tiny's
+/// qkv forward (k = 192, C alone) 1.05x; against 0.82-0.93x at k >= 256 (labml's, tiny's
+/// fc2 forward, micro's fc2 forward), 0.88-0.92x for C of 0.8 MB (micro's n = 64) and
+/// 0.92-1.02x for tiny's proj (n = 192, k = 192). In place (`bench --profile`, three
+/// alternations): tiny's n = 768 launches 1.15-1.28x, micro's n = 256 1.12-1.34x.
+pub const WIDE_TILE: (usize, usize) = (16, 64);
+const WIDE_MAX_K_PER_FLOAT: usize = 96;
+const WIDE_MIN_C_BYTES: usize = 2 << 20;
 
 /// How `Tiled` runs one shape: `blocks` 4x4 blocks per invocation per axis (1: 64x64
-/// tiles, 2: 128x128) and `splits` of k (1: no split-K); `Lanes` reads `splits` and `band`,
-/// the column tiles it runs as one band over every row tile (0: row tile by row tile).
+/// tiles, 2: 128x128) and `splits` of k (1: no split-K); `Lanes` reads `splits`, `band`,
+/// the column tiles it runs as one band over every row tile (0: row tile by row tile), and
+/// `wide`: 16x64 tiles of C instead of 32x32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Plan {
     pub blocks: u32,
     pub splits: u32,
     pub band: u32,
+    pub wide: bool,
 }
 
 impl Plan {
@@ -197,6 +215,7 @@ impl Plan {
             blocks,
             splits: splits as u32,
             band: 0,
+            wide: false,
         }
     }
 
@@ -206,8 +225,11 @@ impl Plan {
     /// tiles for an input gradient (NN) whose B outgrows a core's cache: row by row, every
     /// tile's 32 columns of B come from the last-level cache, a k-row apart each (labml's fc2
     /// dX 1.06-1.2x in four runs, qkv and fc1 dX 0.9-1.1x; the forward's B, a weight read
-    /// along its rows, gained nothing).
-    pub fn for_cpu(m: usize, n: usize, k: usize, layout: Layout) -> Plan {
+    /// along its rows, gained nothing). 16x64 tiles (`wide`) where the epilogue's stores
+    /// weigh as much as the arithmetic (see `WIDE_TILE`); `epilogue_floats` is the floats
+    /// the epilogue moves per element of C: 1 for C alone, one more for a saved slope, an
+    /// act'(pre) read or C's old value read to accumulate into.
+    pub fn for_cpu(m: usize, n: usize, k: usize, layout: Layout, epilogue_floats: usize) -> Plan {
         let operand_bytes = 4 * k * (m + n);
         let splits = if layout == Layout::TN {
             operand_bytes
@@ -222,10 +244,15 @@ impl Plan {
         } else {
             0
         };
+        let wide = layout != Layout::TN
+            && n.is_multiple_of(WIDE_TILE.1)
+            && k <= WIDE_MAX_K_PER_FLOAT * epilogue_floats
+            && 4 * m * n >= WIDE_MIN_C_BYTES;
         Plan {
             blocks: 1,
             splits: splits as u32,
             band,
+            wide,
         }
     }
 
@@ -281,7 +308,7 @@ fn spec(variant: Variant, layout: Layout, o: Options) -> PipelineSpec {
         },
         Variant::Lanes | Variant::LanesStorage => PipelineSpec {
             shader: GEMM_LANES,
-            entry: "gemm_cpu",
+            entry: if o.wide { "gemm_cpu_wide" } else { "gemm_cpu" },
             constants: vec![
                 ("LAYOUT", l),
                 ("A_TEXTURE", flag(o.a_tex)),
@@ -329,6 +356,7 @@ struct Options {
     aligned: bool,
     rows_fast: bool,
     band: u32,
+    wide: bool,
 }
 
 /// The epilogue as the `Lanes` kernels take it: override constants, one pipeline each.
@@ -422,16 +450,19 @@ pub fn pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
                             for epilogue in Epilogue::all() {
                                 for aux_tex in textures(vec4, epilogue.act_grad != 0) {
                                     for c_tex in textures(vec4, epilogue.accumulate) {
-                                        let more = Options {
-                                            a_tex: x,
-                                            b_tex: y,
-                                            vec4,
-                                            epilogue,
-                                            aux_tex,
-                                            c_tex,
-                                            ..Default::default()
-                                        };
-                                        specs.push(spec(variant, layout, more));
+                                        for wide in bools {
+                                            let more = Options {
+                                                a_tex: x,
+                                                b_tex: y,
+                                                vec4,
+                                                epilogue,
+                                                aux_tex,
+                                                c_tex,
+                                                wide,
+                                                ..Default::default()
+                                            };
+                                            specs.push(spec(variant, layout, more));
+                                        }
                                     }
                                 }
                             }
@@ -683,7 +714,13 @@ impl Gemm {
     ) -> Vec<Command> {
         let (m, n, k) = (args.m, args.n, args.k);
         let ((a_rows, a_cols), (b_rows, b_cols)) = args.layout.shapes(m, n, k);
-        let groups = [div_ceil(n, CPU_TILE), div_ceil(m, CPU_TILE), 1];
+        let wide = plan.wide;
+        let (tile_rows, tile_cols) = if wide {
+            WIDE_TILE
+        } else {
+            (CPU_TILE, CPU_TILE)
+        };
+        let groups = [div_ceil(n, tile_cols), div_ceil(m, tile_rows), 1];
         check_groups(gpu, groups, m, n);
         let mut commands = Vec::new();
         let use_textures = self.variant == Variant::Lanes;
@@ -717,6 +754,7 @@ impl Gemm {
             // when A is the wider (fc1's, qkv's), measured with and without padded rows
             rows_fast: args.layout == Layout::TN && n > m,
             band: plan.band,
+            wide,
             ..Default::default()
         };
         let mut entries = self.epilogue_entries(args);
@@ -746,17 +784,17 @@ impl Gemm {
         }
         // When n and k are tile multiples, the whole row tiles run without bounds checks
         // (ALIGNED) and a last partial row tile, if any, in a second launch with them.
-        let full_tiles = m / CPU_TILE;
+        let full_tiles = m / tile_rows;
         let k_step = 4 * K_STEPS;
-        let aligned_cols = n.is_multiple_of(CPU_TILE) && k.is_multiple_of(k_step);
+        let aligned_cols = n.is_multiple_of(tile_cols) && k.is_multiple_of(k_step);
         let row_launches = if aligned_cols && full_tiles > 0 {
             let mut l = vec![(true, 0, full_tiles)];
-            if !m.is_multiple_of(CPU_TILE) {
-                l.push((false, full_tiles * CPU_TILE, 1));
+            if !m.is_multiple_of(tile_rows) {
+                l.push((false, full_tiles * tile_rows, 1));
             }
             l
         } else {
-            vec![(false, 0, m.div_ceil(CPU_TILE))]
+            vec![(false, 0, m.div_ceil(tile_rows))]
         };
         let plain = Epilogue {
             accumulate: false,
@@ -878,7 +916,11 @@ impl Record<GemmArgs<'_>> for Gemm {
     fn record(&self, gpu: &Gpu, args: &GemmArgs, out: &mut Vec<Command>) {
         let plan = match self.variant {
             Variant::Lanes | Variant::LanesStorage => {
-                Plan::for_cpu(args.m, args.n, args.k, args.layout)
+                let epilogue_floats = 1
+                    + args.slope.is_some() as usize
+                    + args.act_grad.is_some() as usize
+                    + args.accumulate as usize;
+                Plan::for_cpu(args.m, args.n, args.k, args.layout, epilogue_floats)
             }
             _ => Plan::for_shape(args.m, args.n, args.k, args.layout),
         };
