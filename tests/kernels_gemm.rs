@@ -37,8 +37,10 @@ fn runs(variant: Variant) -> bool {
 /// Shapes that are not tile multiples (tiles are 32, 64 and 128), including 1-sized ones,
 /// 50 and 197 rows, the ViT token count (5 images x 197 tokens), widths that are not
 /// multiples of 4 (scalar loads) and both texture-eligible widths (multiples of 64) and
-/// storage-only ones, for every operand of every layout. The last three are tile multiples
-/// (m, n of 32, k of 8), which the `Lanes` kernel runs without bounds checks.
+/// storage-only ones, for every operand of every layout. The last five have n and k tile
+/// multiples (n of 32, k of 8), which the `Lanes` kernel runs without bounds checks; (65, 64,
+/// 192) and (80, 128, 40) also leave a last row tile of 1 and 16 rows, which it runs as a
+/// row of 16x64 tiles (unchecked for 16).
 const SHAPES: &[(usize, usize, usize)] = &[
     (1, 64, 64),
     (50, 36, 50),
@@ -58,6 +60,7 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (128, 64, 192),
     (64, 192, 64),
     (96, 32, 40),
+    (80, 128, 40),
 ];
 
 #[derive(Clone, Copy, Default)]

@@ -783,18 +783,41 @@ impl Gemm {
             entries.push(entry(binding, view.as_ref().unwrap_or(&self.dummy_texture)));
         }
         // When n and k are tile multiples, the whole row tiles run without bounds checks
-        // (ALIGNED) and a last partial row tile, if any, in a second launch with them.
+        // (ALIGNED) and a last partial row tile, if any, in a second launch with them. A
+        // remainder of at most 16 rows under 32x32 tiles runs as one row of 16x64 tiles
+        // when n allows (labml's batch-16 m = 1040 = 32 x 32 + 16): half the work of a
+        // 32-row tile, and none of it bounds-checked when the remainder is exactly 16.
         let full_tiles = m / tile_rows;
         let k_step = 4 * K_STEPS;
         let aligned_cols = n.is_multiple_of(tile_cols) && k.is_multiple_of(k_step);
+        let remainder = m % tile_rows;
         let row_launches = if aligned_cols && full_tiles > 0 {
-            let mut l = vec![(true, 0, full_tiles)];
-            if !m.is_multiple_of(tile_rows) {
-                l.push((false, full_tiles * tile_rows, 1));
+            let mut l = vec![RowLaunch {
+                aligned: true,
+                wide,
+                row_base: 0,
+                row_tiles: full_tiles,
+            }];
+            if remainder > 0 {
+                let wide_rest = !wide
+                    && remainder <= WIDE_TILE.0
+                    && n.is_multiple_of(WIDE_TILE.1)
+                    && args.layout != Layout::TN;
+                l.push(RowLaunch {
+                    aligned: wide_rest && remainder == WIDE_TILE.0,
+                    wide: wide || wide_rest,
+                    row_base: full_tiles * tile_rows,
+                    row_tiles: 1,
+                });
             }
             l
         } else {
-            vec![(false, 0, m.div_ceil(tile_rows))]
+            vec![RowLaunch {
+                aligned: false,
+                wide,
+                row_base: 0,
+                row_tiles: m.div_ceil(tile_rows),
+            }]
         };
         let plain = Epilogue {
             accumulate: false,
@@ -816,10 +839,17 @@ impl Gemm {
                     ..o
                 }
             };
-            for &(aligned, row_base, row_tiles) in &row_launches {
-                let pipeline = self.pipeline(gpu, args.layout, Options { aligned, ..o });
+            for launch in &row_launches {
+                let o = Options {
+                    aligned: launch.aligned,
+                    wide: launch.wide,
+                    ..o
+                };
+                let pipeline = self.pipeline(gpu, args.layout, o);
+                let col_tiles = n.div_ceil(if launch.wide { WIDE_TILE.1 } else { CPU_TILE }) as u32;
+                let row_tiles = launch.row_tiles as u32;
                 let meta = Meta {
-                    row_base: row_base as u32,
+                    row_base: launch.row_base as u32,
                     k_begin: k_begin as u32,
                     k_chunk: chunk as u32,
                     splits: k.div_ceil(chunk) as u32,
@@ -827,9 +857,9 @@ impl Gemm {
                     ..meta
                 };
                 let groups = if o.rows_fast {
-                    [row_tiles as u32, groups[0], 1]
+                    [row_tiles, col_tiles, 1]
                 } else {
-                    [groups[0], row_tiles as u32, 1]
+                    [col_tiles, row_tiles, 1]
                 };
                 commands.push(Command::Dispatch(
                     gpu.dispatch_with(&pipeline, &entries, &meta, groups),
@@ -838,6 +868,17 @@ impl Gemm {
         }
         commands
     }
+}
+
+/// One launch of the `Lanes` kernel over some row tiles of C (all its column tiles).
+struct RowLaunch {
+    /// Every fetch and store in bounds: no checks (override ALIGNED).
+    aligned: bool,
+    /// 16x64 tiles (else 32x32).
+    wide: bool,
+    /// The first row of C its tiles start at.
+    row_base: usize,
+    row_tiles: usize,
 }
 
 fn check_groups(gpu: &Gpu, groups: [u32; 3], m: usize, n: usize) {
