@@ -171,12 +171,13 @@ const CPU_BAND_B_BYTES: usize = 2 << 20;
 /// cache, a lab kernel, 2026-12-03), but a 16x64 tile loads 2 vec4 of A and 8 of B per 4 k
 /// for the same products (against 4 and 4), so it wins only where the stores weigh as much
 /// as the arithmetic: k at most 96 per float the epilogue moves, C past a core's L2.
-/// Measured in one process alternating the two, 15 rounds: micro's k = 64 forwards and fc2
-/// dX 1.15-1.28x, tiny's fc1 forward (GELU + slope) and fc2 dX (x slope) 1.19-1.20x, tiny's
-/// qkv forward (k = 192, C alone) 1.05x; against 0.82-0.93x at k >= 256 (labml's, tiny's
-/// fc2 forward, micro's fc2 forward), 0.88-0.92x for C of 0.8 MB (micro's n = 64) and
-/// 0.92-1.02x for tiny's proj (n = 192, k = 192). In place (`bench --profile`, three
-/// alternations): tiny's n = 768 launches 1.15-1.28x, micro's n = 256 1.12-1.34x.
+/// Measured in one process alternating the two, 15 rounds per shape, two runs: micro's k =
+/// 64 forwards and fc2 dX 1.15-1.28x, tiny's fc1 forward (GELU + slope) 1.19-1.31x and fc2
+/// dX (x slope) 1.20-1.22x, tiny's proj forward adding into C 0.99-1.17x; not taken: tiny's
+/// qkv forward (k = 192, C alone) 1.02-1.05x, 0.82-0.93x at k >= 256 (labml's, tiny's fc2
+/// forward, micro's fc2 forward), 0.88-0.95x for C of 0.8 MB (micro's n = 64), 0.90-0.92x for
+/// tiny's proj dX. In place (`bench --profile`, alternated): tiny's n = 768 launches
+/// 1.15-1.28x, micro's n = 256 1.12-1.34x.
 pub const WIDE_TILE: (usize, usize) = (16, 64);
 const WIDE_MAX_K_PER_FLOAT: usize = 96;
 const WIDE_MIN_C_BYTES: usize = 2 << 20;
