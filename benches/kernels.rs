@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use rand::SeedableRng;
 use vit_wgpu::gpu::{Command, Gpu, GpuOptions, PassTimer};
-use vit_wgpu::kernels::gemm::{ActGrad, Activation, Gemm, GemmArgs, Layout, Plan, Variant};
+use vit_wgpu::kernels::gemm::{ActGrad, Activation, Gemm, GemmArgs, Layout, Variant, WIDE_TILE};
 use vit_wgpu::reference::gemm::{self as reference_gemm, Epilogue};
 use vit_wgpu::reference::{random_vec, relative_error};
 
@@ -270,7 +270,8 @@ fn measure_tile_stores(bench: &Bench, (m, n, two, wide): (usize, usize, bool, bo
         &[(1, &dst), (2, &dst2)],
         &[m as u32, n as u32, two as u32, wide as u32],
         if wide {
-            [n.div_ceil(64) as u32, m.div_ceil(16) as u32, 1]
+            let (rows, cols) = WIDE_TILE;
+            [n.div_ceil(cols) as u32, m.div_ceil(rows) as u32, 1]
         } else {
             [n.div_ceil(32) as u32, m.div_ceil(32) as u32, 1]
         },
@@ -518,23 +519,23 @@ fn bench_one_gemm(
         g.upload("c", &c0),
     );
     let bslope = g.storage("slope", m * n);
-    let commands = g.commands(
-        gemm,
-        &GemmArgs {
-            a: (&ba).into(),
-            b: (&bb).into(),
-            c: (&bc).into(),
-            m,
-            n,
-            k,
-            layout: s.layout,
-            bias: s.bias.then(|| (&bbias).into()),
-            slope: s.slope.then_some(&bslope),
-            activation: s.activation,
-            act_grad: s.act_grad.map(|grad| (&baux, grad)),
-            accumulate: s.accumulate,
-        },
-    );
+    let args = GemmArgs {
+        a: (&ba).into(),
+        b: (&bb).into(),
+        c: (&bc).into(),
+        m,
+        n,
+        k,
+        layout: s.layout,
+        bias: s.bias.then(|| (&bbias).into()),
+        slope: s.slope.then_some(&bslope),
+        activation: s.activation,
+        act_grad: s.act_grad.map(|grad| (&baux, grad)),
+        accumulate: s.accumulate,
+    };
+    let commands = g.commands(gemm, &args);
+    // the tiles the `lanes` kernel stores C in for this shape and epilogue
+    let wide = args.cpu_plan().wide;
     // Validate the first and last 32 rows (every column) against the f64 reference.
     let check = |gpu: &Gpu| {
         let ours: Vec<f32> = gpu.read(&bc).expect("read-back");
@@ -587,10 +588,6 @@ fn bench_one_gemm(
     if s.accumulate {
         epilogue.push("+=".into());
     }
-    // the tiles the `lanes` kernel stores C in for this shape and epilogue
-    let epilogue_floats =
-        1 + s.slope as usize + s.act_grad.is_some() as usize + s.accumulate as usize;
-    let wide = Plan::for_cpu(m, n, k, s.layout, epilogue_floats).wide;
     let case = Case {
         name: format!("{name} {}", epilogue.join(" ")).trim().to_string(),
         shape: format!("{m}x{n}x{k} {:?}", s.layout),

@@ -116,6 +116,18 @@ pub struct GemmArgs<'a> {
     pub accumulate: bool,
 }
 
+impl GemmArgs<'_> {
+    /// `Plan::for_cpu` for this GEMM: its epilogue moves C, plus a saved slope, an
+    /// act'(pre) read and C's old value when it has them.
+    pub fn cpu_plan(&self) -> Plan {
+        let epilogue_floats = 1
+            + self.slope.is_some() as usize
+            + self.act_grad.is_some() as usize
+            + self.accumulate as usize;
+        Plan::for_cpu(self.m, self.n, self.k, self.layout, epilogue_floats)
+    }
+}
+
 /// The shape record; gemm_lanes.wgsl reads the first eight fields.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -957,13 +969,7 @@ fn entry(binding: u32, resource: &dyn Bind) -> wgpu::BindGroupEntry<'_> {
 impl Record<GemmArgs<'_>> for Gemm {
     fn record(&self, gpu: &Gpu, args: &GemmArgs, out: &mut Vec<Command>) {
         let plan = match self.variant {
-            Variant::Lanes | Variant::LanesStorage => {
-                let epilogue_floats = 1
-                    + args.slope.is_some() as usize
-                    + args.act_grad.is_some() as usize
-                    + args.accumulate as usize;
-                Plan::for_cpu(args.m, args.n, args.k, args.layout, epilogue_floats)
-            }
+            Variant::Lanes | Variant::LanesStorage => args.cpu_plan(),
             _ => Plan::for_shape(args.m, args.n, args.k, args.layout),
         };
         let commands = self.record_after(gpu, args, plan, out);
