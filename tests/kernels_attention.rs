@@ -35,6 +35,11 @@ fn covering_shapes() -> Vec<AttentionShape> {
         shape(2, 9, 2, 4),
         shape(3, 23, 2, 12),
         shape(2, 33, 3, 20),
+        // token counts whose last block of 8 streamed rows is full (64), half full (12), or
+        // the only one (4)
+        shape(2, 64, 2, 32),
+        shape(3, 12, 2, 64),
+        shape(2, 4, 1, 64),
     ]
 }
 
