@@ -194,6 +194,13 @@ pub const WIDE_TILE: (usize, usize) = (16, 64);
 const WIDE_MAX_K_PER_FLOAT: usize = 96;
 const WIDE_MIN_C_BYTES: usize = 2 << 20;
 
+/// Whether the step may run a C of `n` columns as 16x64 tiles: whole 64-column tiles, and
+/// not a weight gradient (TN; the kernel runs TN, and the tests check it, but there the
+/// extra B loads of a 16x64 tile cost more than its stores save).
+fn wide_tiles_fit(n: usize, layout: Layout) -> bool {
+    layout != Layout::TN && n.is_multiple_of(WIDE_TILE.1)
+}
+
 /// How `Tiled` runs one shape: `blocks` 4x4 blocks per invocation per axis (1: 64x64
 /// tiles, 2: 128x128) and `splits` of k (1: no split-K); `Lanes` reads `splits`, `band`,
 /// the column tiles it runs as one band over every row tile (0: row tile by row tile), and
@@ -257,8 +264,7 @@ impl Plan {
         } else {
             0
         };
-        let wide = layout != Layout::TN
-            && n.is_multiple_of(WIDE_TILE.1)
+        let wide = wide_tiles_fit(n, layout)
             && k <= WIDE_MAX_K_PER_FLOAT * epilogue_floats
             && 4 * m * n >= WIDE_MIN_C_BYTES;
         Plan {
@@ -812,10 +818,7 @@ impl Gemm {
                 row_tiles: full_tiles,
             }];
             if remainder > 0 {
-                let wide_rest = !wide
-                    && remainder <= WIDE_TILE.0
-                    && n.is_multiple_of(WIDE_TILE.1)
-                    && args.layout != Layout::TN;
+                let wide_rest = !wide && remainder <= WIDE_TILE.0 && wide_tiles_fit(n, args.layout);
                 l.push(RowLaunch {
                     aligned: wide_rest && remainder == WIDE_TILE.0,
                     wide: wide || wide_rest,
