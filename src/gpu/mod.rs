@@ -5,7 +5,6 @@
 //! benches and the CLI share one `Gpu`.
 
 pub mod caps;
-pub mod texture;
 mod timer;
 
 pub use caps::Caps;
@@ -137,6 +136,36 @@ impl<'a> From<&'a wgpu::Buffer> for View<'a> {
 /// What a kernel can bind as a storage buffer: a whole buffer or a view into one.
 pub trait Bind {
     fn resource(&self) -> wgpu::BindingResource<'_>;
+    /// The buffer this binding stores to, when it is an output (see [`Out`]).
+    fn output(&self) -> Option<&wgpu::Buffer> {
+        None
+    }
+}
+
+/// An output binding: kernel wrappers mark what a dispatch stores to with `Out(&buffer)`,
+/// so a command list knows which buffers each command writes (a texture copy of a buffer
+/// that was written since is stale) without reading the shader.
+pub struct Out<B>(pub B);
+
+impl<B: Bind> Bind for Out<&B> {
+    fn resource(&self) -> wgpu::BindingResource<'_> {
+        self.0.resource()
+    }
+    fn output(&self) -> Option<&wgpu::Buffer> {
+        match self.0.resource() {
+            wgpu::BindingResource::Buffer(b) => Some(b.buffer),
+            _ => None,
+        }
+    }
+}
+
+impl Bind for Out<View<'_>> {
+    fn resource(&self) -> wgpu::BindingResource<'_> {
+        self.0.resource()
+    }
+    fn output(&self) -> Option<&wgpu::Buffer> {
+        Some(self.0.buffer)
+    }
 }
 
 impl Bind for wgpu::Buffer {
@@ -500,14 +529,20 @@ impl Gpu {
                 resource: buffer.resource(),
             })
             .collect();
-        self.dispatch_with(pipeline, &entries, meta, workgroups)
+        let outputs: Vec<wgpu::Buffer> = buffers
+            .iter()
+            .filter_map(|(_, b)| b.output().cloned())
+            .collect();
+        self.dispatch_with(pipeline, &entries, &outputs, meta, workgroups)
     }
 
-    /// Like `dispatch`, with `@group(0)`'s entries already made.
+    /// Like `dispatch`, with `@group(0)`'s entries already made and the buffers they
+    /// store to (`outputs`) listed.
     pub fn dispatch_with<T: bytemuck::Pod>(
         &self,
         pipeline: &wgpu::ComputePipeline,
         entries: &[wgpu::BindGroupEntry],
+        outputs: &[wgpu::Buffer],
         meta: &T,
         workgroups: [u32; 3],
     ) -> Dispatch {
@@ -539,7 +574,9 @@ impl Gpu {
                 .and_then(|i| i.writable.as_ref())
                 .is_none_or(|w| w.contains(&binding))
         };
-        let writes = entries
+        // Transition: declared outputs plus what the shader's source says (to be removed
+        // once every family declares its outputs with `Out`).
+        let mut writes: Vec<wgpu::Buffer> = entries
             .iter()
             .filter(|e| writable(e.binding))
             .filter_map(|e| match &e.resource {
@@ -547,6 +584,7 @@ impl Gpu {
                 _ => None,
             })
             .collect();
+        writes.extend(outputs.iter().cloned());
         Dispatch {
             family,
             pipeline: pipeline.clone(),

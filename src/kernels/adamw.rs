@@ -1,6 +1,7 @@
 //! AdamW over a whole parameter arena with global gradient-norm clipping, on the device.
 
-use crate::gpu::{div_ceil, grid_1d, texture, Command, Gpu, Record};
+use super::cpu::texture;
+use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Record};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

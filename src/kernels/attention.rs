@@ -5,9 +5,10 @@
 
 use std::sync::OnceLock;
 
+use super::cpu::texture;
 use super::{PipelineSpec, Shader, ATTENTION, ATTENTION_LANES};
 use crate::gpu::caps::{self, Choice};
-use crate::gpu::{div_ceil, texture, Bind, Command, Gpu, Record};
+use crate::gpu::{div_ceil, Bind, Command, Gpu, Record};
 
 /// Shapes of one attention call: qkv [batch*tokens, 3*heads*head_dim].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

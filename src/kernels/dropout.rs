@@ -1,6 +1,7 @@
 //! Inverted dropout whose mask is a hash of (seed, step, index): backward regenerates it.
 
-use crate::gpu::{div_ceil, grid_1d, texture, Command, Gpu, Record};
+use super::cpu::texture;
+use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Record};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

@@ -1,7 +1,8 @@
 //! Patchify, token assembly (CLS + position), their backward and CLS row gather/scatter.
 //! The patch projection itself is a GEMM; its bias gradient a column sum (`reduce`).
 
-use crate::gpu::{div_ceil, grid_1d, texture, Command, Gpu, Record, View};
+use super::cpu::texture;
+use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Record, View};
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]

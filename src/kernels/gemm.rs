@@ -22,9 +22,10 @@
 //! - `Registers` for CPU adapters without them (llvmpipe on GL): no workgroup memory, no
 //!   barriers, 4x4 register blocks read straight from storage.
 
+use super::cpu::texture;
 use super::{PipelineSpec, GEMM_LANES, GEMM_TILED};
 use crate::gpu::caps::{self, Choice};
-use crate::gpu::{div_ceil, grid_1d, texture, Bind, Command, Gpu, Record, View};
+use crate::gpu::{div_ceil, grid_1d, Bind, Command, Gpu, Record, View};
 
 pub use crate::ops::{ActGrad, Activation, Layout};
 
@@ -666,9 +667,13 @@ impl Gemm {
             entry(7, if b_vec4 { &args.b } else { &self.dummy_read }),
             entry(8, partial),
         ]);
-        let mut commands = vec![Command::Dispatch(
-            gpu.dispatch_with(&pipeline, &entries, &meta, groups),
-        )];
+        let mut commands = vec![Command::Dispatch(gpu.dispatch_with(
+            &pipeline,
+            &entries,
+            &[],
+            &meta,
+            groups,
+        ))];
         if split {
             let reduce = Options {
                 reduce: true,
@@ -678,9 +683,13 @@ impl Gemm {
             let mut entries = self.epilogue_entries(args);
             entries.push(entry(8, partial));
             let groups = grid_1d(div_ceil(m * n, 256));
-            commands.push(Command::Dispatch(
-                gpu.dispatch_with(&pipeline, &entries, &meta, groups),
-            ));
+            commands.push(Command::Dispatch(gpu.dispatch_with(
+                &pipeline,
+                &entries,
+                &[],
+                &meta,
+                groups,
+            )));
         }
         commands
     }
@@ -703,9 +712,13 @@ impl Gemm {
             entry(6, if a_vec4 { &args.a } else { &self.dummy_read }),
             entry(7, if b_vec4 { &args.b } else { &self.dummy_read }),
         ]);
-        vec![Command::Dispatch(
-            gpu.dispatch_with(&pipeline, &entries, &meta, groups),
-        )]
+        vec![Command::Dispatch(gpu.dispatch_with(
+            &pipeline,
+            &entries,
+            &[],
+            &meta,
+            groups,
+        ))]
     }
 
     /// C, bias, slope and aux (bindings 2..5), placeholders where absent.
@@ -877,9 +890,13 @@ impl Gemm {
                 } else {
                     [col_tiles, row_tiles, 1]
                 };
-                commands.push(Command::Dispatch(
-                    gpu.dispatch_with(&pipeline, &entries, &meta, groups),
-                ));
+                commands.push(Command::Dispatch(gpu.dispatch_with(
+                    &pipeline,
+                    &entries,
+                    &[],
+                    &meta,
+                    groups,
+                )));
             }
         }
         commands

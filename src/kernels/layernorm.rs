@@ -1,6 +1,7 @@
 //! LayerNorm forward (saving mean and rstd) and backward (dx, dgamma, dbeta).
 
-use crate::gpu::{div_ceil, grid_1d, texture, Command, Gpu, Record, View};
+use super::cpu::texture;
+use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Record, View};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

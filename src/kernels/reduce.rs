@@ -1,6 +1,7 @@
 //! Column sums: the bias gradient of every linear layer, in two launches.
 
-use crate::gpu::{div_ceil, texture, Command, Gpu, Record, View};
+use super::cpu::texture;
+use crate::gpu::{div_ceil, Command, Gpu, Record, View};
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]

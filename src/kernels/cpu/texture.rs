@@ -3,7 +3,7 @@
 //! are copied into a texture before the kernel that reads them. They are bound as read-only
 //! storage textures (see `supported`).
 
-use super::{Command, Gpu, View};
+use crate::gpu::{Command, Gpu, View};
 
 fn descriptor(label: &str, width: u32, height: u32) -> wgpu::TextureDescriptor<'_> {
     wgpu::TextureDescriptor {
