@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes shaders/attention_lanes.wgsl, the CPU-adapter attention kernels.
+"""Writes shaders/cpu/attention_lanes.wgsl, the CPU-adapter attention kernels.
 
 Their loops over the head dim and over a lane's rows are written out in full (llvmpipe
 keeps only constant-indexed local arrays in registers), which is too much text to keep in
@@ -7,7 +7,7 @@ step by hand. Edit this script, run it, commit both:
 
     python3 scripts/gen_attention_lanes.py [--lane-rows R]
 
-R (default 3) must equal LANE_ROWS in src/kernels/attention.rs, which a unit test checks. Each
+R (default 3) must equal LANE_ROWS in src/kernels/cpu/attention_lanes.rs, which a unit test checks. Each
 kernel is also written with one row per lane (entry points suffixed `_tail`): the host runs
 those over the last N mod 8R rows when they fit in 8-row blocks, so 50 tokens cost 56 rows of
 work instead of 72.
@@ -352,7 +352,7 @@ def backward_key(o, R):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lane-rows", type=int, default=3, help="rows per lane (a workgroup owns 8x as many)")
-    ap.add_argument("--out", default=str(pathlib.Path(__file__).resolve().parent.parent / "shaders" / "attention_lanes.wgsl"))
+    ap.add_argument("--out", default=str(pathlib.Path(__file__).resolve().parent.parent / "shaders" / "cpu" / "attention_lanes.wgsl"))
     args = ap.parse_args()
     R = args.lane_rows
     o = Out()

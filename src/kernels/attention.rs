@@ -5,10 +5,10 @@
 
 use std::sync::OnceLock;
 
-use super::cpu::texture;
-use super::{PipelineSpec, Shader, ATTENTION, ATTENTION_LANES};
+use super::cpu::attention_lanes::LanesAttention;
+use super::{PipelineSpec, ATTENTION};
 use crate::gpu::caps::{self, Choice};
-use crate::gpu::{div_ceil, Bind, Command, Gpu, Record};
+use crate::gpu::{div_ceil, Bind, Command, Gpu, Out, Record};
 
 /// Shapes of one attention call: qkv [batch*tokens, 3*heads*head_dim].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,99 +74,68 @@ impl Variant {
         }
     }
 
-    /// Query (or key) rows per workgroup, all of one (batch, head).
+    /// Query (or key) rows per workgroup of the portable kernels.
     fn rows_per_group(self) -> usize {
         match self {
             Variant::Tiled => TILE_ROWS,
-            Variant::Rows => 16,
-            Variant::Lanes => (LANES * LANE_ROWS) as usize,
+            _ => ROWS,
         }
     }
 
     fn entry(self, name: &'static str) -> &'static str {
         match (self, name) {
-            (Variant::Rows, _) => name,
             (Variant::Tiled, "attention_forward") => "attention_forward_tiled",
             (Variant::Tiled, "attention_backward_query") => "attention_backward_query_tiled",
-            (Variant::Tiled, _) => "attention_backward_key_tiled",
-            (Variant::Lanes, "attention_forward") => "attention_forward_lanes",
-            (Variant::Lanes, "attention_backward_query") => "attention_backward_query_lanes",
-            (Variant::Lanes, _) => "attention_backward_key_lanes",
-        }
-    }
-
-    fn shader(self) -> Shader {
-        match self {
-            Variant::Lanes => ATTENTION_LANES,
-            _ => ATTENTION,
+            (Variant::Tiled, "attention_backward_key") => "attention_backward_key_tiled",
+            _ => name,
         }
     }
 }
 
-/// The subgroup size the `Lanes` kernels are written for.
-const LANES: u32 = 8;
-/// Rows per lane in the `Lanes` kernels: shaders/attention_lanes.wgsl's LANE_ROWS
-/// (scripts/gen_attention_lanes.py --lane-rows).
-const LANE_ROWS: u32 = 3;
+/// `Rows`: rows per workgroup.
+const ROWS: usize = 16;
 /// `Tiled`: rows per workgroup and its workgroup memory (two [16][16] vec4 tiles and two
 /// [16] f32 arrays), as in shaders/attention.wgsl.
 const TILE_ROWS: usize = 64;
 const TILED_WORKGROUP_BYTES: u32 = 2 * 16 * 16 * 16 + 2 * 16 * 4;
 
-/// The pipelines a variant builds for head dim 4 `head_vec4`: forward, backward_query,
-/// backward_key, probabilities, and for `Lanes` the first three's one-row-per-lane `_tail`
-/// kernels. `rows_texture` (`Lanes` only): the streamed rows come from textures.
-fn specs(variant: Variant, head_vec4: usize, rows_texture: bool) -> Vec<PipelineSpec> {
-    let base = vec![
-        ("HEAD_VEC4", head_vec4 as f64),
-        ("ROWS", Variant::Rows.rows_per_group() as f64),
-    ];
-    let mut constants = base.clone();
-    if variant == Variant::Lanes {
-        constants.push(("ROWS_TEXTURE", if rows_texture { 1.0 } else { 0.0 }));
-    }
-    let spec = |shader, entry| PipelineSpec {
-        shader,
+/// The portable pipelines for head dim 4 `head_vec4`: forward, backward_query,
+/// backward_key and probabilities.
+fn specs(variant: Variant, head_vec4: usize) -> Vec<PipelineSpec> {
+    let constants = vec![("HEAD_VEC4", head_vec4 as f64), ("ROWS", ROWS as f64)];
+    let spec = |entry| PipelineSpec {
+        shader: ATTENTION,
         entry,
         constants: constants.clone(),
     };
-    let mut specs = vec![
-        spec(variant.shader(), variant.entry("attention_forward")),
-        spec(variant.shader(), variant.entry("attention_backward_query")),
-        spec(variant.shader(), variant.entry("attention_backward_key")),
+    vec![
+        spec(variant.entry("attention_forward")),
+        spec(variant.entry("attention_backward_query")),
+        spec(variant.entry("attention_backward_key")),
         // one query row per invocation in every variant: for attention maps only
-        PipelineSpec {
-            shader: ATTENTION,
-            entry: "attention_probabilities",
-            constants: base,
-        },
-    ];
-    if variant == Variant::Lanes {
-        specs.extend([
-            spec(ATTENTION_LANES, "attention_forward_lanes_tail"),
-            spec(ATTENTION_LANES, "attention_backward_query_lanes_tail"),
-            spec(ATTENTION_LANES, "attention_backward_key_lanes_tail"),
-        ]);
-    }
-    specs
+        spec("attention_probabilities"),
+    ]
 }
 
 /// Every pipeline a variant can build (for the translation test).
 pub fn pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
-    let textures: &[bool] = if variant == Variant::Lanes {
-        &[false, true]
-    } else {
-        &[false]
-    };
-    textures
-        .iter()
-        .flat_map(|&t| (1..=MAX_HEAD_DIM / 4).flat_map(move |v4| specs(variant, v4, t)))
+    if variant == Variant::Lanes {
+        let mut specs = super::cpu::attention_lanes::pipeline_specs();
+        specs.extend((1..=MAX_HEAD_DIM / 4).map(|v4| specs_probabilities(v4)));
+        return specs;
+    }
+    (1..=MAX_HEAD_DIM / 4)
+        .flat_map(|v4| specs(variant, v4))
         .collect()
+}
+
+fn specs_probabilities(head_vec4: usize) -> PipelineSpec {
+    specs(Variant::Rows, head_vec4).pop().expect("4 specs")
 }
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Meta {
+pub(crate) struct Meta {
     batch: u32,
     tokens: u32,
     heads: u32,
@@ -177,56 +146,22 @@ struct Meta {
     row_base: u32,
 }
 
-/// The four entry points specialised for one head dim, and for `Lanes` the `_tail` kernels
-/// (forward, backward_query, backward_key).
+/// The portable kernels for one head dim.
 struct Pipelines {
     forward: wgpu::ComputePipeline,
     backward_query: wgpu::ComputePipeline,
     backward_key: wgpu::ComputePipeline,
     probabilities: wgpu::ComputePipeline,
-    tail: Option<TailPipelines>,
-}
-
-/// The `Lanes` kernels with one row per lane (the `_tail` entry points).
-struct TailPipelines {
-    forward: wgpu::ComputePipeline,
-    backward_query: wgpu::ComputePipeline,
-    backward_key: wgpu::ComputePipeline,
-}
-
-impl Pipelines {
-    /// The pipeline `which` picks for a launch: from the tail kernels when `tail`.
-    fn pick(
-        &self,
-        tail: bool,
-        which: impl Fn(&Pipelines) -> &wgpu::ComputePipeline,
-        which_tail: impl Fn(&TailPipelines) -> &wgpu::ComputePipeline,
-    ) -> &wgpu::ComputePipeline {
-        match (&self.tail, tail) {
-            (Some(t), true) => which_tail(t),
-            _ => which(self),
-        }
-    }
-}
-
-/// One launch over some rows of every (batch, head): `tail` runs the `_tail` kernels.
-struct RowLaunch {
-    tail: bool,
-    row_base: usize,
-    grid: [u32; 3],
 }
 
 pub struct Attention {
     variant: Variant,
     reason: String,
-    /// `Lanes` on an adapter where textures are cheaper to read than storage
-    /// (`texture::preferred`): the streamed rows are read from texture copies.
-    textures: bool,
-    /// Bound where a `Lanes` kernel's textures are not used.
-    placeholder: Option<wgpu::TextureView>,
-    /// Indexed by [rows from textures][head_dim / 4 - 1]; built on first use and kept (a
-    /// pipeline costs an LLVM compile on lavapipe).
-    pipelines: [[OnceLock<Pipelines>; MAX_HEAD_DIM / 4]; 2],
+    /// The CPU-adapter specialisation (`Variant::Lanes`), which then records the forward
+    /// and backward; the portable pipelines below serve the rest.
+    cpu: Option<LanesAttention>,
+    /// Indexed by head_dim / 4 - 1; built on first use and kept.
+    pipelines: [OnceLock<Pipelines>; MAX_HEAD_DIM / 4],
 }
 
 impl Attention {
@@ -275,8 +210,8 @@ impl Attention {
     pub fn supports(gpu: &Gpu, variant: Variant) -> Result<(), String> {
         match variant {
             Variant::Tiled => gpu.caps.workgroup(TILE_ROWS as u32, TILED_WORKGROUP_BYTES),
-            Variant::Rows => gpu.caps.workgroup(16, 0),
-            Variant::Lanes => gpu.caps.exact_subgroups(LANES),
+            Variant::Rows => gpu.caps.workgroup(ROWS as u32, 0),
+            Variant::Lanes => LanesAttention::supports(gpu),
         }
     }
 
@@ -294,12 +229,10 @@ impl Attention {
                 gpu.info.name
             );
         }
-        let lanes = variant == Variant::Lanes;
         Attention {
             variant,
             reason: "chosen by the caller".into(),
-            textures: lanes && texture::preferred(gpu),
-            placeholder: lanes.then(|| texture::placeholder(gpu)),
+            cpu: (variant == Variant::Lanes).then(|| LanesAttention::new(gpu)),
             pipelines: Default::default(),
         }
     }
@@ -313,28 +246,23 @@ impl Attention {
         &self.reason
     }
 
-    fn pipelines(&self, gpu: &Gpu, shape: AttentionShape, rows_texture: bool) -> &Pipelines {
+    fn pipelines(&self, gpu: &Gpu, shape: AttentionShape) -> &Pipelines {
         check(gpu, shape);
         let v4 = shape.head_dim / 4;
-        self.pipelines[rows_texture as usize][v4 - 1].get_or_init(|| {
-            let mut built = specs(self.variant, v4, rows_texture)
-                .into_iter()
-                .map(|s| s.build(gpu));
-            let mut next = || {
-                built
-                    .next()
-                    .expect("specs() gives 4 pipelines, 7 for Lanes")
+        self.pipelines[v4 - 1].get_or_init(|| {
+            // `Lanes` uses the portable module for the probabilities only
+            let variant = if self.cpu.is_some() {
+                Variant::Rows
+            } else {
+                self.variant
             };
+            let mut built = specs(variant, v4).into_iter().map(|s| s.build(gpu));
+            let mut next = || built.next().expect("specs() gives 4 pipelines");
             Pipelines {
                 forward: next(),
                 backward_query: next(),
                 backward_key: next(),
                 probabilities: next(),
-                tail: (self.variant == Variant::Lanes).then(|| TailPipelines {
-                    forward: next(),
-                    backward_query: next(),
-                    backward_key: next(),
-                }),
             }
         })
     }
@@ -342,36 +270,6 @@ impl Attention {
     /// Floats of scratch the backward needs: [B, A, N].
     pub fn scratch_len(shape: AttentionShape) -> usize {
         shape.lse_len()
-    }
-
-    /// The launches covering every row: blocks of the variant's rows per workgroup; for
-    /// `Lanes`, when the last N mod (8 x LANE_ROWS) rows are at most 8, they run in an 8-row
-    /// block of the `_tail` kernels (50 tokens: 2 x 24 + 8 rows of work rather than 3 x 24).
-    fn row_launches(&self, shape: AttentionShape) -> Vec<RowLaunch> {
-        let per_group = self.variant.rows_per_group();
-        let heads = (shape.batch * shape.heads) as u32;
-        let (full, rest) = (shape.tokens / per_group, shape.tokens % per_group);
-        if self.variant != Variant::Lanes || rest == 0 || rest > LANES as usize {
-            return vec![RowLaunch {
-                tail: false,
-                row_base: 0,
-                grid: grid(shape, per_group),
-            }];
-        }
-        let mut launches = Vec::new();
-        if full > 0 {
-            launches.push(RowLaunch {
-                tail: false,
-                row_base: 0,
-                grid: [full as u32, heads, 1],
-            });
-        }
-        launches.push(RowLaunch {
-            tail: true,
-            row_base: full * per_group,
-            grid: [1, heads, 1],
-        });
-        launches
     }
 
     /// Multiply-adds x 2 of the forward: S = Q K^T and O = P V, per (batch, head).
@@ -416,136 +314,74 @@ pub struct AttentionProbabilities<'a> {
     pub probs: &'a wgpu::Buffer, // [B, A, N, N]
 }
 
-/// The `Lanes` kernels' texture bindings, qkv (9), dO (10) and o (11): copies of the
-/// buffers (`copied`, the kernels then read their rows there), else placeholders.
-struct RowTextures {
-    copied: bool,
-    qkv: wgpu::TextureView,
-    d_o: wgpu::TextureView,
-    o: wgpu::TextureView,
-}
-
-impl Attention {
-    /// `None` for the variants without textures. The copies of qkv [B*N, 3D] and, for the
-    /// backward, of dO and o [B*N, D] not already in `out` (see `texture::rows_of`) are
-    /// appended to it: all of them, or none (then the kernels read storage).
-    fn row_textures(
-        &self,
-        gpu: &Gpu,
-        shape: AttentionShape,
-        qkv: &wgpu::Buffer,
-        d_o_and_o: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
-        out: &mut Vec<Command>,
-    ) -> Option<RowTextures> {
-        let placeholder = self.placeholder.as_ref()?;
-        let unused = RowTextures {
-            copied: false,
-            qkv: placeholder.clone(),
-            d_o: placeholder.clone(),
-            o: placeholder.clone(),
-        };
-        if !self.textures {
-            return Some(unused);
-        }
-        let (rows, model) = (shape.batch * shape.tokens, shape.model_dim());
-        let mut copies = Vec::new();
-        let mut copy_of = |buffer: &wgpu::Buffer, cols: usize| {
-            let (view, copy) = texture::rows_of(gpu, buffer.into(), rows, cols, out)?;
-            copies.extend(copy);
-            Some(view)
-        };
-        let qkv = copy_of(qkv, 3 * model);
-        let (d_o, o) = match d_o_and_o {
-            Some((d_o, o)) => (copy_of(d_o, model), copy_of(o, model)),
-            None => (Some(placeholder.clone()), Some(placeholder.clone())),
-        };
-        let (Some(qkv), Some(d_o), Some(o)) = (qkv, d_o, o) else {
-            return Some(unused);
-        };
-        out.extend(copies);
-        Some(RowTextures {
-            copied: true,
-            qkv,
-            d_o,
-            o,
-        })
-    }
-}
-
 impl Record<AttentionForward<'_>> for Attention {
     fn record(&self, gpu: &Gpu, a: &AttentionForward, out: &mut Vec<Command>) {
-        let textures = self.row_textures(gpu, a.shape, a.qkv, None, out);
-        let p = self.pipelines(gpu, a.shape, textures.as_ref().is_some_and(|t| t.copied));
-        let mut entries: Vec<(u32, &dyn Bind)> = vec![(0, a.qkv), (1, a.o), (2, a.lse)];
-        if let Some(t) = &textures {
-            entries.push((9, &t.qkv));
+        if let Some(cpu) = &self.cpu {
+            return cpu.record_forward(gpu, a, out);
         }
-        for l in self.row_launches(a.shape) {
-            let pipeline = p.pick(l.tail, |p| &p.forward, |t| &t.forward);
-            let meta = meta(a.shape, l.row_base);
-            out.push(gpu.dispatch(pipeline, &entries, &meta, l.grid).into());
-        }
+        let p = self.pipelines(gpu, a.shape);
+        let (o, lse) = (Out(a.o), Out(a.lse));
+        let entries: [(u32, &dyn Bind); 3] = [(0, a.qkv), (1, &o), (2, &lse)];
+        let groups = grid(a.shape, self.variant.rows_per_group());
+        out.push(
+            gpu.dispatch(&p.forward, &entries, &meta(a.shape, 0), groups)
+                .into(),
+        );
     }
 }
 
 impl Record<AttentionBackward<'_>> for Attention {
     fn record(&self, gpu: &Gpu, a: &AttentionBackward, out: &mut Vec<Command>) {
-        let AttentionBackward {
-            shape,
-            qkv,
-            o,
-            lse,
-            d_o,
-            dqkv,
-            scratch,
-        } = *a;
+        let shape = a.shape;
         assert!(
-            scratch.size() >= 4 * Self::scratch_len(shape) as u64,
+            a.scratch.size() >= 4 * Self::scratch_len(shape) as u64,
             "attention backward scratch needs {} floats",
             Self::scratch_len(shape)
         );
-        let textures = self.row_textures(gpu, shape, qkv, Some((d_o, o)), out);
-        let p = self.pipelines(gpu, shape, textures.as_ref().is_some_and(|t| t.copied));
-        let mut query_entries: Vec<(u32, &dyn Bind)> = vec![
-            (0, qkv),
-            (3, o),
-            (4, lse),
-            (5, d_o),
-            (6, dqkv),
-            (7, scratch),
+        if let Some(cpu) = &self.cpu {
+            return cpu.record_backward(gpu, a, out);
+        }
+        let p = self.pipelines(gpu, shape);
+        let (dqkv, delta) = (Out(a.dqkv), Out(a.scratch));
+        let query_entries: [(u32, &dyn Bind); 6] = [
+            (0, a.qkv),
+            (3, a.o),
+            (4, a.lse),
+            (5, a.d_o),
+            (6, &dqkv),
+            (7, &delta),
         ];
-        let mut key_entries: Vec<(u32, &dyn Bind)> =
-            vec![(0, qkv), (4, lse), (5, d_o), (6, dqkv), (7, scratch)];
-        if let Some(t) = &textures {
-            query_entries.extend([(9, &t.qkv as &dyn Bind), (10, &t.d_o), (11, &t.o)]);
-            key_entries.extend([(9, &t.qkv as &dyn Bind), (10, &t.d_o)]);
-        }
-        // every query row's pass (it writes delta) before any key row's
-        let launches = self.row_launches(shape);
-        for l in &launches {
-            let pipeline = p.pick(l.tail, |p| &p.backward_query, |t| &t.backward_query);
-            let meta = meta(shape, l.row_base);
-            out.push(gpu.dispatch(pipeline, &query_entries, &meta, l.grid).into());
-        }
-        for l in &launches {
-            let pipeline = p.pick(l.tail, |p| &p.backward_key, |t| &t.backward_key);
-            let meta = meta(shape, l.row_base);
-            out.push(gpu.dispatch(pipeline, &key_entries, &meta, l.grid).into());
-        }
+        // the key pass reads delta, written by the query pass
+        let key_entries: [(u32, &dyn Bind); 5] = [
+            (0, a.qkv),
+            (4, a.lse),
+            (5, a.d_o),
+            (6, &dqkv),
+            (7, a.scratch),
+        ];
+        let groups = grid(shape, self.variant.rows_per_group());
+        let meta = meta(shape, 0);
+        out.push(
+            gpu.dispatch(&p.backward_query, &query_entries, &meta, groups)
+                .into(),
+        );
+        out.push(
+            gpu.dispatch(&p.backward_key, &key_entries, &meta, groups)
+                .into(),
+        );
     }
 }
 
 impl Record<AttentionProbabilities<'_>> for Attention {
     fn record(&self, gpu: &Gpu, a: &AttentionProbabilities, out: &mut Vec<Command>) {
         check_binding(gpu, "probabilities", a.shape.probs_len());
-        // the pipeline set the model's own attention calls build, if this shape's
-        let rows_texture = self.textures && a.shape.model_dim().is_multiple_of(64);
-        let p = self.pipelines(gpu, a.shape, rows_texture);
+        let p = self.pipelines(gpu, a.shape);
+        let probs = Out(a.probs);
         let d = gpu.dispatch(
             &p.probabilities,
-            &[(0, a.qkv), (8, a.probs)],
+            &[(0, a.qkv), (8, &probs)],
             &meta(a.shape, 0),
-            grid(a.shape, Variant::Rows.rows_per_group()),
+            grid(a.shape, ROWS),
         );
         out.push(d.into());
     }
@@ -571,7 +407,7 @@ pub fn bench_cases() -> Vec<AttentionShape> {
     ]
 }
 
-fn check(gpu: &Gpu, s: AttentionShape) {
+pub(crate) fn check(gpu: &Gpu, s: AttentionShape) {
     assert!(
         s.head_dim.is_multiple_of(4) && (4..=MAX_HEAD_DIM).contains(&s.head_dim),
         "attention head dim {} must be a multiple of 4 up to {MAX_HEAD_DIM}",
@@ -598,7 +434,7 @@ fn check_binding(gpu: &Gpu, what: &str, floats: usize) {
     );
 }
 
-fn meta(s: AttentionShape, row_base: usize) -> Meta {
+pub(crate) fn meta(s: AttentionShape, row_base: usize) -> Meta {
     let model = s.model_dim();
     Meta {
         batch: s.batch as u32,
@@ -613,21 +449,6 @@ fn meta(s: AttentionShape, row_base: usize) -> Meta {
 }
 
 /// x: blocks of `rows` rows, y: (batch, head).
-fn grid(s: AttentionShape, rows: usize) -> [u32; 3] {
+pub(crate) fn grid(s: AttentionShape, rows: usize) -> [u32; 3] {
     [div_ceil(s.tokens, rows), (s.batch * s.heads) as u32, 1]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lane_rows_match_the_generated_shader() {
-        let line = format!("const LANE_ROWS: u32 = {LANE_ROWS}u;");
-        assert!(
-            ATTENTION_LANES.source.contains(&line),
-            "shaders/attention_lanes.wgsl lacks `{line}`: regenerate it with \
-             scripts/gen_attention_lanes.py --lane-rows {LANE_ROWS}"
-        );
-    }
 }
