@@ -74,14 +74,6 @@ impl Variant {
         }
     }
 
-    /// Query (or key) rows per workgroup of the portable kernels.
-    fn rows_per_group(self) -> usize {
-        match self {
-            Variant::Tiled => TILE_ROWS,
-            _ => ROWS,
-        }
-    }
-
     fn entry(self, name: &'static str) -> &'static str {
         match (self, name) {
             (Variant::Tiled, "attention_forward") => "attention_forward_tiled",
@@ -94,43 +86,92 @@ impl Variant {
 
 /// `Rows`: rows per workgroup.
 const ROWS: usize = 16;
-/// `Tiled`: rows per workgroup and its workgroup memory (two [16][16] vec4 tiles and two
-/// [16] f32 arrays), as in shaders/attention.wgsl.
-const TILE_ROWS: usize = 64;
-const TILED_WORKGROUP_BYTES: u32 = 2 * 16 * 16 * 16 + 2 * 16 * 4;
 
-/// The portable pipelines for head dim 4 `head_vec4`: forward, backward_query,
-/// backward_key and probabilities.
-fn specs(variant: Variant, head_vec4: usize) -> Vec<PipelineSpec> {
-    let constants = vec![("HEAD_VEC4", head_vec4 as f64), ("ROWS", ROWS as f64)];
-    let spec = |entry| PipelineSpec {
-        shader: ATTENTION,
-        entry,
-        constants: constants.clone(),
-    };
-    vec![
-        spec(variant.entry("attention_forward")),
-        spec(variant.entry("attention_backward_query")),
-        spec(variant.entry("attention_backward_key")),
-        // one query row per invocation in every variant: for attention maps only
-        spec("attention_probabilities"),
-    ]
+/// `Tiled`: query (or key) rows per workgroup, chosen from N (`tile_rows`). The key pass
+/// runs two invocations per key row, so 128 rows need 256 invocations.
+const TILE_ROWS: [usize; 2] = [64, 128];
+/// `Tiled`: head dims run in classes of 4, 8 and 16 vec4 (d up to 16, 32, 64), the steps
+/// past d zero: one pipeline per class, exact for the usual 16, 32 and 64.
+const HEAD_CLASSES: [usize; 3] = [4, 8, 16];
+/// `Tiled`: workgroup memory, two tiles of 256 vec4 and two [64] f32 arrays, as in
+/// shaders/attention.wgsl.
+const TILED_WORKGROUP_BYTES: u32 = 2 * 256 * 16 + 2 * 64 * 4;
+
+/// The head-dim class (index into HEAD_CLASSES) a head dim runs in on `Tiled`.
+fn head_class(head_dim: usize) -> usize {
+    HEAD_CLASSES
+        .iter()
+        .position(|&c| 4 * c >= head_dim)
+        .unwrap_or(HEAD_CLASSES.len() - 1)
 }
 
-/// Every pipeline a variant can build (for the translation test).
-pub fn pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
-    if variant == Variant::Lanes {
-        let mut specs = super::cpu::attention_lanes::pipeline_specs();
-        specs.extend((1..=MAX_HEAD_DIM / 4).map(|v4| specs_probabilities(v4)));
-        return specs;
+/// Rows per `Tiled` workgroup (index into TILE_ROWS) for N tokens: the one that pads N the
+/// least, the larger on a tie (K and V are then staged fewer times), and 64 when the adapter
+/// cannot run 256 invocations. N = 65: one 128-row group (3 of its 4 warps work), not two
+/// 64-row groups; N = 150: three 64-row groups.
+fn tile_rows(tokens: usize, max_invocations: u32) -> usize {
+    if max_invocations < 2 * TILE_ROWS[1] as u32 {
+        return 0;
     }
-    (1..=MAX_HEAD_DIM / 4)
-        .flat_map(|v4| specs(variant, v4))
-        .collect()
+    let padded = |rows: usize| tokens.div_ceil(rows) * rows;
+    if padded(TILE_ROWS[0]) < padded(TILE_ROWS[1]) {
+        0
+    } else {
+        1
+    }
 }
 
-fn specs_probabilities(head_vec4: usize) -> PipelineSpec {
-    specs(Variant::Rows, head_vec4).pop().expect("4 specs")
+/// A portable pipeline: `Tiled`'s three passes take the head-dim class and the rows per
+/// workgroup, `Rows`' the head dim.
+fn spec(variant: Variant, entry: &'static str, head_vec4: usize, tile: usize) -> PipelineSpec {
+    let mut constants = vec![("HEAD_VEC4", head_vec4 as f64)];
+    if variant == Variant::Tiled {
+        constants.push(("TILE_ROWS", TILE_ROWS[tile] as f64));
+    } else {
+        constants.push(("ROWS", ROWS as f64));
+    }
+    PipelineSpec {
+        shader: ATTENTION,
+        entry: variant.entry(entry),
+        constants,
+    }
+}
+
+/// The three passes (forward, backward_query, backward_key) of a portable variant.
+fn pass_specs(variant: Variant, head_vec4: usize, tile: usize) -> [PipelineSpec; 3] {
+    [
+        "attention_forward",
+        "attention_backward_query",
+        "attention_backward_key",
+    ]
+    .map(|entry| spec(variant, entry, head_vec4, tile))
+}
+
+/// One query row per invocation, its loops bounded by the shape: one pipeline for every
+/// head dim and variant (attention maps only).
+fn probabilities_spec() -> PipelineSpec {
+    PipelineSpec {
+        shader: ATTENTION,
+        entry: "attention_probabilities",
+        constants: vec![("ROWS", ROWS as f64)],
+    }
+}
+
+/// Every pipeline a variant can build (for the translation test): `Tiled` 3 classes x 2 row
+/// counts x 3 passes, `Rows` 16 head dims x 3 passes, `Lanes` its own; and probabilities.
+pub fn pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
+    let mut specs: Vec<PipelineSpec> = match variant {
+        Variant::Tiled => HEAD_CLASSES
+            .iter()
+            .flat_map(|&c| (0..TILE_ROWS.len()).flat_map(move |t| pass_specs(variant, c, t)))
+            .collect(),
+        Variant::Rows => (1..=MAX_HEAD_DIM / 4)
+            .flat_map(|v4| pass_specs(variant, v4, 0))
+            .collect(),
+        Variant::Lanes => super::cpu::attention_lanes::pipeline_specs(),
+    };
+    specs.push(probabilities_spec());
+    specs
 }
 
 #[repr(C)]
@@ -146,12 +187,14 @@ pub(crate) struct Meta {
     row_base: u32,
 }
 
-/// The portable kernels for one head dim.
-struct Pipelines {
+/// The three passes of a portable variant for one head dim (`Rows`) or one head-dim class
+/// and row count (`Tiled`).
+struct Passes {
     forward: wgpu::ComputePipeline,
     backward_query: wgpu::ComputePipeline,
     backward_key: wgpu::ComputePipeline,
-    probabilities: wgpu::ComputePipeline,
+    /// Rows per workgroup.
+    rows: usize,
 }
 
 pub struct Attention {
@@ -160,8 +203,10 @@ pub struct Attention {
     /// The CPU-adapter specialisation (`Variant::Lanes`), which then records the forward
     /// and backward; the portable pipelines below serve the rest.
     cpu: Option<LanesAttention>,
-    /// Indexed by head_dim / 4 - 1; built on first use and kept.
-    pipelines: [OnceLock<Pipelines>; MAX_HEAD_DIM / 4],
+    /// `Rows`: indexed by head_dim / 4 - 1; `Tiled`: by head class x 2 + row count. Built
+    /// on first use and kept.
+    passes: [OnceLock<Passes>; MAX_HEAD_DIM / 4],
+    probabilities: OnceLock<wgpu::ComputePipeline>,
 }
 
 impl Attention {
@@ -191,7 +236,7 @@ impl Attention {
             &[
                 (
                     Variant::Tiled,
-                    "GPU: K/V tiles in workgroup memory shared by 64 query rows",
+                    "GPU: K/V tiles in workgroup memory shared by 64 or 128 query rows",
                 ),
                 (Variant::Rows, "one row per invocation, no workgroup memory"),
             ]
@@ -209,7 +254,9 @@ impl Attention {
     /// Ok when the adapter runs `variant`, else why not.
     pub fn supports(gpu: &Gpu, variant: Variant) -> Result<(), String> {
         match variant {
-            Variant::Tiled => gpu.caps.workgroup(TILE_ROWS as u32, TILED_WORKGROUP_BYTES),
+            Variant::Tiled => gpu
+                .caps
+                .workgroup(2 * TILE_ROWS[0] as u32, TILED_WORKGROUP_BYTES),
             Variant::Rows => gpu.caps.workgroup(ROWS as u32, 0),
             Variant::Lanes => LanesAttention::supports(gpu),
         }
@@ -233,7 +280,8 @@ impl Attention {
             variant,
             reason: "chosen by the caller".into(),
             cpu: (variant == Variant::Lanes).then(|| LanesAttention::new(gpu)),
-            pipelines: Default::default(),
+            passes: Default::default(),
+            probabilities: OnceLock::new(),
         }
     }
 
@@ -246,23 +294,28 @@ impl Attention {
         &self.reason
     }
 
-    fn pipelines(&self, gpu: &Gpu, shape: AttentionShape) -> &Pipelines {
+    /// The portable passes for `shape` (not for `Lanes`, whose `cpu` records them).
+    fn passes(&self, gpu: &Gpu, shape: AttentionShape) -> &Passes {
         check(gpu, shape);
-        let v4 = shape.head_dim / 4;
-        self.pipelines[v4 - 1].get_or_init(|| {
-            // `Lanes` uses the portable module for the probabilities only
-            let variant = if self.cpu.is_some() {
-                Variant::Rows
-            } else {
-                self.variant
-            };
-            let mut built = specs(variant, v4).into_iter().map(|s| s.build(gpu));
-            let mut next = || built.next().expect("specs() gives 4 pipelines");
-            Pipelines {
-                forward: next(),
-                backward_query: next(),
-                backward_key: next(),
-                probabilities: next(),
+        let (slot, head_vec4, tile) = match self.variant {
+            Variant::Tiled => {
+                let class = head_class(shape.head_dim);
+                let tile = tile_rows(shape.tokens, gpu.caps.invocations);
+                (class * TILE_ROWS.len() + tile, HEAD_CLASSES[class], tile)
+            }
+            _ => (shape.head_dim / 4 - 1, shape.head_dim / 4, 0),
+        };
+        self.passes[slot].get_or_init(|| {
+            let [forward, backward_query, backward_key] =
+                pass_specs(self.variant, head_vec4, tile).map(|s| s.build(gpu));
+            Passes {
+                forward,
+                backward_query,
+                backward_key,
+                rows: match self.variant {
+                    Variant::Tiled => TILE_ROWS[tile],
+                    _ => ROWS,
+                },
             }
         })
     }
@@ -319,10 +372,10 @@ impl Record<AttentionForward<'_>> for Attention {
         if let Some(cpu) = &self.cpu {
             return cpu.record_forward(gpu, a, out);
         }
-        let p = self.pipelines(gpu, a.shape);
+        let p = self.passes(gpu, a.shape);
         let (o, lse) = (Out(a.o), Out(a.lse));
         let entries: [(u32, &dyn Bind); 3] = [(0, a.qkv), (1, &o), (2, &lse)];
-        let groups = grid(a.shape, self.variant.rows_per_group());
+        let groups = grid(a.shape, p.rows);
         out.push(
             gpu.dispatch(&p.forward, &entries, &meta(a.shape, 0), groups)
                 .into(),
@@ -341,7 +394,7 @@ impl Record<AttentionBackward<'_>> for Attention {
         if let Some(cpu) = &self.cpu {
             return cpu.record_backward(gpu, a, out);
         }
-        let p = self.pipelines(gpu, shape);
+        let p = self.passes(gpu, shape);
         let (dqkv, delta) = (Out(a.dqkv), Out(a.scratch));
         let query_entries: [(u32, &dyn Bind); 6] = [
             (0, a.qkv),
@@ -359,7 +412,7 @@ impl Record<AttentionBackward<'_>> for Attention {
             (6, &dqkv),
             (7, a.scratch),
         ];
-        let groups = grid(shape, self.variant.rows_per_group());
+        let groups = grid(shape, p.rows);
         let meta = meta(shape, 0);
         out.push(
             gpu.dispatch(&p.backward_query, &query_entries, &meta, groups)
@@ -375,10 +428,13 @@ impl Record<AttentionBackward<'_>> for Attention {
 impl Record<AttentionProbabilities<'_>> for Attention {
     fn record(&self, gpu: &Gpu, a: &AttentionProbabilities, out: &mut Vec<Command>) {
         check_binding(gpu, "probabilities", a.shape.probs_len());
-        let p = self.pipelines(gpu, a.shape);
+        check(gpu, a.shape);
+        let pipeline = self
+            .probabilities
+            .get_or_init(|| probabilities_spec().build(gpu));
         let probs = Out(a.probs);
         let d = gpu.dispatch(
-            &p.probabilities,
+            pipeline,
             &[(0, a.qkv), (8, &probs)],
             &meta(a.shape, 0),
             grid(a.shape, ROWS),
