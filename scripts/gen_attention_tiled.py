@@ -139,21 +139,20 @@ def by_class(o, step):
 
 
 def dots(o, name, reg, tile):
-    """name{t} = sum over the head dim of reg[c] * tile row t of the block (vec4 partials)."""
+    """name{t} = reg . tile row t of the block, one row finished before the next (a single
+    vec4 partial live: 8 of them would add 32 floats to the register budget)."""
     for t in range(KEYS):
-        o(f"var {name}{t} = vec4<f32>(0.0);")
-    for lo, hi in GROUPS:
-        if lo:
-            o.open(f"if (HEAD_VEC4 > {lo}u) {{")
-        for t in range(KEYS):
+        for lo, hi in GROUPS:
             terms = " + ".join(f"{reg}[{c}] * {tile}[x{t} + {c}u]" for c in range(lo, hi))
-            o(f"{name}{t} += {terms};")
-        if lo:
-            o.close()
+            if lo == 0:
+                o(f"var {name}{t}v = {terms};")
+            else:
+                o(f"if (HEAD_VEC4 > {lo}u) {{ {name}{t}v += {terms}; }}")
+        o(f"let {name}{t} = hsum({name}{t}v);")
 
 
 def hsums(name, lo):
-    return "vec4<f32>(" + ", ".join(f"hsum({name}{t})" for t in range(lo, lo + 4)) + ")"
+    return "vec4<f32>(" + ", ".join(f"{name}{t}" for t in range(lo, lo + 4)) + ")"
 
 
 def block_rows(o, first):
