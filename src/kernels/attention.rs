@@ -2,6 +2,11 @@
 //! log-sum-exp, backward recomputing the probabilities from it (FlashAttention-2's split
 //! into a per-query and a per-key pass, no atomics), and the probabilities themselves for
 //! attention maps at inference.
+//!
+//! The portable path is `Tiled` (storage buffers, workgroup memory, no subgroups, within
+//! WebGPU's default limits) with `Rows` (no workgroup memory) beside it; the CPU-adapter
+//! `Lanes` kernels live in src/kernels/cpu/attention_lanes.rs, held in `Attention::cpu`
+//! when chosen at construction.
 
 use std::sync::OnceLock;
 
@@ -52,8 +57,8 @@ pub const MAX_HEAD_DIM: usize = 64;
 /// Which kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
-    /// The streamed rows staged in workgroup memory, shared by the 64 query (or key) rows
-    /// of a workgroup, for GPUs.
+    /// The streamed rows staged in workgroup memory, shared by the 64 or 128 query (or key)
+    /// rows of a workgroup: the portable path, for GPUs and the browser.
     Tiled,
     /// One invocation per query (or key) row streaming the other side's rows from storage,
     /// no workgroup memory: for CPU adapters without 8-lane subgroups.
@@ -332,7 +337,8 @@ impl Attention {
     }
 
     /// The backward's useful FLOPs, FlashAttention's count: S recomputed once, dV, dP, dQ
-    /// and dK (2.5x the forward). The kernels recompute S and dP in both passes, 7/5 of this.
+    /// and dK (2.5x the forward). The kernels recompute S and dP in both passes: 7/5 of this,
+    /// 8/5 for `Tiled`, whose key pass computes S for dV and dK apart.
     pub fn flops_backward(shape: AttentionShape) -> f64 {
         2.5 * Self::flops_forward(shape)
     }
@@ -507,4 +513,37 @@ pub(crate) fn meta(s: AttentionShape, row_base: usize) -> Meta {
 /// x: blocks of `rows` rows, y: (batch, head).
 pub(crate) fn grid(s: AttentionShape, rows: usize) -> [u32; 3] {
     [div_ceil(s.tokens, rows), (s.batch * s.heads) as u32, 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiled_rows_per_workgroup_fit_the_token_count() {
+        let rows = |n| TILE_ROWS[tile_rows(n, 256)];
+        assert_eq!(rows(17), 64);
+        assert_eq!(rows(64), 64);
+        // one group of 128 (3 live warps), not two of 64
+        assert_eq!(rows(65), 128);
+        assert_eq!(rows(150), 64);
+        assert_eq!(rows(197), 128);
+        // an adapter without 256 invocations runs the key pass at 2 x 64
+        assert_eq!(TILE_ROWS[tile_rows(197, 128)], 64);
+    }
+
+    #[test]
+    fn head_dims_run_in_the_smallest_class_that_holds_them() {
+        let class = |d| HEAD_CLASSES[head_class(d)];
+        assert_eq!(
+            [class(4), class(16), class(20), class(32), class(64)],
+            [4, 4, 8, 8, 16]
+        );
+    }
+
+    #[test]
+    fn the_portable_path_lists_few_pipelines() {
+        let tiled = pipeline_specs(Variant::Tiled).len();
+        assert!(tiled <= 20, "Tiled lists {tiled} pipelines");
+    }
 }
