@@ -31,9 +31,12 @@ fn every_shader_parses_and_validates_with_naga() {
 
 #[test]
 fn every_shader_file_is_registered() {
+    // the CPU-adapter specialisations sit in shaders/cpu/, registered by file name
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
-    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
-        .expect("shaders/ exists")
+    let mut on_disk: Vec<String> = [dir.clone(), dir.join("cpu")]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".wgsl"))
