@@ -418,3 +418,89 @@ fn infer_reads_a_folder_with_no_flags() {
         "{stderr}"
     );
 }
+
+/// `eval` of a model folder on an image folder applies the model folder's eval transform:
+/// its loss is the cross-entropy of the reference library's probabilities.
+#[test]
+fn eval_uses_the_folder_preprocessing() {
+    let data = std::env::temp_dir().join(format!("vit-families-eval-{}", std::process::id()));
+    for (class, image) in [("a", "wide.png"), ("b", "tall.png")] {
+        let dir = data.join("val").join(class);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::copy(fixtures().join("images").join(image), dir.join(image)).expect("copy");
+    }
+    for (folder, classes) in [("timm_vit", 5), ("hf_vit", 4)] {
+        let want = expected(folder);
+        let (_, p) = &want.tensors["probs"];
+        let want_loss = -((p[0] as f64).ln() + (p[classes + 1] as f64).ln()) / 2.0;
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vit-wgpu"))
+            .arg("eval")
+            .arg("--checkpoint")
+            .arg(fixtures().join(folder))
+            .args(["--dataset", "folder", "--json", "--data-dir"])
+            .arg(&data)
+            .output()
+            .expect("run vit-wgpu");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{folder}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = stdout
+            .lines()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("no JSON in {stdout}"));
+        let loss = v["loss"].as_f64().expect("loss");
+        assert!(
+            (loss - want_loss).abs() < 1e-4 * want_loss.max(1.0),
+            "{folder}: eval loss {loss} vs the reference's {want_loss}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// `train --init FOLDER` fine-tunes a folder's body with a new head for the data's classes,
+/// normalising with the folder's mean and std (recorded in the run's checkpoint).
+#[test]
+fn train_init_from_a_transformers_folder() {
+    let root = std::env::temp_dir().join(format!("vit-families-train-{}", std::process::id()));
+    let data = root.join("data");
+    for split in ["train", "val"] {
+        for (class, image) in [("a", "wide.png"), ("b", "tall.png")] {
+            let dir = data.join(split).join(class);
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            std::fs::copy(fixtures().join("images").join(image), dir.join(image)).expect("copy");
+        }
+    }
+    let run = root.join("run");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vit-wgpu"))
+        .arg("train")
+        .arg("--init")
+        .arg(fixtures().join("hf_vit"))
+        .args([
+            "--dataset",
+            "folder",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--quiet",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .expect("run vit-wgpu");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("new Linear head with 2 classes"),
+        "{stderr}"
+    );
+    let file = TensorFile::read(&run.join("last.safetensors")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(file.metadata["norm_mean"], "0.485,0.456,0.406");
+    assert_eq!(file.metadata["classes"], "2");
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -263,3 +263,76 @@ impl EvalPreprocess {
         chw
     }
 }
+
+/// `eval` on a streamed image folder with a model folder's checkpoint: the folder's
+/// interpolation and crop (from the metadata `hub.rs` wrote) replace the flags' defaults.
+/// A flag given with another value than the folder's wins, and is reported.
+pub fn use_folder_transform(
+    ds: &mut super::Dataset,
+    meta: &std::collections::HashMap<String, String>,
+    flags: (Interpolation, f64),
+) {
+    let Some(stream) = &ds.stream else { return };
+    if !meta.contains_key("source") {
+        return;
+    }
+    let defaults = (Interpolation::Bilinear, 0.875);
+    let folder_interp = meta.get("interpolation").and_then(|s| s.parse().ok());
+    let folder_crop: Option<f64> = meta.get("crop_pct").and_then(|s| s.parse().ok());
+    let mut s = stream.truncated(stream.len());
+    if let Some(i) = folder_interp {
+        match flags.0 == defaults.0 || flags.0 == i {
+            true => s.options.interpolation = i,
+            false => eprintln!(
+                "note: --interpolation {} overrides the model folder's {i}",
+                flags.0
+            ),
+        }
+    }
+    if flags.1 == defaults.1 || Some(flags.1) == folder_crop {
+        // No crop_pct: the folder resizes to the input size exactly (transformers).
+        s.options.crop_pct = folder_crop;
+    } else {
+        let folder = folder_crop.map_or("a plain resize".to_string(), |c| c.to_string());
+        eprintln!(
+            "note: --crop-pct {} overrides the model folder's {folder}",
+            flags.1
+        );
+    }
+    ds.stream = Some(std::sync::Arc::new(s));
+}
+
+/// `train --init FOLDER`: the model folder's normalisation (unless `--mean`/`--std` were
+/// given) for both splits, and its eval transform for the validation split.
+pub fn use_folder_for_training(
+    train: &mut super::Dataset,
+    val: &mut super::Dataset,
+    meta: &std::collections::HashMap<String, String>,
+    mean_std_flags: (bool, bool),
+    flags: (Interpolation, f64),
+) {
+    if !meta.contains_key("source") {
+        return;
+    }
+    let per_channel = |key: &str, channels: usize| -> Option<Vec<f32>> {
+        let v: Vec<f32> = meta
+            .get(key)?
+            .split(',')
+            .filter_map(|x| x.trim().parse().ok())
+            .collect();
+        (v.len() == channels).then_some(v)
+    };
+    for ds in [&mut *train, &mut *val] {
+        if !mean_std_flags.0 {
+            if let Some(m) = per_channel("norm_mean", ds.channels) {
+                ds.mean = m;
+            }
+        }
+        if !mean_std_flags.1 {
+            if let Some(s) = per_channel("norm_std", ds.channels) {
+                ds.std = s;
+            }
+        }
+    }
+    use_folder_transform(val, meta, flags);
+}
