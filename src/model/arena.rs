@@ -23,11 +23,12 @@ pub const CHUNK_BYTES_ENV: &str = "VIT_ARENA_CHUNK_BYTES";
 #[derive(thiserror::Error, Debug, PartialEq, Eq)]
 pub enum ArenaError {
     #[error(
-        "parameter '{name}' needs {bytes} bytes ({mib} MiB) but the adapter binds at most \
-         {limit} bytes ({limit_mib} MiB) in one storage buffer; this model cannot run on this \
-         adapter (a tensor is never split across buffers)",
-        mib = bytes.div_ceil(1 << 20),
-        limit_mib = limit >> 20
+        "parameter '{name}' needs {bytes} bytes ({mib:.2} MiB) but one arena buffer may hold \
+         at most {limit} bytes ({limit_mib:.2} MiB: the adapter's largest storage binding, or \
+         {CHUNK_BYTES_ENV} when lower); a tensor is never split across buffers, so this model \
+         cannot run here",
+        mib = *bytes as f64 / (1u64 << 20) as f64,
+        limit_mib = *limit as f64 / (1u64 << 20) as f64
     )]
     TensorTooLarge {
         name: String,
