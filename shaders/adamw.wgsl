@@ -1,9 +1,10 @@
-// AdamW over one parameter arena (every tensor in one buffer per role: values, grads, m, v),
-// with global gradient-norm clipping, all on the device, in three launches:
-//   sum_squares  (`partials` workgroups, grid-strided over [start, end)) -> stats[wg]
+// AdamW over a parameter arena (every tensor in a few chunks per role: values, grads, m, v;
+// each chunk one buffer bound whole), with global gradient-norm clipping, all on the device:
+//   sum_squares  (per chunk, `partials` workgroups, grid-strided over [start, end))
+//                -> stats[wg] (the first chunk), += stats[wg] (the others)
 //   clip_scale   (one workgroup)  -> stats[scale_at] = min(1, max_norm / (||g|| + 1e-6)),
 //                                    stats[scale_at + 1] = ||g||
-//   adamw_update (one thread per element of [start, end)): g' = g * scale
+//   adamw_update (per chunk, one thread per element of [start, end)): g' = g * scale
 //       m = b1 m + (1-b1) g';  v = b2 v + (1-b2) g'^2
 //       p -= lr * (m / bc1) / (sqrt(v / bc2) + eps) + lr * wd * p   (wd where i < decay_end)
 // sum_squares4 and adamw_update4 do the same on 4 consecutive floats per invocation, the
@@ -14,8 +15,9 @@
 // instructions where a storage load is a per-lane loop; labml's sum of squares 25 -> 7 ms
 // plus the copy's 12). The update reads the moments and values it also writes from storage:
 // their copies cost 35 ms per labml step and saved 5-8 (the stores bound the update).
-// [start, end) is the trainable range (the whole arena, or the head alone); the arena puts
-// every weight-decayed tensor before the others, so decay is the prefix [0, decay_end).
+// [start, end) is the chunk's part of the trainable range (the whole arena, or the head
+// alone); the arena puts every weight-decayed tensor before the others, so decay is the
+// prefix [0, decay_end) of each chunk.
 // The padding between tensors is zero in every role and stays zero.
 // The hyper-parameters change every step (warmup/cosine lr, bias corrections) and are written
 // with queue.write_buffer before the step's submit: no device wait.
@@ -28,8 +30,8 @@ struct Meta {
     scale_at: u32,  // index in stats of the clip scale (the norm follows), >= partials
     // texture path: vec4 j of a buffer is texel (j % 2^texture_shift, j >> texture_shift)
     texture_shift: u32,
+    accumulate: u32,  // 1: add to the partial sums of the chunks recorded before
     _pad0: u32,
-    _pad1: u32,
 }
 
 struct Hyper {
@@ -59,6 +61,15 @@ fn workgroup_sum(lid: u32) {
     }
 }
 
+// A workgroup's sum into partial sum `w`, added to the earlier chunks' when accumulating.
+fn store_partial(w: u32) {
+    if (shape.accumulate != 0u) {
+        stats[w] += scratch[0];
+    } else {
+        stats[w] = scratch[0];
+    }
+}
+
 @compute @workgroup_size(256)
 fn sum_squares(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     var s = 0.0;
@@ -68,7 +79,7 @@ fn sum_squares(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     }
     scratch[lid] = s;
     workgroup_sum(lid);
-    if (lid == 0u) { stats[wid.x] = scratch[0]; }
+    if (lid == 0u) { store_partial(wid.x); }
 }
 
 @group(0) @binding(2) var<uniform> hyper: Hyper;
@@ -130,7 +141,7 @@ fn sum_squares4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     }
     scratch[lid] = (s.x + s.y) + (s.z + s.w);
     workgroup_sum(lid);
-    if (lid == 0u) { stats[wid.x] = scratch[0]; }
+    if (lid == 0u) { store_partial(wid.x); }
 }
 
 // The update of vec4 j from its old gradient, moments and values.
@@ -184,7 +195,7 @@ fn sum_squares_texture(@builtin(workgroup_id) wid: vec3<u32>,
     }
     scratch[lid] = (s.x + s.y) + (s.z + s.w);
     workgroup_sum(lid);
-    if (lid == 0u) { stats[wid.x] = scratch[0]; }
+    if (lid == 0u) { store_partial(wid.x); }
 }
 
 @compute @workgroup_size(256)

@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use rand::Rng;
-use vit_wgpu::kernels::adamw::{AdamW, AdamWArgs, Hyper};
+use vit_wgpu::kernels::adamw::{AdamW, AdamWArgs, AdamWChunk, Hyper};
 use vit_wgpu::kernels::dropout::{self, Dropout, DropoutBackward, DropoutForward, DropoutSite};
 use vit_wgpu::kernels::embed::{
     AssembleTokens, Embed, EmbedShape, GatherCls, Patchify, PosClsBackward, ScatterCls,
@@ -347,24 +347,37 @@ fn dropout_regenerates_the_same_mask_as_cpu(width: Option<u32>) {
 
 /// Arenas of whole vec4s take the vec4 kernels, others (one float more) the scalar ones;
 /// the gradient norm's partial sums in the counts a CPU (8) and a GPU adapter (256) use,
-/// and an odd one.
+/// and an odd one; the arena in one chunk and in three (the norm spans them all).
 #[test]
 fn adamw_over_an_arena_range_with_clipping_matches_cpu_over_several_steps() {
-    for partials in [8, 256, 3] {
-        adamw_over_an_arena_range(0, partials, None);
-        adamw_over_an_arena_range(1, partials, None);
-    }
-    // the texture path: 1184 vec4s in rows of 64 texels, 18 whole and one of 32 (with one
-    // extra float the arena is not whole vec4s and the scalar kernels run)
-    for partials in [8, 3] {
-        adamw_over_an_arena_range(0, partials, Some(64));
-        adamw_over_an_arena_range(1, partials, Some(64));
+    for chunks in [ONE_CHUNK, THREE_CHUNKS] {
+        for partials in [8, 256, 3] {
+            adamw_over_an_arena_range(chunks, 0, partials, None);
+            adamw_over_an_arena_range(chunks, 1, partials, None);
+        }
+        // the texture path: in one chunk 1184 vec4s in rows of 64 texels, 18 whole and one
+        // of 32 (with one extra float a chunk is not whole vec4s and the scalar kernels run)
+        for partials in [8, 3] {
+            adamw_over_an_arena_range(chunks, 0, partials, Some(64));
+            adamw_over_an_arena_range(chunks, 1, partials, Some(64));
+        }
     }
 }
 
-/// `extra` floats after the last tensor's padding; `partials` workgroups in the sum of
-/// squares; `width`: the texture path's row width in texels, or `None` for storage reads.
-fn adamw_over_an_arena_range(extra: usize, partials: usize, width: Option<u32>) {
+/// The five test tensors' chunks: all in one, or split so that the frozen tensor, the
+/// weight-decayed ones and the others each begin a chunk's story differently.
+const ONE_CHUNK: &[&[usize]] = &[&[0, 1, 2, 3, 4]];
+const THREE_CHUNKS: &[&[usize]] = &[&[0, 1], &[2], &[3, 4]];
+
+/// `chunks`: the tensors of each arena chunk; `extra` floats after each chunk's last
+/// tensor's padding; `partials` workgroups in the sum of squares; `width`: the texture
+/// path's row width in texels, or `None` for storage reads.
+fn adamw_over_an_arena_range(
+    chunks: &[&[usize]],
+    extra: usize,
+    partials: usize,
+    width: Option<u32>,
+) {
     let g = gpu();
     let k = AdamW::with_texture_width(g, partials, width);
     let mut r = rng();
@@ -373,15 +386,17 @@ fn adamw_over_an_arena_range(extra: usize, partials: usize, width: Option<u32>) 
     // gradient must stay out of the norm.
     let lens = [67usize, 257, 4099, 1, 64];
     let decay = [true, true, true, false, false];
-    let mut offsets = Vec::new();
-    let mut at = 0;
-    for &n in &lens {
-        offsets.push(at);
-        at = (at + n).div_ceil(64) * 64;
+    // (chunk, offset) of each tensor, and each chunk's floats
+    let mut place = [(0usize, 0usize); 5];
+    let mut totals = Vec::new();
+    for (c, tensors) in chunks.iter().enumerate() {
+        let mut at = 0;
+        for &t in *tensors {
+            place[t] = (c, at);
+            at = (at + lens[t]).div_ceil(64) * 64;
+        }
+        totals.push(at + extra);
     }
-    let total = at + extra;
-    let (first, decay_end) = (offsets[1], offsets[2] + lens[2]);
-    let range = first..offsets[4] + lens[4];
     let mut host: Vec<reference::adamw::HostParam> = lens
         .iter()
         .zip(decay)
@@ -395,26 +410,46 @@ fn adamw_over_an_arena_range(extra: usize, partials: usize, width: Option<u32>) 
         .collect();
     let pack = |field: &dyn Fn(&reference::adamw::HostParam) -> &Vec<f32>,
                 host: &[reference::adamw::HostParam]| {
-        let mut out = vec![0f32; total];
-        for (h, &o) in host.iter().zip(&offsets) {
-            out[o..o + field(h).len()].copy_from_slice(field(h));
+        let mut out: Vec<Vec<f32>> = totals.iter().map(|&n| vec![0f32; n]).collect();
+        for (h, &(c, o)) in host.iter().zip(&place) {
+            out[c][o..o + field(h).len()].copy_from_slice(field(h));
         }
         out
     };
-    let params = g.upload("params", &pack(&|h| &h.param, &host));
-    let grads = g.storage("grads", total);
-    let m = g.upload("m", &pack(&|h| &h.m, &host));
-    let v = g.upload("v", &pack(&|h| &h.v, &host));
+    let upload = |label: &str, chunks: Vec<Vec<f32>>| -> Vec<wgpu::Buffer> {
+        chunks.iter().map(|c| g.upload(label, c)).collect()
+    };
+    let params = upload("params", pack(&|h| &h.param, &host));
+    let grads = upload("grads", pack(&|h| &h.grad, &host));
+    let m = upload("m", pack(&|h| &h.m, &host));
+    let v = upload("v", pack(&|h| &h.v, &host));
     let hyper0 = Hyper::at_step(1e-2, 0.9, 0.999, 1e-8, 0.05, 1.0, 1);
     let hyper_buf = AdamW::hyper_buffer(g, &hyper0);
     let stats = g.storage("stats", AdamW::stats_len());
+    // Per chunk: from its first trained tensor to the end of its last, decay up to the end
+    // of its last weight-decayed one.
+    let chunk_args = chunks
+        .iter()
+        .enumerate()
+        .map(|(c, tensors)| {
+            let trained: Vec<usize> = tensors.iter().copied().filter(|&t| t != 0).collect();
+            let start = trained.iter().map(|&t| place[t].1).min().unwrap_or(0);
+            let end = trained.iter().map(|&t| place[t].1 + lens[t]).max();
+            let range = start..end.unwrap_or(0);
+            let decayed = trained.iter().filter(|&&t| decay[t]);
+            let decay_end = decayed.map(|&t| place[t].1 + lens[t]).max();
+            AdamWChunk {
+                params: &params[c],
+                grads: &grads[c],
+                m: &m[c],
+                v: &v[c],
+                decay_end: decay_end.unwrap_or(range.start),
+                range,
+            }
+        })
+        .collect();
     let args = AdamWArgs {
-        params: &params,
-        grads: &grads,
-        m: &m,
-        v: &v,
-        range: range.clone(),
-        decay_end,
+        chunks: chunk_args,
         hyper: &hyper_buf,
         stats: &stats,
     };
@@ -429,7 +464,9 @@ fn adamw_over_an_arena_range(extra: usize, partials: usize, width: Option<u32>) 
                 .map(|v| v * scale)
                 .collect();
         }
-        g.write(&grads, &pack(&|h| &h.grad, &host));
+        for (buffer, chunk) in grads.iter().zip(pack(&|h| &h.grad, &host)) {
+            g.write(buffer, &chunk);
+        }
         g.poison(&stats);
         let hyper = Hyper::at_step(1e-2, 0.9, 0.999, 1e-8, 0.05, 1.0, step);
         AdamW::write_hyper(g, &hyper_buf, &hyper);
@@ -440,26 +477,36 @@ fn adamw_over_an_arena_range(extra: usize, partials: usize, width: Option<u32>) 
             (got_norm - norm).abs() <= 1e-4 * norm,
             "step {step}: grad norm {got_norm} vs {norm}"
         );
-        let (gp, gm, gv) = (read(&params), read(&m), read(&v));
-        assert_eq!(&gp[..lens[0]], &frozen[..], "the frozen tensor moved");
-        for (i, (h, &o)) in host.iter().zip(&offsets).enumerate().skip(1) {
+        let read_all = |b: &[wgpu::Buffer]| -> Vec<Vec<f32>> { b.iter().map(read).collect() };
+        let (gp, gm, gv) = (read_all(&params), read_all(&m), read_all(&v));
+        let (c0, o0) = place[0];
+        assert_eq!(
+            &gp[c0][o0..o0 + lens[0]],
+            &frozen[..],
+            "the frozen tensor moved"
+        );
+        for (i, (h, &(c, o))) in host.iter().zip(&place).enumerate().skip(1) {
             let n = h.param.len();
-            let what = format!("adamw step {step} tensor {i} ({n} floats)");
-            assert_close(&format!("{what} param"), &gp[o..o + n], &h.param, TOLERANCE);
-            assert_close(&format!("{what} m"), &gm[o..o + n], &h.m, TOLERANCE);
-            assert_close(&format!("{what} v"), &gv[o..o + n], &h.v, TOLERANCE);
-        }
-        let padding = (0..total).filter(|&i| {
-            !offsets
-                .iter()
-                .zip(&lens)
-                .any(|(&o, &n)| (o..o + n).contains(&i))
-        });
-        for i in padding {
-            assert!(
-                gp[i] == 0.0 && gm[i] == 0.0 && gv[i] == 0.0,
-                "padding element {i} changed"
+            let what = format!("adamw step {step} tensor {i} ({n} floats, chunk {c})");
+            assert_close(
+                &format!("{what} param"),
+                &gp[c][o..o + n],
+                &h.param,
+                TOLERANCE,
             );
+            assert_close(&format!("{what} m"), &gm[c][o..o + n], &h.m, TOLERANCE);
+            assert_close(&format!("{what} v"), &gv[c][o..o + n], &h.v, TOLERANCE);
+        }
+        for (c, &total) in totals.iter().enumerate() {
+            let padding = (0..total).filter(|&i| {
+                !(0..5).any(|t| place[t].0 == c && (place[t].1..place[t].1 + lens[t]).contains(&i))
+            });
+            for i in padding {
+                assert!(
+                    gp[c][i] == 0.0 && gm[c][i] == 0.0 && gv[c][i] == 0.0,
+                    "chunk {c} padding element {i} changed"
+                );
+            }
         }
     }
 }
@@ -494,12 +541,14 @@ fn adamw_updates_exactly_its_range(width: Option<u32>) {
     let hyper_buf = AdamW::hyper_buffer(g, &hyper);
     let stats = poisoned(AdamW::stats_len());
     let args = AdamWArgs {
-        params: &bp,
-        grads: &bg,
-        m: &bm,
-        v: &bv,
-        range: start..end,
-        decay_end,
+        chunks: vec![AdamWChunk {
+            params: &bp,
+            grads: &bg,
+            m: &bm,
+            v: &bv,
+            range: start..end,
+            decay_end,
+        }],
         hyper: &hyper_buf,
         stats: &stats,
     };

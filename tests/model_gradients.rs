@@ -117,13 +117,10 @@ fn gpu_matches_reference(
         model.write_step(g, d.step as u64, 0.0, &OptimConfig::default());
     }
     // Gradients are overwritten by the backward pass: poison them first.
-    g.poison(
-        model
-            .arena
-            .grads
-            .as_ref()
-            .expect("train mode has gradients"),
-    );
+    let grads = model.arena.grads.as_ref();
+    for chunk in grads.expect("train mode has gradients") {
+        g.poison(chunk);
+    }
     let mut encoder = g.device.create_command_encoder(&Default::default());
     model.record_gradients(&mut encoder);
     g.queue.submit([encoder.finish()]);

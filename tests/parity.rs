@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use vit_wgpu::model::checkpoint::{self, ConfigHints, TensorFile};
 use vit_wgpu::model::config::{Act, Head};
 use vit_wgpu::model::pos_embed;
-use vit_wgpu::verify::{verify, Tolerances};
+use vit_wgpu::verify::{verify, verify_in_chunks, Tolerances};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -250,4 +250,189 @@ fn a_trajectory_with_another_optimizer_setting_fails_verify() {
         !report.comparisons[0].passed(),
         "a zero last-step rate is caught"
     );
+}
+
+/// The largest parameter tensor's bytes, rounded up to 256 (every adapter's storage offset
+/// alignment divides it): the smallest arena chunk the model fits, so the most chunks.
+fn smallest_chunk_bytes(cfg: &vit_wgpu::model::Config) -> u64 {
+    let specs = vit_wgpu::model::params::param_specs(cfg);
+    let largest = specs.iter().map(|s| 4 * s.len() as u64).max().unwrap_or(0);
+    largest.next_multiple_of(256)
+}
+
+fn assert_all_pass(name: &str, report: &vit_wgpu::verify::Report) {
+    for c in &report.comparisons {
+        assert!(
+            c.passed(),
+            "{name}: {} relative error {:.3e} >= {:.0e}",
+            c.name,
+            c.relative_error,
+            c.tolerance
+        );
+    }
+}
+
+/// Every fixture, the training trajectory included (AdamW steps with clipping and weight
+/// decay over all chunks), with the parameter arena in as many chunks as its tensors allow.
+#[test]
+fn timm_fixtures_verify_with_the_parameter_arena_in_many_chunks() {
+    let g = gpu();
+    for name in [
+        "parity_micro_gelu.safetensors",
+        "parity_rect_relu.safetensors",
+        "parity_197_tokens.safetensors",
+        "parity_resampled_pos.safetensors",
+        "trajectory_small.safetensors",
+    ] {
+        let path = fixture(name);
+        let whole = verify(g, &path, Tolerances::default()).expect("verify runs");
+        let bytes = smallest_chunk_bytes(&whole.config);
+        let report =
+            verify_in_chunks(g, &path, Tolerances::default(), Some(bytes)).expect("verify runs");
+        eprintln!("{name}: {} chunks of <= {bytes} bytes", report.arena_chunks);
+        assert!(
+            report.arena_chunks >= 4,
+            "{name}: {} chunks",
+            report.arena_chunks
+        );
+        assert_eq!(whole.arena_chunks, 1, "{name}");
+        assert_all_pass(name, &report);
+        assert_eq!(report.comparisons.len(), whole.comparisons.len());
+    }
+}
+
+/// ViT-B's width (D 768, 12 heads, MLP 3072) at depth 6: 43M parameters, more than
+/// WebGPU's 128 MiB binding. Run as a user would, `vit-wgpu verify` under WebGPU's default
+/// limits (`VIT_LIMITS=webgpu`) and with the arena capped at 16 MiB chunks, so the test
+/// needs the chunks whatever the adapter's own limits.
+#[test]
+fn a_vit_b_width_model_larger_than_one_binding_verifies_against_timm() {
+    let path = fixture("parity_vitb_width_hashed.safetensors");
+    let file = TensorFile::read(&path).expect("fixture");
+    let parameters: u64 = file.metadata["parameters"].parse().expect("parameters");
+    assert!(
+        4 * parameters > 128 << 20,
+        "{parameters} parameters fit one binding"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vit-wgpu"))
+        .args(["verify", path.to_str().expect("utf-8 path")])
+        .env("VIT_LIMITS", "webgpu")
+        .env(
+            vit_wgpu::model::arena::CHUNK_BYTES_ENV,
+            (16u64 << 20).to_string(),
+        )
+        .output()
+        .expect("vit-wgpu runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "verify failed");
+    assert!(stdout.contains("largest gradient error") && stdout.contains("PASS"));
+    // logits, loss, and per parameter its samples and its norm
+    let report_lines = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("grad "));
+    let cfg = vit_wgpu::model::Config::from_metadata(&file.metadata).expect("config");
+    assert_eq!(
+        report_lines.count(),
+        2 * vit_wgpu::model::params::param_specs(&cfg).len()
+    );
+}
+
+/// The hashed fixture must be able to fail: a wrong sample, or a wrong norm.
+#[test]
+fn a_corrupted_hashed_fixture_fails_verify_on_that_tensor() {
+    let g = gpu();
+    let path = fixture("parity_vitb_width_hashed.safetensors");
+    let mut file = TensorFile::read(&path).expect("fixture");
+    file.tensors
+        .get_mut("expected.grad_samples.blocks.5.mlp.fc1.weight")
+        .expect("samples")
+        .1[100] += 0.5;
+    file.tensors
+        .get_mut("expected.grad_norm.blocks.0.attn.qkv.weight")
+        .expect("norm")
+        .1[0] *= 1.01;
+    let corrupted = temp("hashed_corrupted.safetensors");
+    file.write(&corrupted).expect("write");
+    let report = verify(g, &corrupted, Tolerances::default()).expect("verify runs");
+    let failed: Vec<&str> = report
+        .comparisons
+        .iter()
+        .filter(|c| !c.passed())
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        failed,
+        vec![
+            "grad norm blocks.0.attn.qkv.weight",
+            "grad blocks.5.mlp.fc1.weight"
+        ]
+    );
+}
+
+/// The arena's chunking changes where tensors live, not what any kernel computes: gradients,
+/// moments and parameters after AdamW steps (weight decay on, clipping off: the norm's
+/// partial sums add up in another order) match one chunk bit for bit, for the whole model
+/// and for the head alone (`set_trainable`, the body left as it was).
+#[test]
+fn training_in_many_arena_chunks_matches_one_chunk_bit_for_bit() {
+    use vit_wgpu::model::{HostParams, Kernels, Mode, OptimConfig, Vit};
+    let g = gpu();
+    let kernels = Kernels::new(g);
+    let cfg = vit_wgpu::model::config::Preset::Micro.config();
+    let params = HostParams::init(&cfg, 5);
+    let batch = 3;
+    let mut r = rng();
+    let images = random(&mut r, batch * cfg.channels * cfg.image_h * cfg.image_w);
+    let labels: Vec<u32> = (0..batch as u32).map(|i| (i * 7) % 10).collect();
+    let opt = OptimConfig {
+        weight_decay: 0.05,
+        max_grad_norm: 0.0,
+        ..OptimConfig::default()
+    };
+    let chunks = Some(smallest_chunk_bytes(&cfg));
+    let mut models = [None, chunks].map(|bytes| {
+        let m = Vit::with_chunk_bytes(g, &kernels, &cfg, &params, batch, Mode::Train, 1, bytes);
+        m.expect("model")
+    });
+    assert_eq!(models[0].arena.layout.chunks.len(), 1);
+    assert!(models[1].arena.layout.chunks.len() >= 4);
+    let step = |m: &Vit, step: u64| {
+        m.write_batch(g, &images, &labels);
+        m.write_step(g, step, 1e-2, &opt);
+        let mut encoder = g.device.create_command_encoder(&Default::default());
+        m.record_train_step(&mut encoder);
+        g.queue.submit([encoder.finish()]);
+    };
+    let state = |m: &Vit| {
+        let moments = m.read_moments(g).expect("moments");
+        (
+            m.read_params(g).expect("params").values,
+            m.read_grads(g).expect("grads"),
+            moments,
+        )
+    };
+    for s in 1..=3 {
+        models.iter().for_each(|m| step(m, s));
+    }
+    let (one, many) = (state(&models[0]), state(&models[1]));
+    assert!(one.0 != params.values, "the steps moved nothing");
+    assert!(one == many, "the whole model: many chunks differ from one");
+
+    let head = |s: &vit_wgpu::model::ParamSpec| s.name.starts_with("head.");
+    for m in &mut models {
+        m.set_trainable(g, &kernels, head);
+    }
+    for s in 4..=5 {
+        models.iter().for_each(|m| step(m, s));
+    }
+    let (one_head, many_head) = (state(&models[0]), state(&models[1]));
+    assert!(
+        one_head == many_head,
+        "the head alone: many chunks differ from one"
+    );
+    for (i, spec) in params.specs.iter().enumerate() {
+        let moved = one_head.0[i] != one.0[i];
+        assert_eq!(moved, head(spec), "{} moved: {moved}", spec.name);
+    }
 }

@@ -132,7 +132,7 @@ fn losses_and_grads(
     model.record_gradients(&mut encoder);
     g.queue.submit([encoder.finish()]);
     let losses = read_n(&model.losses, b);
-    let grads = model.arena.grads.as_ref().map(read).expect("gradients");
+    let grads = model.read_grads(g).expect("gradients").concat();
     (losses, grads)
 }
 

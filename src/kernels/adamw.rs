@@ -1,7 +1,7 @@
-//! AdamW over a whole parameter arena with global gradient-norm clipping, on the device.
+//! AdamW over a parameter arena in chunks with global gradient-norm clipping, on the device.
 
 use super::cpu::texture;
-use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Record};
+use crate::gpu::{div_ceil, grid_1d, Command, Dispatch, Gpu, Out, Record};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -12,7 +12,9 @@ struct Meta {
     partials: u32,
     scale_at: u32,
     texture_shift: u32,
-    _pad: [u32; 2],
+    /// 1: add this chunk's sums of squares to the partial sums of the chunks before it.
+    accumulate: u32,
+    _pad: u32,
 }
 
 /// Most workgroups of the sum of squares (its first pass): enough to keep every core of a
@@ -32,16 +34,22 @@ const TEXTURE_WIDTH: u32 = 8192;
 /// The per-step hyper-parameters, written to a uniform buffer before each step's submit.
 pub use crate::ops::Hyper;
 
-/// A parameter arena: the values, gradients and both moments of every tensor, one buffer
-/// per role with the same layout. The optimizer updates `range` (floats); elements below
-/// `decay_end` get weight decay.
-pub struct AdamWArgs<'a> {
+/// One chunk of a parameter arena: the values, gradients and both moments of its tensors,
+/// one buffer per role with the same layout. The optimizer updates `range` (floats of
+/// the chunk); elements below `decay_end` get weight decay.
+pub struct AdamWChunk<'a> {
     pub params: &'a wgpu::Buffer,
     pub grads: &'a wgpu::Buffer,
     pub m: &'a wgpu::Buffer,
     pub v: &'a wgpu::Buffer,
     pub range: std::ops::Range<usize>,
     pub decay_end: usize,
+}
+
+/// A parameter arena in chunks (each bound whole: at most one binding's size), clipped by
+/// the gradient norm over all of them.
+pub struct AdamWArgs<'a> {
+    pub chunks: Vec<AdamWChunk<'a>>,
     pub hyper: &'a wgpu::Buffer,
     /// `AdamW::stats_len()` floats: partial sums, then the clip scale and the norm.
     pub stats: &'a wgpu::Buffer,
@@ -127,40 +135,81 @@ impl AdamW {
     }
 }
 
-/// The whole update in three launches: the sum of squares in `partials` grid-strided
-/// workgroups, their sum with the clip scale, then one thread per element.
+/// The whole update: per chunk the sum of squares in `partials` grid-strided workgroups
+/// (the chunks after the first add to the same partial sums), then their sum with the clip
+/// scale, then per chunk one thread per element (or vec4).
 impl Record<AdamWArgs<'_>> for AdamW {
     fn record(&self, gpu: &Gpu, a: &AdamWArgs, out: &mut Vec<Command>) {
         assert!(
-            a.range.end <= (a.params.size() / 4) as usize
-                && a.stats.size() >= 4 * Self::stats_len() as u64,
-            "AdamW range {:?} outside the arena of {} floats, or stats too small",
-            a.range,
-            a.params.size() / 4
+            !a.chunks.is_empty() && a.stats.size() >= 4 * Self::stats_len() as u64,
+            "AdamW needs at least one chunk and a stats buffer of {} floats",
+            Self::stats_len()
         );
-        let meta = Meta {
-            start: a.range.start as u32,
-            end: a.range.end as u32,
-            decay_end: a.decay_end as u32,
+        let mut sums = Vec::new();
+        let mut updates = Vec::new();
+        for (i, chunk) in a.chunks.iter().enumerate() {
+            let (sum, update) = self.record_chunk(gpu, a, chunk, i > 0, out);
+            sums.push(sum);
+            updates.push(update);
+        }
+        let meta = self.meta(&a.chunks[0], false);
+        let clip_scale = gpu.dispatch(
+            &self.clip_scale,
+            &[(1, &Out(a.stats)), (2, a.hyper)],
+            &meta,
+            [1, 1, 1],
+        );
+        out.extend(sums.into_iter().map(Command::from));
+        out.push(Command::from(clip_scale));
+        out.extend(updates.into_iter().map(Command::from));
+    }
+}
+
+impl AdamW {
+    fn meta(&self, c: &AdamWChunk, accumulate: bool) -> Meta {
+        Meta {
+            start: c.range.start as u32,
+            end: c.range.end as u32,
+            decay_end: c.decay_end as u32,
             partials: self.partials as u32,
             scale_at: MAX_PARTIALS as u32,
             texture_shift: self.texture_width.map_or(0, u32::trailing_zeros),
-            _pad: [0; 2],
-        };
-        let buffers = [a.grads, a.m, a.v, a.params];
-        let vec4 = buffers.iter().all(|b| b.size().is_multiple_of(16));
-        let vec4s = a.range.end.div_ceil(4) - a.range.start / 4;
+            accumulate: u32::from(accumulate),
+            _pad: 0,
+        }
+    }
+
+    /// One chunk's sum of squares (added to the partial sums when `accumulate`) and update;
+    /// texture copies, when the texture path is taken, go to `out` first.
+    fn record_chunk(
+        &self,
+        gpu: &Gpu,
+        a: &AdamWArgs,
+        c: &AdamWChunk,
+        accumulate: bool,
+        out: &mut Vec<Command>,
+    ) -> (Dispatch, Dispatch) {
+        let floats = (c.params.size() / 4) as usize;
+        let buffers = [c.grads, c.m, c.v, c.params];
+        assert!(
+            c.range.end <= floats && buffers.iter().all(|b| b.size() == c.params.size()),
+            "AdamW range {:?} outside a chunk of {floats} floats, or its roles differ in size",
+            c.range
+        );
+        let meta = self.meta(c, accumulate);
+        let vec4 = floats.is_multiple_of(4);
+        let vec4s = c.range.end.div_ceil(4) - c.range.start / 4;
         // The gradients as a texture, not to update a small part (a head alone) of a large
-        // arena, whose copy would cost more than it saves.
+        // chunk, whose copy would cost more than it saves.
         let texture = self
             .texture_width
-            .filter(|_| vec4 && 2 * a.range.len() as u64 >= a.params.size() / 4)
-            .and_then(|w| texture::flat(gpu, a.grads, w));
-        let (sum_squares, update) = if let Some((grads, copies)) = texture {
+            .filter(|_| vec4 && 2 * c.range.len() >= floats)
+            .and_then(|w| texture::flat(gpu, c.grads, w));
+        if let Some((grads, copies)) = texture {
             out.extend(copies);
             let sum_squares = gpu.dispatch(
                 &self.sum_squares_texture,
-                &[(11, &grads), (1, a.stats)],
+                &[(11, &grads), (1, &Out(a.stats))],
                 &meta,
                 [self.partials as u32, 1, 1],
             );
@@ -170,49 +219,40 @@ impl Record<AdamWArgs<'_>> for AdamW {
                     (11, &grads),
                     (2, a.hyper),
                     (3, a.stats),
-                    (8, a.params),
-                    (9, a.m),
-                    (10, a.v),
+                    (8, &Out(c.params)),
+                    (9, &Out(c.m)),
+                    (10, &Out(c.v)),
                 ],
                 &meta,
                 grid_1d(div_ceil(vec4s, 256)),
             );
-            (sum_squares, update)
+            return (sum_squares, update);
+        }
+        // The vec4 kernels bind the gradients, values and moments as vec4 arrays (7..10).
+        let (sum_squares, update, [grads, params, m, v], threads) = if vec4 {
+            (&self.sum_squares4, &self.update4, [7, 8, 9, 10], vec4s)
         } else {
-            // The vec4 kernels bind the gradients, values and moments as vec4 arrays (7..10).
-            let (sum_squares, update, [grads, params, m, v], threads) = if vec4 {
-                (&self.sum_squares4, &self.update4, [7, 8, 9, 10], vec4s)
-            } else {
-                (&self.sum_squares, &self.update, [0, 4, 5, 6], a.range.len())
-            };
-            let sum_squares = gpu.dispatch(
-                sum_squares,
-                &[(grads, a.grads), (1, a.stats)],
-                &meta,
-                [self.partials as u32, 1, 1],
-            );
-            let update = gpu.dispatch(
-                update,
-                &[
-                    (grads, a.grads),
-                    (2, a.hyper),
-                    (3, a.stats),
-                    (params, a.params),
-                    (m, a.m),
-                    (v, a.v),
-                ],
-                &meta,
-                grid_1d(div_ceil(threads, 256)),
-            );
-            (sum_squares, update)
+            (&self.sum_squares, &self.update, [0, 4, 5, 6], c.range.len())
         };
-        let clip_scale = gpu.dispatch(
-            &self.clip_scale,
-            &[(1, a.stats), (2, a.hyper)],
+        let sum_squares = gpu.dispatch(
+            sum_squares,
+            &[(grads, c.grads), (1, &Out(a.stats))],
             &meta,
-            [1, 1, 1],
+            [self.partials as u32, 1, 1],
         );
-        let launches = [sum_squares, clip_scale, update];
-        out.extend(launches.map(Command::from));
+        let update = gpu.dispatch(
+            update,
+            &[
+                (grads, c.grads),
+                (2, a.hyper),
+                (3, a.stats),
+                (params, &Out(c.params)),
+                (m, &Out(c.m)),
+                (v, &Out(c.v)),
+            ],
+            &meta,
+            grid_1d(div_ceil(threads, 256)),
+        );
+        (sum_squares, update)
     }
 }

@@ -8,7 +8,7 @@ use super::params::{HostParams, ParamSpec};
 use super::recorder::Recorder;
 use super::schedule::{Alloc, Net};
 use crate::gpu::{Command, Gpu, GpuError, Record};
-use crate::kernels::adamw::{AdamW, AdamWArgs, Hyper};
+use crate::kernels::adamw::{AdamW, AdamWArgs, AdamWChunk, Hyper};
 use crate::kernels::attention::AttentionProbabilities;
 use crate::kernels::dropout;
 pub use crate::kernels::Kernels;
@@ -37,6 +37,8 @@ pub enum ModelError {
     },
     #[error("parameter '{name}' is missing")]
     MissingParam { name: String },
+    #[error(transparent)]
+    Arena(#[from] super::arena::ArenaError),
 }
 
 /// What the model is built for: training allocates gradients, optimizer state and the
@@ -76,7 +78,7 @@ pub struct Vit {
     pub cfg: Config,
     pub batch: usize,
     pub mode: Mode,
-    /// Every parameter (and, when training, gradient and moments) in one buffer per role.
+    /// Every parameter (and, when training, gradient and moments) in a few chunks per role.
     pub arena: Arena,
     /// Input images [B, C, H, W] (normalised) and labels [B] (u32).
     pub images: wgpu::Buffer,
@@ -93,7 +95,7 @@ pub struct Vit {
     forward_eval: Vec<Command>,
     backward: Vec<Command>,
     optimizer: Vec<Command>,
-    /// The arena range AdamW updates (all of it, or the head alone).
+    /// The flat arena range AdamW updates (all of it, or the head alone).
     trainable: std::ops::Range<usize>,
     /// Added to dropout's element index (see [`Vit::set_shard`]).
     dropout_offset: u32,
@@ -176,6 +178,8 @@ fn record_lists(
 }
 
 impl Vit {
+    /// The model with its arena in chunks as large as the adapter binds (or as
+    /// `VIT_ARENA_CHUNK_BYTES` says).
     pub fn new(
         gpu: &Gpu,
         kernels: &Kernels,
@@ -185,11 +189,28 @@ impl Vit {
         mode: Mode,
         seed: u64,
     ) -> Result<Vit, ModelError> {
+        Self::with_chunk_bytes(gpu, kernels, cfg, host, batch, mode, seed, None)
+    }
+
+    /// The same with arena chunks of at most `chunk_bytes` (tests run small models in
+    /// several chunks).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_chunk_bytes(
+        gpu: &Gpu,
+        kernels: &Kernels,
+        cfg: &Config,
+        host: &HostParams,
+        batch: usize,
+        mode: Mode,
+        seed: u64,
+        chunk_bytes: Option<u64>,
+    ) -> Result<Vit, ModelError> {
         cfg.validate()?;
         let train = mode == Mode::Train;
         let specs = super::params::param_specs(cfg);
         let values = ordered_values(&specs, host)?;
-        let layout = Layout::new(&specs, Arena::alignment(gpu));
+        let max_chunk = Arena::max_chunk(gpu, chunk_bytes)?;
+        let layout = Layout::new(&specs, Arena::alignment(gpu), max_chunk)?;
         let arena = Arena::new(gpu, layout, &values, train);
         let alloc = Alloc { gpu, batch };
         let net = Net::new(&alloc, cfg, &arena.layout, train, seed)?;
@@ -278,7 +299,8 @@ impl Vit {
         (self.forward_eval, self.forward_train, self.backward) = (eval, train, backward);
     }
 
-    /// The arena range the optimizer updates: the gradients that must be summed over ranks.
+    /// The flat arena range the optimizer updates (`arena.layout.pieces` splits it by
+    /// chunk): the gradients that must be summed over ranks.
     pub fn trainable(&self) -> std::ops::Range<usize> {
         self.trainable.clone()
     }
@@ -339,13 +361,30 @@ impl Vit {
             None => panic!("internal: the trainable tensors are not one range of the arena"),
         };
         self.trainable = range.clone();
+        let layout = &a.layout;
+        let mut pieces = layout.pieces(range);
+        if pieces.is_empty() {
+            // Nothing to train (empty tensors): the norm is still written, as zero.
+            pieces.push((0, 0..0));
+        }
+        let decay_end = layout.pieces(0..layout.decay_end);
+        let chunks = pieces
+            .into_iter()
+            .map(|(c, range)| {
+                let decay = decay_end.iter().find(|(d, _)| *d == c);
+                let decay_end = decay.map_or(0, |(_, r)| r.end);
+                AdamWChunk {
+                    params: &a.values[c],
+                    grads: &grads[c],
+                    m: &m[c],
+                    v: &v[c],
+                    decay_end: decay_end.clamp(range.start, range.end),
+                    range,
+                }
+            })
+            .collect();
         let args = AdamWArgs {
-            params: &a.values,
-            grads,
-            m,
-            v,
-            decay_end: a.layout.decay_end.clamp(range.start, range.end),
-            range,
+            chunks,
             hyper,
             stats,
         };
@@ -357,19 +396,34 @@ impl Vit {
         self.arena.layout.specs.len()
     }
 
-    /// Copy every parameter back to the host (one copy; waits).
+    /// Copy every parameter back to the host (one copy per chunk; waits).
     pub fn read_params(&self, gpu: &Gpu) -> Result<HostParams, GpuError> {
-        let arena: Vec<f32> = gpu.read(&self.arena.values)?;
         Ok(HostParams {
             specs: self.arena.layout.specs.clone(),
-            values: self.arena.layout.unpack(&arena),
+            values: self.read_role(gpu, &self.arena.values)?,
         })
+    }
+
+    /// Per-tensor data of one role of the arena (waits).
+    fn read_role(&self, gpu: &Gpu, chunks: &[wgpu::Buffer]) -> Result<Vec<Vec<f32>>, GpuError> {
+        let host = chunks
+            .iter()
+            .map(|c| gpu.read::<f32>(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.arena.layout.unpack(&host))
+    }
+
+    /// Overwrite one role of the arena from per-tensor data (queued).
+    fn write_role<T: AsRef<[f32]>>(&self, gpu: &Gpu, chunks: &[wgpu::Buffer], tensors: &[T]) {
+        for (buffer, host) in chunks.iter().zip(self.arena.layout.pack(tensors)) {
+            gpu.write(buffer, &host);
+        }
     }
 
     /// Copy every parameter gradient back to the host (waits). Empty in inference mode.
     pub fn read_grads(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>, GpuError> {
         match &self.arena.grads {
-            Some(g) => Ok(self.arena.layout.unpack(&gpu.read::<f32>(g)?)),
+            Some(g) => self.read_role(gpu, g),
             None => Ok(Vec::new()),
         }
     }
@@ -379,26 +433,24 @@ impl Vit {
         let (Some(m), Some(v)) = (&self.arena.m, &self.arena.v) else {
             return Ok(Vec::new());
         };
-        let layout = &self.arena.layout;
-        let ms = layout.unpack(&gpu.read::<f32>(m)?);
-        let vs = layout.unpack(&gpu.read::<f32>(v)?);
+        let ms = self.read_role(gpu, m)?;
+        let vs = self.read_role(gpu, v)?;
         Ok(ms.into_iter().zip(vs).collect())
     }
 
     /// Restore optimiser moments (resume).
     pub fn write_moments(&self, gpu: &Gpu, moments: &[(Vec<f32>, Vec<f32>)]) {
         if let (Some(m), Some(v)) = (&self.arena.m, &self.arena.v) {
-            let layout = &self.arena.layout;
             let ms: Vec<&[f32]> = moments.iter().map(|(m, _)| m.as_slice()).collect();
             let vs: Vec<&[f32]> = moments.iter().map(|(_, v)| v.as_slice()).collect();
-            gpu.write(m, &layout.pack(&ms));
-            gpu.write(v, &layout.pack(&vs));
+            self.write_role(gpu, m, &ms);
+            self.write_role(gpu, v, &vs);
         }
     }
 
-    /// Overwrite all parameter values (same shapes, `param_specs` order; one copy).
+    /// Overwrite all parameter values (same shapes, `param_specs` order; one copy per chunk).
     pub fn write_params(&self, gpu: &Gpu, host: &HostParams) {
-        gpu.write(&self.arena.values, &self.arena.layout.pack(&host.values));
+        self.write_role(gpu, &self.arena.values, &host.values);
     }
 
     /// Inference only: the attention probabilities of every layer, each [B, A, N, N]

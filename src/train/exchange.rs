@@ -1,6 +1,6 @@
 //! One data-parallel training step: forward and backward on this rank's shard, the
-//! trainable range of the gradient arena read back and summed over every rank in one
-//! all-reduce (with the shard's loss and correct counts appended), written back, then AdamW.
+//! trainable range of the gradient arena (in its chunks) read back and summed over every
+//! rank in one all-reduce (with the shard's loss and correct counts appended), written back, then AdamW.
 //! Every rank applies the same AdamW to the same sums, so parameters stay identical.
 //!
 //! Unlike the single-process step (one submit, no wait) this one waits for its backward:
@@ -12,11 +12,14 @@ use crate::gpu::{Gpu, GpuError};
 use crate::model::Vit;
 use std::time::Instant;
 
-/// The read-back buffer and host vectors of the gradient all-reduce, allocated once.
+/// The read-back buffers and host vectors of the gradient all-reduce, allocated once.
 pub struct GradExchange {
-    /// [trainable gradients | losses of the shard | correct flags of the shard]
+    /// Per arena chunk the trainable range holds part of: (chunk, range in it, read-back).
+    pieces: Vec<(usize, std::ops::Range<usize>, wgpu::Buffer)>,
+    /// [losses of the shard | correct flags of the shard]
     staging: wgpu::Buffer,
-    range: std::ops::Range<usize>,
+    /// Trainable gradient floats (all pieces).
+    len: usize,
     batch: usize,
     send: Vec<f32>,
     recv: Vec<f32>,
@@ -45,19 +48,29 @@ fn device_error(message: String) -> GpuError {
 
 impl GradExchange {
     pub fn new(gpu: &Gpu, model: &Vit) -> GradExchange {
-        let range = model.trainable();
-        let len = range.len() + 2 * model.batch;
-        GradExchange {
-            staging: gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        let readback = |floats: usize| {
+            gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("gradient readback"),
-                size: (len * 4) as u64,
+                size: (floats * 4) as u64,
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
-            }),
+            })
+        };
+        let pieces: Vec<_> = model
+            .arena
+            .layout
+            .pieces(model.trainable())
+            .into_iter()
+            .map(|(c, r)| (c, r.clone(), readback(r.len())))
+            .collect();
+        let len = pieces.iter().map(|(_, r, _)| r.len()).sum();
+        GradExchange {
+            pieces,
+            staging: readback(2 * model.batch),
             batch: model.batch,
-            range,
-            send: vec![0.0; len - 2 * model.batch + 2],
-            recv: vec![0.0; len - 2 * model.batch + 2],
+            len,
+            send: vec![0.0; len + 2],
+            recv: vec![0.0; len + 2],
             reduce_seconds: 0.0,
             steps: 0,
             separate_wait: false,
@@ -77,14 +90,16 @@ impl GradExchange {
             Some(g) => g,
             None => panic!("internal: a training step on an inference model"),
         };
-        let n = self.range.len();
+        let n = self.len;
         let (b, f) = (self.batch as u64 * 4, 4u64);
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         model.record_gradients(&mut encoder);
-        let at = self.range.start as u64 * f;
-        encoder.copy_buffer_to_buffer(grads, at, &self.staging, 0, n as u64 * f);
-        encoder.copy_buffer_to_buffer(&model.losses, 0, &self.staging, n as u64 * f, b);
-        encoder.copy_buffer_to_buffer(&model.correct, 0, &self.staging, n as u64 * f + b, b);
+        for (c, r, readback) in &self.pieces {
+            let (at, bytes) = (r.start as u64 * f, r.len() as u64 * f);
+            encoder.copy_buffer_to_buffer(&grads[*c], at, readback, 0, bytes);
+        }
+        encoder.copy_buffer_to_buffer(&model.losses, 0, &self.staging, 0, b);
+        encoder.copy_buffer_to_buffer(&model.correct, 0, &self.staging, b, b);
         gpu.queue.submit([encoder.finish()]);
         self.read_staging(gpu)?;
         if self.separate_wait {
@@ -96,8 +111,12 @@ impl GradExchange {
         comm.all_reduce_sum_f32(&self.send, &mut self.recv);
         self.reduce_seconds += t0.elapsed().as_secs_f64();
         self.steps += 1;
-        gpu.queue
-            .write_buffer(grads, at, bytemuck::cast_slice(&self.recv[..n]));
+        let mut at = 0;
+        for (c, r, _) in &self.pieces {
+            let sums = bytemuck::cast_slice(&self.recv[at..at + r.len()]);
+            gpu.queue.write_buffer(&grads[*c], r.start as u64 * f, sums);
+            at += r.len();
+        }
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         model.record_optimizer(&mut encoder);
         gpu.queue.submit([encoder.finish()]);
@@ -107,31 +126,47 @@ impl GradExchange {
         })
     }
 
-    /// Map the staging buffer (waits for the backward) into `send`: the gradients, then the
-    /// shard's loss sum and correct count.
+    /// Map the read-back buffers (waits for the backward) into `send`: the gradients, then
+    /// the shard's loss sum and correct count.
     fn read_staging(&mut self, gpu: &Gpu) -> Result<(), GpuError> {
+        let buffers: Vec<&wgpu::Buffer> = self
+            .pieces
+            .iter()
+            .map(|(_, _, b)| b)
+            .chain([&self.staging])
+            .collect();
         let (tx, rx) = std::sync::mpsc::channel();
-        self.staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
+        for b in &buffers {
+            let tx = tx.clone();
+            b.map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = tx.send(r);
+            });
+        }
         gpu.wait("gradient read-back")?;
-        match rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(device_error(e.to_string())),
-            Err(e) => return Err(device_error(e.to_string())),
+        for _ in &buffers {
+            match rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(device_error(e.to_string())),
+                Err(e) => return Err(device_error(e.to_string())),
+            }
         }
-        {
-            let view = self
-                .staging
-                .get_mapped_range(..)
-                .map_err(|e| device_error(e.to_string()))?;
-            let all: &[f32] = bytemuck::cast_slice(&view);
-            let n = self.range.len();
-            self.send[..n].copy_from_slice(&all[..n]);
-            self.send[n] = all[n..n + self.batch].iter().sum();
-            self.send[n + 1] = all[n + self.batch..].iter().sum();
+        let mut at = 0;
+        for (i, b) in buffers.iter().enumerate() {
+            {
+                let view = b
+                    .get_mapped_range(..)
+                    .map_err(|e| device_error(e.to_string()))?;
+                let all: &[f32] = bytemuck::cast_slice(&view);
+                if i < self.pieces.len() {
+                    self.send[at..at + all.len()].copy_from_slice(all);
+                    at += all.len();
+                } else {
+                    self.send[at] = all[..self.batch].iter().sum();
+                    self.send[at + 1] = all[self.batch..].iter().sum();
+                }
+            }
+            b.unmap();
         }
-        self.staging.unmap();
         Ok(())
     }
 }
@@ -145,6 +180,7 @@ pub fn broadcast_model(gpu: &Gpu, model: &Vit, comm: &dyn Communicator) -> Resul
     let a = &model.arena;
     for buffer in [Some(&a.values), a.m.as_ref(), a.v.as_ref()]
         .into_iter()
+        .flatten()
         .flatten()
     {
         let mut host: Vec<f32> = gpu.read(buffer)?;

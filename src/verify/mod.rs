@@ -6,7 +6,10 @@ use crate::model::checkpoint::{CheckpointError, TensorFile};
 use crate::model::{Config, Kernels, Mode, Vit};
 use std::path::Path;
 
+mod hashed;
 mod trajectory;
+
+pub use hashed::hashed_values;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Tolerances {
@@ -48,6 +51,8 @@ impl Comparison {
 pub struct Report {
     pub config: Config,
     pub batch: usize,
+    /// Buffers per role of the model's parameter arena.
+    pub arena_chunks: usize,
     pub comparisons: Vec<Comparison>,
 }
 
@@ -82,18 +87,83 @@ pub(crate) fn compare(name: &str, ours: &[f32], expected: &[f32], tolerance: f64
 }
 
 pub fn verify(gpu: &Gpu, path: &Path, tol: Tolerances) -> Result<Report, VerifyError> {
+    verify_in_chunks(gpu, path, tol, None)
+}
+
+/// The same with the model's parameter arena in chunks of at most `chunk_bytes` (tests
+/// run small fixtures in many chunks).
+pub fn verify_in_chunks(
+    gpu: &Gpu,
+    path: &Path,
+    tol: Tolerances,
+    chunk_bytes: Option<u64>,
+) -> Result<Report, VerifyError> {
     let file = TensorFile::read(path)?;
     if is_trajectory(&file) {
-        return crate::verify::trajectory::verify_trajectory(gpu, path, &file, tol.trajectory);
+        let tol = tol.trajectory;
+        return trajectory::verify_trajectory(gpu, path, &file, tol, chunk_bytes);
     }
-    let bad = |message: String| VerifyError::Fixture {
+    if hashed::is_hashed(&file) {
+        return hashed::verify_hashed(gpu, path, &file, tol, chunk_bytes);
+    }
+    let cfg = fixture_config(path, &file)?;
+    let params = crate::model::checkpoint::load_params_resampling(path, &file, &cfg)?;
+    let step = run_debug_step(gpu, path, &file, &cfg, &params, chunk_bytes)?;
+    let mut comparisons = step.compare_logits_and_loss(path, &file, tol)?;
+    for (spec, g) in params.specs.iter().zip(&step.grads) {
+        let name = format!("expected.grad.{}", spec.name);
+        let expected = file.take(path, &name, &spec.shape)?;
+        comparisons.push(compare(
+            &format!("grad {}", spec.name),
+            g,
+            &expected,
+            tol.grads,
+        ));
+    }
+    Ok(Report {
+        config: cfg,
+        batch: step.batch,
+        arena_chunks: step.arena_chunks,
+        comparisons,
+    })
+}
+
+fn fixture_error(path: &Path, message: String) -> VerifyError {
+    VerifyError::Fixture {
         path: path.display().to_string(),
         message,
-    };
+    }
+}
+
+/// The model config in a fixture's metadata (a linear head unless it says otherwise).
+pub(crate) fn fixture_config(path: &Path, file: &TensorFile) -> Result<Config, VerifyError> {
     let mut meta = file.metadata.clone();
     meta.entry("head".into()).or_insert_with(|| "linear".into());
-    let cfg = Config::from_metadata(&meta).map_err(|e| bad(e.to_string()))?;
-    let params = crate::model::checkpoint::load_params_resampling(path, &file, &cfg)?;
+    Config::from_metadata(&meta).map_err(|e| fixture_error(path, e.to_string()))
+}
+
+/// What one forward and backward of a debug-state file's batch gave.
+pub(crate) struct DebugStep {
+    pub batch: usize,
+    pub classes: usize,
+    pub arena_chunks: usize,
+    pub logits: Vec<f32>,
+    pub loss: f32,
+    /// Per parameter, in `param_specs` order.
+    pub grads: Vec<Vec<f32>>,
+}
+
+/// Forward and backward of the file's `input.images` and `input.labels` through the
+/// training code path, with `params` (the arena in chunks of at most `chunk_bytes`).
+pub(crate) fn run_debug_step(
+    gpu: &Gpu,
+    path: &Path,
+    file: &TensorFile,
+    cfg: &Config,
+    params: &crate::model::HostParams,
+    chunk_bytes: Option<u64>,
+) -> Result<DebugStep, VerifyError> {
+    let bad = |message: String| fixture_error(path, message);
     let (images_shape, images) = file
         .tensors
         .get("input.images")
@@ -110,11 +180,18 @@ pub fn verify(gpu: &Gpu, path: &Path, tol: Tolerances) -> Result<Report, VerifyE
         )));
     }
     let labels: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
-    let expected_logits = file.take(path, "expected.logits", &[batch, cfg.classes])?;
-    let expected_loss = file.take(path, "expected.loss", &[1])?;
 
     let kernels = Kernels::new(gpu);
-    let model = Vit::new(gpu, &kernels, &cfg, &params, batch, Mode::Train, 0)?;
+    let model = Vit::with_chunk_bytes(
+        gpu,
+        &kernels,
+        cfg,
+        params,
+        batch,
+        Mode::Train,
+        0,
+        chunk_bytes,
+    )?;
     model.write_batch(gpu, images, &labels);
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
     model.record_gradients(&mut encoder);
@@ -122,30 +199,32 @@ pub fn verify(gpu: &Gpu, path: &Path, tol: Tolerances) -> Result<Report, VerifyE
     let logits: Vec<f32> = gpu.read(&model.logits)?;
     let losses: Vec<f32> = gpu.read(&model.losses)?;
     let grads = model.read_grads(gpu)?;
-
-    let mut comparisons = vec![compare(
-        "logits",
-        &logits[..batch * cfg.classes],
-        &expected_logits,
-        tol.logits,
-    )];
     let loss = losses[..batch].iter().map(|&v| v as f64).sum::<f64>() / batch as f64;
-    comparisons.push(compare("loss", &[loss as f32], &expected_loss, tol.loss));
-    for (spec, g) in params.specs.iter().zip(&grads) {
-        let name = format!("expected.grad.{}", spec.name);
-        let expected = file.take(path, &name, &spec.shape)?;
-        comparisons.push(compare(
-            &format!("grad {}", spec.name),
-            g,
-            &expected,
-            tol.grads,
-        ));
-    }
-    Ok(Report {
-        config: cfg,
+    Ok(DebugStep {
         batch,
-        comparisons,
+        classes: cfg.classes,
+        arena_chunks: model.arena.layout.chunks.len(),
+        logits: logits[..batch * cfg.classes].to_vec(),
+        loss: loss as f32,
+        grads,
     })
+}
+
+impl DebugStep {
+    /// The logits and loss against the file's `expected.logits` and `expected.loss`.
+    pub(crate) fn compare_logits_and_loss(
+        &self,
+        path: &Path,
+        file: &TensorFile,
+        tol: Tolerances,
+    ) -> Result<Vec<Comparison>, VerifyError> {
+        let expected_logits = file.take(path, "expected.logits", &[self.batch, self.classes])?;
+        let expected_loss = file.take(path, "expected.loss", &[1])?;
+        Ok(vec![
+            compare("logits", &self.logits, &expected_logits, tol.logits),
+            compare("loss", &[self.loss], &expected_loss, tol.loss),
+        ])
+    }
 }
 
 /// A training-trajectory fixture (scripts/make_trajectory_fixture.py) rather than one step.

@@ -51,6 +51,7 @@ pub fn verify_trajectory(
     path: &Path,
     file: &TensorFile,
     tolerance: f64,
+    chunk_bytes: Option<u64>,
 ) -> Result<Report, VerifyError> {
     let mut meta = file.metadata.clone();
     meta.entry("head".into()).or_insert_with(|| "linear".into());
@@ -76,7 +77,8 @@ pub fn verify_trajectory(
     let params = crate::model::checkpoint::load_params_resampling(path, file, &cfg)?;
 
     let kernels = Kernels::new(gpu);
-    let model = Vit::new(gpu, &kernels, &cfg, &params, b, Mode::Train, 0)?;
+    let model =
+        Vit::with_chunk_bytes(gpu, &kernels, &cfg, &params, b, Mode::Train, 0, chunk_bytes)?;
     let mut lrs = Vec::with_capacity(s);
     let mut comparisons = Vec::new();
     for step in 1..=s {
@@ -138,6 +140,7 @@ pub fn verify_trajectory(
     Ok(Report {
         config: cfg,
         batch,
+        arena_chunks: model.arena.layout.chunks.len(),
         comparisons,
     })
 }
