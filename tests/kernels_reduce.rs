@@ -2,6 +2,7 @@
 
 mod common;
 use common::*;
+use vit_wgpu::gpu::Command;
 use vit_wgpu::kernels::reduce::{ColumnSum, Reduce};
 use vit_wgpu::reference;
 
@@ -42,7 +43,16 @@ fn column_sums_match_cpu_on_odd_shapes_and_accumulate() {
             cols,
             accumulate: acc,
         };
-        g.launch(&k, &args);
+        let commands = g.commands(&k, &args);
+        g.submit_commands(&commands);
+        let via_textures = commands
+            .iter()
+            .any(|c| matches!(c, Command::CopyBufferToTexture { .. }));
+        assert_eq!(
+            via_textures,
+            textures && cols.is_multiple_of(64),
+            "column_sum {rows}x{cols} textures={textures}: path taken"
+        );
         assert_close(
             &format!("column_sum {rows}x{cols} acc={acc} textures={textures}"),
             &read(&bs),

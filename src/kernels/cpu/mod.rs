@@ -1,5 +1,21 @@
 //! Specialisations for CPU adapters (Mesa's llvmpipe/lavapipe), kept apart from the
 //! portable kernels as llm.c keeps its kernel variants in dev/: each family reaches its
 //! CPU path through one seam, and the model never sees it.
+//!
+//! The seam: a family's struct holds `Option<its CPU specialisation>`, chosen at
+//! construction, and offers each call to it first (`TryRecord`); when the specialisation
+//! declines (a shape its texture copies cannot take), the portable kernel runs.
 
+pub mod dropout;
+pub mod embed;
+pub mod layernorm;
+pub mod reduce;
 pub mod texture;
+
+use crate::gpu::{Command, Gpu};
+
+/// A CPU specialisation of one kernel call: append its launches (and the texture copies
+/// they read) to `out` and return true, or append nothing and return false.
+pub trait TryRecord<Args> {
+    fn try_record(&self, gpu: &Gpu, args: &Args, out: &mut Vec<Command>) -> bool;
+}

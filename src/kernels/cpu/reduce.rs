@@ -1,0 +1,37 @@
+//! Column sums on CPU adapters: the partial sums read the matrix from a texture copy
+//! (shaders/cpu/reduce.wgsl) where its width allows (cols % 64 == 0).
+
+use super::{texture, TryRecord};
+use crate::gpu::{div_ceil, Command, Gpu, Out};
+use crate::kernels::reduce::ColumnSum;
+
+pub struct ReduceTextures {
+    column_sum_partial: wgpu::ComputePipeline,
+}
+
+impl ReduceTextures {
+    pub fn new(gpu: &Gpu) -> Self {
+        let s = &crate::kernels::REDUCE_CPU;
+        ReduceTextures {
+            column_sum_partial: gpu.pipeline(s, "column_sum_partial_texture"),
+        }
+    }
+}
+
+/// The partial sums only (the family sums them).
+impl TryRecord<ColumnSum<'_>> for ReduceTextures {
+    fn try_record(&self, gpu: &Gpu, a: &ColumnSum, out: &mut Vec<Command>) -> bool {
+        let Some((view, copy)) = texture::rows_of(gpu, a.matrix.into(), a.rows, a.cols, out) else {
+            return false;
+        };
+        out.extend(copy);
+        let d = gpu.dispatch(
+            &self.column_sum_partial,
+            &[(1, &Out(a.scratch)), (4, &view)],
+            &a.meta(),
+            [div_ceil(a.cols / 4, 64), a.chunks() as u32, 1],
+        );
+        out.push(d.into());
+        true
+    }
+}
