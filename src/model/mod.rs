@@ -5,6 +5,7 @@
 pub mod arena;
 pub mod checkpoint;
 pub mod config;
+pub mod error;
 pub mod params;
 pub mod pos_embed;
 pub mod recorder;
@@ -13,5 +14,6 @@ pub mod schedule;
 pub mod vit;
 
 pub use config::{Act, Config, Head, Preset};
+pub use error::ModelError;
 pub use params::{HostParams, ParamSpec};
-pub use vit::{Kernels, Mode, ModelError, OptimConfig, Vit};
+pub use vit::{Kernels, Mode, OptimConfig, Vit};

@@ -12,8 +12,8 @@
 
 use super::arena::{Layout, Tensor};
 use super::config::{Act, Config, Head};
+use super::error::ModelError;
 use super::recorder::{Linear, Norm, NormStats, Recorder};
-use super::vit::ModelError;
 use crate::gpu::Gpu;
 use crate::kernels::attention::{Attention, AttentionBackward, AttentionForward, AttentionShape};
 use crate::kernels::dropout::{DropoutBackward, DropoutForward, DropoutSite};

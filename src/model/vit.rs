@@ -4,6 +4,7 @@
 
 use super::arena::{Arena, Layout};
 use super::config::Config;
+use super::error::ModelError;
 use super::params::{HostParams, ParamSpec};
 use super::recorder::Recorder;
 use super::schedule::{Alloc, Net};
@@ -12,32 +13,6 @@ use crate::kernels::adamw::{AdamW, AdamWArgs, Hyper};
 use crate::kernels::attention::AttentionProbabilities;
 use crate::kernels::dropout;
 pub use crate::kernels::Kernels;
-
-#[derive(thiserror::Error, Debug)]
-pub enum ModelError {
-    #[error(transparent)]
-    Gpu(#[from] GpuError),
-    #[error(transparent)]
-    Config(#[from] super::config::ConfigError),
-    #[error(
-        "batch size {batch} is too large for this adapter: buffer '{buffer}' needs {needed} MiB \
-         but the adapter's largest storage binding is {limit} MiB; use a smaller --batch-size"
-    )]
-    BatchTooLarge {
-        batch: usize,
-        buffer: String,
-        needed: u64,
-        limit: u64,
-    },
-    #[error("parameter '{name}' has shape {found:?}, the model needs {expected:?}")]
-    ParamShape {
-        name: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
-    #[error("parameter '{name}' is missing")]
-    MissingParam { name: String },
-}
 
 /// What the model is built for: training allocates gradients, optimizer state and the
 /// backward schedule; inference only the forward.
