@@ -6,6 +6,7 @@ use common::*;
 use rand::Rng;
 use vit_wgpu::gpu::{Command, Gpu, Record};
 use vit_wgpu::kernels::adamw::{AdamW, AdamWArgs, Hyper};
+use vit_wgpu::kernels::cpu::{dropout::DropoutTextures, embed::EmbedTextures};
 use vit_wgpu::kernels::dropout::{self, Dropout, DropoutBackward, DropoutForward, DropoutSite};
 use vit_wgpu::kernels::embed::{
     AssembleTokens, Embed, EmbedShape, GatherCls, Patchify, PosClsBackward, ScatterCls,
@@ -70,7 +71,7 @@ fn patchify_and_token_assembly_match_cpu_forward_and_backward() {
     let mut r = rng();
     // storage reads, then texture copies (taken where D % 64 == 0)
     for (s, textures) in shapes().into_iter().flat_map(|s| [(s, false), (s, true)]) {
-        let k = Embed::with_textures(g, textures);
+        let k = Embed::new(g, textures.then(|| EmbedTextures::boxed(g)));
         let (b, n, d, np, pl) = (s.batch, s.tokens(), s.dim, s.patches(), s.patch_len());
         let img = random(&mut r, b * s.channels * s.height * s.width);
         let pe = random(&mut r, b * np * d);
@@ -283,7 +284,7 @@ fn dropout_forward_and_backward_regenerate_the_same_mask_as_cpu() {
 
 fn dropout_regenerates_the_same_mask_as_cpu(width: Option<u32>) {
     let g = gpu();
-    let k = Dropout::with_texture_width(g, width);
+    let k = Dropout::new(g, width.map(|w| DropoutTextures::boxed(g, w)));
     let mut r = rng();
     let step_buf = dropout::step_buffer(g);
     // offset: the element position of a rank's shard in the global batch (data parallel)

@@ -1,6 +1,7 @@
 mod common;
 use common::*;
 use vit_wgpu::gpu::{Command, Gpu, Record};
+use vit_wgpu::kernels::cpu::layernorm::LayerNormTextures;
 use vit_wgpu::kernels::layernorm::*;
 use vit_wgpu::reference::layernorm;
 
@@ -70,7 +71,7 @@ fn check_path(rows: usize, cols: usize, accumulate: bool, offset: f32, textures:
         &mut dx, &mut dg, &mut db, &dy, &x, &gamma, &mean, &rstd, rows, cols, accumulate,
     );
 
-    let ln = LayerNorm::with_textures(g, textures);
+    let ln = LayerNorm::new(g, textures.then(|| LayerNormTextures::boxed(g)));
     let (bx, bg, bb, bdy) = (
         g.upload("x", &x),
         g.upload("g", &gamma),

@@ -1,7 +1,6 @@
 //! Inverted dropout whose mask is a hash of (seed, step, index): backward regenerates it.
 
-use super::cpu::dropout::DropoutTextures;
-use super::cpu::{texture, TryRecord};
+use super::cpu::TryRecord;
 use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Out, Record};
 
 #[repr(C)]
@@ -26,7 +25,7 @@ pub struct DropoutSite {
 }
 
 impl DropoutSite {
-    /// `texture_width`: texels per row of the CPU specialisation's copies.
+    /// `texture_width`: texels per row of the CPU specialisation's copies (`cpu::dropout`).
     pub(super) fn meta(&self, accumulate: bool, texture_width: Option<u32>) -> Meta {
         Meta {
             len: self.len as u32,
@@ -64,29 +63,33 @@ pub struct Dropout {
     backward: wgpu::ComputePipeline,
     forward4: wgpu::ComputePipeline,
     backward4: wgpu::ComputePipeline,
-    /// The CPU-adapter specialisation (texture reads of the accumulating forward's and the
-    /// backward's inputs), where `texture::preferred`.
-    cpu: Option<DropoutTextures>,
+    /// Offered every call first, where the adapter has one (`cpu::dropout`).
+    cpu: Option<Box<dyn Specialisation>>,
 }
 
-/// Texels per row of the CPU specialisation's copies (as AdamW's).
-const TEXTURE_WIDTH: u32 = 8192;
+/// A CPU-adapter specialisation of dropout: it records the calls it can take, and the
+/// portable kernels run the others.
+pub trait Specialisation:
+    for<'a> TryRecord<DropoutForward<'a>> + for<'a> TryRecord<DropoutBackward<'a>>
+{
+}
+
+impl<T> Specialisation for T where
+    T: for<'a> TryRecord<DropoutForward<'a>> + for<'a> TryRecord<DropoutBackward<'a>>
+{
+}
 
 impl Dropout {
-    pub fn new(gpu: &Gpu) -> Self {
-        Self::with_texture_width(gpu, texture::preferred(gpu).then_some(TEXTURE_WIDTH))
-    }
-
-    /// The CPU specialisation off (`None`) or on with rows of `width` texels (a power of
-    /// two), whatever the adapter: the tests cover both.
-    pub fn with_texture_width(gpu: &Gpu, width: Option<u32>) -> Self {
+    /// The portable kernels, and `cpu` (`cpu::dropout::for_adapter`) offered every call
+    /// first.
+    pub fn new(gpu: &Gpu, cpu: Option<Box<dyn Specialisation>>) -> Self {
         let s = &super::DROPOUT;
         Dropout {
             forward: gpu.pipeline(s, "dropout_forward"),
             backward: gpu.pipeline(s, "dropout_backward"),
             forward4: gpu.pipeline(s, "dropout_forward4"),
             backward4: gpu.pipeline(s, "dropout_backward4"),
-            cpu: width.map(|w| DropoutTextures::new(gpu, w)),
+            cpu,
         }
     }
 }

@@ -1,8 +1,7 @@
 //! Patchify, token assembly (CLS + position), their backward and CLS row gather/scatter.
 //! The patch projection itself is a GEMM; its bias gradient a column sum (`reduce`).
 
-use super::cpu::embed::EmbedTextures;
-use super::cpu::{texture, TryRecord};
+use super::cpu::TryRecord;
 use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Out, Record, View};
 
 #[repr(C)]
@@ -63,9 +62,24 @@ pub struct Embed {
     pos_cls_backward: wgpu::ComputePipeline,
     gather_cls: wgpu::ComputePipeline,
     scatter_cls: wgpu::ComputePipeline,
-    /// The CPU-adapter specialisation of the token kernels (texture reads), where
-    /// `texture::preferred`.
-    cpu: Option<EmbedTextures>,
+    /// Offered the token kernels' calls first, where the adapter has one (`cpu::embed`).
+    cpu: Option<Box<dyn Specialisation>>,
+}
+
+/// A CPU-adapter specialisation of the token kernels: it records the calls it can take,
+/// and the portable kernels run the others.
+pub trait Specialisation:
+    for<'a> TryRecord<AssembleTokens<'a>>
+    + for<'a> TryRecord<TokensBackward<'a>>
+    + for<'a> TryRecord<PosClsBackward<'a>>
+{
+}
+
+impl<T> Specialisation for T where
+    T: for<'a> TryRecord<AssembleTokens<'a>>
+        + for<'a> TryRecord<TokensBackward<'a>>
+        + for<'a> TryRecord<PosClsBackward<'a>>
+{
 }
 
 /// Workgroups of 256 invocations over `n`.
@@ -74,12 +88,9 @@ pub(super) fn groups(n: usize) -> [u32; 3] {
 }
 
 impl Embed {
-    pub fn new(gpu: &Gpu) -> Self {
-        Self::with_textures(gpu, texture::preferred(gpu))
-    }
-
-    /// With the CPU specialisation on or off whatever the adapter (tests cover both).
-    pub fn with_textures(gpu: &Gpu, textures: bool) -> Self {
+    /// The portable kernels, and `cpu` (`cpu::embed::for_adapter`) offered the token
+    /// kernels' calls first.
+    pub fn new(gpu: &Gpu, cpu: Option<Box<dyn Specialisation>>) -> Self {
         let s = &super::EMBED;
         Embed {
             patchify: gpu.pipeline(s, "patchify"),
@@ -90,7 +101,7 @@ impl Embed {
             pos_cls_backward: gpu.pipeline(s, "pos_cls_backward"),
             gather_cls: gpu.pipeline(s, "gather_cls"),
             scatter_cls: gpu.pipeline(s, "scatter_cls"),
-            cpu: textures.then(|| EmbedTextures::new(gpu)),
+            cpu,
         }
     }
 }

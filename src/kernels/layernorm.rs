@@ -1,7 +1,6 @@
 //! LayerNorm forward (saving mean and rstd) and backward (dx, dgamma, dbeta).
 
-use super::cpu::layernorm::LayerNormTextures;
-use super::cpu::{texture, TryRecord};
+use super::cpu::TryRecord;
 use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Out, Record, View};
 
 #[repr(C)]
@@ -24,8 +23,20 @@ pub struct LayerNorm {
     backward_input: wgpu::ComputePipeline,
     backward_params: wgpu::ComputePipeline,
     params_finish: wgpu::ComputePipeline,
-    /// The CPU-adapter specialisation (texture reads), where `texture::preferred`.
-    cpu: Option<LayerNormTextures>,
+    /// Offered every call first, where the adapter has one (`cpu::layernorm`).
+    cpu: Option<Box<dyn Specialisation>>,
+}
+
+/// A CPU-adapter specialisation of LayerNorm: it records the calls it can take, and the
+/// portable kernels run the others.
+pub trait Specialisation:
+    for<'a> TryRecord<LayerNormForward<'a>> + for<'a> TryRecord<LayerNormBackward<'a>>
+{
+}
+
+impl<T> Specialisation for T where
+    T: for<'a> TryRecord<LayerNormForward<'a>> + for<'a> TryRecord<LayerNormBackward<'a>>
+{
 }
 
 /// Forward: y = (x - mean) * rstd * gamma + beta, rows of `cols` floats.
@@ -92,19 +103,16 @@ impl LayerNormBackward<'_> {
 }
 
 impl LayerNorm {
-    pub fn new(gpu: &Gpu) -> Self {
-        Self::with_textures(gpu, texture::preferred(gpu))
-    }
-
-    /// With the CPU specialisation on or off whatever the adapter (tests cover both).
-    pub fn with_textures(gpu: &Gpu, textures: bool) -> Self {
+    /// The portable kernels, and `cpu` (`cpu::layernorm::for_adapter`) offered every call
+    /// first.
+    pub fn new(gpu: &Gpu, cpu: Option<Box<dyn Specialisation>>) -> Self {
         let s = &super::LAYERNORM;
         LayerNorm {
             forward: gpu.pipeline(s, "layernorm_forward"),
             backward_input: gpu.pipeline(s, "layernorm_backward_input"),
             backward_params: gpu.pipeline(s, "layernorm_backward_params"),
             params_finish: gpu.pipeline(s, "layernorm_params_finish"),
-            cpu: textures.then(|| LayerNormTextures::new(gpu)),
+            cpu,
         }
     }
 

@@ -138,13 +138,13 @@ impl Kernels {
     pub fn new(gpu: &crate::gpu::Gpu) -> Kernels {
         Kernels {
             gemm: gemm::Gemm::new(gpu),
-            layernorm: layernorm::LayerNorm::new(gpu),
+            layernorm: layernorm::LayerNorm::new(gpu, cpu::layernorm::for_adapter(gpu)),
             attention: attention::Attention::new(gpu),
-            embed: embed::Embed::new(gpu),
-            dropout: dropout::Dropout::new(gpu),
+            embed: embed::Embed::new(gpu, cpu::embed::for_adapter(gpu)),
+            dropout: dropout::Dropout::new(gpu, cpu::dropout::for_adapter(gpu)),
             loss: loss::CrossEntropy::new(gpu),
             adamw: adamw::AdamW::new(gpu),
-            reduce: reduce::Reduce::new(gpu),
+            reduce: reduce::Reduce::new(gpu, cpu::reduce::for_adapter(gpu)),
         }
     }
 }

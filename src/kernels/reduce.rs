@@ -1,7 +1,6 @@
 //! Column sums: the bias gradient of every linear layer, in two launches.
 
-use super::cpu::reduce::ReduceTextures;
-use super::cpu::{texture, TryRecord};
+use super::cpu::TryRecord;
 use crate::gpu::{div_ceil, Command, Gpu, Out, Record, View};
 
 #[repr(C)]
@@ -21,22 +20,25 @@ const CHUNK_ROWS: usize = 128;
 pub struct Reduce {
     column_sum_partial: wgpu::ComputePipeline,
     column_sum_finish: wgpu::ComputePipeline,
-    /// The CPU-adapter specialisation (texture reads), where `texture::preferred`.
-    cpu: Option<ReduceTextures>,
+    /// Offered every call first, where the adapter has one (`cpu::reduce`).
+    cpu: Option<Box<dyn Specialisation>>,
 }
 
-impl Reduce {
-    pub fn new(gpu: &Gpu) -> Self {
-        Self::with_textures(gpu, texture::preferred(gpu))
-    }
+/// A CPU-adapter specialisation of the column sums' partial pass: it records the calls it
+/// can take, and the portable kernel runs the others.
+pub trait Specialisation: for<'a> TryRecord<ColumnSum<'a>> {}
 
-    /// With the CPU specialisation on or off whatever the adapter (tests cover both).
-    pub fn with_textures(gpu: &Gpu, textures: bool) -> Self {
+impl<T> Specialisation for T where T: for<'a> TryRecord<ColumnSum<'a>> {}
+
+impl Reduce {
+    /// The portable kernels, and `cpu` (`cpu::reduce::for_adapter`) offered every call
+    /// first.
+    pub fn new(gpu: &Gpu, cpu: Option<Box<dyn Specialisation>>) -> Self {
         let s = &super::REDUCE;
         Reduce {
             column_sum_partial: gpu.pipeline(s, "column_sum_partial"),
             column_sum_finish: gpu.pipeline(s, "column_sum_finish"),
-            cpu: textures.then(|| ReduceTextures::new(gpu)),
+            cpu,
         }
     }
 

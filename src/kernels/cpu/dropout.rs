@@ -4,7 +4,7 @@
 
 use super::{texture, TryRecord};
 use crate::gpu::{Command, Gpu, Out};
-use crate::kernels::dropout::{grid, DropoutBackward, DropoutForward};
+use crate::kernels::dropout::{grid, DropoutBackward, DropoutForward, Specialisation};
 
 pub struct DropoutTextures {
     forward: wgpu::ComputePipeline,
@@ -13,19 +13,28 @@ pub struct DropoutTextures {
     width: u32,
 }
 
+/// Texels per row of the copies (as AdamW's).
+const TEXTURE_WIDTH: u32 = 8192;
+
+/// The specialisation where the adapter prefers texture reads (`texture::preferred`).
+pub fn for_adapter(gpu: &Gpu) -> Option<Box<dyn Specialisation>> {
+    texture::preferred(gpu).then(|| DropoutTextures::boxed(gpu, TEXTURE_WIDTH))
+}
+
 impl DropoutTextures {
-    /// Copies in rows of `width` texels (a power of two).
-    pub fn new(gpu: &Gpu, width: u32) -> Self {
+    /// Copies in rows of `width` texels (a power of two), whatever the adapter (the tests
+    /// run it on every one, with narrow rows to cover partial ones).
+    pub fn boxed(gpu: &Gpu, width: u32) -> Box<dyn Specialisation> {
         assert!(
             width.is_power_of_two(),
             "dropout texture width {width} is not a power of two"
         );
         let s = &crate::kernels::DROPOUT_CPU;
-        DropoutTextures {
+        Box::new(DropoutTextures {
             forward: gpu.pipeline(s, "dropout_forward_texture"),
             backward: gpu.pipeline(s, "dropout_backward_texture"),
             width,
-        }
+        })
     }
 
     /// Each buffer as a texture, the copies appended to `out`; `None` (and nothing

@@ -3,7 +3,9 @@
 
 use super::{texture, TryRecord};
 use crate::gpu::{Command, Gpu, Out};
-use crate::kernels::embed::{groups, AssembleTokens, PosClsBackward, TokensBackward};
+use crate::kernels::embed::{
+    groups, AssembleTokens, PosClsBackward, Specialisation, TokensBackward,
+};
 
 pub struct EmbedTextures {
     assemble: wgpu::ComputePipeline,
@@ -11,14 +13,20 @@ pub struct EmbedTextures {
     pos_cls_backward: wgpu::ComputePipeline,
 }
 
+/// The specialisation where the adapter prefers texture reads (`texture::preferred`).
+pub fn for_adapter(gpu: &Gpu) -> Option<Box<dyn Specialisation>> {
+    texture::preferred(gpu).then(|| EmbedTextures::boxed(gpu))
+}
+
 impl EmbedTextures {
-    pub fn new(gpu: &Gpu) -> Self {
+    /// Built whatever the adapter (the tests run it on every one).
+    pub fn boxed(gpu: &Gpu) -> Box<dyn Specialisation> {
         let s = &crate::kernels::EMBED_CPU;
-        EmbedTextures {
+        Box::new(EmbedTextures {
             assemble: gpu.pipeline(s, "assemble_tokens_texture"),
             tokens_backward: gpu.pipeline(s, "tokens_backward_texture"),
             pos_cls_backward: gpu.pipeline(s, "pos_cls_backward_texture"),
-        }
+        })
     }
 }
 

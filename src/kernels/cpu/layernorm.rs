@@ -3,7 +3,7 @@
 
 use super::{texture, TryRecord};
 use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Out};
-use crate::kernels::layernorm::{LayerNormBackward, LayerNormForward};
+use crate::kernels::layernorm::{LayerNormBackward, LayerNormForward, Specialisation};
 
 /// Texels per row of the row statistics' texture copies (cpu/layernorm.wgsl's `stat_texel`).
 const STAT_TEXELS_PER_ROW: u32 = 64;
@@ -14,14 +14,20 @@ pub struct LayerNormTextures {
     backward_params: wgpu::ComputePipeline,
 }
 
+/// The specialisation where the adapter prefers texture reads (`texture::preferred`).
+pub fn for_adapter(gpu: &Gpu) -> Option<Box<dyn Specialisation>> {
+    texture::preferred(gpu).then(|| LayerNormTextures::boxed(gpu))
+}
+
 impl LayerNormTextures {
-    pub fn new(gpu: &Gpu) -> Self {
+    /// Built whatever the adapter (the tests run it on every one).
+    pub fn boxed(gpu: &Gpu) -> Box<dyn Specialisation> {
         let s = &crate::kernels::LAYERNORM_CPU;
-        LayerNormTextures {
+        Box::new(LayerNormTextures {
             forward: gpu.pipeline(s, "layernorm_forward_texture"),
             backward_input: gpu.pipeline(s, "layernorm_backward_input_texture"),
             backward_params: gpu.pipeline(s, "layernorm_backward_params_texture"),
-        }
+        })
     }
 }
 

@@ -2,9 +2,11 @@
 //! portable kernels as llm.c keeps its kernel variants in dev/: each family reaches its
 //! CPU path through one seam, and the model never sees it.
 //!
-//! The seam: a family's struct holds `Option<its CPU specialisation>`, chosen at
-//! construction, and offers each call to it first (`TryRecord`); when the specialisation
-//! declines (a shape its texture copies cannot take), the portable kernel runs.
+//! The seam: a family's struct holds an optional `family::Specialisation`, given at
+//! construction (`Kernels::new` passes `cpu::FAMILY::for_adapter`), and offers each call to
+//! it first (`TryRecord`); when it declines (a shape its texture copies cannot take), the
+//! portable kernel runs. Imports go one way: these modules use the families' argument
+//! types, and the portable families never name them.
 
 pub mod dropout;
 pub mod embed;

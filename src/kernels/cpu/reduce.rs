@@ -3,18 +3,24 @@
 
 use super::{texture, TryRecord};
 use crate::gpu::{div_ceil, Command, Gpu, Out};
-use crate::kernels::reduce::ColumnSum;
+use crate::kernels::reduce::{ColumnSum, Specialisation};
 
 pub struct ReduceTextures {
     column_sum_partial: wgpu::ComputePipeline,
 }
 
+/// The specialisation where the adapter prefers texture reads (`texture::preferred`).
+pub fn for_adapter(gpu: &Gpu) -> Option<Box<dyn Specialisation>> {
+    texture::preferred(gpu).then(|| ReduceTextures::boxed(gpu))
+}
+
 impl ReduceTextures {
-    pub fn new(gpu: &Gpu) -> Self {
+    /// Built whatever the adapter (the tests run it on every one).
+    pub fn boxed(gpu: &Gpu) -> Box<dyn Specialisation> {
         let s = &crate::kernels::REDUCE_CPU;
-        ReduceTextures {
+        Box::new(ReduceTextures {
             column_sum_partial: gpu.pipeline(s, "column_sum_partial_texture"),
-        }
+        })
     }
 }
 
