@@ -16,11 +16,14 @@ fn shape(batch: usize, tokens: usize, heads: usize, head_dim: usize) -> Attentio
     }
 }
 
-/// Token counts {1, 17, 65, 197} x head dims {16, 32, 64} x batch {1, 5} x heads {1..4}:
-/// every value of each at least once, within a minute of CPU reference on 2 cores.
+/// Token counts {1, 5, 17, 65, 197} x head dims {16, 32, 64} x batch {1, 3, 5} x heads {1..4}
+/// (odd batch x heads among them): every value of each at least once, within a minute of CPU
+/// reference on 2 cores.
 fn covering_shapes() -> Vec<AttentionShape> {
     vec![
         shape(1, 1, 1, 16),
+        shape(3, 5, 1, 16),
+        shape(1, 5, 3, 64),
         shape(5, 1, 3, 64),
         shape(5, 17, 2, 32),
         shape(2, 50, 2, 64),
@@ -40,6 +43,10 @@ fn covering_shapes() -> Vec<AttentionShape> {
         shape(2, 64, 2, 32),
         shape(3, 12, 2, 64),
         shape(2, 4, 1, 64),
+        // the tiled kernels' row counts: 64 rows per workgroup, three groups (150), and one
+        // full 128-row group (128)
+        shape(1, 150, 3, 32),
+        shape(1, 128, 1, 64),
     ]
 }
 

@@ -283,6 +283,12 @@ fn train_ranks(opts: &GpuOptions, a: TrainArgs, comm: &dyn Communicator) -> CliR
         width: train_set.width,
         classes: train_set.class_names.len(),
     };
+    if let Some((_, _, file)) = &init {
+        let given = (a.data.mean.is_some(), a.data.std.is_some());
+        let flags = (a.data.interpolation, a.data.crop_pct);
+        let (train, val) = (&mut train_set, &mut val_set);
+        data::preprocess::use_folder_for_training(train, val, &file.metadata, given, flags);
+    }
     let cfg = resolve::train_config(&a.model, init.as_ref().map(|i| &i.0), &shape)?;
     resolve::check_warmup(a.warmup, a.epochs, train_set.len, a.batch_size)?;
     if (train_set.height, train_set.width) != (cfg.image_h, cfg.image_w) {
@@ -431,6 +437,8 @@ fn eval_cmd(opts: &GpuOptions, a: EvalArgs) -> CliResult {
     } else {
         ds
     };
+    let flags = (a.data.interpolation, a.data.crop_pct);
+    data::preprocess::use_folder_transform(&mut ds, &file.metadata, flags);
     // Evaluate as training prepared its inputs, unless --mean/--std say otherwise.
     let (mean, std) = checkpoint_norm(&file, ds.channels);
     if a.data.mean.is_none() {

@@ -86,6 +86,10 @@ pub struct ModelArgs {
     /// Starting point for the model's shape.
     #[arg(long, value_enum, default_value = "labml")]
     pub preset: Preset,
+    /// A timm architecture name (e.g. vit_small_patch16_224) instead of the preset: its
+    /// shape, options and input size; the flags below override it.
+    #[arg(long, value_name = "NAME")]
+    pub arch: Option<String>,
     /// Input size, H or HxW (a multiple of the patch size).
     #[arg(long, value_parser = parse_size)]
     pub image_size: Option<(usize, usize)>,
@@ -185,9 +189,22 @@ impl ModelArgs {
         c
     }
 
-    /// The preset with overrides applied; channels come from the data.
+    /// `--arch`'s config (checked by `resolve::check_model` before any use).
+    pub fn arch_config(&self) -> Option<Result<Config, crate::model::arch::ArchError>> {
+        let name = self.arch.as_deref()?;
+        Some(crate::model::arch::lookup(name).and_then(|(args, _)| {
+            // A feature model (num_classes 0) gets the data's classes later.
+            let classes = (args.num_classes < 2).then_some(10);
+            args.to_config(&format!("--arch {name}"), classes)
+        }))
+    }
+
+    /// The preset (or `--arch`) with overrides applied; channels come from the data.
     pub fn config(&self, channels: Option<usize>, classes: Option<usize>) -> Config {
-        let mut c = self.preset.config();
+        let mut c = match self.arch_config() {
+            Some(Ok(c)) => c,
+            _ => self.preset.config(),
+        };
         if let Some((h, w)) = self.image_size {
             c.image_h = h;
             c.image_w = w;

@@ -71,6 +71,9 @@ fn at_least_one(flag: &'static str, v: Option<u64>) -> Result<(), UsageError> {
 
 /// Size flags of the model: each at least 1, dropout in [0, 1), LayerNorm eps > 0.
 pub fn check_model(m: &ModelArgs) -> Result<(), UsageError> {
+    if let (Some(name), Some(Err(e))) = (&m.arch, m.arch_config()) {
+        return Err(bad("arch", name, &e.to_string()));
+    }
     if let Some((h, w)) = m.image_size {
         if h == 0 || w == 0 {
             return Err(bad(
@@ -206,7 +209,7 @@ pub fn train_config(
         }
         None => {
             let mut c = model.config(Some(data.channels), Some(data.classes));
-            if model.image_size.is_none() {
+            if model.image_size.is_none() && model.arch.is_none() {
                 c.image_h = data.height;
                 c.image_w = data.width;
             }

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod cifar10;
 pub mod folder;
 pub mod idx;
+pub mod preprocess;
 pub mod stream;
 pub mod transforms;
 

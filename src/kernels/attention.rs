@@ -2,13 +2,18 @@
 //! log-sum-exp, backward recomputing the probabilities from it (FlashAttention-2's split
 //! into a per-query and a per-key pass, no atomics), and the probabilities themselves for
 //! attention maps at inference.
+//!
+//! The portable path is `Tiled` (storage buffers, workgroup memory, no subgroups, within
+//! WebGPU's default limits) with `Rows` (no workgroup memory) beside it; the CPU-adapter
+//! `Lanes` kernels live in src/kernels/cpu/attention_lanes.rs, held in `Attention::cpu`
+//! when chosen at construction.
 
 use std::sync::OnceLock;
 
-use super::cpu::texture;
-use super::{PipelineSpec, Shader, ATTENTION, ATTENTION_LANES};
+use super::cpu::attention_lanes::LanesAttention;
+use super::{PipelineSpec, ATTENTION};
 use crate::gpu::caps::{self, Choice};
-use crate::gpu::{div_ceil, Bind, Command, Gpu, Record};
+use crate::gpu::{div_ceil, Bind, Command, Gpu, Out, Record};
 
 /// Shapes of one attention call: qkv [batch*tokens, 3*heads*head_dim].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,8 +57,8 @@ pub const MAX_HEAD_DIM: usize = 64;
 /// Which kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
-    /// The streamed rows staged in workgroup memory, shared by the 64 query (or key) rows
-    /// of a workgroup, for GPUs.
+    /// The streamed rows staged in workgroup memory, shared by the 64 or 128 query (or key)
+    /// rows of a workgroup: the portable path, for GPUs and the browser.
     Tiled,
     /// One invocation per query (or key) row streaming the other side's rows from storage,
     /// no workgroup memory: for CPU adapters without 8-lane subgroups.
@@ -74,99 +79,109 @@ impl Variant {
         }
     }
 
-    /// Query (or key) rows per workgroup, all of one (batch, head).
-    fn rows_per_group(self) -> usize {
-        match self {
-            Variant::Tiled => TILE_ROWS,
-            Variant::Rows => 16,
-            Variant::Lanes => (LANES * LANE_ROWS) as usize,
-        }
-    }
-
     fn entry(self, name: &'static str) -> &'static str {
         match (self, name) {
-            (Variant::Rows, _) => name,
             (Variant::Tiled, "attention_forward") => "attention_forward_tiled",
             (Variant::Tiled, "attention_backward_query") => "attention_backward_query_tiled",
-            (Variant::Tiled, _) => "attention_backward_key_tiled",
-            (Variant::Lanes, "attention_forward") => "attention_forward_lanes",
-            (Variant::Lanes, "attention_backward_query") => "attention_backward_query_lanes",
-            (Variant::Lanes, _) => "attention_backward_key_lanes",
-        }
-    }
-
-    fn shader(self) -> Shader {
-        match self {
-            Variant::Lanes => ATTENTION_LANES,
-            _ => ATTENTION,
+            (Variant::Tiled, "attention_backward_key") => "attention_backward_key_tiled",
+            _ => name,
         }
     }
 }
 
-/// The subgroup size the `Lanes` kernels are written for.
-const LANES: u32 = 8;
-/// Rows per lane in the `Lanes` kernels: shaders/attention_lanes.wgsl's LANE_ROWS
-/// (scripts/gen_attention_lanes.py --lane-rows).
-const LANE_ROWS: u32 = 3;
-/// `Tiled`: rows per workgroup and its workgroup memory (two [16][16] vec4 tiles and two
-/// [16] f32 arrays), as in shaders/attention.wgsl.
-const TILE_ROWS: usize = 64;
-const TILED_WORKGROUP_BYTES: u32 = 2 * 16 * 16 * 16 + 2 * 16 * 4;
+/// `Rows`: rows per workgroup.
+const ROWS: usize = 16;
 
-/// The pipelines a variant builds for head dim 4 `head_vec4`: forward, backward_query,
-/// backward_key, probabilities, and for `Lanes` the first three's one-row-per-lane `_tail`
-/// kernels. `rows_texture` (`Lanes` only): the streamed rows come from textures.
-fn specs(variant: Variant, head_vec4: usize, rows_texture: bool) -> Vec<PipelineSpec> {
-    let base = vec![
-        ("HEAD_VEC4", head_vec4 as f64),
-        ("ROWS", Variant::Rows.rows_per_group() as f64),
-    ];
-    let mut constants = base.clone();
-    if variant == Variant::Lanes {
-        constants.push(("ROWS_TEXTURE", if rows_texture { 1.0 } else { 0.0 }));
-    }
-    let spec = |shader, entry| PipelineSpec {
-        shader,
-        entry,
-        constants: constants.clone(),
-    };
-    let mut specs = vec![
-        spec(variant.shader(), variant.entry("attention_forward")),
-        spec(variant.shader(), variant.entry("attention_backward_query")),
-        spec(variant.shader(), variant.entry("attention_backward_key")),
-        // one query row per invocation in every variant: for attention maps only
-        PipelineSpec {
-            shader: ATTENTION,
-            entry: "attention_probabilities",
-            constants: base,
-        },
-    ];
-    if variant == Variant::Lanes {
-        specs.extend([
-            spec(ATTENTION_LANES, "attention_forward_lanes_tail"),
-            spec(ATTENTION_LANES, "attention_backward_query_lanes_tail"),
-            spec(ATTENTION_LANES, "attention_backward_key_lanes_tail"),
-        ]);
-    }
-    specs
-}
+/// `Tiled`: query (or key) rows per workgroup, chosen from N (`tile_rows`). The key pass
+/// runs two invocations per key row, so 128 rows need 256 invocations.
+const TILE_ROWS: [usize; 2] = [64, 128];
+/// `Tiled`: head dims run in classes of 4, 8 and 16 vec4 (d up to 16, 32, 64), the steps
+/// past d zero: one pipeline per class, exact for the usual 16, 32 and 64.
+const HEAD_CLASSES: [usize; 3] = [4, 8, 16];
+/// `Tiled`: workgroup memory, two tiles of 256 vec4 and two [64] f32 arrays, as in
+/// shaders/attention.wgsl.
+const TILED_WORKGROUP_BYTES: u32 = 2 * 256 * 16 + 2 * 64 * 4;
 
-/// Every pipeline a variant can build (for the translation test).
-pub fn pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
-    let textures: &[bool] = if variant == Variant::Lanes {
-        &[false, true]
-    } else {
-        &[false]
-    };
-    textures
+/// The head-dim class (index into HEAD_CLASSES) a head dim runs in on `Tiled`.
+fn head_class(head_dim: usize) -> usize {
+    HEAD_CLASSES
         .iter()
-        .flat_map(|&t| (1..=MAX_HEAD_DIM / 4).flat_map(move |v4| specs(variant, v4, t)))
-        .collect()
+        .position(|&c| 4 * c >= head_dim)
+        .unwrap_or(HEAD_CLASSES.len() - 1)
+}
+
+/// Rows per `Tiled` workgroup (index into TILE_ROWS) for N tokens: the one that pads N the
+/// least, the larger on a tie (K and V are then staged fewer times), and 64 when the adapter
+/// cannot run 256 invocations. N = 65: one 128-row group (3 of its 4 warps work), not two
+/// 64-row groups; N = 150: three 64-row groups.
+fn tile_rows(tokens: usize, max_invocations: u32) -> usize {
+    if max_invocations < 2 * TILE_ROWS[1] as u32 {
+        return 0;
+    }
+    let padded = |rows: usize| tokens.div_ceil(rows) * rows;
+    if padded(TILE_ROWS[0]) < padded(TILE_ROWS[1]) {
+        0
+    } else {
+        1
+    }
+}
+
+/// A portable pipeline: `Tiled`'s three passes take the head-dim class and the rows per
+/// workgroup, `Rows`' the head dim.
+fn spec(variant: Variant, entry: &'static str, head_vec4: usize, tile: usize) -> PipelineSpec {
+    let mut constants = vec![("HEAD_VEC4", head_vec4 as f64)];
+    if variant == Variant::Tiled {
+        constants.push(("TILE_ROWS", TILE_ROWS[tile] as f64));
+    } else {
+        constants.push(("ROWS", ROWS as f64));
+    }
+    PipelineSpec {
+        shader: ATTENTION,
+        entry: variant.entry(entry),
+        constants,
+    }
+}
+
+/// The three passes (forward, backward_query, backward_key) of a portable variant.
+fn pass_specs(variant: Variant, head_vec4: usize, tile: usize) -> [PipelineSpec; 3] {
+    [
+        "attention_forward",
+        "attention_backward_query",
+        "attention_backward_key",
+    ]
+    .map(|entry| spec(variant, entry, head_vec4, tile))
+}
+
+/// One query row per invocation, its loops bounded by the shape: one pipeline for every
+/// head dim and variant (attention maps only).
+fn probabilities_spec() -> PipelineSpec {
+    PipelineSpec {
+        shader: ATTENTION,
+        entry: "attention_probabilities",
+        constants: vec![("ROWS", ROWS as f64)],
+    }
+}
+
+/// Every pipeline a variant can build (for the translation test): `Tiled` 3 classes x 2 row
+/// counts x 3 passes, `Rows` 16 head dims x 3 passes, `Lanes` its own; and probabilities.
+pub fn pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
+    let mut specs: Vec<PipelineSpec> = match variant {
+        Variant::Tiled => HEAD_CLASSES
+            .iter()
+            .flat_map(|&c| (0..TILE_ROWS.len()).flat_map(move |t| pass_specs(variant, c, t)))
+            .collect(),
+        Variant::Rows => (1..=MAX_HEAD_DIM / 4)
+            .flat_map(|v4| pass_specs(variant, v4, 0))
+            .collect(),
+        Variant::Lanes => super::cpu::attention_lanes::pipeline_specs(),
+    };
+    specs.push(probabilities_spec());
+    specs
 }
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Meta {
+pub(crate) struct Meta {
     batch: u32,
     tokens: u32,
     heads: u32,
@@ -177,56 +192,26 @@ struct Meta {
     row_base: u32,
 }
 
-/// The four entry points specialised for one head dim, and for `Lanes` the `_tail` kernels
-/// (forward, backward_query, backward_key).
-struct Pipelines {
+/// The three passes of a portable variant for one head dim (`Rows`) or one head-dim class
+/// and row count (`Tiled`).
+struct Passes {
     forward: wgpu::ComputePipeline,
     backward_query: wgpu::ComputePipeline,
     backward_key: wgpu::ComputePipeline,
-    probabilities: wgpu::ComputePipeline,
-    tail: Option<TailPipelines>,
-}
-
-/// The `Lanes` kernels with one row per lane (the `_tail` entry points).
-struct TailPipelines {
-    forward: wgpu::ComputePipeline,
-    backward_query: wgpu::ComputePipeline,
-    backward_key: wgpu::ComputePipeline,
-}
-
-impl Pipelines {
-    /// The pipeline `which` picks for a launch: from the tail kernels when `tail`.
-    fn pick(
-        &self,
-        tail: bool,
-        which: impl Fn(&Pipelines) -> &wgpu::ComputePipeline,
-        which_tail: impl Fn(&TailPipelines) -> &wgpu::ComputePipeline,
-    ) -> &wgpu::ComputePipeline {
-        match (&self.tail, tail) {
-            (Some(t), true) => which_tail(t),
-            _ => which(self),
-        }
-    }
-}
-
-/// One launch over some rows of every (batch, head): `tail` runs the `_tail` kernels.
-struct RowLaunch {
-    tail: bool,
-    row_base: usize,
-    grid: [u32; 3],
+    /// Rows per workgroup.
+    rows: usize,
 }
 
 pub struct Attention {
     variant: Variant,
     reason: String,
-    /// `Lanes` on an adapter where textures are cheaper to read than storage
-    /// (`texture::preferred`): the streamed rows are read from texture copies.
-    textures: bool,
-    /// Bound where a `Lanes` kernel's textures are not used.
-    placeholder: Option<wgpu::TextureView>,
-    /// Indexed by [rows from textures][head_dim / 4 - 1]; built on first use and kept (a
-    /// pipeline costs an LLVM compile on lavapipe).
-    pipelines: [[OnceLock<Pipelines>; MAX_HEAD_DIM / 4]; 2],
+    /// The CPU-adapter specialisation (`Variant::Lanes`), which then records the forward
+    /// and backward; the portable pipelines below serve the rest.
+    cpu: Option<LanesAttention>,
+    /// `Rows`: indexed by head_dim / 4 - 1; `Tiled`: by head class x 2 + row count. Built
+    /// on first use and kept.
+    passes: [OnceLock<Passes>; MAX_HEAD_DIM / 4],
+    probabilities: OnceLock<wgpu::ComputePipeline>,
 }
 
 impl Attention {
@@ -256,7 +241,7 @@ impl Attention {
             &[
                 (
                     Variant::Tiled,
-                    "GPU: K/V tiles in workgroup memory shared by 64 query rows",
+                    "GPU: K/V tiles in workgroup memory shared by 64 or 128 query rows",
                 ),
                 (Variant::Rows, "one row per invocation, no workgroup memory"),
             ]
@@ -274,9 +259,11 @@ impl Attention {
     /// Ok when the adapter runs `variant`, else why not.
     pub fn supports(gpu: &Gpu, variant: Variant) -> Result<(), String> {
         match variant {
-            Variant::Tiled => gpu.caps.workgroup(TILE_ROWS as u32, TILED_WORKGROUP_BYTES),
-            Variant::Rows => gpu.caps.workgroup(16, 0),
-            Variant::Lanes => gpu.caps.exact_subgroups(LANES),
+            Variant::Tiled => gpu
+                .caps
+                .workgroup(2 * TILE_ROWS[0] as u32, TILED_WORKGROUP_BYTES),
+            Variant::Rows => gpu.caps.workgroup(ROWS as u32, 0),
+            Variant::Lanes => LanesAttention::supports(gpu),
         }
     }
 
@@ -294,13 +281,12 @@ impl Attention {
                 gpu.info.name
             );
         }
-        let lanes = variant == Variant::Lanes;
         Attention {
             variant,
             reason: "chosen by the caller".into(),
-            textures: lanes && texture::preferred(gpu),
-            placeholder: lanes.then(|| texture::placeholder(gpu)),
-            pipelines: Default::default(),
+            cpu: (variant == Variant::Lanes).then(|| LanesAttention::new(gpu)),
+            passes: Default::default(),
+            probabilities: OnceLock::new(),
         }
     }
 
@@ -313,28 +299,28 @@ impl Attention {
         &self.reason
     }
 
-    fn pipelines(&self, gpu: &Gpu, shape: AttentionShape, rows_texture: bool) -> &Pipelines {
+    /// The portable passes for `shape` (not for `Lanes`, whose `cpu` records them).
+    fn passes(&self, gpu: &Gpu, shape: AttentionShape) -> &Passes {
         check(gpu, shape);
-        let v4 = shape.head_dim / 4;
-        self.pipelines[rows_texture as usize][v4 - 1].get_or_init(|| {
-            let mut built = specs(self.variant, v4, rows_texture)
-                .into_iter()
-                .map(|s| s.build(gpu));
-            let mut next = || {
-                built
-                    .next()
-                    .expect("specs() gives 4 pipelines, 7 for Lanes")
-            };
-            Pipelines {
-                forward: next(),
-                backward_query: next(),
-                backward_key: next(),
-                probabilities: next(),
-                tail: (self.variant == Variant::Lanes).then(|| TailPipelines {
-                    forward: next(),
-                    backward_query: next(),
-                    backward_key: next(),
-                }),
+        let (slot, head_vec4, tile) = match self.variant {
+            Variant::Tiled => {
+                let class = head_class(shape.head_dim);
+                let tile = tile_rows(shape.tokens, gpu.caps.invocations);
+                (class * TILE_ROWS.len() + tile, HEAD_CLASSES[class], tile)
+            }
+            _ => (shape.head_dim / 4 - 1, shape.head_dim / 4, 0),
+        };
+        self.passes[slot].get_or_init(|| {
+            let [forward, backward_query, backward_key] =
+                pass_specs(self.variant, head_vec4, tile).map(|s| s.build(gpu));
+            Passes {
+                forward,
+                backward_query,
+                backward_key,
+                rows: match self.variant {
+                    Variant::Tiled => TILE_ROWS[tile],
+                    _ => ROWS,
+                },
             }
         })
     }
@@ -344,36 +330,6 @@ impl Attention {
         shape.lse_len()
     }
 
-    /// The launches covering every row: blocks of the variant's rows per workgroup; for
-    /// `Lanes`, when the last N mod (8 x LANE_ROWS) rows are at most 8, they run in an 8-row
-    /// block of the `_tail` kernels (50 tokens: 2 x 24 + 8 rows of work rather than 3 x 24).
-    fn row_launches(&self, shape: AttentionShape) -> Vec<RowLaunch> {
-        let per_group = self.variant.rows_per_group();
-        let heads = (shape.batch * shape.heads) as u32;
-        let (full, rest) = (shape.tokens / per_group, shape.tokens % per_group);
-        if self.variant != Variant::Lanes || rest == 0 || rest > LANES as usize {
-            return vec![RowLaunch {
-                tail: false,
-                row_base: 0,
-                grid: grid(shape, per_group),
-            }];
-        }
-        let mut launches = Vec::new();
-        if full > 0 {
-            launches.push(RowLaunch {
-                tail: false,
-                row_base: 0,
-                grid: [full as u32, heads, 1],
-            });
-        }
-        launches.push(RowLaunch {
-            tail: true,
-            row_base: full * per_group,
-            grid: [1, heads, 1],
-        });
-        launches
-    }
-
     /// Multiply-adds x 2 of the forward: S = Q K^T and O = P V, per (batch, head).
     pub fn flops_forward(shape: AttentionShape) -> f64 {
         4.0 * (shape.batch * shape.heads) as f64
@@ -381,7 +337,8 @@ impl Attention {
     }
 
     /// The backward's useful FLOPs, FlashAttention's count: S recomputed once, dV, dP, dQ
-    /// and dK (2.5x the forward). The kernels recompute S and dP in both passes, 7/5 of this.
+    /// and dK (2.5x the forward). The kernels recompute S and dP in both passes: 7/5 of this,
+    /// 8/5 for `Tiled`, whose key pass computes S for dV and dK apart.
     pub fn flops_backward(shape: AttentionShape) -> f64 {
         2.5 * Self::flops_forward(shape)
     }
@@ -416,136 +373,77 @@ pub struct AttentionProbabilities<'a> {
     pub probs: &'a wgpu::Buffer, // [B, A, N, N]
 }
 
-/// The `Lanes` kernels' texture bindings, qkv (9), dO (10) and o (11): copies of the
-/// buffers (`copied`, the kernels then read their rows there), else placeholders.
-struct RowTextures {
-    copied: bool,
-    qkv: wgpu::TextureView,
-    d_o: wgpu::TextureView,
-    o: wgpu::TextureView,
-}
-
-impl Attention {
-    /// `None` for the variants without textures. The copies of qkv [B*N, 3D] and, for the
-    /// backward, of dO and o [B*N, D] not already in `out` (see `texture::rows_of`) are
-    /// appended to it: all of them, or none (then the kernels read storage).
-    fn row_textures(
-        &self,
-        gpu: &Gpu,
-        shape: AttentionShape,
-        qkv: &wgpu::Buffer,
-        d_o_and_o: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
-        out: &mut Vec<Command>,
-    ) -> Option<RowTextures> {
-        let placeholder = self.placeholder.as_ref()?;
-        let unused = RowTextures {
-            copied: false,
-            qkv: placeholder.clone(),
-            d_o: placeholder.clone(),
-            o: placeholder.clone(),
-        };
-        if !self.textures {
-            return Some(unused);
-        }
-        let (rows, model) = (shape.batch * shape.tokens, shape.model_dim());
-        let mut copies = Vec::new();
-        let mut copy_of = |buffer: &wgpu::Buffer, cols: usize| {
-            let (view, copy) = texture::rows_of(gpu, buffer.into(), rows, cols, out)?;
-            copies.extend(copy);
-            Some(view)
-        };
-        let qkv = copy_of(qkv, 3 * model);
-        let (d_o, o) = match d_o_and_o {
-            Some((d_o, o)) => (copy_of(d_o, model), copy_of(o, model)),
-            None => (Some(placeholder.clone()), Some(placeholder.clone())),
-        };
-        let (Some(qkv), Some(d_o), Some(o)) = (qkv, d_o, o) else {
-            return Some(unused);
-        };
-        out.extend(copies);
-        Some(RowTextures {
-            copied: true,
-            qkv,
-            d_o,
-            o,
-        })
-    }
-}
-
 impl Record<AttentionForward<'_>> for Attention {
     fn record(&self, gpu: &Gpu, a: &AttentionForward, out: &mut Vec<Command>) {
-        let textures = self.row_textures(gpu, a.shape, a.qkv, None, out);
-        let p = self.pipelines(gpu, a.shape, textures.as_ref().is_some_and(|t| t.copied));
-        let mut entries: Vec<(u32, &dyn Bind)> = vec![(0, a.qkv), (1, a.o), (2, a.lse)];
-        if let Some(t) = &textures {
-            entries.push((9, &t.qkv));
+        if let Some(cpu) = &self.cpu {
+            return cpu.record_forward(gpu, a, out);
         }
-        for l in self.row_launches(a.shape) {
-            let pipeline = p.pick(l.tail, |p| &p.forward, |t| &t.forward);
-            let meta = meta(a.shape, l.row_base);
-            out.push(gpu.dispatch(pipeline, &entries, &meta, l.grid).into());
-        }
+        let p = self.passes(gpu, a.shape);
+        let (o, lse) = (Out(a.o), Out(a.lse));
+        let entries: [(u32, &dyn Bind); 3] = [(0, a.qkv), (1, &o), (2, &lse)];
+        let groups = grid(a.shape, p.rows);
+        out.push(
+            gpu.dispatch(&p.forward, &entries, &meta(a.shape, 0), groups)
+                .into(),
+        );
     }
 }
 
 impl Record<AttentionBackward<'_>> for Attention {
     fn record(&self, gpu: &Gpu, a: &AttentionBackward, out: &mut Vec<Command>) {
-        let AttentionBackward {
-            shape,
-            qkv,
-            o,
-            lse,
-            d_o,
-            dqkv,
-            scratch,
-        } = *a;
+        let shape = a.shape;
         assert!(
-            scratch.size() >= 4 * Self::scratch_len(shape) as u64,
+            a.scratch.size() >= 4 * Self::scratch_len(shape) as u64,
             "attention backward scratch needs {} floats",
             Self::scratch_len(shape)
         );
-        let textures = self.row_textures(gpu, shape, qkv, Some((d_o, o)), out);
-        let p = self.pipelines(gpu, shape, textures.as_ref().is_some_and(|t| t.copied));
-        let mut query_entries: Vec<(u32, &dyn Bind)> = vec![
-            (0, qkv),
-            (3, o),
-            (4, lse),
-            (5, d_o),
-            (6, dqkv),
-            (7, scratch),
+        if let Some(cpu) = &self.cpu {
+            return cpu.record_backward(gpu, a, out);
+        }
+        let p = self.passes(gpu, shape);
+        let (dqkv, delta) = (Out(a.dqkv), Out(a.scratch));
+        let query_entries: [(u32, &dyn Bind); 6] = [
+            (0, a.qkv),
+            (3, a.o),
+            (4, a.lse),
+            (5, a.d_o),
+            (6, &dqkv),
+            (7, &delta),
         ];
-        let mut key_entries: Vec<(u32, &dyn Bind)> =
-            vec![(0, qkv), (4, lse), (5, d_o), (6, dqkv), (7, scratch)];
-        if let Some(t) = &textures {
-            query_entries.extend([(9, &t.qkv as &dyn Bind), (10, &t.d_o), (11, &t.o)]);
-            key_entries.extend([(9, &t.qkv as &dyn Bind), (10, &t.d_o)]);
-        }
-        // every query row's pass (it writes delta) before any key row's
-        let launches = self.row_launches(shape);
-        for l in &launches {
-            let pipeline = p.pick(l.tail, |p| &p.backward_query, |t| &t.backward_query);
-            let meta = meta(shape, l.row_base);
-            out.push(gpu.dispatch(pipeline, &query_entries, &meta, l.grid).into());
-        }
-        for l in &launches {
-            let pipeline = p.pick(l.tail, |p| &p.backward_key, |t| &t.backward_key);
-            let meta = meta(shape, l.row_base);
-            out.push(gpu.dispatch(pipeline, &key_entries, &meta, l.grid).into());
-        }
+        // the key pass reads delta, written by the query pass
+        let key_entries: [(u32, &dyn Bind); 5] = [
+            (0, a.qkv),
+            (4, a.lse),
+            (5, a.d_o),
+            (6, &dqkv),
+            (7, a.scratch),
+        ];
+        let groups = grid(shape, p.rows);
+        let meta = meta(shape, 0);
+        out.push(
+            gpu.dispatch(&p.backward_query, &query_entries, &meta, groups)
+                .into(),
+        );
+        out.push(
+            gpu.dispatch(&p.backward_key, &key_entries, &meta, groups)
+                .into(),
+        );
     }
 }
 
 impl Record<AttentionProbabilities<'_>> for Attention {
     fn record(&self, gpu: &Gpu, a: &AttentionProbabilities, out: &mut Vec<Command>) {
         check_binding(gpu, "probabilities", a.shape.probs_len());
-        // the pipeline set the model's own attention calls build, if this shape's
-        let rows_texture = self.textures && a.shape.model_dim().is_multiple_of(64);
-        let p = self.pipelines(gpu, a.shape, rows_texture);
+        check(gpu, a.shape);
+        let pipeline = self
+            .probabilities
+            .get_or_init(|| probabilities_spec().build(gpu));
+        let probs = Out(a.probs);
         let d = gpu.dispatch(
-            &p.probabilities,
-            &[(0, a.qkv), (8, a.probs)],
+            pipeline,
+            &[(0, a.qkv), (8, &probs)],
             &meta(a.shape, 0),
-            grid(a.shape, Variant::Rows.rows_per_group()),
+            grid(a.shape, ROWS),
         );
         out.push(d.into());
     }
@@ -571,7 +469,7 @@ pub fn bench_cases() -> Vec<AttentionShape> {
     ]
 }
 
-fn check(gpu: &Gpu, s: AttentionShape) {
+pub(crate) fn check(gpu: &Gpu, s: AttentionShape) {
     assert!(
         s.head_dim.is_multiple_of(4) && (4..=MAX_HEAD_DIM).contains(&s.head_dim),
         "attention head dim {} must be a multiple of 4 up to {MAX_HEAD_DIM}",
@@ -598,7 +496,7 @@ fn check_binding(gpu: &Gpu, what: &str, floats: usize) {
     );
 }
 
-fn meta(s: AttentionShape, row_base: usize) -> Meta {
+pub(crate) fn meta(s: AttentionShape, row_base: usize) -> Meta {
     let model = s.model_dim();
     Meta {
         batch: s.batch as u32,
@@ -613,7 +511,7 @@ fn meta(s: AttentionShape, row_base: usize) -> Meta {
 }
 
 /// x: blocks of `rows` rows, y: (batch, head).
-fn grid(s: AttentionShape, rows: usize) -> [u32; 3] {
+pub(crate) fn grid(s: AttentionShape, rows: usize) -> [u32; 3] {
     [div_ceil(s.tokens, rows), (s.batch * s.heads) as u32, 1]
 }
 
@@ -622,12 +520,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lane_rows_match_the_generated_shader() {
-        let line = format!("const LANE_ROWS: u32 = {LANE_ROWS}u;");
-        assert!(
-            ATTENTION_LANES.source.contains(&line),
-            "shaders/attention_lanes.wgsl lacks `{line}`: regenerate it with \
-             scripts/gen_attention_lanes.py --lane-rows {LANE_ROWS}"
+    fn tiled_rows_per_workgroup_fit_the_token_count() {
+        let rows = |n| TILE_ROWS[tile_rows(n, 256)];
+        assert_eq!(rows(17), 64);
+        assert_eq!(rows(64), 64);
+        // one group of 128 (3 live warps), not two of 64
+        assert_eq!(rows(65), 128);
+        assert_eq!(rows(150), 64);
+        assert_eq!(rows(197), 128);
+        // an adapter without 256 invocations runs the key pass at 2 x 64
+        assert_eq!(TILE_ROWS[tile_rows(197, 128)], 64);
+    }
+
+    #[test]
+    fn head_dims_run_in_the_smallest_class_that_holds_them() {
+        let class = |d| HEAD_CLASSES[head_class(d)];
+        assert_eq!(
+            [class(4), class(16), class(20), class(32), class(64)],
+            [4, 4, 8, 8, 16]
         );
+    }
+
+    #[test]
+    fn the_portable_path_lists_few_pipelines() {
+        let tiled = pipeline_specs(Variant::Tiled).len();
+        assert!(tiled <= 20, "Tiled lists {tiled} pipelines");
     }
 }

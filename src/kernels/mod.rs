@@ -59,13 +59,13 @@ macro_rules! cpu_shader {
 
 pub const ADAMW: Shader = shader!("adamw.wgsl");
 pub const ATTENTION: Shader = shader!("attention.wgsl");
-/// The subgroup (Lanes) attention kernels: attention.wgsl with attention_lanes.wgsl appended,
-/// so devices without subgroups never compile subgroup code.
+/// The CPU-adapter (Lanes) attention kernels: attention.wgsl with cpu/attention_lanes.wgsl
+/// appended, so devices without subgroups never compile subgroup code.
 pub const ATTENTION_LANES: Shader = Shader {
-    name: "attention_lanes.wgsl",
+    name: "cpu/attention_lanes.wgsl",
     source: concat!(
         include_str!("../../shaders/attention.wgsl"),
-        include_str!("../../shaders/attention_lanes.wgsl")
+        include_str!("../../shaders/cpu/attention_lanes.wgsl")
     ),
 };
 pub const DROPOUT: Shader = shader!("dropout.wgsl");

@@ -41,6 +41,9 @@ pub enum CheckpointError {
     },
     #[error("{path}: {source}")]
     Config { path: PathBuf, source: ConfigError },
+    /// A timm hub or transformers model folder that does not describe a model we can run.
+    #[error("{path}: {message}")]
+    Folder { path: PathBuf, message: String },
     #[error("{path}: training state field '{field}' {problem}")]
     State {
         path: PathBuf,
@@ -696,6 +699,9 @@ pub fn load_any(
     path: &Path,
     hints: &ConfigHints,
 ) -> Result<(Config, HostParams, TensorFile), CheckpointError> {
+    if super::hub::is_model_folder(path) {
+        return super::hub::load_folder(path, hints);
+    }
     let file = TensorFile::read(path)?;
     let mut cfg = if file.metadata.contains_key("dim") {
         Config::from_metadata(&file.metadata).map_err(|source| CheckpointError::Config {

@@ -2,10 +2,12 @@
 //! model (parameter arena, per-block schedule, recorder), and the f64 reference model
 //! (`reference`).
 
+pub mod arch;
 pub mod arena;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod hub;
 pub mod params;
 pub mod pos_embed;
 pub mod recorder;

@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Fixtures for the model families (issue 33): tests/fixtures/families/.
+
+    pip install torch timm transformers safetensors pillow==11.3.0
+    python3 scripts/make_family_fixtures.py [tests/fixtures/families]
+
+Made with torch 2.15, timm 1.0.31, transformers 5.25, Pillow 11.3. Nothing is downloaded:
+every model is built with random weights (pretrained=False / from a config) and saved the
+way the hubs lay folders out (timm's `save_for_hf`, transformers' `save_pretrained`).
+
+Contents:
+  registry.json            for every architecture name src/model/arch.rs knows: what timm
+                           builds for it (width, depth, heads, MLP width, patch, image size,
+                           tokens, pooling, norms, LayerScale, activation, eps, classes) and
+                           its default pretrained tag's eval preprocessing
+  images/wide.png, tall.png  two RGB photos-like images (gradients + noise) of odd sizes
+  timm_vit/                a timm hub folder (config.json + model.safetensors) of a small
+                           vit_small_patch16_224 (model_args: 32x32, patch 8, width 32, ...)
+  timm_vit.expected.safetensors   float32 `input` [2,3,32,32] (timm's eval transform of the
+                           two images, from the folder's pretrained_cfg) and `probs` [2,K]
+                           (softmax of the model loaded back with local-dir:, in float64)
+  hf_vit/                  a transformers ViTForImageClassification folder (config.json,
+                           model.safetensors, preprocessor_config.json)
+  hf_vit.expected.safetensors     the same with transformers' PIL image processor
+                           (`probs_torchvision`: with transformers 5's default torchvision one)
+Every weight is redrawn with a non-trivial spread (norm scales around 1, biases and tokens
+around 0.3), so each tensor moves the probabilities.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import timm
+import torch
+import transformers
+from PIL import Image
+from safetensors.torch import save_file
+from timm.models._hub import save_for_hf
+
+# Our registry's names (src/model/arch.rs).
+NAMES = """
+vit_tiny_patch16_224 vit_small_patch16_224 vit_base_patch16_224 vit_large_patch16_224
+deit_tiny_patch16_224 deit_small_patch16_224 deit_base_patch16_224
+deit_tiny_distilled_patch16_224 deit_small_distilled_patch16_224 deit_base_distilled_patch16_224
+deit3_small_patch16_224 deit3_medium_patch16_224 deit3_base_patch16_224 deit3_large_patch16_224
+vit_small_patch14_dinov2 vit_base_patch14_dinov2 vit_large_patch14_dinov2
+vit_small_patch14_reg4_dinov2 vit_base_patch14_reg4_dinov2 vit_large_patch14_reg4_dinov2
+vit_base_patch16_clip_quickgelu_224 vit_base_patch32_clip_quickgelu_224
+vit_large_patch14_clip_quickgelu_224
+vit_medium_patch16_gap_256 vit_base_patch16_gap_224
+""".split()
+
+
+def registry_entry(name):
+    with torch.device("meta"):
+        m = timm.create_model(name, pretrained=False)
+    b = m.blocks[0]
+    pc = m.pretrained_cfg
+    ls = type(b.ls1).__name__ == "LayerScale"
+    init_values = None
+    if ls:
+        # meta tensors hold no values: read the constructor argument back from the model args
+        init_values = timm.create_model(name, pretrained=False, depth=1, embed_dim=16,
+                                        num_heads=1).blocks[0].ls1.gamma[0].item()
+    return {
+        "img_size": list(m.patch_embed.img_size),
+        "patch_size": m.patch_embed.patch_size[0],
+        "in_chans": m.patch_embed.proj.in_channels,
+        "num_classes": m.num_classes,
+        "global_pool": m.global_pool,
+        "embed_dim": m.embed_dim,
+        "depth": len(m.blocks),
+        "num_heads": b.attn.num_heads,
+        "mlp_hidden": b.mlp.fc1.out_features,
+        "qkv_bias": b.attn.qkv.bias is not None,
+        "qk_norm": type(b.attn.q_norm).__name__ != "Identity",
+        "init_values": init_values,
+        "class_token": m.cls_token is not None,
+        "no_embed_class": m.no_embed_class,
+        "reg_tokens": m.num_reg_tokens,
+        "pre_norm": type(m.norm_pre).__name__ != "Identity",
+        "fc_norm": type(m.fc_norm).__name__ != "Identity",
+        "act_layer": {"GELU": "gelu", "QuickGELU": "quick_gelu"}[type(b.mlp.act).__name__],
+        "norm_eps": b.norm1.eps,
+        "distilled": getattr(m, "dist_token", None) is not None,
+        "input_size": list(pc["input_size"]),
+        "interpolation": pc["interpolation"],
+        "crop_pct": pc["crop_pct"],
+        "mean": list(pc["mean"]),
+        "std": list(pc["std"]),
+    }
+
+
+def smooth_noise(rng, h, w):
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 / w, y * 255 / h, (x + y) * 127 / (w + h) + 60], -1)
+    noise = rng.integers(-50, 50, size=(h, w, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def scramble(model, seed):
+    """Non-trivial values everywhere: norm scales around 1, everything else random."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            r = torch.randn(p.shape, generator=g, dtype=torch.float64)
+            if p.dim() == 1 and ("norm" in name or name.endswith("gamma")):
+                p.copy_(1.0 + 0.2 * r)
+            elif p.dim() == 1 or "token" in name or "pos" in name or "position" in name:
+                p.copy_(0.3 * r)
+            else:
+                fan_in = p[0].numel()
+                p.copy_(r / fan_in**0.5)
+
+
+def softmax64(logits):
+    return torch.softmax(logits.double(), -1).float()
+
+
+def main(out):
+    os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    registry = {n: registry_entry(n) for n in NAMES}
+    with open(os.path.join(out, "registry.json"), "w") as f:
+        json.dump(registry, f, indent=1, sort_keys=True)
+
+    rng = np.random.default_rng(33)
+    paths = []
+    for stem, (h, w) in [("wide", (41, 57)), ("tall", (53, 38))]:
+        p = os.path.join(out, "images", f"{stem}.png")
+        Image.fromarray(smooth_noise(rng, h, w), "RGB").save(p)
+        paths.append(p)
+    images = [Image.open(p).convert("RGB") for p in paths]
+    labels = ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead"]
+
+    # timm hub folder
+    torch.manual_seed(0)
+    m = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                          embed_dim=32, depth=2, num_heads=2, num_classes=5)
+    scramble(m, 1)
+    d = os.path.join(out, "timm_vit")
+    save_for_hf(m, d, model_config={"label_names": labels}, safe_serialization=True)
+    m = timm.create_model(f"local-dir:{d}", pretrained=True).eval()
+    t = timm.data.create_transform(**timm.data.resolve_model_data_config(m))
+    x = torch.stack([t(im) for im in images])
+    with torch.no_grad():
+        probs = softmax64(m.double()(x.double()))
+    save_file({"input": x.contiguous(), "probs": probs}, f"{d}.expected.safetensors")
+
+    # transformers folder
+    cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32,
+                                 num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=48, id2label=dict(enumerate(labels[:4])),
+                                 label2id={n: i for i, n in enumerate(labels[:4])})
+    torch.manual_seed(0)
+    hf = transformers.ViTForImageClassification(cfg)
+    scramble(hf, 2)
+    d = os.path.join(out, "hf_vit")
+    hf.save_pretrained(d, safe_serialization=True)
+    proc = transformers.ViTImageProcessor(size={"height": 32, "width": 32},
+                                          resample=3, image_mean=[0.485, 0.456, 0.406],
+                                          image_std=[0.229, 0.224, 0.225])
+    proc.save_pretrained(d)
+    hf = transformers.ViTForImageClassification.from_pretrained(d).eval().double()
+    # The reference is transformers' PIL backend (transformers 4's ViTImageProcessor, the
+    # resampling timm uses too). transformers 5's default, a torchvision backend, resizes
+    # uint8 tensors with torch's own antialiased kernels and lands up to one grey level away
+    # from PIL on some pixels; its probabilities are kept beside for comparison.
+    pil = transformers.ViTImageProcessorPil.from_pretrained(d)
+    x = pil(images=images, return_tensors="pt")["pixel_values"]
+    tv = transformers.AutoImageProcessor.from_pretrained(d)
+    x_tv = tv(images=images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        probs = softmax64(hf(pixel_values=x.double()).logits)
+        probs_tv = softmax64(hf(pixel_values=x_tv.double()).logits)
+    print(f"hf: {type(tv).__name__} (default) vs the PIL backend: input max |diff| "
+          f"{(x - x_tv).abs().max().item():.2e}, probabilities {(probs - probs_tv).abs().max().item():.2e}")
+    save_file({"input": x.contiguous(), "probs": probs, "probs_torchvision": probs_tv},
+              f"{d}.expected.safetensors")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/families")
