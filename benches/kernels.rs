@@ -791,7 +791,8 @@ fn bench_attention_variant(bench: &mut Bench, kernel: vit_wgpu::kernels::attenti
 fn bench_layernorm(bench: &mut Bench) {
     use vit_wgpu::kernels::layernorm::{LayerNorm, LayerNormBackward, LayerNormForward};
     use vit_wgpu::reference::layernorm as reference;
-    let kernel = LayerNorm::new(&bench.gpu);
+    let cpu = vit_wgpu::kernels::cpu::layernorm::for_adapter(&bench.gpu);
+    let kernel = LayerNorm::new(&bench.gpu, cpu);
     let widths: &[(&str, usize)] = if bench.quick {
         &[("tiny", 192)]
     } else {

@@ -3,6 +3,7 @@
 //   forward:  y (+)= x * keep / (1 - p)
 //   backward: dx = dy * keep / (1 - p)
 // keep = hash >= threshold, threshold = p * 2^32 (computed on the host).
+// Storage buffers only; CPU adapters read through textures instead (cpu/dropout.wgsl).
 
 struct Meta {
     len: u32,
@@ -10,7 +11,7 @@ struct Meta {
     scale: f32,     // 1 / (1 - p)
     seed: u32,      // run seed mixed with a per-site salt
     accumulate: u32,
-    // texture path: vec4 j of a buffer is texel (j % 2^texture_shift, j >> texture_shift)
+    // cpu/dropout.wgsl: vec4 j of a buffer is texel (j % 2^texture_shift, j >> texture_shift)
     texture_shift: u32,
     _pad1: u32,
     _pad2: u32,
@@ -92,37 +93,4 @@ fn dropout_backward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     let i = global_id(wid, nwg, lid);
     if (4u * i >= shape.len) { return; }
     dx4[i] = dy4[i] * keep_scale4(4u * i + step.offset, step.step);
-}
-
-// ---- the texture path (CPU adapters): x and y's old values, or dy, read from rgba32float
-// copies of their buffers (a texel fetch is a few vector instructions on llvmpipe, a storage
-// load a per-lane loop), as in adamw.wgsl ----
-
-@group(0) @binding(9) var x_texture: texture_storage_2d<rgba32float, read>;
-@group(0) @binding(10) var y_texture: texture_storage_2d<rgba32float, read>;
-@group(0) @binding(11) var dy_texture: texture_storage_2d<rgba32float, read>;
-
-fn texel(j: u32) -> vec2<u32> {
-    return vec2<u32>(j & ((1u << shape.texture_shift) - 1u), j >> shape.texture_shift);
-}
-
-// y += x * mask / (1 - p), the accumulating forward (the residual stream's).
-@compute @workgroup_size(256)
-fn dropout_forward_texture(@builtin(workgroup_id) wid: vec3<u32>,
-                           @builtin(num_workgroups) nwg: vec3<u32>,
-                           @builtin(local_invocation_index) lid: u32) {
-    let i = global_id(wid, nwg, lid);
-    if (4u * i >= shape.len) { return; }
-    let t = texel(i);
-    y4[i] = textureLoad(y_texture, t)
-        + textureLoad(x_texture, t) * keep_scale4(4u * i + step.offset, step.step);
-}
-
-@compute @workgroup_size(256)
-fn dropout_backward_texture(@builtin(workgroup_id) wid: vec3<u32>,
-                            @builtin(num_workgroups) nwg: vec3<u32>,
-                            @builtin(local_invocation_index) lid: u32) {
-    let i = global_id(wid, nwg, lid);
-    if (4u * i >= shape.len) { return; }
-    dx4[i] = textureLoad(dy_texture, texel(i)) * keep_scale4(4u * i + step.offset, step.step);
 }

@@ -7,7 +7,8 @@
 // One invocation per output element; all of these are memory bound and small.
 // assemble_tokens4 / tokens_backward4: the same on a vec4 of D per invocation, used when
 // D % 4 == 0 (on CPU adapters every storage access is a loop over the lanes, whose cost a
-// vec4 shares by 4).
+// vec4 shares by 4). Storage buffers only; CPU adapters read the token kernels' rows
+// through textures instead (cpu/embed.wgsl).
 
 struct Meta {
     batch: u32,
@@ -133,10 +134,10 @@ fn scatter_cls(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     dfull[(i / d) * shape.tokens * d + i % d] = dcls_rows[i];
 }
 
-@group(0) @binding(12) var<storage, read> pe4: array<vec4<f32>>;
-@group(0) @binding(13) var<storage, read> cls4: array<vec4<f32>>;
-@group(0) @binding(14) var<storage, read> pos4: array<vec4<f32>>;
-@group(0) @binding(15) var<storage, read_write> x04: array<vec4<f32>>;
+@group(0) @binding(14) var<storage, read> pe4: array<vec4<f32>>;
+@group(0) @binding(15) var<storage, read> cls4: array<vec4<f32>>;
+@group(0) @binding(16) var<storage, read> pos4: array<vec4<f32>>;
+@group(0) @binding(17) var<storage, read_write> x04: array<vec4<f32>>;
 
 @compute @workgroup_size(256)
 fn assemble_tokens4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -157,8 +158,8 @@ fn assemble_tokens4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     x04[i] = v + pos4[t * d4 + col];
 }
 
-@group(0) @binding(16) var<storage, read> dx04: array<vec4<f32>>;
-@group(0) @binding(17) var<storage, read_write> dpe4: array<vec4<f32>>;
+@group(0) @binding(18) var<storage, read> dx04: array<vec4<f32>>;
+@group(0) @binding(19) var<storage, read_write> dpe4: array<vec4<f32>>;
 
 @compute @workgroup_size(256)
 fn tokens_backward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -171,73 +172,4 @@ fn tokens_backward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     let b = row / np;
     let p = row % np;
     dpe4[i] = dx04[(b * shape.tokens + 1u + p) * d4 + i % d4];
-}
-
-// ---- the texture path (CPU adapters, D % 64 == 0): the rows read come from rgba32float
-// copies (texel (c, row) = floats 4c..4c+4 of a row), where a storage load is a per-lane loop
-// on llvmpipe ----
-
-@group(0) @binding(18) var pe_texture: texture_storage_2d<rgba32float, read>;   // [B*Np, D]
-@group(0) @binding(19) var cls_texture: texture_storage_2d<rgba32float, read>;  // [1, D]
-@group(0) @binding(20) var pos_texture: texture_storage_2d<rgba32float, read>;  // [N, D]
-@group(0) @binding(21) var dx0_texture: texture_storage_2d<rgba32float, read>;  // [B*N, D]
-
-@compute @workgroup_size(256)
-fn assemble_tokens_texture(@builtin(workgroup_id) wid: vec3<u32>,
-                           @builtin(num_workgroups) nwg: vec3<u32>,
-                           @builtin(local_invocation_index) lid: u32) {
-    let i = global_id(wid, nwg, lid);
-    let d4 = shape.dim / 4u;
-    if (i >= shape.batch * shape.tokens * d4) { return; }
-    let row = i / d4;
-    let c = i % d4;
-    let b = row / shape.tokens;
-    let t = row % shape.tokens;
-    var v: vec4<f32>;
-    if (t == 0u) {
-        v = textureLoad(cls_texture, vec2<u32>(c, 0u));
-    } else {
-        v = textureLoad(pe_texture, vec2<u32>(c, row - b - 1u));  // b * (N - 1) + t - 1
-    }
-    x04[i] = v + textureLoad(pos_texture, vec2<u32>(c, t));
-}
-
-@compute @workgroup_size(256)
-fn tokens_backward_texture(@builtin(workgroup_id) wid: vec3<u32>,
-                           @builtin(num_workgroups) nwg: vec3<u32>,
-                           @builtin(local_invocation_index) lid: u32) {
-    let i = global_id(wid, nwg, lid);
-    let d4 = shape.dim / 4u;
-    let np = shape.tokens - 1u;
-    if (i >= shape.batch * np * d4) { return; }
-    let row = i / d4;
-    let b = row / np;
-    dpe4[i] = textureLoad(dx0_texture, vec2<u32>(i % d4, row + b + 1u));  // b * N + 1 + p
-}
-
-// A vec4 of dpos per invocation.
-@compute @workgroup_size(256)
-fn pos_cls_backward_texture(@builtin(workgroup_id) wid: vec3<u32>,
-                            @builtin(num_workgroups) nwg: vec3<u32>,
-                            @builtin(local_invocation_index) lid: u32) {
-    let i = global_id(wid, nwg, lid);
-    let d4 = shape.dim / 4u;
-    if (i >= shape.tokens * d4) { return; }
-    let t = i / d4;
-    let c = i % d4;
-    var s = vec4<f32>(0.0);
-    for (var b = 0u; b < shape.batch; b++) {
-        s += textureLoad(dx0_texture, vec2<u32>(c, b * shape.tokens + t));
-    }
-    let at = 4u * i;
-    dpos[at] = s.x;
-    dpos[at + 1u] = s.y;
-    dpos[at + 2u] = s.z;
-    dpos[at + 3u] = s.w;
-    if (t == 0u) {
-        dcls[at] = s.x;
-        dcls[at + 1u] = s.y;
-        dcls[at + 2u] = s.z;
-        dcls[at + 3u] = s.w;
-    }
 }

@@ -1,7 +1,8 @@
 // Column sums, the reduction every bias gradient (and the LayerNorm parameter gradients'
 // pattern) needs: sums[c] (+)= sum_r matrix[r, c], in two passes (partial sums over chunks
 // of rows, then their sum) so that a few columns over thousands of rows still spread over
-// many workgroups. Each pass is memory bound.
+// many workgroups. Each pass is memory bound. Storage buffers only; CPU adapters read the
+// matrix through a texture instead (cpu/reduce.wgsl).
 
 struct Meta {
     rows: u32,
@@ -45,28 +46,4 @@ fn column_sum_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
         s += partial_in[c * shape.cols + col];
     }
     if (shape.accumulate == 1u) { sums[col] += s; } else { sums[col] = s; }
-}
-
-// column_sum_partial with the matrix read as an rgba32float texture (the host copies it in
-// when cols % 64 == 0): one invocation sums a texel, 4 columns. On CPU adapters a texel
-// fetch replaces a per-lane load loop.
-@group(0) @binding(4) var matrix_tex: texture_storage_2d<rgba32float, read>;
-
-@compute @workgroup_size(64)
-fn column_sum_partial_texture(@builtin(workgroup_id) wid: vec3<u32>,
-                              @builtin(local_invocation_index) lid: u32) {
-    let texel = wid.x * 64u + lid;
-    let chunk = wid.y;
-    if (texel * 4u >= shape.cols) { return; }
-    let start = chunk * shape.chunk_rows;
-    let end = min(start + shape.chunk_rows, shape.rows);
-    var s = vec4<f32>(0.0);
-    for (var r = start; r < end; r++) {
-        s += textureLoad(matrix_tex, vec2<u32>(texel, r));
-    }
-    let p = chunk * shape.cols + texel * 4u;
-    partial[p] = s.x;
-    partial[p + 1u] = s.y;
-    partial[p + 2u] = s.z;
-    partial[p + 3u] = s.w;
 }

@@ -4,7 +4,9 @@
 mod common;
 use common::*;
 use rand::Rng;
+use vit_wgpu::gpu::{Command, Gpu, Record};
 use vit_wgpu::kernels::adamw::{AdamW, AdamWArgs, AdamWChunk, Hyper};
+use vit_wgpu::kernels::cpu::{dropout::DropoutTextures, embed::EmbedTextures};
 use vit_wgpu::kernels::dropout::{self, Dropout, DropoutBackward, DropoutForward, DropoutSite};
 use vit_wgpu::kernels::embed::{
     AssembleTokens, Embed, EmbedShape, GatherCls, Patchify, PosClsBackward, ScatterCls,
@@ -12,6 +14,15 @@ use vit_wgpu::kernels::embed::{
 };
 use vit_wgpu::kernels::loss::{CrossEntropy, CrossEntropyArgs};
 use vit_wgpu::reference;
+
+/// Launch one call alone; whether it read texture copies (a CPU specialisation ran).
+fn launch_via_textures<A>(g: &Gpu, k: &impl Record<A>, args: &A) -> bool {
+    let commands = g.commands(k, args);
+    g.submit_commands(&commands);
+    commands
+        .iter()
+        .any(|c| matches!(c, Command::CopyBufferToTexture { .. }))
+}
 
 fn shapes() -> Vec<EmbedShape> {
     vec![
@@ -60,7 +71,7 @@ fn patchify_and_token_assembly_match_cpu_forward_and_backward() {
     let mut r = rng();
     // storage reads, then texture copies (taken where D % 64 == 0)
     for (s, textures) in shapes().into_iter().flat_map(|s| [(s, false), (s, true)]) {
-        let k = Embed::with_textures(g, textures);
+        let k = Embed::new(g, textures.then(|| EmbedTextures::boxed(g)));
         let (b, n, d, np, pl) = (s.batch, s.tokens(), s.dim, s.patches(), s.patch_len());
         let img = random(&mut r, b * s.channels * s.height * s.width);
         let pe = random(&mut r, b * np * d);
@@ -68,6 +79,8 @@ fn patchify_and_token_assembly_match_cpu_forward_and_backward() {
         let pos = random(&mut r, n * d);
         let dx0 = random(&mut r, b * n * d);
         let what = format!("{s:?} textures={textures}");
+        // the CPU specialisation runs when chosen and D allows
+        let specialised = textures && d.is_multiple_of(64);
 
         let mut patches = vec![0.0; b * np * pl];
         reference::embed::patchify(
@@ -111,20 +124,29 @@ fn patchify_and_token_assembly_match_cpu_forward_and_backward() {
             pos: (&bpos).into(),
             x0: &bx0,
         };
-        g.launch(&k, &assemble);
+        let via_textures = launch_via_textures(g, &k, &assemble);
+        assert_eq!(via_textures, specialised, "assemble {what}: path taken");
         let tokens_backward = TokensBackward {
             shape: s,
             dx0: &bdx0,
             dpe: &bdpe,
         };
-        g.launch(&k, &tokens_backward);
+        let via_textures = launch_via_textures(g, &k, &tokens_backward);
+        assert_eq!(
+            via_textures, specialised,
+            "tokens_backward {what}: path taken"
+        );
         let pos_cls_backward = PosClsBackward {
             shape: s,
             dx0: &bdx0,
             dpos: (&bdpos).into(),
             dcls: (&bdcls).into(),
         };
-        g.launch(&k, &pos_cls_backward);
+        let via_textures = launch_via_textures(g, &k, &pos_cls_backward);
+        assert_eq!(
+            via_textures, specialised,
+            "pos_cls_backward {what}: path taken"
+        );
         assert_close(
             &format!("patchify {what}"),
             &read(&bpatches),
@@ -262,7 +284,7 @@ fn dropout_forward_and_backward_regenerate_the_same_mask_as_cpu() {
 
 fn dropout_regenerates_the_same_mask_as_cpu(width: Option<u32>) {
     let g = gpu();
-    let k = Dropout::with_texture_width(g, width);
+    let k = Dropout::new(g, width.map(|w| DropoutTextures::boxed(g, w)));
     let mut r = rng();
     let step_buf = dropout::step_buffer(g);
     // offset: the element position of a rank's shard in the global batch (data parallel)
@@ -300,15 +322,22 @@ fn dropout_regenerates_the_same_mask_as_cpu(width: Option<u32>) {
             y: &by,
             accumulate: true,
         };
-        g.launch(&k, &forward);
+        // the CPU specialisation runs when chosen and the length is whole vec4s
+        let specialised = width.is_some() && len.is_multiple_of(4);
+        let forward_via_textures = launch_via_textures(g, &k, &forward);
         let backward = DropoutBackward {
             site,
             step: &step_buf,
             dy: &bdy,
             dx: &bdx,
         };
-        g.launch(&k, &backward);
+        let backward_via_textures = launch_via_textures(g, &k, &backward);
         let what = format!("dropout len={len} p={p} step={step} offset={offset} {width:?}");
+        assert_eq!(
+            (forward_via_textures, backward_via_textures),
+            (specialised, specialised),
+            "{what}: paths taken"
+        );
         assert_close(
             &format!("{what} forward (accumulate)"),
             &read(&by),

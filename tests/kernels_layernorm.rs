@@ -1,7 +1,18 @@
 mod common;
 use common::*;
+use vit_wgpu::gpu::{Command, Gpu, Record};
+use vit_wgpu::kernels::cpu::layernorm::LayerNormTextures;
 use vit_wgpu::kernels::layernorm::*;
 use vit_wgpu::reference::layernorm;
+
+/// Launch one call alone; whether it read texture copies (the CPU specialisation ran).
+fn launch<A>(g: &Gpu, k: &impl Record<A>, args: &A) -> bool {
+    let commands = g.commands(k, args);
+    g.submit_commands(&commands);
+    commands
+        .iter()
+        .any(|c| matches!(c, Command::CopyBufferToTexture { .. }))
+}
 
 fn check(rows: usize, cols: usize, accumulate: bool) {
     check_offset(rows, cols, accumulate, 0.0);
@@ -60,22 +71,22 @@ fn check_path(rows: usize, cols: usize, accumulate: bool, offset: f32, textures:
         &mut dx, &mut dg, &mut db, &dy, &x, &gamma, &mean, &rstd, rows, cols, accumulate,
     );
 
-    let ln = LayerNorm::with_textures(g, textures);
+    let ln = LayerNorm::new(g, textures.then(|| LayerNormTextures::boxed(g)));
     let (bx, bg, bb, bdy) = (
         g.upload("x", &x),
         g.upload("g", &gamma),
         g.upload("b", &beta),
         g.upload("dy", &dy),
     );
-    // the statistics rounded up to whole vec4s as the model allocates them (the texture
-    // path's backward reads them through texture copies)
-    let stats_len = rows.next_multiple_of(4);
+    // the statistics as long as the model allocates them
+    let stats_len = LayerNorm::stats_len(rows);
     let (by, bm, br) = (
         poisoned(rows * cols),
         poisoned(stats_len),
         poisoned(stats_len),
     );
-    g.launch(
+    let forward_via_textures = launch(
+        g,
         &ln,
         &LayerNormForward {
             x: &bx,
@@ -90,6 +101,9 @@ fn check_path(rows: usize, cols: usize, accumulate: bool, offset: f32, textures:
         },
     );
     let what = format!("layernorm forward {rows}x{cols} textures={textures}");
+    // the CPU specialisation runs when chosen and the width allows
+    let specialised = textures && cols.is_multiple_of(64);
+    assert_eq!(forward_via_textures, specialised, "{what}: path taken");
     assert_close(&what, &read(&by), &y, TOLERANCE);
     assert_mean_close(&format!("{what} mean"), &read(&bm)[..rows], &mean, &rstd);
     assert_close(
@@ -120,9 +134,10 @@ fn check_path(rows: usize, cols: usize, accumulate: bool, offset: f32, textures:
         cols,
         accumulate,
     };
-    g.launch(&ln, &args);
+    let backward_via_textures = launch(g, &ln, &args);
     let what =
         format!("layernorm backward {rows}x{cols} accumulate={accumulate} textures={textures}");
+    assert_eq!(backward_via_textures, specialised, "{what}: path taken");
     assert_close(&format!("{what} dx"), &read(&bdx), &dx, TOLERANCE);
     assert_close(&format!("{what} dgamma"), &read(&bdg), &dg, TOLERANCE);
     assert_close(&format!("{what} dbeta"), &read(&bdb), &db, TOLERANCE);

@@ -2,6 +2,8 @@
 
 mod common;
 use common::*;
+use vit_wgpu::gpu::Command;
+use vit_wgpu::kernels::cpu::reduce::ReduceTextures;
 use vit_wgpu::kernels::reduce::{ColumnSum, Reduce};
 use vit_wgpu::reference;
 
@@ -22,7 +24,7 @@ fn column_sums_match_cpu_on_odd_shapes_and_accumulate() {
         .into_iter()
         .flat_map(|t| cases.map(|case| (t, case)))
     {
-        let k = Reduce::with_textures(g, textures);
+        let k = Reduce::new(g, textures.then(|| ReduceTextures::boxed(g)));
         let x = random(&mut r, rows * cols);
         let init = random(&mut r, cols);
         let mut sums = init.clone();
@@ -42,7 +44,16 @@ fn column_sums_match_cpu_on_odd_shapes_and_accumulate() {
             cols,
             accumulate: acc,
         };
-        g.launch(&k, &args);
+        let commands = g.commands(&k, &args);
+        g.submit_commands(&commands);
+        let via_textures = commands
+            .iter()
+            .any(|c| matches!(c, Command::CopyBufferToTexture { .. }));
+        assert_eq!(
+            via_textures,
+            textures && cols.is_multiple_of(64),
+            "column_sum {rows}x{cols} textures={textures}: path taken"
+        );
         assert_close(
             &format!("column_sum {rows}x{cols} acc={acc} textures={textures}"),
             &read(&bs),

@@ -22,7 +22,7 @@ fn every_pipeline() -> Vec<PipelineSpec> {
         "gemm_tiled.wgsl",
         "gemm_lanes.wgsl",
         "attention.wgsl",
-        "attention_lanes.wgsl",
+        "cpu/attention_lanes.wgsl",
     ];
     for shader in ALL_SHADERS {
         if families.contains(&shader.name) {
@@ -150,7 +150,7 @@ fn the_translated_pipelines_cover_every_entry_point() {
             // attention.wgsl's entry points also live in the attention_lanes.wgsl module
             let covered = specs.iter().any(|s| {
                 s.entry == ep.name
-                    && (s.shader.name == shader.name || shader.name == "attention_lanes.wgsl")
+                    && (s.shader.name == shader.name || shader.name == "cpu/attention_lanes.wgsl")
             });
             assert!(
                 covered,

@@ -31,21 +31,22 @@ fn every_shader_parses_and_validates_with_naga() {
 
 #[test]
 fn every_shader_file_is_registered() {
-    // the CPU-adapter specialisations sit in shaders/cpu/, registered by file name
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
-    let mut on_disk: Vec<String> = [dir.clone(), dir.join("cpu")]
-        .iter()
-        .filter_map(|d| std::fs::read_dir(d).ok())
-        .flatten()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".wgsl"))
-        .collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    // shaders/*.wgsl and the CPU-adapter specialisations, shaders/cpu/*.wgsl
+    let mut on_disk: Vec<String> = Vec::new();
+    for (dir, prefix) in [(root.clone(), ""), (root.join("cpu"), "cpu/")] {
+        let files = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".wgsl"));
+        on_disk.extend(files.map(|n| format!("{prefix}{n}")));
+    }
     on_disk.sort();
     let mut registered: Vec<String> = ALL_SHADERS.iter().map(|s| s.name.to_string()).collect();
     registered.sort();
     assert_eq!(
         on_disk, registered,
-        "shaders/*.wgsl and kernels::ALL_SHADERS differ"
+        "shaders/*.wgsl, shaders/cpu/*.wgsl and kernels::ALL_SHADERS differ"
     );
 }

@@ -1,11 +1,11 @@
 //! Inverted dropout whose mask is a hash of (seed, step, index): backward regenerates it.
 
-use super::cpu::texture;
-use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Record};
+use super::cpu::TryRecord;
+use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Out, Record};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Meta {
+pub(super) struct Meta {
     len: u32,
     threshold: u32,
     scale: f32,
@@ -25,7 +25,8 @@ pub struct DropoutSite {
 }
 
 impl DropoutSite {
-    fn meta(&self, accumulate: bool, texture_width: Option<u32>) -> Meta {
+    /// `texture_width`: texels per row of the CPU specialisation's copies (`cpu::dropout`).
+    pub(super) fn meta(&self, accumulate: bool, texture_width: Option<u32>) -> Meta {
         Meta {
             len: self.len as u32,
             threshold: threshold(self.p),
@@ -56,62 +57,45 @@ pub fn write_step(gpu: &Gpu, buffer: &wgpu::Buffer, step: u32, offset: u32) {
         .write_buffer(buffer, 0, bytemuck::cast_slice(&[step, offset, 0, 0]));
 }
 
-/// Scalar kernels, and vec4 ones for lengths that are a multiple of 4: from storage, or on
-/// CPU adapters from texture copies of the inputs (the accumulating forward and the backward).
+/// Scalar kernels, and vec4 ones for lengths that are a multiple of 4.
 pub struct Dropout {
     forward: wgpu::ComputePipeline,
     backward: wgpu::ComputePipeline,
     forward4: wgpu::ComputePipeline,
     backward4: wgpu::ComputePipeline,
-    forward_texture: wgpu::ComputePipeline,
-    backward_texture: wgpu::ComputePipeline,
-    /// Texels per row (a power of two) of the texture copies, when that path is on.
-    texture_width: Option<u32>,
+    /// Offered every call first, where the adapter has one (`cpu::dropout`).
+    cpu: Option<Box<dyn Specialisation>>,
 }
 
-/// Texels per row of the texture path's copies (as AdamW's).
-const TEXTURE_WIDTH: u32 = 8192;
+/// A CPU-adapter specialisation of dropout: it records the calls it can take, and the
+/// portable kernels run the others.
+pub trait Specialisation:
+    for<'a> TryRecord<DropoutForward<'a>> + for<'a> TryRecord<DropoutBackward<'a>>
+{
+}
+
+impl<T> Specialisation for T where
+    T: for<'a> TryRecord<DropoutForward<'a>> + for<'a> TryRecord<DropoutBackward<'a>>
+{
+}
 
 impl Dropout {
-    pub fn new(gpu: &Gpu) -> Self {
-        Self::with_texture_width(gpu, texture::preferred(gpu).then_some(TEXTURE_WIDTH))
-    }
-
-    /// The texture path off (`None`) or on with rows of `width` texels (a power of two),
-    /// whatever the adapter: the tests cover both.
-    pub fn with_texture_width(gpu: &Gpu, width: Option<u32>) -> Self {
-        assert!(
-            width.is_none_or(|w| w.is_power_of_two()),
-            "dropout texture width {width:?} is not a power of two"
-        );
+    /// The portable kernels, and `cpu` (`cpu::dropout::for_adapter`) offered every call
+    /// first.
+    pub fn new(gpu: &Gpu, cpu: Option<Box<dyn Specialisation>>) -> Self {
         let s = &super::DROPOUT;
         Dropout {
             forward: gpu.pipeline(s, "dropout_forward"),
             backward: gpu.pipeline(s, "dropout_backward"),
             forward4: gpu.pipeline(s, "dropout_forward4"),
             backward4: gpu.pipeline(s, "dropout_backward4"),
-            forward_texture: gpu.pipeline(s, "dropout_forward_texture"),
-            backward_texture: gpu.pipeline(s, "dropout_backward_texture"),
-            texture_width: width,
+            cpu,
         }
-    }
-
-    /// Each buffer as a texture of `texture_width`-texel rows, the copies appended to `out`;
-    /// `None` (and nothing appended) unless all of them can be.
-    fn textures(
-        &self,
-        gpu: &Gpu,
-        buffers: &[&wgpu::Buffer],
-        out: &mut Vec<Command>,
-    ) -> Option<Vec<wgpu::TextureView>> {
-        let (views, copies) = texture::all_flat(gpu, buffers, self.texture_width?)?;
-        out.extend(copies);
-        Some(views)
     }
 }
 
 /// Workgroups of 256 invocations over `len` floats, 4 per invocation when `vec4`.
-fn grid(len: usize, vec4: bool) -> [u32; 3] {
+pub(super) fn grid(len: usize, vec4: bool) -> [u32; 3] {
     grid_1d(div_ceil(if vec4 { len / 4 } else { len }, 256))
 }
 
@@ -135,19 +119,10 @@ pub struct DropoutBackward<'a> {
 
 impl Record<DropoutForward<'_>> for Dropout {
     fn record(&self, gpu: &Gpu, a: &DropoutForward, out: &mut Vec<Command>) {
-        let vec4 = a.site.len.is_multiple_of(4);
-        if vec4 && a.accumulate {
-            if let Some(t) = self.textures(gpu, &[a.x, a.y], out) {
-                let d = gpu.dispatch(
-                    &self.forward_texture,
-                    &[(0, a.step), (9, &t[0]), (10, &t[1]), (6, a.y)],
-                    &a.site.meta(true, self.texture_width),
-                    grid(a.site.len, true),
-                );
-                out.push(d.into());
-                return;
-            }
+        if self.cpu.as_ref().is_some_and(|c| c.try_record(gpu, a, out)) {
+            return;
         }
+        let vec4 = a.site.len.is_multiple_of(4);
         let (pipeline, x, y) = if vec4 {
             (&self.forward4, 5, 6)
         } else {
@@ -155,7 +130,7 @@ impl Record<DropoutForward<'_>> for Dropout {
         };
         let d = gpu.dispatch(
             pipeline,
-            &[(0, a.step), (x, a.x), (y, a.y)],
+            &[(0, a.step), (x, a.x), (y, &Out(a.y))],
             &a.site.meta(a.accumulate, None),
             grid(a.site.len, vec4),
         );
@@ -165,19 +140,10 @@ impl Record<DropoutForward<'_>> for Dropout {
 
 impl Record<DropoutBackward<'_>> for Dropout {
     fn record(&self, gpu: &Gpu, a: &DropoutBackward, out: &mut Vec<Command>) {
-        let vec4 = a.site.len.is_multiple_of(4);
-        if vec4 {
-            if let Some(t) = self.textures(gpu, &[a.dy], out) {
-                let d = gpu.dispatch(
-                    &self.backward_texture,
-                    &[(0, a.step), (11, &t[0]), (8, a.dx)],
-                    &a.site.meta(false, self.texture_width),
-                    grid(a.site.len, true),
-                );
-                out.push(d.into());
-                return;
-            }
+        if self.cpu.as_ref().is_some_and(|c| c.try_record(gpu, a, out)) {
+            return;
         }
+        let vec4 = a.site.len.is_multiple_of(4);
         let (pipeline, dy, dx) = if vec4 {
             (&self.backward4, 7, 8)
         } else {
@@ -185,7 +151,7 @@ impl Record<DropoutBackward<'_>> for Dropout {
         };
         let d = gpu.dispatch(
             pipeline,
-            &[(0, a.step), (dy, a.dy), (dx, a.dx)],
+            &[(0, a.step), (dy, a.dy), (dx, &Out(a.dx))],
             &a.site.meta(false, None),
             grid(a.site.len, vec4),
         );

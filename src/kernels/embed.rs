@@ -1,12 +1,12 @@
 //! Patchify, token assembly (CLS + position), their backward and CLS row gather/scatter.
 //! The patch projection itself is a GEMM; its bias gradient a column sum (`reduce`).
 
-use super::cpu::texture;
-use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Record, View};
+use super::cpu::TryRecord;
+use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Out, Record, View};
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Meta {
+pub(super) struct Meta {
     batch: u32,
     channels: u32,
     height: u32,
@@ -38,7 +38,7 @@ impl EmbedShape {
     pub fn patch_len(&self) -> usize {
         self.channels * self.patch * self.patch
     }
-    fn meta(&self) -> Meta {
+    pub(super) fn meta(&self) -> Meta {
         Meta {
             batch: self.batch as u32,
             channels: self.channels as u32,
@@ -62,19 +62,35 @@ pub struct Embed {
     pos_cls_backward: wgpu::ComputePipeline,
     gather_cls: wgpu::ComputePipeline,
     scatter_cls: wgpu::ComputePipeline,
-    /// The token kernels reading their rows from texture copies (CPU adapters, D % 64 == 0).
-    assemble_texture: wgpu::ComputePipeline,
-    tokens_backward_texture: wgpu::ComputePipeline,
-    pos_cls_backward_texture: wgpu::ComputePipeline,
-    textures: bool,
+    /// Offered the token kernels' calls first, where the adapter has one (`cpu::embed`).
+    cpu: Option<Box<dyn Specialisation>>,
 }
 
-fn groups(n: usize) -> [u32; 3] {
+/// A CPU-adapter specialisation of the token kernels: it records the calls it can take,
+/// and the portable kernels run the others.
+pub trait Specialisation:
+    for<'a> TryRecord<AssembleTokens<'a>>
+    + for<'a> TryRecord<TokensBackward<'a>>
+    + for<'a> TryRecord<PosClsBackward<'a>>
+{
+}
+
+impl<T> Specialisation for T where
+    T: for<'a> TryRecord<AssembleTokens<'a>>
+        + for<'a> TryRecord<TokensBackward<'a>>
+        + for<'a> TryRecord<PosClsBackward<'a>>
+{
+}
+
+/// Workgroups of 256 invocations over `n`.
+pub(super) fn groups(n: usize) -> [u32; 3] {
     grid_1d(div_ceil(n, 256))
 }
 
 impl Embed {
-    pub fn new(gpu: &Gpu) -> Self {
+    /// The portable kernels, and `cpu` (`cpu::embed::for_adapter`) offered the token
+    /// kernels' calls first.
+    pub fn new(gpu: &Gpu, cpu: Option<Box<dyn Specialisation>>) -> Self {
         let s = &super::EMBED;
         Embed {
             patchify: gpu.pipeline(s, "patchify"),
@@ -85,32 +101,8 @@ impl Embed {
             pos_cls_backward: gpu.pipeline(s, "pos_cls_backward"),
             gather_cls: gpu.pipeline(s, "gather_cls"),
             scatter_cls: gpu.pipeline(s, "scatter_cls"),
-            assemble_texture: gpu.pipeline(s, "assemble_tokens_texture"),
-            tokens_backward_texture: gpu.pipeline(s, "tokens_backward_texture"),
-            pos_cls_backward_texture: gpu.pipeline(s, "pos_cls_backward_texture"),
-            textures: texture::preferred(gpu),
+            cpu,
         }
-    }
-
-    /// The same with the texture path on or off whatever the adapter (tests cover both).
-    pub fn with_textures(gpu: &Gpu, textures: bool) -> Self {
-        Embed {
-            textures,
-            ..Embed::new(gpu)
-        }
-    }
-
-    /// Each matrix as a texture when the texture path is on (`texture::all_rows_of`).
-    fn textures_of(
-        &self,
-        gpu: &Gpu,
-        matrices: &[(View, usize)],
-        dim: usize,
-        out: &mut Vec<Command>,
-    ) -> Option<Vec<wgpu::TextureView>> {
-        self.textures
-            .then(|| texture::all_rows_of(gpu, matrices, dim, out))
-            .flatten()
     }
 }
 
@@ -166,7 +158,7 @@ impl Record<Patchify<'_>> for Embed {
         let n = s.batch * s.patches() * s.patch_len();
         let d = gpu.dispatch(
             &self.patchify,
-            &[(0, a.img), (1, a.patches)],
+            &[(0, a.img), (1, &Out(a.patches))],
             &s.meta(),
             groups(n),
         );
@@ -176,26 +168,14 @@ impl Record<Patchify<'_>> for Embed {
 
 impl Record<AssembleTokens<'_>> for Embed {
     fn record(&self, gpu: &Gpu, a: &AssembleTokens, out: &mut Vec<Command>) {
-        let s = a.shape;
-        let n = s.batch * s.tokens() * s.dim;
-        let rows = [
-            (a.pe.into(), s.batch * s.patches()),
-            (a.cls, 1),
-            (a.pos, s.tokens()),
-        ];
-        if let Some(t) = self.textures_of(gpu, &rows, s.dim, out) {
-            let d = gpu.dispatch(
-                &self.assemble_texture,
-                &[(18, &t[0]), (19, &t[1]), (20, &t[2]), (15, a.x0)],
-                &s.meta(),
-                groups(n / 4),
-            );
-            out.push(d.into());
+        if self.cpu.as_ref().is_some_and(|c| c.try_record(gpu, a, out)) {
             return;
         }
-        // The vec4 kernel binds the same buffers as vec4 arrays (12..15).
+        let s = a.shape;
+        let n = s.batch * s.tokens() * s.dim;
+        // The vec4 kernel binds the same buffers as vec4 arrays (14..17).
         let (pipeline, first, threads) = if s.dim.is_multiple_of(4) {
-            (&self.assemble4, 12, n / 4)
+            (&self.assemble4, 14, n / 4)
         } else {
             (&self.assemble, 2, n)
         };
@@ -205,7 +185,7 @@ impl Record<AssembleTokens<'_>> for Embed {
                 (first, a.pe),
                 (first + 1, &a.cls),
                 (first + 2, &a.pos),
-                (first + 3, a.x0),
+                (first + 3, &Out(a.x0)),
             ],
             &s.meta(),
             groups(threads),
@@ -216,28 +196,20 @@ impl Record<AssembleTokens<'_>> for Embed {
 
 impl Record<TokensBackward<'_>> for Embed {
     fn record(&self, gpu: &Gpu, a: &TokensBackward, out: &mut Vec<Command>) {
-        let s = a.shape;
-        let n = s.batch * s.patches() * s.dim;
-        let rows = [(a.dx0.into(), s.batch * s.tokens())];
-        if let Some(t) = self.textures_of(gpu, &rows, s.dim, out) {
-            let d = gpu.dispatch(
-                &self.tokens_backward_texture,
-                &[(21, &t[0]), (17, a.dpe)],
-                &s.meta(),
-                groups(n / 4),
-            );
-            out.push(d.into());
+        if self.cpu.as_ref().is_some_and(|c| c.try_record(gpu, a, out)) {
             return;
         }
-        // The vec4 kernel binds the same buffers as vec4 arrays (16, 17).
+        let s = a.shape;
+        let n = s.batch * s.patches() * s.dim;
+        // The vec4 kernel binds the same buffers as vec4 arrays (18, 19).
         let (pipeline, first, threads) = if s.dim.is_multiple_of(4) {
-            (&self.tokens_backward4, 16, n / 4)
+            (&self.tokens_backward4, 18, n / 4)
         } else {
             (&self.tokens_backward, 6, n)
         };
         let d = gpu.dispatch(
             pipeline,
-            &[(first, a.dx0), (first + 1, a.dpe)],
+            &[(first, a.dx0), (first + 1, &Out(a.dpe))],
             &s.meta(),
             groups(threads),
         );
@@ -247,24 +219,15 @@ impl Record<TokensBackward<'_>> for Embed {
 
 impl Record<PosClsBackward<'_>> for Embed {
     fn record(&self, gpu: &Gpu, a: &PosClsBackward, out: &mut Vec<Command>) {
-        let s = a.shape;
-        let n = s.tokens() * s.dim;
-        let rows = [(a.dx0.into(), s.batch * s.tokens())];
-        if let Some(t) = self.textures_of(gpu, &rows, s.dim, out) {
-            let d = gpu.dispatch(
-                &self.pos_cls_backward_texture,
-                &[(21, &t[0]), (8, &a.dpos), (9, &a.dcls)],
-                &s.meta(),
-                groups(n / 4),
-            );
-            out.push(d.into());
+        if self.cpu.as_ref().is_some_and(|c| c.try_record(gpu, a, out)) {
             return;
         }
+        let s = a.shape;
         let d = gpu.dispatch(
             &self.pos_cls_backward,
-            &[(6, a.dx0), (8, &a.dpos), (9, &a.dcls)],
+            &[(6, a.dx0), (8, &Out(a.dpos)), (9, &Out(a.dcls))],
             &s.meta(),
-            groups(n),
+            groups(s.tokens() * s.dim),
         );
         out.push(d.into());
     }
@@ -275,7 +238,7 @@ impl Record<GatherCls<'_>> for Embed {
         let s = a.shape;
         let d = gpu.dispatch(
             &self.gather_cls,
-            &[(10, a.full), (11, a.cls_rows)],
+            &[(10, a.full), (11, &Out(a.cls_rows))],
             &s.meta(),
             groups(s.batch * s.dim),
         );
@@ -294,7 +257,7 @@ impl Record<ScatterCls<'_>> for Embed {
         out.push(Command::ClearBuffer(a.dfull.clone()));
         let d = gpu.dispatch(
             &self.scatter_cls,
-            &[(12, a.dcls_rows), (13, a.dfull)],
+            &[(12, a.dcls_rows), (13, &Out(a.dfull))],
             &s.meta(),
             groups(s.batch * s.dim),
         );

@@ -1,6 +1,6 @@
 //! Softmax cross-entropy: per-row loss, correctness flag and the logits' gradient, fused.
 
-use crate::gpu::{div_ceil, Command, Gpu, Record};
+use crate::gpu::{div_ceil, Command, Gpu, Out, Record};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -48,9 +48,9 @@ impl Record<CrossEntropyArgs<'_>> for CrossEntropy {
             &[
                 (0, a.logits),
                 (1, a.labels),
-                (2, a.losses),
-                (3, a.dlogits),
-                (4, a.correct),
+                (2, &Out(a.losses)),
+                (3, &Out(a.dlogits)),
+                (4, &Out(a.correct)),
             ],
             &meta,
             [div_ceil(a.rows, 64), 1, 1],

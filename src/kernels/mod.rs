@@ -43,12 +43,26 @@ macro_rules! shader {
     };
 }
 
+/// A family's CPU-adapter shader: shaders/cpu/FILE appended to shaders/FILE, whose
+/// declarations it uses (WGSL has no includes), named "cpu/FILE".
+macro_rules! cpu_shader {
+    ($file:literal) => {
+        Shader {
+            name: concat!("cpu/", $file),
+            source: concat!(
+                include_str!(concat!("../../shaders/", $file)),
+                include_str!(concat!("../../shaders/cpu/", $file))
+            ),
+        }
+    };
+}
+
 pub const ADAMW: Shader = shader!("adamw.wgsl");
 pub const ATTENTION: Shader = shader!("attention.wgsl");
 /// The CPU-adapter (Lanes) attention kernels: attention.wgsl with cpu/attention_lanes.wgsl
 /// appended, so devices without subgroups never compile subgroup code.
 pub const ATTENTION_LANES: Shader = Shader {
-    name: "attention_lanes.wgsl",
+    name: "cpu/attention_lanes.wgsl",
     source: concat!(
         include_str!("../../shaders/attention.wgsl"),
         include_str!("../../shaders/cpu/attention_lanes.wgsl")
@@ -79,6 +93,11 @@ pub const GEMM_LANES: Shader = Shader {
 pub const LAYERNORM: Shader = shader!("layernorm.wgsl");
 pub const LOSS: Shader = shader!("loss.wgsl");
 pub const REDUCE: Shader = shader!("reduce.wgsl");
+/// The CPU-adapter specialisations (`cpu`): texture reads.
+pub const DROPOUT_CPU: Shader = cpu_shader!("dropout.wgsl");
+pub const EMBED_CPU: Shader = cpu_shader!("embed.wgsl");
+pub const LAYERNORM_CPU: Shader = cpu_shader!("layernorm.wgsl");
+pub const REDUCE_CPU: Shader = cpu_shader!("reduce.wgsl");
 /// Benchmark only: the adapter's arithmetic ceiling.
 pub const PEAK_FMA: Shader = shader!("peak_fma.wgsl");
 
@@ -97,6 +116,10 @@ pub const ALL_SHADERS: &[Shader] = &[
     LOSS,
     REDUCE,
     PEAK_FMA,
+    DROPOUT_CPU,
+    EMBED_CPU,
+    LAYERNORM_CPU,
+    REDUCE_CPU,
 ];
 
 /// Kernel families, built once per device and shared by every model on it.
@@ -115,13 +138,13 @@ impl Kernels {
     pub fn new(gpu: &crate::gpu::Gpu) -> Kernels {
         Kernels {
             gemm: gemm::Gemm::new(gpu),
-            layernorm: layernorm::LayerNorm::new(gpu),
+            layernorm: layernorm::LayerNorm::new(gpu, cpu::layernorm::for_adapter(gpu)),
             attention: attention::Attention::new(gpu),
-            embed: embed::Embed::new(gpu),
-            dropout: dropout::Dropout::new(gpu),
+            embed: embed::Embed::new(gpu, cpu::embed::for_adapter(gpu)),
+            dropout: dropout::Dropout::new(gpu, cpu::dropout::for_adapter(gpu)),
             loss: loss::CrossEntropy::new(gpu),
             adamw: adamw::AdamW::new(gpu),
-            reduce: reduce::Reduce::new(gpu),
+            reduce: reduce::Reduce::new(gpu, cpu::reduce::for_adapter(gpu)),
         }
     }
 }

@@ -1,11 +1,11 @@
 //! Column sums: the bias gradient of every linear layer, in two launches.
 
-use super::cpu::texture;
-use crate::gpu::{div_ceil, Command, Gpu, Record, View};
+use super::cpu::TryRecord;
+use crate::gpu::{div_ceil, Command, Gpu, Out, Record, View};
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Meta {
+pub(super) struct Meta {
     rows: u32,
     cols: u32,
     chunk_rows: u32,
@@ -19,29 +19,26 @@ const CHUNK_ROWS: usize = 128;
 
 pub struct Reduce {
     column_sum_partial: wgpu::ComputePipeline,
-    column_sum_partial_texture: wgpu::ComputePipeline,
     column_sum_finish: wgpu::ComputePipeline,
-    /// Read the matrix through a texture where its shape allows (CPU adapters, where
-    /// that replaces a per-lane load loop per element).
-    textures: bool,
+    /// Offered every call first, where the adapter has one (`cpu::reduce`).
+    cpu: Option<Box<dyn Specialisation>>,
 }
 
+/// A CPU-adapter specialisation of the column sums' partial pass: it records the calls it
+/// can take, and the portable kernel runs the others.
+pub trait Specialisation: for<'a> TryRecord<ColumnSum<'a>> {}
+
+impl<T> Specialisation for T where T: for<'a> TryRecord<ColumnSum<'a>> {}
+
 impl Reduce {
-    pub fn new(gpu: &Gpu) -> Self {
+    /// The portable kernels, and `cpu` (`cpu::reduce::for_adapter`) offered every call
+    /// first.
+    pub fn new(gpu: &Gpu, cpu: Option<Box<dyn Specialisation>>) -> Self {
         let s = &super::REDUCE;
         Reduce {
             column_sum_partial: gpu.pipeline(s, "column_sum_partial"),
-            column_sum_partial_texture: gpu.pipeline(s, "column_sum_partial_texture"),
             column_sum_finish: gpu.pipeline(s, "column_sum_finish"),
-            textures: texture::preferred(gpu),
-        }
-    }
-
-    /// The same with the texture path on or off whatever the adapter (tests cover both).
-    pub fn with_textures(gpu: &Gpu, textures: bool) -> Self {
-        Reduce {
-            textures,
-            ..Reduce::new(gpu)
+            cpu,
         }
     }
 
@@ -63,58 +60,50 @@ pub struct ColumnSum<'a> {
     pub accumulate: bool,
 }
 
+impl ColumnSum<'_> {
+    /// Partial sums per column: one per chunk of `CHUNK_ROWS` rows.
+    pub(super) fn chunks(&self) -> usize {
+        self.rows.div_ceil(CHUNK_ROWS).max(1)
+    }
+
+    pub(super) fn meta(&self) -> Meta {
+        Meta {
+            rows: self.rows as u32,
+            cols: self.cols as u32,
+            chunk_rows: CHUNK_ROWS as u32,
+            chunks: self.chunks() as u32,
+            accumulate: self.accumulate as u32,
+            ..Default::default()
+        }
+    }
+}
+
+/// The partial sums (the CPU specialisation may take them), then their sum.
 impl Record<ColumnSum<'_>> for Reduce {
     fn record(&self, gpu: &Gpu, a: &ColumnSum, out: &mut Vec<Command>) {
-        let ColumnSum {
-            matrix,
-            sums,
-            scratch,
-            rows,
-            cols,
-            accumulate,
-        } = *a;
-        let chunks = rows.div_ceil(CHUNK_ROWS).max(1);
+        let (rows, cols) = (a.rows, a.cols);
         assert!(
-            scratch.size() >= (Self::column_sum_scratch_len(rows, cols) * 4) as u64
-                && sums.len >= cols,
+            a.scratch.size() >= (Self::column_sum_scratch_len(rows, cols) * 4) as u64
+                && a.sums.len >= cols,
             "column_sum of {rows}x{cols}: scratch or sums too small"
         );
-        let meta = Meta {
-            rows: rows as u32,
-            cols: cols as u32,
-            chunk_rows: CHUNK_ROWS as u32,
-            chunks: chunks as u32,
-            accumulate: accumulate as u32,
-            ..Default::default()
-        };
+        let meta = a.meta();
         let col_groups = div_ceil(cols, 64);
-        let as_texture = self
-            .textures
-            .then(|| texture::rows_of(gpu, matrix.into(), rows, cols, out))
-            .flatten();
-        let partial = match as_texture {
-            Some((view, copy)) => {
-                out.extend(copy);
-                gpu.dispatch(
-                    &self.column_sum_partial_texture,
-                    &[(1, scratch), (4, &view)],
-                    &meta,
-                    [div_ceil(cols / 4, 64), chunks as u32, 1],
-                )
-            }
-            None => gpu.dispatch(
+        if !self.cpu.as_ref().is_some_and(|c| c.try_record(gpu, a, out)) {
+            let partial = gpu.dispatch(
                 &self.column_sum_partial,
-                &[(0, matrix), (1, scratch)],
+                &[(0, a.matrix), (1, &Out(a.scratch))],
                 &meta,
-                [col_groups, chunks as u32, 1],
-            ),
-        };
+                [col_groups, a.chunks() as u32, 1],
+            );
+            out.push(partial.into());
+        }
         let finish = gpu.dispatch(
             &self.column_sum_finish,
-            &[(2, scratch), (3, &sums)],
+            &[(2, a.scratch), (3, &Out(a.sums))],
             &meta,
             [col_groups, 1, 1],
         );
-        out.extend([partial.into(), finish.into()]);
+        out.push(finish.into());
     }
 }

@@ -6,6 +6,7 @@ pub mod arch;
 pub mod arena;
 pub mod checkpoint;
 pub mod config;
+pub mod error;
 pub mod hub;
 pub mod params;
 pub mod pos_embed;
@@ -15,5 +16,6 @@ pub mod schedule;
 pub mod vit;
 
 pub use config::{Act, Config, Head, Preset};
+pub use error::ModelError;
 pub use params::{HostParams, ParamSpec};
-pub use vit::{Kernels, Mode, ModelError, OptimConfig, Vit};
+pub use vit::{Kernels, Mode, OptimConfig, Vit};

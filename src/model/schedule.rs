@@ -12,8 +12,8 @@
 
 use super::arena::{Layout, Tensor};
 use super::config::{Act, Config, Head};
+use super::error::ModelError;
 use super::recorder::{Linear, Norm, NormStats, Recorder};
-use super::vit::ModelError;
 use crate::gpu::Gpu;
 use crate::kernels::attention::{Attention, AttentionBackward, AttentionForward, AttentionShape};
 use crate::kernels::dropout::{DropoutBackward, DropoutForward, DropoutSite};
@@ -115,9 +115,9 @@ impl Alloc<'_> {
         Ok(self.gpu.storage(label, floats))
     }
 
-    /// Rounded up to whole vec4s: LayerNorm's backward then reads them through textures.
+    /// Mean and rstd for `rows` rows, each as long as the LayerNorm kernels ask.
     fn stats(&self, rows: usize) -> Result<NormStats, ModelError> {
-        let floats = rows.next_multiple_of(4);
+        let floats = LayerNorm::stats_len(rows);
         Ok(NormStats {
             mean: self.buf("layernorm mean", floats)?,
             rstd: self.buf("layernorm rstd", floats)?,
@@ -306,12 +306,12 @@ impl Net {
         }
     }
 
-    /// The whole forward and the loss; `train` turns dropout on.
+    /// The whole forward and the loss; `train`: the forward of a training pass, with
+    /// dropout, saving what the backward needs.
     pub fn forward(&self, r: &mut Recorder, train: bool) {
-        let drop = train && self.dropout > 0.0;
         self.embed_forward(r);
         for l in 0..self.blocks.len() {
-            self.block_forward(r, l, drop);
+            self.block_forward(r, l, train);
         }
         self.head_forward(r);
     }
@@ -349,10 +349,12 @@ impl Net {
         r.record(&k.embed, &assemble);
     }
 
-    /// A training model's forward also saves GELU's slope for the backward (every forward:
-    /// `verify` runs the backward after one without dropout).
-    pub fn block_forward(&self, r: &mut Recorder, l: usize, drop: bool) {
+    /// The forward of a training pass (`train`) applies dropout and saves GELU's slope for
+    /// the backward.
+    pub fn block_forward(&self, r: &mut Recorder, l: usize, train: bool) {
         let (w, a, m) = (&self.weights.blocks[l], &self.blocks[l], self.rows());
+        let drop = train && self.dropout > 0.0;
+        let slope = a.slope.as_ref().filter(|_| train);
         r.layernorm(&a.x, &w.norm1, &a.h1, &a.stats1, m);
         r.linear(&a.h1, &w.qkv, &a.qkv, m);
         let (shape, qkv, o, lse) = (self.attention_shape, &a.qkv, &a.o, &a.lse);
@@ -363,7 +365,7 @@ impl Net {
         r.copy(&a.x, &a.mid);
         self.residual_forward(r, &a.o, &w.proj, &a.mid, 2 * l as u64 + 1, drop);
         r.layernorm(&a.mid, &w.norm2, &a.h2, &a.stats2, m);
-        r.linear_act(&a.h2, &w.fc1, &a.act, m, self.act, a.slope.as_ref());
+        r.linear_act(&a.h2, &w.fc1, &a.act, m, self.act, slope);
         let next = self.block_output(l);
         r.copy(&a.mid, next);
         self.residual_forward(r, &a.act, &w.fc2, next, 2 * l as u64 + 2, drop);

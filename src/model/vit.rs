@@ -4,6 +4,7 @@
 
 use super::arena::{Arena, Layout};
 use super::config::Config;
+use super::error::ModelError;
 use super::params::{HostParams, ParamSpec};
 use super::recorder::Recorder;
 use super::schedule::{Alloc, Net};
@@ -12,34 +13,6 @@ use crate::kernels::adamw::{AdamW, AdamWArgs, AdamWChunk, Hyper};
 use crate::kernels::attention::AttentionProbabilities;
 use crate::kernels::dropout;
 pub use crate::kernels::Kernels;
-
-#[derive(thiserror::Error, Debug)]
-pub enum ModelError {
-    #[error(transparent)]
-    Gpu(#[from] GpuError),
-    #[error(transparent)]
-    Config(#[from] super::config::ConfigError),
-    #[error(
-        "batch size {batch} is too large for this adapter: buffer '{buffer}' needs {needed} MiB \
-         but the adapter's largest storage binding is {limit} MiB; use a smaller --batch-size"
-    )]
-    BatchTooLarge {
-        batch: usize,
-        buffer: String,
-        needed: u64,
-        limit: u64,
-    },
-    #[error("parameter '{name}' has shape {found:?}, the model needs {expected:?}")]
-    ParamShape {
-        name: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
-    #[error("parameter '{name}' is missing")]
-    MissingParam { name: String },
-    #[error(transparent)]
-    Arena(#[from] super::arena::ArenaError),
-}
 
 /// What the model is built for: training allocates gradients, optimizer state and the
 /// backward schedule; inference only the forward.
@@ -91,9 +64,11 @@ pub struct Vit {
     pub grad_stats: Option<wgpu::Buffer>,
     net: Net,
     hyper: Option<wgpu::Buffer>,
-    forward_train: Vec<Command>,
+    /// Forward and loss without dropout (evaluation, inference).
     forward_eval: Vec<Command>,
-    backward: Vec<Command>,
+    /// Training: forward (with dropout) and loss, then the backward, one list (see
+    /// `record_lists`); empty for an inference model.
+    forward_backward: Vec<Command>,
     optimizer: Vec<Command>,
     /// The flat arena range AdamW updates (all of it, or the head alone).
     trainable: std::ops::Range<usize>,
@@ -129,21 +104,18 @@ fn ordered_values<'h>(
         .collect()
 }
 
-/// The forward (eval), forward with dropout (empty without dropout) and backward command
-/// lists, recorded once. The training forward and the backward are recorded as one list and
-/// split, so the backward's GEMMs reuse the forward's texture copies of weights and saved
-/// activations (`texture::rows_of`): the backward list must only run right after that
-/// forward, as `step_commands` orders them.
+/// The command lists, recorded once: the evaluation forward (no dropout), and for a
+/// training model the training pass, forward (with dropout) and backward as ONE list that
+/// always runs whole and in order. So whatever a kernel family records in the forward for
+/// the backward to reuse is never stale, with no rule on the order in which lists run.
 fn record_lists(
     gpu: &Gpu,
     kernels: &Kernels,
     arena: &Arena,
     net: &Net,
-) -> (Vec<Command>, Vec<Command>, Vec<Command>) {
+) -> (Vec<Command>, Vec<Command>) {
     let no_scratch = gpu.storage("no reduce scratch", 1);
-    // `first` then `then` recorded into one list (so `then` reuses `first`'s texture
-    // copies), returned as the two parts.
-    let record = |first: &dyn Fn(&mut Recorder), then: &dyn Fn(&mut Recorder)| {
+    let record = |pass: &dyn Fn(&mut Recorder)| {
         let mut r = Recorder {
             gpu,
             kernels,
@@ -154,27 +126,18 @@ fn record_lists(
                 .map_or(&no_scratch, |g| &g.reduce_scratch),
             commands: Vec::new(),
         };
-        first(&mut r);
-        let split = r.commands.len();
-        then(&mut r);
-        let second = r.commands.split_off(split);
-        (r.commands, second)
+        pass(&mut r);
+        r.commands
     };
-    let forward_eval = |r: &mut Recorder| net.forward(r, false);
-    let forward_train = |r: &mut Recorder| net.forward(r, true);
-    let backward = |r: &mut Recorder| net.backward(r);
-    let nothing = |_: &mut Recorder| {};
-    if net.grads.is_none() {
-        let (forward, _) = record(&forward_eval, &nothing);
-        (forward, Vec::new(), Vec::new())
-    } else if net.dropout > 0.0 {
-        let (eval, _) = record(&forward_eval, &nothing);
-        let (train, backward) = record(&forward_train, &backward);
-        (eval, train, backward)
-    } else {
-        let (forward, backward) = record(&forward_eval, &backward);
-        (forward, Vec::new(), backward)
-    }
+    let forward_eval = record(&|r| net.forward(r, false));
+    let forward_backward = match net.grads {
+        Some(_) => record(&|r| {
+            net.forward(r, true);
+            net.backward(r);
+        }),
+        None => Vec::new(),
+    };
+    (forward_eval, forward_backward)
 }
 
 impl Vit {
@@ -215,7 +178,7 @@ impl Vit {
         let alloc = Alloc { gpu, batch };
         let net = Net::new(&alloc, cfg, &arena.layout, train, seed)?;
 
-        let (forward_eval, forward_train, backward) = record_lists(gpu, kernels, &arena, &net);
+        let (forward_eval, forward_backward) = record_lists(gpu, kernels, &arena, &net);
         let (hyper, grad_stats) = if train {
             let hyper = Hyper::at_step(0.0, 0.9, 0.999, 1e-8, 0.0, 0.0, 1);
             let stats = alloc.buf("gradient norm", AdamW::stats_len())?;
@@ -234,9 +197,8 @@ impl Vit {
             correct: net.correct.clone(),
             grad_stats,
             hyper,
-            forward_train,
             forward_eval,
-            backward,
+            forward_backward,
             optimizer: Vec::new(),
             trainable: 0..0,
             dropout_offset: 0,
@@ -278,9 +240,7 @@ impl Vit {
 
     /// Forward (with dropout when training) + loss + backward, no optimizer step.
     pub fn record_gradients(&self, encoder: &mut wgpu::CommandEncoder) {
-        for list in &self.step_commands(Mode::Train)[..2] {
-            crate::gpu::record_commands(encoder, list);
-        }
+        crate::gpu::record_commands(encoder, &self.forward_backward);
     }
 
     /// AdamW alone, on the gradients in the arena (after they were summed over ranks).
@@ -295,8 +255,8 @@ impl Vit {
         let per_sample = self.cfg.tokens() * self.cfg.dim;
         self.dropout_offset = (first * per_sample) as u32;
         self.net.loss_grad_scale = 1.0 / global_batch as f32;
-        let (eval, train, backward) = record_lists(gpu, kernels, &self.arena, &self.net);
-        (self.forward_eval, self.forward_train, self.backward) = (eval, train, backward);
+        (self.forward_eval, self.forward_backward) =
+            record_lists(gpu, kernels, &self.arena, &self.net);
     }
 
     /// The flat arena range the optimizer updates (`arena.layout.pieces` splits it by
@@ -317,17 +277,12 @@ impl Vit {
         crate::gpu::record_commands(encoder, &self.forward_eval);
     }
 
-    /// The command lists of one step in order (forward, then for training backward and
-    /// optimizer), for profiling.
+    /// The command lists of one step in order, for profiling: the forward; for training the
+    /// forward and backward (one list), then the optimizer.
     pub fn step_commands(&self, mode: Mode) -> Vec<&[Command]> {
-        let forward = if self.forward_train.is_empty() || mode == Mode::Infer {
-            &self.forward_eval
-        } else {
-            &self.forward_train
-        };
         match mode {
-            Mode::Infer => vec![forward],
-            Mode::Train => vec![forward, &self.backward, &self.optimizer],
+            Mode::Infer => vec![&self.forward_eval],
+            Mode::Train => vec![&self.forward_backward, &self.optimizer],
         }
     }
 
