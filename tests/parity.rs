@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use pollster::block_on;
 use std::path::{Path, PathBuf};
 use vit_wgpu::model::checkpoint::{self, ConfigHints, TensorFile};
 use vit_wgpu::model::config::{Act, Head};
@@ -31,7 +32,8 @@ fn timm_fixtures_verify_under_default_tolerances() {
         "parity_197_tokens.safetensors",
         "parity_resampled_pos.safetensors",
     ] {
-        let report = verify(g, &fixture(name), Tolerances::default()).expect("verify runs");
+        let report =
+            block_on(verify(g, &fixture(name), Tolerances::default())).expect("verify runs");
         let worst = report
             .comparisons
             .iter()
@@ -69,7 +71,7 @@ fn a_corrupted_expected_gradient_makes_verify_fail() {
     grad[17] += 0.5;
     let path = temp("corrupted.safetensors");
     file.write(&path).expect("write");
-    let report = verify(g, &path, Tolerances::default()).expect("verify runs");
+    let report = block_on(verify(g, &path, Tolerances::default())).expect("verify runs");
     assert!(!report.passed());
     let failed: Vec<&str> = report
         .comparisons
@@ -197,7 +199,7 @@ fn head_swap_keeps_every_body_tensor_bit_for_bit() {
 fn timm_training_trajectory_replays_through_the_training_step() {
     let g = gpu();
     let path = fixture("trajectory_small.safetensors");
-    let report = verify(g, &path, Tolerances::default()).expect("verify runs");
+    let report = block_on(verify(g, &path, Tolerances::default())).expect("verify runs");
     let steps = 20;
     // learning rates, one loss per step, one final tensor per parameter
     assert_eq!(
@@ -225,7 +227,7 @@ fn a_trajectory_with_another_optimizer_setting_fails_verify() {
     file.metadata.insert("weight_decay".into(), "0".into());
     let path = temp("trajectory_no_decay.safetensors");
     file.write(&path).expect("write");
-    let report = verify(g, &path, Tolerances::default()).expect("verify runs");
+    let report = block_on(verify(g, &path, Tolerances::default())).expect("verify runs");
     let failed: Vec<&str> = report
         .comparisons
         .iter()
@@ -245,7 +247,7 @@ fn a_trajectory_with_another_optimizer_setting_fails_verify() {
     let lr = &mut file.tensors.get_mut("trajectory.lr").expect("lr").1;
     lr[19] = 0.0;
     file.write(&path).expect("write");
-    let report = verify(g, &path, Tolerances::default()).expect("verify runs");
+    let report = block_on(verify(g, &path, Tolerances::default())).expect("verify runs");
     assert!(
         !report.comparisons[0].passed(),
         "a zero last-step rate is caught"

@@ -1,6 +1,7 @@
 //! Buffers: storage, upload, uniform and read-back, and what a kernel binds (`View`,
 //! `Bind`, `Out`).
 
+use super::future::{oneshot, Receiver};
 use super::{Gpu, GpuError};
 use wgpu::util::DeviceExt;
 
@@ -138,68 +139,146 @@ impl Gpu {
         self.write(buffer, &vec![f32::NAN; n]);
     }
 
-    /// Copy a buffer back to the host. Waits for the device: for tests, evaluation and
-    /// occasional loss read-back, never inside a training step.
-    pub fn read<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer) -> Result<Vec<T>, GpuError> {
-        self.read_range(buffer, 0, buffer.size())
+    /// Copy a buffer back to the host once the work submitted before is done: for tests,
+    /// evaluation and occasional read-back, never inside a training step.
+    pub async fn read<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer) -> Result<Vec<T>, GpuError> {
+        self.read_range(buffer, 0, buffer.size()).await
     }
 
-    pub fn read_range<T: bytemuck::Pod>(
+    /// `size` bytes of `buffer` from byte `offset`.
+    pub async fn read_range<T: bytemuck::Pod>(
         &self,
         buffer: &wgpu::Buffer,
         offset: u64,
         size: u64,
     ) -> Result<Vec<T>, GpuError> {
-        // A MAP_READ staging buffer: storage buffers cannot be mapped directly.
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let view = View {
+            buffer,
+            offset,
+            len: (size / 4) as usize,
+        };
+        let mut out = self.record_and_read(|_| {}, &[view]).await?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// Record → submit → read, the one read-back: `record` fills an encoder, each of `reads`
+    /// is copied into a staging buffer after it in the same submission, and the copies come
+    /// back (as `T`s) once the device is done with them.
+    pub async fn record_and_read<T: bytemuck::Pod>(
+        &self,
+        record: impl FnOnce(&mut wgpu::CommandEncoder),
+        reads: &[View<'_>],
+    ) -> Result<Vec<Vec<T>>, GpuError> {
         let mut encoder = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-        encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+        record(&mut encoder);
+        // MAP_READ staging buffers: storage buffers cannot be mapped directly.
+        let staging: Vec<wgpu::Buffer> = reads
+            .iter()
+            .map(|v| {
+                let s = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("readback"),
+                    size: v.bytes(),
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                encoder.copy_buffer_to_buffer(v.buffer, v.offset, &s, 0, v.bytes());
+                s
+            })
+            .collect();
         self.queue.submit([encoder.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        self.wait("read-back")?;
-        match rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(GpuError::Device {
-                    context: "read-back".into(),
-                    message: e.to_string(),
-                })
-            }
-            Err(e) => {
-                return Err(GpuError::Device {
-                    context: "read-back".into(),
-                    message: e.to_string(),
-                })
-            }
+        let maps: Vec<_> = staging.iter().map(start_map).collect();
+        self.drive(None, "read-back")?;
+        let mut out = Vec::with_capacity(staging.len());
+        for (buffer, map) in staging.iter().zip(maps) {
+            mapped(map.await, "read-back")?;
+            out.push(take_mapped(buffer, "read-back")?);
         }
-        let view = staging.get_mapped_range(..).map_err(|e| GpuError::Device {
-            context: "read-back".into(),
-            message: e.to_string(),
-        })?;
-        let out = bytemuck::cast_slice(&view).to_vec();
-        drop(view);
-        staging.unmap();
         Ok(out)
     }
 
-    /// Block until all submitted work is done.
-    pub fn wait(&self, context: &str) -> Result<(), GpuError> {
+    /// Map `staging` (a MAP_READ buffer something was copied into) once the work submitted
+    /// before is done, and return its contents as `T`s (the buffer is unmapped again).
+    pub async fn read_staging<T: bytemuck::Pod>(
+        &self,
+        staging: &wgpu::Buffer,
+        context: &str,
+    ) -> Result<Vec<T>, GpuError> {
+        let map = start_map(staging);
+        self.drive(None, context)?;
+        mapped(map.await, context)?;
+        take_mapped(staging, context)
+    }
+
+    /// Resolves when all work submitted so far is done.
+    pub async fn idle(&self, context: &str) -> Result<(), GpuError> {
+        let (tx, rx) = oneshot();
+        self.queue.on_submitted_work_done(move || tx.send(()));
+        self.drive(None, context)?;
+        rx.await
+            .ok_or_else(|| device_error(context, "the device was lost".into()))
+    }
+
+    /// Lets the device finish `submission` (all submitted work if `None`) and run its
+    /// callbacks. Natively a poll that waits; in the browser the event loop does this and
+    /// the poll returns at once, so the futures above stay pending until it has.
+    pub fn drive(
+        &self,
+        submission: Option<wgpu::SubmissionIndex>,
+        context: &str,
+    ) -> Result<(), GpuError> {
+        let poll = wgpu::PollType::Wait {
+            submission_index: submission,
+            timeout: None,
+        };
         self.device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(poll)
             .map(|_| ())
-            .map_err(|e| GpuError::Device {
-                context: context.into(),
-                message: e.to_string(),
-            })
+            .map_err(|e| device_error(context, e.to_string()))
+    }
+}
+
+/// A map result on its way from wgpu's callback.
+pub type MapReceiver = Receiver<Result<(), wgpu::BufferAsyncError>>;
+
+/// Start mapping a MAP_READ buffer; the receiver resolves when it is mapped.
+pub fn start_map(buffer: &wgpu::Buffer) -> MapReceiver {
+    let (tx, rx) = oneshot();
+    buffer.map_async(wgpu::MapMode::Read, .., move |r| tx.send(r));
+    rx
+}
+
+/// A map's result (from a [`MapReceiver`]) as our error.
+pub fn mapped(
+    result: Option<Result<(), wgpu::BufferAsyncError>>,
+    context: &str,
+) -> Result<(), GpuError> {
+    match result {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(device_error(context, e.to_string())),
+        None => Err(device_error(context, "the map callback was dropped".into())),
+    }
+}
+
+/// A mapped buffer's contents as `T`s; unmaps it.
+pub fn take_mapped<T: bytemuck::Pod>(
+    buffer: &wgpu::Buffer,
+    context: &str,
+) -> Result<Vec<T>, GpuError> {
+    let out = {
+        let view = buffer
+            .get_mapped_range(..)
+            .map_err(|e| device_error(context, e.to_string()))?;
+        bytemuck::cast_slice(&view).to_vec()
+    };
+    buffer.unmap();
+    Ok(out)
+}
+
+fn device_error(context: &str, message: String) -> GpuError {
+    GpuError::Device {
+        context: context.into(),
+        message,
     }
 }

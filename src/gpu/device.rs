@@ -7,7 +7,8 @@ use std::fmt::Write as _;
 
 /// Which graphics API to use. `Auto` takes `WGPU_BACKEND` from the environment if set,
 /// otherwise every backend wgpu was built with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "native", derive(clap::ValueEnum))]
 pub enum BackendChoice {
     #[default]
     Auto,
@@ -78,16 +79,16 @@ fn instance(backends: wgpu::Backends) -> wgpu::Instance {
 /// Every adapter the chosen backends expose, in the order `--adapter N` indexes them.
 /// `auto` without WGPU_BACKEND looks at Vulkan, Metal and DX12 first and at GL only when
 /// they have nothing (probing GL also spams the terminal on headless Linux).
-pub fn enumerate_adapters(backend: BackendChoice) -> Vec<wgpu::Adapter> {
+pub async fn enumerate_adapters(backend: BackendChoice) -> Vec<wgpu::Adapter> {
     let backends = backend.backends();
     if backend == BackendChoice::Auto && wgpu::Backends::from_env().is_none() {
         let primary = wgpu::Backends::PRIMARY;
-        let found = pollster::block_on(instance(primary).enumerate_adapters(primary));
+        let found = instance(primary).enumerate_adapters(primary).await;
         if !found.is_empty() {
             return found;
         }
     }
-    pollster::block_on(instance(backends).enumerate_adapters(backends))
+    instance(backends).enumerate_adapters(backends).await
 }
 
 /// The features we use when the adapter has them. Subgroups feed the CPU GEMM variant;
@@ -100,9 +101,9 @@ pub fn wanted_features() -> wgpu::Features {
 }
 
 impl Gpu {
-    pub fn new(opts: &GpuOptions) -> Result<Gpu, GpuError> {
+    pub async fn new(opts: &GpuOptions) -> Result<Gpu, GpuError> {
         let backends = opts.backend.backends();
-        let mut adapters = enumerate_adapters(opts.backend);
+        let mut adapters = enumerate_adapters(opts.backend).await;
         if adapters.is_empty() {
             return Err(GpuError::NoAdapter { backends });
         }
@@ -119,10 +120,10 @@ impl Gpu {
                 adapters.swap_remove(0)
             }
         };
-        Self::from_adapter(adapter)
+        Self::from_adapter(adapter).await
     }
 
-    pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu, GpuError> {
+    pub async fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu, GpuError> {
         let info = adapter.get_info();
         let downlevel = adapter.get_downlevel_capabilities();
         if !downlevel
@@ -145,18 +146,20 @@ impl Gpu {
             });
         }
         let features = adapter.features() & wanted_features();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("vit-wgpu"),
-            required_features: features,
-            required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .map_err(|source| GpuError::RequestDevice {
-            adapter: info.name.clone(),
-            source,
-        })?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("vit-wgpu"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|source| GpuError::RequestDevice {
+                adapter: info.name.clone(),
+                source,
+            })?;
         let caps = Caps::new(&info, &limits, features, adapter.features());
         Ok(Gpu {
             device,

@@ -9,10 +9,11 @@ mod buffers;
 pub mod caps;
 mod commands;
 mod device;
+pub mod future;
 mod pipelines;
 mod timer;
 
-pub use buffers::{Bind, Out, View};
+pub use buffers::{mapped, start_map, take_mapped, Bind, MapReceiver, Out, View};
 pub use caps::Caps;
 pub use commands::{div_ceil, grid_1d, record_commands, Command, Dispatch, Record};
 pub use device::{

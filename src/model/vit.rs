@@ -358,8 +358,8 @@ impl Vit {
     }
 
     /// Copy every parameter back to the host (one copy; waits).
-    pub fn read_params(&self, gpu: &Gpu) -> Result<HostParams, GpuError> {
-        let arena: Vec<f32> = gpu.read(&self.arena.values)?;
+    pub async fn read_params(&self, gpu: &Gpu) -> Result<HostParams, GpuError> {
+        let arena: Vec<f32> = gpu.read(&self.arena.values).await?;
         Ok(HostParams {
             specs: self.arena.layout.specs.clone(),
             values: self.arena.layout.unpack(&arena),
@@ -367,21 +367,21 @@ impl Vit {
     }
 
     /// Copy every parameter gradient back to the host (waits). Empty in inference mode.
-    pub fn read_grads(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>, GpuError> {
+    pub async fn read_grads(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>, GpuError> {
         match &self.arena.grads {
-            Some(g) => Ok(self.arena.layout.unpack(&gpu.read::<f32>(g)?)),
+            Some(g) => Ok(self.arena.layout.unpack(&gpu.read::<f32>(g).await?)),
             None => Ok(Vec::new()),
         }
     }
 
     /// Optimiser moments (m, v) per tensor, for checkpoints (waits).
-    pub fn read_moments(&self, gpu: &Gpu) -> Result<Vec<Moments>, GpuError> {
+    pub async fn read_moments(&self, gpu: &Gpu) -> Result<Vec<Moments>, GpuError> {
         let (Some(m), Some(v)) = (&self.arena.m, &self.arena.v) else {
             return Ok(Vec::new());
         };
         let layout = &self.arena.layout;
-        let ms = layout.unpack(&gpu.read::<f32>(m)?);
-        let vs = layout.unpack(&gpu.read::<f32>(v)?);
+        let ms = layout.unpack(&gpu.read::<f32>(m).await?);
+        let vs = layout.unpack(&gpu.read::<f32>(v).await?);
         Ok(ms.into_iter().zip(vs).collect())
     }
 
@@ -404,7 +404,7 @@ impl Vit {
     /// Inference only: the attention probabilities of every layer, each [B, A, N, N]
     /// row-major, computed by the attention kernels from the qkv of the last forward (call
     /// after `record_forward`'s commands were submitted; waits for the device).
-    pub fn attention_maps(
+    pub async fn attention_maps(
         &self,
         gpu: &Gpu,
         kernels: &Kernels,
@@ -436,7 +436,7 @@ impl Vit {
         gpu.submit_commands(cmds);
         let mut out = Vec::with_capacity(bufs.len());
         for b in bufs {
-            let mut v: Vec<f32> = gpu.read(b)?;
+            let mut v: Vec<f32> = gpu.read(b).await?;
             v.truncate(shape.probs_len());
             out.push(v);
         }
@@ -444,7 +444,11 @@ impl Vit {
     }
 
     /// Each layer's qkv [B*N, 3D] of the last forward, read back (waits; for tests).
-    pub fn read_layer_qkv(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>, GpuError> {
-        self.net.blocks.iter().map(|b| gpu.read(&b.qkv)).collect()
+    pub async fn read_layer_qkv(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>, GpuError> {
+        let mut out = Vec::with_capacity(self.net.blocks.len());
+        for b in &self.net.blocks {
+            out.push(gpu.read(&b.qkv).await?);
+        }
+        Ok(out)
     }
 }

@@ -36,13 +36,6 @@ pub struct GlobalSums {
     pub correct: f32,
 }
 
-fn device_error(message: String) -> GpuError {
-    GpuError::Device {
-        context: "gradient read-back".into(),
-        message,
-    }
-}
-
 impl GradExchange {
     pub fn new(gpu: &Gpu, model: &Vit) -> GradExchange {
         let range = model.trainable();
@@ -67,7 +60,7 @@ impl GradExchange {
 
     /// Gradients of this rank's shard (batch and step already written), summed over the
     /// ranks, then AdamW. Returns the global batch's loss and correct sums.
-    pub fn step(
+    pub async fn step(
         &mut self,
         gpu: &Gpu,
         model: &Vit,
@@ -86,7 +79,7 @@ impl GradExchange {
         encoder.copy_buffer_to_buffer(&model.losses, 0, &self.staging, n as u64 * f, b);
         encoder.copy_buffer_to_buffer(&model.correct, 0, &self.staging, n as u64 * f + b, b);
         gpu.queue.submit([encoder.finish()]);
-        self.read_staging(gpu)?;
+        self.read_staging(gpu).await?;
         if self.separate_wait {
             let t0 = Instant::now();
             comm.all_reduce_sum_u64(&mut [0]);
@@ -109,36 +102,25 @@ impl GradExchange {
 
     /// Map the staging buffer (waits for the backward) into `send`: the gradients, then the
     /// shard's loss sum and correct count.
-    fn read_staging(&mut self, gpu: &Gpu) -> Result<(), GpuError> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        gpu.wait("gradient read-back")?;
-        match rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(device_error(e.to_string())),
-            Err(e) => return Err(device_error(e.to_string())),
-        }
-        {
-            let view = self
-                .staging
-                .get_mapped_range(..)
-                .map_err(|e| device_error(e.to_string()))?;
-            let all: &[f32] = bytemuck::cast_slice(&view);
-            let n = self.range.len();
-            self.send[..n].copy_from_slice(&all[..n]);
-            self.send[n] = all[n..n + self.batch].iter().sum();
-            self.send[n + 1] = all[n + self.batch..].iter().sum();
-        }
-        self.staging.unmap();
+    async fn read_staging(&mut self, gpu: &Gpu) -> Result<(), GpuError> {
+        let all: Vec<f32> = gpu
+            .read_staging(&self.staging, "gradient read-back")
+            .await?;
+        let n = self.range.len();
+        self.send[..n].copy_from_slice(&all[..n]);
+        self.send[n] = all[n..n + self.batch].iter().sum();
+        self.send[n + 1] = all[n + self.batch..].iter().sum();
         Ok(())
     }
 }
 
 /// Rank 0's parameters and optimizer moments overwrite every other rank's (at start and
 /// after a resume), so all ranks start from one state whatever each one loaded.
-pub fn broadcast_model(gpu: &Gpu, model: &Vit, comm: &dyn Communicator) -> Result<(), GpuError> {
+pub async fn broadcast_model(
+    gpu: &Gpu,
+    model: &Vit,
+    comm: &dyn Communicator,
+) -> Result<(), GpuError> {
     if comm.size() < 2 {
         return Ok(());
     }
@@ -147,7 +129,7 @@ pub fn broadcast_model(gpu: &Gpu, model: &Vit, comm: &dyn Communicator) -> Resul
         .into_iter()
         .flatten()
     {
-        let mut host: Vec<f32> = gpu.read(buffer)?;
+        let mut host: Vec<f32> = gpu.read(buffer).await?;
         comm.broadcast_f32(&mut host);
         gpu.write(buffer, &host);
     }

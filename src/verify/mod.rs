@@ -81,10 +81,22 @@ pub(crate) fn compare(name: &str, ours: &[f32], expected: &[f32], tolerance: f64
     }
 }
 
-pub fn verify(gpu: &Gpu, path: &Path, tol: Tolerances) -> Result<Report, VerifyError> {
+/// Verify the debug-state file at `path` (reads it; see [`verify_file`]).
+#[cfg(feature = "native")]
+pub async fn verify(gpu: &Gpu, path: &Path, tol: Tolerances) -> Result<Report, VerifyError> {
     let file = TensorFile::read(path)?;
-    if is_trajectory(&file) {
-        return crate::verify::trajectory::verify_trajectory(gpu, path, &file, tol.trajectory);
+    verify_file(gpu, path, &file, tol).await
+}
+
+/// Verify a debug-state file already in memory; `path` names it in messages.
+pub async fn verify_file(
+    gpu: &Gpu,
+    path: &Path,
+    file: &TensorFile,
+    tol: Tolerances,
+) -> Result<Report, VerifyError> {
+    if is_trajectory(file) {
+        return crate::verify::trajectory::verify_trajectory(gpu, path, file, tol.trajectory).await;
     }
     let bad = |message: String| VerifyError::Fixture {
         path: path.display().to_string(),
@@ -93,7 +105,7 @@ pub fn verify(gpu: &Gpu, path: &Path, tol: Tolerances) -> Result<Report, VerifyE
     let mut meta = file.metadata.clone();
     meta.entry("head".into()).or_insert_with(|| "linear".into());
     let cfg = Config::from_metadata(&meta).map_err(|e| bad(e.to_string()))?;
-    let params = crate::model::checkpoint::load_params_resampling(path, &file, &cfg)?;
+    let params = crate::model::checkpoint::load_params_resampling(path, file, &cfg)?;
     let (images_shape, images) = file
         .tensors
         .get("input.images")
@@ -119,9 +131,9 @@ pub fn verify(gpu: &Gpu, path: &Path, tol: Tolerances) -> Result<Report, VerifyE
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
     model.record_gradients(&mut encoder);
     gpu.queue.submit([encoder.finish()]);
-    let logits: Vec<f32> = gpu.read(&model.logits)?;
-    let losses: Vec<f32> = gpu.read(&model.losses)?;
-    let grads = model.read_grads(gpu)?;
+    let logits: Vec<f32> = gpu.read(&model.logits).await?;
+    let losses: Vec<f32> = gpu.read(&model.losses).await?;
+    let grads = model.read_grads(gpu).await?;
 
     let mut comparisons = vec![compare(
         "logits",
