@@ -18,6 +18,7 @@ pub fn run(cli: Cli) -> CliResult {
     let opts = GpuOptions {
         backend: cli.backend,
         adapter: cli.adapter,
+        limits: Some(cli.limits),
     };
     match &cli.command {
         Command::Train(a) => resolve::check_train(a)?,
@@ -53,6 +54,15 @@ fn info(opts: &GpuOptions) -> CliResult {
     }
     let gpu = block_on(Gpu::new(opts))?;
     println!("default choice: {}", gpu.info.name);
+    let l = &gpu.limits;
+    println!(
+        "  limits: {} (storage binding {} MiB, {} storage buffers/stage, workgroup memory {} KiB, {} invocations)",
+        gpu.mode.name(),
+        l.max_storage_buffer_binding_size >> 20,
+        l.max_storage_buffers_per_shader_stage,
+        l.max_compute_workgroup_storage_size >> 10,
+        l.max_compute_invocations_per_workgroup,
+    );
     print!("{}", variant_lines(&gpu));
     Ok(())
 }
@@ -322,6 +332,7 @@ fn train_ranks(opts: &GpuOptions, a: TrainArgs, comm: &dyn Communicator) -> CliR
         );
     }
     let kernels = Kernels::new(&gpu);
+    gpu.check_limits()?;
     let topts = TrainOptions {
         cfg,
         epochs: a.epochs,
@@ -443,8 +454,10 @@ fn eval_cmd(opts: &GpuOptions, a: EvalArgs) -> CliResult {
     train::check_dataset(&cfg, &ds)?;
     let gpu = block_on(Gpu::new(opts))?;
     let kernels = Kernels::new(&gpu);
+    gpu.check_limits()?;
     let batch = a.batch_size.min(ds.len.max(1));
     let model = Vit::new(&gpu, &kernels, &cfg, &params, batch, Mode::Infer, 0)?;
+    gpu.check_limits()?;
     let r = block_on(train::evaluate(&gpu, &model, &Arc::new(ds.clone())))?;
     let per_class = r.per_class_accuracy();
     if a.json {
@@ -583,8 +596,10 @@ fn infer_batched(opts: &GpuOptions, a: InferArgs) -> CliResult {
     (ds.mean, ds.std) = checkpoint_norm(&file, cfg.channels);
     let gpu = block_on(Gpu::new(opts))?;
     let kernels = Kernels::new(&gpu);
+    gpu.check_limits()?;
     let batch = a.batch_size.min(n.max(1));
     let model = Vit::new(&gpu, &kernels, &cfg, &params, batch, Mode::Infer, 0)?;
+    gpu.check_limits()?;
     let per_image = cfg.channels * cfg.image_h * cfg.image_w;
     let t0 = Instant::now();
     let mut loader = data::Loader::new(Arc::new(ds), batch, false, None, 0, 0, false);
@@ -635,8 +650,10 @@ fn infer_cmd(opts: &GpuOptions, a: InferArgs) -> CliResult {
     }
     let gpu = block_on(Gpu::new(opts))?;
     let kernels = Kernels::new(&gpu);
+    gpu.check_limits()?;
     let batch = images.len().min(64);
     let model = Vit::new(&gpu, &kernels, &cfg, &params, batch, Mode::Infer, 0)?;
+    gpu.check_limits()?;
     let per_image = cfg.channels * cfg.image_h * cfg.image_w;
     // The checkpoint records the normalisation it was trained with (default: 0.5, 0.5).
     let (mean, std) = checkpoint_norm(&file, cfg.channels);
@@ -763,6 +780,7 @@ fn bench_model(
     let local = b / ranks;
     let params = HostParams::init(cfg, 0);
     let mut model = Vit::new(gpu, kernels, cfg, &params, local, mode, 0)?;
+    gpu.check_limits()?;
     if ranks > 1 {
         model.set_shard(gpu, kernels, comm.rank() * local, b);
     }
@@ -802,6 +820,7 @@ fn bench_ranks(opts: &GpuOptions, a: BenchArgs, comm: &dyn Communicator) -> CliR
     }
     let gpu = rank_gpu(opts, comm)?;
     let kernels = Kernels::new(&gpu);
+    gpu.check_limits()?;
     let mode = match a.mode {
         BenchMode::Train => Mode::Train,
         BenchMode::Infer => Mode::Infer,
@@ -839,6 +858,15 @@ fn bench_ranks(opts: &GpuOptions, a: BenchArgs, comm: &dyn Communicator) -> CliR
     // (family, what was launched) -> (launches, seconds)
     let mut launches = std::collections::BTreeMap::new();
     if a.profile {
+        if !gpu
+            .features
+            .contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+        {
+            eprintln!(
+                "note: no timestamps inside encoders on this device ({} limits): each launch is timed alone in its own pass",
+                gpu.mode.name()
+            );
+        }
         for list in model.step_commands(mode) {
             for l in block_on(crate::gpu::profile_commands(&gpu, list))? {
                 *families.entry(l.family).or_insert(0.0) += l.seconds;

@@ -1,6 +1,8 @@
 //! Command recording: `Dispatch` (one launch with its bind groups), `Command`, the
 //! `Record` trait every kernel family implements, and recording into an encoder.
 
+use super::limits::Violation;
+use super::pipelines::PipelineInfo;
 use super::{Bind, Gpu};
 
 impl Gpu {
@@ -54,6 +56,23 @@ impl Gpu {
     ) -> Dispatch {
         let label = "dispatch";
         let meta_buffer = self.uniform(label, meta);
+        let info = self
+            .pipeline_info
+            .lock()
+            .ok()
+            .and_then(|f| f.get(pipeline).cloned());
+        let family = info.as_ref().map_or("other", |i| i.family);
+        if self.is_placeholder(pipeline) || !self.bindings_fit(info.as_ref(), entries) {
+            // Recorded as a violation: a launch that records nothing, never a wgpu panic.
+            return Dispatch {
+                family,
+                pipeline: pipeline.clone(),
+                groups: Vec::new(),
+                workgroups: [0; 3],
+                writes: outputs.to_vec(),
+                _meta: meta_buffer,
+            };
+        }
         let group0 = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(label),
             layout: &pipeline.get_bind_group_layout(0),
@@ -67,12 +86,6 @@ impl Gpu {
                 resource: meta_buffer.as_entire_binding(),
             }],
         });
-        let info = self
-            .pipeline_info
-            .lock()
-            .ok()
-            .and_then(|f| f.get(pipeline).cloned());
-        let family = info.as_ref().map_or("other", |i| i.family);
         // Unknown writable bindings (a pipeline not built here): every buffer counts as
         // written, which only costs a texture copy.
         let writable = |binding: u32| {
@@ -102,6 +115,40 @@ impl Gpu {
     }
 }
 
+impl Gpu {
+    /// Whether every buffer bound in `entries` fits `max_storage_buffer_binding_size`; records
+    /// a violation naming the pipeline, the binding and its size when one does not.
+    fn bindings_fit(&self, info: Option<&PipelineInfo>, entries: &[wgpu::BindGroupEntry]) -> bool {
+        let limit = self.limits.max_storage_buffer_binding_size;
+        let too_large = entries.iter().find_map(|e| match &e.resource {
+            wgpu::BindingResource::Buffer(b) => {
+                let bytes = b.size.map_or(b.buffer.size() - b.offset, |s| s.get());
+                (bytes > limit).then_some((e.binding, bytes))
+            }
+            _ => None,
+        });
+        let Some((binding, bytes)) = too_large else {
+            return true;
+        };
+        let pipeline = info.map_or("a pipeline built elsewhere".to_string(), |i| {
+            format!("{}:{}", i.family, i.entry)
+        });
+        self.violations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Violation {
+                pipeline,
+                detail: format!(
+                    "the buffer at @binding({binding}) is {bytes} bytes ({} MiB), over \
+                     max_storage_buffer_binding_size {limit} ({} MiB)",
+                    bytes >> 20,
+                    limit >> 20
+                ),
+            });
+        false
+    }
+}
+
 /// One kernel launch with its bind groups built: recording it costs no allocation.
 pub struct Dispatch {
     /// The shader file this launch comes from, e.g. "gemm_lanes.wgsl".
@@ -116,6 +163,9 @@ pub struct Dispatch {
 
 impl Dispatch {
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        if self.groups.is_empty() {
+            return; // a pipeline or binding that does not fit (see `Gpu::check_limits`)
+        }
         pass.set_pipeline(&self.pipeline);
         for (i, g) in self.groups.iter().enumerate() {
             pass.set_bind_group(i as u32, g, &[]);
@@ -238,9 +288,14 @@ impl Gpu {
         out
     }
 
-    /// Record one kernel call and submit it alone (tests, benchmarks, evaluation).
+    /// Record one kernel call and submit it alone (tests and benchmarks: a kernel that does
+    /// not fit the device panics here with the pipeline and the limit).
     pub fn launch<A>(&self, kernel: &impl Record<A>, args: &A) {
-        self.submit_commands(&self.commands(kernel, args));
+        let commands = self.commands(kernel, args);
+        if let Err(e) = self.check_limits() {
+            panic!("{e}");
+        }
+        self.submit_commands(&commands);
     }
 
     /// Record, submit, return (tests and benches; the trainer records many in one encoder).

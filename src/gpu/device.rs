@@ -1,6 +1,7 @@
 //! Adapter choice, device creation with the adapter's own limits, and what the device
 //! granted (limits, features, capabilities).
 
+use super::limits::LimitsMode;
 use super::pipelines::PipelineInfo;
 use super::{Caps, GpuError};
 use std::fmt::Write as _;
@@ -30,9 +31,11 @@ impl BackendChoice {
     }
 }
 
-/// How to pick the adapter.
+/// How to pick the adapter and which limits to create the device with.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GpuOptions {
+    /// `None`: `VIT_LIMITS` from the environment, else the adapter's own.
+    pub limits: Option<LimitsMode>,
     pub backend: BackendChoice,
     /// Index into the adapter list printed by `vit-wgpu info`; `None` picks the best one
     /// (discrete, then integrated, then virtual, then CPU).
@@ -48,6 +51,12 @@ pub struct Gpu {
     pub features: wgpu::Features,
     /// What the kernels' variant choice depends on, read once here.
     pub caps: Caps,
+    /// The limits the device was created with (`limits` holds their values).
+    pub mode: LimitsMode,
+    /// Pipelines and bindings that exceeded the device's limits (see `check_limits`).
+    pub(super) violations: std::sync::Mutex<Vec<super::limits::Violation>>,
+    /// The do-nothing pipeline handed out for a pipeline that does not fit.
+    pub(super) placeholder: std::sync::OnceLock<wgpu::ComputePipeline>,
     /// The shader file and the writable bindings of every pipeline built here, so a
     /// `Dispatch` can say which kernel family it belongs to (per-family timing) and which
     /// buffers it writes (a texture copy is reused until its buffer is written).
@@ -91,13 +100,9 @@ pub async fn enumerate_adapters(backend: BackendChoice) -> Vec<wgpu::Adapter> {
     instance(backends).enumerate_adapters(backends).await
 }
 
-/// The features we use when the adapter has them. Subgroups feed the CPU GEMM variant;
-/// timestamps feed the benchmarks.
+/// The features we use natively when the adapter has them (see [`LimitsMode::features`]).
 pub fn wanted_features() -> wgpu::Features {
-    // Timestamps inside encoders: `profile_commands` times every command of a step in place.
-    wgpu::Features::SUBGROUP
-        | wgpu::Features::TIMESTAMP_QUERY
-        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+    LimitsMode::Adapter.features()
 }
 
 impl Gpu {
@@ -120,10 +125,14 @@ impl Gpu {
                 adapters.swap_remove(0)
             }
         };
-        Self::from_adapter(adapter).await
+        let mode = match opts.limits {
+            Some(mode) => mode,
+            None => LimitsMode::from_env().map_err(GpuError::Options)?,
+        };
+        Self::from_adapter(adapter, mode).await
     }
 
-    pub async fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu, GpuError> {
+    pub async fn from_adapter(adapter: wgpu::Adapter, mode: LimitsMode) -> Result<Gpu, GpuError> {
         let info = adapter.get_info();
         let downlevel = adapter.get_downlevel_capabilities();
         if !downlevel
@@ -134,9 +143,25 @@ impl Gpu {
                 adapter: info.name.clone(),
             });
         }
-        // Ask for the adapter's own limits: the defaults cap storage bindings at 128 MiB
-        // and workgroup memory at 16 KiB, less than most adapters give.
-        let limits = adapter.limits();
+        // Natively ask for the adapter's own limits: the defaults cap storage bindings at
+        // 128 MiB and workgroup memory at 16 KiB, less than most adapters give.
+        let limits = match mode {
+            LimitsMode::Adapter => adapter.limits(),
+            LimitsMode::Webgpu => {
+                let webgpu = wgpu::Limits::default();
+                let mut short = Vec::new();
+                webgpu.check_limits_with_fail_fn(&adapter.limits(), false, |name, needed, has| {
+                    short.push(format!("{name} {has} < {needed}"))
+                });
+                if !short.is_empty() {
+                    return Err(GpuError::BelowWebgpu {
+                        adapter: info.name.clone(),
+                        short: short.join(", "),
+                    });
+                }
+                webgpu
+            }
+        };
         if limits.max_storage_buffers_per_shader_stage < 8 {
             return Err(GpuError::TooSmall {
                 adapter: info.name.clone(),
@@ -145,7 +170,7 @@ impl Gpu {
                 limit: limits.max_storage_buffers_per_shader_stage as u64,
             });
         }
-        let features = adapter.features() & wanted_features();
+        let features = adapter.features() & mode.features();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("vit-wgpu"),
@@ -168,6 +193,9 @@ impl Gpu {
             limits,
             features,
             caps,
+            mode,
+            violations: Default::default(),
+            placeholder: Default::default(),
             pipeline_info: Default::default(),
             pipelines: Default::default(),
         })
@@ -189,6 +217,22 @@ impl Gpu {
     /// A one-paragraph description of the adapter for logs and `info`.
     pub fn describe(&self) -> String {
         describe_adapter(&self.info, &self.limits, self.features)
+    }
+
+    /// Ok if every pipeline built and every binding made so far fits the device; else the
+    /// first that does not, naming the pipeline (shader file and entry point) and the limit.
+    /// Kernels and models are built without failing; call this before running them.
+    pub fn check_limits(&self) -> Result<(), GpuError> {
+        let v = self.violations.lock().unwrap_or_else(|e| e.into_inner());
+        match v.first() {
+            None => Ok(()),
+            Some(first) => Err(GpuError::Limit {
+                pipeline: first.pipeline.clone(),
+                detail: first.detail.clone(),
+                mode: self.mode.name(),
+                others: v.len() - 1,
+            }),
+        }
     }
 }
 

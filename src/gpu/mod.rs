@@ -10,6 +10,7 @@ pub mod caps;
 mod commands;
 mod device;
 pub mod future;
+pub mod limits;
 mod pipelines;
 mod timer;
 
@@ -20,6 +21,7 @@ pub use device::{
     describe_adapter, enumerate_adapters, type_rank, wanted_features, BackendChoice, Gpu,
     GpuOptions,
 };
+pub use limits::LimitsMode;
 pub use pipelines::Shader;
 pub use timer::{profile_commands, PassTimer};
 
@@ -55,6 +57,22 @@ pub enum GpuError {
         needed: u64,
         limit: u64,
     },
+    #[error(
+        "adapter '{adapter}' does not reach WebGPU's default limits ({short}); use --limits adapter"
+    )]
+    BelowWebgpu { adapter: String, short: String },
+    #[error(
+        "{pipeline} does not fit this device ({mode} limits): {detail}{}",
+        if *others > 0 { format!(" (and {others} more)") } else { String::new() }
+    )]
+    Limit {
+        pipeline: String,
+        detail: String,
+        mode: &'static str,
+        others: usize,
+    },
+    #[error("{0}")]
+    Options(String),
     #[error("GPU error during {context}: {message}")]
     Device { context: String, message: String },
 }

@@ -1,5 +1,6 @@
 //! Compute pipelines: built from WGSL once per (shader, entry point, constants) and cached.
 
+use super::limits::{PipelineNeeds, Violation};
 use super::Gpu;
 
 /// A WGSL source embedded at compile time (the constants live in `kernels`).
@@ -32,11 +33,55 @@ impl Gpu {
         {
             return p;
         }
-        let pipeline = self.build_pipeline(shader, entry, constants);
+        let pipeline = match self.fits(shader, entry, constants) {
+            Ok(()) => self.build_pipeline(shader, entry, constants),
+            Err(v) => {
+                self.violations
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(v);
+                self.placeholder()
+            }
+        };
         if let Ok(mut c) = self.pipelines.lock() {
             c.insert(key, pipeline.clone());
         }
         pipeline
+    }
+
+    /// Whether (shader, entry point, constants) fits the device's limits, by reflection of
+    /// the entry point. A source naga cannot read is left to wgpu to report.
+    fn fits(
+        &self,
+        shader: &Shader,
+        entry: &str,
+        constants: &[(&str, f64)],
+    ) -> Result<(), Violation> {
+        let Ok(needs) = PipelineNeeds::reflect(shader.source, entry, constants) else {
+            return Ok(());
+        };
+        needs.check(&self.limits).map_err(|e| Violation {
+            pipeline: format!("{}:{entry}", shader.name),
+            detail: e.to_string(),
+        })
+    }
+
+    /// A do-nothing pipeline standing in for one that does not fit: dispatches of it record
+    /// nothing, and `check_limits` reports the one it replaced.
+    fn placeholder(&self) -> wgpu::ComputePipeline {
+        self.placeholder
+            .get_or_init(|| {
+                let shader = Shader {
+                    name: "placeholder",
+                    source: "@compute @workgroup_size(1) fn placeholder() {}",
+                };
+                self.build_pipeline(&shader, "placeholder", &[])
+            })
+            .clone()
+    }
+
+    pub(super) fn is_placeholder(&self, pipeline: &wgpu::ComputePipeline) -> bool {
+        self.placeholder.get() == Some(pipeline)
     }
 
     fn build_pipeline(
@@ -61,6 +106,7 @@ impl Gpu {
             });
         let info = PipelineInfo {
             family: shader.name,
+            entry: entry.to_string(),
             writable: writable_bindings(shader.source),
         };
         if let Ok(mut f) = self.pipeline_info.lock() {
@@ -81,6 +127,7 @@ impl Gpu {
 #[derive(Clone)]
 pub(super) struct PipelineInfo {
     pub(super) family: &'static str,
+    pub(super) entry: String,
     /// `@group(0)` bindings the shader may store to; `None` if its source did not parse.
     pub(super) writable: Option<Vec<u32>>,
 }

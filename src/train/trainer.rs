@@ -126,6 +126,7 @@ impl<'a> Trainer<'a> {
         };
         let local = batch / ranks;
         let mut model = Vit::new(gpu, kernels, cfg, &params, local, Mode::Train, opts.seed)?;
+        gpu.check_limits()?;
         if ranks > 1 {
             model.set_shard(gpu, kernels, comm.rank() * local, batch);
         }

@@ -127,6 +127,7 @@ pub async fn verify_file(
 
     let kernels = Kernels::new(gpu);
     let model = Vit::new(gpu, &kernels, &cfg, &params, batch, Mode::Train, 0)?;
+    gpu.check_limits()?;
     model.write_batch(gpu, images, &labels);
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
     model.record_gradients(&mut encoder);

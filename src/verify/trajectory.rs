@@ -77,6 +77,7 @@ pub async fn verify_trajectory(
 
     let kernels = Kernels::new(gpu);
     let model = Vit::new(gpu, &kernels, &cfg, &params, b, Mode::Train, 0)?;
+    gpu.check_limits()?;
     let mut lrs = Vec::with_capacity(s);
     let mut comparisons = Vec::new();
     for step in 1..=s {
