@@ -169,8 +169,7 @@ fn head_swap_keeps_every_body_tensor_bit_for_bit() {
             classes,
             ..cfg.clone()
         };
-        let merged =
-            vit_wgpu::cli::commands::merge_init(&cfg, &params, &new_cfg, 1).expect("merge");
+        let merged = vit_wgpu::model::init::merge_init(&cfg, &params, &new_cfg, 1).expect("merge");
         assert_eq!(merged.specs, vit_wgpu::model::params::param_specs(&new_cfg));
         let body = vit_wgpu::model::params::body_specs(&cfg).len();
         for i in 0..body {
@@ -192,7 +191,7 @@ fn head_swap_keeps_every_body_tensor_bit_for_bit() {
         heads: 4,
         ..cfg.clone()
     };
-    assert!(vit_wgpu::cli::commands::merge_init(&cfg, &params, &other, 1).is_err());
+    assert!(vit_wgpu::model::init::merge_init(&cfg, &params, &other, 1).is_err());
 }
 
 #[test]

@@ -4,7 +4,7 @@ use super::*;
 use crate::data::{self, Dataset};
 use crate::dist::Communicator;
 use crate::gpu::{enumerate_adapters, Gpu, GpuOptions};
-use crate::model::checkpoint;
+use crate::model::{checkpoint, init};
 use crate::model::{HostParams, Kernels, Mode, Vit};
 use crate::train::{self, TrainError, TrainOptions};
 use pollster::block_on;
@@ -308,7 +308,15 @@ fn train_ranks(opts: &GpuOptions, a: TrainArgs, comm: &dyn Communicator) -> CliR
         val_set = val_set.resized(cfg.image_h, cfg.image_w);
     }
     let init = match init {
-        Some((init_cfg, params, _)) => Some(merge_init(&init_cfg, &params, &cfg, a.seed)?),
+        Some((init_cfg, params, _)) => {
+            if !init::keeps_head(&init_cfg, &cfg) {
+                eprintln!(
+                    "new {:?} head with {} classes (the checkpoint had {:?} with {}); body kept",
+                    cfg.head, cfg.classes, init_cfg.head, init_cfg.classes
+                );
+            }
+            Some(init::merge_init(&init_cfg, &params, &cfg, a.seed)?)
+        }
         None => None,
     };
     let out = a.out.clone().unwrap_or_else(|| {
@@ -388,37 +396,6 @@ fn train_ranks(opts: &GpuOptions, a: TrainArgs, comm: &dyn Communicator) -> CliR
         summary.out.display()
     );
     Ok(())
-}
-
-/// The starting weights for `cfg` from a checkpoint of `init_cfg`: the body must match
-/// (its position embeddings were already resampled to `cfg`'s grid); the head is kept when
-/// it has the same shape, else replaced by a fresh one (the seed's fine-tuning recipe).
-pub fn merge_init(
-    init_cfg: &crate::model::Config,
-    init: &HostParams,
-    cfg: &crate::model::Config,
-    seed: u64,
-) -> Result<HostParams, Box<dyn std::error::Error>> {
-    let body =
-        |c: &crate::model::Config| (c.dim, c.depth, c.heads, c.mlp_hidden, c.patch, c.channels);
-    if body(init_cfg) != body(cfg) || init_cfg.act != cfg.act {
-        return Err(format!(
-            "--init checkpoint's body ({init_cfg}) differs from the model to train ({cfg}); \
-             only the head, the classes, the image size and dropout can change"
-        )
-        .into());
-    }
-    if init_cfg.head == cfg.head && init_cfg.classes == cfg.classes {
-        return Ok(HostParams {
-            specs: crate::model::params::param_specs(cfg),
-            values: init.values.clone(),
-        });
-    }
-    eprintln!(
-        "new {:?} head with {} classes (the checkpoint had {:?} with {}); body kept",
-        cfg.head, cfg.classes, init_cfg.head, init_cfg.classes
-    );
-    Ok(init.with_new_head(cfg, seed))
 }
 
 fn load_checkpoint(
@@ -854,27 +831,10 @@ fn bench_ranks(opts: &GpuOptions, a: BenchArgs, comm: &dyn Communicator) -> CliR
         256,
     ))?;
     let ceiling = ceiling_before.max(ceiling_after);
-    let mut families = std::collections::BTreeMap::new();
-    // (family, what was launched) -> (launches, seconds)
-    let mut launches = std::collections::BTreeMap::new();
-    if a.profile {
-        if !gpu
-            .features
-            .contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
-        {
-            eprintln!(
-                "note: no timestamps inside encoders on this device ({} limits): each launch is timed alone in its own pass",
-                gpu.mode.name()
-            );
-        }
-        for list in model.step_commands(mode) {
-            for l in block_on(crate::gpu::profile_commands(&gpu, list))? {
-                *families.entry(l.family).or_insert(0.0) += l.seconds;
-                let e = launches.entry((l.family, l.what)).or_insert((0, 0.0));
-                *e = (e.0 + 1, e.1 + l.seconds);
-            }
-        }
-    }
+    let (families, launches) = match a.profile {
+        true => profile_step(&gpu, &model, mode)?,
+        false => Default::default(),
+    };
     let median = times[times.len() / 2];
     let ips = b as f64 / median;
     let flops_per_image = match mode {
@@ -1067,4 +1027,32 @@ fn forward_logits(gpu: &Gpu, model: &Vit) -> Result<Vec<f32>, crate::gpu::GpuErr
     let read =
         block_on(gpu.record_and_read(|e| model.record_forward(e), &[(&model.logits).into()]))?;
     Ok(read.into_iter().next().unwrap_or_default())
+}
+
+/// Seconds per kernel family and per (family, launch) with its launch count, for
+/// `bench --profile`: every command of one step timed (see `profile_commands`).
+type Profile = (
+    std::collections::BTreeMap<&'static str, f64>,
+    std::collections::BTreeMap<(&'static str, String), (u64, f64)>,
+);
+
+fn profile_step(gpu: &Gpu, model: &Vit, mode: Mode) -> Result<Profile, crate::gpu::GpuError> {
+    let (mut families, mut launches) = Profile::default();
+    if !gpu
+        .features
+        .contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+    {
+        eprintln!(
+            "note: no timestamps inside encoders on this device ({} limits): each launch is timed alone in its own pass",
+            gpu.mode.name()
+        );
+    }
+    for list in model.step_commands(mode) {
+        for l in block_on(crate::gpu::profile_commands(gpu, list))? {
+            *families.entry(l.family).or_insert(0.0) += l.seconds;
+            let e = launches.entry((l.family, l.what)).or_insert((0, 0.0));
+            *e = (e.0 + 1, e.1 + l.seconds);
+        }
+    }
+    Ok((families, launches))
 }

@@ -5,6 +5,7 @@
 pub mod arena;
 pub mod checkpoint;
 pub mod config;
+pub mod init;
 pub mod params;
 pub mod pos_embed;
 pub mod recorder;
