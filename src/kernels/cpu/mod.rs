@@ -8,6 +8,7 @@
 //! portable kernel runs. Imports go one way: these modules use the families' argument
 //! types, and the portable families never name them.
 
+pub mod adamw;
 pub mod attention_lanes;
 pub mod dropout;
 pub mod embed;
