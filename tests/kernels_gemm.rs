@@ -919,3 +919,36 @@ fn texture_copies_are_shared_until_the_buffer_is_written() {
         assert_eq!(copies, expected, "{name}: texture copies per GEMM");
     }
 }
+
+/// The portable GEMM runs at WebGPU's default limits: every entry point of gemm_tiled.wgsl
+/// statically uses at most 7 storage buffers (the default allows 8 per stage; the auto
+/// layout counts every binding an entry point reaches, override-dead branches included).
+#[test]
+fn portable_gemm_binds_at_most_seven_storage_buffers_per_entry_point() {
+    use naga::valid::{Capabilities, GlobalUse, ValidationFlags, Validator};
+    let shader = vit_wgpu::kernels::GEMM_TILED;
+    let module = naga::front::wgsl::parse_str(shader.source).expect("gemm_tiled.wgsl parses");
+    let info = Validator::new(ValidationFlags::all(), Capabilities::all())
+        .validate(&module)
+        .expect("gemm_tiled.wgsl validates");
+    for (index, entry) in module.entry_points.iter().enumerate() {
+        let uses = info.get_entry_point(index);
+        let storage: Vec<u32> = module
+            .global_variables
+            .iter()
+            .filter(|(handle, var)| {
+                matches!(var.space, naga::AddressSpace::Storage { .. })
+                    && uses[*handle] != GlobalUse::empty()
+            })
+            .filter_map(|(_, var)| var.binding.as_ref().map(|b| b.binding))
+            .collect();
+        assert!(
+            storage.len() <= 7,
+            "{} entry point {} binds {} storage buffers (bindings {storage:?}), more than 7",
+            shader.name,
+            entry.name,
+            storage.len()
+        );
+        eprintln!("{}: storage bindings {storage:?}", entry.name);
+    }
+}
