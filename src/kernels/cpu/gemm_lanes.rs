@@ -330,7 +330,6 @@ impl GemmLanes {
         recorded: &[Command],
     ) -> Vec<Command> {
         let (m, n, k) = (args.m, args.n, args.k);
-        let ((a_rows, a_cols), (b_rows, b_cols)) = args.layout.shapes(m, n, k);
         // Rows of C (and of slope and aux) start on 16-byte boundaries: vec4 epilogue.
         let vec4 = n.is_multiple_of(4);
         let epilogue = Epilogue::of(&meta);
@@ -354,45 +353,11 @@ impl GemmLanes {
         let groups = [div_ceil(n, tile_cols), div_ceil(m, tile_rows), 1];
         check_groups(gpu, groups, m, n);
         let mut commands = Vec::new();
-        // A, B and aux (when read) all from textures, or all from storage
-        let mut wanted = vec![(args.a, a_rows, a_cols), (args.b, b_rows, b_cols)];
-        if let Some((aux, _)) = args.act_grad {
-            wanted.push((aux.into(), m, n));
-        }
-        let views: Option<Vec<_>> = if self.textures {
-            wanted
-                .iter()
-                .map(|&(matrix, rows, cols)| texture::rows_of(gpu, matrix, rows, cols, recorded))
-                .collect()
-        } else {
-            None
-        };
-        let (a_view, b_view, aux_view) = match views {
-            Some(views) => {
-                let mut textures = Vec::new();
-                for (view, copy) in views {
-                    commands.extend(copy);
-                    textures.push(view);
-                }
-                let mut textures = textures.into_iter();
-                (textures.next(), textures.next(), textures.next())
-            }
-            None => (None, None, None),
-        };
-        let textures = a_view.is_some();
-        // C's old value, when accumulating, from a texture copied before the dispatch
-        let c_view = if textures && epilogue.accumulate && compiled {
-            texture::rows_of(gpu, args.c, m, n, recorded).map(|(view, copy)| {
-                commands.extend(copy);
-                view
-            })
-        } else {
-            None
-        };
+        let views = self.texture_views(gpu, args, compiled, recorded, &mut commands);
         let o = Options {
-            textures,
+            textures: views[0].is_some(),
             vec4,
-            c_tex: c_view.is_some(),
+            c_tex: views[3].is_some(),
             wide,
             ..Default::default()
         };
@@ -400,67 +365,11 @@ impl GemmLanes {
         // a weight gradient with the wider B walks B's strips once
         meta.rows_fast = (args.layout == Layout::TN && n > m) as u32;
         meta.band = plan.band;
-        let mut entries = self.epilogue_entries(args);
-        entries.extend([entry(0, &args.a), entry(1, &args.b)]);
-        // The same buffers again as arrays of vec4, used when n % 4 == 0; otherwise
-        // placeholders (a vec4 binding needs 16 bytes, more than e.g. a 3-class bias).
-        if vec4 {
-            entries.extend([
-                entry(8, &args.c),
-                match &args.bias {
-                    Some(bias) => entry(9, bias),
-                    None => entry(9, &self.dummy_read),
-                },
-                entry(10, args.slope.unwrap_or(&self.dummy_write)),
-                entry(11, args.act_grad.map_or(&self.dummy_read, |(aux, _)| aux)),
-            ]);
-        } else {
-            entries.extend([
-                entry(8, &self.dummy_write),
-                entry(9, &self.dummy_read),
-                entry(10, &self.dummy_write),
-                entry(11, &self.dummy_read),
-            ]);
-        }
-        for (binding, view) in [(6, &a_view), (7, &b_view), (12, &aux_view), (13, &c_view)] {
-            entries.push(entry(binding, view.as_ref().unwrap_or(&self.dummy_texture)));
-        }
+        let entries = self.entries(args, vec4, &views);
         let mut outputs = vec![args.c.buffer.clone()];
         outputs.extend(args.slope.cloned());
-        // When n and k are tile multiples, the whole row tiles run without bounds checks
-        // (ALIGNED) and a last partial row tile, if any, in a second launch with them. A
-        // remainder of at most 16 rows under 32x32 tiles runs as one row of 16x64 tiles
-        // when n allows: half the work of a 32-row tile, unchecked when it is exactly 16.
-        let full_tiles = m / tile_rows;
         let k_step = 4 * K_STEPS;
-        let aligned_cols = compiled && n.is_multiple_of(tile_cols) && k.is_multiple_of(k_step);
-        let remainder = m % tile_rows;
-        let row_launches = if aligned_cols && full_tiles > 0 {
-            let mut l = vec![RowLaunch {
-                aligned: true,
-                wide,
-                row_base: 0,
-                row_tiles: full_tiles,
-            }];
-            if remainder > 0 {
-                let wide_rest =
-                    !wide && remainder <= WIDE_TILE.0 && wide_tiles_fit(n, args.layout) && compiled;
-                l.push(RowLaunch {
-                    aligned: wide_rest && remainder == WIDE_TILE.0,
-                    wide: wide || wide_rest,
-                    row_base: full_tiles * tile_rows,
-                    row_tiles: 1,
-                });
-            }
-            l
-        } else {
-            vec![RowLaunch {
-                aligned: false,
-                wide,
-                row_base: 0,
-                row_tiles: m.div_ceil(tile_rows),
-            }]
-        };
+        let row_launches = row_launches(args, wide, compiled);
         // chunks of whole loop trips, so a chunk's last step never reads the next one's k
         let chunk = k.div_ceil(splits.max(1)).div_ceil(k_step) * k_step;
         for (index, k_begin) in (0..k).step_by(chunk).enumerate() {
@@ -500,4 +409,121 @@ impl GemmLanes {
         }
         commands
     }
+
+    /// The textures of A, B, aux and C (in that order; `None`: read from storage) and the
+    /// copies that fill them, appended to `commands`. A, B and aux (when read) come all
+    /// from textures or all from storage; C's old value, when a compiled epilogue
+    /// accumulates, from a texture too.
+    fn texture_views(
+        &self,
+        gpu: &Gpu,
+        args: &GemmArgs,
+        compiled: bool,
+        recorded: &[Command],
+        commands: &mut Vec<Command>,
+    ) -> [Option<wgpu::TextureView>; 4] {
+        let (m, n) = (args.m, args.n);
+        let ((a_rows, a_cols), (b_rows, b_cols)) = args.layout.shapes(m, n, args.k);
+        let mut wanted = vec![(args.a, a_rows, a_cols), (args.b, b_rows, b_cols)];
+        if let Some((aux, _)) = args.act_grad {
+            wanted.push((aux.into(), m, n));
+        }
+        let made: Option<Vec<_>> = if self.textures {
+            wanted
+                .iter()
+                .map(|&(matrix, rows, cols)| texture::rows_of(gpu, matrix, rows, cols, recorded))
+                .collect()
+        } else {
+            None
+        };
+        let Some(made) = made else {
+            return [None, None, None, None];
+        };
+        let mut views = made.into_iter().map(|(view, copy)| {
+            commands.extend(copy);
+            view
+        });
+        let (a, b, aux) = (views.next(), views.next(), views.next());
+        let c = if args.accumulate && compiled {
+            texture::rows_of(gpu, args.c, m, n, recorded).map(|(view, copy)| {
+                commands.extend(copy);
+                view
+            })
+        } else {
+            None
+        };
+        [a, b, aux, c]
+    }
+
+    /// `@group(0)`: A and B (0, 1), the epilogue's buffers as floats (2..5) and, when
+    /// n % 4 == 0, as vec4 (8..11; else placeholders: a vec4 binding needs 16 bytes, more
+    /// than e.g. a 3-class bias), and the textures of A, B, aux and C (6, 7, 12, 13).
+    fn entries<'s>(
+        &'s self,
+        args: &'s GemmArgs<'_>,
+        vec4: bool,
+        views: &'s [Option<wgpu::TextureView>; 4],
+    ) -> Vec<wgpu::BindGroupEntry<'s>> {
+        let mut entries = self.epilogue_entries(args);
+        entries.extend([entry(0, &args.a), entry(1, &args.b)]);
+        if vec4 {
+            entries.extend([
+                entry(8, &args.c),
+                match &args.bias {
+                    Some(bias) => entry(9, bias),
+                    None => entry(9, &self.dummy_read),
+                },
+                entry(10, args.slope.unwrap_or(&self.dummy_write)),
+                entry(11, args.act_grad.map_or(&self.dummy_read, |(aux, _)| aux)),
+            ]);
+        } else {
+            entries.extend([
+                entry(8, &self.dummy_write),
+                entry(9, &self.dummy_read),
+                entry(10, &self.dummy_write),
+                entry(11, &self.dummy_read),
+            ]);
+        }
+        for (binding, view) in [6, 7, 12, 13].into_iter().zip(views) {
+            entries.push(entry(binding, view.as_ref().unwrap_or(&self.dummy_texture)));
+        }
+        entries
+    }
+}
+
+/// The launches over C's row tiles. When n and k are tile multiples (and the epilogue is
+/// compiled in), the whole row tiles run without bounds checks (ALIGNED) and a last partial
+/// row tile, if any, in a second launch with them. A remainder of at most 16 rows under
+/// 32x32 tiles runs as one row of 16x64 tiles when n allows: half the work of a 32-row
+/// tile, unchecked when it is exactly 16.
+fn row_launches(args: &GemmArgs, wide: bool, compiled: bool) -> Vec<RowLaunch> {
+    let (m, n, k) = (args.m, args.n, args.k);
+    let (tile_rows, tile_cols) = if wide { WIDE_TILE } else { (TILE, TILE) };
+    let full_tiles = m / tile_rows;
+    let aligned_cols = compiled && n.is_multiple_of(tile_cols) && k.is_multiple_of(4 * K_STEPS);
+    let remainder = m % tile_rows;
+    if !aligned_cols || full_tiles == 0 {
+        return vec![RowLaunch {
+            aligned: false,
+            wide,
+            row_base: 0,
+            row_tiles: m.div_ceil(tile_rows),
+        }];
+    }
+    let mut launches = vec![RowLaunch {
+        aligned: true,
+        wide,
+        row_base: 0,
+        row_tiles: full_tiles,
+    }];
+    if remainder > 0 {
+        let wide_rest = !wide && remainder <= WIDE_TILE.0 && wide_tiles_fit(n, args.layout);
+        launches.push(RowLaunch {
+            aligned: wide_rest && remainder == WIDE_TILE.0,
+            wide: wide || wide_rest,
+            row_base: full_tiles * tile_rows,
+            row_tiles: 1,
+        });
+    }
+    launches
 }
