@@ -17,7 +17,8 @@ use std::time::Instant;
 
 use rand::SeedableRng;
 use vit_wgpu::gpu::{Command, Gpu, GpuOptions, PassTimer};
-use vit_wgpu::kernels::gemm::{ActGrad, Activation, Gemm, GemmArgs, Layout, Variant, WIDE_TILE};
+use vit_wgpu::kernels::cpu::gemm_lanes::{LanesPlan, WIDE_TILE};
+use vit_wgpu::kernels::gemm::{ActGrad, Activation, Gemm, GemmArgs, Layout, Variant};
 use vit_wgpu::reference::gemm::{self as reference_gemm, Epilogue};
 use vit_wgpu::reference::{random_vec, relative_error};
 
@@ -535,7 +536,7 @@ fn bench_one_gemm(
     };
     let commands = g.commands(gemm, &args);
     // the tiles the `lanes` kernel stores C in for this shape and epilogue
-    let wide = args.cpu_plan().wide;
+    let wide = LanesPlan::for_args(&args).wide;
     // Validate the first and last 32 rows (every column) against the f64 reference.
     let check = |gpu: &Gpu| {
         let ours: Vec<f32> = block_on(gpu.read(&bc)).expect("read-back");

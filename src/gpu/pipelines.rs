@@ -149,3 +149,21 @@ fn writable_bindings(source: &str) -> Option<Vec<u32>> {
         .collect();
     Some(writable)
 }
+
+impl Gpu {
+    /// Ok when every entry point of `shader` fits the device's limits (with its override
+    /// constants at their defaults), else the first that does not and why. Kernel families
+    /// choose a specialisation only where it fits, so the portable path runs otherwise.
+    pub fn fits_limits(&self, shader: &Shader) -> Result<(), String> {
+        let module = naga::front::wgsl::parse_str(shader.source)
+            .map_err(|e| format!("{}: {}", shader.name, e.emit_to_string(shader.source)))?;
+        for ep in &module.entry_points {
+            let needs = PipelineNeeds::reflect(shader.source, &ep.name, &[])
+                .map_err(|e| format!("{}:{}: {e}", shader.name, ep.name))?;
+            needs
+                .check(&self.limits)
+                .map_err(|e| format!("{}:{} {e}", shader.name, ep.name))?;
+        }
+        Ok(())
+    }
+}

@@ -234,7 +234,7 @@ impl Attention {
                 ),
                 (
                     Variant::Rows,
-                    "CPU adapter without 8-lane subgroups: one row per invocation, no workgroup memory",
+                    "CPU adapter where the lanes kernel cannot run: one row per invocation, no workgroup memory",
                 ),
             ]
         } else {

@@ -19,7 +19,8 @@ pub struct AdamWTextures {
 
 /// The specialisation where the adapter prefers texture reads (`texture::preferred`).
 pub fn for_adapter(gpu: &Gpu) -> Option<Box<dyn Specialisation>> {
-    texture::preferred(gpu).then(|| AdamWTextures::boxed(gpu, TEXTURE_WIDTH))
+    texture::preferred_for(gpu, &crate::kernels::ADAMW_CPU)
+        .then(|| AdamWTextures::boxed(gpu, TEXTURE_WIDTH))
 }
 
 impl AdamWTextures {

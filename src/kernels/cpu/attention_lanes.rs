@@ -94,7 +94,8 @@ pub struct LanesAttention {
 impl LanesAttention {
     /// Ok when the adapter has subgroups of exactly 8 lanes.
     pub fn supports(gpu: &Gpu) -> Result<(), String> {
-        gpu.caps.exact_subgroups(LANES)
+        gpu.caps.exact_subgroups(LANES)?;
+        gpu.fits_limits(&crate::kernels::ATTENTION_LANES)
     }
 
     pub fn new(gpu: &Gpu) -> LanesAttention {

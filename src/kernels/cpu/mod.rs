@@ -12,6 +12,7 @@ pub mod adamw;
 pub mod attention_lanes;
 pub mod dropout;
 pub mod embed;
+pub mod gemm_lanes;
 pub mod layernorm;
 pub mod reduce;
 pub mod texture;
