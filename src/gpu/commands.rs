@@ -86,24 +86,8 @@ impl Gpu {
                 resource: meta_buffer.as_entire_binding(),
             }],
         });
-        // Unknown writable bindings (a pipeline not built here): every buffer counts as
-        // written, which only costs a texture copy.
-        let writable = |binding: u32| {
-            info.as_ref()
-                .and_then(|i| i.writable.as_ref())
-                .is_none_or(|w| w.contains(&binding))
-        };
-        // Transition: declared outputs plus what the shader's source says (to be removed
-        // once every family declares its outputs with `Out`).
-        let mut writes: Vec<wgpu::Buffer> = entries
-            .iter()
-            .filter(|e| writable(e.binding))
-            .filter_map(|e| match &e.resource {
-                wgpu::BindingResource::Buffer(b) => Some(b.buffer.clone()),
-                _ => None,
-            })
-            .collect();
-        writes.extend(outputs.iter().cloned());
+        // What this launch stores to, as its kernel wrapper declared it (`Out`).
+        let writes = outputs.to_vec();
         Dispatch {
             family,
             pipeline: pipeline.clone(),

@@ -57,9 +57,8 @@ pub struct Gpu {
     pub(super) violations: std::sync::Mutex<Vec<super::limits::Violation>>,
     /// The do-nothing pipeline handed out for a pipeline that does not fit.
     pub(super) placeholder: std::sync::OnceLock<wgpu::ComputePipeline>,
-    /// The shader file and the writable bindings of every pipeline built here, so a
-    /// `Dispatch` can say which kernel family it belongs to (per-family timing) and which
-    /// buffers it writes (a texture copy is reused until its buffer is written).
+    /// The shader file and entry point of every pipeline built here, so a `Dispatch` can
+    /// say which kernel family it belongs to (per-family timing, limit errors).
     pub(super) pipeline_info:
         std::sync::Mutex<std::collections::HashMap<wgpu::ComputePipeline, PipelineInfo>>,
     /// Every pipeline built here, keyed by (shader, entry point, override constants): a

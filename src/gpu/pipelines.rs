@@ -107,7 +107,6 @@ impl Gpu {
         let info = PipelineInfo {
             family: shader.name,
             entry: entry.to_string(),
-            writable: writable_bindings(shader.source),
         };
         if let Ok(mut f) = self.pipeline_info.lock() {
             f.insert(pipeline.clone(), info);
@@ -128,26 +127,6 @@ impl Gpu {
 pub(super) struct PipelineInfo {
     pub(super) family: &'static str,
     pub(super) entry: String,
-    /// `@group(0)` bindings the shader may store to; `None` if its source did not parse.
-    pub(super) writable: Option<Vec<u32>>,
-}
-
-/// The `@group(0)` bindings a WGSL module declares `var<storage, read_write>`.
-fn writable_bindings(source: &str) -> Option<Vec<u32>> {
-    let module = naga::front::wgsl::parse_str(source).ok()?;
-    let writable = module
-        .global_variables
-        .iter()
-        .filter_map(|(_, var)| match (var.space, &var.binding) {
-            (naga::AddressSpace::Storage { access }, Some(b))
-                if b.group == 0 && access.contains(naga::StorageAccess::STORE) =>
-            {
-                Some(b.binding)
-            }
-            _ => None,
-        })
-        .collect();
-    Some(writable)
 }
 
 impl Gpu {
