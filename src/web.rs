@@ -397,3 +397,36 @@ impl Classifier {
         Ok(serde_json::Value::Array(out).to_string())
     }
 }
+
+/// `vit-wgpu verify` on the page's GPU: a parity fixture's bytes (debug state, hashed or
+/// training trajectory; `name` names it in messages) run through the training code path and
+/// compared with PyTorch's logits, loss and every gradient at the CLI's default tolerances.
+/// A JSON report: `{config, batch, passed, comparisons: [{name, relative_error, tolerance,
+/// worst_index, ours, expected, passed}]}`.
+#[wasm_bindgen]
+pub async fn verify(bytes: Vec<u8>, name: String) -> Result<String, JsError> {
+    let path = PathBuf::from(&name);
+    let file = TensorFile::from_bytes(&path, &bytes).map_err(js_error)?;
+    let gpu = browser_gpu().await?;
+    let tol = crate::verify::Tolerances::default();
+    let report = crate::verify::verify_file(&gpu, &path, &file, tol, None)
+        .await
+        .map_err(js_error)?;
+    gpu.check_limits().map_err(js_error)?;
+    let comparisons: Vec<_> = report
+        .comparisons
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name, "relative_error": c.relative_error, "tolerance": c.tolerance,
+                "worst_index": c.worst_index, "ours": c.ours, "expected": c.expected,
+                "passed": c.passed(),
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "config": report.config.to_string(), "batch": report.batch,
+        "passed": report.passed(), "comparisons": comparisons,
+    })
+    .to_string())
+}

@@ -8,45 +8,13 @@
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use web::{check_prerequisites, fresh_dir, repo};
+
+mod web;
 use vit_wgpu::model::checkpoint::{self, TensorFile};
 use vit_wgpu::model::{Act, Config, Head, HostParams};
 
 const TOLERANCE: f64 = 1e-5;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fresh_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vit-wgpu-web-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-/// What the browser side needs, each missing piece named with how to get it.
-fn check_prerequisites() {
-    let mut missing = Vec::new();
-    let node = Command::new("node").arg("--version").output();
-    if !node.is_ok_and(|o| o.status.success()) {
-        missing.push("node (apt-get install nodejs)".to_string());
-    }
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !Path::new(&chromium).exists() {
-        missing.push(format!("{chromium} (apt-get install chromium)"));
-    }
-    if !repo().join("web/node_modules/puppeteer-core").exists() {
-        missing.push("web/node_modules/puppeteer-core (npm ci --prefix web)".into());
-    }
-    if !repo().join("web/pkg/vit_wgpu_bg.wasm").exists() {
-        missing.push("web/pkg/vit_wgpu_bg.wasm (scripts/build_web.sh)".into());
-    }
-    assert!(
-        missing.is_empty(),
-        "the browser test needs: {}; .ci/web installs and builds all of them",
-        missing.join(", ")
-    );
-}
 
 /// Weights with logits far from uniform: timm's init plus seeded noise on every tensor.
 fn params(cfg: &Config, seed: u64) -> HostParams {

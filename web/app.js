@@ -1,7 +1,7 @@
 // The vit-wgpu page: load a checkpoint, classify images on the page's WebGPU.
 // Also the API scripts/web_infer.mjs drives (window.vitWeb): the same path the page's
 // buttons take, so the headless test checks what a person clicking gets.
-import init, { Classifier } from './pkg/vit_wgpu.js';
+import init, { Classifier, verify } from './pkg/vit_wgpu.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -67,6 +67,11 @@ window.vitWeb = {
     return classifyBytes(images, names ?? urls, topK);
   },
   classifyBytes,
+  /** `vit-wgpu verify` on a parity fixture: the report as an object. */
+  async verifyUrl(url, name) {
+    await ensureWasm();
+    return JSON.parse(await verify(await fetchBytes(url), name ?? url));
+  },
   adapter: () => current?.model.adapter,
 };
 
