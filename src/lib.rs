@@ -18,3 +18,5 @@ pub mod train;
 pub mod verify;
 #[cfg(feature = "native")]
 pub mod viz;
+#[cfg(all(feature = "web", target_arch = "wasm32"))]
+pub mod web;
