@@ -111,7 +111,7 @@ fn bench_profile_tables_add_up() {
         (0.25..4.0).contains(&(sum / step)),
         "commands timed in place sum to {sum} ms, a step takes {step} ms: {stdout}"
     );
-    // "  gemm_lanes.wgsl   41.90 ms   45.8%"
+    // "  cpu/gemm_lanes.wgsl   41.90 ms   45.8%"
     let mut families = std::collections::HashMap::new();
     let mut share = 0.0;
     for l in &lines[families_at + 1..launches_at] {
@@ -125,7 +125,7 @@ fn bench_profile_tables_add_up() {
         (share - 100.0).abs() < 0.5,
         "family shares sum to {share}: {stdout}"
     );
-    // "  gemm_lanes.wgsl   workgroups [8, 100, 1]   4 x 3.60 = 14.39 ms  15.7%"
+    // "  cpu/gemm_lanes.wgsl   workgroups [8, 100, 1]   4 x 3.60 = 14.39 ms  15.7%"
     let rows = &lines[launches_at + 1..];
     assert!(rows.len() >= 5, "{stdout}");
     let mut last = f64::INFINITY;

@@ -20,7 +20,7 @@ fn every_pipeline() -> Vec<PipelineSpec> {
     }
     let families = [
         "gemm_tiled.wgsl",
-        "gemm_lanes.wgsl",
+        "cpu/gemm_lanes.wgsl",
         "attention.wgsl",
         "cpu/attention_lanes.wgsl",
     ];

@@ -135,7 +135,7 @@ impl Gpu {
 
 /// One kernel launch with its bind groups built: recording it costs no allocation.
 pub struct Dispatch {
-    /// The shader file this launch comes from, e.g. "gemm_lanes.wgsl".
+    /// The shader file this launch comes from, e.g. "cpu/gemm_lanes.wgsl".
     pub family: &'static str,
     pub(super) pipeline: wgpu::ComputePipeline,
     pub(super) groups: Vec<wgpu::BindGroup>,

@@ -84,10 +84,10 @@ pub const GEMM_TILED: Shader = Shader {
 };
 /// GEMM for CPU adapters (lavapipe): register blocks, subgroup-shared loads, no barriers.
 pub const GEMM_LANES: Shader = Shader {
-    name: "gemm_lanes.wgsl",
+    name: "cpu/gemm_lanes.wgsl",
     source: concat!(
         include_str!("../../shaders/activations.wgsl"),
-        include_str!("../../shaders/gemm_lanes.wgsl")
+        include_str!("../../shaders/cpu/gemm_lanes.wgsl")
     ),
 };
 pub const LAYERNORM: Shader = shader!("layernorm.wgsl");

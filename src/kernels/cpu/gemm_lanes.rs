@@ -1,6 +1,6 @@
 //! The GEMM for CPU adapters with subgroups of exactly 8 lanes (lavapipe): register blocks
 //! whose A loads are shared with `subgroupBroadcast`, operands read through rgba32float
-//! textures where their shape allows (shaders/gemm_lanes.wgsl). On llvmpipe every storage
+//! textures where their shape allows (shaders/cpu/gemm_lanes.wgsl). On llvmpipe every storage
 //! load is a per-lane loop, so loads per multiply-add set the speed; the plan below trades
 //! them against cache footprint and store cost. `kernels::gemm::Gemm` reaches this through
 //! one seam (`Gemm::lanes`); measurements behind the constants: docs/benchmarks-gemm.md.
