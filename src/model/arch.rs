@@ -5,10 +5,13 @@
 //! tests/families_registry.rs checks every entry against timm itself (a fixture the script
 //! scripts/make_family_fixtures.py recorded).
 
-use super::config::{Act, Config, Head};
+use super::config::{Act, Config, Head, Options, Pool};
 use crate::data::preprocess::EvalPreprocess;
 use crate::data::transforms::Interpolation;
 use serde_json::Value;
+
+/// The options (as `to_config` names them) the device model runs so far.
+const SUPPORTED: &[&str] = &[];
 
 /// `VisionTransformer.__init__`'s structural arguments (timm's defaults in `Default`).
 #[derive(Clone, Debug, PartialEq)]
@@ -417,32 +420,85 @@ impl TimmArgs {
                 found,
             })
         };
-        if !self.class_token {
-            return unsupported("class_token", "true", "false".into());
-        }
-        if self.global_pool != "token" {
-            return unsupported("global_pool", "'token'", format!("'{}'", self.global_pool));
-        }
-        if self.fc_norm == Some(true) {
-            return unsupported("fc_norm", "false or null", "true".into());
-        }
-        if self.no_embed_class {
-            return unsupported("no_embed_class", "false", "true".into());
-        }
-        if self.reg_tokens > 0 {
-            return unsupported("reg_tokens", "0", self.reg_tokens.to_string());
-        }
-        if let Some(v) = self.init_values {
-            return unsupported("init_values (LayerScale)", "null", v.to_string());
-        }
-        if self.pre_norm {
-            return unsupported("pre_norm", "false", "true".into());
-        }
-        if self.qk_norm {
-            return unsupported("qk_norm", "false", "true".into());
-        }
-        if self.distilled {
-            return unsupported("distilled (dist_token)", "false", "true".into());
+        let pool = match self.global_pool.as_str() {
+            "token" => Pool::Token,
+            "avg" => Pool::Avg,
+            other => return unsupported("global_pool", "'token' or 'avg'", format!("'{other}'")),
+        };
+        // timm's rule: fc_norm None means a norm after pooling exactly when pooling averages.
+        let fc_norm = self.fc_norm.unwrap_or(pool == Pool::Avg);
+        let options = Options {
+            class_token: self.class_token,
+            pool,
+            fc_norm,
+            no_embed_class: self.no_embed_class,
+            layer_scale: self.init_values.map(|v| v as f32),
+            reg_tokens: self.reg_tokens,
+            distilled: self.distilled,
+            pre_norm: self.pre_norm,
+            qk_norm: self.qk_norm,
+        };
+        // The options the device model does not run yet.
+        let plain = Options::default();
+        for (option, expected, found, differs) in [
+            (
+                "reg_tokens",
+                "0",
+                self.reg_tokens.to_string(),
+                options.reg_tokens != plain.reg_tokens,
+            ),
+            (
+                "distilled (dist_token)",
+                "false",
+                self.distilled.to_string(),
+                options.distilled != plain.distilled,
+            ),
+            (
+                "pre_norm",
+                "false",
+                self.pre_norm.to_string(),
+                options.pre_norm != plain.pre_norm,
+            ),
+            (
+                "qk_norm",
+                "false",
+                self.qk_norm.to_string(),
+                options.qk_norm != plain.qk_norm,
+            ),
+            (
+                "init_values (LayerScale)",
+                "null",
+                format!("{:?}", self.init_values),
+                options.layer_scale.is_some(),
+            ),
+            (
+                "global_pool",
+                "'token'",
+                format!("'{}'", self.global_pool),
+                options.pool != plain.pool,
+            ),
+            (
+                "class_token",
+                "true",
+                self.class_token.to_string(),
+                !options.class_token,
+            ),
+            (
+                "fc_norm",
+                "false or null",
+                format!("{:?}", self.fc_norm),
+                options.fc_norm,
+            ),
+            (
+                "no_embed_class",
+                "false",
+                self.no_embed_class.to_string(),
+                options.no_embed_class,
+            ),
+        ] {
+            if differs && !SUPPORTED.contains(&option) {
+                return unsupported(option, expected, found);
+            }
         }
         if !self.qkv_bias {
             return unsupported("qkv_bias", "true", "false".into());
@@ -450,6 +506,7 @@ impl TimmArgs {
         let act = match self.act_layer.as_str() {
             "gelu" => Act::Gelu,
             "relu" => Act::Relu,
+            "quick_gelu" if SUPPORTED.contains(&"quick_gelu") => Act::QuickGelu,
             other => return unsupported("act_layer", "'gelu' or 'relu'", format!("'{other}'")),
         };
         let classes = classes.unwrap_or(self.num_classes);
@@ -474,6 +531,7 @@ impl TimmArgs {
             dropout: 0.0,
             ln_eps: self.norm_eps as f32,
             classes,
+            options,
         };
         cfg.validate().map_err(|e| ArchError::BadArg {
             context: context.into(),

@@ -684,6 +684,7 @@ pub fn infer_config(
         dropout: 0.0,
         ln_eps: hints.ln_eps.unwrap_or(1e-6),
         classes,
+        options: Default::default(),
     };
     cfg.validate().map_err(|source| CheckpointError::Config {
         path: path.into(),
@@ -734,14 +735,15 @@ pub fn load_any(
 
 /// The grid a stored pos_embed was learned on: from `pos_grid_h`/`pos_grid_w` metadata, or
 /// square (timm's assumption) when the file does not say.
-fn stored_grid(file: &TensorFile, tokens: usize) -> Option<(usize, usize)> {
+/// `prefix`: the rows before the grid (1, the class token's, for the original ViT).
+fn stored_grid_after(file: &TensorFile, tokens: usize, prefix: usize) -> Option<(usize, usize)> {
     let meta = |k: &str| file.metadata.get(k).and_then(|v| v.parse::<usize>().ok());
     if let (Some(h), Some(w)) = (meta("pos_grid_h"), meta("pos_grid_w")) {
-        if h * w + 1 == tokens {
+        if h * w + prefix == tokens {
             return Some((h, w));
         }
     }
-    let patches = tokens.checked_sub(1)?;
+    let patches = tokens.checked_sub(prefix)?;
     let side = (patches as f64).sqrt().round() as usize;
     (side * side == patches).then_some((side, side))
 }
@@ -756,12 +758,14 @@ pub fn load_params_resampling(
     let mut file = file.clone();
     let grid = cfg.grid();
     if let Some((shape, values)) = file.tensors.get("pos_embed").cloned() {
-        let wanted = vec![1, cfg.tokens(), cfg.dim];
-        let stored_grid_meta = stored_grid(&file, shape.get(1).copied().unwrap_or(0));
+        let wanted = vec![1, cfg.pos_tokens(), cfg.dim];
+        let prefix = cfg.pos_tokens() - cfg.patches();
+        let stored_grid_meta = stored_grid_after(&file, shape.get(1).copied().unwrap_or(0), prefix);
         let differs = shape != wanted || stored_grid_meta.is_some_and(|g| g != grid);
         if differs && shape.len() == 3 && shape[0] == 1 && shape[2] == cfg.dim {
             if let Some(old) = stored_grid_meta {
-                let resampled = super::pos_embed::resample(&values, cfg.dim, old, grid);
+                let resampled =
+                    super::pos_embed::resample_with_prefix(&values, cfg.dim, prefix, old, grid);
                 file.tensors.insert("pos_embed".into(), (wanted, resampled));
             }
         }

@@ -11,7 +11,7 @@
 //! since every parameter is used once).
 
 use super::arena::{Layout, Tensor};
-use super::config::{Act, Config, Head};
+use super::config::{Act, Config, ConfigError, Head, Pool};
 use super::error::ModelError;
 use super::recorder::{Linear, Norm, NormStats, Recorder};
 use crate::gpu::Gpu;
@@ -188,10 +188,31 @@ pub struct Net {
     pub loss_grad_scale: f32,
 }
 
+/// The first option of `cfg` the device schedule does not run yet.
+fn not_on_device_yet(cfg: &Config) -> Option<&'static str> {
+    let o = &cfg.options;
+    [
+        (!o.class_token, "class_token"),
+        (o.pool != Pool::Token, "global_pool"),
+        (o.fc_norm, "fc_norm"),
+        (o.no_embed_class, "no_embed_class"),
+        (o.layer_scale.is_some(), "init_values (LayerScale)"),
+        (o.reg_tokens > 0, "reg_tokens"),
+        (o.distilled, "distilled"),
+        (o.pre_norm, "pre_norm"),
+        (o.qk_norm, "qk_norm"),
+        (cfg.act == Act::QuickGelu, "act quick_gelu"),
+    ]
+    .into_iter()
+    .find_map(|(set, name)| set.then_some(name))
+}
+
 fn activation(a: Act) -> Activation {
     match a {
         Act::Relu => Activation::Relu,
         Act::Gelu => Activation::Gelu,
+        // QuickGELU runs after the fc1 GEMM, element-wise.
+        Act::QuickGelu => Activation::None,
     }
 }
 
@@ -203,6 +224,12 @@ impl Net {
         train: bool,
         seed: u64,
     ) -> Result<Net, ModelError> {
+        if let Some(option) = not_on_device_yet(cfg) {
+            return Err(ConfigError::Invalid(format!(
+                "option '{option}' runs on the CPU reference model only so far"
+            ))
+            .into());
+        }
         let (b, n, d, f) = (alloc.batch, cfg.tokens(), cfg.dim, cfg.mlp_hidden);
         let m = b * n;
         let hh = match cfg.head {
