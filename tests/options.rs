@@ -17,7 +17,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 /// The options the device model runs (each also in `arch.rs`'s SUPPORTED).
-const ON_DEVICE: &[&str] = &[];
+const ON_DEVICE: &[&str] = ALL;
 
 /// Every fixture (scripts/make_option_fixtures.sh).
 const ALL: &[&str] = &[
