@@ -21,3 +21,4 @@ make reg_tokens_with_pos --reg-tokens 2
 make distilled --distilled
 make clip_quickgelu --pre-norm --act quick_gelu --ln-eps 1e-5
 make qk_norm --qk-norm
+make gap_medium --no-class-token --global-pool avg --fc-norm false --no-qkv-bias --init-values 1e-6

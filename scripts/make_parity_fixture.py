@@ -15,7 +15,7 @@ which case the expected values are those of timm after resample_abs_pos_embed).
 The options of timm's ViT descendants (issue 33), written to the metadata under the names
 src/model/config.rs reads (only when they differ from the original ViT):
     --no-class-token --global-pool avg --fc-norm true|false --no-embed-class
-    --init-values V (LayerScale) --reg-tokens R --distilled (VisionTransformerDistilled;
+    --no-qkv-bias --init-values V (LayerScale) --reg-tokens R --distilled (VisionTransformerDistilled;
     the loss is the cross-entropy of the mean of its two heads' logits, what timm returns
     outside distillation training) --pre-norm --qk-norm --act quick_gelu
 e.g. the fixtures in tests/fixtures/options/ (scripts/make_option_fixtures.sh).
@@ -59,6 +59,7 @@ def main():
     p.add_argument("--distilled", action="store_true")
     p.add_argument("--pre-norm", action="store_true")
     p.add_argument("--qk-norm", action="store_true")
+    p.add_argument("--no-qkv-bias", action="store_true")
     a = p.parse_args()
 
     torch.manual_seed(a.seed)
@@ -67,7 +68,7 @@ def main():
     model = (VisionTransformerDistilled if a.distilled else VisionTransformer)(
         img_size=(h, w), patch_size=a.patch, in_chans=a.chans, num_classes=a.classes,
         embed_dim=a.dim, depth=a.depth, num_heads=a.heads, mlp_ratio=a.mlp_hidden / a.dim,
-        qkv_bias=True, class_token=not a.no_class_token, global_pool=a.global_pool,
+        qkv_bias=not a.no_qkv_bias, class_token=not a.no_class_token, global_pool=a.global_pool,
         fc_norm=fc_norm, no_embed_class=a.no_embed_class, init_values=a.init_values,
         reg_tokens=a.reg_tokens, pre_norm=a.pre_norm, qk_norm=a.qk_norm,
         act_layer={"gelu": nn.GELU, "relu": nn.ReLU, "quick_gelu": QuickGELU}[a.act],
@@ -126,7 +127,8 @@ def main():
                    reg_tokens=a.reg_tokens or None,
                    distilled="true" if a.distilled else None,
                    pre_norm="true" if a.pre_norm else None,
-                   qk_norm="true" if a.qk_norm else None)
+                   qk_norm="true" if a.qk_norm else None,
+                   qkv_bias="false" if a.no_qkv_bias else None)
     meta.update({k: v for k, v in options.items() if v is not None})
     save_file(out, a.out, metadata={k: str(v) for k, v in meta.items()})
     print(f"{a.out}: loss {loss.item():.6f}, {sum(t.numel() for t in out.values())} floats")

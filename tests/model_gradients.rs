@@ -274,6 +274,15 @@ fn option_configs() -> Vec<(&'static str, Config)> {
             },
         ),
         ("qk_norm", with(&|o| o.qk_norm = true)),
+        (
+            "gap_medium_no_qkv_bias",
+            with(&|o| {
+                o.class_token = false;
+                o.pool = Pool::Avg;
+                o.qkv_bias = false;
+                o.layer_scale = Some(-0.4);
+            }),
+        ),
     ]
 }
 

@@ -31,6 +31,7 @@ const ALL: &[&str] = &[
     "distilled",
     "clip_quickgelu",
     "qk_norm",
+    "gap_medium",
 ];
 
 fn config(path: &std::path::Path, file: &TensorFile) -> Config {

@@ -10,9 +10,6 @@ use crate::data::preprocess::EvalPreprocess;
 use crate::data::transforms::Interpolation;
 use serde_json::Value;
 
-/// The options (as `to_config` names them) the device model runs so far.
-const SUPPORTED: &[&str] = &[];
-
 /// `VisionTransformer.__init__`'s structural arguments (timm's defaults in `Default`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TimmArgs {
@@ -437,77 +434,19 @@ impl TimmArgs {
             distilled: self.distilled,
             pre_norm: self.pre_norm,
             qk_norm: self.qk_norm,
+            qkv_bias: self.qkv_bias,
         };
-        // The options the device model does not run yet.
-        let plain = Options::default();
-        for (option, expected, found, differs) in [
-            (
-                "reg_tokens",
-                "0",
-                self.reg_tokens.to_string(),
-                options.reg_tokens != plain.reg_tokens,
-            ),
-            (
-                "distilled (dist_token)",
-                "false",
-                self.distilled.to_string(),
-                options.distilled != plain.distilled,
-            ),
-            (
-                "pre_norm",
-                "false",
-                self.pre_norm.to_string(),
-                options.pre_norm != plain.pre_norm,
-            ),
-            (
-                "qk_norm",
-                "false",
-                self.qk_norm.to_string(),
-                options.qk_norm != plain.qk_norm,
-            ),
-            (
-                "init_values (LayerScale)",
-                "null",
-                format!("{:?}", self.init_values),
-                options.layer_scale.is_some(),
-            ),
-            (
-                "global_pool",
-                "'token'",
-                format!("'{}'", self.global_pool),
-                options.pool != plain.pool,
-            ),
-            (
-                "class_token",
-                "true",
-                self.class_token.to_string(),
-                !options.class_token,
-            ),
-            (
-                "fc_norm",
-                "false or null",
-                format!("{:?}", self.fc_norm),
-                options.fc_norm,
-            ),
-            (
-                "no_embed_class",
-                "false",
-                self.no_embed_class.to_string(),
-                options.no_embed_class,
-            ),
-        ] {
-            if differs && !SUPPORTED.contains(&option) {
-                return unsupported(option, expected, found);
-            }
-        }
-        if !self.qkv_bias {
-            return unsupported("qkv_bias", "true", "false".into());
-        }
         let act = match self.act_layer.as_str() {
             "gelu" => Act::Gelu,
             "relu" => Act::Relu,
-            "quick_gelu" if SUPPORTED.contains(&"quick_gelu") => Act::QuickGelu,
-            other => return unsupported("act_layer", "'gelu' or 'relu'", format!("'{other}'")),
+            "quick_gelu" => Act::QuickGelu,
+            other => {
+                return unsupported(
+                    "act_layer",
+                    "'gelu', 'quick_gelu' or 'relu'",
+                    format!("'{other}'"),
+                )
+            }
         };
         let classes = classes.unwrap_or(self.num_classes);
         if classes < 2 {

@@ -54,6 +54,8 @@ pub struct Options {
     pub pre_norm: bool,
     /// LayerNorm on q and k per head (`attn.q_norm`, `attn.k_norm` [head_dim]).
     pub qk_norm: bool,
+    /// A bias on the qkv projection (`attn.qkv.bias`; timm's `qkv_bias`).
+    pub qkv_bias: bool,
 }
 
 impl Default for Options {
@@ -68,6 +70,7 @@ impl Default for Options {
             distilled: false,
             pre_norm: false,
             qk_norm: false,
+            qkv_bias: true,
         }
     }
 }
@@ -327,6 +330,9 @@ impl Config {
         if o.qk_norm {
             put("qk_norm", "true".into());
         }
+        if !o.qkv_bias {
+            put("qkv_bias", "false".into());
+        }
         m
     }
 
@@ -390,6 +396,7 @@ impl Config {
             distilled: opt(m, "distilled", plain.distilled)?,
             pre_norm: opt(m, "pre_norm", plain.pre_norm)?,
             qk_norm: opt(m, "qk_norm", plain.qk_norm)?,
+            qkv_bias: opt(m, "qkv_bias", plain.qkv_bias)?,
         };
         let head = match m.get("head").map(String::as_str) {
             None | Some("linear") => Head::Linear,

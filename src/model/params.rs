@@ -89,12 +89,14 @@ pub fn body_specs(cfg: &Config) -> Vec<ParamSpec> {
         v.push(spec(format!("{p}norm1.weight"), &[d], false, Init::Ones));
         v.push(spec(format!("{p}norm1.bias"), &[d], false, Init::Zeros));
         v.push(spec(format!("{p}attn.qkv.weight"), &[3 * d, d], true, W));
-        v.push(spec(
-            format!("{p}attn.qkv.bias"),
-            &[3 * d],
-            false,
-            Init::Zeros,
-        ));
+        if o.qkv_bias {
+            v.push(spec(
+                format!("{p}attn.qkv.bias"),
+                &[3 * d],
+                false,
+                Init::Zeros,
+            ));
+        }
         if o.qk_norm {
             for qk in ["q_norm", "k_norm"] {
                 v.push(spec(
