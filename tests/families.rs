@@ -272,6 +272,23 @@ fn timm_hub_folder_gives_timms_probabilities() {
     check_folder("timm_vit", FolderKind::Timm);
 }
 
+/// One timm hub folder per family (scripts/make_family_fixtures.py FAMILY_FOLDERS): the
+/// options of each (LayerScale, registers, distillation token, norm_pre and QuickGELU,
+/// avg pooling without a class token or qkv bias) give timm's probabilities.
+#[test]
+fn timm_hub_folders_of_every_family_give_timms_probabilities() {
+    for family in [
+        "deit3",
+        "dinov2",
+        "reg4",
+        "distilled",
+        "clip_quickgelu",
+        "gap",
+    ] {
+        check_folder(&format!("timm_{family}"), FolderKind::Timm);
+    }
+}
+
 #[test]
 fn transformers_folder_gives_transformers_probabilities() {
     check_folder("hf_vit", FolderKind::Transformers);
