@@ -460,3 +460,58 @@ impl fmt::Display for Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_round_trip_through_metadata_and_old_metadata_means_the_original_vit() {
+        let plain = Preset::Micro.config();
+        let m = plain.to_metadata();
+        for key in [
+            "class_token",
+            "global_pool",
+            "init_values",
+            "reg_tokens",
+            "qkv_bias",
+        ] {
+            assert!(!m.contains_key(key), "the original ViT writes no '{key}'");
+        }
+        assert_eq!(Config::from_metadata(&m), Ok(plain.clone()));
+        let every = Config {
+            act: Act::QuickGelu,
+            options: Options {
+                class_token: true,
+                pool: Pool::Avg,
+                fc_norm: true,
+                no_embed_class: true,
+                layer_scale: Some(1e-5),
+                reg_tokens: 4,
+                distilled: false,
+                pre_norm: true,
+                qk_norm: true,
+                qkv_bias: false,
+            },
+            ..plain.clone()
+        };
+        assert_eq!(Config::from_metadata(&every.to_metadata()), Ok(every));
+        let deit = Config {
+            options: Options {
+                distilled: true,
+                class_token: true,
+                ..Options::default()
+            },
+            ..plain
+        };
+        assert_eq!(Config::from_metadata(&deit.to_metadata()), Ok(deit.clone()));
+        let mut bad = deit.to_metadata();
+        bad.insert("global_pool".into(), "max".into());
+        let e = Config::from_metadata(&bad).err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("global_pool") && e.contains("max")));
+        let mut bad = deit.to_metadata();
+        bad.insert("global_pool".into(), "avg".into());
+        let e = Config::from_metadata(&bad).err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("distillation token")));
+    }
+}

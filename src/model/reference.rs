@@ -83,13 +83,16 @@ struct Model<'a> {
     drop: Option<DropoutAt>,
 }
 
+/// A LayerNorm's input and its statistics (mean, rstd per row), for its backward.
+type NormSaved = (Vec<f64>, (Vec<f64>, Vec<f64>));
+
 /// What one block's forward keeps for its backward.
 struct BlockSaved {
     x: Vec<f64>,
     h1: Vec<f64>,
     stats1: (Vec<f64>, Vec<f64>),
     /// qk-norm: the q and k columns before their norms [M, D] and the norms' statistics.
-    qk_in: Option<[(Vec<f64>, (Vec<f64>, Vec<f64>)); 2]>,
+    qk_in: Option<[NormSaved; 2]>,
     qkv: Vec<f64>,
     /// LayerScale: each residual branch after dropout, before its gamma [M, D].
     ls_branch: Option<[Vec<f64>; 2]>,
@@ -105,7 +108,7 @@ struct BlockSaved {
 /// What the embedding keeps: the patches and, with `norm_pre`, its input and statistics.
 struct EmbedSaved {
     patches: Vec<f64>,
-    pre_norm: Option<(Vec<f64>, (Vec<f64>, Vec<f64>))>,
+    pre_norm: Option<NormSaved>,
 }
 
 /// One readout of the final stream into a head (the class token's, the distillation
@@ -129,7 +132,7 @@ struct ReadoutSaved {
 struct HeadSaved {
     /// `norm` over every token before pooling (avg pooling without fc_norm): its input
     /// and statistics.
-    all_norm: Option<(Vec<f64>, (Vec<f64>, Vec<f64>))>,
+    all_norm: Option<NormSaved>,
     readouts: Vec<ReadoutSaved>,
     logits: Vec<f64>,
     losses: Vec<f64>,
@@ -316,7 +319,7 @@ impl Model<'_> {
         }
     }
 
-    fn layernorm(&self, x: &[f64], name: &str, rows: usize) -> (Vec<f64>, (Vec<f64>, Vec<f64>)) {
+    fn layernorm(&self, x: &[f64], name: &str, rows: usize) -> NormSaved {
         let d = self.p(&format!("{name}.weight")).len();
         let (mut y, mut mean, mut rstd) = (vec![0.0; rows * d], vec![0.0; rows], vec![0.0; rows]);
         let (g, b) = (
@@ -429,7 +432,7 @@ impl Model<'_> {
 
     /// The q and k columns of qkv [M, 3D] normalised per head (LayerNorm over head_dim
     /// with `attn.q_norm` / `attn.k_norm`), in place; returns their inputs and statistics.
-    fn qk_norm(&self, l: usize, qkv: &mut [f64]) -> [(Vec<f64>, (Vec<f64>, Vec<f64>)); 2] {
+    fn qk_norm(&self, l: usize, qkv: &mut [f64]) -> [NormSaved; 2] {
         let (c, m) = (self.cfg, self.rows());
         let d = c.dim;
         let block = |offset: usize, to_qkv: bool| ColumnBlock {
@@ -455,7 +458,7 @@ impl Model<'_> {
         l: usize,
         grads: &mut [Vec<f64>],
         dqkv: &mut [f64],
-        saved: &[(Vec<f64>, (Vec<f64>, Vec<f64>)); 2],
+        saved: &[NormSaved; 2],
     ) {
         let (c, m) = (self.cfg, self.rows());
         let d = c.dim;
