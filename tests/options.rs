@@ -91,3 +91,39 @@ fn device_model_verifies_against_timm_on_every_supported_option() {
         assert!(report.passed(), "{name} fails verify");
     }
 }
+
+/// A bare timm state_dict (no config beside it) of every family: the options come from
+/// the tensor names, the rest as for the original ViT (heads, activation and eps as hints).
+#[test]
+fn options_are_read_off_a_bare_timm_state_dict() {
+    use vit_wgpu::model::checkpoint::{infer_config, ConfigHints};
+    use vit_wgpu::model::hub;
+    let families = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families");
+    for family in [
+        "vit",
+        "deit3",
+        "dinov2",
+        "reg4",
+        "distilled",
+        "clip_quickgelu",
+        "gap",
+    ] {
+        let dir = families.join(format!("timm_{family}"));
+        let folder = hub::read_folder(&dir, &ConfigHints::default()).expect("folder reads");
+        let path = dir.join("model.safetensors");
+        let file = TensorFile::read(&path).expect("weights read");
+        let hints = ConfigHints {
+            heads: Some(folder.cfg.heads),
+            act: Some(folder.cfg.act),
+            ln_eps: Some(folder.cfg.ln_eps),
+            image_size: None,
+        };
+        let mut inferred = infer_config(&path, &file, &hints).expect("config inferred");
+        // The tensors hold LayerScale's gammas, not the value they started from.
+        inferred.options.layer_scale = inferred
+            .options
+            .layer_scale
+            .and(folder.cfg.options.layer_scale);
+        assert_eq!(inferred, folder.cfg, "{family}");
+    }
+}

@@ -614,13 +614,17 @@ pub struct ConfigHints {
 /// The config of a state_dict without our metadata (e.g. a timm `VisionTransformer` saved
 /// with `safetensors.torch.save_file`): width, depth, MLP width, patch, channels, classes
 /// and (square) grid are read off the tensor shapes; heads (default D/64, timm's ViT
-/// convention), activation (GELU) and LayerNorm eps (1e-6) come from the hints.
+/// convention), activation (GELU) and LayerNorm eps (1e-6) come from the hints. timm's
+/// options are read off the tensor names (cls/dist/reg tokens, norm_pre, fc_norm,
+/// LayerScale, qk-norm, qkv bias; positions on the patches only when pos_embed's rows are a
+/// square grid without the prefix tokens); pooling is the class token's when there is one
+/// and no fc_norm, else the patch mean.
 pub fn infer_config(
     path: &Path,
     file: &TensorFile,
     hints: &ConfigHints,
 ) -> Result<Config, CheckpointError> {
-    use super::config::{Act, Head};
+    use super::config::{Act, Head, Options, Pool};
     let shape = |name: &str| -> Result<Vec<usize>, CheckpointError> {
         file.tensors
             .get(name)
@@ -647,8 +651,47 @@ pub fn infer_config(
         })
         .count();
     let mlp_hidden = shape("blocks.0.mlp.fc1.weight")?[0];
+    let has = |name: &str| file.tensors.contains_key(name);
+    let class_token = has("cls_token");
+    let distilled = has("dist_token");
+    let reg_tokens = file.tensors.get("reg_token").map_or(0, |(s, _)| s[1]);
+    let prefix = class_token as usize + distilled as usize + reg_tokens;
+    let fc_norm = has("fc_norm.weight");
     let pos = shape("pos_embed")?;
-    let patches = pos.get(1).copied().unwrap_or(1).saturating_sub(1);
+    let rows = pos.get(1).copied().unwrap_or(1);
+    let square = |n: usize| {
+        let side = (n as f64).sqrt().round() as usize;
+        side * side == n
+    };
+    let grid_of = |(h, w): (usize, usize)| (h / patch) * (w / patch);
+    let no_embed_class = prefix > 0
+        && match hints.image_size {
+            Some(size) if rows == grid_of(size) => true,
+            Some(size) if rows == grid_of(size) + prefix => false,
+            _ => square(rows) && (rows <= prefix || !square(rows - prefix)),
+        };
+    let options = Options {
+        class_token,
+        pool: if class_token && !fc_norm {
+            Pool::Token
+        } else {
+            Pool::Avg
+        },
+        fc_norm,
+        no_embed_class,
+        // Only LayerScale's initial value: the loaded gammas replace it.
+        layer_scale: has("blocks.0.ls1.gamma").then_some(1e-5),
+        reg_tokens,
+        distilled,
+        pre_norm: has("norm_pre.weight"),
+        qk_norm: has("blocks.0.attn.q_norm.weight"),
+        qkv_bias: has("blocks.0.attn.qkv.bias"),
+    };
+    let patches = if no_embed_class {
+        rows
+    } else {
+        rows.saturating_sub(prefix)
+    };
     // The grid pos_embed was learned on: square (timm's assumption), else the image size
     // given must be the checkpoint's own.
     let side = (patches as f64).sqrt().round() as usize;
@@ -684,7 +727,7 @@ pub fn infer_config(
         dropout: 0.0,
         ln_eps: hints.ln_eps.unwrap_or(1e-6),
         classes,
-        options: Default::default(),
+        options,
     };
     cfg.validate().map_err(|source| CheckpointError::Config {
         path: path.into(),
