@@ -616,8 +616,9 @@ pub struct ConfigHints {
 /// and (square) grid are read off the tensor shapes; heads (default D/64, timm's ViT
 /// convention), activation (GELU) and LayerNorm eps (1e-6) come from the hints. timm's
 /// options are read off the tensor names (cls/dist/reg tokens, norm_pre, fc_norm,
-/// LayerScale, qk-norm, qkv bias; positions on the patches only when pos_embed's rows are a
-/// square grid without the prefix tokens); pooling is the class token's when there is one
+/// LayerScale, qk-norm, qkv bias; positions on the patches only when pos_embed's rows are
+/// the image's grid, or a square grid without the prefix tokens in a LayerScale model);
+/// pooling is the class token's when there is one
 /// and no fc_norm, else the patch mean.
 pub fn infer_config(
     path: &Path,
@@ -668,7 +669,13 @@ pub fn infer_config(
         && match hints.image_size {
             Some(size) if rows == grid_of(size) => true,
             Some(size) if rows == grid_of(size) + prefix => false,
-            _ => square(rows) && (rows <= prefix || !square(rows - prefix)),
+            // A square grid either way round is ambiguous (1 + 15 = 16): timm puts the
+            // positions on the patches only in LayerScale families (DeiT-III, DINOv2 with
+            // registers), so without LayerScale the prefix tokens have positions.
+            _ => {
+                rows <= prefix
+                    || (square(rows) && !square(rows - prefix) && has("blocks.0.ls1.gamma"))
+            }
         };
     let options = Options {
         class_token,
