@@ -218,7 +218,7 @@ fn registry_matches_what_timm_builds_for_every_name() {
 }
 
 #[test]
-fn plain_vit_names_give_our_config_and_others_name_the_missing_option() {
+fn registry_names_give_our_config_and_unknown_arguments_are_named() {
     let (a, _) = arch::lookup("vit_small_patch16_224").unwrap_or_else(|e| panic!("{e}"));
     let cfg = a.to_config("test", None).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(

@@ -259,8 +259,9 @@ pub struct Net {
     pub dropout_step: wgpu::Buffer,
     pub grads: Option<GradBuffers>,
     pub options: OptionBuffers,
-    /// The original ViT's token layout and class-token head (the `embed` kernels).
-    pub plain: bool,
+    /// The original ViT's head: the class token's row, `norm`, one head (the `embed`
+    /// kernels' gather and scatter).
+    pub plain_head: bool,
     pub quick_gelu: bool,
     /// The loss gradient's factor: 1/B, or 1/(global batch) for one rank's shard.
     pub loss_grad_scale: f32,
@@ -368,7 +369,9 @@ impl Net {
             dropout_step: crate::kernels::dropout::step_buffer(alloc.gpu),
             grads,
             options,
-            plain: cfg.plain_tokens() && cfg.options.pool == Pool::Token && !cfg.options.fc_norm,
+            plain_head: cfg.plain_tokens()
+                && cfg.options.pool == Pool::Token
+                && !cfg.options.fc_norm,
             quick_gelu: cfg.act == Act::QuickGelu,
             loss_grad_scale: 1.0 / b as f32,
         })
@@ -633,7 +636,7 @@ impl Net {
 
     pub fn head_forward(&self, r: &mut Recorder) {
         let (w, b) = (&self.weights, self.batch());
-        if self.plain {
+        if self.plain_head {
             let gather = GatherCls {
                 shape: self.embed_shape,
                 full: &self.x_out,
@@ -742,7 +745,7 @@ impl Net {
 
     pub fn head_backward(&self, r: &mut Recorder) {
         let (w, g, b) = (&self.weights, self.grads(), self.batch());
-        if self.plain {
+        if self.plain_head {
             self.head_linear_backward(r, &w.head, &self.dlogits, &self.cls_n);
             r.layernorm_backward(
                 &g.d_cls_n,
@@ -809,8 +812,7 @@ impl Net {
             };
             r.record(&r.kernels.tokens, &scatter);
         }
-        if let Some((y, stats)) = &ob.norm_all {
-            let _ = y;
+        if let Some((_, stats)) = &ob.norm_all {
             r.layernorm_backward(
                 &g.d_h,
                 &self.x_out,
