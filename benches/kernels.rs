@@ -12,11 +12,13 @@
 //! Adding a case: build its commands once, then `bench.run(Case { .. }, check)` where
 //! `check` reads the outputs back and returns the relative error against the reference.
 
+use pollster::block_on;
 use std::time::Instant;
 
 use rand::SeedableRng;
 use vit_wgpu::gpu::{Command, Gpu, GpuOptions, PassTimer};
-use vit_wgpu::kernels::gemm::{ActGrad, Activation, Gemm, GemmArgs, Layout, Variant, WIDE_TILE};
+use vit_wgpu::kernels::cpu::gemm_lanes::{LanesPlan, WIDE_TILE};
+use vit_wgpu::kernels::gemm::{ActGrad, Activation, Gemm, GemmArgs, Layout, Variant};
 use vit_wgpu::reference::gemm::{self as reference_gemm, Epilogue};
 use vit_wgpu::reference::{random_vec, relative_error};
 
@@ -99,7 +101,7 @@ impl Bench {
         for run in 0..=self.runs() {
             let t0 = Instant::now();
             self.gpu.submit_commands(commands);
-            self.gpu.wait("bench").expect("device");
+            block_on(self.gpu.idle("bench")).expect("device");
             let w = t0.elapsed().as_secs_f64();
             let k = match &self.timer {
                 Some(timer) => {
@@ -115,15 +117,14 @@ impl Bench {
                         }
                         self.gpu.queue.submit([encoder.finish()]);
                     }
-                    timer
-                        .time(&self.gpu, |pass| {
-                            for c in commands {
-                                if let Command::Dispatch(d) = c {
-                                    d.record(pass);
-                                }
+                    block_on(timer.time(&self.gpu, |pass| {
+                        for c in commands {
+                            if let Command::Dispatch(d) = c {
+                                d.record(pass);
                             }
-                        })
-                        .expect("timestamps")
+                        }
+                    }))
+                    .expect("timestamps")
                 }
                 None => w,
             };
@@ -535,10 +536,10 @@ fn bench_one_gemm(
     };
     let commands = g.commands(gemm, &args);
     // the tiles the `lanes` kernel stores C in for this shape and epilogue
-    let wide = args.cpu_plan().wide;
+    let wide = LanesPlan::for_args(&args).wide;
     // Validate the first and last 32 rows (every column) against the f64 reference.
     let check = |gpu: &Gpu| {
-        let ours: Vec<f32> = gpu.read(&bc).expect("read-back");
+        let ours: Vec<f32> = block_on(gpu.read(&bc)).expect("read-back");
         let mut reference = c0.clone();
         let epilogue = Epilogue {
             bias: s.bias.then_some(&bias[..]),
@@ -617,13 +618,13 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .map(|a| a.to_lowercase())
         .collect();
-    let gpu = Gpu::new(&GpuOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let gpu = block_on(Gpu::new(&GpuOptions::default())).unwrap_or_else(|e| panic!("{e}"));
     let timer = PassTimer::new(&gpu);
-    let peak = vit_wgpu::kernels::peak::measure_fma_ceiling(
+    let peak = block_on(vit_wgpu::kernels::peak::measure_fma_ceiling(
         &gpu,
         timer.as_ref(),
         if quick { 256 } else { 1024 },
-    )
+    ))
     .expect("peak_fma launch");
     println!("adapter: {}", gpu.describe().trim_end());
     println!(
@@ -663,11 +664,11 @@ fn main() {
         return;
     }
     // The ratios above use the ceiling measured at the start; on a shared machine it drifts.
-    let end = vit_wgpu::kernels::peak::measure_fma_ceiling(
+    let end = block_on(vit_wgpu::kernels::peak::measure_fma_ceiling(
         &bench.gpu,
         bench.timer.as_ref(),
         if quick { 256 } else { 1024 },
-    )
+    ))
     .expect("peak_fma launch");
     println!(
         "\narithmetic ceiling measured again at the end: {:.1} GFLOP/s (the ratios use the start's {:.1})",
@@ -752,7 +753,7 @@ fn bench_attention_variant(bench: &mut Bench, kernel: vit_wgpu::kernels::attenti
                 let mut lse = vec![0.0; one.lse_len()];
                 reference::forward(&mut o, &mut lse, q1, 1, s.tokens, s.heads, s.head_dim);
                 if pass == "fwd" {
-                    let ours: Vec<f32> = g.read(&bo).expect("read");
+                    let ours: Vec<f32> = block_on(g.read(&bo)).expect("read");
                     relative_error(&ours[..one.out_len()], &o).0
                 } else {
                     let mut dqkv = vec![0.0; one.qkv_len()];
@@ -767,7 +768,7 @@ fn bench_attention_variant(bench: &mut Bench, kernel: vit_wgpu::kernels::attenti
                         s.heads,
                         s.head_dim,
                     );
-                    let ours: Vec<f32> = g.read(&bdqkv).expect("read");
+                    let ours: Vec<f32> = block_on(g.read(&bdqkv)).expect("read");
                     relative_error(&ours[..one.qkv_len()], &dqkv).0
                 }
             };
@@ -868,14 +869,14 @@ fn bench_layernorm(bench: &mut Bench) {
             };
             let check = |g: &Gpu| {
                 if pass == "fwd" {
-                    relative_error(&g.read::<f32>(&by).expect("read"), &y).0
+                    relative_error(&block_on(g.read::<f32>(&by)).expect("read"), &y).0
                 } else {
                     let (mut dx, mut dg, mut db) = (vec![0.0; n], vec![0.0; cols], vec![0.0; cols]);
                     reference::backward(
                         &mut dx, &mut dg, &mut db, &dy, &x, &gamma, &mean, &rstd, rows, cols, true,
                     );
-                    let e1 = relative_error(&g.read::<f32>(&bdx).expect("read"), &dx).0;
-                    let e2 = relative_error(&g.read::<f32>(&bdg).expect("read"), &dg).0;
+                    let e1 = relative_error(&block_on(g.read::<f32>(&bdx)).expect("read"), &dx).0;
+                    let e2 = relative_error(&block_on(g.read::<f32>(&bdg)).expect("read"), &dg).0;
                     e1.max(e2)
                 }
             };

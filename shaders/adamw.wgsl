@@ -8,13 +8,10 @@
 //       m = b1 m + (1-b1) g';  v = b2 v + (1-b2) g'^2
 //       p -= lr * (m / bc1) / (sqrt(v / bc2) + eps) + lr * wd * p   (wd where i < decay_end)
 // sum_squares4 and adamw_update4 do the same on 4 consecutive floats per invocation, the
-// components outside [start, end) masked (left as they are): on CPU adapters every storage
-// access is a loop over the lanes, whose cost a vec4 shares by 4. The host uses them when
-// every buffer holds whole vec4s. sum_squares_texture and adamw_update_texture read the
-// gradients from an rgba32float copy instead (CPU adapters: a texel fetch is a few vector
-// instructions where a storage load is a per-lane loop; labml's sum of squares 25 -> 7 ms
-// plus the copy's 12). The update reads the moments and values it also writes from storage:
-// their copies cost 35 ms per labml step and saved 5-8 (the stores bound the update).
+// components outside [start, end) masked (left as they are): a vec4 access shares the cost of
+// addressing by 4 (on CPU adapters every storage access is a loop over the lanes). The host
+// uses them when every buffer holds whole vec4s. cpu/adamw.wgsl reads the gradients through
+// a texture instead, on CPU adapters.
 // [start, end) is the chunk's part of the trainable range (the whole arena, or the head
 // alone); the arena puts every weight-decayed tensor before the others, so decay is the
 // prefix [0, decay_end) of each chunk.
@@ -28,7 +25,7 @@ struct Meta {
     decay_end: u32,
     partials: u32,  // workgroups of sum_squares = partial sums at the start of stats
     scale_at: u32,  // index in stats of the clip scale (the norm follows), >= partials
-    // texture path: vec4 j of a buffer is texel (j % 2^texture_shift, j >> texture_shift)
+    // cpu/adamw.wgsl: vec4 j of a buffer is texel (j % 2^texture_shift, j >> texture_shift)
     texture_shift: u32,
     accumulate: u32,  // 1: add to the partial sums of the chunks recorded before
     _pad0: u32,
@@ -164,45 +161,4 @@ fn adamw_update4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let j = shape.start / 4u + (wid.x + wid.y * nwg.x) * 256u + lid;
     if (4u * j >= shape.end) { return; }
     update4_at(j, grad4[j], m4[j], v4[j], param4[j]);
-}
-
-// ---- the texture path: the gradients from an rgba32float copy ----
-
-@group(0) @binding(11) var grad_texture: texture_storage_2d<rgba32float, read>;
-
-fn texel(j: u32) -> vec2<u32> {
-    return vec2<u32>(j & ((1u << shape.texture_shift) - 1u), j >> shape.texture_shift);
-}
-
-// Each run of 8 invocations (one SIMD register on llvmpipe, which runs them one after another)
-// sums a contiguous chunk of the range, 8 texels a trip. In the grid-strided order that
-// sum_squares4 keeps for GPUs each run crossed the whole range in 32 KiB strides, a new page
-// every trip: labml's 19M parameters took 28 ms, now 7.
-@compute @workgroup_size(256)
-fn sum_squares_texture(@builtin(workgroup_id) wid: vec3<u32>,
-                       @builtin(local_invocation_index) lid: u32) {
-    var s = vec4<f32>(0.0);
-    let start4 = shape.start / 4u;
-    let end4 = (shape.end + 3u) / 4u;
-    let runs = shape.partials * 32u;
-    let chunk = ((end4 - start4 + runs - 1u) / runs + 7u) / 8u * 8u;
-    let first = start4 + (wid.x * 32u + lid / 8u) * chunk;
-    let last = min(first + chunk, end4);
-    for (var j = first + lid % 8u; j < last; j += 8u) {
-        let g = select(vec4<f32>(0.0), textureLoad(grad_texture, texel(j)),
-                       inside(j, shape.start, shape.end));
-        s += g * g;
-    }
-    scratch[lid] = (s.x + s.y) + (s.z + s.w);
-    workgroup_sum(lid);
-    if (lid == 0u) { store_partial(wid.x); }
-}
-
-@compute @workgroup_size(256)
-fn adamw_update_texture(@builtin(workgroup_id) wid: vec3<u32>,
-                        @builtin(num_workgroups) nwg: vec3<u32>,
-                        @builtin(local_invocation_index) lid: u32) {
-    let j = shape.start / 4u + (wid.x + wid.y * nwg.x) * 256u + lid;
-    if (4u * j >= shape.end) { return; }
-    update4_at(j, textureLoad(grad_texture, texel(j)), m4[j], v4[j], param4[j]);
 }

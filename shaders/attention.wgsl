@@ -33,8 +33,10 @@
 // N get probability 0.
 //
 // HEAD_VEC4 is an override constant, so the register arrays and the inner loops have
-// constant sizes: d/4 for the Rows and Lanes kernels (one pipeline per head dim), the head
-// dim's class (4, 8 or 16) for the tiled ones.
+// constant sizes: the head dim's class (4, 8 or 16 vec4) in every variant, one pipeline per
+// class; shape.head_vec4 is the real d/4. An invocation's own rows are zero past d and its
+// stores stop there; the streamed rows' steps past d re-read the row's last step
+// (`head_step`), finite values that meet only those zeros, so they add exactly 0.
 
 override HEAD_VEC4: u32 = 16u;
 override ROWS: u32 = 16u;
@@ -46,7 +48,7 @@ struct Meta {
     batch: u32,
     tokens: u32,
     heads: u32,
-    // d / 4 (HEAD_VEC4 in the Rows and Lanes kernels, at most HEAD_VEC4 in the tiled ones)
+    // d / 4, at most HEAD_VEC4 (the class)
     head_vec4: u32,
     // 3D / 4: one qkv row in vec4
     qkv_row_vec4: u32,
@@ -109,6 +111,16 @@ fn o_at(r: Rows, t: u32) -> u32 {
     return (r.batch * shape.tokens + t) * shape.model_vec4 + r.head_col;
 }
 
+// Step c of a streamed row, clamped to the head dim: past it, the row's own last step.
+fn head_step(c: u32) -> u32 {
+    return min(c, shape.head_vec4 - 1u);
+}
+
+// An own row's step c: x, or zero past the head dim.
+fn own_step(x: vec4<f32>, c: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), x, c < shape.head_vec4);
+}
+
 fn hsum(v: vec4<f32>) -> f32 {
     return (v.x + v.y) + (v.z + v.w);
 }
@@ -135,7 +147,7 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>,
     var acc: array<vec4<f32>, 16>;
     let qi = qkv_at(r, r.clamped, 0u);
     for (var c = 0u; c < HEAD_VEC4; c++) {
-        q[c] = qkv[qi + c] * shape.scale;
+        q[c] = own_step(qkv[qi + head_step(c)], c) * shape.scale;
         acc[c] = vec4<f32>(0.0);
     }
     var m = NEG_BIG;
@@ -147,7 +159,7 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>,
             let kj = qkv_at(r, min(j0 + t, n - 1u), 1u);
             var dv = vec4<f32>(0.0);
             for (var c = 0u; c < HEAD_VEC4; c++) {
-                dv += q[c] * qkv[kj + c];
+                dv += q[c] * qkv[kj + head_step(c)];
             }
             s[t] = select(NEG_BIG, hsum(dv), j0 + t < n);
             mb = max(mb, s[t]);
@@ -162,7 +174,7 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>,
             l += p;
             let vj = qkv_at(r, min(j0 + t, n - 1u), 2u);
             for (var c = 0u; c < HEAD_VEC4; c++) {
-                acc[c] += p * qkv[vj + c];
+                acc[c] += p * qkv[vj + head_step(c)];
             }
         }
         m = mb;
@@ -171,7 +183,7 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>,
         let inv = 1.0 / l;
         let oi = o_at(r, r.row);
         for (var c = 0u; c < HEAD_VEC4; c++) {
-            o[oi + c] = acc[c] * inv;
+            if (c < shape.head_vec4) { o[oi + c] = acc[c] * inv; }
         }
         lse[r.bh * n + r.row] = m + log(l);
     }
@@ -190,9 +202,9 @@ fn attention_backward_query(@builtin(workgroup_id) wid: vec3<u32>,
     let oi = o_at(r, r.clamped);
     var dd = vec4<f32>(0.0);
     for (var c = 0u; c < HEAD_VEC4; c++) {
-        q[c] = qkv[qi + c] * shape.scale;
-        g[c] = d_o[oi + c];
-        dd += g[c] * o_in[oi + c];
+        q[c] = own_step(qkv[qi + head_step(c)], c) * shape.scale;
+        g[c] = own_step(d_o[oi + head_step(c)], c);
+        dd += g[c] * o_in[oi + head_step(c)];
         dq[c] = vec4<f32>(0.0);
     }
     let di = hsum(dd);
@@ -204,9 +216,9 @@ fn attention_backward_query(@builtin(workgroup_id) wid: vec3<u32>,
         var sv = vec4<f32>(0.0);
         var pv = vec4<f32>(0.0);
         for (var c = 0u; c < HEAD_VEC4; c++) {
-            k[c] = qkv[kj + c];
+            k[c] = qkv[kj + head_step(c)];
             sv += q[c] * k[c];
-            pv += g[c] * qkv[vj + c];
+            pv += g[c] * qkv[vj + head_step(c)];
         }
         let p = exp(hsum(sv) - li);
         let ds = p * (hsum(pv) - di);
@@ -216,7 +228,7 @@ fn attention_backward_query(@builtin(workgroup_id) wid: vec3<u32>,
     }
     if (r.row < n) {
         for (var c = 0u; c < HEAD_VEC4; c++) {
-            dqkv[qi + c] = dq[c] * shape.scale;
+            if (c < shape.head_vec4) { dqkv[qi + c] = dq[c] * shape.scale; }
         }
         delta[r.bh * n + r.row] = di;
     }
@@ -236,8 +248,8 @@ fn attention_backward_key(@builtin(workgroup_id) wid: vec3<u32>,
     let kj = qkv_at(r, r.clamped, 1u);
     let vj = qkv_at(r, r.clamped, 2u);
     for (var c = 0u; c < HEAD_VEC4; c++) {
-        k[c] = qkv[kj + c] * shape.scale;
-        v[c] = qkv[vj + c];
+        k[c] = own_step(qkv[kj + head_step(c)], c) * shape.scale;
+        v[c] = own_step(qkv[vj + head_step(c)], c);
         dk[c] = vec4<f32>(0.0);
         dv[c] = vec4<f32>(0.0);
     }
@@ -249,8 +261,8 @@ fn attention_backward_key(@builtin(workgroup_id) wid: vec3<u32>,
         var sv = vec4<f32>(0.0);
         var pv = vec4<f32>(0.0);
         for (var c = 0u; c < HEAD_VEC4; c++) {
-            qr[c] = qkv[qi + c];
-            gr[c] = d_o[gi + c];
+            qr[c] = qkv[qi + head_step(c)];
+            gr[c] = d_o[gi + head_step(c)];
             sv += qr[c] * k[c];
             pv += gr[c] * v[c];
         }
@@ -263,8 +275,10 @@ fn attention_backward_key(@builtin(workgroup_id) wid: vec3<u32>,
     }
     if (r.row < n) {
         for (var c = 0u; c < HEAD_VEC4; c++) {
-            dqkv[kj + c] = dk[c] * shape.scale;
-            dqkv[vj + c] = dv[c];
+            if (c < shape.head_vec4) {
+                dqkv[kj + c] = dk[c] * shape.scale;
+                dqkv[vj + c] = dv[c];
+            }
         }
     }
 }

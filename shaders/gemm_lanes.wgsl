@@ -19,22 +19,26 @@
 //     texture_2d texel goes through a sampling function call (2.3x slower per texel; a
 //     tiny qkv GEMM 1.1x (forward, NT) and 1.6-2x (weight gradient, TN) faster).
 // The layout is an override constant (0 NN, 1 NT, 2 TN, as in gemm_tiled.wgsl), and so
-// are the operand sources (A_TEXTURE, B_TEXTURE) and the epilogue (HAS_BIAS ... C_TEXTURE):
-// one pipeline per combination, built on first use.
+// are the operand sources (TEXTURES, C_TEXTURE) and the epilogue the model asks for
+// (HAS_BIAS ... ACCUMULATE); any other epilogue reads its flags from `shape`
+// (EPILOGUE_FROM_SHAPE). One pipeline per combination the host lists, built on first use.
 
 // Subgroup builtins need Features::SUBGROUP on the device (naga 30 rejects the WGSL
 // `enable subgroups;` directive as not yet implemented, and needs none).
 
 override LAYOUT: u32 = 1u;
-override A_TEXTURE: bool = false;
-override B_TEXTURE: bool = false;
-// steps of 4 k per loop iteration (1 or 2; the host runs 2)
-override K_STEPS: u32 = 2u;
+// A, B and aux (when read) come from rgba32float copies (bindings 6, 7, 12): a texel fetch
+// instead of a per-lane load loop (aux: half of the time of fc2's dX with GELU').
+override TEXTURES: bool = false;
+// steps of 4 k per loop iteration
+const K_STEPS: u32 = 2u;
 // n % 4 == 0: C, bias, slope and aux are also bound as arrays of vec4 (bindings 8..11), and
 // the epilogue reads and writes a vec4 per row of a lane's block.
 override VEC4: bool = false;
-// The epilogue, fixed per pipeline: read from `shape`, the flags' branches cost llvmpipe
-// 16% of a plain 4160x192x576 GEMM even when not taken.
+// The epilogue, fixed per pipeline: read from `shape`, its branches cost llvmpipe 16% of
+// a plain 4160x192x576 GEMM even when not taken. Epilogues the model never asks for read
+// `shape` instead (EPILOGUE_FROM_SHAPE), so they need no pipelines of their own.
+override EPILOGUE_FROM_SHAPE: bool = false;
 override HAS_BIAS: bool = false;
 override HAS_SLOPE: bool = false;
 // 0 none, 1 relu, 2 gelu
@@ -43,26 +47,14 @@ override ACTIVATION: u32 = 0u;
 // 2 aux = act'(pre) (a forward's HAS_SLOPE output)
 override ACT_GRAD: u32 = 0u;
 override ACCUMULATE: bool = false;
-// aux (and, when accumulating, C's old value) read from rgba32float copies (bindings 12,
-// 13) when n % 64 == 0: a texel fetch instead of a per-lane load loop (half of the time of
-// fc2's dX with the GELU' epilogue).
-override AUX_TEXTURE: bool = false;
+// when accumulating, C's old value from an rgba32float copy (binding 13)
 override C_TEXTURE: bool = false;
 // n a multiple of 32, k of 4 * K_STEPS and this launch's rows whole tiles: every fetch and
 // store is in bounds, so none is checked (bounds math was a fifth of a k = 192 GEMM's
 // instructions).
 override ALIGNED: bool = false;
-// Workgroup x walks the row tiles and y the column tiles (the host swaps its counts): for a
-// weight gradient whose B is the wider operand, consecutive workgroups then share B's strip
-// of k rows (kept in cache) and walk A's narrower one.
-override ROWS_FAST: bool = false;
-// Otherwise, when > 0: the column tiles run in bands of BAND, every row tile of a band before
-// the next band, so a wide B's panel of BAND column strips stays in cache while the row tiles
-// walk A (NN input gradients, whose B rows are a weight's whole width apart).
-override BAND: u32 = 0u;
 
-// The host's record also carries the epilogue flags; this kernel takes them as the
-// override constants above.
+// The host's record also carries the epilogue flags (read when EPILOGUE_FROM_SHAPE).
 struct Meta {
     m: u32,
     n: u32,
@@ -80,6 +72,19 @@ struct Meta {
     // launch of its own, with bounds checks)
     row_base: u32,
     k_begin: u32,
+    // gemm_tiled's fields
+    _portable0: u32,
+    _portable1: u32,
+    _portable2: u32,
+    // Workgroup x walks the row tiles and y the column tiles (the host swaps its counts):
+    // for a weight gradient whose B is the wider operand, consecutive workgroups then share
+    // B's strip of k rows (kept in cache) and walk A's narrower one.
+    rows_fast: u32,
+    // Otherwise, when > 0: the column tiles run in bands of `band`, every row tile of a band
+    // before the next band, so a wide B's panel of column strips stays in cache while the
+    // row tiles walk A (NN input gradients, whose B rows are a weight's whole width apart).
+    band: u32,
+    _pad: u32,
 }
 
 @group(1) @binding(0) var<uniform> shape: Meta;
@@ -102,17 +107,42 @@ struct Meta {
 
 // ---- epilogue (gelu and gelu_grad: activations.wgsl) ----
 
+fn has_bias() -> bool {
+    if (EPILOGUE_FROM_SHAPE) { return shape.has_bias != 0u; }
+    return HAS_BIAS;
+}
+
+fn has_slope() -> bool {
+    if (EPILOGUE_FROM_SHAPE) { return shape.has_slope != 0u; }
+    return HAS_SLOPE;
+}
+
+fn activation_code() -> u32 {
+    if (EPILOGUE_FROM_SHAPE) { return shape.activation; }
+    return ACTIVATION;
+}
+
+fn act_grad_code() -> u32 {
+    if (EPILOGUE_FROM_SHAPE) { return shape.act_grad; }
+    return ACT_GRAD;
+}
+
+fn accumulates() -> bool {
+    if (EPILOGUE_FROM_SHAPE) { return shape.accumulate != 0u; }
+    return ACCUMULATE;
+}
+
 fn epilogue(row: u32, col: u32, sum: f32) {
     if (row >= shape.m || col >= shape.n) { return; }
     let idx = row * shape.n + col;
     var v = sum;
-    if (HAS_BIAS) { v += bias[col]; }
-    if (HAS_SLOPE) { slope[idx] = act_slope(ACTIVATION, v); }
-    if (ACTIVATION == 1u) { v = select(v, 0.0, v < 0.0); }
-    if (ACTIVATION == 2u) { v = gelu(v); }
-    if (ACT_GRAD == 1u) { v = select(0.0, v, aux[idx] > 0.0); }
-    if (ACT_GRAD == 2u) { v *= aux[idx]; }
-    if (ACCUMULATE) { c[idx] += v; } else { c[idx] = v; }
+    if (has_bias()) { v += bias[col]; }
+    if (has_slope()) { slope[idx] = act_slope(activation_code(), v); }
+    if (activation_code() == 1u) { v = select(v, 0.0, v < 0.0); }
+    if (activation_code() == 2u) { v = gelu(v); }
+    if (act_grad_code() == 1u) { v = select(0.0, v, aux[idx] > 0.0); }
+    if (act_grad_code() == 2u) { v *= aux[idx]; }
+    if (accumulates()) { c[idx] += v; } else { c[idx] = v; }
 }
 
 // ---- operand fetches: 4 consecutive floats of a row-major matrix, zero outside ----
@@ -142,7 +172,7 @@ fn fetch_buf_b(row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
 
 // Textures: the host only uses them when cols is a multiple of 4 (texel width cols / 4).
 fn fetch_a(row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
-    if (A_TEXTURE) {
+    if (TEXTURES) {
         if (ALIGNED) { return textureLoad(a_tex, vec2<u32>(col / 4u, row)); }
         let t = textureLoad(a_tex, vec2<u32>(col / 4u, min(row, rows - 1u)));
         return select(vec4<f32>(0.0), t, row < rows && col < cols);
@@ -151,7 +181,7 @@ fn fetch_a(row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
 }
 
 fn fetch_b(row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
-    if (B_TEXTURE) {
+    if (TEXTURES) {
         if (ALIGNED) { return textureLoad(b_tex, vec2<u32>(col / 4u, row)); }
         let t = textureLoad(b_tex, vec2<u32>(col / 4u, min(row, rows - 1u)));
         return select(vec4<f32>(0.0), t, row < rows && col < cols);
@@ -189,7 +219,7 @@ fn load_c4(row: u32, col: u32, idx: u32) -> vec4<f32> {
 }
 
 fn load_aux4(row: u32, col: u32, idx: u32) -> vec4<f32> {
-    if (AUX_TEXTURE) { return textureLoad(aux_tex, vec2<u32>(col / 4u, row)); }
+    if (TEXTURES) { return textureLoad(aux_tex, vec2<u32>(col / 4u, row)); }
     if (VEC4) { return aux4[idx / 4u]; }
     return vec4<f32>(aux[idx], aux[idx + 1u], aux[idx + 2u], aux[idx + 3u]);
 }
@@ -198,21 +228,21 @@ fn load_aux4(row: u32, col: u32, idx: u32) -> vec4<f32> {
 fn epilogue4(row: u32, col: u32, s: vec4<f32>) {
     let idx = row * shape.n + col;
     var v = s;
-    if (HAS_SLOPE) {
-        let d = act_slope4(ACTIVATION, v);
+    if (has_slope()) {
+        let d = act_slope4(activation_code(), v);
         if (VEC4) { slope4[idx / 4u] = d; } else {
             slope[idx] = d.x; slope[idx + 1u] = d.y; slope[idx + 2u] = d.z; slope[idx + 3u] = d.w;
         }
     }
     // ReLU as a select (NaN passes through, as in PyTorch): with max() this kernel ran a
     // 4160x768x192 GEMM 1.2-1.5x slower on llvmpipe.
-    if (ACTIVATION == 1u) { v = select(v, vec4<f32>(0.0), v < vec4<f32>(0.0)); }
-    if (ACTIVATION == 2u) { v = gelu4(v); }
-    if (ACT_GRAD == 1u) {
+    if (activation_code() == 1u) { v = select(v, vec4<f32>(0.0), v < vec4<f32>(0.0)); }
+    if (activation_code() == 2u) { v = gelu4(v); }
+    if (act_grad_code() == 1u) {
         v = select(vec4<f32>(0.0), v, load_aux4(row, col, idx) > vec4<f32>(0.0));
     }
-    if (ACT_GRAD == 2u) { v *= load_aux4(row, col, idx); }
-    if (ACCUMULATE) { v += load_c4(row, col, idx); }
+    if (act_grad_code() == 2u) { v *= load_aux4(row, col, idx); }
+    if (accumulates()) { v += load_c4(row, col, idx); }
     if (VEC4) { c4[idx / 4u] = v; } else {
         c[idx] = v.x; c[idx + 1u] = v.y; c[idx + 2u] = v.z; c[idx + 3u] = v.w;
     }
@@ -221,7 +251,7 @@ fn epilogue4(row: u32, col: u32, s: vec4<f32>) {
 // This lane's 4 bias values (columns col0..col0+4, all < n), loaded once for its eight
 // blocks (the compiler may not merge eight loads that C's stores might alias).
 fn load_bias4(col0: u32) -> vec4<f32> {
-    if (!HAS_BIAS || col0 + 4u > shape.n) { return vec4<f32>(0.0); }
+    if (!has_bias() || col0 + 4u > shape.n) { return vec4<f32>(0.0); }
     if (VEC4) { return bias4[col0 / 4u]; }
     return vec4<f32>(bias[col0], bias[col0 + 1u], bias[col0 + 2u], bias[col0 + 3u]);
 }
@@ -301,14 +331,16 @@ fn step(k0: u32, row0: u32, col: u32, lane: u32,
     *acc7 += bm * a_block(lanes_hi(t3));
 }
 
-// This workgroup's (column tile, row tile) in the order ROWS_FAST and BAND choose.
+// This workgroup's (column tile, row tile) in the order `rows_fast` and `band` choose
+// (read once per workgroup, so from `shape`).
 fn tile_of(wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
-    if (ROWS_FAST) { return wid.yx; }
-    if (BAND == 0u) { return wid.xy; }
+    if (shape.rows_fast != 0u) { return wid.yx; }
+    let band = shape.band;
+    if (band == 0u) { return wid.xy; }
     let rows = nwg.y;
     let l = wid.x + wid.y * nwg.x;
-    let band_start = l / (BAND * rows) * BAND;
-    let width = min(BAND, nwg.x - band_start);
+    let band_start = l / (band * rows) * band;
+    let width = min(band, nwg.x - band_start);
     let i = l - band_start * rows;
     return vec2<u32>(band_start + i % width, i / width);
 }

@@ -1,20 +1,24 @@
 // GEMM for adapters without 8-lane subgroups: C [m, n] = op(A) op(B) with a fused epilogue.
-// Three entry points:
+// Storage buffers only, no subgroups, within WebGPU's default limits (at most 7 storage
+// buffers per entry point, 16 KiB of workgroup memory, 256 invocations). Entry points:
 //   gemm_tiled     for GPUs: workgroup-memory tiles, built like the fastest published WGSL
-//                  SGEMMs (TF.js packed vec4 matmul, gpu.cpp's 128x128 kernel):
+//                  SGEMMs (TF.js packed vec4 matmul, gpu.cpp, siboehm's kernel 6):
 //                  - 16x16 invocations; BLOCKS = 2: a 128x128 tile of C, 8x8 accumulators
 //                    per invocation as a 2x2 grid of 4x4 blocks at row/column offsets 0 and
-//                    64 (neighbouring invocations read neighbouring vec4: no bank conflicts);
-//                    BLOCKS = 1: a 64x64 tile, one 4x4 block (for shapes with few tiles);
-//                  - workgroup memory as vec4, A stored k-major (transposed on load), so one
-//                    vec4 read of A and one of B feed 16 multiply-adds per 4x4 block;
+//                    64; BLOCKS = 1: a 64x64 tile, one 4x4 block (for shapes with few tiles);
+//                  - workgroup memory as vec4, op(A) and op(B) stored k-major (A transposed
+//                    on store for NN/NT, B for NT), each k row's vec4 index XORed with a
+//                    function of k, so the transposing stores hit 32 different banks;
 //                  - vec4 global loads along the contiguous axis when its length is a
-//                    multiple of 4 (A_VEC4, B_VEC4; else four scalar loads);
+//                    multiple of 4 (shape.a_vec4, shape.b_vec4; else four scalar reads of
+//                    the same vec4 binding);
 //                  - the next k-tile is fetched into registers while this one is used;
-//                  - the k loop body is written out (neither naga nor drivers unroll);
-//                  - SPLIT: workgroup z sums k in [z k_chunk, (z+1) k_chunk) into
-//                    partial[z] (no epilogue) and gemm_reduce adds the splits: for weight
-//                    gradients (TN), whose output is small and k = B*N large.
+//                  - the k loop body is written out and every accumulator is indexed by a
+//                    literal (one dynamic index would move the array out of registers);
+//                  - C stored a vec4 row at a time; SPLIT: workgroup z sums k in
+//                    [z k_chunk, (z+1) k_chunk) into partial[z] (no epilogue), and
+//                    gemm_reduce adds the splits and runs the epilogue. The host also takes
+//                    SPLIT with one split when n % 4 != 0 (C rows not on 16-byte bounds).
 //   gemm_reduce    the split-K sum and the epilogue, one invocation per element of C.
 //   gemm_registers for CPU adapters without 8-lane subgroups (llvmpipe on GL): no workgroup
 //                  memory and no barriers (on a CPU each barrier ends a loop over the lanes);
@@ -26,15 +30,11 @@
 //          2 = TN: A [k, m], B [k, n]     C = A^T B    (dW = dY^T X)
 // Epilogue (same as gemm_lanes.wgsl): + bias[n]; slope act'(pre-activation) out;
 // activation; times act'(pre) of a later layer from aux; C = or C +=.
-// Subgroup sizes are never assumed: nothing here uses subgroups.
 
 override LAYOUT: u32 = 1u;
 // 4x4 blocks per invocation along each axis: 1 (64x64 tile) or 2 (128x128 tile)
 override BLOCKS: u32 = 2u;
-// A's (B's) contiguous axis is a multiple of 4: rows start on 16 bytes, vec4 global loads
-override A_VEC4: bool = false;
-override B_VEC4: bool = false;
-// split-K: raw sums to partial[wid.z], the epilogue runs in gemm_reduce
+// raw sums to partial[wid.z], the epilogue runs in gemm_reduce
 override SPLIT: bool = false;
 
 struct Meta {
@@ -51,23 +51,36 @@ struct Meta {
     // split-K: k per split (a multiple of TK) and the number of splits
     k_chunk: u32,
     splits: u32,
-    _pad0: u32,
-    _pad1: u32,
+    _lanes0: u32,
+    _lanes1: u32,
+    // A's (B's) contiguous axis is a multiple of 4: its rows start on 16 bytes
+    a_vec4: u32,
+    b_vec4: u32,
+    // floats per row of partial: n rounded up to a multiple of 4
+    partial_cols: u32,
+    _lanes2: u32,
+    _lanes3: u32,
+    _pad: u32,
 }
 
 @group(1) @binding(0) var<uniform> shape: Meta;
 
-@group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
+// A and B as vec4 (bound rounded up to whole vec4s), also read a float at a time
+@group(0) @binding(0) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> b4: array<vec4<f32>>;
+// the epilogue's buffers as floats (gemm_reduce, gemm_registers) ...
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> slope: array<f32>;
 @group(0) @binding(5) var<storage, read> aux: array<f32>;
-// A and B again as vec4 (bound when A_VEC4 / B_VEC4, else placeholders)
-@group(0) @binding(6) var<storage, read> a4: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read> b4: array<vec4<f32>>;
-// split-K partial sums [splits, m, n]
-@group(0) @binding(8) var<storage, read_write> partial: array<f32>;
+// ... and as vec4 (gemm_tiled, whose C rows start on 16 bytes unless it runs SPLIT)
+@group(0) @binding(8) var<storage, read_write> c4: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read> bias4: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read_write> slope4: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read> aux4: array<vec4<f32>>;
+// split-K partial sums [splits, m, partial_cols]
+@group(0) @binding(6) var<storage, read_write> partial: array<f32>;
+@group(0) @binding(7) var<storage, read_write> partial4: array<vec4<f32>>;
 
 // ---- epilogue (gelu and gelu_grad: activations.wgsl) ----
 
@@ -84,29 +97,43 @@ fn epilogue(row: u32, col: u32, sum: f32) {
     if (shape.accumulate != 0u) { c[idx] += v; } else { c[idx] = v; }
 }
 
+// Columns col..col+3 of a row (n % 4 == 0, so all or none are inside C).
+fn epilogue4(row: u32, col: u32, sum: vec4<f32>) {
+    if (row >= shape.m || col >= shape.n) { return; }
+    let i4 = (row * shape.n + col) / 4u;
+    var v = sum;
+    if (shape.has_bias != 0u) { v += bias4[col / 4u]; }
+    if (shape.has_slope != 0u) { slope4[i4] = act_slope4(shape.activation, v); }
+    if (shape.activation == 1u) { v = max(v, vec4<f32>(0.0)); }
+    if (shape.activation == 2u) { v = gelu4(v); }
+    if (shape.act_grad == 1u) { v = select(vec4<f32>(0.0), v, aux4[i4] > vec4<f32>(0.0)); }
+    if (shape.act_grad == 2u) { v *= aux4[i4]; }
+    if (shape.accumulate != 0u) { c4[i4] += v; } else { c4[i4] = v; }
+}
+
 // ---- global loads: 4 consecutive floats of a row-major [rows, cols] matrix, 0 outside ----
 
 fn load_a4(row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
     if (row >= rows || col >= cols) { return vec4<f32>(0.0); }
     let base = row * cols + col;
-    if (A_VEC4) { return a4[base / 4u]; }
+    if (shape.a_vec4 != 0u) { return a4[base / 4u]; }
     var v = vec4<f32>(0.0);
-    v.x = a[base];
-    if (col + 1u < cols) { v.y = a[base + 1u]; }
-    if (col + 2u < cols) { v.z = a[base + 2u]; }
-    if (col + 3u < cols) { v.w = a[base + 3u]; }
+    v.x = a4[base / 4u][base % 4u];
+    if (col + 1u < cols) { v.y = a4[(base + 1u) / 4u][(base + 1u) % 4u]; }
+    if (col + 2u < cols) { v.z = a4[(base + 2u) / 4u][(base + 2u) % 4u]; }
+    if (col + 3u < cols) { v.w = a4[(base + 3u) / 4u][(base + 3u) % 4u]; }
     return v;
 }
 
 fn load_b4(row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
     if (row >= rows || col >= cols) { return vec4<f32>(0.0); }
     let base = row * cols + col;
-    if (B_VEC4) { return b4[base / 4u]; }
+    if (shape.b_vec4 != 0u) { return b4[base / 4u]; }
     var v = vec4<f32>(0.0);
-    v.x = b[base];
-    if (col + 1u < cols) { v.y = b[base + 1u]; }
-    if (col + 2u < cols) { v.z = b[base + 2u]; }
-    if (col + 3u < cols) { v.w = b[base + 3u]; }
+    v.x = b4[base / 4u][base % 4u];
+    if (col + 1u < cols) { v.y = b4[(base + 1u) / 4u][(base + 1u) % 4u]; }
+    if (col + 2u < cols) { v.z = b4[(base + 2u) / 4u][(base + 2u) % 4u]; }
+    if (col + 3u < cols) { v.w = b4[(base + 3u) / 4u][(base + 3u) % 4u]; }
     return v;
 }
 
@@ -128,10 +155,18 @@ const TK: u32 = 16u;
 // vec4 per k row of a tile in workgroup memory (room for the 128 tile; the 64 uses half)
 const ROW4: u32 = 32u;
 
-// k-major: tile_a[kk * ROW4 + i4] = op(A)[row0 + 4 i4 .. + 4, k0 + kk]
+// k-major: tile_a[kk * ROW4 + (i4 ^ swizzle(kk))] = op(A)[row0 + 4 i4 .. + 4, k0 + kk]
 var<workgroup> tile_a: array<vec4<f32>, 512>;
-// tile_b[kk * ROW4 + j4] = op(B)[k0 + kk, col0 + 4 j4 .. + 4]
+// tile_b[kk * ROW4 + (j4 ^ swizzle(kk))] = op(B)[k0 + kk, col0 + 4 j4 .. + 4]
 var<workgroup> tile_b: array<vec4<f32>, 512>;
+
+// The vec4 index of a k row is XORed with 0, 2, 4 or 6 by kk / 4: a transposing store
+// writes 8 vec4 indices (4 floats each) at 4 values of kk / 4 from one warp, which without
+// it fall on the same 32 banks 4 times over. A permutation within each 8 vec4 (never past
+// 16 BLOCKS), so readers see the same values at the XORed index.
+fn swizzle(kk: u32) -> u32 {
+    return ((kk >> 2u) & 3u) << 1u;
+}
 
 // The vec4 loads of one k-tile: 16 BLOCKS rows (or k) per invocation; invocation t's
 // e-th load. Consecutive invocations walk the matrix's contiguous axis.
@@ -160,14 +195,16 @@ fn stash_a(e: u32, t: u32, v: vec4<f32>) {
     let u = e * 256u + t;
     if (LAYOUT == 2u) {
         let w = 16u * BLOCKS;
-        tile_a[(u / w) * ROW4 + u % w] = v;
+        let kk = u / w;
+        tile_a[kk * ROW4 + ((u % w) ^ swizzle(kk))] = v;
     } else {
         let i = u / 4u;
         let kk = (u % 4u) * 4u;
-        tile_a[kk * ROW4 + i / 4u][i % 4u] = v.x;
-        tile_a[(kk + 1u) * ROW4 + i / 4u][i % 4u] = v.y;
-        tile_a[(kk + 2u) * ROW4 + i / 4u][i % 4u] = v.z;
-        tile_a[(kk + 3u) * ROW4 + i / 4u][i % 4u] = v.w;
+        let at = kk * ROW4 + ((i / 4u) ^ swizzle(kk));
+        tile_a[at][i % 4u] = v.x;
+        tile_a[at + ROW4][i % 4u] = v.y;
+        tile_a[at + 2u * ROW4][i % 4u] = v.z;
+        tile_a[at + 3u * ROW4][i % 4u] = v.w;
     }
 }
 
@@ -176,28 +213,31 @@ fn stash_b(e: u32, t: u32, v: vec4<f32>) {
     if (LAYOUT == 1u) {
         let j = u / 4u;
         let kk = (u % 4u) * 4u;
-        tile_b[kk * ROW4 + j / 4u][j % 4u] = v.x;
-        tile_b[(kk + 1u) * ROW4 + j / 4u][j % 4u] = v.y;
-        tile_b[(kk + 2u) * ROW4 + j / 4u][j % 4u] = v.z;
-        tile_b[(kk + 3u) * ROW4 + j / 4u][j % 4u] = v.w;
+        let at = kk * ROW4 + ((j / 4u) ^ swizzle(kk));
+        tile_b[at][j % 4u] = v.x;
+        tile_b[at + ROW4][j % 4u] = v.y;
+        tile_b[at + 2u * ROW4][j % 4u] = v.z;
+        tile_b[at + 3u * ROW4][j % 4u] = v.w;
     } else {
         let w = 16u * BLOCKS;
-        tile_b[(u / w) * ROW4 + u % w] = v;
+        let kk = u / w;
+        tile_b[kk * ROW4 + ((u % w) ^ swizzle(kk))] = v;
     }
 }
 
 // One k of the register blocks: acc[(qa * 2 + qb) * 4 + r] is row qa*64 + 4 ty + r,
-// columns qb*64 + 4 tx .. + 4 of the tile. Every index is a constant after inlining.
+// columns qb*64 + 4 tx .. + 4 of the tile. Every accumulator index is a literal.
 fn mac(acc: ptr<function, array<vec4<f32>, 16>>, kk: u32, ty: u32, tx: u32) {
-    let a0 = tile_a[kk * ROW4 + ty];
-    let b0 = tile_b[kk * ROW4 + tx];
+    let s = swizzle(kk);
+    let a0 = tile_a[kk * ROW4 + (ty ^ s)];
+    let b0 = tile_b[kk * ROW4 + (tx ^ s)];
     (*acc)[0] += a0.x * b0;
     (*acc)[1] += a0.y * b0;
     (*acc)[2] += a0.z * b0;
     (*acc)[3] += a0.w * b0;
     if (BLOCKS == 2u) {
-        let a1 = tile_a[kk * ROW4 + 16u + ty];
-        let b1 = tile_b[kk * ROW4 + 16u + tx];
+        let a1 = tile_a[kk * ROW4 + ((16u + ty) ^ s)];
+        let b1 = tile_b[kk * ROW4 + ((16u + tx) ^ s)];
         (*acc)[4] += a0.x * b1;
         (*acc)[5] += a0.y * b1;
         (*acc)[6] += a0.z * b1;
@@ -213,19 +253,25 @@ fn mac(acc: ptr<function, array<vec4<f32>, 16>>, kk: u32, ty: u32, tx: u32) {
     }
 }
 
-fn store_block(acc: ptr<function, array<vec4<f32>, 16>>, q: u32, row: u32, col: u32, z: u32) {
-    for (var r = 0u; r < 4u; r++) {
-        let v = (*acc)[q * 4u + r];
-        for (var s = 0u; s < 4u; s++) {
-            if (SPLIT) {
-                if (row + r < shape.m && col + s < shape.n) {
-                    partial[(z * shape.m + row + r) * shape.n + col + s] = v[s];
-                }
-            } else {
-                epilogue(row + r, col + s, v[s]);
-            }
+// Row `row`, columns col..col+3 of C (or of split z's partial sums) as one vec4 store.
+fn store_row(row: u32, col: u32, z: u32, v: vec4<f32>) {
+    if (SPLIT) {
+        let cols = shape.partial_cols;
+        if (row < shape.m && col < cols) {
+            partial4[((z * shape.m + row) * cols + col) / 4u] = v;
         }
+    } else {
+        epilogue4(row, col, v);
     }
+}
+
+// A 4x4 block of accumulators, passed by value: rows row..row+3, columns col..col+3.
+fn store_block(row: u32, col: u32, z: u32, r0: vec4<f32>, r1: vec4<f32>, r2: vec4<f32>,
+               r3: vec4<f32>) {
+    store_row(row, col, z, r0);
+    store_row(row + 1u, col, z, r1);
+    store_row(row + 2u, col, z, r2);
+    store_row(row + 3u, col, z, r3);
 }
 
 @compute @workgroup_size(16, 16)
@@ -286,11 +332,12 @@ fn gemm_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     }
     let row = row0 + lid.y * 4u;
     let col = col0 + lid.x * 4u;
-    store_block(&acc, 0u, row, col, wid.z);
+    let z = wid.z;
+    store_block(row, col, z, acc[0], acc[1], acc[2], acc[3]);
     if (BLOCKS == 2u) {
-        store_block(&acc, 1u, row, col + 64u, wid.z);
-        store_block(&acc, 2u, row + 64u, col, wid.z);
-        store_block(&acc, 3u, row + 64u, col + 64u, wid.z);
+        store_block(row, col + 64u, z, acc[4], acc[5], acc[6], acc[7]);
+        store_block(row + 64u, col, z, acc[8], acc[9], acc[10], acc[11]);
+        store_block(row + 64u, col + 64u, z, acc[12], acc[13], acc[14], acc[15]);
     }
 }
 
@@ -302,11 +349,15 @@ fn gemm_reduce(@builtin(global_invocation_id) gid: vec3<u32>,
     let idx = gid.x + gid.y * nwg.x * 256u;
     let total = shape.m * shape.n;
     if (idx >= total) { return; }
+    let row = idx / shape.n;
+    let col = idx % shape.n;
+    let at = row * shape.partial_cols + col;
+    let stride = shape.m * shape.partial_cols;
     var sum = 0.0;
     for (var z = 0u; z < shape.splits; z++) {
-        sum += partial[z * total + idx];
+        sum += partial[z * stride + at];
     }
-    epilogue(idx / shape.n, idx % shape.n, sum);
+    epilogue(row, col, sum);
 }
 
 // ---- gemm_registers: no workgroup memory (CPU adapters without 8-lane subgroups) ----
@@ -338,10 +389,15 @@ fn gemm_registers(@builtin(global_invocation_id) gid: vec3<u32>) {
         // (mb ma) column r = sum_s op(A)[i + r, p + s] op(B)[p + s, j..j+3]
         acc += mb * ma;
     }
-    for (var r = 0u; r < 4u; r++) {
-        epilogue(i + r, j, acc[r].x);
-        epilogue(i + r, j + 1u, acc[r].y);
-        epilogue(i + r, j + 2u, acc[r].z);
-        epilogue(i + r, j + 3u, acc[r].w);
-    }
+    store_registers_row(i, j, acc[0]);
+    store_registers_row(i + 1u, j, acc[1]);
+    store_registers_row(i + 2u, j, acc[2]);
+    store_registers_row(i + 3u, j, acc[3]);
+}
+
+fn store_registers_row(row: u32, col: u32, v: vec4<f32>) {
+    epilogue(row, col, v.x);
+    epilogue(row, col + 1u, v.y);
+    epilogue(row, col + 2u, v.z);
+    epilogue(row, col + 3u, v.w);
 }

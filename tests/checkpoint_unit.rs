@@ -5,6 +5,7 @@
 
 mod common;
 use common::*;
+use pollster::block_on;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vit_wgpu::model::checkpoint::{self, inject};
@@ -82,7 +83,13 @@ fn a_write_failure_at_any_point_of_a_checkpoint_leaves_one_consistent_unit() {
     let kernels = Kernels::new(g);
     let (train_set, val_set) = (Arc::new(synthetic(24, 1)), Arc::new(synthetic(8, 2)));
     let run = |opts: &TrainOptions| -> Result<RunSummary, TrainError> {
-        train::train(g, &kernels, opts, train_set.clone(), val_set.clone())
+        block_on(train::train(
+            g,
+            &kernels,
+            opts,
+            train_set.clone(),
+            val_set.clone(),
+        ))
     };
     let full_dir = fresh_dir("unit-full");
     inject::fail_nth_write(None);

@@ -6,6 +6,7 @@
 
 mod common;
 use common::*;
+use pollster::block_on;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vit_wgpu::data::stream::StreamOptions;
@@ -245,26 +246,33 @@ fn a_folder_of_3000_jpegs_in_310_classes_trains_resumes_bit_identically_and_eval
     let cfg = config(310);
 
     let full_dir = root.join("full");
-    let full = train::train(
+    let full = block_on(train::train(
         g,
         &kernels,
         &train_options(cfg.clone(), full_dir.clone(), 8),
         train_set.clone(),
         val_set.clone(),
-    )
+    ))
     .expect("uninterrupted run");
     let part_dir = root.join("part");
-    let a = train::train(
+    let a = block_on(train::train(
         g,
         &kernels,
         &train_options(cfg.clone(), part_dir.clone(), 4),
         train_set.clone(),
         val_set.clone(),
-    )
+    ))
     .expect("first half");
     let mut second = train_options(cfg, part_dir.clone(), 8);
     second.resume = Some(part_dir.clone());
-    let b = train::train(g, &kernels, &second, train_set, val_set.clone()).expect("resumed");
+    let b = block_on(train::train(
+        g,
+        &kernels,
+        &second,
+        train_set,
+        val_set.clone(),
+    ))
+    .expect("resumed");
     assert_eq!((full.steps, a.steps, b.steps), (8, 4, 8));
     let losses: Vec<(u64, f32)> = a
         .step_losses
@@ -291,7 +299,7 @@ fn a_folder_of_3000_jpegs_in_310_classes_trains_resumes_bit_identically_and_eval
         0,
     )
     .expect("model");
-    let eval = train::evaluate(g, &model, &val_set).expect("evaluate");
+    let eval = block_on(train::evaluate(g, &model, &val_set)).expect("evaluate");
     assert_eq!(eval.images, 620);
     assert_eq!(eval.confusion.len(), 310);
     assert_eq!(eval.confusion.iter().flatten().sum::<u64>(), 620);

@@ -99,7 +99,8 @@ fn check_folder(folder: &str, kind: FolderKind) {
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
     model.record_forward(&mut encoder);
     gpu.queue.submit([encoder.finish()]);
-    let logits: Vec<f32> = gpu.read(&model.logits).unwrap_or_else(|e| panic!("{e}"));
+    let logits: Vec<f32> =
+        pollster::block_on(gpu.read(&model.logits)).unwrap_or_else(|e| panic!("{e}"));
     let logits: Vec<f64> = logits[..batch * cfg.classes]
         .iter()
         .map(|&v| v as f64)

@@ -5,6 +5,7 @@
 
 mod common;
 use common::*;
+use pollster::block_on;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -301,7 +302,14 @@ fn a_run_whose_parameters_become_nan_writes_no_checkpoint() {
     let mut opts = options(dir.clone());
     opts.epochs = 2;
     opts.max_steps = Some(2);
-    train::train(g, &kernels, &opts, train_set.clone(), val_set.clone()).expect("epoch 1");
+    block_on(train::train(
+        g,
+        &kernels,
+        &opts,
+        train_set.clone(),
+        val_set.clone(),
+    ))
+    .expect("epoch 1");
     let good = std::fs::read(dir.join("last.safetensors")).expect("epoch 1 checkpoint");
     let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).expect("metrics");
     // ...then a NaN learning rate (only reachable from the library: the CLI refuses it)
@@ -309,7 +317,7 @@ fn a_run_whose_parameters_become_nan_writes_no_checkpoint() {
     opts.lr = f32::NAN;
     opts.max_steps = None;
     opts.resume = Some(dir.clone());
-    let err = train::train(g, &kernels, &opts, train_set, val_set)
+    let err = block_on(train::train(g, &kernels, &opts, train_set, val_set))
         .err()
         .expect("the NaN model must stop the run");
     match &err {
@@ -342,13 +350,13 @@ fn a_nan_model_at_the_end_of_an_epoch_is_caught_before_the_checkpoint() {
     opts.lr = f32::NAN;
     // One step per epoch: its loss is finite (computed before the update), so only the
     // parameter check can stop the checkpoint.
-    let err = train::train(
+    let err = block_on(train::train(
         g,
         &kernels,
         &opts,
         Arc::new(synthetic(8, 1)),
         Arc::new(synthetic(8, 2)),
-    )
+    ))
     .err()
     .expect("a NaN model must not be saved");
     match &err {
@@ -386,13 +394,13 @@ fn a_second_run_on_a_locked_folder_is_refused_and_a_stale_lock_is_taken_over() {
     let dir = fresh_dir("lock");
     let lock = dir.join(run_folder::LOCK);
     let run = || {
-        train::train(
+        block_on(train::train(
             g,
             &kernels,
             &options(dir.clone()),
             Arc::new(synthetic(8, 1)),
             Arc::new(synthetic(8, 2)),
-        )
+        ))
     };
     // A live holder: this very process.
     let me = std::process::id();
@@ -429,13 +437,13 @@ fn a_second_run_on_a_locked_folder_is_refused_and_a_stale_lock_is_taken_over() {
     let mut opts = options(dir.clone());
     opts.resume = Some(dir.clone());
     opts.epochs = 2;
-    train::train(
+    block_on(train::train(
         g,
         &kernels,
         &opts,
         Arc::new(synthetic(8, 1)),
         Arc::new(synthetic(8, 2)),
-    )
+    ))
     .expect("an empty lock is taken over");
 }
 

@@ -38,6 +38,10 @@ fn covering_shapes() -> Vec<AttentionShape> {
         shape(2, 9, 2, 4),
         shape(3, 23, 2, 12),
         shape(2, 33, 3, 20),
+        // padded classes where D is a multiple of 64 (lanes rows from textures): d = 48 in
+        // the class of 64, d = 8 in the class of 16
+        shape(1, 23, 4, 48),
+        shape(2, 9, 8, 8),
         // token counts whose last block of 8 streamed rows is full (64), half full (12), or
         // the only one (4)
         shape(2, 64, 2, 32),

@@ -6,7 +6,9 @@ use common::*;
 use rand::Rng;
 use vit_wgpu::gpu::{Command, Gpu, Record};
 use vit_wgpu::kernels::adamw::{AdamW, AdamWArgs, AdamWChunk, Hyper};
-use vit_wgpu::kernels::cpu::{dropout::DropoutTextures, embed::EmbedTextures};
+use vit_wgpu::kernels::cpu::{
+    adamw::AdamWTextures, dropout::DropoutTextures, embed::EmbedTextures,
+};
 use vit_wgpu::kernels::dropout::{self, Dropout, DropoutBackward, DropoutForward, DropoutSite};
 use vit_wgpu::kernels::embed::{
     AssembleTokens, Embed, EmbedShape, GatherCls, Patchify, PosClsBackward, ScatterCls,
@@ -384,8 +386,9 @@ fn adamw_over_an_arena_range_with_clipping_matches_cpu_over_several_steps() {
             adamw_over_an_arena_range(chunks, 0, partials, None);
             adamw_over_an_arena_range(chunks, 1, partials, None);
         }
-        // the texture path: in one chunk 1184 vec4s in rows of 64 texels, 18 whole and one
-        // of 32 (with one extra float a chunk is not whole vec4s and the scalar kernels run)
+        // the CPU specialisation: in one chunk 1184 vec4s in rows of 64 texels, 18 whole and
+        // one of 32 (with one extra float a chunk is not whole vec4s, it declines and the
+        // scalar kernels run)
         for partials in [8, 3] {
             adamw_over_an_arena_range(chunks, 0, partials, Some(64));
             adamw_over_an_arena_range(chunks, 1, partials, Some(64));
@@ -399,8 +402,8 @@ const ONE_CHUNK: &[&[usize]] = &[&[0, 1, 2, 3, 4]];
 const THREE_CHUNKS: &[&[usize]] = &[&[0, 1], &[2], &[3, 4]];
 
 /// `chunks`: the tensors of each arena chunk; `extra` floats after each chunk's last
-/// tensor's padding; `partials` workgroups in the sum of squares; `width`: the texture
-/// path's row width in texels, or `None` for storage reads.
+/// tensor's padding; `partials` workgroups in the sum of squares; `width`: the CPU
+/// specialisation's texture rows in texels, or `None` for the portable kernels alone.
 fn adamw_over_an_arena_range(
     chunks: &[&[usize]],
     extra: usize,
@@ -408,7 +411,7 @@ fn adamw_over_an_arena_range(
     width: Option<u32>,
 ) {
     let g = gpu();
-    let k = AdamW::with_texture_width(g, partials, width);
+    let k = AdamW::with_partials(g, partials, width.map(|w| AdamWTextures::boxed(g, w)));
     let mut r = rng();
     // Five tensors of odd sizes at 64-float aligned offsets; weight-decayed ones first. The
     // first is frozen (outside the trained range): its values must not move and its
@@ -483,6 +486,24 @@ fn adamw_over_an_arena_range(
         stats: &stats,
     };
     let commands = g.commands(&k, &args);
+    // Every chunk here is worth a copy (its range at least half of it): the specialisation
+    // takes both passes of each one whose buffers hold whole vec4s.
+    let specialised = width.is_some() && extra == 0;
+    assert_eq!(
+        cpu_dispatches(&commands),
+        if specialised { 2 * chunks.len() } else { 0 },
+        "adamw {} chunks extra {extra} width {width:?}: launches of cpu/adamw.wgsl",
+        chunks.len()
+    );
+    for (c, buffer) in grads.iter().enumerate() {
+        let copied = commands.iter().any(
+            |command| matches!(command, Command::CopyBufferToTexture { buffer: b, .. } if b == buffer),
+        );
+        assert_eq!(
+            copied, specialised,
+            "chunk {c}'s gradients copied to a texture"
+        );
+    }
     let frozen = host[0].param.clone();
     for step in 1..=3u64 {
         // Step 1 gradients are large (clipping active), later ones small (inactive).
@@ -544,7 +565,7 @@ fn adamw_over_an_arena_range(
 /// of [start, end), decay exactly those below decay_end, and leave every other float as it
 /// was (values, moments and the gradient norm alike): from storage, from textures (the arena
 /// in one partial row of 16 texels), and with rows too narrow for a buffer-to-texture copy
-/// (64 bytes), where the storage kernels must run instead.
+/// (64 bytes), where the specialisation declines and the portable kernels run.
 #[test]
 fn adamw_updates_exactly_its_range_when_the_bounds_split_vec4s() {
     for width in [None, Some(16), Some(4)] {
@@ -554,7 +575,7 @@ fn adamw_updates_exactly_its_range_when_the_bounds_split_vec4s() {
 
 fn adamw_updates_exactly_its_range(width: Option<u32>) {
     let g = gpu();
-    let k = AdamW::with_texture_width(g, 8, width);
+    let k = AdamW::with_partials(g, 8, width.map(|w| AdamWTextures::boxed(g, w)));
     let mut r = rng();
     let (total, start, decay_end, end) = (32usize, 5usize, 13usize, 27usize);
     let (param, grad) = (random(&mut r, total), random(&mut r, total));
@@ -581,7 +602,15 @@ fn adamw_updates_exactly_its_range(width: Option<u32>) {
         hyper: &hyper_buf,
         stats: &stats,
     };
-    g.launch(&k, &args);
+    let commands = g.commands(&k, &args);
+    g.submit_commands(&commands);
+    // rows of 4 texels (64 bytes) are too narrow for a buffer-to-texture copy
+    let specialised = width == Some(16);
+    assert_eq!(
+        cpu_dispatches(&commands),
+        if specialised { 2 } else { 0 },
+        "adamw width {width:?}: launches of cpu/adamw.wgsl"
+    );
 
     let part = |lo: usize, hi: usize, decay: bool| reference::adamw::HostParam {
         param: param[lo..hi].to_vec(),
@@ -615,6 +644,51 @@ fn adamw_updates_exactly_its_range(width: Option<u32>) {
             &got[start..end],
             &expected,
             TOLERANCE,
+        );
+    }
+}
+
+/// Launches in `commands` of the CPU specialisation's shader.
+fn cpu_dispatches(commands: &[Command]) -> usize {
+    let name = vit_wgpu::kernels::ADAMW_CPU.name;
+    commands
+        .iter()
+        .filter(|c| matches!(c, Command::Dispatch(d) if d.family == name))
+        .count()
+}
+
+/// The portable AdamW shader runs within WebGPU's defaults: no textures, and at most 8
+/// storage buffers per entry point.
+#[test]
+fn portable_adamw_shader_binds_storage_buffers_only() {
+    let source = vit_wgpu::kernels::ADAMW.source;
+    let module = naga::front::wgsl::parse_str(source).expect("adamw.wgsl parses");
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .expect("adamw.wgsl validates");
+    for (i, entry) in module.entry_points.iter().enumerate() {
+        let uses = info.get_entry_point(i);
+        let used: Vec<_> = module
+            .global_variables
+            .iter()
+            .filter(|&(h, _)| !uses[h].is_empty())
+            .map(|(_, var)| var)
+            .collect();
+        let storage = used
+            .iter()
+            .filter(|var| matches!(var.space, naga::AddressSpace::Storage { .. }))
+            .count();
+        let images = used
+            .iter()
+            .filter(|var| matches!(module.types[var.ty].inner, naga::TypeInner::Image { .. }))
+            .count();
+        assert!(
+            storage <= 8 && images == 0,
+            "adamw.wgsl {}: {storage} storage buffers (at most 8), {images} textures (none)",
+            entry.name
         );
     }
 }

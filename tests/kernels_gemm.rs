@@ -1,6 +1,7 @@
 mod common;
 use common::*;
 use std::sync::OnceLock;
+use vit_wgpu::kernels::cpu::gemm_lanes::LanesPlan;
 use vit_wgpu::kernels::gemm::*;
 use vit_wgpu::reference::gemm::{self as reference, Epilogue};
 
@@ -78,7 +79,7 @@ fn check(variant: Variant, layout: Layout, shape: (usize, usize, usize), f: Flag
     check_tiles(variant, layout, shape, f, Tiles::Planned)
 }
 
-/// The `Lanes` tiles a check runs: as `Plan::for_cpu` picks for the shape (32x32 for every
+/// The `Lanes` tiles a check runs: as `LanesPlan::for_shape` picks for the shape (32x32 for every
 /// shape of these tests) or 16x64 whatever it picks.
 #[derive(Clone, Copy, PartialEq)]
 enum Tiles {
@@ -95,22 +96,30 @@ fn check_tiles(
 ) -> f64 {
     let (m, n, k) = shape;
     let plan = match variant {
-        Variant::Lanes | Variant::LanesStorage => Plan {
+        Variant::Lanes | Variant::LanesStorage => TestPlan::Lanes(LanesPlan {
             wide: tiles == Tiles::Wide,
-            ..Plan::for_cpu(m, n, k, layout, 1)
-        },
-        _ => Plan::for_shape(m, n, k, layout),
+            ..LanesPlan::for_shape(m, n, k, layout, 1)
+        }),
+        _ => TestPlan::Portable(Plan::for_shape(m, n, k, layout)),
     };
     check_plan(variant, layout, shape, f, plan)
 }
 
-/// `check` with the tiled variant's tile size and split-K given.
+/// The plan a check runs with: the portable variants' or the lanes kernel's.
+#[derive(Clone, Copy, Debug)]
+enum TestPlan {
+    Portable(Plan),
+    Lanes(LanesPlan),
+}
+
+/// `check` with the plan given (tile size and split-K, or the lanes kernel's chunks, bands
+/// and tiles).
 fn check_plan(
     variant: Variant,
     layout: Layout,
     (m, n, k): (usize, usize, usize),
     f: Flags,
-    plan: Plan,
+    plan: TestPlan,
 ) -> f64 {
     let g = gpu();
     let mut r = rng();
@@ -154,24 +163,24 @@ fn check_plan(
         poisoned(m * n)
     };
     let bslope = poisoned(m * n);
-    let commands = gemm(variant).record_with_plan(
-        g,
-        &GemmArgs {
-            a: (&ba).into(),
-            b: (&bb).into(),
-            c: (&bc).into(),
-            m,
-            n,
-            k,
-            layout,
-            bias: f.bias.then(|| (&bbias).into()),
-            slope: f.slope.then_some(&bslope),
-            activation,
-            act_grad: f.act_grad.map(|grad| (&baux, grad)),
-            accumulate: f.accumulate,
-        },
-        plan,
-    );
+    let args = GemmArgs {
+        a: (&ba).into(),
+        b: (&bb).into(),
+        c: (&bc).into(),
+        m,
+        n,
+        k,
+        layout,
+        bias: f.bias.then(|| (&bbias).into()),
+        slope: f.slope.then_some(&bslope),
+        activation,
+        act_grad: f.act_grad.map(|grad| (&baux, grad)),
+        accumulate: f.accumulate,
+    };
+    let commands = match plan {
+        TestPlan::Portable(plan) => gemm(variant).record_with_plan(g, &args, plan),
+        TestPlan::Lanes(plan) => gemm(variant).record_with_lanes_plan(g, &args, plan),
+    };
     g.submit_commands(&commands);
     let what = format!(
         "{} {plan:?} {layout:?} {m}x{n}x{k} bias={} slope={} act={activation:?} act_grad={:?} accumulate={}",
@@ -193,11 +202,17 @@ fn check_plan(
     err
 }
 
+/// Forwards (NT) with a bias, as the model runs them (the lanes kernel compiles that
+/// epilogue in; a plain NT reads its epilogue from the shape record, like any other).
 fn every_layout_on_odd_shapes(variant: Variant, tiles: Tiles) {
     for layout in Layout::ALL {
+        let flags = Flags {
+            bias: layout == Layout::NT,
+            ..Default::default()
+        };
         let mut worst: f64 = 0.0;
         for &shape in SHAPES {
-            worst = worst.max(check_tiles(variant, layout, shape, Flags::default(), tiles));
+            worst = worst.max(check_tiles(variant, layout, shape, flags, tiles));
         }
         eprintln!(
             "SUMMARY {} {layout:?}{}: {} shapes, largest relative error {worst:.2e}",
@@ -363,7 +378,7 @@ fn cpu_gemm_from_storage_applies_every_epilogue() {
     }
 }
 
-/// 16x64 tiles (`Plan::wide`), which `Plan::for_cpu` picks for large C and short k, in
+/// 16x64 tiles (`LanesPlan::wide`), which `LanesPlan::for_shape` picks for large C and short k, in
 /// every layout (weight gradients included, though the plan never picks them there) on the
 /// odd shapes: aligned ones (n of 64, m of 16) run unchecked, the rest with bounds checks.
 #[test]
@@ -396,12 +411,7 @@ fn tiled_gemm_matches_cpu_with_both_tile_sizes_and_split_k() {
         for blocks in [1, 2] {
             let mut worst: f64 = 0.0;
             for &shape in &shapes {
-                let plan = Plan {
-                    blocks,
-                    splits: 1,
-                    band: 0,
-                    wide: false,
-                };
+                let plan = TestPlan::Portable(Plan { blocks, splits: 1 });
                 worst = worst.max(check_plan(
                     Variant::Tiled,
                     layout,
@@ -420,32 +430,78 @@ fn tiled_gemm_matches_cpu_with_both_tile_sizes_and_split_k() {
         act_grad: Some(ActGrad::ReluOutput),
         accumulate: true,
     };
-    let mut worst: f64 = 0.0;
-    for (shape, splits) in [((50, 33, 985), 3), ((65, 96, 4100), 16), ((17, 1, 197), 5)] {
-        for blocks in [1, 2] {
-            let plan = Plan {
-                blocks,
-                splits,
-                band: 0,
-                wide: false,
+    for layout in Layout::ALL {
+        let mut worst: f64 = 0.0;
+        for (shape, splits) in [
+            ((50, 33, 985), 3),
+            ((65, 96, 4100), 16),
+            ((17, 1, 197), 5),
+            ((130, 64, 600), 2),
+        ] {
+            for blocks in [1, 2] {
+                let plan = TestPlan::Portable(Plan { blocks, splits });
+                for flags in [Flags::default(), epilogue] {
+                    worst = worst.max(check_plan(Variant::Tiled, layout, shape, flags, plan));
+                }
+            }
+        }
+        eprintln!("SUMMARY tiled {layout:?} split-K: largest relative error {worst:.2e}");
+    }
+}
+
+/// Operands bound as vec4 arrays are read to their last float: views at an offset into a
+/// larger buffer (as the parameter arena's) and views that end a buffer whose size is not
+/// a multiple of 16 bytes (copied into a padded buffer first), in every layout and variant.
+#[test]
+fn every_variant_reads_operands_at_offsets_and_at_unpadded_buffer_ends() {
+    use vit_wgpu::gpu::View;
+    let g = gpu();
+    let at = g.limits.min_storage_buffer_offset_alignment as usize / 4;
+    for variant in Variant::ALL {
+        if !runs(variant) {
+            continue;
+        }
+        for layout in Layout::ALL {
+            // A's floats (5 x 17 = 85) end its buffer; B's (17 x 7 = 119) have room after
+            let (m, n, k) = (5, 7, 17);
+            let mut r = rng();
+            let a = random(&mut r, m * k);
+            let b = random(&mut r, n * k);
+            let mut a_host = vec![f32::NAN; at];
+            a_host.extend(&a);
+            let mut b_host = vec![f32::NAN; at];
+            b_host.extend(&b);
+            b_host.extend([f32::NAN; 5]);
+            let (ba, bb) = (g.upload("a", &a_host), g.upload("b", &b_host));
+            let bc = poisoned(m * n);
+            let view = |buffer, len| View {
+                buffer,
+                offset: 4 * at as u64,
+                len,
             };
-            worst = worst.max(check_plan(
-                Variant::Tiled,
-                Layout::TN,
-                shape,
-                Flags::default(),
-                plan,
-            ));
-            worst = worst.max(check_plan(
-                Variant::Tiled,
-                Layout::TN,
-                shape,
-                epilogue,
-                plan,
-            ));
+            let args = GemmArgs {
+                a: view(&ba, m * k),
+                b: view(&bb, n * k),
+                c: (&bc).into(),
+                m,
+                n,
+                k,
+                layout,
+                bias: None,
+                slope: None,
+                activation: Activation::None,
+                act_grad: None,
+                accumulate: false,
+            };
+            let mut list = Vec::new();
+            vit_wgpu::gpu::Record::record(gemm(variant), g, &args, &mut list);
+            g.submit_commands(&list);
+            let mut c = vec![0.0; m * n];
+            reference::gemm(&mut c, None, &a, &b, m, n, k, layout, &Epilogue::NONE, 0..m);
+            let what = format!("{} {layout:?} operands at offsets", variant.name());
+            assert_close(&what, &read(&bc), &c, TOLERANCE);
         }
     }
-    eprintln!("SUMMARY tiled TN split-K: largest relative error {worst:.2e}");
 }
 
 /// `Lanes` weight gradients in k-chunks, each launch adding into C: chunk edges inside
@@ -477,20 +533,18 @@ fn cpu_gemm_splits_long_weight_gradients_into_k_chunks() {
                     accumulate,
                     ..Default::default()
                 };
-                let plan = Plan {
-                    blocks: 1,
+                let plan = TestPlan::Lanes(LanesPlan {
                     splits,
                     band: 0,
                     wide: false,
-                };
+                });
                 worst = worst.max(check_plan(variant, Layout::TN, shape, flags, plan));
             }
-            let plan = Plan {
-                blocks: 1,
+            let plan = TestPlan::Lanes(LanesPlan {
                 splits,
                 band: 0,
                 wide: false,
-            };
+            });
             worst = worst.max(check_plan(variant, Layout::TN, shape, epilogue, plan));
         }
         eprintln!(
@@ -500,7 +554,7 @@ fn cpu_gemm_splits_long_weight_gradients_into_k_chunks() {
     }
 }
 
-/// Column bands (`Plan::band`): every tile computed once, whatever the band width, the
+/// Column bands (`LanesPlan::band`): every tile computed once, whatever the band width, the
 /// number of column tiles (a last band narrower than the rest) and the row tiles (a partial
 /// last row tile runs in a launch of its own), with the epilogues input gradients take.
 #[test]
@@ -529,12 +583,11 @@ fn cpu_gemm_runs_column_bands_in_any_order() {
         (65, 192, 128),
     ] {
         for band in [1, 2, 3] {
-            let plan = Plan {
-                blocks: 1,
+            let plan = TestPlan::Lanes(LanesPlan {
                 splits: 1,
                 band,
                 wide: false,
-            };
+            });
             for flags in [Flags::default(), slope, accumulate] {
                 worst = worst.max(check_plan(variant, Layout::NN, shape, flags, plan));
             }
@@ -547,13 +600,13 @@ fn cpu_gemm_runs_column_bands_in_any_order() {
 #[test]
 fn cpu_gemm_plans_column_bands_for_input_gradients_with_wide_weights() {
     // labml fc2 dX: B = W2 [512, 2048], 4 MiB; qkv dX [1536, 512], 3 MiB
-    assert_eq!(Plan::for_cpu(4160, 2048, 512, Layout::NN, 1).band, 2);
-    assert_eq!(Plan::for_cpu(4160, 512, 1536, Layout::NN, 1).band, 2);
+    assert_eq!(LanesPlan::for_shape(4160, 2048, 512, Layout::NN, 1).band, 2);
+    assert_eq!(LanesPlan::for_shape(4160, 512, 1536, Layout::NN, 1).band, 2);
     // labml proj dX (1 MiB), every tiny GEMM, every forward and weight gradient
-    assert_eq!(Plan::for_cpu(4160, 512, 512, Layout::NN, 1).band, 0);
-    assert_eq!(Plan::for_cpu(4160, 768, 192, Layout::NN, 1).band, 0);
-    assert_eq!(Plan::for_cpu(4160, 2048, 512, Layout::NT, 1).band, 0);
-    assert_eq!(Plan::for_cpu(512, 2048, 4160, Layout::TN, 1).band, 0);
+    assert_eq!(LanesPlan::for_shape(4160, 512, 512, Layout::NN, 1).band, 0);
+    assert_eq!(LanesPlan::for_shape(4160, 768, 192, Layout::NN, 1).band, 0);
+    assert_eq!(LanesPlan::for_shape(4160, 2048, 512, Layout::NT, 1).band, 0);
+    assert_eq!(LanesPlan::for_shape(512, 2048, 4160, Layout::TN, 1).band, 0);
 }
 
 /// `Lanes` takes 16x64 tiles where the epilogue's stores weigh as much as the arithmetic:
@@ -562,21 +615,21 @@ fn cpu_gemm_plans_column_bands_for_input_gradients_with_wide_weights() {
 #[test]
 fn cpu_gemm_plans_16x64_tiles_for_short_k_and_large_outputs() {
     // tiny fc1 forward (GELU + slope) and fc2 dX (x slope): k = 192, two floats moved
-    assert!(Plan::for_cpu(4160, 768, 192, Layout::NT, 2).wide);
-    assert!(Plan::for_cpu(4160, 768, 192, Layout::NN, 2).wide);
+    assert!(LanesPlan::for_shape(4160, 768, 192, Layout::NT, 2).wide);
+    assert!(LanesPlan::for_shape(4160, 768, 192, Layout::NN, 2).wide);
     // micro: k = 64 forwards, C alone
-    assert!(Plan::for_cpu(3200, 192, 64, Layout::NT, 1).wide);
-    assert!(Plan::for_cpu(3200, 256, 64, Layout::NT, 2).wide);
+    assert!(LanesPlan::for_shape(3200, 192, 64, Layout::NT, 1).wide);
+    assert!(LanesPlan::for_shape(3200, 256, 64, Layout::NT, 2).wide);
     // tiny qkv forward: k = 192 with C alone; fc2 forward: k = 768
-    assert!(!Plan::for_cpu(4160, 576, 192, Layout::NT, 1).wide);
-    assert!(!Plan::for_cpu(4160, 192, 768, Layout::NT, 2).wide);
+    assert!(!LanesPlan::for_shape(4160, 576, 192, Layout::NT, 1).wide);
+    assert!(!LanesPlan::for_shape(4160, 192, 768, Layout::NT, 2).wide);
     // labml: k >= 512 everywhere
-    assert!(!Plan::for_cpu(1040, 2048, 512, Layout::NT, 1).wide);
-    assert!(!Plan::for_cpu(4160, 2048, 512, Layout::NN, 2).wide);
+    assert!(!LanesPlan::for_shape(1040, 2048, 512, Layout::NT, 1).wide);
+    assert!(!LanesPlan::for_shape(4160, 2048, 512, Layout::NN, 2).wide);
     // micro's n = 64 outputs (0.8 MB), n not a multiple of 64, a weight gradient
-    assert!(!Plan::for_cpu(3200, 64, 64, Layout::NT, 2).wide);
-    assert!(!Plan::for_cpu(4160, 100, 64, Layout::NT, 1).wide);
-    assert!(!Plan::for_cpu(2048, 512, 64, Layout::TN, 2).wide);
+    assert!(!LanesPlan::for_shape(3200, 64, 64, Layout::NT, 2).wide);
+    assert!(!LanesPlan::for_shape(4160, 100, 64, Layout::NT, 1).wide);
+    assert!(!LanesPlan::for_shape(2048, 512, 64, Layout::TN, 2).wide);
 }
 
 /// `Lanes` chunks k only for weight gradients whose operands outgrow the cache.
@@ -584,47 +637,74 @@ fn cpu_gemm_plans_16x64_tiles_for_short_k_and_large_outputs() {
 fn cpu_gemm_plans_k_chunks_for_weight_gradients_with_large_operands() {
     // chunks of at most 6 MiB of A and B: labml qkv dW at batch 64, A [4160, 1536] and
     // B [4160, 512], 34 MB
-    assert_eq!(Plan::for_cpu(1536, 512, 4160, Layout::TN, 1).splits, 6);
+    assert_eq!(
+        LanesPlan::for_shape(1536, 512, 4160, Layout::TN, 1).splits,
+        6
+    );
     // labml fc1 dW at batch 64: 42.6 MB; at batch 16 (k = 1040): 10.6 MB
-    assert_eq!(Plan::for_cpu(2048, 512, 4160, Layout::TN, 1).splits, 7);
-    assert_eq!(Plan::for_cpu(2048, 512, 1040, Layout::TN, 1).splits, 2);
+    assert_eq!(
+        LanesPlan::for_shape(2048, 512, 4160, Layout::TN, 1).splits,
+        7
+    );
+    assert_eq!(
+        LanesPlan::for_shape(2048, 512, 1040, Layout::TN, 1).splits,
+        2
+    );
     // tiny qkv dW: 12.8 MB; tiny fc1 dW: 16 MB
-    assert_eq!(Plan::for_cpu(576, 192, 4160, Layout::TN, 1).splits, 3);
-    assert_eq!(Plan::for_cpu(768, 192, 4160, Layout::TN, 1).splits, 3);
+    assert_eq!(
+        LanesPlan::for_shape(576, 192, 4160, Layout::TN, 1).splits,
+        3
+    );
+    assert_eq!(
+        LanesPlan::for_shape(768, 192, 4160, Layout::TN, 1).splits,
+        3
+    );
     // labml proj dW at batch 16: 4.3 MB; micro qkv dW: 3.3 MB; every forward or input
     // gradient
-    assert_eq!(Plan::for_cpu(512, 512, 1040, Layout::TN, 1).splits, 1);
-    assert_eq!(Plan::for_cpu(192, 64, 3200, Layout::TN, 1).splits, 1);
-    assert_eq!(Plan::for_cpu(4160, 1536, 512, Layout::NT, 1).splits, 1);
-    assert_eq!(Plan::for_cpu(4160, 512, 1536, Layout::NN, 1).splits, 1);
+    assert_eq!(
+        LanesPlan::for_shape(512, 512, 1040, Layout::TN, 1).splits,
+        1
+    );
+    assert_eq!(LanesPlan::for_shape(192, 64, 3200, Layout::TN, 1).splits, 1);
+    assert_eq!(
+        LanesPlan::for_shape(4160, 1536, 512, Layout::NT, 1).splits,
+        1
+    );
+    assert_eq!(
+        LanesPlan::for_shape(4160, 512, 1536, Layout::NN, 1).splits,
+        1
+    );
     // never a chunk shorter than 256 k
-    assert_eq!(Plan::for_cpu(4096, 4096, 600, Layout::TN, 1).splits, 2);
+    assert_eq!(
+        LanesPlan::for_shape(4096, 4096, 600, Layout::TN, 1).splits,
+        2
+    );
 }
 
-/// Weight gradients with few tiles and long k take split-K; large outputs the 128 tile.
+/// Plans sized for resident workgroups (about 512 on a large GPU): the 128 tile alone when
+/// it gives 256 or more, split-K on top when k allows, else the 64 tile split as far as k
+/// allows (labml at batch 64: 4160 token rows).
 #[test]
-fn tiled_gemm_plans_split_k_for_weight_gradients_and_large_tiles_for_large_outputs() {
-    // labml at batch 64: 4160 rows; dW of the attention projection [512, 512], k = 4160
-    let dw = Plan::for_shape(512, 512, 4160, Layout::TN);
-    assert_eq!(dw.blocks, 1);
-    assert!(dw.splits >= 2, "{dw:?}");
-    // the patch embedding's dW [512, 48]: 8 tiles, k = 4096
-    let patch = Plan::for_shape(512, 48, 4096, Layout::TN);
-    assert_eq!(patch.splits, 16, "{patch:?}");
-    // the MLP forward Y [4160, 2048]: 33 x 16 tiles of 128
-    let fc1 = Plan::for_shape(4160, 2048, 512, Layout::NT);
-    assert_eq!(
-        fc1,
-        Plan {
-            blocks: 2,
-            splits: 1,
-            band: 0,
-            wide: false
-        }
-    );
-    // never split a product that is not a weight gradient, nor a short k
-    assert_eq!(Plan::for_shape(64, 64, 100_000, Layout::NN).splits, 1);
-    assert_eq!(Plan::for_shape(64, 64, 300, Layout::TN).splits, 1);
+fn tiled_gemm_plans_enough_workgroups_for_a_large_gpu() {
+    let plan = |m, n, k, layout| Plan::for_shape(m, n, k, layout);
+    let p = |blocks, splits| Plan { blocks, splits };
+    // qkv and fc1 forwards: 396 and 528 tiles of 128
+    assert_eq!(plan(4160, 1536, 512, Layout::NT), p(2, 1));
+    assert_eq!(plan(4160, 2048, 512, Layout::NT), p(2, 1));
+    // fc2 forward and fc1 dX: 132 tiles, k = 2048 in 4 splits
+    assert_eq!(plan(4160, 512, 2048, Layout::NT), p(2, 4));
+    assert_eq!(plan(4160, 512, 2048, Layout::NN), p(2, 4));
+    // proj forward: 132 tiles of 128 and k = 512 too short to split: 520 tiles of 64
+    assert_eq!(plan(4160, 512, 512, Layout::NT), p(1, 1));
+    // weight gradients (k = 4160): qkv's 48 and fc1's 64 tiles of 128 in 8 splits; proj's
+    // 16 become 64 tiles of 64 in 8 splits; the patch embedding's [512, 48] 8 of 64
+    assert_eq!(plan(1536, 512, 4160, Layout::TN), p(2, 8));
+    assert_eq!(plan(2048, 512, 4160, Layout::TN), p(2, 8));
+    assert_eq!(plan(512, 512, 4160, Layout::TN), p(1, 8));
+    assert_eq!(plan(512, 48, 4096, Layout::TN), p(1, 8));
+    // never a split shorter than 512 k; at most 32 splits
+    assert_eq!(plan(64, 64, 1000, Layout::TN).splits, 1);
+    assert_eq!(plan(64, 64, 100_000, Layout::NN), p(1, 32));
 }
 
 /// The variant `Gemm::new` takes follows the adapter's capabilities (or VIT_GEMM_VARIANT),
@@ -837,5 +917,38 @@ fn texture_copies_are_shared_until_the_buffer_is_written() {
             [0; 5]
         };
         assert_eq!(copies, expected, "{name}: texture copies per GEMM");
+    }
+}
+
+/// The portable GEMM runs at WebGPU's default limits: every entry point of gemm_tiled.wgsl
+/// statically uses at most 7 storage buffers (the default allows 8 per stage; the auto
+/// layout counts every binding an entry point reaches, override-dead branches included).
+#[test]
+fn portable_gemm_binds_at_most_seven_storage_buffers_per_entry_point() {
+    use naga::valid::{Capabilities, GlobalUse, ValidationFlags, Validator};
+    let shader = vit_wgpu::kernels::GEMM_TILED;
+    let module = naga::front::wgsl::parse_str(shader.source).expect("gemm_tiled.wgsl parses");
+    let info = Validator::new(ValidationFlags::all(), Capabilities::all())
+        .validate(&module)
+        .expect("gemm_tiled.wgsl validates");
+    for (index, entry) in module.entry_points.iter().enumerate() {
+        let uses = info.get_entry_point(index);
+        let storage: Vec<u32> = module
+            .global_variables
+            .iter()
+            .filter(|(handle, var)| {
+                matches!(var.space, naga::AddressSpace::Storage { .. })
+                    && uses[*handle] != GlobalUse::empty()
+            })
+            .filter_map(|(_, var)| var.binding.as_ref().map(|b| b.binding))
+            .collect();
+        assert!(
+            storage.len() <= 7,
+            "{} entry point {} binds {} storage buffers (bindings {storage:?}), more than 7",
+            shader.name,
+            entry.name,
+            storage.len()
+        );
+        eprintln!("{}: storage bindings {storage:?}", entry.name);
     }
 }

@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use pollster::block_on;
 use rand::Rng;
 use vit_wgpu::model::config::{Act, Config, Head, Options, Pool, Preset};
 use vit_wgpu::model::{reference, HostParams, Kernels, Mode, OptimConfig, Vit};
@@ -141,7 +142,7 @@ fn gpu_matches_reference(
         "loss {loss} vs reference {}",
         reference.loss
     );
-    let grads = model.read_grads(g).expect("read gradients");
+    let grads = block_on(model.read_grads(g)).expect("read gradients");
     let mut worst = (0.0, String::new());
     for ((spec, ours), theirs) in params.specs.iter().zip(&grads).zip(&reference.grads) {
         let theirs32: Vec<f32> = theirs.iter().map(|&v| v as f32).collect();

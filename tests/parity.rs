@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use pollster::block_on;
 use std::path::{Path, PathBuf};
 use vit_wgpu::model::checkpoint::{self, ConfigHints, TensorFile};
 use vit_wgpu::model::config::{Act, Head};
@@ -31,7 +32,8 @@ fn timm_fixtures_verify_under_default_tolerances() {
         "parity_197_tokens.safetensors",
         "parity_resampled_pos.safetensors",
     ] {
-        let report = verify(g, &fixture(name), Tolerances::default()).expect("verify runs");
+        let report =
+            block_on(verify(g, &fixture(name), Tolerances::default())).expect("verify runs");
         let worst = report
             .comparisons
             .iter()
@@ -69,7 +71,7 @@ fn a_corrupted_expected_gradient_makes_verify_fail() {
     grad[17] += 0.5;
     let path = temp("corrupted.safetensors");
     file.write(&path).expect("write");
-    let report = verify(g, &path, Tolerances::default()).expect("verify runs");
+    let report = block_on(verify(g, &path, Tolerances::default())).expect("verify runs");
     assert!(!report.passed());
     let failed: Vec<&str> = report
         .comparisons
@@ -167,8 +169,7 @@ fn head_swap_keeps_every_body_tensor_bit_for_bit() {
             classes,
             ..cfg.clone()
         };
-        let merged =
-            vit_wgpu::cli::commands::merge_init(&cfg, &params, &new_cfg, 1).expect("merge");
+        let merged = vit_wgpu::model::init::merge_init(&cfg, &params, &new_cfg, 1).expect("merge");
         assert_eq!(merged.specs, vit_wgpu::model::params::param_specs(&new_cfg));
         let body = vit_wgpu::model::params::body_specs(&cfg).len();
         for i in 0..body {
@@ -190,14 +191,14 @@ fn head_swap_keeps_every_body_tensor_bit_for_bit() {
         heads: 4,
         ..cfg.clone()
     };
-    assert!(vit_wgpu::cli::commands::merge_init(&cfg, &params, &other, 1).is_err());
+    assert!(vit_wgpu::model::init::merge_init(&cfg, &params, &other, 1).is_err());
 }
 
 #[test]
 fn timm_training_trajectory_replays_through_the_training_step() {
     let g = gpu();
     let path = fixture("trajectory_small.safetensors");
-    let report = verify(g, &path, Tolerances::default()).expect("verify runs");
+    let report = block_on(verify(g, &path, Tolerances::default())).expect("verify runs");
     let steps = 20;
     // learning rates, one loss per step, one final tensor per parameter
     assert_eq!(
@@ -225,7 +226,7 @@ fn a_trajectory_with_another_optimizer_setting_fails_verify() {
     file.metadata.insert("weight_decay".into(), "0".into());
     let path = temp("trajectory_no_decay.safetensors");
     file.write(&path).expect("write");
-    let report = verify(g, &path, Tolerances::default()).expect("verify runs");
+    let report = block_on(verify(g, &path, Tolerances::default())).expect("verify runs");
     let failed: Vec<&str> = report
         .comparisons
         .iter()
@@ -245,7 +246,7 @@ fn a_trajectory_with_another_optimizer_setting_fails_verify() {
     let lr = &mut file.tensors.get_mut("trajectory.lr").expect("lr").1;
     lr[19] = 0.0;
     file.write(&path).expect("write");
-    let report = verify(g, &path, Tolerances::default()).expect("verify runs");
+    let report = block_on(verify(g, &path, Tolerances::default())).expect("verify runs");
     assert!(
         !report.comparisons[0].passed(),
         "a zero last-step rate is caught"
@@ -285,10 +286,16 @@ fn timm_fixtures_verify_with_the_parameter_arena_in_many_chunks() {
         "trajectory_small.safetensors",
     ] {
         let path = fixture(name);
-        let whole = verify(g, &path, Tolerances::default()).expect("verify runs");
+        let whole =
+            pollster::block_on(verify(g, &path, Tolerances::default())).expect("verify runs");
         let bytes = smallest_chunk_bytes(&whole.config);
-        let report =
-            verify_in_chunks(g, &path, Tolerances::default(), Some(bytes)).expect("verify runs");
+        let report = pollster::block_on(verify_in_chunks(
+            g,
+            &path,
+            Tolerances::default(),
+            Some(bytes),
+        ))
+        .expect("verify runs");
         eprintln!("{name}: {} chunks of <= {bytes} bytes", report.arena_chunks);
         assert!(
             report.arena_chunks >= 4,
@@ -354,7 +361,8 @@ fn a_corrupted_hashed_fixture_fails_verify_on_that_tensor() {
         .1[0] *= 1.01;
     let corrupted = temp("hashed_corrupted.safetensors");
     file.write(&corrupted).expect("write");
-    let report = verify(g, &corrupted, Tolerances::default()).expect("verify runs");
+    let report =
+        pollster::block_on(verify(g, &corrupted, Tolerances::default())).expect("verify runs");
     let failed: Vec<&str> = report
         .comparisons
         .iter()
@@ -405,10 +413,10 @@ fn training_in_many_arena_chunks_matches_one_chunk_bit_for_bit() {
         g.queue.submit([encoder.finish()]);
     };
     let state = |m: &Vit| {
-        let moments = m.read_moments(g).expect("moments");
+        let moments = pollster::block_on(m.read_moments(g)).expect("moments");
         (
-            m.read_params(g).expect("params").values,
-            m.read_grads(g).expect("grads"),
+            pollster::block_on(m.read_params(g)).expect("params").values,
+            pollster::block_on(m.read_grads(g)).expect("grads"),
             moments,
         )
     };

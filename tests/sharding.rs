@@ -133,7 +133,9 @@ fn losses_and_grads(
     model.record_gradients(&mut encoder);
     g.queue.submit([encoder.finish()]);
     let losses = read_n(&model.losses, b);
-    let grads = model.read_grads(g).expect("gradients").concat();
+    let grads = pollster::block_on(model.read_grads(g))
+        .expect("gradients")
+        .concat();
     (losses, grads)
 }
 

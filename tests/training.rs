@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use pollster::block_on;
 use std::path::PathBuf;
 use std::sync::Arc;
 use vit_wgpu::data;
@@ -130,13 +131,13 @@ fn resumed_run_matches_the_uninterrupted_run_exactly() {
     let cfg = tiny_config();
 
     let full_dir = temp_dir("full");
-    let full = train::train(
+    let full = block_on(train::train(
         g,
         &kernels,
         &options(cfg.clone(), full_dir.clone()),
         train_set.clone(),
         val_set.clone(),
-    )
+    ))
     .expect("uninterrupted run");
     assert_eq!(full.steps, 10);
 
@@ -144,12 +145,18 @@ fn resumed_run_matches_the_uninterrupted_run_exactly() {
     let part_dir = temp_dir("part");
     let mut first = options(cfg.clone(), part_dir.clone());
     first.max_steps = Some(7);
-    let a =
-        train::train(g, &kernels, &first, train_set.clone(), val_set.clone()).expect("first half");
+    let a = block_on(train::train(
+        g,
+        &kernels,
+        &first,
+        train_set.clone(),
+        val_set.clone(),
+    ))
+    .expect("first half");
     assert_eq!(a.steps, 7);
     let mut second = options(cfg, part_dir.clone());
     second.resume = Some(part_dir.clone());
-    let b = train::train(g, &kernels, &second, train_set, val_set).expect("resumed half");
+    let b = block_on(train::train(g, &kernels, &second, train_set, val_set)).expect("resumed half");
     assert_eq!(b.steps, 10);
 
     let losses: Vec<(u64, f32)> = a
@@ -181,13 +188,13 @@ fn nan_loss_stops_training_with_a_clear_error_and_keeps_the_last_checkpoint() {
     let i = init.index("head.fc2.weight").expect("head");
     init.values[i][0] = f32::INFINITY;
     opts.init = Some(init);
-    let err = train::train(
+    let err = block_on(train::train(
         g,
         &kernels,
         &opts,
         Arc::new(synthetic(16, 1)),
         Arc::new(synthetic(8, 2)),
-    )
+    ))
     .err()
     .expect("a non-finite loss must stop the run");
     assert!(
@@ -220,8 +227,14 @@ fn micro_preset_learns_fashion_mnist() {
     opts.augment = false;
     opts.seed = 0;
     let t0 = std::time::Instant::now();
-    let s =
-        train::train(g, &kernels, &opts, Arc::new(train_set), Arc::new(val_set)).expect("training");
+    let s = block_on(train::train(
+        g,
+        &kernels,
+        &opts,
+        Arc::new(train_set),
+        Arc::new(val_set),
+    ))
+    .expect("training");
     let acc = s.epochs.last().expect("an epoch").val_accuracy;
     eprintln!(
         "Fashion-MNIST micro: {acc:.4} test accuracy (2000 images) after {} steps in {:.1}s",

@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use pollster::block_on;
 use rand::Rng;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -119,11 +120,11 @@ fn gpu_maps(r: &mut impl Rng) -> (Run, Vec<Vec<f32>>, HostParams, Vec<f32>) {
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
     model.record_forward(&mut encoder);
     gpu.queue.submit([encoder.finish()]);
-    let maps = model.attention_maps(gpu, &kernels).expect("attention maps");
-    let logits: Vec<f32> = gpu.read(&model.logits).expect("logits");
-    let qkv = model.read_layer_qkv(gpu).expect("qkv");
+    let maps = block_on(model.attention_maps(gpu, &kernels)).expect("attention maps");
+    let logits: Vec<f32> = block_on(gpu.read(&model.logits)).expect("logits");
+    let qkv = block_on(model.read_layer_qkv(gpu)).expect("qkv");
     // A second call reuses the commands built by the first and gives the same maps.
-    let again = model.attention_maps(gpu, &kernels).expect("attention maps");
+    let again = block_on(model.attention_maps(gpu, &kernels)).expect("attention maps");
     assert_eq!(maps, again);
     (
         Run {
@@ -354,14 +355,14 @@ fn training_writes_curves_png_every_epoch() {
     let mut draw = |dir: &Path, epochs: &[EpochMetrics]| {
         curves::update_curves(&dir.join("curves.png"), epochs)
     };
-    let summary = train::train_with(
+    let summary = block_on(train::train_with(
         gpu,
         &kernels,
         &opts,
         Arc::new(synthetic(48, 1)),
         Arc::new(synthetic(16, 2)),
         &mut draw,
-    )
+    ))
     .expect("train");
     assert_eq!(summary.epochs.len(), 2);
     assert_curves_png(&out.join("curves.png"));

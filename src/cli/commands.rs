@@ -4,9 +4,10 @@ use super::*;
 use crate::data::{self, Dataset};
 use crate::dist::Communicator;
 use crate::gpu::{enumerate_adapters, Gpu, GpuOptions};
-use crate::model::checkpoint;
+use crate::model::{checkpoint, init};
 use crate::model::{HostParams, Kernels, Mode, Vit};
 use crate::train::{self, TrainError, TrainOptions};
+use pollster::block_on;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +18,7 @@ pub fn run(cli: Cli) -> CliResult {
     let opts = GpuOptions {
         backend: cli.backend,
         adapter: cli.adapter,
+        limits: Some(cli.limits),
     };
     match &cli.command {
         Command::Train(a) => resolve::check_train(a)?,
@@ -37,7 +39,7 @@ pub fn run(cli: Cli) -> CliResult {
 }
 
 fn info(opts: &GpuOptions) -> CliResult {
-    let adapters = enumerate_adapters(opts.backend);
+    let adapters = block_on(enumerate_adapters(opts.backend));
     if adapters.is_empty() {
         return Err(crate::gpu::GpuError::NoAdapter {
             backends: opts.backend.backends(),
@@ -50,8 +52,17 @@ fn info(opts: &GpuOptions) -> CliResult {
             crate::gpu::describe_adapter(&a.get_info(), &a.limits(), a.features())
         );
     }
-    let gpu = Gpu::new(opts)?;
+    let gpu = block_on(Gpu::new(opts))?;
     println!("default choice: {}", gpu.info.name);
+    let l = &gpu.limits;
+    println!(
+        "  limits: {} (storage binding {} MiB, {} storage buffers/stage, workgroup memory {} KiB, {} invocations)",
+        gpu.mode.name(),
+        l.max_storage_buffer_binding_size >> 20,
+        l.max_storage_buffers_per_shader_stage,
+        l.max_compute_workgroup_storage_size >> 10,
+        l.max_compute_invocations_per_workgroup,
+    );
     print!("{}", variant_lines(&gpu));
     Ok(())
 }
@@ -209,14 +220,14 @@ fn limit(ds: Dataset, n: Option<usize>) -> Dataset {
 /// adapters of the best type; one line names rank, size and adapter. Else `Gpu::new`.
 fn rank_gpu(opts: &GpuOptions, comm: &dyn Communicator) -> Result<Gpu, crate::gpu::GpuError> {
     if comm.size() == 1 {
-        return Gpu::new(opts);
+        return block_on(Gpu::new(opts));
     }
-    let types: Vec<_> = enumerate_adapters(opts.backend)
+    let types: Vec<_> = block_on(enumerate_adapters(opts.backend))
         .iter()
         .map(|a| a.get_info().device_type)
         .collect();
     let adapter = crate::dist::adapter_for_rank(opts.adapter, comm.local_rank(), &types);
-    let gpu = Gpu::new(&GpuOptions { adapter, ..*opts })?;
+    let gpu = block_on(Gpu::new(&GpuOptions { adapter, ..*opts }))?;
     let line = format!(
         "rank {}/{}: adapter [{}] {}\n",
         comm.rank(),
@@ -303,7 +314,15 @@ fn train_ranks(opts: &GpuOptions, a: TrainArgs, comm: &dyn Communicator) -> CliR
         val_set = val_set.resized(cfg.image_h, cfg.image_w);
     }
     let init = match init {
-        Some((init_cfg, params, _)) => Some(merge_init(&init_cfg, &params, &cfg, a.seed)?),
+        Some((init_cfg, params, _)) => {
+            if !init::keeps_head(&init_cfg, &cfg) {
+                eprintln!(
+                    "new {:?} head with {} classes (the checkpoint had {:?} with {}); body kept",
+                    cfg.head, cfg.classes, init_cfg.head, init_cfg.classes
+                );
+            }
+            Some(init::merge_init(&init_cfg, &params, &cfg, a.seed)?)
+        }
         None => None,
     };
     let out = a.out.clone().unwrap_or_else(|| {
@@ -327,6 +346,7 @@ fn train_ranks(opts: &GpuOptions, a: TrainArgs, comm: &dyn Communicator) -> CliR
         );
     }
     let kernels = Kernels::new(&gpu);
+    gpu.check_limits()?;
     let topts = TrainOptions {
         cfg,
         epochs: a.epochs,
@@ -352,17 +372,17 @@ fn train_ranks(opts: &GpuOptions, a: TrainArgs, comm: &dyn Communicator) -> CliR
     let mut draw_curves = |dir: &Path, epochs: &[train::EpochMetrics]| {
         crate::viz::curves::update_curves(&dir.join("curves.png"), epochs)
     };
-    let (summary, trainer) = train::train_ranked(
+    let (summary, trainer) = block_on(train::train_ranked(
         &gpu,
         &kernels,
         &topts,
         (Arc::new(train_set), Arc::new(val_set)),
         &mut draw_curves,
         comm,
-    )?;
+    ))?;
     if let Some(dir) = &a.rank_weights {
         let path = dir.join(format!("rank-{}.safetensors", comm.rank()));
-        checkpoint::save_model(&path, &topts.cfg, &trainer.params()?, &[])?;
+        checkpoint::save_model(&path, &topts.cfg, &block_on(trainer.params())?, &[])?;
     }
     if comm.rank() > 0 {
         return Ok(());
@@ -382,37 +402,6 @@ fn train_ranks(opts: &GpuOptions, a: TrainArgs, comm: &dyn Communicator) -> CliR
         summary.out.display()
     );
     Ok(())
-}
-
-/// The starting weights for `cfg` from a checkpoint of `init_cfg`: the body must match
-/// (its position embeddings were already resampled to `cfg`'s grid); the head is kept when
-/// it has the same shape, else replaced by a fresh one (the seed's fine-tuning recipe).
-pub fn merge_init(
-    init_cfg: &crate::model::Config,
-    init: &HostParams,
-    cfg: &crate::model::Config,
-    seed: u64,
-) -> Result<HostParams, Box<dyn std::error::Error>> {
-    let body =
-        |c: &crate::model::Config| (c.dim, c.depth, c.heads, c.mlp_hidden, c.patch, c.channels);
-    if body(init_cfg) != body(cfg) || init_cfg.act != cfg.act {
-        return Err(format!(
-            "--init checkpoint's body ({init_cfg}) differs from the model to train ({cfg}); \
-             only the head, the classes, the image size and dropout can change"
-        )
-        .into());
-    }
-    if init_cfg.head == cfg.head && init_cfg.classes == cfg.classes {
-        return Ok(HostParams {
-            specs: crate::model::params::param_specs(cfg),
-            values: init.values.clone(),
-        });
-    }
-    eprintln!(
-        "new {:?} head with {} classes (the checkpoint had {:?} with {}); body kept",
-        cfg.head, cfg.classes, init_cfg.head, init_cfg.classes
-    );
-    Ok(init.with_new_head(cfg, seed))
 }
 
 fn load_checkpoint(
@@ -448,11 +437,13 @@ fn eval_cmd(opts: &GpuOptions, a: EvalArgs) -> CliResult {
         ds.std = std;
     }
     train::check_dataset(&cfg, &ds)?;
-    let gpu = Gpu::new(opts)?;
+    let gpu = block_on(Gpu::new(opts))?;
     let kernels = Kernels::new(&gpu);
+    gpu.check_limits()?;
     let batch = a.batch_size.min(ds.len.max(1));
     let model = Vit::new(&gpu, &kernels, &cfg, &params, batch, Mode::Infer, 0)?;
-    let r = train::evaluate(&gpu, &model, &Arc::new(ds.clone()))?;
+    gpu.check_limits()?;
+    let r = block_on(train::evaluate(&gpu, &model, &Arc::new(ds.clone())))?;
     let per_class = r.per_class_accuracy();
     if a.json {
         println!(
@@ -588,10 +579,12 @@ fn infer_batched(opts: &GpuOptions, a: InferArgs) -> CliResult {
         options,
     );
     (ds.mean, ds.std) = checkpoint_norm(&file, cfg.channels);
-    let gpu = Gpu::new(opts)?;
+    let gpu = block_on(Gpu::new(opts))?;
     let kernels = Kernels::new(&gpu);
+    gpu.check_limits()?;
     let batch = a.batch_size.min(n.max(1));
     let model = Vit::new(&gpu, &kernels, &cfg, &params, batch, Mode::Infer, 0)?;
+    gpu.check_limits()?;
     let per_image = cfg.channels * cfg.image_h * cfg.image_w;
     let t0 = Instant::now();
     let mut loader = data::Loader::new(Arc::new(ds), batch, false, None, 0, 0, false);
@@ -600,10 +593,7 @@ fn infer_batched(opts: &GpuOptions, a: InferArgs) -> CliResult {
         let mut images = b.images;
         images.resize(batch * per_image, 0.0);
         model.write_batch(&gpu, &images, &vec![0u32; batch]);
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        model.record_forward(&mut encoder);
-        gpu.queue.submit([encoder.finish()]);
-        let logits: Vec<f32> = gpu.read(&model.logits)?;
+        let logits = forward_logits(&gpu, &model)?;
         for (i, path) in files[done..done + b.len].iter().enumerate() {
             let row = &logits[i * cfg.classes..(i + 1) * cfg.classes];
             print_prediction(path, row, &names, a.top_k, a.json);
@@ -643,10 +633,12 @@ fn infer_cmd(opts: &GpuOptions, a: InferArgs) -> CliResult {
             cfg.channels,
         )?);
     }
-    let gpu = Gpu::new(opts)?;
+    let gpu = block_on(Gpu::new(opts))?;
     let kernels = Kernels::new(&gpu);
+    gpu.check_limits()?;
     let batch = images.len().min(64);
     let model = Vit::new(&gpu, &kernels, &cfg, &params, batch, Mode::Infer, 0)?;
+    gpu.check_limits()?;
     let per_image = cfg.channels * cfg.image_h * cfg.image_w;
     // The checkpoint records the normalisation it was trained with (default: 0.5, 0.5).
     let (mean, std) = checkpoint_norm(&file, cfg.channels);
@@ -659,12 +651,9 @@ fn infer_cmd(opts: &GpuOptions, a: InferArgs) -> CliResult {
             }
         }
         model.write_batch(&gpu, &input, &vec![0u32; batch]);
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        model.record_forward(&mut encoder);
-        gpu.queue.submit([encoder.finish()]);
-        let logits: Vec<f32> = gpu.read(&model.logits)?;
+        let logits = forward_logits(&gpu, &model)?;
         if let Some(dir) = &a.attention {
-            let maps = model.attention_maps(&gpu, &kernels)?;
+            let maps = block_on(model.attention_maps(&gpu, &kernels))?;
             let written =
                 crate::viz::render::write_batch(dir, &cfg, batch, &maps, chunk_paths, chunk)?;
             for p in written {
@@ -740,7 +729,7 @@ fn time_steps(
         }
         let t0 = Instant::now();
         if let Some(x) = &mut exchange {
-            x.step(gpu, model, comm)?;
+            block_on(x.step(gpu, model, comm))?;
         } else {
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
             match mode {
@@ -749,7 +738,7 @@ fn time_steps(
             }
             gpu.queue.submit([encoder.finish()]);
         }
-        gpu.wait("bench step")?;
+        block_on(gpu.idle("bench step"))?;
         if i >= a.warmup_steps {
             times.push(t0.elapsed().as_secs_f64());
         }
@@ -776,6 +765,7 @@ fn bench_model(
     let local = b / ranks;
     let params = HostParams::init(cfg, 0);
     let mut model = Vit::new(gpu, kernels, cfg, &params, local, mode, 0)?;
+    gpu.check_limits()?;
     if ranks > 1 {
         model.set_shard(gpu, kernels, comm.rank() * local, b);
     }
@@ -815,6 +805,7 @@ fn bench_ranks(opts: &GpuOptions, a: BenchArgs, comm: &dyn Communicator) -> CliR
     }
     let gpu = rank_gpu(opts, comm)?;
     let kernels = Kernels::new(&gpu);
+    gpu.check_limits()?;
     let mode = match a.mode {
         BenchMode::Train => Mode::Train,
         BenchMode::Infer => Mode::Infer,
@@ -824,7 +815,11 @@ fn bench_ranks(opts: &GpuOptions, a: BenchArgs, comm: &dyn Communicator) -> CliR
     let mut exchange = (ranks > 1 && mode == Mode::Train)
         .then(|| crate::train::exchange::GradExchange::new(&gpu, &model));
     let timer = crate::gpu::PassTimer::new(&gpu);
-    let ceiling_before = crate::kernels::peak::measure_fma_ceiling(&gpu, timer.as_ref(), 256)?;
+    let ceiling_before = block_on(crate::kernels::peak::measure_fma_ceiling(
+        &gpu,
+        timer.as_ref(),
+        256,
+    ))?;
     let times = time_steps(&gpu, &model, &a, exchange.as_mut(), comm)?;
     // Per timed step: the all-reduce's seconds, the floats it sums, the wait for the slowest
     // rank before it (seconds).
@@ -838,20 +833,16 @@ fn bench_ranks(opts: &GpuOptions, a: BenchArgs, comm: &dyn Communicator) -> CliR
     });
     // The ceiling right before and right after the steps, so both see the same machine
     // load; the larger of the two, so a slow moment cannot flatter the ratio.
-    let ceiling_after = crate::kernels::peak::measure_fma_ceiling(&gpu, timer.as_ref(), 256)?;
+    let ceiling_after = block_on(crate::kernels::peak::measure_fma_ceiling(
+        &gpu,
+        timer.as_ref(),
+        256,
+    ))?;
     let ceiling = ceiling_before.max(ceiling_after);
-    let mut families = std::collections::BTreeMap::new();
-    // (family, what was launched) -> (launches, seconds)
-    let mut launches = std::collections::BTreeMap::new();
-    if a.profile {
-        for list in model.step_commands(mode) {
-            for l in crate::gpu::profile_commands(&gpu, list)? {
-                *families.entry(l.family).or_insert(0.0) += l.seconds;
-                let e = launches.entry((l.family, l.what)).or_insert((0, 0.0));
-                *e = (e.0 + 1, e.1 + l.seconds);
-            }
-        }
-    }
+    let (families, launches) = match a.profile {
+        true => profile_step(&gpu, &model, mode)?,
+        false => Default::default(),
+    };
     let median = times[times.len() / 2];
     let ips = b as f64 / median;
     let flops_per_image = match mode {
@@ -975,7 +966,7 @@ pub fn forward_matmul_flops_per_image(cfg: &crate::model::Config) -> f64 {
 }
 
 fn verify_cmd(opts: &GpuOptions, a: VerifyArgs) -> CliResult {
-    let gpu = Gpu::new(opts)?;
+    let gpu = block_on(Gpu::new(opts))?;
     print!("{}", variant_lines(&gpu));
     let tol = crate::verify::Tolerances {
         logits: a.logits_tol,
@@ -985,7 +976,7 @@ fn verify_cmd(opts: &GpuOptions, a: VerifyArgs) -> CliResult {
     };
     let mut failed = Vec::new();
     for path in &a.files {
-        let report = crate::verify::verify(&gpu, path, tol)?;
+        let report = block_on(crate::verify::verify(&gpu, path, tol))?;
         println!(
             "{}: {} (batch {})",
             path.display(),
@@ -1037,4 +1028,39 @@ fn verify_cmd(opts: &GpuOptions, a: VerifyArgs) -> CliResult {
     } else {
         Err(format!("verification failed for {}", failed.join(", ")).into())
     }
+}
+
+/// The logits of one forward pass over the batch already written (record, submit, read).
+fn forward_logits(gpu: &Gpu, model: &Vit) -> Result<Vec<f32>, crate::gpu::GpuError> {
+    let read =
+        block_on(gpu.record_and_read(|e| model.record_forward(e), &[(&model.logits).into()]))?;
+    Ok(read.into_iter().next().unwrap_or_default())
+}
+
+/// Seconds per kernel family and per (family, launch) with its launch count, for
+/// `bench --profile`: every command of one step timed (see `profile_commands`).
+type Profile = (
+    std::collections::BTreeMap<&'static str, f64>,
+    std::collections::BTreeMap<(&'static str, String), (u64, f64)>,
+);
+
+fn profile_step(gpu: &Gpu, model: &Vit, mode: Mode) -> Result<Profile, crate::gpu::GpuError> {
+    let (mut families, mut launches) = Profile::default();
+    if !gpu
+        .features
+        .contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+    {
+        eprintln!(
+            "note: no timestamps inside encoders on this device ({} limits): each launch is timed alone in its own pass",
+            gpu.mode.name()
+        );
+    }
+    for list in model.step_commands(mode) {
+        for l in block_on(crate::gpu::profile_commands(gpu, list))? {
+            *families.entry(l.family).or_insert(0.0) += l.seconds;
+            let e = launches.entry((l.family, l.what)).or_insert((0, 0.0));
+            *e = (e.0 + 1, e.1 + l.seconds);
+        }
+    }
+    Ok((families, launches))
 }

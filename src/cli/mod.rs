@@ -3,7 +3,7 @@
 pub mod commands;
 pub mod resolve;
 
-use crate::gpu::BackendChoice;
+use crate::gpu::{BackendChoice, LimitsMode};
 use crate::model::config::{Act, Config, Head, Preset};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -22,6 +22,16 @@ pub struct Cli {
     /// Adapter index from `vit-wgpu info` (default: the best GPU, then a CPU adapter).
     #[arg(long, global = true)]
     pub adapter: Option<usize>,
+    /// Device limits: the adapter's own, or WebGPU's defaults with only the features
+    /// browsers have (what the portable kernels must fit).
+    #[arg(
+        long,
+        value_enum,
+        env = "VIT_LIMITS",
+        default_value = "adapter",
+        global = true
+    )]
+    pub limits: LimitsMode,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -4,15 +4,24 @@
 //! device trains on the previous batch. Folders too large for memory are streamed
 //! (`stream`): only their file list is held, images are decoded per batch on N threads.
 
-pub mod batch;
-pub mod cifar10;
-pub mod folder;
-pub mod idx;
+pub mod augment;
 pub mod preprocess;
-pub mod stream;
 pub mod transforms;
+// Loaders: files, downloads and threads.
+#[cfg(feature = "native")]
+pub mod batch;
+#[cfg(feature = "native")]
+pub mod cifar10;
+#[cfg(feature = "native")]
+pub mod folder;
+#[cfg(feature = "native")]
+pub mod idx;
+#[cfg(feature = "native")]
+pub mod stream;
 
-pub use batch::{augment_into, normalise_into, Augment, Batch, Loader};
+pub use augment::{augment_into, normalise_into, Augment, Batch};
+#[cfg(feature = "native")]
+pub use batch::Loader;
 
 use std::path::PathBuf;
 
@@ -38,6 +47,7 @@ pub struct Dataset {
     pub allow_flip: bool,
     /// A streamed folder: `images` is empty, the files are decoded per batch (and
     /// `height` x `width` is the size they are transformed to).
+    #[cfg(feature = "native")]
     pub stream: Option<std::sync::Arc<stream::Stream>>,
 }
 
@@ -53,6 +63,14 @@ impl Dataset {
         &self.images[index * n..(index + 1) * n]
     }
 
+    /// A streamed folder (its images are decoded per batch, not held).
+    pub fn is_streamed(&self) -> bool {
+        #[cfg(feature = "native")]
+        return self.stream.is_some();
+        #[cfg(not(feature = "native"))]
+        false
+    }
+
     /// Number of classes.
     pub fn num_classes(&self) -> usize {
         self.class_names.len()
@@ -61,7 +79,7 @@ impl Dataset {
     /// The first `limit` images (all of them if `limit >= len`), for quick runs and tests.
     pub fn subset(&self, limit: usize) -> Dataset {
         let n = limit.min(self.len);
-        let stored = if self.stream.is_some() { 0 } else { n };
+        let stored = if self.is_streamed() { 0 } else { n };
         Dataset {
             name: self.name.clone(),
             images: self.images[..stored * self.image_size()].to_vec(),
@@ -74,6 +92,7 @@ impl Dataset {
             mean: self.mean.clone(),
             std: self.std.clone(),
             allow_flip: self.allow_flip,
+            #[cfg(feature = "native")]
             stream: self
                 .stream
                 .as_ref()
@@ -90,10 +109,12 @@ impl Dataset {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        #[cfg_attr(not(feature = "native"), allow(unused_mut))] // streamed folders add theirs
         let mut m = vec![
             ("norm_mean", join(&self.mean)),
             ("norm_std", join(&self.std)),
         ];
+        #[cfg(feature = "native")]
         if let Some(s) = &self.stream {
             m.push(("interpolation", s.options.interpolation.to_string()));
             if let Some(pct) = s.options.crop_pct {
@@ -109,7 +130,7 @@ impl Dataset {
         if (height, width) == (self.height, self.width) {
             return self.clone();
         }
-        if self.stream.is_some() {
+        if self.is_streamed() {
             // Decoded per batch: transformed straight to the new size.
             return Dataset {
                 height,
@@ -219,6 +240,7 @@ pub enum DataError {
 }
 
 impl DataError {
+    #[cfg(feature = "native")]
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> DataError {
         DataError::Io {
             path: path.into(),
@@ -227,6 +249,7 @@ impl DataError {
     }
 }
 
+#[cfg(feature = "native")]
 /// Reads a whole file, turning "not found" into `Missing` with the caller's hint.
 pub(crate) fn read_file(path: &std::path::Path, hint: &str) -> Result<Vec<u8>, DataError> {
     std::fs::read(path).map_err(|e| {
@@ -241,6 +264,7 @@ pub(crate) fn read_file(path: &std::path::Path, hint: &str) -> Result<Vec<u8>, D
     })
 }
 
+#[cfg(feature = "native")]
 /// Checks every label is a valid class index (a corrupt file otherwise surfaces as an
 /// out-of-bounds write in the loss kernel, far from its cause).
 pub(crate) fn check_labels(

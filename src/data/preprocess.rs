@@ -267,6 +267,7 @@ impl EvalPreprocess {
 /// `eval` on a streamed image folder with a model folder's checkpoint: the folder's
 /// interpolation and crop (from the metadata `hub.rs` wrote) replace the flags' defaults.
 /// A flag given with another value than the folder's wins, and is reported.
+#[cfg(feature = "native")]
 pub fn use_folder_transform(
     ds: &mut super::Dataset,
     meta: &std::collections::HashMap<String, String>,
@@ -304,6 +305,7 @@ pub fn use_folder_transform(
 
 /// `train --init FOLDER`: the model folder's normalisation (unless `--mean`/`--std` were
 /// given) for both splits, and its eval transform for the validation split.
+#[cfg(feature = "native")]
 pub fn use_folder_for_training(
     train: &mut super::Dataset,
     val: &mut super::Dataset,

@@ -6,11 +6,11 @@
 //! (seed, epoch, the sample's position in the epoch), never from a worker's state. So any
 //! number of workers, a resumed run, or (later) a shard of the epoch, sees the same images.
 
-use super::batch::{mix, Augment, Batch};
+use super::augment::{sample_rng, Augment, Batch};
 use super::transforms::{self, CropRange, Interpolation, Pixels};
 use super::{DataError, Dataset};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -213,14 +213,6 @@ fn transformed(
             Ok((out, false))
         }
     }
-}
-
-/// The generator of the sample at `position` in `epoch`'s order.
-pub fn sample_rng(seed: u64, epoch: u64, position: usize) -> StdRng {
-    StdRng::seed_from_u64(mix(
-        mix(seed ^ 0x5bd1_e995_9e37_79b9, epoch),
-        position as u64,
-    ))
 }
 
 /// Positions `[lo, hi)` of a streamed dataset's epoch `order` (a batch or a rank's slice).

@@ -42,7 +42,7 @@ impl PassTimer {
     }
 
     /// Run `record` in one timed pass and return its GPU time in seconds (waits).
-    pub fn time(
+    pub async fn time(
         &self,
         gpu: &Gpu,
         record: impl FnOnce(&mut wgpu::ComputePass<'_>),
@@ -59,7 +59,7 @@ impl PassTimer {
         }
         encoder.resolve_query_set(&self.queries, 0..2, &self.resolve, 0);
         gpu.queue.submit([encoder.finish()]);
-        let ticks: Vec<u64> = gpu.read(&self.resolve)?;
+        let ticks: Vec<u64> = gpu.read(&self.resolve).await?;
         let dt = ticks[1].wrapping_sub(ticks[0]);
         Ok(dt as f64 * self.period_ns as f64 * 1e-9)
     }
@@ -79,7 +79,7 @@ pub struct LaunchTime {
 /// is what it costs in place (caches as the step leaves them, no submit of its own). Without
 /// them every launch runs alone in a timed pass and copies are timed by wall clock, their
 /// submit and wait included (a copy of lavapipe's read 2-5x its in-place cost that way).
-pub fn profile_commands(
+pub async fn profile_commands(
     gpu: &Gpu,
     commands: &[super::Command],
 ) -> Result<Vec<LaunchTime>, GpuError> {
@@ -87,9 +87,9 @@ pub fn profile_commands(
         .features
         .contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
     {
-        in_place_seconds(gpu, commands)?
+        in_place_seconds(gpu, commands).await?
     } else {
-        alone_seconds(gpu, commands)?
+        alone_seconds(gpu, commands).await?
     };
     Ok(commands
         .iter()
@@ -109,7 +109,7 @@ pub fn profile_commands(
 const TIMED_PER_SUBMIT: usize = 2048;
 
 /// Run `commands` in order, a chunk per submit, a timestamp before each and after the last.
-fn in_place_seconds(gpu: &Gpu, commands: &[super::Command]) -> Result<Vec<f64>, GpuError> {
+async fn in_place_seconds(gpu: &Gpu, commands: &[super::Command]) -> Result<Vec<f64>, GpuError> {
     let period_ns = f64::from(gpu.queue.get_timestamp_period());
     let mut out = Vec::with_capacity(commands.len());
     for chunk in commands.chunks(TIMED_PER_SUBMIT) {
@@ -135,7 +135,7 @@ fn in_place_seconds(gpu: &Gpu, commands: &[super::Command]) -> Result<Vec<f64>, 
         encoder.write_timestamp(&queries, count - 1);
         encoder.resolve_query_set(&queries, 0..count, &resolve, 0);
         gpu.queue.submit([encoder.finish()]);
-        let ticks: Vec<u64> = gpu.read(&resolve)?;
+        let ticks: Vec<u64> = gpu.read(&resolve).await?;
         out.extend(
             ticks
                 .windows(2)
@@ -146,17 +146,17 @@ fn in_place_seconds(gpu: &Gpu, commands: &[super::Command]) -> Result<Vec<f64>, 
 }
 
 /// Every launch alone in a timed pass, every other command by wall clock.
-fn alone_seconds(gpu: &Gpu, commands: &[super::Command]) -> Result<Vec<f64>, GpuError> {
+async fn alone_seconds(gpu: &Gpu, commands: &[super::Command]) -> Result<Vec<f64>, GpuError> {
     use super::Command;
     let timer = PassTimer::new(gpu);
     let mut out = Vec::with_capacity(commands.len());
     for c in commands {
         out.push(match (c, &timer) {
-            (Command::Dispatch(d), Some(t)) => t.time(gpu, |pass| d.record(pass))?,
+            (Command::Dispatch(d), Some(t)) => t.time(gpu, |pass| d.record(pass)).await?,
             _ => {
-                let t0 = std::time::Instant::now();
+                let t0 = web_time::Instant::now();
                 gpu.submit_commands(std::slice::from_ref(c));
-                gpu.wait("profile")?;
+                gpu.idle("profile").await?;
                 t0.elapsed().as_secs_f64()
             }
         });

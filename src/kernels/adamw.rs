@@ -1,16 +1,17 @@
 //! AdamW over a parameter arena in chunks with global gradient-norm clipping, on the device.
 
-use super::cpu::texture;
-use crate::gpu::{div_ceil, grid_1d, Command, Dispatch, Gpu, Out, Record};
+use super::cpu::TryRecord;
+use crate::gpu::{div_ceil, grid_1d, Command, Gpu, Out, Record};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Meta {
+pub(super) struct Meta {
     start: u32,
     end: u32,
     decay_end: u32,
     partials: u32,
     scale_at: u32,
+    /// log2 of the texels per row of a CPU specialisation's gradient copy (0 here).
     texture_shift: u32,
     /// 1: add this chunk's sums of squares to the partial sums of the chunks before it.
     accumulate: u32,
@@ -23,13 +24,9 @@ struct Meta {
 const MAX_PARTIALS: usize = 256;
 
 /// Workgroups of the sum of squares on a CPU adapter. There a 256-invocation workgroup
-/// runs as 32 coroutines switched at each of the tree sum's 9 barriers: with 256
-/// workgroups that pass took 2.9 ms of a 105 ms micro step, with 8 it takes 0.3 ms.
+/// runs as 32 coroutines switched at each of the tree sum's 9 barriers, so a few
+/// workgroups sum faster than many.
 const CPU_PARTIALS: usize = 8;
-
-/// Texels per row of the texture path's textures: 8192 (128 KiB rows) holds labml's 20M
-/// floats in 611 rows, and a 8192-texel dimension is every adapter's default limit.
-const TEXTURE_WIDTH: u32 = 8192;
 
 /// The per-step hyper-parameters, written to a uniform buffer before each step's submit.
 pub use crate::ops::Hyper;
@@ -55,6 +52,24 @@ pub struct AdamWArgs<'a> {
     pub stats: &'a wgpu::Buffer,
 }
 
+/// One chunk's sum of squares of its gradients over `range`, into the `partials` partial
+/// sums at the start of `stats` (added to them when `accumulate`).
+pub struct ChunkSumOfSquares<'a> {
+    pub chunk: &'a AdamWChunk<'a>,
+    pub stats: &'a wgpu::Buffer,
+    pub partials: usize,
+    pub accumulate: bool,
+}
+
+/// One chunk's update over `range`, its gradients scaled by the clip scale in `stats`.
+/// Recorded in the same list after the chunk's `ChunkSumOfSquares` and the clip scale.
+pub struct ChunkUpdate<'a> {
+    pub chunk: &'a AdamWChunk<'a>,
+    pub hyper: &'a wgpu::Buffer,
+    pub stats: &'a wgpu::Buffer,
+    pub partials: usize,
+}
+
 pub struct AdamW {
     sum_squares: wgpu::ComputePipeline,
     clip_scale: wgpu::ComputePipeline,
@@ -63,56 +78,88 @@ pub struct AdamW {
     /// whole vec4s.
     sum_squares4: wgpu::ComputePipeline,
     update4: wgpu::ComputePipeline,
-    /// The vec4 kernels reading the gradients from an rgba32float copy (CPU adapters).
-    sum_squares_texture: wgpu::ComputePipeline,
-    update_texture: wgpu::ComputePipeline,
-    /// Texels per row (a power of two) of those copies, when the texture path is on.
-    texture_width: Option<u32>,
     /// Workgroups of the sum of squares (at most MAX_PARTIALS).
     partials: usize,
+    /// Offered every chunk's two passes first, where the adapter has one (`cpu::adamw`).
+    cpu: Option<Box<dyn Specialisation>>,
+}
+
+/// A CPU-adapter specialisation of AdamW: it records the chunk passes it can take, and the
+/// portable kernels run the others.
+pub trait Specialisation:
+    for<'a> TryRecord<ChunkSumOfSquares<'a>> + for<'a> TryRecord<ChunkUpdate<'a>>
+{
+}
+
+impl<T> Specialisation for T where
+    T: for<'a> TryRecord<ChunkSumOfSquares<'a>> + for<'a> TryRecord<ChunkUpdate<'a>>
+{
+}
+
+impl AdamWChunk<'_> {
+    /// Floats of each of the chunk's buffers.
+    pub(super) fn floats(&self) -> usize {
+        (self.params.size() / 4) as usize
+    }
+
+    /// Whether every buffer of the chunk holds whole vec4s (the vec4 kernels' condition).
+    pub(super) fn whole_vec4s(&self) -> bool {
+        self.floats().is_multiple_of(4)
+    }
+
+    /// Invocations of the vec4 update: the vec4s that hold a float of `range`.
+    pub(super) fn vec4s(&self) -> usize {
+        self.range.end.div_ceil(4) - self.range.start / 4
+    }
+
+    /// `texture_width`: texels per row of the CPU specialisation's gradient copy.
+    pub(super) fn meta(
+        &self,
+        partials: usize,
+        accumulate: bool,
+        texture_width: Option<u32>,
+    ) -> Meta {
+        Meta {
+            start: self.range.start as u32,
+            end: self.range.end as u32,
+            decay_end: self.decay_end as u32,
+            partials: partials as u32,
+            scale_at: MAX_PARTIALS as u32,
+            texture_shift: texture_width.map_or(0, u32::trailing_zeros),
+            accumulate: u32::from(accumulate),
+            _pad: 0,
+        }
+    }
 }
 
 impl AdamW {
-    pub fn new(gpu: &Gpu) -> Self {
+    /// The portable kernels, and `cpu` (`cpu::adamw::for_adapter`) offered every chunk
+    /// first.
+    pub fn new(gpu: &Gpu, cpu: Option<Box<dyn Specialisation>>) -> Self {
         let partials = if gpu.is_cpu() {
             CPU_PARTIALS
         } else {
             MAX_PARTIALS
         };
-        Self::with_partials(gpu, partials)
+        Self::with_partials(gpu, partials, cpu)
     }
 
     /// With `partials` workgroups in the sum of squares (1..=256; `new` picks them for the
-    /// adapter). The tests run the counts of both adapter kinds.
-    pub fn with_partials(gpu: &Gpu, partials: usize) -> Self {
+    /// adapter). The tests run the counts of both adapter kinds on every path.
+    pub fn with_partials(gpu: &Gpu, partials: usize, cpu: Option<Box<dyn Specialisation>>) -> Self {
         assert!(
             (1..=MAX_PARTIALS).contains(&partials),
             "AdamW partial sums {partials} outside 1..={MAX_PARTIALS}"
         );
         let s = &super::ADAMW;
         AdamW {
-            partials,
             sum_squares: gpu.pipeline(s, "sum_squares"),
             clip_scale: gpu.pipeline(s, "clip_scale"),
             update: gpu.pipeline(s, "adamw_update"),
             sum_squares4: gpu.pipeline(s, "sum_squares4"),
             update4: gpu.pipeline(s, "adamw_update4"),
-            sum_squares_texture: gpu.pipeline(s, "sum_squares_texture"),
-            update_texture: gpu.pipeline(s, "adamw_update_texture"),
-            texture_width: texture::preferred(gpu).then_some(TEXTURE_WIDTH),
-        }
-    }
-
-    /// The same with the texture path off (`None`) or on with rows of `width` texels (a
-    /// power of two), whatever the adapter: the tests cover every path.
-    pub fn with_texture_width(gpu: &Gpu, partials: usize, width: Option<u32>) -> Self {
-        assert!(
-            width.is_none_or(|w| w.is_power_of_two()),
-            "AdamW texture width {width:?} is not a power of two"
-        );
-        AdamW {
-            texture_width: width,
-            ..Self::with_partials(gpu, partials)
+            partials,
+            cpu,
         }
     }
 
@@ -145,103 +192,79 @@ impl Record<AdamWArgs<'_>> for AdamW {
             "AdamW needs at least one chunk and a stats buffer of {} floats",
             Self::stats_len()
         );
-        let mut sums = Vec::new();
-        let mut updates = Vec::new();
         for (i, chunk) in a.chunks.iter().enumerate() {
-            let (sum, update) = self.record_chunk(gpu, a, chunk, i > 0, out);
-            sums.push(sum);
-            updates.push(update);
+            let floats = chunk.floats();
+            let buffers = [chunk.grads, chunk.m, chunk.v, chunk.params];
+            assert!(
+                chunk.range.end <= floats
+                    && buffers.iter().all(|b| b.size() == chunk.params.size()),
+                "AdamW range {:?} outside a chunk of {floats} floats, or its roles differ in size",
+                chunk.range
+            );
+            let sum = ChunkSumOfSquares {
+                chunk,
+                stats: a.stats,
+                partials: self.partials,
+                accumulate: i > 0,
+            };
+            self.record(gpu, &sum, out);
         }
-        let meta = self.meta(&a.chunks[0], false);
+        let meta = a.chunks[0].meta(self.partials, false, None);
         let clip_scale = gpu.dispatch(
             &self.clip_scale,
             &[(1, &Out(a.stats)), (2, a.hyper)],
             &meta,
             [1, 1, 1],
         );
-        out.extend(sums.into_iter().map(Command::from));
-        out.push(Command::from(clip_scale));
-        out.extend(updates.into_iter().map(Command::from));
+        out.push(clip_scale.into());
+        for chunk in &a.chunks {
+            let update = ChunkUpdate {
+                chunk,
+                hyper: a.hyper,
+                stats: a.stats,
+                partials: self.partials,
+            };
+            self.record(gpu, &update, out);
+        }
     }
 }
 
-impl AdamW {
-    fn meta(&self, c: &AdamWChunk, accumulate: bool) -> Meta {
-        Meta {
-            start: c.range.start as u32,
-            end: c.range.end as u32,
-            decay_end: c.decay_end as u32,
-            partials: self.partials as u32,
-            scale_at: MAX_PARTIALS as u32,
-            texture_shift: self.texture_width.map_or(0, u32::trailing_zeros),
-            accumulate: u32::from(accumulate),
-            _pad: 0,
+impl Record<ChunkSumOfSquares<'_>> for AdamW {
+    fn record(&self, gpu: &Gpu, a: &ChunkSumOfSquares, out: &mut Vec<Command>) {
+        if self.cpu.as_ref().is_some_and(|c| c.try_record(gpu, a, out)) {
+            return;
         }
-    }
-
-    /// One chunk's sum of squares (added to the partial sums when `accumulate`) and update;
-    /// texture copies, when the texture path is taken, go to `out` first.
-    fn record_chunk(
-        &self,
-        gpu: &Gpu,
-        a: &AdamWArgs,
-        c: &AdamWChunk,
-        accumulate: bool,
-        out: &mut Vec<Command>,
-    ) -> (Dispatch, Dispatch) {
-        let floats = (c.params.size() / 4) as usize;
-        let buffers = [c.grads, c.m, c.v, c.params];
-        assert!(
-            c.range.end <= floats && buffers.iter().all(|b| b.size() == c.params.size()),
-            "AdamW range {:?} outside a chunk of {floats} floats, or its roles differ in size",
-            c.range
-        );
-        let meta = self.meta(c, accumulate);
-        let vec4 = floats.is_multiple_of(4);
-        let vec4s = c.range.end.div_ceil(4) - c.range.start / 4;
-        // The gradients as a texture, not to update a small part (a head alone) of a large
-        // chunk, whose copy would cost more than it saves.
-        let texture = self
-            .texture_width
-            .filter(|_| vec4 && 2 * c.range.len() >= floats)
-            .and_then(|w| texture::flat(gpu, c.grads, w));
-        if let Some((grads, copies)) = texture {
-            out.extend(copies);
-            let sum_squares = gpu.dispatch(
-                &self.sum_squares_texture,
-                &[(11, &grads), (1, &Out(a.stats))],
-                &meta,
-                [self.partials as u32, 1, 1],
-            );
-            let update = gpu.dispatch(
-                &self.update_texture,
-                &[
-                    (11, &grads),
-                    (2, a.hyper),
-                    (3, a.stats),
-                    (8, &Out(c.params)),
-                    (9, &Out(c.m)),
-                    (10, &Out(c.v)),
-                ],
-                &meta,
-                grid_1d(div_ceil(vec4s, 256)),
-            );
-            return (sum_squares, update);
-        }
-        // The vec4 kernels bind the gradients, values and moments as vec4 arrays (7..10).
-        let (sum_squares, update, [grads, params, m, v], threads) = if vec4 {
-            (&self.sum_squares4, &self.update4, [7, 8, 9, 10], vec4s)
+        let c = a.chunk;
+        // The vec4 kernel binds the gradients as a vec4 array (7).
+        let (pipeline, grads) = if c.whole_vec4s() {
+            (&self.sum_squares4, 7)
         } else {
-            (&self.sum_squares, &self.update, [0, 4, 5, 6], c.range.len())
+            (&self.sum_squares, 0)
         };
-        let sum_squares = gpu.dispatch(
-            sum_squares,
+        let d = gpu.dispatch(
+            pipeline,
             &[(grads, c.grads), (1, &Out(a.stats))],
-            &meta,
-            [self.partials as u32, 1, 1],
+            &c.meta(a.partials, a.accumulate, None),
+            [a.partials as u32, 1, 1],
         );
-        let update = gpu.dispatch(
-            update,
+        out.push(d.into());
+    }
+}
+
+impl Record<ChunkUpdate<'_>> for AdamW {
+    fn record(&self, gpu: &Gpu, a: &ChunkUpdate, out: &mut Vec<Command>) {
+        if self.cpu.as_ref().is_some_and(|c| c.try_record(gpu, a, out)) {
+            return;
+        }
+        let c = a.chunk;
+        // The vec4 kernel binds the gradients, values and moments as vec4 arrays (7..10).
+        let (pipeline, [grads, params, m, v], threads) = if c.whole_vec4s() {
+            (&self.update4, [7, 8, 9, 10], c.vec4s())
+        } else {
+            (&self.update, [0, 4, 5, 6], c.range.len())
+        };
+        let d = gpu.dispatch(
+            pipeline,
             &[
                 (grads, c.grads),
                 (2, a.hyper),
@@ -250,9 +273,9 @@ impl AdamW {
                 (m, &Out(c.m)),
                 (v, &Out(c.v)),
             ],
-            &meta,
+            &c.meta(a.partials, false, None),
             grid_1d(div_ceil(threads, 256)),
         );
-        (sum_squares, update)
+        out.push(d.into());
     }
 }

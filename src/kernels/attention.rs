@@ -95,15 +95,16 @@ const ROWS: usize = 16;
 /// `Tiled`: query (or key) rows per workgroup, chosen from N (`tile_rows`). The key pass
 /// runs two invocations per key row, so 128 rows need 256 invocations.
 const TILE_ROWS: [usize; 2] = [64, 128];
-/// `Tiled`: head dims run in classes of 4, 8 and 16 vec4 (d up to 16, 32, 64), the steps
-/// past d zero: one pipeline per class, exact for the usual 16, 32 and 64.
-const HEAD_CLASSES: [usize; 3] = [4, 8, 16];
+/// Head dims run in classes of 4, 8 and 16 vec4 (d up to 16, 32, 64) in every variant, the
+/// steps past d padded (shaders/attention.wgsl): one pipeline per class, exact for the
+/// usual 16, 32 and 64.
+pub(crate) const HEAD_CLASSES: [usize; 3] = [4, 8, 16];
 /// `Tiled`: workgroup memory, two tiles of 256 vec4 and two [64] f32 arrays, as in
 /// shaders/attention.wgsl.
 const TILED_WORKGROUP_BYTES: u32 = 2 * 256 * 16 + 2 * 64 * 4;
 
-/// The head-dim class (index into HEAD_CLASSES) a head dim runs in on `Tiled`.
-fn head_class(head_dim: usize) -> usize {
+/// The head-dim class (index into HEAD_CLASSES) a head dim runs in.
+pub(crate) fn head_class(head_dim: usize) -> usize {
     HEAD_CLASSES
         .iter()
         .position(|&c| 4 * c >= head_dim)
@@ -127,7 +128,7 @@ fn tile_rows(tokens: usize, max_invocations: u32) -> usize {
 }
 
 /// A portable pipeline: `Tiled`'s three passes take the head-dim class and the rows per
-/// workgroup, `Rows`' the head dim.
+/// workgroup, `Rows`' the head-dim class.
 fn spec(variant: Variant, entry: &'static str, head_vec4: usize, tile: usize) -> PipelineSpec {
     let mut constants = vec![("HEAD_VEC4", head_vec4 as f64)];
     if variant == Variant::Tiled {
@@ -163,15 +164,16 @@ fn probabilities_spec() -> PipelineSpec {
 }
 
 /// Every pipeline a variant can build (for the translation test): `Tiled` 3 classes x 2 row
-/// counts x 3 passes, `Rows` 16 head dims x 3 passes, `Lanes` its own; and probabilities.
+/// counts x 3 passes, `Rows` 3 classes x 3 passes, `Lanes` its own; and probabilities.
 pub fn pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
     let mut specs: Vec<PipelineSpec> = match variant {
         Variant::Tiled => HEAD_CLASSES
             .iter()
             .flat_map(|&c| (0..TILE_ROWS.len()).flat_map(move |t| pass_specs(variant, c, t)))
             .collect(),
-        Variant::Rows => (1..=MAX_HEAD_DIM / 4)
-            .flat_map(|v4| pass_specs(variant, v4, 0))
+        Variant::Rows => HEAD_CLASSES
+            .iter()
+            .flat_map(|&c| pass_specs(variant, c, 0))
             .collect(),
         Variant::Lanes => super::cpu::attention_lanes::pipeline_specs(),
     };
@@ -192,8 +194,8 @@ pub(crate) struct Meta {
     row_base: u32,
 }
 
-/// The three passes of a portable variant for one head dim (`Rows`) or one head-dim class
-/// and row count (`Tiled`).
+/// The three passes of a portable variant for one head-dim class (and, on `Tiled`, one row
+/// count).
 struct Passes {
     forward: wgpu::ComputePipeline,
     backward_query: wgpu::ComputePipeline,
@@ -208,9 +210,9 @@ pub struct Attention {
     /// The CPU-adapter specialisation (`Variant::Lanes`), which then records the forward
     /// and backward; the portable pipelines below serve the rest.
     cpu: Option<LanesAttention>,
-    /// `Rows`: indexed by head_dim / 4 - 1; `Tiled`: by head class x 2 + row count. Built
-    /// on first use and kept.
-    passes: [OnceLock<Passes>; MAX_HEAD_DIM / 4],
+    /// Indexed by head class x 2 + row count (`Rows`: always the first). Built on first use
+    /// and kept.
+    passes: [OnceLock<Passes>; HEAD_CLASSES.len() * TILE_ROWS.len()],
     probabilities: OnceLock<wgpu::ComputePipeline>,
 }
 
@@ -234,7 +236,7 @@ impl Attention {
                 ),
                 (
                     Variant::Rows,
-                    "CPU adapter without 8-lane subgroups: one row per invocation, no workgroup memory",
+                    "CPU adapter where the lanes kernel cannot run: one row per invocation, no workgroup memory",
                 ),
             ]
         } else {
@@ -302,17 +304,14 @@ impl Attention {
     /// The portable passes for `shape` (not for `Lanes`, whose `cpu` records them).
     fn passes(&self, gpu: &Gpu, shape: AttentionShape) -> &Passes {
         check(gpu, shape);
-        let (slot, head_vec4, tile) = match self.variant {
-            Variant::Tiled => {
-                let class = head_class(shape.head_dim);
-                let tile = tile_rows(shape.tokens, gpu.caps.invocations);
-                (class * TILE_ROWS.len() + tile, HEAD_CLASSES[class], tile)
-            }
-            _ => (shape.head_dim / 4 - 1, shape.head_dim / 4, 0),
+        let class = head_class(shape.head_dim);
+        let tile = match self.variant {
+            Variant::Tiled => tile_rows(shape.tokens, gpu.caps.invocations),
+            _ => 0,
         };
-        self.passes[slot].get_or_init(|| {
+        self.passes[class * TILE_ROWS.len() + tile].get_or_init(|| {
             let [forward, backward_query, backward_key] =
-                pass_specs(self.variant, head_vec4, tile).map(|s| s.build(gpu));
+                pass_specs(self.variant, HEAD_CLASSES[class], tile).map(|s| s.build(gpu));
             Passes {
                 forward,
                 backward_query,
@@ -545,5 +544,27 @@ mod tests {
     fn the_portable_path_lists_few_pipelines() {
         let tiled = pipeline_specs(Variant::Tiled).len();
         assert!(tiled <= 20, "Tiled lists {tiled} pipelines");
+    }
+
+    /// Distinct = unique (shader, entry point, override constants): what the program can
+    /// compile. The whole program stays under 200 (issue 31).
+    #[test]
+    fn the_family_builds_at_most_80_distinct_pipelines() {
+        let mut distinct: Vec<PipelineSpec> = Vec::new();
+        for v in Variant::ALL {
+            let specs = pipeline_specs(v);
+            eprintln!("attention {}: {} pipelines", v.name(), specs.len());
+            for spec in specs {
+                if !distinct.contains(&spec) {
+                    distinct.push(spec);
+                }
+            }
+        }
+        eprintln!("attention: {} distinct pipelines", distinct.len());
+        assert!(
+            distinct.len() <= 80,
+            "attention builds {} distinct pipelines",
+            distinct.len()
+        );
     }
 }

@@ -101,6 +101,7 @@ pub const LAYERNORM: Shader = shader!("layernorm.wgsl");
 pub const LOSS: Shader = shader!("loss.wgsl");
 pub const REDUCE: Shader = shader!("reduce.wgsl");
 /// The CPU-adapter specialisations (`cpu`): texture reads.
+pub const ADAMW_CPU: Shader = cpu_shader!("adamw.wgsl");
 pub const DROPOUT_CPU: Shader = cpu_shader!("dropout.wgsl");
 pub const EMBED_CPU: Shader = cpu_shader!("embed.wgsl");
 pub const LAYERNORM_CPU: Shader = cpu_shader!("layernorm.wgsl");
@@ -125,6 +126,7 @@ pub const ALL_SHADERS: &[Shader] = &[
     LOSS,
     REDUCE,
     PEAK_FMA,
+    ADAMW_CPU,
     DROPOUT_CPU,
     EMBED_CPU,
     LAYERNORM_CPU,
@@ -154,7 +156,7 @@ impl Kernels {
             embed: embed::Embed::new(gpu, cpu::embed::for_adapter(gpu)),
             dropout: dropout::Dropout::new(gpu, cpu::dropout::for_adapter(gpu)),
             loss: loss::CrossEntropy::new(gpu),
-            adamw: adamw::AdamW::new(gpu),
+            adamw: adamw::AdamW::new(gpu, cpu::adamw::for_adapter(gpu)),
             reduce: reduce::Reduce::new(gpu, cpu::reduce::for_adapter(gpu)),
             tokens: tokens::Tokens::new(gpu),
             elementwise: elementwise::Elementwise::new(gpu),

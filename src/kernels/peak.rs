@@ -2,14 +2,12 @@
 //! what is compared with it: `cargo bench` and the `bench` command divide their FLOP rates
 //! by this, because absolute rates on a shared machine swing with its load.
 
-use std::time::Instant;
-
 use crate::gpu::{Gpu, GpuError, PassTimer};
 
 /// FLOP/s of the peak_fma shader: median of three timed launches after a warm-up, with GPU
 /// timestamps when the adapter has them, else wall clock. `iterations` sets the length of
 /// one launch (256 ≈ 0.1 s on lavapipe's two cores; the benchmarks use 1024).
-pub fn measure_fma_ceiling(
+pub async fn measure_fma_ceiling(
     gpu: &Gpu,
     timer: Option<&PassTimer>,
     iterations: u32,
@@ -37,11 +35,11 @@ pub fn measure_fma_ceiling(
     let mut times = Vec::new();
     for run in 0..4 {
         let seconds = match timer {
-            Some(t) => t.time(gpu, |pass| dispatch.record(pass))?,
+            Some(t) => t.time(gpu, |pass| dispatch.record(pass)).await?,
             None => {
-                let t0 = Instant::now();
+                let t0 = web_time::Instant::now();
                 gpu.run(|pass| dispatch.record(pass));
-                gpu.wait("peak")?;
+                gpu.idle("peak").await?;
                 t0.elapsed().as_secs_f64()
             }
         };

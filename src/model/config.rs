@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::fmt;
 
 /// The MLP activation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "native", derive(clap::ValueEnum))]
 pub enum Act {
     Relu,
     Gelu,
@@ -83,7 +84,8 @@ pub enum Head {
     Mlp { hidden: usize },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "native", derive(clap::ValueEnum))]
 pub enum Preset {
     /// The seed's experiment: 32x32x3, patch 4, D 512, 6 layers, 8 heads, FFN 2048 ReLU, MLP head.
     Labml,

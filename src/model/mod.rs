@@ -7,7 +7,9 @@ pub mod arena;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+#[cfg(feature = "native")]
 pub mod hub;
+pub mod init;
 pub mod params;
 pub mod pos_embed;
 pub mod recorder;

@@ -352,19 +352,23 @@ impl Vit {
     }
 
     /// Copy every parameter back to the host (one copy per chunk; waits).
-    pub fn read_params(&self, gpu: &Gpu) -> Result<HostParams, GpuError> {
+    pub async fn read_params(&self, gpu: &Gpu) -> Result<HostParams, GpuError> {
         Ok(HostParams {
             specs: self.arena.layout.specs.clone(),
-            values: self.read_role(gpu, &self.arena.values)?,
+            values: self.read_role(gpu, &self.arena.values).await?,
         })
     }
 
     /// Per-tensor data of one role of the arena (waits).
-    fn read_role(&self, gpu: &Gpu, chunks: &[wgpu::Buffer]) -> Result<Vec<Vec<f32>>, GpuError> {
-        let host = chunks
-            .iter()
-            .map(|c| gpu.read::<f32>(c))
-            .collect::<Result<Vec<_>, _>>()?;
+    async fn read_role(
+        &self,
+        gpu: &Gpu,
+        chunks: &[wgpu::Buffer],
+    ) -> Result<Vec<Vec<f32>>, GpuError> {
+        let mut host = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            host.push(gpu.read::<f32>(c).await?);
+        }
         Ok(self.arena.layout.unpack(&host))
     }
 
@@ -376,20 +380,20 @@ impl Vit {
     }
 
     /// Copy every parameter gradient back to the host (waits). Empty in inference mode.
-    pub fn read_grads(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>, GpuError> {
+    pub async fn read_grads(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>, GpuError> {
         match &self.arena.grads {
-            Some(g) => self.read_role(gpu, g),
+            Some(g) => self.read_role(gpu, g).await,
             None => Ok(Vec::new()),
         }
     }
 
     /// Optimiser moments (m, v) per tensor, for checkpoints (waits).
-    pub fn read_moments(&self, gpu: &Gpu) -> Result<Vec<Moments>, GpuError> {
+    pub async fn read_moments(&self, gpu: &Gpu) -> Result<Vec<Moments>, GpuError> {
         let (Some(m), Some(v)) = (&self.arena.m, &self.arena.v) else {
             return Ok(Vec::new());
         };
-        let ms = self.read_role(gpu, m)?;
-        let vs = self.read_role(gpu, v)?;
+        let ms = self.read_role(gpu, m).await?;
+        let vs = self.read_role(gpu, v).await?;
         Ok(ms.into_iter().zip(vs).collect())
     }
 
@@ -411,7 +415,7 @@ impl Vit {
     /// Inference only: the attention probabilities of every layer, each [B, A, N, N]
     /// row-major, computed by the attention kernels from the qkv of the last forward (call
     /// after `record_forward`'s commands were submitted; waits for the device).
-    pub fn attention_maps(
+    pub async fn attention_maps(
         &self,
         gpu: &Gpu,
         kernels: &Kernels,
@@ -443,7 +447,7 @@ impl Vit {
         gpu.submit_commands(cmds);
         let mut out = Vec::with_capacity(bufs.len());
         for b in bufs {
-            let mut v: Vec<f32> = gpu.read(b)?;
+            let mut v: Vec<f32> = gpu.read(b).await?;
             v.truncate(shape.probs_len());
             out.push(v);
         }
@@ -451,7 +455,11 @@ impl Vit {
     }
 
     /// Each layer's qkv [B*N, 3D] of the last forward, read back (waits; for tests).
-    pub fn read_layer_qkv(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>, GpuError> {
-        self.net.blocks.iter().map(|b| gpu.read(&b.qkv)).collect()
+    pub async fn read_layer_qkv(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>, GpuError> {
+        let mut out = Vec::with_capacity(self.net.blocks.len());
+        for b in &self.net.blocks {
+            out.push(gpu.read(&b.qkv).await?);
+        }
+        Ok(out)
     }
 }

@@ -39,13 +39,6 @@ pub struct GlobalSums {
     pub correct: f32,
 }
 
-fn device_error(message: String) -> GpuError {
-    GpuError::Device {
-        context: "gradient read-back".into(),
-        message,
-    }
-}
-
 impl GradExchange {
     pub fn new(gpu: &Gpu, model: &Vit) -> GradExchange {
         let readback = |floats: usize| {
@@ -80,7 +73,7 @@ impl GradExchange {
 
     /// Gradients of this rank's shard (batch and step already written), summed over the
     /// ranks, then AdamW. Returns the global batch's loss and correct sums.
-    pub fn step(
+    pub async fn step(
         &mut self,
         gpu: &Gpu,
         model: &Vit,
@@ -101,7 +94,7 @@ impl GradExchange {
         encoder.copy_buffer_to_buffer(&model.losses, 0, &self.staging, 0, b);
         encoder.copy_buffer_to_buffer(&model.correct, 0, &self.staging, b, b);
         gpu.queue.submit([encoder.finish()]);
-        self.read_staging(gpu)?;
+        self.read_staging(gpu).await?;
         if self.separate_wait {
             let t0 = Instant::now();
             comm.all_reduce_sum_u64(&mut [0]);
@@ -128,52 +121,28 @@ impl GradExchange {
 
     /// Map the read-back buffers (waits for the backward) into `send`: the gradients, then
     /// the shard's loss sum and correct count.
-    fn read_staging(&mut self, gpu: &Gpu) -> Result<(), GpuError> {
-        let buffers: Vec<&wgpu::Buffer> = self
-            .pieces
-            .iter()
-            .map(|(_, _, b)| b)
-            .chain([&self.staging])
-            .collect();
-        let (tx, rx) = std::sync::mpsc::channel();
-        for b in &buffers {
-            let tx = tx.clone();
-            b.map_async(wgpu::MapMode::Read, .., move |r| {
-                let _ = tx.send(r);
-            });
-        }
-        gpu.wait("gradient read-back")?;
-        for _ in &buffers {
-            match rx.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(device_error(e.to_string())),
-                Err(e) => return Err(device_error(e.to_string())),
-            }
-        }
+    async fn read_staging(&mut self, gpu: &Gpu) -> Result<(), GpuError> {
+        let context = "gradient read-back";
         let mut at = 0;
-        for (i, b) in buffers.iter().enumerate() {
-            {
-                let view = b
-                    .get_mapped_range(..)
-                    .map_err(|e| device_error(e.to_string()))?;
-                let all: &[f32] = bytemuck::cast_slice(&view);
-                if i < self.pieces.len() {
-                    self.send[at..at + all.len()].copy_from_slice(all);
-                    at += all.len();
-                } else {
-                    self.send[at] = all[..self.batch].iter().sum();
-                    self.send[at + 1] = all[self.batch..].iter().sum();
-                }
-            }
-            b.unmap();
+        for (_, _, readback) in &self.pieces {
+            let piece: Vec<f32> = gpu.read_staging(readback, context).await?;
+            self.send[at..at + piece.len()].copy_from_slice(&piece);
+            at += piece.len();
         }
+        let sums: Vec<f32> = gpu.read_staging(&self.staging, context).await?;
+        self.send[at] = sums[..self.batch].iter().sum();
+        self.send[at + 1] = sums[self.batch..].iter().sum();
         Ok(())
     }
 }
 
 /// Rank 0's parameters and optimizer moments overwrite every other rank's (at start and
 /// after a resume), so all ranks start from one state whatever each one loaded.
-pub fn broadcast_model(gpu: &Gpu, model: &Vit, comm: &dyn Communicator) -> Result<(), GpuError> {
+pub async fn broadcast_model(
+    gpu: &Gpu,
+    model: &Vit,
+    comm: &dyn Communicator,
+) -> Result<(), GpuError> {
     if comm.size() < 2 {
         return Ok(());
     }
@@ -183,7 +152,7 @@ pub fn broadcast_model(gpu: &Gpu, model: &Vit, comm: &dyn Communicator) -> Resul
         .flatten()
         .flatten()
     {
-        let mut host: Vec<f32> = gpu.read(buffer)?;
+        let mut host: Vec<f32> = gpu.read(buffer).await?;
         comm.broadcast_f32(&mut host);
         gpu.write(buffer, &host);
     }

@@ -3,20 +3,27 @@
 //! a ring of staging buffers ([`ring::LossRing`]). Curves and other reports hang off the
 //! epoch callback of [`train_with`].
 
-pub mod exchange;
 pub mod ring;
-pub mod run_folder;
 pub mod schedule;
+// The trainer runs on the operating system: data loader threads, a run folder, a clock,
+// and MPI ranks.
+#[cfg(feature = "native")]
+pub mod exchange;
+#[cfg(feature = "native")]
+pub mod run_folder;
+#[cfg(feature = "native")]
 mod trainer;
 
+#[cfg(feature = "native")]
 pub use trainer::Trainer;
 
-use crate::data::{Dataset, Loader};
-use crate::gpu::{Gpu, GpuError};
+use crate::data::Dataset;
+use crate::gpu::GpuError;
 use crate::model::checkpoint::CheckpointError;
-use crate::model::{Config, HostParams, ModelError, Vit};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use crate::model::{Config, HostParams, ModelError};
+use std::path::PathBuf;
+#[cfg(feature = "native")]
+use {crate::data::Loader, crate::gpu::Gpu, crate::model::Vit, std::path::Path, std::sync::Arc};
 
 #[derive(thiserror::Error, Debug)]
 pub enum TrainError {
@@ -212,20 +219,22 @@ pub fn check_dataset(cfg: &Config, ds: &Dataset) -> Result<(), TrainError> {
     Ok(())
 }
 
+#[cfg(feature = "native")]
 /// Train, evaluating and checkpointing after every epoch (and every `save_every` steps).
-pub fn train(
+pub async fn train(
     gpu: &Gpu,
     kernels: &crate::model::Kernels,
     opts: &TrainOptions,
     train_set: Arc<Dataset>,
     val_set: Arc<Dataset>,
 ) -> Result<RunSummary, TrainError> {
-    train_with(gpu, kernels, opts, train_set, val_set, &mut |_, _| {})
+    train_with(gpu, kernels, opts, train_set, val_set, &mut |_, _| {}).await
 }
 
+#[cfg(feature = "native")]
 /// [`train`], calling `on_epoch(run folder, every epoch logged so far)` after each epoch's
 /// checkpoint (the CLI draws curves.png there).
-pub fn train_with(
+pub async fn train_with(
     gpu: &Gpu,
     kernels: &crate::model::Kernels,
     opts: &TrainOptions,
@@ -233,12 +242,16 @@ pub fn train_with(
     val_set: Arc<Dataset>,
     on_epoch: &mut dyn FnMut(&Path, &[EpochMetrics]),
 ) -> Result<RunSummary, TrainError> {
-    Trainer::new(gpu, kernels, opts, train_set, val_set)?.run(on_epoch)
+    Trainer::new(gpu, kernels, opts, train_set, val_set)
+        .await?
+        .run(on_epoch)
+        .await
 }
 
+#[cfg(feature = "native")]
 /// [`train_with`] as one rank of `comm` (data-parallel; see `crate::dist`). Returns the
 /// trainer too, for its final parameters and all-reduce time.
-pub fn train_ranked<'a>(
+pub async fn train_ranked<'a>(
     gpu: &'a Gpu,
     kernels: &crate::model::Kernels,
     opts: &'a TrainOptions,
@@ -246,11 +259,12 @@ pub fn train_ranked<'a>(
     on_epoch: &mut dyn FnMut(&Path, &[EpochMetrics]),
     comm: &'a dyn crate::dist::Communicator,
 ) -> Result<(RunSummary, Trainer<'a>), TrainError> {
-    let mut trainer = Trainer::with_comm(gpu, kernels, opts, train_set, val_set, comm)?;
-    let summary = trainer.run(on_epoch)?;
+    let mut trainer = Trainer::with_comm(gpu, kernels, opts, train_set, val_set, comm).await?;
+    let summary = trainer.run(on_epoch).await?;
     Ok((summary, trainer))
 }
 
+#[cfg(feature = "native")]
 /// `--resume` takes a run folder or its `last.safetensors`.
 pub fn resume_paths(resume: &Path) -> (PathBuf, PathBuf) {
     let weights = if resume.is_dir() {
@@ -267,15 +281,17 @@ pub fn resume_paths(resume: &Path) -> (PathBuf, PathBuf) {
     (weights, state)
 }
 
+#[cfg(feature = "native")]
 /// Accuracy, loss and confusion matrix over a dataset, in batches of the model's size
 /// (the last one padded; padded rows are ignored).
-pub fn evaluate(gpu: &Gpu, model: &Vit, ds: &Arc<Dataset>) -> Result<EvalResult, TrainError> {
-    evaluate_sharded(gpu, model, ds, &crate::dist::Single)
+pub async fn evaluate(gpu: &Gpu, model: &Vit, ds: &Arc<Dataset>) -> Result<EvalResult, TrainError> {
+    evaluate_sharded(gpu, model, ds, &crate::dist::Single).await
 }
 
+#[cfg(feature = "native")]
 /// [`evaluate`] over `comm`'s ranks: each takes its slice of every batch of
 /// (model batch x ranks) images, and the counts and loss sums are summed over the ranks.
-pub fn evaluate_sharded(
+pub async fn evaluate_sharded(
     gpu: &Gpu,
     model: &Vit,
     ds: &Arc<Dataset>,
@@ -306,15 +322,11 @@ pub fn evaluate_sharded(
         );
         labels.resize(b, 0);
         model.write_batch(gpu, &images, &labels);
-        let mut encoder = gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("eval"),
-            });
-        model.record_forward(&mut encoder);
-        gpu.queue.submit([encoder.finish()]);
-        let logits: Vec<f32> = gpu.read(&model.logits)?;
-        let losses: Vec<f32> = gpu.read(&model.losses)?;
+        let reads = [(&model.logits).into(), (&model.losses).into()];
+        let read: Vec<Vec<f32>> = gpu
+            .record_and_read(|e| model.record_forward(e), &reads)
+            .await?;
+        let (logits, losses) = (&read[0], &read[1]);
         for i in 0..n {
             let row = &logits[i * k..(i + 1) * k];
             let pred = argmax(row);

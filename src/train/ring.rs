@@ -2,16 +2,10 @@
 //! into a staging buffer and mapped asynchronously, so a step never waits for its own
 //! results, and at most `RING` steps are in flight.
 
-use crate::gpu::{Gpu, GpuError};
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use crate::gpu::{mapped, start_map, take_mapped, Gpu, GpuError, MapReceiver};
 
 const RING: usize = 3;
-
-const IDLE: u8 = 0;
-const MAPPING: u8 = 1;
-const MAPPED: u8 = 2;
-const FAILED: u8 = 3;
+const CONTEXT: &str = "loss read-back";
 
 /// One step's mean loss and accuracy, read back from the device.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -24,8 +18,8 @@ pub struct StepResult {
 /// A staging buffer that receives one step's per-image losses and correctness flags.
 struct Slot {
     buffer: wgpu::Buffer,
-    /// IDLE, MAPPING, MAPPED or FAILED; set by the map callback.
-    state: Arc<AtomicU8>,
+    /// The map in flight, resolved by wgpu's callback; `None` when the slot is idle.
+    map: Option<MapReceiver>,
     step: u64,
     submission: Option<wgpu::SubmissionIndex>,
 }
@@ -34,13 +28,6 @@ pub struct LossRing {
     slots: Vec<Slot>,
     next: usize,
     batch: usize,
-}
-
-fn device_error(message: String) -> GpuError {
-    GpuError::Device {
-        context: "loss read-back".into(),
-        message,
-    }
 }
 
 impl LossRing {
@@ -53,7 +40,7 @@ impl LossRing {
                     usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 }),
-                state: Arc::new(AtomicU8::new(IDLE)),
+                map: None,
                 step: 0,
                 submission: None,
             })
@@ -67,8 +54,8 @@ impl LossRing {
 
     /// Wait for the slot about to be reused (a step `RING` steps old) and return its result.
     /// Call before [`LossRing::record_copy`]: this bounds the steps in flight.
-    pub fn free_next(&mut self, gpu: &Gpu) -> Result<Option<StepResult>, GpuError> {
-        self.collect(gpu, self.next, true)
+    pub async fn free_next(&mut self, gpu: &Gpu) -> Result<Option<StepResult>, GpuError> {
+        self.collect(gpu, self.next, true).await
     }
 
     /// Copy this step's losses and correctness flags into the next slot (recorded after the
@@ -90,63 +77,54 @@ impl LossRing {
         let slot = &mut self.slots[self.next];
         slot.submission = Some(submission);
         slot.step = step;
-        slot.state.store(MAPPING, Ordering::Release);
-        let flag = slot.state.clone();
-        slot.buffer.map_async(wgpu::MapMode::Read, .., move |r| {
-            flag.store(if r.is_ok() { MAPPED } else { FAILED }, Ordering::Release);
-        });
+        slot.map = Some(start_map(&slot.buffer));
         self.next = (self.next + 1) % RING;
     }
 
     /// Results of the finished steps older than any step still in flight, in step order;
     /// with `wait`, of every step in flight. A step's result is never returned before an
     /// older one's (a later map can complete first), so the caller records them in order.
-    pub fn harvest(&mut self, gpu: &Gpu, wait: bool) -> Result<Vec<StepResult>, GpuError> {
+    pub async fn harvest(&mut self, gpu: &Gpu, wait: bool) -> Result<Vec<StepResult>, GpuError> {
+        // Natively, callbacks of finished maps run in a poll; in the browser this returns at once.
         let _ = gpu.device.poll(wgpu::PollType::Poll);
         let mut out = Vec::new();
         // From `next`, the slots hold the steps in flight oldest first.
         for k in 0..RING {
             let i = (self.next + k) % RING;
-            match self.collect(gpu, i, wait)? {
+            match self.collect(gpu, i, wait).await? {
                 Some(r) => out.push(r),
-                None if self.slots[i].state.load(Ordering::Acquire) == MAPPING => break,
+                None if self.slots[i].map.is_some() => break,
                 None => {}
             }
         }
         Ok(out)
     }
 
-    fn collect(&mut self, gpu: &Gpu, i: usize, wait: bool) -> Result<Option<StepResult>, GpuError> {
+    /// Slot `i`'s result if its map is done (with `wait`, once it is); `None` when the slot
+    /// is idle or, without `wait`, still mapping.
+    async fn collect(
+        &mut self,
+        gpu: &Gpu,
+        i: usize,
+        wait: bool,
+    ) -> Result<Option<StepResult>, GpuError> {
         let slot = &mut self.slots[i];
-        if slot.state.load(Ordering::Acquire) == IDLE {
+        let Some(mut map) = slot.map.take() else {
             return Ok(None);
-        }
-        while wait && slot.state.load(Ordering::Acquire) == MAPPING {
-            let poll = match slot.submission.clone() {
-                Some(index) => wgpu::PollType::Wait {
-                    submission_index: Some(index),
-                    timeout: None,
-                },
-                None => wgpu::PollType::wait_indefinitely(),
-            };
-            gpu.device
-                .poll(poll)
-                .map_err(|e| device_error(e.to_string()))?;
-        }
-        match slot.state.load(Ordering::Acquire) {
-            MAPPING => return Ok(None),
-            FAILED => return Err(device_error("mapping the staging buffer failed".into())),
-            _ => {}
-        }
-        let values: Vec<f32> = {
-            let view = slot
-                .buffer
-                .get_mapped_range(..)
-                .map_err(|e| device_error(e.to_string()))?;
-            bytemuck::cast_slice(&view).to_vec()
         };
-        slot.buffer.unmap();
-        slot.state.store(IDLE, Ordering::Release);
+        let result = match map.try_recv() {
+            Some(r) => Some(r),
+            None if !wait => {
+                slot.map = Some(map);
+                return Ok(None);
+            }
+            None => {
+                gpu.drive(slot.submission.clone(), CONTEXT)?;
+                map.await
+            }
+        };
+        mapped(result, CONTEXT)?;
+        let values: Vec<f32> = take_mapped(&slot.buffer, CONTEXT)?;
         let b = self.batch;
         Ok(Some(StepResult {
             step: slot.step,

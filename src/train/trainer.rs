@@ -55,19 +55,19 @@ pub struct Trainer<'a> {
 impl<'a> Trainer<'a> {
     /// Check the data, lock the run folder, and build the model: resumed, initialised from
     /// `opts.init`, or fresh.
-    pub fn new(
+    pub async fn new(
         gpu: &'a Gpu,
         kernels: &Kernels,
         opts: &'a TrainOptions,
         train_set: Arc<Dataset>,
         val_set: Arc<Dataset>,
     ) -> Result<Trainer<'a>, TrainError> {
-        Trainer::with_comm(gpu, kernels, opts, train_set, val_set, &Single)
+        Trainer::with_comm(gpu, kernels, opts, train_set, val_set, &Single).await
     }
 
     /// [`Trainer::new`] as one rank of `comm`: `opts.batch_size` is the global batch, split
     /// evenly over the ranks; rank 0's parameters and moments are broadcast to the others.
-    pub fn with_comm(
+    pub async fn with_comm(
         gpu: &'a Gpu,
         kernels: &Kernels,
         opts: &'a TrainOptions,
@@ -126,6 +126,7 @@ impl<'a> Trainer<'a> {
         };
         let local = batch / ranks;
         let mut model = Vit::new(gpu, kernels, cfg, &params, local, Mode::Train, opts.seed)?;
+        gpu.check_limits()?;
         if ranks > 1 {
             model.set_shard(gpu, kernels, comm.rank() * local, batch);
         }
@@ -135,7 +136,7 @@ impl<'a> Trainer<'a> {
         if !state.moments.is_empty() {
             model.write_moments(gpu, &state.moments);
         }
-        exchange::broadcast_model(gpu, &model, comm)?;
+        exchange::broadcast_model(gpu, &model, comm).await?;
         Ok(Trainer {
             gpu,
             opts,
@@ -169,12 +170,12 @@ impl<'a> Trainer<'a> {
 
     /// Run the remaining epochs (or up to `max_steps`), calling `on_epoch` after each (on
     /// rank 0, which owns the run folder).
-    pub fn run(
+    pub async fn run(
         &mut self,
         on_epoch: &mut dyn FnMut(&Path, &[EpochMetrics]),
     ) -> Result<RunSummary, TrainError> {
         while self.epoch < self.opts.epochs && !self.stop_requested() {
-            if !self.run_epoch()? {
+            if !self.run_epoch().await? {
                 break;
             }
             if let Some(folder) = &self.folder {
@@ -194,18 +195,13 @@ impl<'a> Trainer<'a> {
     }
 
     /// This rank's parameters now (waits for the device).
-    pub fn params(&self) -> Result<HostParams, TrainError> {
-        self.finish_on_device()?;
-        Ok(self.model.read_params(self.gpu)?)
+    pub async fn params(&self) -> Result<HostParams, TrainError> {
+        Ok(self.model.read_params(self.gpu).await?)
     }
 
     /// The all-reduce's total seconds and the steps it ran in (several ranks only).
     pub fn reduce_time(&self) -> Option<(f64, u64)> {
         self.exchange.as_ref().map(|e| (e.reduce_seconds, e.steps))
-    }
-
-    fn finish_on_device(&self) -> Result<(), TrainError> {
-        Ok(self.gpu.wait("end of training")?)
     }
 
     fn stop_requested(&self) -> bool {
@@ -214,7 +210,7 @@ impl<'a> Trainer<'a> {
 
     /// Train the rest of the current epoch; evaluate and checkpoint at its end. Returns
     /// false when stopped early by `max_steps` (after a checkpoint of the exact position).
-    pub fn run_epoch(&mut self) -> Result<bool, TrainError> {
+    pub async fn run_epoch(&mut self) -> Result<bool, TrainError> {
         let augment = self.opts.augment.then_some(Augment {
             crop_pad: 4,
             flip: true,
@@ -243,7 +239,7 @@ impl<'a> Trainer<'a> {
             if self.stop_requested() {
                 break;
             }
-            self.step(&b)?;
+            self.step(&b).await?;
             self.batch_in_epoch += 1;
             self.totals.seconds = seconds_before + t0.elapsed().as_secs_f64();
             let t = &self.totals;
@@ -257,27 +253,27 @@ impl<'a> Trainer<'a> {
             }
             bar.inc(1);
             if self.batch_in_epoch < self.steps_per_epoch && self.save_due() {
-                self.finish_steps()?;
-                self.checkpoint(None)?;
+                self.finish_steps().await?;
+                self.checkpoint(None).await?;
             }
         }
         // A streamed file that could not be decoded ends the epoch with its error.
         loader.finish()?;
-        self.finish_steps()?;
+        self.finish_steps().await?;
         self.totals.seconds = seconds_before + t0.elapsed().as_secs_f64();
         bar.finish_and_clear();
         if self.batch_in_epoch < self.steps_per_epoch {
             // Stopped early: report the position's accuracy, checkpoint it exactly.
-            let m = self.epoch_metrics()?;
+            let m = self.epoch_metrics().await?;
             self.summary.epochs.push(m);
             if self.saved_step != Some(self.step) {
-                self.checkpoint(None)?;
+                self.checkpoint(None).await?;
             }
             return Ok(false);
         }
-        let m = self.epoch_metrics()?;
+        let m = self.epoch_metrics().await?;
         self.report(&m);
-        self.checkpoint(Some(&m))?;
+        self.checkpoint(Some(&m)).await?;
         self.logged.push(m.clone());
         self.summary.epochs.push(m);
         self.epoch += 1;
@@ -295,14 +291,14 @@ impl<'a> Trainer<'a> {
 
     /// One optimiser step on `batch` (this rank's slice of the global batch): one submit, no
     /// wait (the loss arrives later); with several ranks, see `exchange.rs`.
-    pub fn step(&mut self, batch: &Batch) -> Result<(), TrainError> {
+    pub async fn step(&mut self, batch: &Batch) -> Result<(), TrainError> {
         self.step += 1;
         let lr = self.schedule.lr_at(self.step);
         if let Some(exchange) = &mut self.exchange {
             self.model
                 .write_batch(self.gpu, &batch.images, &batch.labels);
             self.model.write_step(self.gpu, self.step, lr, &self.optim);
-            let sums = exchange.step(self.gpu, &self.model, self.comm)?;
+            let sums = exchange.step(self.gpu, &self.model, self.comm).await?;
             let global = self.opts.batch_size;
             self.totals.images += global as u64;
             return self.record(StepResult {
@@ -312,7 +308,7 @@ impl<'a> Trainer<'a> {
             });
         }
         // Free the staging slot first: this bounds the steps in flight.
-        if let Some(r) = self.ring.free_next(self.gpu)? {
+        if let Some(r) = self.ring.free_next(self.gpu).await? {
             self.record(r)?;
         }
         let gpu = self.gpu;
@@ -329,15 +325,15 @@ impl<'a> Trainer<'a> {
         let submission = gpu.queue.submit([encoder.finish()]);
         self.ring.submitted(self.step, submission);
         self.totals.images += batch.len as u64;
-        for r in self.ring.harvest(gpu, false)? {
+        for r in self.ring.harvest(gpu, false).await? {
             self.record(r)?;
         }
         Ok(())
     }
 
     /// Collect every step still in flight.
-    fn finish_steps(&mut self) -> Result<(), TrainError> {
-        for r in self.ring.harvest(self.gpu, true)? {
+    async fn finish_steps(&mut self) -> Result<(), TrainError> {
+        for r in self.ring.harvest(self.gpu, true).await? {
             self.record(r)?;
         }
         Ok(())
@@ -373,9 +369,8 @@ impl<'a> Trainer<'a> {
     }
 
     /// Evaluate, and the epoch's line for metrics.jsonl.
-    fn epoch_metrics(&mut self) -> Result<EpochMetrics, TrainError> {
-        self.gpu.wait("end of epoch")?;
-        let eval = super::evaluate_sharded(self.gpu, &self.model, &self.val_set, self.comm)?;
+    async fn epoch_metrics(&mut self) -> Result<EpochMetrics, TrainError> {
+        let eval = super::evaluate_sharded(self.gpu, &self.model, &self.val_set, self.comm).await?;
         let t = &self.totals;
         let mean = |sum: f64| match t.steps {
             0 => f64::NAN,
@@ -407,8 +402,8 @@ impl<'a> Trainer<'a> {
     /// Save the exact position as one unit (see run_folder), after checking that every
     /// parameter (and at an epoch's end the validation loss) is finite: no non-finite model
     /// is ever written, and the last good checkpoint stays.
-    fn checkpoint(&mut self, end_of_epoch: Option<&EpochMetrics>) -> Result<(), TrainError> {
-        let host = self.model.read_params(self.gpu)?;
+    async fn checkpoint(&mut self, end_of_epoch: Option<&EpochMetrics>) -> Result<(), TrainError> {
+        let host = self.model.read_params(self.gpu).await?;
         if self.comm.size() > 1 {
             self.check_ranks_agree(&host)?;
         }
@@ -455,7 +450,7 @@ impl<'a> Trainer<'a> {
             } else {
                 self.totals
             },
-            moments: self.model.read_moments(self.gpu)?,
+            moments: self.model.read_moments(self.gpu).await?,
         };
         let model = self.model_file(&host, end_of_epoch.map(|m| m.val_accuracy));
         let Some(folder) = &self.folder else {

@@ -97,7 +97,7 @@ fn hashed_params(path: &Path, file: &TensorFile) -> Result<HostParams, VerifyErr
 }
 
 /// One step of the fixture's batch; logits, loss, and per gradient its samples and norm.
-pub(crate) fn verify_hashed(
+pub(crate) async fn verify_hashed(
     gpu: &Gpu,
     path: &Path,
     file: &TensorFile,
@@ -106,7 +106,7 @@ pub(crate) fn verify_hashed(
 ) -> Result<Report, VerifyError> {
     let cfg = fixture_config(path, file)?;
     let params = hashed_params(path, file)?;
-    let step = run_debug_step(gpu, path, file, &cfg, &params, chunk_bytes)?;
+    let step = run_debug_step(gpu, path, file, &cfg, &params, chunk_bytes).await?;
     let mut comparisons = step.compare_logits_and_loss(path, file, tol)?;
     for (spec, grad) in params.specs.iter().zip(&step.grads) {
         comparisons.extend(compare_gradient(path, file, &spec.name, grad, tol.grads)?);

@@ -86,30 +86,44 @@ pub(crate) fn compare(name: &str, ours: &[f32], expected: &[f32], tolerance: f64
     }
 }
 
-pub fn verify(gpu: &Gpu, path: &Path, tol: Tolerances) -> Result<Report, VerifyError> {
-    verify_in_chunks(gpu, path, tol, None)
+/// Verify the debug-state file at `path` (reads it; see [`verify_file`]).
+#[cfg(feature = "native")]
+pub async fn verify(gpu: &Gpu, path: &Path, tol: Tolerances) -> Result<Report, VerifyError> {
+    verify_in_chunks(gpu, path, tol, None).await
 }
 
 /// The same with the model's parameter arena in chunks of at most `chunk_bytes` (tests
 /// run small fixtures in many chunks).
-pub fn verify_in_chunks(
+#[cfg(feature = "native")]
+pub async fn verify_in_chunks(
     gpu: &Gpu,
     path: &Path,
     tol: Tolerances,
     chunk_bytes: Option<u64>,
 ) -> Result<Report, VerifyError> {
     let file = TensorFile::read(path)?;
-    if is_trajectory(&file) {
+    verify_file(gpu, path, &file, tol, chunk_bytes).await
+}
+
+/// Verify a debug-state file already in memory; `path` names it in messages.
+pub async fn verify_file(
+    gpu: &Gpu,
+    path: &Path,
+    file: &TensorFile,
+    tol: Tolerances,
+    chunk_bytes: Option<u64>,
+) -> Result<Report, VerifyError> {
+    if is_trajectory(file) {
         let tol = tol.trajectory;
-        return trajectory::verify_trajectory(gpu, path, &file, tol, chunk_bytes);
+        return trajectory::verify_trajectory(gpu, path, file, tol, chunk_bytes).await;
     }
-    if hashed::is_hashed(&file) {
-        return hashed::verify_hashed(gpu, path, &file, tol, chunk_bytes);
+    if hashed::is_hashed(file) {
+        return hashed::verify_hashed(gpu, path, file, tol, chunk_bytes).await;
     }
-    let cfg = fixture_config(path, &file)?;
-    let params = crate::model::checkpoint::load_params_resampling(path, &file, &cfg)?;
-    let step = run_debug_step(gpu, path, &file, &cfg, &params, chunk_bytes)?;
-    let mut comparisons = step.compare_logits_and_loss(path, &file, tol)?;
+    let cfg = fixture_config(path, file)?;
+    let params = crate::model::checkpoint::load_params_resampling(path, file, &cfg)?;
+    let step = run_debug_step(gpu, path, file, &cfg, &params, chunk_bytes).await?;
+    let mut comparisons = step.compare_logits_and_loss(path, file, tol)?;
     for (spec, g) in params.specs.iter().zip(&step.grads) {
         let name = format!("expected.grad.{}", spec.name);
         let expected = file.take(path, &name, &spec.shape)?;
@@ -155,7 +169,7 @@ pub(crate) struct DebugStep {
 
 /// Forward and backward of the file's `input.images` and `input.labels` through the
 /// training code path, with `params` (the arena in chunks of at most `chunk_bytes`).
-pub(crate) fn run_debug_step(
+pub(crate) async fn run_debug_step(
     gpu: &Gpu,
     path: &Path,
     file: &TensorFile,
@@ -192,13 +206,14 @@ pub(crate) fn run_debug_step(
         0,
         chunk_bytes,
     )?;
+    gpu.check_limits()?;
     model.write_batch(gpu, images, &labels);
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
     model.record_gradients(&mut encoder);
     gpu.queue.submit([encoder.finish()]);
-    let logits: Vec<f32> = gpu.read(&model.logits)?;
-    let losses: Vec<f32> = gpu.read(&model.losses)?;
-    let grads = model.read_grads(gpu)?;
+    let logits: Vec<f32> = gpu.read(&model.logits).await?;
+    let losses: Vec<f32> = gpu.read(&model.losses).await?;
+    let grads = model.read_grads(gpu).await?;
     let loss = losses[..batch].iter().map(|&v| v as f64).sum::<f64>() / batch as f64;
     Ok(DebugStep {
         batch,

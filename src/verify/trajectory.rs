@@ -46,7 +46,7 @@ fn recipe(path: &Path, file: &TensorFile) -> Result<Recipe, VerifyError> {
     })
 }
 
-pub fn verify_trajectory(
+pub async fn verify_trajectory(
     gpu: &Gpu,
     path: &Path,
     file: &TensorFile,
@@ -79,6 +79,7 @@ pub fn verify_trajectory(
     let kernels = Kernels::new(gpu);
     let model =
         Vit::with_chunk_bytes(gpu, &kernels, &cfg, &params, b, Mode::Train, 0, chunk_bytes)?;
+    gpu.check_limits()?;
     let mut lrs = Vec::with_capacity(s);
     let mut comparisons = Vec::new();
     for step in 1..=s {
@@ -99,7 +100,7 @@ pub fn verify_trajectory(
         model.record_train_step(&mut encoder);
         gpu.queue.submit([encoder.finish()]);
         // Verification, not training: waiting for each step's loss is fine here.
-        let losses: Vec<f32> = gpu.read(&model.losses)?;
+        let losses: Vec<f32> = gpu.read(&model.losses).await?;
         let loss = losses[..b].iter().map(|&v| v as f64).sum::<f64>() / b as f64;
         comparisons.push(compare(
             &format!("loss step {step}"),
@@ -112,7 +113,7 @@ pub fn verify_trajectory(
         0,
         compare("learning rate, every step", &lrs, &expected_lr, tolerance),
     );
-    let trained = model.read_params(gpu)?;
+    let trained = model.read_params(gpu).await?;
     for (spec, values) in trained.specs.iter().zip(&trained.values) {
         let expected = file.take(path, &format!("final.{}", spec.name), &spec.shape)?;
         if spec.name.ends_with("attn.qkv.bias") {

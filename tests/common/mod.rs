@@ -11,16 +11,18 @@ pub const TOLERANCE: f64 = 1e-4;
 /// The test device. Fails (never skips) when no adapter exists, saying how to get one.
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| match Gpu::new(&GpuOptions::default()) {
-        Ok(gpu) => {
-            eprintln!("test adapter: {}", gpu.describe());
-            gpu
-        }
-        Err(e) => panic!(
-            "these tests need a wgpu adapter: {e}\n\
+    GPU.get_or_init(
+        || match pollster::block_on(Gpu::new(&GpuOptions::default())) {
+            Ok(gpu) => {
+                eprintln!("test adapter: {}", gpu.describe());
+                gpu
+            }
+            Err(e) => panic!(
+                "these tests need a wgpu adapter: {e}\n\
              (CI and machines without a GPU: `apt-get install mesa-vulkan-drivers`)"
-        ),
-    })
+            ),
+        },
+    )
 }
 
 /// A fresh seed each run (printed, so a failure can be replayed with VIT_TEST_SEED).
@@ -59,7 +61,7 @@ pub fn poisoned(n: usize) -> wgpu::Buffer {
 }
 
 pub fn read(b: &wgpu::Buffer) -> Vec<f32> {
-    gpu().read(b).expect("read-back")
+    pollster::block_on(gpu().read(b)).expect("read-back")
 }
 
 pub fn read_n(b: &wgpu::Buffer, n: usize) -> Vec<f32> {

@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 use super::texture;
 use crate::gpu::{Bind, Command, Gpu, Out};
 use crate::kernels::attention::{
-    check, grid, meta, AttentionBackward, AttentionForward, AttentionShape, MAX_HEAD_DIM,
+    check, grid, head_class, meta, AttentionBackward, AttentionForward, AttentionShape,
+    HEAD_CLASSES,
 };
 use crate::kernels::{PipelineSpec, ATTENTION_LANES};
 
@@ -22,12 +23,13 @@ pub const LANE_ROWS: u32 = 3;
 /// Rows per workgroup.
 const ROWS_PER_GROUP: usize = (LANES * LANE_ROWS) as usize;
 
-/// The six pipelines for one head dim 4 `head_vec4`: forward, backward_query and
-/// backward_key over 8 x LANE_ROWS rows, then the same with one row per lane (`_tail`).
-/// `rows_texture`: the rows come from textures.
-fn specs(head_vec4: usize, rows_texture: bool) -> Vec<PipelineSpec> {
+/// The six pipelines for one head-dim class of `class_vec4` vec4: forward, backward_query
+/// and backward_key over 8 x LANE_ROWS rows, then the same with one row per lane (`_tail`).
+/// `rows_texture`: the rows come from textures (an override, not a uniform: it picks the
+/// load instruction of every streamed step).
+fn specs(class_vec4: usize, rows_texture: bool) -> Vec<PipelineSpec> {
     let constants = vec![
-        ("HEAD_VEC4", head_vec4 as f64),
+        ("HEAD_VEC4", class_vec4 as f64),
         ("ROWS_TEXTURE", if rows_texture { 1.0 } else { 0.0 }),
     ];
     [
@@ -47,11 +49,12 @@ fn specs(head_vec4: usize, rows_texture: bool) -> Vec<PipelineSpec> {
     .collect()
 }
 
-/// Every pipeline this specialisation can build (for the translation test).
+/// Every pipeline this specialisation can build (for the translation test): 2 row sources
+/// x 3 head-dim classes x 6 entry points.
 pub fn pipeline_specs() -> Vec<PipelineSpec> {
     [false, true]
         .into_iter()
-        .flat_map(|t| (1..=MAX_HEAD_DIM / 4).flat_map(move |v4| specs(v4, t)))
+        .flat_map(|t| HEAD_CLASSES.iter().flat_map(move |&c| specs(c, t)))
         .collect()
 }
 
@@ -86,15 +89,16 @@ pub struct LanesAttention {
     textures: bool,
     /// Bound where the textures are not used.
     placeholder: wgpu::TextureView,
-    /// Indexed by [rows from textures][head_dim / 4 - 1]; built on first use and kept (a
-    /// pipeline costs an LLVM compile on lavapipe).
-    pipelines: [[OnceLock<Pipelines>; MAX_HEAD_DIM / 4]; 2],
+    /// Indexed by [rows from textures][head class]; built on first use and kept (a pipeline
+    /// costs an LLVM compile on lavapipe).
+    pipelines: [[OnceLock<Pipelines>; HEAD_CLASSES.len()]; 2],
 }
 
 impl LanesAttention {
     /// Ok when the adapter has subgroups of exactly 8 lanes.
     pub fn supports(gpu: &Gpu) -> Result<(), String> {
-        gpu.caps.exact_subgroups(LANES)
+        gpu.caps.exact_subgroups(LANES)?;
+        gpu.fits_limits(&crate::kernels::ATTENTION_LANES)
     }
 
     pub fn new(gpu: &Gpu) -> LanesAttention {
@@ -107,9 +111,11 @@ impl LanesAttention {
 
     fn pipelines(&self, gpu: &Gpu, shape: AttentionShape, rows_texture: bool) -> &Pipelines {
         check(gpu, shape);
-        let v4 = shape.head_dim / 4;
-        self.pipelines[rows_texture as usize][v4 - 1].get_or_init(|| {
-            let mut built = specs(v4, rows_texture).into_iter().map(|s| s.build(gpu));
+        let class = head_class(shape.head_dim);
+        self.pipelines[rows_texture as usize][class].get_or_init(|| {
+            let mut built = specs(HEAD_CLASSES[class], rows_texture)
+                .into_iter()
+                .map(|s| s.build(gpu));
             let mut next = || built.next().expect("specs() gives 6 pipelines");
             Pipelines {
                 forward: next(),

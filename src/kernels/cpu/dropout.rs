@@ -18,7 +18,8 @@ const TEXTURE_WIDTH: u32 = 8192;
 
 /// The specialisation where the adapter prefers texture reads (`texture::preferred`).
 pub fn for_adapter(gpu: &Gpu) -> Option<Box<dyn Specialisation>> {
-    texture::preferred(gpu).then(|| DropoutTextures::boxed(gpu, TEXTURE_WIDTH))
+    texture::preferred_for(gpu, &crate::kernels::DROPOUT_CPU)
+        .then(|| DropoutTextures::boxed(gpu, TEXTURE_WIDTH))
 }
 
 impl DropoutTextures {

@@ -15,7 +15,7 @@ pub struct EmbedTextures {
 
 /// The specialisation where the adapter prefers texture reads (`texture::preferred`).
 pub fn for_adapter(gpu: &Gpu) -> Option<Box<dyn Specialisation>> {
-    texture::preferred(gpu).then(|| EmbedTextures::boxed(gpu))
+    texture::preferred_for(gpu, &crate::kernels::EMBED_CPU).then(|| EmbedTextures::boxed(gpu))
 }
 
 impl EmbedTextures {

@@ -16,7 +16,8 @@ pub struct LayerNormTextures {
 
 /// The specialisation where the adapter prefers texture reads (`texture::preferred`).
 pub fn for_adapter(gpu: &Gpu) -> Option<Box<dyn Specialisation>> {
-    texture::preferred(gpu).then(|| LayerNormTextures::boxed(gpu))
+    texture::preferred_for(gpu, &crate::kernels::LAYERNORM_CPU)
+        .then(|| LayerNormTextures::boxed(gpu))
 }
 
 impl LayerNormTextures {

@@ -8,9 +8,11 @@
 //! portable kernel runs. Imports go one way: these modules use the families' argument
 //! types, and the portable families never name them.
 
+pub mod adamw;
 pub mod attention_lanes;
 pub mod dropout;
 pub mod embed;
+pub mod gemm_lanes;
 pub mod layernorm;
 pub mod reduce;
 pub mod texture;

@@ -11,7 +11,7 @@ pub struct ReduceTextures {
 
 /// The specialisation where the adapter prefers texture reads (`texture::preferred`).
 pub fn for_adapter(gpu: &Gpu) -> Option<Box<dyn Specialisation>> {
-    texture::preferred(gpu).then(|| ReduceTextures::boxed(gpu))
+    texture::preferred_for(gpu, &crate::kernels::REDUCE_CPU).then(|| ReduceTextures::boxed(gpu))
 }
 
 impl ReduceTextures {

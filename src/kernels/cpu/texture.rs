@@ -34,6 +34,12 @@ pub fn preferred(gpu: &Gpu) -> bool {
     gpu.is_cpu() && supported(gpu).is_ok()
 }
 
+/// `preferred`, and every entry point of the specialisation's `shader` fits the device's
+/// limits (under `--limits webgpu` some do not, and the portable kernels run).
+pub fn preferred_for(gpu: &Gpu, shader: &crate::gpu::Shader) -> bool {
+    preferred(gpu) && gpu.fits_limits(shader).is_ok()
+}
+
 /// The most textures one kernel reads (the GEMM's A, B, aux and C; LayerNorm's x, gamma,
 /// dy and old dx, or x, dy and the row statistics).
 pub const TEXTURES_PER_KERNEL: u32 = 4;

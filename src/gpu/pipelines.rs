@@ -1,0 +1,148 @@
+//! Compute pipelines: built from WGSL once per (shader, entry point, constants) and cached.
+
+use super::limits::{PipelineNeeds, Violation};
+use super::Gpu;
+
+/// A WGSL source embedded at compile time (the constants live in `kernels`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shader {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+impl Gpu {
+    /// Build a compute pipeline from WGSL with a layout derived from the entry point.
+    pub fn pipeline(&self, shader: &Shader, entry: &str) -> wgpu::ComputePipeline {
+        self.pipeline_with(shader, entry, &[])
+    }
+
+    /// The pipeline for (shader, entry point, override constants), built on first request
+    /// and shared after.
+    pub fn pipeline_with(
+        &self,
+        shader: &Shader,
+        entry: &str,
+        constants: &[(&str, f64)],
+    ) -> wgpu::ComputePipeline {
+        let key = format!("{}:{entry}:{constants:?}", shader.name);
+        if let Some(p) = self
+            .pipelines
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&key).cloned())
+        {
+            return p;
+        }
+        let pipeline = match self.fits(shader, entry, constants) {
+            Ok(()) => self.build_pipeline(shader, entry, constants),
+            Err(v) => {
+                self.violations
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(v);
+                self.placeholder()
+            }
+        };
+        if let Ok(mut c) = self.pipelines.lock() {
+            c.insert(key, pipeline.clone());
+        }
+        pipeline
+    }
+
+    /// Whether (shader, entry point, constants) fits the device's limits, by reflection of
+    /// the entry point. A source naga cannot read is left to wgpu to report.
+    fn fits(
+        &self,
+        shader: &Shader,
+        entry: &str,
+        constants: &[(&str, f64)],
+    ) -> Result<(), Violation> {
+        let Ok(needs) = PipelineNeeds::reflect(shader.source, entry, constants) else {
+            return Ok(());
+        };
+        needs.check(&self.limits).map_err(|e| Violation {
+            pipeline: format!("{}:{entry}", shader.name),
+            detail: e.to_string(),
+        })
+    }
+
+    /// A do-nothing pipeline standing in for one that does not fit: dispatches of it record
+    /// nothing, and `check_limits` reports the one it replaced.
+    fn placeholder(&self) -> wgpu::ComputePipeline {
+        self.placeholder
+            .get_or_init(|| {
+                let shader = Shader {
+                    name: "placeholder",
+                    source: "@compute @workgroup_size(1) fn placeholder() {}",
+                };
+                self.build_pipeline(&shader, "placeholder", &[])
+            })
+            .clone()
+    }
+
+    pub(super) fn is_placeholder(&self, pipeline: &wgpu::ComputePipeline) -> bool {
+        self.placeholder.get() == Some(pipeline)
+    }
+
+    fn build_pipeline(
+        &self,
+        shader: &Shader,
+        entry: &str,
+        constants: &[(&str, f64)],
+    ) -> wgpu::ComputePipeline {
+        let module = self.module(shader);
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        let info = PipelineInfo {
+            family: shader.name,
+            entry: entry.to_string(),
+        };
+        if let Ok(mut f) = self.pipeline_info.lock() {
+            f.insert(pipeline.clone(), info);
+        }
+        pipeline
+    }
+
+    pub fn module(&self, shader: &Shader) -> wgpu::ShaderModule {
+        self.device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(shader.name),
+                source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+            })
+    }
+}
+
+#[derive(Clone)]
+pub(super) struct PipelineInfo {
+    pub(super) family: &'static str,
+    pub(super) entry: String,
+}
+
+impl Gpu {
+    /// Ok when every entry point of `shader` fits the device's limits (with its override
+    /// constants at their defaults), else the first that does not and why. Kernel families
+    /// choose a specialisation only where it fits, so the portable path runs otherwise.
+    pub fn fits_limits(&self, shader: &Shader) -> Result<(), String> {
+        let module = naga::front::wgsl::parse_str(shader.source)
+            .map_err(|e| format!("{}: {}", shader.name, e.emit_to_string(shader.source)))?;
+        for ep in &module.entry_points {
+            let needs = PipelineNeeds::reflect(shader.source, &ep.name, &[])
+                .map_err(|e| format!("{}:{}: {e}", shader.name, ep.name))?;
+            needs
+                .check(&self.limits)
+                .map_err(|e| format!("{}:{} {e}", shader.name, ep.name))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,40 @@
+//! What the browser tests share: the repository, a scratch folder, and the check that what
+//! they drive (node, Chromium, web/node_modules, web/pkg) is there.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vit-wgpu-web-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// What the browser side needs, each missing piece named with how to get it.
+pub fn check_prerequisites() {
+    let mut missing = Vec::new();
+    let node = Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        missing.push("node (apt-get install nodejs)".to_string());
+    }
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).exists() {
+        missing.push(format!("{chromium} (apt-get install chromium)"));
+    }
+    if !repo().join("web/node_modules/puppeteer-core").exists() {
+        missing.push("web/node_modules/puppeteer-core (npm ci --prefix web)".into());
+    }
+    if !repo().join("web/pkg/vit_wgpu_bg.wasm").exists() {
+        missing.push("web/pkg/vit_wgpu_bg.wasm (scripts/build_web.sh)".into());
+    }
+    assert!(
+        missing.is_empty(),
+        "the browser test needs: {}; .ci/web installs and builds all of them",
+        missing.join(", ")
+    );
+}
