@@ -84,7 +84,8 @@ fn cpu_reference_matches_timm_on_every_option_fixture() {
 fn device_model_verifies_against_timm_on_every_supported_option() {
     let g = gpu();
     for name in ON_DEVICE {
-        let report = verify(g, &fixture(name), Tolerances::default()).expect("verify runs");
+        let report = pollster::block_on(verify(g, &fixture(name), Tolerances::default()))
+            .expect("verify runs");
         for c in &report.comparisons {
             eprintln!("{name}: {} relative error {:.2e}", c.name, c.relative_error);
         }
@@ -216,13 +217,13 @@ fn models_with_options_train_and_checkpoint() {
             save_every: None,
             keep: 1,
         };
-        let s = train::train(
+        let s = pollster::block_on(train::train(
             g,
             &kernels,
             &opts,
             Arc::new(synthetic(40, 1)),
             Arc::new(synthetic(16, 2)),
-        )
+        ))
         .unwrap_or_else(|e| panic!("{name}: {e}"));
         let mean = |s: &[(u64, f32)]| s.iter().map(|l| l.1 as f64).sum::<f64>() / s.len() as f64;
         let (first, last) = (&s.step_losses[..5], &s.step_losses[25..]);
