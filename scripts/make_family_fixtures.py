@@ -19,6 +19,9 @@ Contents:
   timm_vit.expected.safetensors   float32 `input` [2,3,32,32] (timm's eval transform of the
                            two images, from the folder's pretrained_cfg) and `probs` [2,K]
                            (softmax of the model loaded back with local-dir:, in float64)
+  timm_<family>/ and .expected.safetensors   the same for one name of each other family
+                           (FAMILY_FOLDERS: deit3, dinov2, reg4, distilled, clip_quickgelu,
+                           gap) at width 24, depth 2, 2 heads
   hf_vit/                  a transformers ViTForImageClassification folder (config.json,
                            model.safetensors, preprocessor_config.json)
   hf_vit.expected.safetensors     the same with transformers' PIL image processor
@@ -118,6 +121,34 @@ def softmax64(logits):
     return torch.softmax(logits.double(), -1).float()
 
 
+# One small timm hub folder per family of the registry (tests/fixtures/families/timm_<family>/),
+# each with its expected probabilities like timm_vit's: the family's options at a tiny size.
+FAMILY_FOLDERS = {
+    "deit3": ("deit3_small_patch16_224", dict(img_size=32, patch_size=8)),
+    "dinov2": ("vit_small_patch14_dinov2", dict(img_size=28, patch_size=14)),
+    "reg4": ("vit_small_patch14_reg4_dinov2", dict(img_size=28, patch_size=14)),
+    "distilled": ("deit_tiny_distilled_patch16_224", dict(img_size=32, patch_size=8)),
+    "clip_quickgelu": ("vit_base_patch16_clip_quickgelu_224", dict(img_size=32, patch_size=8)),
+    "gap": ("vit_medium_patch16_gap_256", dict(img_size=32, patch_size=8)),
+}
+
+
+def family_folders(out, images, labels):
+    for i, (family, (name, size)) in enumerate(FAMILY_FOLDERS.items()):
+        torch.manual_seed(0)
+        m = timm.create_model(name, pretrained=False, embed_dim=24, depth=2, num_heads=2,
+                              num_classes=5, **size)
+        scramble(m, 10 + i)
+        d = os.path.join(out, f"timm_{family}")
+        save_for_hf(m, d, model_config={"label_names": labels}, safe_serialization=True)
+        m = timm.create_model(f"local-dir:{d}", pretrained=True).eval()
+        t = timm.data.create_transform(**timm.data.resolve_model_data_config(m))
+        x = torch.stack([t(im) for im in images])
+        with torch.no_grad():
+            probs = softmax64(m.double()(x.double()))
+        save_file({"input": x.contiguous(), "probs": probs}, f"{d}.expected.safetensors")
+
+
 def main(out):
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     registry = {n: registry_entry(n) for n in NAMES}
@@ -146,6 +177,7 @@ def main(out):
     with torch.no_grad():
         probs = softmax64(m.double()(x.double()))
     save_file({"input": x.contiguous(), "probs": probs}, f"{d}.expected.safetensors")
+    family_folders(out, images, labels)
 
     # transformers folder
     cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32,

@@ -29,6 +29,7 @@ fn options(out: PathBuf) -> TrainOptions {
             dropout: 0.1,
             ln_eps: 1e-6,
             classes: 3,
+            options: Default::default(),
         },
         epochs: 2,
         batch_size: 8,

@@ -198,6 +198,7 @@ fn config(classes: usize) -> Config {
         dropout: 0.0,
         ln_eps: 1e-6,
         classes,
+        options: Default::default(),
     }
 }
 

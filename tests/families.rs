@@ -219,7 +219,7 @@ fn registry_matches_what_timm_builds_for_every_name() {
 }
 
 #[test]
-fn plain_vit_names_give_our_config_and_others_name_the_missing_option() {
+fn registry_names_give_our_config_and_unknown_arguments_are_named() {
     let (a, _) = arch::lookup("vit_small_patch16_224").unwrap_or_else(|e| panic!("{e}"));
     let cfg = a.to_config("test", None).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
@@ -236,12 +236,16 @@ fn plain_vit_names_give_our_config_and_others_name_the_missing_option() {
     );
     assert_eq!(cfg.ln_eps, 1e-6);
     let (a, _) = arch::lookup("deit3_small_patch16_224").unwrap_or_else(|e| panic!("{e}"));
+    let cfg = a.to_config("test", None).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.options.no_embed_class && cfg.options.layer_scale == Some(1e-6));
+    let mut a = a;
+    a.act_layer = "swiglu".into();
     let e = a
         .to_config("test", None)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
-    assert!(e.contains("no_embed_class"), "{e}");
+    assert!(e.contains("act_layer") && e.contains("swiglu"), "{e}");
     let e = arch::lookup("vit_enormous_patch3_7")
         .err()
         .map(|e| e.to_string())
@@ -267,6 +271,23 @@ fn plain_vit_names_give_our_config_and_others_name_the_missing_option() {
 #[test]
 fn timm_hub_folder_gives_timms_probabilities() {
     check_folder("timm_vit", FolderKind::Timm);
+}
+
+/// One timm hub folder per family (scripts/make_family_fixtures.py FAMILY_FOLDERS): the
+/// options of each (LayerScale, registers, distillation token, norm_pre and QuickGELU,
+/// avg pooling without a class token or qkv bias) give timm's probabilities.
+#[test]
+fn timm_hub_folders_of_every_family_give_timms_probabilities() {
+    for family in [
+        "deit3",
+        "dinov2",
+        "reg4",
+        "distilled",
+        "clip_quickgelu",
+        "gap",
+    ] {
+        check_folder(&format!("timm_{family}"), FolderKind::Timm);
+    }
 }
 
 #[test]
@@ -333,7 +354,7 @@ fn bad_folders_name_the_option_or_tensor() {
 
     let dir = edited_copy("timm_vit", |c| c["model_args"]["reg_tokens"] = 4.into());
     let e = folder_error(&dir);
-    assert!(e.contains("'reg_tokens' is 4"), "{e}");
+    assert!(e.contains("reg_token") && e.contains("missing"), "{e}");
 
     let dir = edited_copy("timm_vit", |c| c["model_args"]["depth"] = 3.into());
     let e = folder_error(&dir);

@@ -212,6 +212,7 @@ fn tiny_config() -> Config {
         dropout: 0.0,
         ln_eps: 1e-6,
         classes: 3,
+        options: Default::default(),
     }
 }
 

@@ -38,6 +38,7 @@ fn tiny() -> Config {
         dropout: 0.0,
         ln_eps: 1e-6,
         classes: 3,
+        options: Default::default(),
     }
 }
 

@@ -107,6 +107,7 @@ fn config() -> Config {
         dropout: 0.3,
         ln_eps: 1e-6,
         classes: 5,
+        options: Default::default(),
     }
 }
 

@@ -36,6 +36,7 @@ fn small_config() -> Config {
         dropout: 0.0,
         ln_eps: 1e-5,
         classes: 3,
+        options: Default::default(),
     }
 }
 
@@ -326,6 +327,7 @@ fn training_writes_curves_png_every_epoch() {
         dropout: 0.0,
         ln_eps: 1e-6,
         classes: 3,
+        options: Default::default(),
     };
     let out = temp_dir("train");
     let opts = TrainOptions {

@@ -141,6 +141,7 @@ fn the_browser_classifies_as_the_cli_does() {
         dropout: 0.0,
         ln_eps: 1e-6,
         classes: 7,
+        options: Default::default(),
     };
     let mut file: TensorFile = checkpoint::model_file(&timm, &params(&timm, 12), &[]);
     file.metadata.clear();

@@ -9,12 +9,14 @@ pub mod adamw;
 pub mod attention;
 pub mod cpu;
 pub mod dropout;
+pub mod elementwise;
 pub mod embed;
 pub mod gemm;
 pub mod layernorm;
 pub mod loss;
 pub mod peak;
 pub mod reduce;
+pub mod tokens;
 
 pub use crate::gpu::Shader;
 
@@ -70,6 +72,11 @@ pub const ATTENTION_LANES: Shader = Shader {
 };
 pub const DROPOUT: Shader = shader!("dropout.wgsl");
 pub const EMBED: Shader = shader!("embed.wgsl");
+/// LayerScale, head averaging, QuickGELU and column copies (timm's ViT options).
+pub const ELEMENTWISE: Shader = shader!("elementwise.wgsl");
+/// Token layouts with distillation/register tokens or positions on the patches only, and
+/// pooling.
+pub const TOKENS: Shader = shader!("tokens.wgsl");
 /// erf, GELU and GELU' (scalar and vec4), written once: WGSL has no includes, so the GEMM
 /// shaders below are this file with theirs appended.
 pub const ACTIVATIONS: Shader = shader!("activations.wgsl");
@@ -110,7 +117,9 @@ pub const ALL_SHADERS: &[Shader] = &[
     ATTENTION,
     ATTENTION_LANES,
     DROPOUT,
+    ELEMENTWISE,
     EMBED,
+    TOKENS,
     GEMM_TILED,
     GEMM_LANES,
     LAYERNORM,
@@ -134,6 +143,8 @@ pub struct Kernels {
     pub loss: loss::CrossEntropy,
     pub adamw: adamw::AdamW,
     pub reduce: reduce::Reduce,
+    pub tokens: tokens::Tokens,
+    pub elementwise: elementwise::Elementwise,
 }
 
 impl Kernels {
@@ -147,6 +158,8 @@ impl Kernels {
             loss: loss::CrossEntropy::new(gpu),
             adamw: adamw::AdamW::new(gpu, cpu::adamw::for_adapter(gpu)),
             reduce: reduce::Reduce::new(gpu, cpu::reduce::for_adapter(gpu)),
+            tokens: tokens::Tokens::new(gpu),
+            elementwise: elementwise::Elementwise::new(gpu),
         }
     }
 }

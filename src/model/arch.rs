@@ -5,7 +5,7 @@
 //! tests/families_registry.rs checks every entry against timm itself (a fixture the script
 //! scripts/make_family_fixtures.py recorded).
 
-use super::config::{Act, Config, Head};
+use super::config::{Act, Config, Head, Options, Pool};
 use crate::data::preprocess::EvalPreprocess;
 use crate::data::transforms::Interpolation;
 use serde_json::Value;
@@ -417,40 +417,36 @@ impl TimmArgs {
                 found,
             })
         };
-        if !self.class_token {
-            return unsupported("class_token", "true", "false".into());
-        }
-        if self.global_pool != "token" {
-            return unsupported("global_pool", "'token'", format!("'{}'", self.global_pool));
-        }
-        if self.fc_norm == Some(true) {
-            return unsupported("fc_norm", "false or null", "true".into());
-        }
-        if self.no_embed_class {
-            return unsupported("no_embed_class", "false", "true".into());
-        }
-        if self.reg_tokens > 0 {
-            return unsupported("reg_tokens", "0", self.reg_tokens.to_string());
-        }
-        if let Some(v) = self.init_values {
-            return unsupported("init_values (LayerScale)", "null", v.to_string());
-        }
-        if self.pre_norm {
-            return unsupported("pre_norm", "false", "true".into());
-        }
-        if self.qk_norm {
-            return unsupported("qk_norm", "false", "true".into());
-        }
-        if self.distilled {
-            return unsupported("distilled (dist_token)", "false", "true".into());
-        }
-        if !self.qkv_bias {
-            return unsupported("qkv_bias", "true", "false".into());
-        }
+        let pool = match self.global_pool.as_str() {
+            "token" => Pool::Token,
+            "avg" => Pool::Avg,
+            other => return unsupported("global_pool", "'token' or 'avg'", format!("'{other}'")),
+        };
+        // timm's rule: fc_norm None means a norm after pooling exactly when pooling averages.
+        let fc_norm = self.fc_norm.unwrap_or(pool == Pool::Avg);
+        let options = Options {
+            class_token: self.class_token,
+            pool,
+            fc_norm,
+            no_embed_class: self.no_embed_class,
+            layer_scale: self.init_values.map(|v| v as f32),
+            reg_tokens: self.reg_tokens,
+            distilled: self.distilled,
+            pre_norm: self.pre_norm,
+            qk_norm: self.qk_norm,
+            qkv_bias: self.qkv_bias,
+        };
         let act = match self.act_layer.as_str() {
             "gelu" => Act::Gelu,
             "relu" => Act::Relu,
-            other => return unsupported("act_layer", "'gelu' or 'relu'", format!("'{other}'")),
+            "quick_gelu" => Act::QuickGelu,
+            other => {
+                return unsupported(
+                    "act_layer",
+                    "'gelu', 'quick_gelu' or 'relu'",
+                    format!("'{other}'"),
+                )
+            }
         };
         let classes = classes.unwrap_or(self.num_classes);
         if classes < 2 {
@@ -474,6 +470,7 @@ impl TimmArgs {
             dropout: 0.0,
             ln_eps: self.norm_eps as f32,
             classes,
+            options,
         };
         cfg.validate().map_err(|e| ArchError::BadArg {
             context: context.into(),

@@ -417,13 +417,18 @@ pub struct ConfigHints {
 /// The config of a state_dict without our metadata (e.g. a timm `VisionTransformer` saved
 /// with `safetensors.torch.save_file`): width, depth, MLP width, patch, channels, classes
 /// and (square) grid are read off the tensor shapes; heads (default D/64, timm's ViT
-/// convention), activation (GELU) and LayerNorm eps (1e-6) come from the hints.
+/// convention), activation (GELU) and LayerNorm eps (1e-6) come from the hints. timm's
+/// options are read off the tensor names (cls/dist/reg tokens, norm_pre, fc_norm,
+/// LayerScale, qk-norm, qkv bias; positions on the patches only when pos_embed's rows are
+/// the image's grid, or a square grid without the prefix tokens in a LayerScale model);
+/// pooling is the class token's when there is one
+/// and no fc_norm, else the patch mean.
 pub fn infer_config(
     path: &Path,
     file: &TensorFile,
     hints: &ConfigHints,
 ) -> Result<Config, CheckpointError> {
-    use super::config::{Act, Head};
+    use super::config::{Act, Head, Options, Pool};
     let shape = |name: &str| -> Result<Vec<usize>, CheckpointError> {
         file.tensors
             .get(name)
@@ -450,8 +455,53 @@ pub fn infer_config(
         })
         .count();
     let mlp_hidden = shape("blocks.0.mlp.fc1.weight")?[0];
+    let has = |name: &str| file.tensors.contains_key(name);
+    let class_token = has("cls_token");
+    let distilled = has("dist_token");
+    let reg_tokens = file.tensors.get("reg_token").map_or(0, |(s, _)| s[1]);
+    let prefix = class_token as usize + distilled as usize + reg_tokens;
+    let fc_norm = has("fc_norm.weight");
     let pos = shape("pos_embed")?;
-    let patches = pos.get(1).copied().unwrap_or(1).saturating_sub(1);
+    let rows = pos.get(1).copied().unwrap_or(1);
+    let square = |n: usize| {
+        let side = (n as f64).sqrt().round() as usize;
+        side * side == n
+    };
+    let grid_of = |(h, w): (usize, usize)| (h / patch) * (w / patch);
+    let no_embed_class = prefix > 0
+        && match hints.image_size {
+            Some(size) if rows == grid_of(size) => true,
+            Some(size) if rows == grid_of(size) + prefix => false,
+            // A square grid either way round is ambiguous (1 + 15 = 16): timm puts the
+            // positions on the patches only in LayerScale families (DeiT-III, DINOv2 with
+            // registers), so without LayerScale the prefix tokens have positions.
+            _ => {
+                rows <= prefix
+                    || (square(rows) && !square(rows - prefix) && has("blocks.0.ls1.gamma"))
+            }
+        };
+    let options = Options {
+        class_token,
+        pool: if class_token && !fc_norm {
+            Pool::Token
+        } else {
+            Pool::Avg
+        },
+        fc_norm,
+        no_embed_class,
+        // Only LayerScale's initial value: the loaded gammas replace it.
+        layer_scale: has("blocks.0.ls1.gamma").then_some(1e-5),
+        reg_tokens,
+        distilled,
+        pre_norm: has("norm_pre.weight"),
+        qk_norm: has("blocks.0.attn.q_norm.weight"),
+        qkv_bias: has("blocks.0.attn.qkv.bias"),
+    };
+    let patches = if no_embed_class {
+        rows
+    } else {
+        rows.saturating_sub(prefix)
+    };
     // The grid pos_embed was learned on: square (timm's assumption), else the image size
     // given must be the checkpoint's own.
     let side = (patches as f64).sqrt().round() as usize;
@@ -487,6 +537,7 @@ pub fn infer_config(
         dropout: 0.0,
         ln_eps: hints.ln_eps.unwrap_or(1e-6),
         classes,
+        options,
     };
     cfg.validate().map_err(|source| CheckpointError::Config {
         path: path.into(),
@@ -534,14 +585,15 @@ pub fn any_from_file(
 
 /// The grid a stored pos_embed was learned on: from `pos_grid_h`/`pos_grid_w` metadata, or
 /// square (timm's assumption) when the file does not say.
-fn stored_grid(file: &TensorFile, tokens: usize) -> Option<(usize, usize)> {
+/// `prefix`: the rows before the grid (1, the class token's, for the original ViT).
+fn stored_grid_after(file: &TensorFile, tokens: usize, prefix: usize) -> Option<(usize, usize)> {
     let meta = |k: &str| file.metadata.get(k).and_then(|v| v.parse::<usize>().ok());
     if let (Some(h), Some(w)) = (meta("pos_grid_h"), meta("pos_grid_w")) {
-        if h * w + 1 == tokens {
+        if h * w + prefix == tokens {
             return Some((h, w));
         }
     }
-    let patches = tokens.checked_sub(1)?;
+    let patches = tokens.checked_sub(prefix)?;
     let side = (patches as f64).sqrt().round() as usize;
     (side * side == patches).then_some((side, side))
 }
@@ -556,12 +608,14 @@ pub fn load_params_resampling(
     let mut file = file.clone();
     let grid = cfg.grid();
     if let Some((shape, values)) = file.tensors.get("pos_embed").cloned() {
-        let wanted = vec![1, cfg.tokens(), cfg.dim];
-        let stored_grid_meta = stored_grid(&file, shape.get(1).copied().unwrap_or(0));
+        let wanted = vec![1, cfg.pos_tokens(), cfg.dim];
+        let prefix = cfg.pos_tokens() - cfg.patches();
+        let stored_grid_meta = stored_grid_after(&file, shape.get(1).copied().unwrap_or(0), prefix);
         let differs = shape != wanted || stored_grid_meta.is_some_and(|g| g != grid);
         if differs && shape.len() == 3 && shape[0] == 1 && shape[2] == cfg.dim {
             if let Some(old) = stored_grid_meta {
-                let resampled = super::pos_embed::resample(&values, cfg.dim, old, grid);
+                let resampled =
+                    super::pos_embed::resample_with_prefix(&values, cfg.dim, prefix, old, grid);
                 file.tensors.insert("pos_embed".into(), (wanted, resampled));
             }
         }

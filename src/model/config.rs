@@ -9,6 +9,71 @@ use std::fmt;
 pub enum Act {
     Relu,
     Gelu,
+    /// CLIP's x * sigmoid(1.702 x).
+    QuickGelu,
+}
+
+impl Act {
+    /// The name in checkpoint metadata and timm's `act_layer`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Act::Relu => "relu",
+            Act::Gelu => "gelu",
+            Act::QuickGelu => "quick_gelu",
+        }
+    }
+}
+
+/// What the head reads: the class token, or the mean of the patch tokens (timm's
+/// `global_pool` 'token' and 'avg'; prefix tokens are left out of the mean).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pool {
+    Token,
+    Avg,
+}
+
+/// The options timm's VisionTransformer descendants add (issue 33). `Default` is the
+/// original ViT, so a config without them (and an old checkpoint) is unchanged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Options {
+    /// A class token (`cls_token` [1,1,D]) first in the sequence.
+    pub class_token: bool,
+    pub pool: Pool,
+    /// The final LayerNorm after pooling, named `fc_norm` (then there is no `norm`);
+    /// otherwise `norm` applies to every token before pooling.
+    pub fc_norm: bool,
+    /// The position embedding covers the patch tokens only (`pos_embed` [1, Np, D]).
+    pub no_embed_class: bool,
+    /// LayerScale's initial value: x + gamma * branch, `blocks.i.ls1.gamma`, `ls2.gamma` [D].
+    pub layer_scale: Option<f32>,
+    /// Register tokens (`reg_token` [1, R, D]) after the class token.
+    pub reg_tokens: usize,
+    /// DeiT's distillation token (`dist_token`) after the class token and its head
+    /// (`head_dist`); the logits are the mean of the two heads' (timm's default).
+    pub distilled: bool,
+    /// A LayerNorm before the blocks (`norm_pre`, CLIP).
+    pub pre_norm: bool,
+    /// LayerNorm on q and k per head (`attn.q_norm`, `attn.k_norm` [head_dim]).
+    pub qk_norm: bool,
+    /// A bias on the qkv projection (`attn.qkv.bias`; timm's `qkv_bias`).
+    pub qkv_bias: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            class_token: true,
+            pool: Pool::Token,
+            fc_norm: false,
+            no_embed_class: false,
+            layer_scale: None,
+            reg_tokens: 0,
+            distilled: false,
+            pre_norm: false,
+            qk_norm: false,
+            qkv_bias: true,
+        }
+    }
 }
 
 /// The classification head: one linear layer, or the seed's pre-training MLP head
@@ -45,6 +110,7 @@ pub struct Config {
     pub dropout: f32,
     pub ln_eps: f32,
     pub classes: usize,
+    pub options: Options,
 }
 
 #[derive(thiserror::Error, Debug, PartialEq)]
@@ -72,6 +138,7 @@ impl Preset {
                 dropout: 0.1,
                 ln_eps: 1e-5,
                 classes: 10,
+                options: Options::default(),
             },
             Preset::Tiny => Config {
                 image_h: 32,
@@ -87,6 +154,7 @@ impl Preset {
                 dropout: 0.0,
                 ln_eps: 1e-6,
                 classes: 10,
+                options: Options::default(),
             },
             Preset::Micro => Config {
                 image_h: 28,
@@ -102,6 +170,7 @@ impl Preset {
                 dropout: 0.0,
                 ln_eps: 1e-6,
                 classes: 10,
+                options: Options::default(),
             },
         }
     }
@@ -115,9 +184,28 @@ impl Config {
         let (h, w) = self.grid();
         h * w
     }
-    /// N = 1 + patches (the CLS token first).
+    /// Tokens before the patches: class, distillation and register tokens, in that order.
+    pub fn prefix_tokens(&self) -> usize {
+        let o = &self.options;
+        o.class_token as usize + o.distilled as usize + o.reg_tokens
+    }
+    /// N = prefix tokens + patches (1 + patches for the original ViT).
     pub fn tokens(&self) -> usize {
-        1 + self.patches()
+        self.prefix_tokens() + self.patches()
+    }
+    /// Rows of `pos_embed`: every token, or the patches alone (`no_embed_class`).
+    pub fn pos_tokens(&self) -> usize {
+        if self.options.no_embed_class {
+            self.patches()
+        } else {
+            self.tokens()
+        }
+    }
+    /// The original ViT's token layout (class token + patches, position on all, head on the
+    /// class token), which the embedding kernels and their CPU specialisation run.
+    pub fn plain_tokens(&self) -> bool {
+        let o = &self.options;
+        o.class_token && !o.distilled && o.reg_tokens == 0 && !o.no_embed_class
     }
     pub fn head_dim(&self) -> usize {
         self.dim / self.heads
@@ -161,6 +249,31 @@ impl Config {
         if self.ln_eps.is_nan() || self.ln_eps <= 0.0 {
             return bad(format!("LayerNorm eps {} must be positive", self.ln_eps));
         }
+        let o = &self.options;
+        if o.pool == Pool::Token && !o.class_token {
+            return bad("token pooling needs a class token (use avg pooling without one)".into());
+        }
+        if o.distilled
+            && (!o.class_token
+                || o.pool != Pool::Token
+                || o.reg_tokens > 0
+                || self.head != Head::Linear)
+        {
+            return bad(
+                "a distillation token needs a class token, token pooling, no register tokens \
+                 and a linear head"
+                    .into(),
+            );
+        }
+        if o.pool == Pool::Avg && self.patches() == 0 {
+            return bad("avg pooling needs at least one patch".into());
+        }
+        if o.layer_scale.is_some_and(|v| !v.is_finite()) {
+            return bad(format!(
+                "LayerScale init {:?} must be finite",
+                o.layer_scale
+            ));
+        }
         Ok(())
     }
 
@@ -178,14 +291,7 @@ impl Config {
         put("depth", self.depth.to_string());
         put("heads", self.heads.to_string());
         put("mlp_hidden", self.mlp_hidden.to_string());
-        put(
-            "act",
-            match self.act {
-                Act::Relu => "relu",
-                Act::Gelu => "gelu",
-            }
-            .into(),
-        );
+        put("act", self.act.name().into());
         match self.head {
             Head::Linear => put("head", "linear".into()),
             Head::Mlp { hidden } => {
@@ -196,6 +302,39 @@ impl Config {
         put("dropout", self.dropout.to_string());
         put("ln_eps", self.ln_eps.to_string());
         put("classes", self.classes.to_string());
+        // The options only where they differ from the original ViT, so its metadata is
+        // unchanged.
+        let (o, plain) = (&self.options, Options::default());
+        if o.class_token != plain.class_token {
+            put("class_token", o.class_token.to_string());
+        }
+        if o.pool != plain.pool {
+            put("global_pool", "avg".into());
+        }
+        if o.fc_norm {
+            put("fc_norm", "true".into());
+        }
+        if o.no_embed_class {
+            put("no_embed_class", "true".into());
+        }
+        if let Some(v) = o.layer_scale {
+            put("init_values", v.to_string());
+        }
+        if o.reg_tokens > 0 {
+            put("reg_tokens", o.reg_tokens.to_string());
+        }
+        if o.distilled {
+            put("distilled", "true".into());
+        }
+        if o.pre_norm {
+            put("pre_norm", "true".into());
+        }
+        if o.qk_norm {
+            put("qk_norm", "true".into());
+        }
+        if !o.qkv_bias {
+            put("qkv_bias", "false".into());
+        }
         m
     }
 
@@ -216,12 +355,50 @@ impl Config {
         let act = match get::<String>(m, "act")?.as_str() {
             "relu" => Act::Relu,
             "gelu" => Act::Gelu,
+            "quick_gelu" => Act::QuickGelu,
             other => {
                 return Err(ConfigError::Metadata {
                     field: "act".into(),
-                    problem: format!("is '{other}', expected relu or gelu"),
+                    problem: format!("is '{other}', expected relu, gelu or quick_gelu"),
                 })
             }
+        };
+        // Absent options keep the original ViT's value (checkpoints written before them).
+        fn opt<T: std::str::FromStr>(
+            m: &HashMap<String, String>,
+            k: &str,
+            default: T,
+        ) -> Result<T, ConfigError> {
+            match m.get(k) {
+                None => Ok(default),
+                Some(_) => get(m, k),
+            }
+        }
+        let plain = Options::default();
+        let pool = match m.get("global_pool").map(String::as_str) {
+            None | Some("token") => Pool::Token,
+            Some("avg") => Pool::Avg,
+            Some(other) => {
+                return Err(ConfigError::Metadata {
+                    field: "global_pool".into(),
+                    problem: format!("is '{other}', expected token or avg"),
+                })
+            }
+        };
+        let options = Options {
+            class_token: opt(m, "class_token", plain.class_token)?,
+            pool,
+            fc_norm: opt(m, "fc_norm", plain.fc_norm)?,
+            no_embed_class: opt(m, "no_embed_class", plain.no_embed_class)?,
+            layer_scale: m
+                .get("init_values")
+                .map(|_| get(m, "init_values"))
+                .transpose()?,
+            reg_tokens: opt(m, "reg_tokens", plain.reg_tokens)?,
+            distilled: opt(m, "distilled", plain.distilled)?,
+            pre_norm: opt(m, "pre_norm", plain.pre_norm)?,
+            qk_norm: opt(m, "qk_norm", plain.qk_norm)?,
+            qkv_bias: opt(m, "qkv_bias", plain.qkv_bias)?,
         };
         let head = match m.get("head").map(String::as_str) {
             None | Some("linear") => Head::Linear,
@@ -253,6 +430,7 @@ impl Config {
                 .unwrap_or(0.0),
             ln_eps: get(m, "ln_eps")?,
             classes: get(m, "classes")?,
+            options,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -277,6 +455,65 @@ impl fmt::Display for Config {
             self.head,
             self.dropout,
             self.classes
-        )
+        )?;
+        if self.options != Options::default() {
+            write!(f, ", {:?}", self.options)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_round_trip_through_metadata_and_old_metadata_means_the_original_vit() {
+        let plain = Preset::Micro.config();
+        let m = plain.to_metadata();
+        for key in [
+            "class_token",
+            "global_pool",
+            "init_values",
+            "reg_tokens",
+            "qkv_bias",
+        ] {
+            assert!(!m.contains_key(key), "the original ViT writes no '{key}'");
+        }
+        assert_eq!(Config::from_metadata(&m), Ok(plain.clone()));
+        let every = Config {
+            act: Act::QuickGelu,
+            options: Options {
+                class_token: true,
+                pool: Pool::Avg,
+                fc_norm: true,
+                no_embed_class: true,
+                layer_scale: Some(1e-5),
+                reg_tokens: 4,
+                distilled: false,
+                pre_norm: true,
+                qk_norm: true,
+                qkv_bias: false,
+            },
+            ..plain.clone()
+        };
+        assert_eq!(Config::from_metadata(&every.to_metadata()), Ok(every));
+        let deit = Config {
+            options: Options {
+                distilled: true,
+                class_token: true,
+                ..Options::default()
+            },
+            ..plain
+        };
+        assert_eq!(Config::from_metadata(&deit.to_metadata()), Ok(deit.clone()));
+        let mut bad = deit.to_metadata();
+        bad.insert("global_pool".into(), "max".into());
+        let e = Config::from_metadata(&bad).err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("global_pool") && e.contains("max")));
+        let mut bad = deit.to_metadata();
+        bad.insert("global_pool".into(), "avg".into());
+        let e = Config::from_metadata(&bad).err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("distillation token")));
     }
 }

@@ -17,7 +17,7 @@ pub mod reference;
 pub mod schedule;
 pub mod vit;
 
-pub use config::{Act, Config, Head, Preset};
+pub use config::{Act, Config, Head, Options, Pool, Preset};
 pub use error::ModelError;
 pub use params::{HostParams, ParamSpec};
 pub use vit::{Kernels, Mode, OptimConfig, Vit};

@@ -16,6 +16,8 @@ pub enum Init {
     Uniform(f32),
     Zeros,
     Ones,
+    /// Every element the same (LayerScale's `init_values`).
+    Const(f32),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -49,31 +51,68 @@ const W: Init = Init::TruncNormal(0.02);
 
 /// The body's parameters (everything but the head), in a fixed order.
 pub fn body_specs(cfg: &Config) -> Vec<ParamSpec> {
-    let (d, f, n) = (cfg.dim, cfg.mlp_hidden, cfg.tokens());
+    let (d, f) = (cfg.dim, cfg.mlp_hidden);
     let fan_in = cfg.channels * cfg.patch * cfg.patch;
     let patch_init = Init::Uniform(1.0 / (fan_in as f32).sqrt());
-    let mut v = vec![
-        spec("cls_token", &[1, 1, d], false, Init::Normal(1e-6)),
-        spec("pos_embed", &[1, n, d], false, W),
+    let o = &cfg.options;
+    let mut v = Vec::new();
+    if o.class_token {
+        v.push(spec("cls_token", &[1, 1, d], false, Init::Normal(1e-6)));
+    }
+    if o.distilled {
+        v.push(spec("dist_token", &[1, 1, d], false, W));
+    }
+    if o.reg_tokens > 0 {
+        let r = o.reg_tokens;
+        v.push(spec("reg_token", &[1, r, d], false, Init::Normal(1e-6)));
+    }
+    v.extend([
+        spec("pos_embed", &[1, cfg.pos_tokens(), d], false, W),
         spec(
             "patch_embed.proj.weight",
             &[d, cfg.channels, cfg.patch, cfg.patch],
             true,
             patch_init,
         ),
-        spec("patch_embed.proj.bias", &[d], false, patch_init),
-    ];
+    ]);
+    // timm's patch embedding has no bias when a LayerNorm follows it (`pre_norm`, CLIP).
+    if !o.pre_norm {
+        v.push(spec("patch_embed.proj.bias", &[d], false, patch_init));
+    }
+    if o.pre_norm {
+        v.push(spec("norm_pre.weight", &[d], false, Init::Ones));
+        v.push(spec("norm_pre.bias", &[d], false, Init::Zeros));
+    }
+    let hd = cfg.head_dim();
     for i in 0..cfg.depth {
         let p = format!("blocks.{i}.");
         v.push(spec(format!("{p}norm1.weight"), &[d], false, Init::Ones));
         v.push(spec(format!("{p}norm1.bias"), &[d], false, Init::Zeros));
         v.push(spec(format!("{p}attn.qkv.weight"), &[3 * d, d], true, W));
-        v.push(spec(
-            format!("{p}attn.qkv.bias"),
-            &[3 * d],
-            false,
-            Init::Zeros,
-        ));
+        if o.qkv_bias {
+            v.push(spec(
+                format!("{p}attn.qkv.bias"),
+                &[3 * d],
+                false,
+                Init::Zeros,
+            ));
+        }
+        if o.qk_norm {
+            for qk in ["q_norm", "k_norm"] {
+                v.push(spec(
+                    format!("{p}attn.{qk}.weight"),
+                    &[hd],
+                    false,
+                    Init::Ones,
+                ));
+                v.push(spec(
+                    format!("{p}attn.{qk}.bias"),
+                    &[hd],
+                    false,
+                    Init::Zeros,
+                ));
+            }
+        }
         v.push(spec(format!("{p}attn.proj.weight"), &[d, d], true, W));
         v.push(spec(format!("{p}attn.proj.bias"), &[d], false, Init::Zeros));
         v.push(spec(format!("{p}norm2.weight"), &[d], false, Init::Ones));
@@ -82,9 +121,20 @@ pub fn body_specs(cfg: &Config) -> Vec<ParamSpec> {
         v.push(spec(format!("{p}mlp.fc1.bias"), &[f], false, Init::Zeros));
         v.push(spec(format!("{p}mlp.fc2.weight"), &[d, f], true, W));
         v.push(spec(format!("{p}mlp.fc2.bias"), &[d], false, Init::Zeros));
+        if let Some(init) = o.layer_scale {
+            for ls in ["ls1", "ls2"] {
+                v.push(spec(
+                    format!("{p}{ls}.gamma"),
+                    &[d],
+                    false,
+                    Init::Const(init),
+                ));
+            }
+        }
     }
-    v.push(spec("norm.weight", &[d], false, Init::Ones));
-    v.push(spec("norm.bias", &[d], false, Init::Zeros));
+    let last = if o.fc_norm { "fc_norm" } else { "norm" };
+    v.push(spec(format!("{last}.weight"), &[d], false, Init::Ones));
+    v.push(spec(format!("{last}.bias"), &[d], false, Init::Zeros));
     v
 }
 
@@ -92,6 +142,12 @@ pub fn body_specs(cfg: &Config) -> Vec<ParamSpec> {
 pub fn head_specs(cfg: &Config) -> Vec<ParamSpec> {
     let (d, k) = (cfg.dim, cfg.classes);
     match cfg.head {
+        Head::Linear if cfg.options.distilled => vec![
+            spec("head.weight", &[k, d], true, W),
+            spec("head.bias", &[k], false, Init::Zeros),
+            spec("head_dist.weight", &[k, d], true, W),
+            spec("head_dist.bias", &[k], false, Init::Zeros),
+        ],
         Head::Linear => vec![
             spec("head.weight", &[k, d], true, W),
             spec("head.bias", &[k], false, Init::Zeros),
@@ -123,6 +179,7 @@ fn init_values(spec: &ParamSpec, rng: &mut impl Rng) -> Vec<f32> {
     match spec.init {
         Init::Zeros => vec![0.0; n],
         Init::Ones => vec![1.0; n],
+        Init::Const(v) => vec![v; n],
         Init::Normal(std) => (0..n).map(|_| std * normal(rng)).collect(),
         Init::Uniform(bound) => (0..n).map(|_| rng.random_range(-bound..=bound)).collect(),
         Init::TruncNormal(std) => (0..n)

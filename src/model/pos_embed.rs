@@ -41,17 +41,29 @@ fn weights(input: usize, output: usize) -> Vec<(usize, Vec<f64>)> {
 
 /// Resample pos [1 + gh*gw, D] (CLS first) to [1 + nh*nw, D].
 pub fn resample(pos: &[f32], dim: usize, old: (usize, usize), new: (usize, usize)) -> Vec<f32> {
+    resample_with_prefix(pos, dim, 1, old, new)
+}
+
+/// Resample pos [prefix + gh*gw, D] to [prefix + nh*nw, D], the first `prefix` rows (the
+/// class and other prefix tokens' positions; none with `no_embed_class`) kept as they are.
+pub fn resample_with_prefix(
+    pos: &[f32],
+    dim: usize,
+    prefix: usize,
+    old: (usize, usize),
+    new: (usize, usize),
+) -> Vec<f32> {
     let (gh, gw) = old;
     let (nh, nw) = new;
     assert_eq!(
         pos.len(),
-        (1 + gh * gw) * dim,
+        (prefix + gh * gw) * dim,
         "pos_embed length does not match its grid"
     );
     if old == new {
         return pos.to_vec();
     }
-    let grid = &pos[dim..];
+    let grid = &pos[prefix * dim..];
     // Along the width first, then the height (separable, in f64).
     let ww = weights(gw, nw);
     let mut tmp = vec![0.0f64; gh * nw * dim];
@@ -79,7 +91,7 @@ pub fn resample(pos: &[f32], dim: usize, old: (usize, usize), new: (usize, usize
             }
         }
     }
-    let mut result = pos[..dim].to_vec();
+    let mut result = pos[..prefix * dim].to_vec();
     result.extend(out.iter().map(|&v| v as f32));
     result
 }

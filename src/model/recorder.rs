@@ -9,11 +9,12 @@ use crate::kernels::layernorm::{LayerNormBackward, LayerNormForward};
 use crate::kernels::reduce::ColumnSum;
 use crate::kernels::Kernels;
 
-/// A linear layer Y = X W^T + b: weight [out, inp] and bias [out] in the arena.
+/// A linear layer Y = X W^T + b: weight [out, inp] and bias [out] in the arena (CLIP's
+/// patch embedding has no bias).
 #[derive(Clone, Copy, Debug)]
 pub struct Linear {
     pub w: Tensor,
-    pub b: Tensor,
+    pub b: Option<Tensor>,
     pub out: usize,
     pub inp: usize,
 }
@@ -109,7 +110,7 @@ impl Recorder<'_> {
             n: l.out,
             k: l.inp,
             layout: Layout::NT,
-            bias: Some(self.arena.value(l.b)),
+            bias: l.b.map(|b| self.arena.value(b)),
             slope,
             activation: act,
             act_grad: None,
@@ -142,15 +143,17 @@ impl Recorder<'_> {
             act_grad: None,
             accumulate: false,
         });
-        let sum = ColumnSum {
-            matrix: dy,
-            sums: self.arena.grad(l.b),
-            scratch: self.reduce_scratch,
-            rows,
-            cols: l.out,
-            accumulate: false,
-        };
-        self.record(&self.kernels.reduce, &sum);
+        if let Some(b) = l.b {
+            let sum = ColumnSum {
+                matrix: dy,
+                sums: self.arena.grad(b),
+                scratch: self.reduce_scratch,
+                rows,
+                cols: l.out,
+                accumulate: false,
+            };
+            self.record(&self.kernels.reduce, &sum);
+        }
         if let Some(dx) = dx {
             self.gemm(&GemmArgs {
                 a: dy.into(),

@@ -7,11 +7,13 @@
 pub mod adamw;
 pub mod attention;
 pub mod dropout;
+pub mod elementwise;
 pub mod embed;
 pub mod gemm;
 pub mod layernorm;
 pub mod loss;
 pub mod reduce;
+pub mod tokens;
 
 /// The scalar types the reference ops run on: f32 (to check kernels) and f64 (the whole
 /// reference model, checked against finite differences). Sums always accumulate in f64.
