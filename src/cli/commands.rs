@@ -347,27 +347,7 @@ fn train_ranks(opts: &GpuOptions, a: TrainArgs, comm: &dyn Communicator) -> CliR
     }
     let kernels = Kernels::new(&gpu);
     gpu.check_limits()?;
-    let topts = TrainOptions {
-        cfg,
-        epochs: a.epochs,
-        batch_size: a.batch_size,
-        lr: a.lr,
-        weight_decay: a.weight_decay,
-        warmup: a.warmup,
-        cosine: !a.constant_lr,
-        max_grad_norm: a.clip,
-        seed: a.seed,
-        out,
-        resume: a.resume.clone(),
-        init,
-        max_steps: a.max_steps,
-        augment: !a.no_augment,
-        progress: !quiet,
-        freeze_body: a.freeze_body,
-        betas: (a.beta1, a.beta2),
-        save_every: a.save_every,
-        keep: a.keep,
-    };
+    let topts = train_options(&a, cfg, out, init, quiet);
     // curves.png covers the whole run, redrawn after every epoch.
     let mut draw_curves = |dir: &Path, epochs: &[train::EpochMetrics]| {
         crate::viz::curves::update_curves(&dir.join("curves.png"), epochs)
@@ -387,6 +367,42 @@ fn train_ranks(opts: &GpuOptions, a: TrainArgs, comm: &dyn Communicator) -> CliR
     if comm.rank() > 0 {
         return Ok(());
     }
+    report_training(&a, &summary)
+}
+
+/// The training loop's options from the flags, the resolved model and its starting weights.
+fn train_options(
+    a: &TrainArgs,
+    cfg: crate::model::Config,
+    out: PathBuf,
+    init: Option<HostParams>,
+    quiet: bool,
+) -> TrainOptions {
+    TrainOptions {
+        cfg,
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        warmup: a.warmup,
+        cosine: !a.constant_lr,
+        max_grad_norm: a.clip,
+        seed: a.seed,
+        out,
+        resume: a.resume.clone(),
+        init,
+        max_steps: a.max_steps,
+        augment: !a.no_augment,
+        progress: !quiet,
+        freeze_body: a.freeze_body,
+        betas: (a.beta1, a.beta2),
+        save_every: a.save_every,
+        keep: a.keep,
+    }
+}
+
+/// After training (rank 0): the per-step losses when `--log-steps` asks, and the summary line.
+fn report_training(a: &TrainArgs, summary: &train::RunSummary) -> CliResult {
     if let Some(path) = &a.log_steps {
         let lines: String = summary
             .step_losses
@@ -844,47 +860,109 @@ fn bench_ranks(opts: &GpuOptions, a: BenchArgs, comm: &dyn Communicator) -> CliR
         false => Default::default(),
     };
     let median = times[times.len() / 2];
-    let ips = b as f64 / median;
     let flops_per_image = match mode {
         Mode::Train => 3.0,
         Mode::Infer => 1.0,
     } * forward_matmul_flops_per_image(&cfg);
-    let model_gflops = flops_per_image * ips * 1e-9;
-    let mode_name = format!("{:?}", a.mode).to_lowercase();
-    let preset = format!("{:?}", a.model.preset).to_lowercase();
     if comm.rank() > 0 {
         return Ok(());
     }
-    if a.json {
+    let report = BenchReport {
+        a: &a,
+        gpu: &gpu,
+        kernels: &kernels,
+        dispatches: model.dispatches_per_step(mode),
+        ranks,
+        loader,
+        reduce,
+        profile: (families, launches),
+        median,
+        ceiling,
+        flops_per_image,
+    };
+    match a.json {
+        true => report.print_json(),
+        false => report.print_text(),
+    }
+    Ok(())
+}
+
+/// What one `bench` run measured, printed as one JSON line or as text.
+struct BenchReport<'a> {
+    a: &'a BenchArgs,
+    gpu: &'a Gpu,
+    kernels: &'a Kernels,
+    dispatches: usize,
+    ranks: usize,
+    /// images/s, images, workers of the loader when `--data` was given.
+    loader: Option<(f64, usize, usize)>,
+    /// Per timed step: the all-reduce's seconds, the floats it sums, the wait for the
+    /// slowest rank before it.
+    reduce: Option<(f64, usize, f64)>,
+    profile: Profile,
+    median: f64,
+    ceiling: f64,
+    flops_per_image: f64,
+}
+
+impl BenchReport<'_> {
+    fn images_per_second(&self) -> f64 {
+        self.a.batch_size as f64 / self.median
+    }
+
+    fn model_gflops(&self) -> f64 {
+        self.flops_per_image * self.images_per_second() * 1e-9
+    }
+
+    fn names(&self) -> (String, String) {
+        let mode = format!("{:?}", self.a.mode).to_lowercase();
+        (format!("{:?}", self.a.model.preset).to_lowercase(), mode)
+    }
+
+    fn print_json(&self) {
+        let (preset, mode_name) = self.names();
+        let (median, reduce, loader) = (self.median, self.reduce, self.loader);
+        let (gpu, kernels) = (self.gpu, self.kernels);
+        let model_gflops = self.model_gflops();
         println!(
             "{}",
             serde_json::json!({
-                "preset": preset, "mode": mode_name, "batch_size": b, "images_per_second": ips,
-                "median_step_seconds": median, "steps": a.steps, "adapter": gpu.info.name,
-                "profile_seconds": families,
-                "dispatches_per_step": model.dispatches_per_step(mode),
+                "preset": preset, "mode": mode_name, "batch_size": self.a.batch_size,
+                "images_per_second": self.images_per_second(),
+                "median_step_seconds": median, "steps": self.a.steps, "adapter": gpu.info.name,
+                "profile_seconds": self.profile.0,
+                "dispatches_per_step": self.dispatches,
                 "loader_images_per_second": loader.map(|l| l.0), "loader_workers": loader.map(|l| l.2),
-                "model_gflop_per_image": flops_per_image * 1e-9, "model_gflops": model_gflops,
-                "ceiling_gflops": ceiling * 1e-9, "of_ceiling": model_gflops / (ceiling * 1e-9),
+                "model_gflop_per_image": self.flops_per_image * 1e-9, "model_gflops": model_gflops,
+                "ceiling_gflops": self.ceiling * 1e-9, "of_ceiling": model_gflops / (self.ceiling * 1e-9),
                 "gemm_variant": kernels.gemm.variant().name(),
                 "gemm_reason": kernels.gemm.reason(),
                 "attention_variant": kernels.attention.variant().name(),
                 "attention_reason": kernels.attention.reason(),
-                "ranks": ranks,
+                "ranks": self.ranks,
                 "allreduce_seconds_per_step": reduce.map(|r| r.0),
                 "allreduce_share": reduce.map(|r| r.0 / median),
                 "allreduce_bytes": reduce.map(|r| 4 * r.1),
                 "rank_wait_seconds_per_step": reduce.map(|r| r.2),
             })
         );
-    } else {
+    }
+
+    fn print_text(&self) {
+        let (preset, mode_name) = self.names();
+        let (b, median, ips, ranks) = (
+            self.a.batch_size,
+            self.median,
+            self.images_per_second(),
+            self.ranks,
+        );
         println!(
             "{preset} {mode_name} batch {b}: {ips:.1} images/s, median step {:.1} ms over {} steps on {}",
             median * 1e3,
-            a.steps,
-            gpu.info.name
+            self.a.steps,
+            self.gpu.info.name
         );
-        if let Some((seconds, floats, wait)) = reduce {
+        if let Some((seconds, floats, wait)) = self.reduce {
             println!(
                 "{ranks} ranks: all-reduce of {:.1} MB {:.1} ms per step ({:.1}% of a step), \
                  after {:.1} ms waiting for the slowest rank",
@@ -894,7 +972,7 @@ fn bench_ranks(opts: &GpuOptions, a: BenchArgs, comm: &dyn Communicator) -> CliR
                 wait * 1e3
             );
         }
-        if let Some((lips, _, _)) = loader {
+        if let Some((lips, _, _)) = self.loader {
             let bound = if lips < ips {
                 "the loader"
             } else {
@@ -902,48 +980,55 @@ fn bench_ranks(opts: &GpuOptions, a: BenchArgs, comm: &dyn Communicator) -> CliR
             };
             println!("{bound} bounds training here (loader {lips:.1} vs model {ips:.1} images/s)");
         }
+        let model_gflops = self.model_gflops();
         println!(
             "model {model_gflops:.1} GFLOP/s ({:.3} GFLOP per image), {:.2} of the in-run FMA ceiling {:.1} GFLOP/s",
-            flops_per_image * 1e-9,
-            model_gflops / (ceiling * 1e-9),
-            ceiling * 1e-9
+            self.flops_per_image * 1e-9,
+            model_gflops / (self.ceiling * 1e-9),
+            self.ceiling * 1e-9
         );
-        print!("{}", variant_lines(&gpu));
+        print!("{}", variant_lines(self.gpu));
+        self.print_profile();
+    }
+
+    fn print_profile(&self) {
+        let (families, launches) = &self.profile;
         let total: f64 = families.values().sum();
-        if total > 0.0 {
-            let how = if gpu
-                .features
-                .contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
-            {
-                "every command timed in place in one run of the step"
-            } else {
-                "each launch timed alone"
-            };
-            println!("per kernel family ({how}; sum {:.1} ms):", total * 1e3);
-            let mut rows: Vec<_> = families.iter().collect();
-            rows.sort_by(|x, y| y.1.total_cmp(x.1));
-            for (family, s) in rows {
-                println!(
-                    "  {family:<18} {:>8.2} ms  {:>5.1}%",
-                    s * 1e3,
-                    100.0 * s / total
-                );
-            }
-            // The same shape of launch recurs once per block: grouped, the largest first.
-            println!("largest launches (family, what, launches per step, ms):");
-            let mut rows: Vec<_> = launches.iter().collect();
-            rows.sort_by(|x, y| y.1 .1.total_cmp(&x.1 .1));
-            for ((family, what), (count, s)) in rows.into_iter().take(12) {
-                println!(
-                    "  {family:<20} {what:<24} {count:>4} x {:>7.2} = {:>8.2} ms  {:>5.1}%",
-                    s * 1e3 / *count as f64,
-                    s * 1e3,
-                    100.0 * s / total
-                );
-            }
+        if total <= 0.0 {
+            return;
+        }
+        let how = if self
+            .gpu
+            .features
+            .contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+        {
+            "every command timed in place in one run of the step"
+        } else {
+            "each launch timed alone"
+        };
+        println!("per kernel family ({how}; sum {:.1} ms):", total * 1e3);
+        let mut rows: Vec<_> = families.iter().collect();
+        rows.sort_by(|x, y| y.1.total_cmp(x.1));
+        for (family, s) in rows {
+            println!(
+                "  {family:<18} {:>8.2} ms  {:>5.1}%",
+                s * 1e3,
+                100.0 * s / total
+            );
+        }
+        // The same shape of launch recurs once per block: grouped, the largest first.
+        println!("largest launches (family, what, launches per step, ms):");
+        let mut rows: Vec<_> = launches.iter().collect();
+        rows.sort_by(|x, y| y.1 .1.total_cmp(&x.1 .1));
+        for ((family, what), (count, s)) in rows.into_iter().take(12) {
+            println!(
+                "  {family:<20} {what:<24} {count:>4} x {:>7.2} = {:>8.2} ms  {:>5.1}%",
+                s * 1e3 / *count as f64,
+                s * 1e3,
+                100.0 * s / total
+            );
         }
     }
-    Ok(())
 }
 
 /// Matmul FLOPs of one image's forward pass, counted analytically (2 per multiply-add):

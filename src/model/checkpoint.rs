@@ -428,7 +428,7 @@ pub fn infer_config(
     file: &TensorFile,
     hints: &ConfigHints,
 ) -> Result<Config, CheckpointError> {
-    use super::config::{Act, Head, Options, Pool};
+    use super::config::{Act, Head};
     let shape = |name: &str| -> Result<Vec<usize>, CheckpointError> {
         file.tensors
             .get(name)
@@ -455,48 +455,11 @@ pub fn infer_config(
         })
         .count();
     let mlp_hidden = shape("blocks.0.mlp.fc1.weight")?[0];
-    let has = |name: &str| file.tensors.contains_key(name);
-    let class_token = has("cls_token");
-    let distilled = has("dist_token");
-    let reg_tokens = file.tensors.get("reg_token").map_or(0, |(s, _)| s[1]);
-    let prefix = class_token as usize + distilled as usize + reg_tokens;
-    let fc_norm = has("fc_norm.weight");
     let pos = shape("pos_embed")?;
     let rows = pos.get(1).copied().unwrap_or(1);
-    let square = |n: usize| {
-        let side = (n as f64).sqrt().round() as usize;
-        side * side == n
-    };
-    let grid_of = |(h, w): (usize, usize)| (h / patch) * (w / patch);
-    let no_embed_class = prefix > 0
-        && match hints.image_size {
-            Some(size) if rows == grid_of(size) => true,
-            Some(size) if rows == grid_of(size) + prefix => false,
-            // A square grid either way round is ambiguous (1 + 15 = 16): timm puts the
-            // positions on the patches only in LayerScale families (DeiT-III, DINOv2 with
-            // registers), so without LayerScale the prefix tokens have positions.
-            _ => {
-                rows <= prefix
-                    || (square(rows) && !square(rows - prefix) && has("blocks.0.ls1.gamma"))
-            }
-        };
-    let options = Options {
-        class_token,
-        pool: if class_token && !fc_norm {
-            Pool::Token
-        } else {
-            Pool::Avg
-        },
-        fc_norm,
-        no_embed_class,
-        // Only LayerScale's initial value: the loaded gammas replace it.
-        layer_scale: has("blocks.0.ls1.gamma").then_some(1e-5),
-        reg_tokens,
-        distilled,
-        pre_norm: has("norm_pre.weight"),
-        qk_norm: has("blocks.0.attn.q_norm.weight"),
-        qkv_bias: has("blocks.0.attn.qkv.bias"),
-    };
+    let options = infer_options(file, hints, patch, rows);
+    let prefix = options.class_token as usize + options.distilled as usize + options.reg_tokens;
+    let no_embed_class = options.no_embed_class;
     let patches = if no_embed_class {
         rows
     } else {
@@ -544,6 +507,56 @@ pub fn infer_config(
         source,
     })?;
     Ok(cfg)
+}
+
+/// The structural options a bare timm state_dict's tensor names and `pos_embed` rows imply.
+fn infer_options(
+    file: &TensorFile,
+    hints: &ConfigHints,
+    patch: usize,
+    rows: usize,
+) -> super::config::Options {
+    use super::config::{Options, Pool};
+    let has = |name: &str| file.tensors.contains_key(name);
+    let class_token = has("cls_token");
+    let distilled = has("dist_token");
+    let reg_tokens = file.tensors.get("reg_token").map_or(0, |(s, _)| s[1]);
+    let prefix = class_token as usize + distilled as usize + reg_tokens;
+    let fc_norm = has("fc_norm.weight");
+    let square = |n: usize| {
+        let side = (n as f64).sqrt().round() as usize;
+        side * side == n
+    };
+    let grid_of = |(h, w): (usize, usize)| (h / patch) * (w / patch);
+    let no_embed_class = prefix > 0
+        && match hints.image_size {
+            Some(size) if rows == grid_of(size) => true,
+            Some(size) if rows == grid_of(size) + prefix => false,
+            // A square grid either way round is ambiguous (1 + 15 = 16): timm puts the
+            // positions on the patches only in LayerScale families (DeiT-III, DINOv2 with
+            // registers), so without LayerScale the prefix tokens have positions.
+            _ => {
+                rows <= prefix
+                    || (square(rows) && !square(rows - prefix) && has("blocks.0.ls1.gamma"))
+            }
+        };
+    Options {
+        class_token,
+        pool: if class_token && !fc_norm {
+            Pool::Token
+        } else {
+            Pool::Avg
+        },
+        fc_norm,
+        no_embed_class,
+        // Only LayerScale's initial value: the loaded gammas replace it.
+        layer_scale: has("blocks.0.ls1.gamma").then_some(1e-5),
+        reg_tokens,
+        distilled,
+        pre_norm: has("norm_pre.weight"),
+        qk_norm: has("blocks.0.attn.q_norm.weight"),
+        qkv_bias: has("blocks.0.attn.qkv.bias"),
+    }
 }
 
 /// Load weights for inference or fine-tuning: our checkpoints (config in the metadata) or a
