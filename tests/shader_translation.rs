@@ -160,3 +160,27 @@ fn the_translated_pipelines_cover_every_entry_point() {
         }
     }
 }
+
+/// Few pipelines, each kept for a measured reason (docs/benchmarks.md): the distinct
+/// (shader, entry point, constants) the program can build, as this file translates them.
+#[test]
+fn the_program_builds_at_most_240_distinct_pipelines() {
+    let mut distinct: Vec<String> = every_pipeline()
+        .iter()
+        .map(|s| format!("{}:{}:{:?}", s.shader.name, s.entry, s.constants))
+        .collect();
+    distinct.sort();
+    distinct.dedup();
+    let mut per_shader: std::collections::BTreeMap<&str, usize> = Default::default();
+    for d in &distinct {
+        *per_shader
+            .entry(d.split(':').next().unwrap_or(""))
+            .or_default() += 1;
+    }
+    println!("{} distinct pipelines: {per_shader:?}", distinct.len());
+    assert!(
+        distinct.len() <= 240,
+        "{} distinct pipelines: {per_shader:?}",
+        distinct.len()
+    );
+}

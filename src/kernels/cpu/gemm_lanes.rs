@@ -3,7 +3,7 @@
 //! textures where their shape allows (shaders/cpu/gemm_lanes.wgsl). On llvmpipe every storage
 //! load is a per-lane loop, so loads per multiply-add set the speed; the plan below trades
 //! them against cache footprint and store cost. `kernels::gemm::Gemm` reaches this through
-//! one seam (`Gemm::lanes`); measurements behind the constants: docs/benchmarks-gemm.md.
+//! one seam (`Gemm::lanes`); measurements behind the constants: docs/benchmarks.md.
 
 use super::texture;
 use crate::gpu::{div_ceil, Command, Gpu};
@@ -96,7 +96,7 @@ impl LanesPlan {
 }
 
 /// The choices a lanes pipeline is specialised on. Only what plausibly moves a whole
-/// training step by 5% or more on lavapipe is compiled in (docs/benchmarks-gemm.md lists
+/// training step by 5% or more on lavapipe is compiled in (docs/benchmarks.md lists
 /// what was dropped): the layout, textures, the model's epilogues, unchecked bounds and the
 /// 16x64 tiles. The tile order (`rows_fast`, `band`) is read from the shape record, once
 /// per workgroup.
