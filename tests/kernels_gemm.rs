@@ -720,7 +720,10 @@ fn gemm_new_picks_the_variant_the_adapter_supports() {
     {
         v
     } else if g.caps.cpu {
-        if g.caps.exact_subgroups(8).is_ok() {
+        // the lanes shader's bindings exceed WebGPU's 8 storage buffers (VIT_LIMITS=webgpu)
+        if g.caps.exact_subgroups(8).is_ok()
+            && g.fits_limits(&vit_wgpu::kernels::GEMM_LANES).is_ok()
+        {
             Variant::Lanes
         } else {
             Variant::Registers
