@@ -914,9 +914,14 @@ impl BenchReport<'_> {
         self.flops_per_image * self.images_per_second() * 1e-9
     }
 
+    /// The model's name (the `--arch` given, else the preset) and the mode.
     fn names(&self) -> (String, String) {
         let mode = format!("{:?}", self.a.mode).to_lowercase();
-        (format!("{:?}", self.a.model.preset).to_lowercase(), mode)
+        let model = match &self.a.model.arch {
+            Some(arch) => arch.clone(),
+            None => format!("{:?}", self.a.model.preset).to_lowercase(),
+        };
+        (model, mode)
     }
 
     fn print_json(&self) {
