@@ -17,6 +17,7 @@ pub mod loss;
 pub mod peak;
 pub mod reduce;
 pub mod tokens;
+pub mod variants;
 
 pub use crate::gpu::Shader;
 

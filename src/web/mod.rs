@@ -402,7 +402,7 @@ impl Classifier {
 /// training trajectory; `name` names it in messages) run through the training code path and
 /// compared with PyTorch's logits, loss and every gradient at the CLI's default tolerances.
 /// A JSON report: `{config, batch, passed, comparisons: [{name, relative_error, tolerance,
-/// worst_index, ours, expected, passed}]}`.
+/// worst_index, ours, expected, passed}], kernels: {gemm, attention, cpu_specialisations}}`.
 #[wasm_bindgen]
 pub async fn verify(bytes: Vec<u8>, name: String) -> Result<String, JsError> {
     let path = PathBuf::from(&name);
@@ -424,9 +424,15 @@ pub async fn verify(bytes: Vec<u8>, name: String) -> Result<String, JsError> {
             })
         })
         .collect();
+    // Which kernels ran: the page must run the portable ones (no CPU specialisation).
+    let kernels = serde_json::json!({
+        "gemm": crate::kernels::gemm::Gemm::choose(&gpu).variant.name(),
+        "attention": crate::kernels::attention::Attention::choose(&gpu).variant.name(),
+        "cpu_specialisations": gpu.caps.cpu,
+    });
     Ok(serde_json::json!({
         "config": report.config.to_string(), "batch": report.batch,
-        "passed": report.passed(), "comparisons": comparisons,
+        "passed": report.passed(), "comparisons": comparisons, "kernels": kernels,
     })
     .to_string())
 }
