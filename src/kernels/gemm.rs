@@ -292,6 +292,9 @@ pub struct Gemm {
     /// roles in a dispatch).
     dummy_read: wgpu::Buffer,
     dummy_write: wgpu::Buffer,
+    /// A second write placeholder: WebGPU forbids one buffer at two writable bindings of a
+    /// dispatch (Dawn rejects it; wgpu-core does not check).
+    dummy_write2: wgpu::Buffer,
     /// Split-K partial sums, shared by every GEMM recorded here (they run one after
     /// another), grown to the largest.
     partial: std::sync::Mutex<Option<wgpu::Buffer>>,
@@ -313,6 +316,7 @@ impl Gemm {
             reason,
             dummy_read: gpu.storage("gemm dummy read", 4),
             dummy_write: gpu.storage("gemm dummy write", 4),
+            dummy_write2: gpu.storage("gemm dummy write 2", 4),
             partial: std::sync::Mutex::new(None),
             cpu,
         }
@@ -419,7 +423,8 @@ impl Gemm {
             },
         );
         let partial = split.then(|| self.partial_sums(gpu, splits * m * partial_cols));
-        let partial = partial.as_ref().unwrap_or(&self.dummy_write);
+        // not the slope's placeholder (binding 10): two writable bindings of one buffer
+        let partial = partial.as_ref().unwrap_or(&self.dummy_write2);
         let mut commands = Vec::new();
         let (padded_a, padded_b) = (padded(gpu, args.a), padded(gpu, args.b));
         for (operand, copy) in [(args.a, &padded_a), (args.b, &padded_b)] {
@@ -438,7 +443,7 @@ impl Gemm {
             entries.extend([
                 entry(8, &self.dummy_write),
                 entry(9, &self.dummy_read),
-                entry(10, &self.dummy_write),
+                entry(10, &self.dummy_write2),
                 entry(11, &self.dummy_read),
             ]);
         } else {
