@@ -32,7 +32,9 @@ fn distinct_buffers_at_a_writable_binding_dispatch() {
 }
 
 #[test]
-#[should_panic(expected = "one buffer range at @binding(0) and @binding(1), one of them read_write")]
+#[should_panic(
+    expected = "one buffer range at @binding(0) and @binding(1), one of them read_write"
+)]
 fn one_buffer_at_a_writable_and_another_binding_is_refused() {
     let g = gpu();
     let p = g.pipeline(&COPY, "copy");

@@ -346,4 +346,3 @@ fn check_no_writable_aliasing(info: &PipelineInfo, entries: &[wgpu::BindGroupEnt
         }
     }
 }
-

@@ -113,10 +113,9 @@ impl PipelineNeeds {
             match var.space {
                 naga::AddressSpace::Storage { access } => {
                     needs.storage_buffers += 1;
-                    if let (true, Some(b)) = (
-                        access.contains(naga::StorageAccess::STORE),
-                        &var.binding,
-                    ) {
+                    if let (true, Some(b)) =
+                        (access.contains(naga::StorageAccess::STORE), &var.binding)
+                    {
                         if b.group == 0 {
                             needs.writable.push(b.binding);
                         }
