@@ -189,7 +189,10 @@ fn a_killed_run_resumed_with_only_its_folder_continues_there_bit_identically() {
     let step = checkpoint::read_step(&state)
         .expect("state")
         .expect("stamped");
-    assert!(step % 100 != 0, "killed at an epoch's end (step {step})");
+    assert!(
+        !step.is_multiple_of(100),
+        "killed at an epoch's end (step {step})"
+    );
 
     // From another directory, with nothing but the folder: the data comes from run.json.
     let elsewhere = root.join("elsewhere");
