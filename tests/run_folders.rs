@@ -304,6 +304,19 @@ fn a_flag_that_differs_from_the_run_is_refused_before_any_work_and_epochs_extend
         recorded_flag(&run, "dataset").as_deref(),
         Some("fashion-mnist")
     );
+
+    // Data moved away: said before any work; --data-dir gives its new place.
+    let moved = root.join("moved");
+    std::fs::rename(&data, &moved).expect("move the data");
+    let stderr = fails(&resume(&["--quiet"]), 2);
+    assert!(
+        stderr.contains(&format!("{} (", data.display())) && stderr.contains("no longer exists"),
+        "{stderr}"
+    );
+    let stderr = succeeds(&resume(&["--data-dir", &arg(&moved), "--quiet"]));
+    assert!(stderr.contains("note: --data-dir"), "{stderr}");
+    assert_eq!(recorded_flag(&run, "data-dir"), Some(arg(&moved)));
+    assert_eq!(metrics(&run).len(), 3);
     let _ = std::fs::remove_dir_all(&root);
 }
 

@@ -409,13 +409,8 @@ fn train_ranks(opts: &GpuOptions, a: TrainArgs, comm: &dyn Communicator) -> CliR
         }
         None => None,
     };
-    let out = a.out.clone().unwrap_or_else(|| {
-        PathBuf::from("runs")
-            .join(format!("{:?}-{:?}", a.model.preset, a.data.dataset).to_lowercase())
-    });
-    if comm.rank() == 0 {
-        record_run(&a, &out, (&train_set, &val_set))?;
-    }
+    let out = run_folder_path(&a);
+    record_run(&a, &out, (&train_set, &val_set), comm.rank())?;
     let gpu = rank_gpu(opts, comm)?;
     let quiet = a.quiet || comm.rank() > 0;
     if !quiet {
@@ -469,9 +464,25 @@ fn prepare_train_args(a: TrainArgs) -> Result<TrainArgs, Box<dyn std::error::Err
     Ok(a)
 }
 
-/// Says how validation was chosen and writes run.json (the flags, the warmup resolved) into
-/// the run folder, locking it meanwhile: a live run's record is never replaced.
-fn record_run(a: &TrainArgs, out: &Path, (train, val): (&Dataset, &Dataset)) -> CliResult {
+/// `--out`, else `runs/<preset>-<dataset>` (a resumed run's is its own folder).
+fn run_folder_path(a: &TrainArgs) -> PathBuf {
+    a.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs")
+            .join(format!("{:?}-{:?}", a.model.preset, a.data.dataset).to_lowercase())
+    })
+}
+
+/// On rank 0: says how validation was chosen and writes run.json (the flags, the warmup
+/// resolved) into the run folder, locking it meanwhile: a live run's record is never replaced.
+fn record_run(
+    a: &TrainArgs,
+    out: &Path,
+    (train, val): (&Dataset, &Dataset),
+    rank: usize,
+) -> CliResult {
+    if rank > 0 {
+        return Ok(());
+    }
     let validation = match (a.data.dataset, a.data.val_split) {
         (DatasetKind::Folder, Some(fraction)) => format!(
             "{} images: {}% of each class of {} held out (--val-split; a fixed-seed choice, \
