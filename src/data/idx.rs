@@ -7,9 +7,9 @@
 
 use super::{check_labels, DataError, Dataset};
 use std::io::Read;
+use std::path::Path;
 #[cfg(feature = "native")]
 use std::path::PathBuf;
-use std::path::Path;
 
 /// Where Debian's `dataset-fashion-mnist` package puts the four gzipped files.
 pub const FASHION_MNIST_DEBIAN_DIR: &str = "/usr/share/datasets/fashion-mnist";

@@ -136,7 +136,9 @@ pub struct EvalResult {
 impl EvalResult {
     /// Accuracy from the confusion counts and the mean loss from the loss sum of all images.
     pub fn set_means(&mut self, loss_sum: f64) {
-        let correct: u64 = (0..self.confusion.len()).map(|i| self.confusion[i][i]).sum();
+        let correct: u64 = (0..self.confusion.len())
+            .map(|i| self.confusion[i][i])
+            .sum();
         if self.images > 0 {
             self.accuracy = correct as f64 / self.images as f64;
             self.loss = loss_sum / self.images as f64;

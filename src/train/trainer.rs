@@ -494,7 +494,13 @@ impl<'a> Trainer<'a> {
 
     /// The model file, with what inference needs to know about the data in its metadata.
     fn model_file(&self, host: &HostParams, val_accuracy: Option<f64>) -> TensorFile {
-        super::model_file(&self.opts.cfg, host, self.step, &self.train_set, val_accuracy)
+        super::model_file(
+            &self.opts.cfg,
+            host,
+            self.step,
+            &self.train_set,
+            val_accuracy,
+        )
     }
 }
 

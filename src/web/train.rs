@@ -69,10 +69,8 @@ fn flag(options: &JsValue, name: &str, default: bool) -> Result<bool, JsError> {
     }
 }
 
-const POSITIVE: (fn(f64) -> bool, &str) = (
-    |x| x.is_finite() && x > 0.0,
-    "must be a finite number > 0",
-);
+const POSITIVE: (fn(f64) -> bool, &str) =
+    (|x| x.is_finite() && x > 0.0, "must be a finite number > 0");
 const NON_NEGATIVE: (fn(f64) -> bool, &str) = (
     |x| x.is_finite() && x >= 0.0,
     "must be a finite number >= 0",
