@@ -45,22 +45,28 @@ async function fetchBytes(url) {
  */
 class Run {
   constructor(session, options) {
+    // The session's getters are read here once: wasm refuses any call into the session
+    // while one of its methods (a step, an evaluation) is still running.
     this.session = session;
     this.options = options;
     this.config = JSON.parse(session.config);
+    this.adapter = session.adapter;
+    this.batchSize = session.batchSize;
+    this.stepsPerEpoch = session.stepsPerEpoch;
+    this.target = Math.min(options.maxSteps ?? Infinity, session.totalSteps);
+    this.steps = 0; // optimiser steps submitted
     this.results = []; // {step, loss, accuracy}
     this.evals = []; // {step, accuracy, loss, images}
     this.running = false;
     this.seconds = 0; // training time, pauses excluded
-    this.target = Math.min(options.maxSteps ?? Infinity, session.totalSteps);
   }
 
   get done() {
-    return this.session.steps >= this.target;
+    return this.steps >= this.target;
   }
 
   get imagesPerSecond() {
-    return this.seconds > 0 ? (this.results.length * this.session.batchSize) / this.seconds : 0;
+    return this.seconds > 0 ? (this.results.length * this.batchSize) / this.seconds : 0;
   }
 
   /** Steps until `target` or a pause; `onResults` sees every batch of results. */
@@ -69,8 +75,9 @@ class Run {
     try {
       while (this.running && !this.done) {
         const t0 = performance.now();
-        const n = Math.min(STEPS_PER_CALL, this.target - this.session.steps);
+        const n = Math.min(STEPS_PER_CALL, this.target - this.steps);
         const got = JSON.parse(await this.session.step(n));
+        this.steps += n;
         this.seconds += (performance.now() - t0) / 1000;
         this.results.push(...got);
         onResults?.(got);
@@ -137,7 +144,7 @@ window.vitTrain = {
     }
     return {
       config: run.config, results: run.results, evaluation, seconds: run.seconds,
-      imagesPerSecond: run.imagesPerSecond, adapter: run.session.adapter, checkpoint: btoa(binary),
+      imagesPerSecond: run.imagesPerSecond, adapter: run.adapter, checkpoint: btoa(binary),
     };
   },
   get current() { return current; },
@@ -221,9 +228,9 @@ function buttons() {
   const busy = run?.running || evaluating;
   $('train-start').disabled = !chosen || busy;
   $('train-pause').disabled = !run || run.done || evaluating;
-  $('train-pause').textContent = run?.running ? 'Pause' : 'Resume';
+  $('train-pause').textContent = run && !run.running && !run.done ? 'Resume' : 'Pause';
   $('train-eval').disabled = !run || busy;
-  $('train-download').disabled = !run || busy || run.session.steps === 0;
+  $('train-download').disabled = !run || busy || run.steps === 0;
 }
 
 let evaluating = false;
@@ -235,9 +242,9 @@ async function start() {
   try {
     const run = await createRun(chosen.files, chosen.names, uiOptions());
     const c = run.config;
-    $('train-adapter').textContent = run.session.adapter;
+    $('train-adapter').textContent = run.adapter;
     status(`${c.model}; ${(c.parameters / 1e6).toFixed(2)} M parameters, ${c.train_images} training ` +
-      `and ${c.test_images} test images; ${run.target} steps of ${run.session.batchSize}`);
+      `and ${c.test_images} test images; ${run.target} steps of ${run.batchSize}`);
     draw();
     await trainUi(run);
   } catch (e) {
@@ -260,7 +267,7 @@ async function trainUi(run) {
   tick();
   if (run !== current) return;
   if (run.done) await evaluateUi(run);
-  else status(`paused at step ${run.session.steps}`);
+  else status(`paused at step ${run.steps}`);
 }
 
 async function evaluateUi(run) {
@@ -287,7 +294,7 @@ async function pause() {
   if (run.running) {
     run.running = false; // the loop stops after its current call
   } else if (!run.done) {
-    status(`training from step ${run.session.steps} ...`);
+    status(`training from step ${run.steps} ...`);
     await trainUi(run);
   }
   buttons();
@@ -301,7 +308,7 @@ async function download() {
     const blob = new Blob([bytes], { type: 'application/octet-stream' });
     const a = document.createElement('a');
     a.href = URL.createObjectURL(blob);
-    a.download = `${run.options.preset ?? 'micro'}-fashion-mnist-step-${run.session.steps}.safetensors`;
+    a.download = `${run.options.preset ?? 'micro'}-fashion-mnist-step-${run.steps}.safetensors`;
     a.click();
     setTimeout(() => URL.revokeObjectURL(a.href), 10000);
   } catch (e) {
@@ -312,16 +319,16 @@ async function download() {
 function stats(run) {
   const r = run.results;
   const last = r[r.length - 1];
-  const epoch = Math.floor(Math.max(0, run.session.steps - 1) / run.session.stepsPerEpoch) + 1;
+  const epoch = Math.floor(Math.max(0, run.steps - 1) / run.stepsPerEpoch) + 1;
   const mean = (key) => {
     const tail = r.slice(-50);
     return tail.reduce((s, x) => s + x[key], 0) / tail.length;
   };
   $('train-stats').textContent = last
-    ? `step ${run.session.steps}/${run.target} (epoch ${epoch}) | loss ${last.loss.toFixed(4)} ` +
+    ? `step ${run.steps}/${run.target} (epoch ${epoch}) | loss ${last.loss.toFixed(4)} ` +
       `(last 50: ${mean('loss').toFixed(4)}) | train accuracy (last 50) ${(100 * mean('accuracy')).toFixed(1)}% | ` +
       `${run.imagesPerSecond.toFixed(1)} images/s`
-    : `step ${run.session.steps}/${run.target}`;
+    : `step ${run.steps}/${run.target}`;
 }
 
 // ---------------------------------------------------------------- curves
