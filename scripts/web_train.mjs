@@ -74,15 +74,20 @@ async function main() {
   const a = parseArgs(process.argv.slice(2));
   const files = dataFiles(a.dataDir);
   const result = await withPage('web_train', files, a.chromium, async (page, logs) => {
-    const r = await page.evaluate(async (files, options, steps) => {
-      try {
-        const urls = files.map((_, i) => `/__input/${i}`);
-        // Named by their paths, so messages read as the CLI's.
-        return { ok: true, ...(await window.vitTrain.trainUrls(urls, files, options, steps)) };
-      } catch (e) {
-        return { ok: false, error: e instanceof Error ? e.message : String(e) };
-      }
+    // Started here and polled below: one evaluate that lasted the whole run would meet
+    // puppeteer's protocol timeout (3 minutes) on a slow adapter.
+    await page.evaluate((files, options, steps) => {
+      const urls = files.map((_, i) => `/__input/${i}`);
+      // Named by their paths, so messages read as the CLI's.
+      window.vitTrain.trainUrls(urls, files, options, steps).then(
+        (r) => { window.webTrainResult = { ok: true, ...r }; },
+        (e) => { window.webTrainResult = { ok: false, error: e instanceof Error ? e.message : String(e) }; },
+      );
     }, files, a.options, a.steps ?? null);
+    let r;
+    while (!(r = await page.evaluate(() => window.webTrainResult))) {
+      await new Promise((ok) => setTimeout(ok, 500));
+    }
     if (!r.ok && process.env.VIT_WEB_LOG) process.stderr.write(`${logs.join('\n')}\n`);
     return r;
   });

@@ -208,9 +208,12 @@ pub fn from_bytes(
     (labels_path, labels): (&Path, Vec<u8>),
     kind: IdxKind,
 ) -> Result<Dataset, DataError> {
-    let image_bytes = maybe_gunzip(images_path, images)?;
+    let mut image_bytes = maybe_gunzip(images_path, images)?;
     let (dims, pixels) = parse(images_path, &image_bytes, IMAGES_MAGIC, "images")?;
     let (n, height, width) = (dims[0], dims[1], dims[2]);
+    // The pixels in place (the training images are 47 MB; the browser's memory is tight).
+    let header = image_bytes.len() - pixels.len();
+    image_bytes.drain(..header);
     let label_bytes = maybe_gunzip(labels_path, labels)?;
     let (ldims, labels) = parse(labels_path, &label_bytes, LABELS_MAGIC, "labels")?;
     if ldims[0] != n {
@@ -230,7 +233,7 @@ pub fn from_bytes(
     check_labels(labels_path, &labels, class_names.len())?;
     Ok(Dataset {
         name: kind.name().to_string(),
-        images: pixels.to_vec(),
+        images: image_bytes,
         labels,
         len: n,
         channels: 1,
