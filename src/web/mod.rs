@@ -13,6 +13,8 @@ use crate::model::{Config, Mode, Vit};
 use std::path::PathBuf;
 use wasm_bindgen::prelude::*;
 
+mod kernel_checks;
+
 fn js_error(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
 }
