@@ -406,7 +406,7 @@ fn compare_chunks(
 ) {
     for (i, (r, h)) in c.chunks.iter().zip(host).enumerate() {
         let (decayed, plain) = (&parts[2 * i], &parts[2 * i + 1]);
-        let roles: [(&str, &Vec<f32>, [&Vec<f32>; 2]); 3] = [
+        let roles = [
             ("params", &h.params, [&decayed.param, &plain.param]),
             ("m", &h.m, [&decayed.m, &plain.m]),
             ("v", &h.v, [&decayed.v, &plain.v]),
