@@ -10,6 +10,9 @@
 import { fail as failIn, withPage } from './web_common.mjs';
 
 const fail = (text) => failIn('web_kernels', text);
+// Longest a check may take (SwiftShader compiles a tiled pipeline in 5-20 s); under
+// puppeteer's 180 s protocol timeout, so a hung check is reported, not the harness.
+const CHECK_SECONDS = 150;
 const args = process.argv.slice(2);
 const options = { filter: '', seed: Math.floor(Math.random() * 2 ** 32), perturb: false, json: false };
 for (let i = 0; i < args.length; i++) {
@@ -49,21 +52,28 @@ await withPage('web_kernels', [], undefined, async (page, logs) => {
   for (const c of list) {
     const started = performance.now();
     const logged = logs.length;
-    const result = await page.evaluate(async (id, seed, perturb) => {
+    const result = await page.evaluate(async (id, seed, perturb, limit) => {
+      // A panic traps the module and leaves the check pending: its hook calls onWasmPanic.
+      const stopped = new Promise((_, reject) => {
+        window.onWasmPanic = (m) => reject(new Error(m));
+        setTimeout(() => reject(new Error(`no result after ${limit} s`)), limit * 1000);
+      });
       try {
-        return { line: await window.kernelChecks.run(id, seed, perturb) };
+        return { line: await Promise.race([window.kernelChecks.run(id, seed, perturb), stopped]) };
       } catch (e) {
         return { thrown: e instanceof Error ? e.message : String(e) };
       }
-    }, c.id, options.seed, options.perturb);
+    }, c.id, options.seed, options.perturb, CHECK_SECONDS);
     const seconds = (performance.now() - started) / 1000;
     let r;
     if (result.line !== undefined) {
       r = JSON.parse(result.line);
     } else {
       // A trap leaves the module unusable: say what was running, then start afresh.
-      const panic = logs.slice(logged).filter((l) => l.includes('panic')).join(' | ');
-      r = { ...c, ok: false, error: `${describe(c)}: ${result.thrown}${panic ? ` (${panic})` : ''}` };
+      const panic = logs.slice(logged).filter((l) => l.includes('panic'));
+      const seen = panic.length && !result.thrown.includes('panic') ? ` (${panic.join(' | ')})` : '';
+      const message = `${result.thrown}${seen}`.replace(/\s*\n\s*/g, ' ');
+      r = { ...c, ok: false, error: `${describe(c)}: ${message}` };
       await page.reload();
       await page.waitForFunction(() => window.vitWeb !== undefined);
       await page.evaluate(() => window.vitWeb.ready());
@@ -77,7 +87,8 @@ await withPage('web_kernels', [], undefined, async (page, logs) => {
     } else {
       const worst = r.max_err === undefined || r.max_err === null ? 'no comparison'
         : `${r.worst} ${Number(r.max_err).toExponential(2)} (tolerance ${Number(r.tol).toExponential(0)})`;
-      console.log(`${r.ok ? 'ok  ' : 'FAIL'} ${describe(c)}: ${r.ok ? worst : r.error} [${seconds.toFixed(2)} s]`);
+      // a failure's message names the kernel, the check and the shape itself
+      console.log(`${r.ok ? `ok   ${describe(c)}: ${worst}` : `FAIL ${r.error}`} [${seconds.toFixed(2)} s]`);
     }
   }
 });

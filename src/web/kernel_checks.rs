@@ -8,13 +8,23 @@ use crate::gpu::Gpu;
 use crate::kernels::checks;
 use wasm_bindgen::prelude::*;
 
-/// A panic inside a check traps the module; its message goes to the console first, where
-/// the harness collects it.
-fn log_panics() {
+/// A panic inside a check traps the module and leaves the check's promise pending; its
+/// message goes to the console and to `globalThis.onWasmPanic` when the page set one (the
+/// harness rejects the pending check with it).
+fn report_panics() {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         std::panic::set_hook(Box::new(|info| {
-            web_sys::console::error_1(&JsValue::from_str(&format!("panic: {info}")));
+            let message = JsValue::from_str(&format!("panic: {info}"));
+            web_sys::console::error_1(&message);
+            let global = js_sys::global();
+            let handler = js_sys::Reflect::get(&global, &JsValue::from_str("onWasmPanic"));
+            if let Some(f) = handler
+                .ok()
+                .and_then(|h| h.dyn_into::<js_sys::Function>().ok())
+            {
+                let _ = f.call1(&global, &message);
+            }
         }))
     });
 }
@@ -28,7 +38,7 @@ pub struct KernelChecks {
 #[wasm_bindgen]
 impl KernelChecks {
     pub async fn create() -> Result<KernelChecks, JsError> {
-        log_panics();
+        report_panics();
         Ok(KernelChecks {
             gpu: browser_gpu().await?,
         })

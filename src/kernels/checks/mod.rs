@@ -212,7 +212,10 @@ pub async fn run(gpu: &Gpu, case: &Case, seed: u64, perturb: bool) -> Outcome {
         errors.push(e);
     }
     for e in [validation, internal].into_iter().flatten() {
-        errors.push(format!("device error: {e}"));
+        errors.push(format!(
+            "device error: {}",
+            e.to_string().replace('\n', " ")
+        ));
     }
     let launched: Vec<String> = bench.launched.iter().cloned().collect();
     let declared: BTreeSet<&str> = case.entries.iter().copied().collect();
