@@ -29,11 +29,16 @@ if (!Number.isInteger(options.seed) || options.seed < 0 || options.seed >= 2 ** 
 
 /** A KernelChecks on the page, from the package app.js already initialised. */
 async function setUp(page) {
-  return page.evaluate(async () => {
+  const adapter = await page.evaluate(async () => {
     const pkg = await import('/pkg/vit_wgpu.js');
+    if (!pkg.KernelChecks) return undefined;
     window.kernelChecks = await pkg.KernelChecks.create();
     return window.kernelChecks.adapter;
   });
+  if (adapter === undefined) {
+    fail('web/pkg has no kernel checks: build it with `WEB_FEATURES=web-checks scripts/build_web.sh`');
+  }
+  return adapter;
 }
 
 function describe(c) {

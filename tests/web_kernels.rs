@@ -2,7 +2,9 @@
 //! runs src/kernels/checks on the page): each portable entry point, forward and backward,
 //! odd shapes, outputs poisoned with NaN; a failure names the kernel, the shape and the
 //! error, and the entry points launched are exactly those of shaders/*.wgsl.
-//! Needs what tests/web_infer.rs needs (.ci/web installs it):
+//! Needs what tests/web_infer.rs needs (.ci/web installs it), with web/pkg built with the
+//! checks in:
+//!     WEB_FEATURES=web-checks scripts/build_web.sh
 //!     cargo test --release --features web-tests --test web_kernels
 #![cfg(feature = "web-tests")]
 

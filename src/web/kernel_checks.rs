@@ -1,7 +1,7 @@
 //! The kernel checks (`crate::kernels::checks`: every portable entry point against the CPU
-//! reference) on the page's WebGPU. scripts/web_kernels.mjs runs them in headless Chromium
-//! one call per check, so a check that traps names itself; `runKernelChecks` runs a
-//! filtered list in one call.
+//! reference) on the page's WebGPU, in packages built with the `web-checks` feature.
+//! scripts/web_kernels.mjs runs them in headless Chromium one call per check, so a check
+//! that traps names itself; `runKernelChecks` runs a filtered list in one call.
 
 use super::{browser_gpu, js_error};
 use crate::gpu::Gpu;

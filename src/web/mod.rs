@@ -13,6 +13,7 @@ use crate::model::{Config, Mode, Vit};
 use std::path::PathBuf;
 use wasm_bindgen::prelude::*;
 
+#[cfg(feature = "web-checks")]
 mod kernel_checks;
 
 fn js_error(e: impl std::fmt::Display) -> JsError {
