@@ -404,142 +404,54 @@ fn elementwise() -> Vec<Case> {
 
 fn gemm_cases() -> Vec<Case> {
     use gemm::Variant::{Registers, Tiled};
-    use matmul::Flags;
-    let relu = Some(Activation::Relu);
-    let gelu = Some(Activation::Gelu);
-    let flags = |bias, slope, activation, act_grad, accumulate| Flags {
+    use Layout::{NN, NT, TN};
+    let (relu, gelu) = (Some(Activation::Relu), Some(Activation::Gelu));
+    let (saved_slope, relu_output) = (Some(ActGrad::Slope), Some(ActGrad::ReluOutput));
+    let flags = |bias, slope, activation, act_grad, accumulate| matmul::Flags {
         bias,
         slope,
         activation,
         act_grad,
         accumulate,
     };
+    // the epilogues the model runs: linear forwards, the MLP's backward through its
+    // activation, weight gradients added into a gradient, and the residual stream's +=
+    let gelu_slope = flags(true, true, gelu, None, false);
+    let relu_residual = flags(true, false, relu, None, true);
+    let relu_slope = flags(true, true, relu, None, false);
+    let times_slope = flags(false, false, None, saved_slope, false);
+    let times_slope_added = flags(false, false, None, saved_slope, true);
+    let times_relu = flags(false, false, None, relu_output, false);
+    let plain = flags(false, false, None, None, false);
+    let added = flags(false, false, None, None, true);
+    let bias_gelu = flags(true, false, gelu, None, false);
     let plan = |blocks, splits| Some(Plan { blocks, splits });
-    // (variant, layout, m, n, k, plan, epilogue): forwards (NT), input gradients (NN) and
-    // weight gradients (TN); n not a multiple of 4 and split-K take the reduction pass
+    let gemm = |variant, layout, (m, n, k), plan, flags| matmul::GemmCase {
+        variant,
+        layout,
+        m,
+        n,
+        k,
+        plan,
+        flags,
+    };
+    // n not a multiple of 4 and split-K take the reduction pass
     let list = [
-        (
-            Tiled,
-            Layout::NT,
-            65,
-            96,
-            64,
-            plan(1, 1),
-            flags(true, true, gelu, None, false),
-        ),
-        (
-            Tiled,
-            Layout::NT,
-            50,
-            36,
-            50,
-            plan(2, 1),
-            flags(true, false, relu, None, true),
-        ),
-        (
-            Tiled,
-            Layout::NT,
-            17,
-            33,
-            64,
-            plan(1, 1),
-            flags(true, true, relu, None, false),
-        ),
-        (
-            Tiled,
-            Layout::NN,
-            50,
-            36,
-            50,
-            plan(1, 1),
-            flags(false, false, None, Some(ActGrad::Slope), true),
-        ),
-        (
-            Tiled,
-            Layout::NN,
-            65,
-            36,
-            96,
-            plan(2, 1),
-            flags(false, false, None, Some(ActGrad::ReluOutput), false),
-        ),
-        (
-            Tiled,
-            Layout::NN,
-            33,
-            50,
-            17,
-            plan(1, 1),
-            flags(false, false, None, Some(ActGrad::Slope), false),
-        ),
-        (
-            Tiled,
-            Layout::TN,
-            36,
-            64,
-            197,
-            plan(1, 3),
-            flags(false, false, None, None, true),
-        ),
-        (
-            Tiled,
-            Layout::TN,
-            17,
-            96,
-            65,
-            plan(2, 2),
-            flags(true, false, gelu, None, false),
-        ),
-        (
-            Tiled,
-            Layout::TN,
-            36,
-            20,
-            33,
-            plan(2, 1),
-            flags(false, false, None, None, false),
-        ),
-        (
-            Registers,
-            Layout::NT,
-            65,
-            33,
-            17,
-            None,
-            flags(true, true, gelu, None, false),
-        ),
-        (
-            Registers,
-            Layout::NN,
-            50,
-            36,
-            50,
-            None,
-            flags(false, false, None, Some(ActGrad::Slope), true),
-        ),
-        (
-            Registers,
-            Layout::TN,
-            36,
-            65,
-            50,
-            None,
-            flags(false, false, None, None, true),
-        ),
+        gemm(Tiled, NT, (65, 96, 64), plan(1, 1), gelu_slope),
+        gemm(Tiled, NT, (50, 36, 50), plan(2, 1), relu_residual),
+        gemm(Tiled, NT, (17, 33, 64), plan(1, 1), relu_slope),
+        gemm(Tiled, NN, (50, 36, 50), plan(1, 1), times_slope_added),
+        gemm(Tiled, NN, (65, 36, 96), plan(2, 1), times_relu),
+        gemm(Tiled, NN, (33, 50, 17), plan(1, 1), times_slope),
+        gemm(Tiled, TN, (36, 64, 197), plan(1, 3), added),
+        gemm(Tiled, TN, (17, 96, 65), plan(2, 2), bias_gelu),
+        gemm(Tiled, TN, (36, 20, 33), plan(2, 1), plain),
+        gemm(Registers, NT, (65, 33, 17), None, gelu_slope),
+        gemm(Registers, NN, (50, 36, 50), None, times_slope_added),
+        gemm(Registers, TN, (36, 65, 50), None, added),
     ];
     list.into_iter()
-        .map(|(variant, layout, m, n, k, plan, flags)| {
-            let c = matmul::GemmCase {
-                variant,
-                layout,
-                m,
-                n,
-                k,
-                plan,
-                flags,
-            };
-            case("gemm", c.check(), c.describe(), &c.entries(), Spec::Gemm(c))
-        })
+        .map(|c| case("gemm", c.check(), c.describe(), &c.entries(), Spec::Gemm(c)))
         .collect()
 }
 
