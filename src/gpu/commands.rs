@@ -285,6 +285,16 @@ impl Gpu {
         self.submit_commands(&commands);
     }
 
+    /// The shader file and entry point a command launches (`None` for copies and clears):
+    /// the kernel checks compare what ran with what they declare.
+    pub fn launched(&self, command: &Command) -> Option<(&'static str, String)> {
+        let Command::Dispatch(d) = command else {
+            return None;
+        };
+        let infos = self.pipeline_info.lock().ok()?;
+        infos.get(&d.pipeline).map(|i| (i.family, i.entry.clone()))
+    }
+
     /// Record, submit, return (tests and benches; the trainer records many in one encoder).
     pub fn submit_commands(&self, commands: &[Command]) {
         let mut encoder = self

@@ -7,6 +7,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod checks;
 pub mod cpu;
 pub mod dropout;
 pub mod elementwise;

@@ -14,6 +14,8 @@ use std::path::PathBuf;
 use wasm_bindgen::prelude::*;
 
 mod train;
+#[cfg(feature = "web-checks")]
+mod kernel_checks;
 
 fn js_error(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
