@@ -205,7 +205,7 @@ struct Passes {
 
 /// A CPU-adapter attention (`kernels::cpu::attention_lanes`), given at construction: it
 /// records the forward and backward in the portable kernels' place.
-pub trait Specialisation {
+pub trait Specialisation: wgpu::WasmNotSendSync {
     fn record_forward(&self, gpu: &Gpu, a: &AttentionForward, out: &mut Vec<Command>);
     fn record_backward(&self, gpu: &Gpu, a: &AttentionBackward, out: &mut Vec<Command>);
 }

@@ -280,7 +280,7 @@ pub fn portable_pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
 /// A CPU-adapter GEMM (`kernels::cpu::gemm_lanes`), given at construction: it records
 /// every GEMM in the portable kernel's place. `recorded` is the list its commands will be
 /// appended to (it may reuse that list's texture copies).
-pub trait Specialisation: std::any::Any {
+pub trait Specialisation: std::any::Any + wgpu::WasmNotSendSync {
     fn record(&self, gpu: &Gpu, args: &GemmArgs, recorded: &[Command]) -> Vec<Command>;
 }
 

@@ -13,9 +13,9 @@ use crate::model::{Config, Mode, Vit};
 use std::path::PathBuf;
 use wasm_bindgen::prelude::*;
 
-mod train;
 #[cfg(feature = "web-checks")]
 mod kernel_checks;
+mod train;
 
 fn js_error(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
