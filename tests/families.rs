@@ -295,6 +295,87 @@ fn transformers_folder_gives_transformers_probabilities() {
     check_folder("hf_vit", FolderKind::Transformers);
 }
 
+/// transformers' DeiT (a distillation token read by no head; with a square resize and a
+/// center crop), DeiT with its teacher head (two heads averaged) and Dinov2 (LayerScale, a
+/// head on [class token ; patch mean], positions interpolated to the processor's crop).
+#[test]
+fn transformers_deit_and_dinov2_folders_give_transformers_probabilities() {
+    for folder in ["hf_deit", "hf_deit_teacher", "hf_dinov2"] {
+        check_folder(folder, FolderKind::Transformers);
+    }
+    let m = hub::read_folder(&fixtures().join("hf_dinov2"), &ConfigHints::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (
+            m.cfg.image_h,
+            m.cfg.patches(),
+            m.cfg.mlp_hidden,
+            m.cfg.head_in()
+        ),
+        (28, 4, 48, 48)
+    );
+    assert_eq!(m.cfg.options.pool, vit_wgpu::model::Pool::ClsAvg);
+    assert_eq!(m.class_names[4], "hammerhead");
+    let m = hub::read_folder(&fixtures().join("hf_deit"), &ConfigHints::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((m.cfg.options.reg_tokens, m.cfg.tokens()), (1, 18));
+}
+
+/// Dinov2's head on [class token ; patch mean] against transformers in float64: logits,
+/// loss and every parameter's gradient, on the f64 reference model and on the device
+/// (`verify`, the training code path).
+#[test]
+fn dinov2_head_gradients_match_transformers() {
+    use vit_wgpu::model::checkpoint::load_params_resampling;
+    use vit_wgpu::model::{reference, Config};
+    let path = fixtures().join("hf_dinov2.grads.safetensors");
+    let file = TensorFile::read(&path).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = Config::from_metadata(&file.metadata).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.head_in(), 2 * cfg.dim);
+    let params = load_params_resampling(&path, &file, &cfg).unwrap_or_else(|e| panic!("{e}"));
+    let (_, images) = &file.tensors["input.images"];
+    let labels: Vec<u32> = file.int_tensors["input.labels"]
+        .1
+        .iter()
+        .map(|&l| l as u32)
+        .collect();
+    let res =
+        reference::forward_backward(&cfg, &reference::widen(&params), &params, images, &labels);
+    let to32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let (_, logits) = &file.tensors["expected.logits"];
+    common::assert_close("dinov2 logits", &to32(&res.logits), logits, 1e-5);
+    let (_, loss) = &file.tensors["expected.loss"];
+    assert!(
+        (res.loss - loss[0] as f64).abs() < 1e-5 * res.loss.abs(),
+        "loss {} vs transformers {}",
+        res.loss,
+        loss[0]
+    );
+    let mut worst = (0.0, String::new());
+    for (spec, g) in params.specs.iter().zip(&res.grads) {
+        let (_, want) = &file.tensors[&format!("expected.grad.{}", spec.name)];
+        let err = common::assert_close(&format!("grad {}", spec.name), &to32(g), want, 1e-5);
+        if err > worst.0 {
+            worst = (err, spec.name.clone());
+        }
+    }
+    eprintln!(
+        "reference: worst gradient error {:.2e} in {}",
+        worst.0, worst.1
+    );
+    let gpu = common::gpu();
+    let report = pollster::block_on(vit_wgpu::verify::verify(
+        gpu,
+        &path,
+        vit_wgpu::verify::Tolerances::default(),
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    for c in &report.comparisons {
+        eprintln!("device: {} relative error {:.2e}", c.name, c.relative_error);
+    }
+    assert!(report.passed(), "the device model fails verify");
+}
+
 #[test]
 fn folders_carry_class_names_and_preprocessing() {
     let m = hub::read_folder(&fixtures().join("timm_vit"), &ConfigHints::default())
@@ -374,18 +455,63 @@ fn bad_folders_name_the_option_or_tensor() {
 
     let dir = edited_copy("hf_vit", |c| c["model_type"] = "deit".into());
     let e = folder_error(&dir);
-    assert!(e.contains("model_type 'deit'"), "{e}");
+    assert!(
+        e.contains("model_type 'deit' with architecture 'ViTForImageClassification'")
+            && e.contains("supported: model_type 'vit'"),
+        "{e}"
+    );
+
+    let dir = edited_copy("hf_dinov2", |c| {
+        c["architectures"][0] = "Dinov2ForDepthEstimation".into()
+    });
+    let e = folder_error(&dir);
+    assert!(
+        e.contains("'Dinov2ForDepthEstimation' is not supported"),
+        "{e}"
+    );
+
+    let dir = edited_copy("hf_dinov2", |c| c["use_swiglu_ffn"] = true.into());
+    let e = folder_error(&dir);
+    assert!(e.contains("use_swiglu_ffn"), "{e}");
+
+    // Weights that do not match the config: the tensor, its expected and found shapes.
+    let dir = edited_copy("hf_dinov2", |c| c["mlp_ratio"] = 4.into());
+    let e = folder_error(&dir);
+    assert!(
+        e.contains("blocks.0.mlp.fc1.weight") && e.contains("96") && e.contains("48"),
+        "{e}"
+    );
+    let dir = edited_copy("hf_deit_teacher", |c| {
+        c["architectures"][0] = "DeiTForImageClassification".into()
+    });
+    let e = folder_error(&dir);
+    assert!(e.contains("'classifier.weight' is missing"), "{e}");
+    let dir = edited_copy("hf_deit", |c| {
+        c["architectures"][0] = "DeiTForImageClassificationWithTeacher".into()
+    });
+    let e = folder_error(&dir);
+    assert!(
+        e.contains("cls_classifier.weight") && e.contains("missing"),
+        "{e}"
+    );
+    let dir = edited_copy("hf_deit", |c| c["image_size"] = 40.into());
+    let e = folder_error(&dir);
+    assert!(
+        e.contains("32x32 inputs") && e.contains("image_size 40x40"),
+        "{e}"
+    );
 }
 
 /// `infer` on a folder with no flags prints the folder's class names with the reference
 /// library's probabilities; a flag that contradicts the folder is reported.
 #[test]
 fn infer_reads_a_folder_with_no_flags() {
-    for folder in ["timm_vit", "hf_vit"] {
+    // hf_deit and hf_dinov2 resize and center-crop as transformers does (not timm's crop).
+    for folder in ["timm_vit", "hf_vit", "hf_deit", "hf_dinov2"] {
         let want = expected(folder);
         let (_, want_probs) = &want.tensors["probs"];
         let dir = fixtures().join(folder);
-        let classes = if folder == "timm_vit" { 5 } else { 4 };
+        let classes = if folder == "hf_vit" { 4 } else { 5 };
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_vit-wgpu"))
             .arg("infer")
             .arg("--checkpoint")

@@ -582,6 +582,7 @@ fn infer_batched(opts: &GpuOptions, a: InferArgs) -> CliResult {
         queue_depth: 2 * workers.max(1),
         interpolation,
         crop_pct,
+        hf_crop: data::preprocess::HfCrop::from_metadata(&file.metadata),
         ..Default::default()
     };
     let n = files.len();
