@@ -347,6 +347,7 @@ fn train_ranks(opts: &GpuOptions, a: TrainArgs, comm: &dyn Communicator) -> CliR
     }
     let kernels = Kernels::new(&gpu);
     gpu.check_limits()?;
+    let class_names = train_set.class_names.clone();
     let topts = train_options(&a, cfg, out, init, quiet);
     // curves.png covers the whole run, redrawn after every epoch.
     let mut draw_curves = |dir: &Path, epochs: &[train::EpochMetrics]| {
@@ -366,6 +367,18 @@ fn train_ranks(opts: &GpuOptions, a: TrainArgs, comm: &dyn Communicator) -> CliR
     }
     if comm.rank() > 0 {
         return Ok(());
+    }
+    // Fine-tuned from a timm or transformers folder: also written back in its format.
+    if let Some(src) = a
+        .init
+        .as_deref()
+        .filter(|p| crate::model::hub::is_model_folder(p))
+    {
+        let params = block_on(trainer.params())?;
+        let export = crate::model::hub::export::after_training;
+        if let Some(dir) = export(src, &topts.out, &topts.cfg, &params, &class_names)? {
+            eprintln!("wrote {} in the format of {}", dir.display(), src.display());
+        }
     }
     report_training(&a, &summary)
 }

@@ -12,8 +12,9 @@
 //! `norm_std`, `class_names`). Hints (flags) override the folder; each one that contradicts
 //! it is reported on stderr.
 
+pub mod export;
 mod interp;
-mod transformers;
+pub mod transformers;
 
 use super::arch;
 use super::checkpoint::{load_params_resampling, CheckpointError, ConfigHints, TensorFile};
