@@ -494,6 +494,28 @@ fn bad_folders_name_the_option_or_tensor() {
         e.contains("cls_classifier.weight") && e.contains("missing"),
         "{e}"
     );
+    let dir = edited_copy("hf_deit", |_| {});
+    let pre = dir.join("preprocessor_config.json");
+    let text = std::fs::read_to_string(&pre).expect("processor config");
+    let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["crop_size"] = serde_json::json!({"height": 40, "width": 40});
+    std::fs::write(&pre, v.to_string()).expect("write");
+    let e = folder_error(&dir);
+    assert!(
+        e.contains("'crop_size' is 40x40, larger than the resized image (36x36)"),
+        "{e}"
+    );
+    let dir = edited_copy("hf_dinov2", |_| {});
+    let pre = dir.join("preprocessor_config.json");
+    let text = std::fs::read_to_string(&pre).expect("processor config");
+    let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["do_center_crop"] = false.into();
+    std::fs::write(&pre, v.to_string()).expect("write");
+    let e = folder_error(&dir);
+    assert!(
+        e.contains("'size' is a shortest_edge without a center crop"),
+        "{e}"
+    );
     let dir = edited_copy("hf_deit", |c| c["image_size"] = 40.into());
     let e = folder_error(&dir);
     assert!(

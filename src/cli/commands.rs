@@ -4,7 +4,7 @@ use super::*;
 use crate::data::{self, Dataset};
 use crate::dist::Communicator;
 use crate::gpu::{enumerate_adapters, Gpu, GpuOptions};
-use crate::model::{checkpoint, init};
+use crate::model::{self, checkpoint, init};
 use crate::model::{HostParams, Kernels, Mode, Vit};
 use crate::train::{self, TrainError, TrainOptions};
 use pollster::block_on;
@@ -369,16 +369,9 @@ fn train_ranks(opts: &GpuOptions, a: TrainArgs, comm: &dyn Communicator) -> CliR
         return Ok(());
     }
     // Fine-tuned from a timm or transformers folder: also written back in its format.
-    if let Some(src) = a
-        .init
-        .as_deref()
-        .filter(|p| crate::model::hub::is_model_folder(p))
-    {
+    if let Some(src) = a.init.as_deref().filter(|p| model::hub::is_model_folder(p)) {
         let params = block_on(trainer.params())?;
-        let export = crate::model::hub::export::after_training;
-        if let Some(dir) = export(src, &topts.out, &topts.cfg, &params, &class_names)? {
-            eprintln!("wrote {} in the format of {}", dir.display(), src.display());
-        }
+        model::hub::export::after_training(src, &topts.out, &topts.cfg, &params, &class_names);
     }
     report_training(&a, &summary)
 }

@@ -376,9 +376,9 @@ impl EvalPreprocess {
     pub fn apply(&self, img: &Pixels) -> Vec<f32> {
         let (_, h, w) = self.input_size;
         let out = match (self.hf_crop, self.crop_pct) {
-            (Some(hc), _) => hc.apply(img, self.interpolation),
-            (None, Some(pct)) => transforms::eval_resize_crop(img, w, h, pct, self.interpolation),
-            (None, None) => transforms::resize(img, w, h, self.interpolation),
+            (Some(hc), _) if hc.crop == (h, w) => hc.apply(img, self.interpolation),
+            (_, Some(pct)) => transforms::eval_resize_crop(img, w, h, pct, self.interpolation),
+            (_, None) => transforms::resize(img, w, h, self.interpolation),
         };
         let mut chw = vec![0f32; out.channels * h * w];
         transforms::normalise_chw(&out, false, &self.mean, &self.std, &mut chw);
@@ -417,7 +417,11 @@ pub fn use_folder_transform(
         s.options.crop_pct = folder_crop;
         s.options.hf_crop = HfCrop::from_metadata(meta);
     } else {
-        let folder = folder_crop.map_or("a plain resize".to_string(), |c| c.to_string());
+        let folder = match (folder_crop, HfCrop::from_metadata(meta)) {
+            (Some(c), _) => c.to_string(),
+            (None, Some(hc)) => format!("resize {} + center crop", hc.to_metadata()),
+            (None, None) => "a plain resize".to_string(),
+        };
         eprintln!(
             "note: --crop-pct {} overrides the model folder's {folder}",
             flags.1

@@ -210,9 +210,9 @@ fn transformed(
         }
         _ => {
             let out = match (o.hf_crop, o.crop_pct) {
-                (Some(hc), _) => hc.apply(&img, o.interpolation),
-                (None, Some(pct)) => transforms::eval_resize_crop(&img, w, h, pct, o.interpolation),
-                (None, None) => transforms::resize(&img, w, h, o.interpolation),
+                (Some(hc), _) if hc.crop == (h, w) => hc.apply(&img, o.interpolation),
+                (_, Some(pct)) => transforms::eval_resize_crop(&img, w, h, pct, o.interpolation),
+                (_, None) => transforms::resize(&img, w, h, o.interpolation),
             };
             Ok((out, false))
         }

@@ -53,20 +53,33 @@ pub fn write_like(
 }
 
 /// After `train --init SOURCE`: the run's weights as a folder like SOURCE in
-/// `<run>/hub/`. Nothing when SOURCE is not a model folder; returns the folder written.
+/// `<run>/hub/`, reported on stderr. A model the format cannot hold is a warning, not an
+/// error: the run's own checkpoints are already written.
 pub fn after_training(
     source: &Path,
     run: &Path,
     cfg: &Config,
     params: &HostParams,
     class_names: &[String],
-) -> Result<Option<PathBuf>, CheckpointError> {
-    if !super::is_model_folder(source) {
-        return Ok(None);
-    }
+) -> Option<PathBuf> {
     let out = run.join(RUN_EXPORT_DIR);
-    write_like(source, &out, cfg, params, class_names)?;
-    Ok(Some(out))
+    match write_like(source, &out, cfg, params, class_names) {
+        Ok(_) => {
+            eprintln!(
+                "wrote {} in the format of {}",
+                out.display(),
+                source.display()
+            );
+            Some(out)
+        }
+        Err(e) => {
+            eprintln!(
+                "warning: the run is not written back in the format of {}: {e}",
+                source.display()
+            );
+            None
+        }
+    }
 }
 
 fn write_json(path: &Path, v: &Value) -> Result<(), CheckpointError> {
