@@ -599,7 +599,13 @@ fn eval_uses_the_folder_preprocessing() {
         std::fs::create_dir_all(&dir).expect("temp dir");
         std::fs::copy(fixtures().join("images").join(image), dir.join(image)).expect("copy");
     }
-    for (folder, classes) in [("timm_vit", 5), ("hf_vit", 4)] {
+    // hf_deit and hf_dinov2: transformers' resize + center crop in the streamed loader.
+    for (folder, classes) in [
+        ("timm_vit", 5),
+        ("hf_vit", 4),
+        ("hf_deit", 5),
+        ("hf_dinov2", 5),
+    ] {
         let want = expected(folder);
         let (_, p) = &want.tensors["probs"];
         let want_loss = -((p[0] as f64).ln() + (p[classes + 1] as f64).ln()) / 2.0;
