@@ -4,7 +4,7 @@ use super::*;
 use crate::data::{self, Dataset};
 use crate::dist::Communicator;
 use crate::gpu::{enumerate_adapters, Gpu, GpuOptions};
-use crate::model::{checkpoint, init};
+use crate::model::{self, checkpoint, init};
 use crate::model::{HostParams, Kernels, Mode, Vit};
 use crate::train::{self, TrainError, TrainOptions};
 use pollster::block_on;
@@ -429,6 +429,7 @@ fn train_ranks(opts: &GpuOptions, a: TrainArgs, comm: &dyn Communicator) -> CliR
     }
     let kernels = Kernels::new(&gpu);
     gpu.check_limits()?;
+    let class_names = train_set.class_names.clone();
     let topts = train_options(&a, cfg, out, init, quiet);
     // curves.png covers the whole run, redrawn after every epoch.
     let mut draw_curves = |dir: &Path, epochs: &[train::EpochMetrics]| {
@@ -448,6 +449,11 @@ fn train_ranks(opts: &GpuOptions, a: TrainArgs, comm: &dyn Communicator) -> CliR
     }
     if comm.rank() > 0 {
         return Ok(());
+    }
+    // Fine-tuned from a timm or transformers folder: also written back in its format.
+    if let Some(src) = a.init.as_deref().filter(|p| model::hub::is_model_folder(p)) {
+        let params = block_on(trainer.params())?;
+        model::hub::export::after_training(src, &topts.out, &topts.cfg, &params, &class_names);
     }
     report_training(&a, &summary)
 }
@@ -718,6 +724,7 @@ fn infer_batched(opts: &GpuOptions, a: InferArgs) -> CliResult {
         queue_depth: 2 * workers.max(1),
         interpolation,
         crop_pct,
+        hf_crop: data::preprocess::HfCrop::from_metadata(&file.metadata),
         ..Default::default()
     };
     let n = files.len();

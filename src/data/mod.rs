@@ -121,6 +121,9 @@ impl Dataset {
             if let Some(pct) = s.options.crop_pct {
                 m.push(("crop_pct", pct.to_string()));
             }
+            if let Some(hc) = s.options.hf_crop {
+                m.push(("hf_crop", hc.to_metadata()));
+            }
         }
         m
     }
