@@ -88,11 +88,13 @@ def main():
     grid = (h // a.patch, w // a.patch)
     if a.pos_grid is not None and tuple(a.pos_grid) != grid:
         # A pos_embed learned on another grid: resample it the way timm does when loading.
-        stored = 0.1 * torch.randn(1, 1 + a.pos_grid[0] * a.pos_grid[1], a.dim, dtype=torch.float64)
+        # the prefix tokens with a position of their own (none with --no-embed-class)
+        prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+        stored = 0.1 * torch.randn(1, prefix + a.pos_grid[0] * a.pos_grid[1], a.dim, dtype=torch.float64)
         state["pos_embed"] = stored
         with torch.no_grad():
             model.pos_embed.copy_(resample_abs_pos_embed(stored.float(), new_size=list(grid),
-                                                         old_size=list(a.pos_grid), num_prefix_tokens=1).double())
+                                                         old_size=list(a.pos_grid), num_prefix_tokens=prefix).double())
 
     images = torch.randn(a.batch, a.chans, h, w, dtype=torch.float64)
     labels = torch.randint(0, a.classes, (a.batch,), dtype=torch.int64)

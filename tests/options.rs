@@ -32,6 +32,11 @@ const ALL: &[&str] = &[
     "clip_quickgelu",
     "qk_norm",
     "gap_medium",
+    "patch14_98",
+    "patch14_112_reg4",
+    "patch14_224",
+    "patch14_518_reg4",
+    "patch14_rect",
 ];
 
 fn config(path: &std::path::Path, file: &TensorFile) -> Config {
