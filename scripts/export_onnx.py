@@ -8,7 +8,8 @@ timm state_dict in safetensors for vit-wgpu, so both systems run the same model.
 micro and tiny are our presets as timm VisionTransformers (from our checkpoint when given,
 else timm's init at --seed); vit_small_patch16_224 is timm's, randomly initialised (no
 download). Writes DIR/<name>.onnx (batch axis dynamic, opset 17), DIR/<name>.safetensors and
-DIR/models.json ({name: {onnx, safetensors, heads, image: [C, H, W], classes}}).
+DIR/models.json ({name: {onnx, safetensors, heads, image: [C, H, W], patch, dim, depth, mlp,
+classes, params}}).
 Needs: pip install torch timm onnx onnxscript safetensors.
 """
 import argparse
@@ -77,6 +78,8 @@ def main():
             logits = model(x)
         index[name] = dict(onnx=os.path.basename(onnx_path), safetensors=os.path.basename(st_path),
                            heads=model.blocks[0].attn.num_heads, image=[c, h, w],
+                           patch=model.patch_embed.patch_size[0], dim=model.embed_dim,
+                           depth=len(model.blocks), mlp=model.blocks[0].mlp.fc1.out_features,
                            classes=model.num_classes,
                            params=sum(p.numel() for p in model.parameters()))
         print(f"{name}: {onnx_path} ({os.path.getsize(onnx_path) / 1e6:.1f} MB), {st_path}; "

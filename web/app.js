@@ -11,7 +11,8 @@ let wasmReady = null;
 let current = null;
 
 function ensureWasm() {
-  wasmReady ??= init();
+  // performance.now() when the wasm was compiled and instantiated (the cost of the page)
+  wasmReady ??= init().then(() => { window.vitWeb.wasmReadyMs ??= performance.now(); });
   return wasmReady;
 }
 
@@ -170,7 +171,7 @@ async function classifyFiles(files) {
 
 // Each rollout is one more forward plus the attention maps: enough for a screenful.
 const MAX_ROLLOUTS = 16;
-const VIEW = 240;
+const VIEW = 224;
 
 /** Jet colour map, as `vit-wgpu infer --attention` draws it (blue low, red high). */
 function jet(v) {
