@@ -42,7 +42,11 @@ function parseArgs(argv) {
   return a;
 }
 
-// Waits for the page's status line to leave "working" and returns it; an error fails.
+/** What the page itself reported as an error (printed without a stack). */
+class PageError extends Error {}
+
+// Waits for the page's status line to leave "working" and returns it; an error throws, so
+// the browser is closed and its profile removed before the script fails.
 async function settle(page, done, logs) {
   await page.waitForFunction((prefix) => {
     const s = document.getElementById('status');
@@ -51,7 +55,7 @@ async function settle(page, done, logs) {
   const s = await page.$eval('#status', (e) => ({ text: e.textContent, kind: e.className }));
   if (s.kind === 'error') {
     if (process.env.VIT_WEB_LOG) process.stderr.write(`${logs.join('\n')}\n`);
-    fail(`the page says: ${s.text}`);
+    throw new PageError(`the page says: ${s.text}`);
   }
   return s.text;
 }
@@ -127,4 +131,4 @@ async function main() {
   }
 }
 
-main().catch((e) => fail(e.stack ?? String(e)));
+main().catch((e) => fail(e instanceof PageError ? e.message : (e.stack ?? String(e))));
