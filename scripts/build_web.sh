@@ -25,7 +25,8 @@ if [ "$installed" != "$version" ]; then
   cargo install wasm-bindgen-cli --version "$version"
 fi
 
-flags=(--lib --no-default-features --features web --target wasm32-unknown-unknown)
+# WEB_FEATURES=web-checks adds the kernel checks (scripts/web_kernels.mjs).
+flags=(--lib --no-default-features --features "${WEB_FEATURES:-web}" --target wasm32-unknown-unknown)
 [ "$profile" = release ] && flags+=(--release)
 # A cdylib for this build only, so native builds of the library do not link one.
 cargo rustc "${flags[@]}" --crate-type cdylib

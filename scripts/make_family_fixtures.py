@@ -26,6 +26,15 @@ Contents:
                            model.safetensors, preprocessor_config.json)
   hf_vit.expected.safetensors     the same with transformers' PIL image processor
                            (`probs_torchvision`: with transformers 5's default torchvision one)
+  hf_deit/, hf_deit_teacher/, hf_dinov2/ and .expected.safetensors   transformers'
+                           DeiTForImageClassification (square resize + center crop),
+                           DeiTForImageClassificationWithTeacher and
+                           Dinov2ForImageClassification (shortest-edge resize + crop to a
+                           smaller grid than stored: positions interpolated)
+  hf_dinov2.grads.safetensors     a debug-state file (`verify`'s format, timm's names): a
+                           batch, logits, loss and every parameter's gradient of the Dinov2
+                           model in float64 (its head reads [class token ; patch mean])
+(`--hf-only` remakes just the transformers DeiT and Dinov2 files.)
 Every weight is redrawn with a non-trivial spread (norm scales around 1, biases and tokens
 around 0.3), so each tensor moves the probabilities.
 """
@@ -117,6 +126,9 @@ def scramble(model, seed):
                 p.copy_(r / fan_in**0.5)
 
 
+LABELS = ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead"]
+
+
 def softmax64(logits):
     return torch.softmax(logits.double(), -1).float()
 
@@ -149,8 +161,108 @@ def family_folders(out, images, labels):
         save_file({"input": x.contiguous(), "probs": probs}, f"{d}.expected.safetensors")
 
 
+def dinov2_to_timm(state, depth):
+    """Dinov2's in-memory tensor names (transformers 5: q_proj, k_proj, v_proj, o_proj; its
+    files keep the older query/key/value/output.dense names) to timm's."""
+    out = {}
+    e = "dinov2.embeddings."
+    out["cls_token"] = state[f"{e}cls_token"]
+    out["pos_embed"] = state[f"{e}position_embeddings"]
+    for p in ["weight", "bias"]:
+        out[f"patch_embed.proj.{p}"] = state[f"{e}patch_embeddings.projection.{p}"]
+        out[f"norm.{p}"] = state[f"dinov2.layernorm.{p}"]
+        out[f"head.{p}"] = state[f"classifier.{p}"]
+    renames = [("norm1", "norm1"), ("attention.o_proj", "attn.proj"), ("norm2", "norm2"),
+               ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")]
+    for i in range(depth):
+        l, b = f"dinov2.encoder.layer.{i}.", f"blocks.{i}."
+        for p in ["weight", "bias"]:
+            for theirs, ours in renames:
+                out[f"{b}{ours}.{p}"] = state[f"{l}{theirs}.{p}"]
+            out[f"{b}attn.qkv.{p}"] = torch.cat(
+                [state[f"{l}attention.{q}_proj.{p}"] for q in ["q", "k", "v"]])
+        out[f"{b}ls1.gamma"] = state[f"{l}layer_scale1.lambda1"]
+        out[f"{b}ls2.gamma"] = state[f"{l}layer_scale2.lambda1"]
+    return out
+
+
+def hf_expected(d, images, model_cls, pil_cls):
+    """The folder's probabilities with transformers' PIL image processor, in float64."""
+    hf = model_cls.from_pretrained(d).eval().double()
+    x = pil_cls.from_pretrained(d)(images=images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        probs = softmax64(hf(pixel_values=x.double()).logits)
+    save_file({"input": x.float().contiguous(), "probs": probs}, f"{d}.expected.safetensors")
+
+
+def hf_family_folders(out, images, labels):
+    """transformers' DeiT (with and without teacher) and Dinov2 folders (issue 33 item 3)."""
+    imagenet = dict(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    small = dict(hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                 id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    # DeiT: a square resize then a center crop, as DeiTImageProcessor does.
+    for i, (name, cls) in enumerate([("hf_deit", transformers.DeiTForImageClassification),
+                                     ("hf_deit_teacher",
+                                      transformers.DeiTForImageClassificationWithTeacher)]):
+        cfg = transformers.DeiTConfig(image_size=32, patch_size=8, intermediate_size=48, **small)
+        torch.manual_seed(0)
+        m = cls(cfg)
+        scramble(m, 20 + i)
+        d = os.path.join(out, name)
+        m.save_pretrained(d, safe_serialization=True)
+        crop = name == "hf_deit"
+        transformers.DeiTImageProcessor(
+            size={"height": 36 if crop else 32, "width": 36 if crop else 32},
+            crop_size={"height": 32, "width": 32}, do_center_crop=crop, resample=3,
+            **imagenet).save_pretrained(d)
+        hf_expected(d, images, cls, transformers.DeiTImageProcessorPil)
+    # Dinov2: stored for 42x42 (a 3x3 grid), run at the processor's 28x28 crop (2x2), so
+    # its positions are interpolated; LayerScale; MLP width from mlp_ratio.
+    cfg = transformers.Dinov2Config(image_size=42, patch_size=14, mlp_ratio=2,
+                                    layerscale_value=0.5, **small)
+    torch.manual_seed(0)
+    m = transformers.Dinov2ForImageClassification(cfg)
+    scramble(m, 22)
+    d = os.path.join(out, "hf_dinov2")
+    m.save_pretrained(d, safe_serialization=True)
+    transformers.BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28},
+                                   resample=3, **imagenet).save_pretrained(d)
+    hf_expected(d, images, transformers.Dinov2ForImageClassification,
+                transformers.BitImageProcessorPil)
+    # The loss gradient of every parameter at the stored size (float64), under timm's
+    # names, as `verify` reads debug-state files: the cls+mean head is new math.
+    m = m.double().train()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 3, 42, 42, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 3, 4])
+    logits = m(pixel_values=x).logits
+    loss = torch.nn.functional.cross_entropy(logits, y)
+    loss.backward()
+    state = {k: v.detach() for k, v in m.state_dict().items()}
+    grads = {k: (v.grad if v.grad is not None else torch.zeros_like(v))
+             for k, v in m.named_parameters()}
+    fixture = {k: v.float().contiguous() for k, v in dinov2_to_timm(state, 2).items()}
+    for k, v in dinov2_to_timm(grads, 2).items():
+        fixture[f"expected.grad.{k}"] = v.float().contiguous()
+    fixture["input.images"] = x.float().contiguous()
+    fixture["input.labels"] = y
+    fixture["expected.logits"] = logits.detach().float().contiguous()
+    fixture["expected.loss"] = loss.detach().float().reshape(1)
+    meta = dict(img_h=42, img_w=42, patch=14, chans=3, classes=len(labels), dim=24, depth=2,
+                heads=2, mlp_hidden=48, act="gelu", ln_eps=cfg.layer_norm_eps, init_values=0.5,
+                global_pool="cls_avg", batch=3, generator="scripts/make_family_fixtures.py",
+                torch=torch.__version__, transformers=transformers.__version__)
+    save_file(fixture, os.path.join(out, "hf_dinov2.grads.safetensors"),
+              metadata={k: str(v) for k, v in meta.items()})
+    print(f"hf_dinov2: loss {loss.item():.6f}")
+
+
 def main(out):
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    if "--hf-only" in sys.argv:
+        images = [Image.open(os.path.join(out, "images", f)).convert("RGB")
+                  for f in ["wide.png", "tall.png"]]
+        return hf_family_folders(out, images, LABELS)
     registry = {n: registry_entry(n) for n in NAMES}
     with open(os.path.join(out, "registry.json"), "w") as f:
         json.dump(registry, f, indent=1, sort_keys=True)
@@ -162,7 +274,7 @@ def main(out):
         Image.fromarray(smooth_noise(rng, h, w), "RGB").save(p)
         paths.append(p)
     images = [Image.open(p).convert("RGB") for p in paths]
-    labels = ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead"]
+    labels = LABELS
 
     # timm hub folder
     torch.manual_seed(0)
@@ -209,8 +321,10 @@ def main(out):
           f"{(x - x_tv).abs().max().item():.2e}, probabilities {(probs - probs_tv).abs().max().item():.2e}")
     save_file({"input": x.contiguous(), "probs": probs, "probs_torchvision": probs_tv},
               f"{d}.expected.safetensors")
+    hf_family_folders(out, images, labels)
     print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/families")
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    main(args[0] if args else "tests/fixtures/families")

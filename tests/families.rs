@@ -295,6 +295,87 @@ fn transformers_folder_gives_transformers_probabilities() {
     check_folder("hf_vit", FolderKind::Transformers);
 }
 
+/// transformers' DeiT (a distillation token read by no head; with a square resize and a
+/// center crop), DeiT with its teacher head (two heads averaged) and Dinov2 (LayerScale, a
+/// head on [class token ; patch mean], positions interpolated to the processor's crop).
+#[test]
+fn transformers_deit_and_dinov2_folders_give_transformers_probabilities() {
+    for folder in ["hf_deit", "hf_deit_teacher", "hf_dinov2"] {
+        check_folder(folder, FolderKind::Transformers);
+    }
+    let m = hub::read_folder(&fixtures().join("hf_dinov2"), &ConfigHints::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (
+            m.cfg.image_h,
+            m.cfg.patches(),
+            m.cfg.mlp_hidden,
+            m.cfg.head_in()
+        ),
+        (28, 4, 48, 48)
+    );
+    assert_eq!(m.cfg.options.pool, vit_wgpu::model::Pool::ClsAvg);
+    assert_eq!(m.class_names[4], "hammerhead");
+    let m = hub::read_folder(&fixtures().join("hf_deit"), &ConfigHints::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((m.cfg.options.reg_tokens, m.cfg.tokens()), (1, 18));
+}
+
+/// Dinov2's head on [class token ; patch mean] against transformers in float64: logits,
+/// loss and every parameter's gradient, on the f64 reference model and on the device
+/// (`verify`, the training code path).
+#[test]
+fn dinov2_head_gradients_match_transformers() {
+    use vit_wgpu::model::checkpoint::load_params_resampling;
+    use vit_wgpu::model::{reference, Config};
+    let path = fixtures().join("hf_dinov2.grads.safetensors");
+    let file = TensorFile::read(&path).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = Config::from_metadata(&file.metadata).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.head_in(), 2 * cfg.dim);
+    let params = load_params_resampling(&path, &file, &cfg).unwrap_or_else(|e| panic!("{e}"));
+    let (_, images) = &file.tensors["input.images"];
+    let labels: Vec<u32> = file.int_tensors["input.labels"]
+        .1
+        .iter()
+        .map(|&l| l as u32)
+        .collect();
+    let res =
+        reference::forward_backward(&cfg, &reference::widen(&params), &params, images, &labels);
+    let to32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let (_, logits) = &file.tensors["expected.logits"];
+    common::assert_close("dinov2 logits", &to32(&res.logits), logits, 1e-5);
+    let (_, loss) = &file.tensors["expected.loss"];
+    assert!(
+        (res.loss - loss[0] as f64).abs() < 1e-5 * res.loss.abs(),
+        "loss {} vs transformers {}",
+        res.loss,
+        loss[0]
+    );
+    let mut worst = (0.0, String::new());
+    for (spec, g) in params.specs.iter().zip(&res.grads) {
+        let (_, want) = &file.tensors[&format!("expected.grad.{}", spec.name)];
+        let err = common::assert_close(&format!("grad {}", spec.name), &to32(g), want, 1e-5);
+        if err > worst.0 {
+            worst = (err, spec.name.clone());
+        }
+    }
+    eprintln!(
+        "reference: worst gradient error {:.2e} in {}",
+        worst.0, worst.1
+    );
+    let gpu = common::gpu();
+    let report = pollster::block_on(vit_wgpu::verify::verify(
+        gpu,
+        &path,
+        vit_wgpu::verify::Tolerances::default(),
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    for c in &report.comparisons {
+        eprintln!("device: {} relative error {:.2e}", c.name, c.relative_error);
+    }
+    assert!(report.passed(), "the device model fails verify");
+}
+
 #[test]
 fn folders_carry_class_names_and_preprocessing() {
     let m = hub::read_folder(&fixtures().join("timm_vit"), &ConfigHints::default())
@@ -374,18 +455,85 @@ fn bad_folders_name_the_option_or_tensor() {
 
     let dir = edited_copy("hf_vit", |c| c["model_type"] = "deit".into());
     let e = folder_error(&dir);
-    assert!(e.contains("model_type 'deit'"), "{e}");
+    assert!(
+        e.contains("model_type 'deit' with architecture 'ViTForImageClassification'")
+            && e.contains("supported: model_type 'vit'"),
+        "{e}"
+    );
+
+    let dir = edited_copy("hf_dinov2", |c| {
+        c["architectures"][0] = "Dinov2ForDepthEstimation".into()
+    });
+    let e = folder_error(&dir);
+    assert!(
+        e.contains("'Dinov2ForDepthEstimation' is not supported"),
+        "{e}"
+    );
+
+    let dir = edited_copy("hf_dinov2", |c| c["use_swiglu_ffn"] = true.into());
+    let e = folder_error(&dir);
+    assert!(e.contains("use_swiglu_ffn"), "{e}");
+
+    // Weights that do not match the config: the tensor, its expected and found shapes.
+    let dir = edited_copy("hf_dinov2", |c| c["mlp_ratio"] = 4.into());
+    let e = folder_error(&dir);
+    assert!(
+        e.contains("blocks.0.mlp.fc1.weight") && e.contains("96") && e.contains("48"),
+        "{e}"
+    );
+    let dir = edited_copy("hf_deit_teacher", |c| {
+        c["architectures"][0] = "DeiTForImageClassification".into()
+    });
+    let e = folder_error(&dir);
+    assert!(e.contains("'classifier.weight' is missing"), "{e}");
+    let dir = edited_copy("hf_deit", |c| {
+        c["architectures"][0] = "DeiTForImageClassificationWithTeacher".into()
+    });
+    let e = folder_error(&dir);
+    assert!(
+        e.contains("cls_classifier.weight") && e.contains("missing"),
+        "{e}"
+    );
+    let dir = edited_copy("hf_deit", |_| {});
+    let pre = dir.join("preprocessor_config.json");
+    let text = std::fs::read_to_string(&pre).expect("processor config");
+    let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["crop_size"] = serde_json::json!({"height": 40, "width": 40});
+    std::fs::write(&pre, v.to_string()).expect("write");
+    let e = folder_error(&dir);
+    assert!(
+        e.contains("'crop_size' is 40x40, larger than the resized image (36x36)"),
+        "{e}"
+    );
+    let dir = edited_copy("hf_dinov2", |_| {});
+    let pre = dir.join("preprocessor_config.json");
+    let text = std::fs::read_to_string(&pre).expect("processor config");
+    let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["do_center_crop"] = false.into();
+    std::fs::write(&pre, v.to_string()).expect("write");
+    let e = folder_error(&dir);
+    assert!(
+        e.contains("'size' is a shortest_edge without a center crop"),
+        "{e}"
+    );
+    let dir = edited_copy("hf_deit", |c| c["image_size"] = 40.into());
+    let e = folder_error(&dir);
+    assert!(
+        e.contains("32x32 inputs") && e.contains("image_size 40x40"),
+        "{e}"
+    );
 }
 
 /// `infer` on a folder with no flags prints the folder's class names with the reference
 /// library's probabilities; a flag that contradicts the folder is reported.
 #[test]
 fn infer_reads_a_folder_with_no_flags() {
-    for folder in ["timm_vit", "hf_vit"] {
+    // hf_deit and hf_dinov2 resize and center-crop as transformers does (not timm's crop).
+    for folder in ["timm_vit", "hf_vit", "hf_deit", "hf_dinov2"] {
         let want = expected(folder);
         let (_, want_probs) = &want.tensors["probs"];
         let dir = fixtures().join(folder);
-        let classes = if folder == "timm_vit" { 5 } else { 4 };
+        let classes = if folder == "hf_vit" { 4 } else { 5 };
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_vit-wgpu"))
             .arg("infer")
             .arg("--checkpoint")
@@ -451,7 +599,13 @@ fn eval_uses_the_folder_preprocessing() {
         std::fs::create_dir_all(&dir).expect("temp dir");
         std::fs::copy(fixtures().join("images").join(image), dir.join(image)).expect("copy");
     }
-    for (folder, classes) in [("timm_vit", 5), ("hf_vit", 4)] {
+    // hf_deit and hf_dinov2: transformers' resize + center crop in the streamed loader.
+    for (folder, classes) in [
+        ("timm_vit", 5),
+        ("hf_vit", 4),
+        ("hf_deit", 5),
+        ("hf_dinov2", 5),
+    ] {
         let want = expected(folder);
         let (_, p) = &want.tensors["probs"];
         let want_loss = -((p[0] as f64).ln() + (p[classes + 1] as f64).ln()) / 2.0;

@@ -4,7 +4,7 @@ use super::*;
 use crate::data::{self, Dataset};
 use crate::dist::Communicator;
 use crate::gpu::{enumerate_adapters, Gpu, GpuOptions};
-use crate::model::{checkpoint, init};
+use crate::model::{self, checkpoint, init};
 use crate::model::{HostParams, Kernels, Mode, Vit};
 use crate::train::{self, TrainError, TrainOptions};
 use pollster::block_on;
@@ -117,9 +117,9 @@ pub fn load_split(
         DatasetKind::Mnist => data::idx::load(&dir, train, data::idx::IdxKind::Mnist),
         DatasetKind::Folder => {
             let (h, w, c) = size.unwrap_or((32, 32, 3));
-            let root = split_root(&dir, train);
+            let (root, name, list) = folder_split(&dir, train, d.val_split)?;
             let mut ds = if d.in_memory {
-                data::folder::load(&root, h, w, c)?
+                data::folder::load_list(list, name, (h, w, c))?
             } else {
                 let workers = d.workers.unwrap_or_else(data::stream::default_workers);
                 let options = data::stream::StreamOptions {
@@ -129,7 +129,7 @@ pub fn load_split(
                     crop_pct: Some(d.crop_pct),
                     ..Default::default()
                 };
-                data::folder::stream(&root, h, w, c, options)?
+                data::folder::stream_list(list, &root, name, (h, w, c), options)?
             };
             set_normalisation(&mut ds, d)?;
             Ok(ds)
@@ -137,14 +137,97 @@ pub fn load_split(
     }
 }
 
-/// `train/` for training; `val/`, else `test/`, for evaluation; else the folder itself.
-fn split_root(dir: &Path, train: bool) -> PathBuf {
-    let names: &[&str] = if train { &["train"] } else { &["val", "test"] };
-    names
+/// A folder dataset's training images (`train/`, else the folder itself) and its
+/// validation folder (`val/`, else `test/`), if it has one.
+fn folder_roots(dir: &Path) -> (PathBuf, Option<PathBuf>) {
+    let train = Some(dir.join("train"))
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(|| dir.to_path_buf());
+    let val = ["val", "test"]
         .iter()
         .map(|n| dir.join(n))
-        .find(|p| p.is_dir())
-        .unwrap_or_else(|| dir.to_path_buf())
+        .find(|p| p.is_dir());
+    (train, val)
+}
+
+/// The share of the training images validation holds out when a folder has no val/ or
+/// test/ and `--val-split` is not given.
+const DEFAULT_VAL_SPLIT: f64 = 0.1;
+
+/// The images of one split of a folder dataset, with their root and the dataset's name:
+/// training takes `train/` (else the folder); evaluation `val/`, else `test/`. Without
+/// either, `val_split` of each class is held out of the training images (see
+/// `data::folder::hold_out`); `eval` without it takes a folder without train/ whole.
+fn folder_split(
+    dir: &Path,
+    train: bool,
+    val_split: Option<f64>,
+) -> Result<(PathBuf, String, data::folder::FileList), data::DataError> {
+    let (train_root, val_root) = folder_roots(dir);
+    if let (false, Some(val)) = (train, &val_root) {
+        return Ok((
+            val.clone(),
+            data::folder::folder_name(val),
+            data::folder::scan(val)?,
+        ));
+    }
+    let list = data::folder::scan(&train_root)?;
+    let name = data::folder::folder_name(&train_root);
+    match (val_split, val_root, train) {
+        (Some(fraction), None, _) => {
+            let (kept, held) = data::folder::hold_out(&list, fraction);
+            Ok(match train {
+                true => (train_root, name, kept),
+                false => (train_root, format!("{name} (held out)"), held),
+            })
+        }
+        (_, _, true) => Ok((train_root, name, list)),
+        _ if train_root != dir => Err(data::DataError::InvalidArgument {
+            message: format!(
+                "{} has train/ but no val/ or test/ to evaluate on: give the run folder as \
+                 --checkpoint (it knows its held-out split), --val-split FRACTION (the run's) \
+                 for the same held-out images, or --data-dir {} for all of them",
+                dir.display(),
+                train_root.display()
+            ),
+        }),
+        _ => Ok((train_root, name, list)),
+    }
+}
+
+/// Checks `--val-split` against the data (only for folders without val/ or test/) and, for
+/// training (`default`), sets it when such a folder needs one.
+fn resolve_val_split(d: &mut DataArgs, default: Option<f64>) -> Result<(), resolve::UsageError> {
+    let bad = |value: f64, allowed: String| resolve::UsageError::Flag {
+        flag: "val-split",
+        value: value.to_string(),
+        allowed,
+    };
+    if d.dataset != DatasetKind::Folder {
+        return match d.val_split {
+            Some(v) => Err(bad(
+                v,
+                "only for --dataset folder (the other datasets have their own test split)".into(),
+            )),
+            None => Ok(()),
+        };
+    }
+    let dir = data_dir(d);
+    match (folder_roots(&dir).1, d.val_split) {
+        (Some(val), Some(v)) => Err(bad(
+            v,
+            format!(
+                "{} has {}, which validation uses; --val-split is for folders without val/ or test/",
+                dir.display(),
+                val.display()
+            ),
+        )),
+        (None, None) => {
+            d.val_split = default;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `imagenet`, `0.5` (or any single value, for every channel) or one value per channel.
@@ -268,6 +351,7 @@ fn train_cmd(opts: &GpuOptions, a: TrainArgs) -> CliResult {
 }
 
 fn train_ranks(opts: &GpuOptions, a: TrainArgs, comm: &dyn Communicator) -> CliResult {
+    let a = prepare_train_args(a)?;
     // Starting weights decide the model's shape; otherwise the preset does. Flags override.
     let init = match &a.init {
         Some(path) => {
@@ -325,10 +409,8 @@ fn train_ranks(opts: &GpuOptions, a: TrainArgs, comm: &dyn Communicator) -> CliR
         }
         None => None,
     };
-    let out = a.out.clone().unwrap_or_else(|| {
-        PathBuf::from("runs")
-            .join(format!("{:?}-{:?}", a.model.preset, a.data.dataset).to_lowercase())
-    });
+    let out = run_folder_path(&a);
+    record_run(&a, &out, (&train_set, &val_set), comm.rank())?;
     let gpu = rank_gpu(opts, comm)?;
     let quiet = a.quiet || comm.rank() > 0;
     if !quiet {
@@ -347,6 +429,7 @@ fn train_ranks(opts: &GpuOptions, a: TrainArgs, comm: &dyn Communicator) -> CliR
     }
     let kernels = Kernels::new(&gpu);
     gpu.check_limits()?;
+    let class_names = train_set.class_names.clone();
     let topts = train_options(&a, cfg, out, init, quiet);
     // curves.png covers the whole run, redrawn after every epoch.
     let mut draw_curves = |dir: &Path, epochs: &[train::EpochMetrics]| {
@@ -367,7 +450,63 @@ fn train_ranks(opts: &GpuOptions, a: TrainArgs, comm: &dyn Communicator) -> CliR
     if comm.rank() > 0 {
         return Ok(());
     }
+    // Fine-tuned from a timm or transformers folder: also written back in its format.
+    if let Some(src) = a.init.as_deref().filter(|p| model::hub::is_model_folder(p)) {
+        let params = block_on(trainer.params())?;
+        model::hub::export::after_training(src, &topts.out, &topts.cfg, &params, &class_names);
+    }
     report_training(&a, &summary)
+}
+
+/// The flags a run trains with: a resumed run's own (`runs::resume_args`), the data's place
+/// made absolute, `--init` resolved to a file, and a folder's validation split.
+fn prepare_train_args(a: TrainArgs) -> Result<TrainArgs, Box<dyn std::error::Error>> {
+    let mut a = runs::resume_args(a)?;
+    a.data.data_dir = Some(runs::absolute(&data_dir(&a.data)));
+    if let Some(init) = &a.init {
+        a.init = Some(runs::absolute(&runs::model_source(init)?.path));
+    }
+    resolve_val_split(&mut a.data, Some(DEFAULT_VAL_SPLIT))?;
+    Ok(a)
+}
+
+/// `--out`, else `runs/<preset>-<dataset>` (a resumed run's is its own folder).
+fn run_folder_path(a: &TrainArgs) -> PathBuf {
+    a.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs")
+            .join(format!("{:?}-{:?}", a.model.preset, a.data.dataset).to_lowercase())
+    })
+}
+
+/// On rank 0: says how validation was chosen and writes run.json (the flags, the warmup
+/// resolved) into the run folder, locking it meanwhile: a live run's record is never replaced.
+fn record_run(
+    a: &TrainArgs,
+    out: &Path,
+    (train, val): (&Dataset, &Dataset),
+    rank: usize,
+) -> CliResult {
+    if rank > 0 {
+        return Ok(());
+    }
+    let validation = match (a.data.dataset, a.data.val_split) {
+        (DatasetKind::Folder, Some(fraction)) => format!(
+            "{} images: {}% of each class of {} held out (--val-split; a fixed-seed choice, \
+             the same for every run), training on the other {}",
+            val.len,
+            fraction * 100.0,
+            folder_roots(&data_dir(&a.data)).0.display(),
+            train.len
+        ),
+        _ => format!("{} images of {}", val.len, val.name),
+    };
+    eprintln!("validation: {validation}");
+    let mut recorded = a.clone();
+    let steps = (train.len / a.batch_size.max(1)) as u64 * a.epochs;
+    recorded.warmup = Some(a.warmup.unwrap_or(steps / 20));
+    let folder = train::run_folder::RunFolder::open(out, a.keep)?;
+    folder.write_record(&runs::record(&recorded, &validation))?;
+    Ok(())
 }
 
 /// The training loop's options from the flags, the resolved model and its starting weights.
@@ -427,8 +566,11 @@ fn load_checkpoint(
     Ok(checkpoint::load_any(path, &hints.hints())?)
 }
 
-fn eval_cmd(opts: &GpuOptions, a: EvalArgs) -> CliResult {
-    let (cfg, params, file) = load_checkpoint(&a.checkpoint, &a.hints)?;
+fn eval_cmd(opts: &GpuOptions, mut a: EvalArgs) -> CliResult {
+    let source = runs::model_source(&a.checkpoint)?;
+    let (cfg, params, file) = load_checkpoint(&source.path, &a.hints)?;
+    a.data = runs::eval_data(&a, source.run.as_ref(), &file.metadata)?;
+    resolve_val_split(&mut a.data, None)?;
     let ds = limit(
         load_split(
             &a.data,
@@ -582,6 +724,7 @@ fn infer_batched(opts: &GpuOptions, a: InferArgs) -> CliResult {
         queue_depth: 2 * workers.max(1),
         interpolation,
         crop_pct,
+        hf_crop: data::preprocess::HfCrop::from_metadata(&file.metadata),
         ..Default::default()
     };
     let n = files.len();
@@ -632,7 +775,8 @@ fn infer_batched(opts: &GpuOptions, a: InferArgs) -> CliResult {
     Ok(())
 }
 
-fn infer_cmd(opts: &GpuOptions, a: InferArgs) -> CliResult {
+fn infer_cmd(opts: &GpuOptions, mut a: InferArgs) -> CliResult {
+    a.checkpoint = runs::model_source(&a.checkpoint)?.path;
     if a.attention.is_none() {
         return infer_batched(opts, a);
     }
@@ -703,7 +847,7 @@ fn bench_loader(
         queue_depth: 2 * workers.max(1),
         ..Default::default()
     };
-    let root = split_root(&dir, true);
+    let root = folder_roots(&dir).0;
     let ds = data::folder::stream(&root, cfg.image_h, cfg.image_w, cfg.channels, options)?;
     let augment = Some(data::Augment::standard());
     let t0 = Instant::now();

@@ -2,6 +2,7 @@
 
 pub mod commands;
 pub mod resolve;
+pub mod runs;
 
 use crate::gpu::{BackendChoice, LimitsMode};
 use crate::model::config::{Act, Config, Head, Preset};
@@ -80,7 +81,8 @@ pub enum DatasetKind {
     Cifar10,
     FashionMnist,
     Mnist,
-    /// An image folder: DATA_DIR/<class>/*.png|jpg (with train/ and test/ subfolders if present).
+    /// An image folder: DATA_DIR/<class>/*.png|jpg, or DATA_DIR/train/<class>/… with val/
+    /// or test/ beside it (without one, --val-split holds out validation images).
     Folder,
 }
 
@@ -277,10 +279,18 @@ pub struct DataArgs {
     /// Per-channel standard deviation: `imagenet`, `0.5`, or comma-separated values.
     #[arg(long)]
     pub std: Option<String>,
+    /// Folders without val/ or test/: validate on this fraction of each class's training
+    /// images, held out by a fixed-seed shuffle (the same split for every run and for
+    /// `eval`). Training defaults to 0.1.
+    #[arg(long, value_name = "FRACTION")]
+    pub val_split: Option<f64>,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
+    /// First: clap's derive takes each field's values out of the matches as it reads them.
+    #[command(flatten)]
+    pub given: runs::Given,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -323,8 +333,10 @@ pub struct TrainArgs {
     /// Run folder for metrics and checkpoints (default: runs/<preset>-<dataset>).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue a run: its folder or its last.safetensors.
-    #[arg(long)]
+    /// Continue a run in its folder (DIR, or a checkpoint in it), with the flags in its
+    /// run.json: only --epochs, --save-every, --keep, --workers, --data-dir and this run's
+    /// --max-steps, --quiet, --log-steps may differ.
+    #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
     /// Start from these weights (ours or a timm state_dict). The model takes the
     /// checkpoint's shape; --head/--classes give it a fresh head (the body is kept), and
@@ -358,6 +370,11 @@ pub struct TrainArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct EvalArgs {
+    /// First: clap's derive takes each field's values out of the matches as it reads them.
+    #[command(flatten)]
+    pub given: runs::Given,
+    /// Our checkpoint, a run folder (its best.safetensors, evaluated on the run's data
+    /// unless data flags say otherwise), a timm state_dict or a model folder.
     #[arg(long)]
     pub checkpoint: PathBuf,
     #[command(flatten)]
@@ -373,6 +390,8 @@ pub struct EvalArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct InferArgs {
+    /// Our checkpoint, a run folder (its best.safetensors), a timm state_dict or a model
+    /// folder.
     #[arg(long)]
     pub checkpoint: PathBuf,
     #[command(flatten)]

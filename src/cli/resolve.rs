@@ -126,7 +126,15 @@ pub fn check_train(a: &TrainArgs) -> Result<(), UsageError> {
     at_least_one("limit-eval", a.data.limit_eval.map(|v| v as u64))?;
     at_least_one("max-steps", a.max_steps)?;
     at_least_one("save-every", a.save_every)?;
-    Ok(())
+    check_val_split(a.data.val_split)
+}
+
+/// A held-out share: strictly between 0 and 1.
+fn check_val_split(v: Option<f64>) -> Result<(), UsageError> {
+    match v {
+        Some(f) if !(f > 0.0 && f < 1.0) => Err(bad("val-split", f, "must be in (0, 1)")),
+        _ => Ok(()),
+    }
 }
 
 /// Warmup must fit in the run: at most the total number of optimiser steps.
@@ -153,7 +161,8 @@ pub fn check_warmup(
 
 pub fn check_eval(a: &EvalArgs) -> Result<(), UsageError> {
     at_least_one("batch-size", Some(a.batch_size as u64))?;
-    at_least_one("limit-eval", a.data.limit_eval.map(|v| v as u64))
+    at_least_one("limit-eval", a.data.limit_eval.map(|v| v as u64))?;
+    check_val_split(a.data.val_split)
 }
 
 pub fn check_infer(a: &InferArgs) -> Result<(), UsageError> {

@@ -4,6 +4,7 @@
 
 use super::Dataset;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 /// A batch ready for upload: images `[len, C, H, W]` normalised, labels as class indices.
@@ -105,4 +106,44 @@ pub fn sample_rng(seed: u64, epoch: u64, position: usize) -> StdRng {
         mix(seed ^ 0x5bd1_e995_9e37_79b9, epoch),
         position as u64,
     ))
+}
+
+/// An epoch's image order: a permutation fixed by (seed, epoch) when `shuffle`, else the
+/// dataset order. The loader's, and the browser's training session's.
+pub fn epoch_order(len: usize, shuffle: bool, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    if shuffle {
+        order.shuffle(&mut StdRng::seed_from_u64(mix(seed, epoch)));
+    }
+    order
+}
+
+/// The images at positions `[lo, hi)` of the epoch's order (a batch, or one rank's slice
+/// of it). Each sample's draws come from its own generator, seeded by its position in the
+/// epoch, so a slice holds exactly what the same positions of the whole batch hold.
+pub fn make_batch(
+    ds: &Dataset,
+    order: &[usize],
+    (lo, hi): (usize, usize),
+    augment: Option<Augment>,
+    seed: u64,
+    epoch: u64,
+) -> Batch {
+    let idx = &order[lo..hi];
+    let size = ds.image_size();
+    let mut images = vec![0f32; idx.len() * size];
+    for (k, (out, &i)) in images.chunks_exact_mut(size).zip(idx).enumerate() {
+        match &augment {
+            Some(aug) => {
+                let mut rng = sample_rng(seed, epoch, lo + k);
+                augment_into(ds, i, aug, &mut rng, out)
+            }
+            None => normalise_into(ds, i, out),
+        }
+    }
+    Batch {
+        images,
+        labels: idx.iter().map(|&i| ds.labels[i]).collect(),
+        len: idx.len(),
+    }
 }

@@ -4,46 +4,13 @@
 //! sample's augmentation depends on its position in the epoch alone, so a rank's shard of a
 //! batch (data-parallel training) holds exactly those positions of the whole batch.
 
-use super::augment::{augment_into, mix, normalise_into, sample_rng, Augment, Batch};
+use super::augment::{epoch_order, make_batch, Augment, Batch};
 use super::stream::{self, Pool};
 use super::{DataError, Dataset};
 use crate::dist::Shard;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-
-/// The images at positions `[lo, hi)` of the epoch's order (a batch, or one rank's slice
-/// of it). Each sample's draws come from its own generator, seeded by its position in the
-/// epoch, so a slice holds exactly what the same positions of the whole batch hold.
-fn make_batch(
-    ds: &Dataset,
-    order: &[usize],
-    (lo, hi): (usize, usize),
-    augment: Option<Augment>,
-    seed: u64,
-    epoch: u64,
-) -> Batch {
-    let idx = &order[lo..hi];
-    let size = ds.image_size();
-    let mut images = vec![0f32; idx.len() * size];
-    for (k, (out, &i)) in images.chunks_exact_mut(size).zip(idx).enumerate() {
-        match &augment {
-            Some(aug) => {
-                let mut rng = sample_rng(seed, epoch, lo + k);
-                augment_into(ds, i, aug, &mut rng, out)
-            }
-            None => normalise_into(ds, i, out),
-        }
-    }
-    Batch {
-        images,
-        labels: idx.iter().map(|&i| ds.labels[i]).collect(),
-        len: idx.len(),
-    }
-}
 
 /// One epoch of batches, prepared on a background thread two batches ahead (in-memory
 /// datasets) or on the stream's worker threads at most `queue_depth` batches ahead
@@ -87,10 +54,7 @@ impl Loader {
         drop_last: bool,
     ) -> Loader {
         assert!(batch_size > 0, "batch size must be at least 1");
-        let mut order: Vec<usize> = (0..ds.len).collect();
-        if shuffle {
-            order.shuffle(&mut StdRng::seed_from_u64(mix(seed, epoch)));
-        }
+        let order = epoch_order(ds.len, shuffle, seed, epoch);
         let num_batches = if drop_last {
             ds.len / batch_size
         } else {

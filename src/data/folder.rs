@@ -83,18 +83,90 @@ pub fn scan(root: &Path) -> Result<FileList, DataError> {
         }
     }
     if list.files.is_empty() {
-        return Err(DataError::EmptyFolder {
-            path: root.to_path_buf(),
-            message: format!(
-                "no images (.png, .jpg, .jpeg) found in the {} class subfolders",
-                classes.len()
-            ),
-        });
+        return Err(no_images(root, &classes));
     }
     Ok(list)
 }
 
-fn folder_name(root: &Path) -> String {
+/// Class subfolders without a single image: says what was found and what was expected.
+fn no_images(root: &Path, classes: &[PathBuf]) -> DataError {
+    let names: Vec<String> = classes
+        .iter()
+        .take(4)
+        .filter_map(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    let more = if classes.len() > 4 { ", ..." } else { "" };
+    // A split folder (train/, val/) or one more level of folders: the root is one too high.
+    let nested = classes
+        .iter()
+        .any(|c| list_dir(c).is_ok_and(|entries| entries.iter().any(|e| e.is_dir())));
+    let hint = if nested {
+        "; they hold folders, not images: give the folder whose subfolders are the classes, or \
+         one with train/<class>/ (and optionally val/ or test/)"
+    } else {
+        ""
+    };
+    DataError::EmptyFolder {
+        path: root.to_path_buf(),
+        message: format!(
+            "no images (.png, .jpg, .jpeg) in its {} class subfolders ({}{more}); expected \
+             {}/<class>/<image>.png|jpg{hint}",
+            classes.len(),
+            names.join(", "),
+            root.display()
+        ),
+    }
+}
+
+/// `fraction` of each class's images (rounded; at least one of a class with two or more,
+/// never all of it) held out for validation. Which ones comes from a shuffle per class with
+/// a fixed seed, not the run's `--seed`, so every run on the same files, and `eval`, sees
+/// the same split. Returns (training, held out), each in the list's order.
+pub fn hold_out(list: &FileList, fraction: f64) -> (FileList, FileList) {
+    let mut held = vec![false; list.files.len()];
+    for class in 0..list.class_names.len() {
+        let mut members: Vec<usize> = (0..list.labels.len())
+            .filter(|&i| list.labels[i] as usize == class)
+            .collect();
+        let n = members.len();
+        let take = match n {
+            0 | 1 => 0,
+            _ => ((n as f64 * fraction).round() as usize).clamp(1, n - 1),
+        };
+        // Fisher-Yates with splitmix64: the split must not change with the rand crate.
+        let mut state = SPLIT_SEED ^ class as u64;
+        for i in (1..n).rev() {
+            let j = (splitmix64(&mut state) % (i as u64 + 1)) as usize;
+            members.swap(i, j);
+        }
+        for &i in &members[..take] {
+            held[i] = true;
+        }
+    }
+    let part = |keep: bool| {
+        let pick = |i: &usize| held[*i] != keep;
+        let index: Vec<usize> = (0..held.len()).filter(pick).collect();
+        FileList {
+            class_names: list.class_names.clone(),
+            files: index.iter().map(|&i| list.files[i].clone()).collect(),
+            labels: index.iter().map(|&i| list.labels[i]).collect(),
+        }
+    };
+    (part(true), part(false))
+}
+
+/// The held-out split's seed (mixed with the class index): fixed, see [`hold_out`].
+const SPLIT_SEED: u64 = 0x5eed_0000_0000_0000;
+
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+pub fn folder_name(root: &Path) -> String {
     root.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "folder".to_string())
@@ -109,13 +181,22 @@ pub fn load(
     channels: usize,
 ) -> Result<Dataset, DataError> {
     check_channels(channels)?;
-    let list = scan(root)?;
+    load_list(scan(root)?, folder_name(root), (height, width, channels))
+}
+
+/// The images of `list` (see [`load`]) as a dataset called `name`.
+pub fn load_list(
+    list: FileList,
+    name: String,
+    (height, width, channels): (usize, usize, usize),
+) -> Result<Dataset, DataError> {
+    check_channels(channels)?;
     let mut images = Vec::new();
     for file in &list.files {
         images.extend(load_image(file, height, width, channels)?);
     }
     Ok(Dataset {
-        name: folder_name(root),
+        name,
         len: list.labels.len(),
         images,
         labels: list.labels,
@@ -139,15 +220,32 @@ pub fn stream(
     channels: usize,
     options: super::stream::StreamOptions,
 ) -> Result<Dataset, DataError> {
+    let list = scan(root)?;
+    stream_list(
+        list,
+        root,
+        folder_name(root),
+        (height, width, channels),
+        options,
+    )
+}
+
+/// The images of `list`, found under `root`, streamed (see [`stream`]) as a dataset `name`.
+pub fn stream_list(
+    list: FileList,
+    root: &Path,
+    name: String,
+    (height, width, channels): (usize, usize, usize),
+    options: super::stream::StreamOptions,
+) -> Result<Dataset, DataError> {
     check_channels(channels)?;
     if height == 0 || width == 0 {
         return Err(DataError::InvalidArgument {
             message: format!("image size must be positive, got {width}x{height}"),
         });
     }
-    let list = scan(root)?;
     Ok(super::stream::dataset(
-        folder_name(root),
+        name,
         root.to_path_buf(),
         &list.files,
         list.labels,

@@ -1,10 +1,15 @@
 //! MNIST and Fashion-MNIST in LeCun's idx format: a big-endian header (magic 0x00000803
 //! for u8 images [n, rows, cols], 0x00000801 for u8 labels [n]) followed by the bytes,
 //! usually gzipped. Gzip is detected from the content, not only the `.gz` suffix.
+//!
+//! [`from_bytes`] parses a split from the files' bytes (the browser's picked or fetched
+//! files); [`load`] finds and reads them on disk (native).
 
 use super::{check_labels, DataError, Dataset};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+#[cfg(feature = "native")]
+use std::path::PathBuf;
 
 /// Where Debian's `dataset-fashion-mnist` package puts the four gzipped files.
 pub const FASHION_MNIST_DEBIAN_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -55,6 +60,7 @@ impl IdxKind {
         }
     }
 
+    #[cfg(feature = "native")]
     fn hint(self, dir: &Path) -> String {
         let files = "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, \
                      t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (gzipped or not)";
@@ -73,6 +79,7 @@ impl IdxKind {
     }
 }
 
+#[cfg(feature = "native")]
 /// Finds `<prefix>-<kind>-idx<d>-ubyte` with or without `.gz`, also accepting the
 /// `<prefix>-<kind>.idx<d>-ubyte` spelling some mirrors use.
 fn find(dir: &Path, stem: &str, dot_stem: &str) -> Option<PathBuf> {
@@ -83,8 +90,8 @@ fn find(dir: &Path, stem: &str, dot_stem: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+/// The file's bytes, gunzipped when they start with gzip's magic.
+fn maybe_gunzip(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>, DataError> {
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::MultiGzDecoder::new(&raw[..])
@@ -173,6 +180,7 @@ fn parse<'a>(
     Ok((dims, &bytes[header..]))
 }
 
+#[cfg(feature = "native")]
 /// Loads the training split (`train-*`) or the test split (`t10k-*`) from `dir`.
 pub fn load(dir: &Path, train: bool, kind: IdxKind) -> Result<Dataset, DataError> {
     let prefix = if train { "train" } else { "t10k" };
@@ -188,15 +196,29 @@ pub fn load(dir: &Path, train: bool, kind: IdxKind) -> Result<Dataset, DataError
     };
     let images_path = locate("images", 3)?;
     let labels_path = locate("labels", 1)?;
+    let images = std::fs::read(&images_path).map_err(|e| DataError::io(&images_path, e))?;
+    let labels = std::fs::read(&labels_path).map_err(|e| DataError::io(&labels_path, e))?;
+    from_bytes((&images_path, images), (&labels_path, labels), kind)
+}
 
-    let image_bytes = read_maybe_gz(&images_path)?;
-    let (dims, pixels) = parse(&images_path, &image_bytes, IMAGES_MAGIC, "images")?;
+/// One split from the bytes of its images file and its labels file (gzipped or not); the
+/// paths name the files in errors.
+pub fn from_bytes(
+    (images_path, images): (&Path, Vec<u8>),
+    (labels_path, labels): (&Path, Vec<u8>),
+    kind: IdxKind,
+) -> Result<Dataset, DataError> {
+    let mut image_bytes = maybe_gunzip(images_path, images)?;
+    let (dims, pixels) = parse(images_path, &image_bytes, IMAGES_MAGIC, "images")?;
     let (n, height, width) = (dims[0], dims[1], dims[2]);
-    let label_bytes = read_maybe_gz(&labels_path)?;
-    let (ldims, labels) = parse(&labels_path, &label_bytes, LABELS_MAGIC, "labels")?;
+    // The pixels in place (the training images are 47 MB; the browser's memory is tight).
+    let header = image_bytes.len() - pixels.len();
+    image_bytes.drain(..header);
+    let label_bytes = maybe_gunzip(labels_path, labels)?;
+    let (ldims, labels) = parse(labels_path, &label_bytes, LABELS_MAGIC, "labels")?;
     if ldims[0] != n {
         return Err(DataError::SizeMismatch {
-            path: labels_path,
+            path: labels_path.to_path_buf(),
             what: format!(
                 "number of labels does not match the {} images in {}",
                 n,
@@ -208,10 +230,10 @@ pub fn load(dir: &Path, train: bool, kind: IdxKind) -> Result<Dataset, DataError
     }
     let class_names = kind.class_names();
     let labels: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
-    check_labels(&labels_path, &labels, class_names.len())?;
+    check_labels(labels_path, &labels, class_names.len())?;
     Ok(Dataset {
         name: kind.name().to_string(),
-        images: pixels.to_vec(),
+        images: image_bytes,
         labels,
         len: n,
         channels: 1,
@@ -221,6 +243,7 @@ pub fn load(dir: &Path, train: bool, kind: IdxKind) -> Result<Dataset, DataError
         mean: vec![0.5],
         std: vec![0.5],
         allow_flip: kind == IdxKind::FashionMnist,
+        #[cfg(feature = "native")]
         stream: None,
     })
 }

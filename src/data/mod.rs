@@ -14,7 +14,8 @@ pub mod batch;
 pub mod cifar10;
 #[cfg(feature = "native")]
 pub mod folder;
-#[cfg(feature = "native")]
+// Fashion-MNIST's files parse in the browser too (gzip through flate2's pure-Rust backend).
+#[cfg(any(feature = "native", feature = "web"))]
 pub mod idx;
 #[cfg(feature = "native")]
 pub mod stream;
@@ -119,6 +120,9 @@ impl Dataset {
             m.push(("interpolation", s.options.interpolation.to_string()));
             if let Some(pct) = s.options.crop_pct {
                 m.push(("crop_pct", pct.to_string()));
+            }
+            if let Some(hc) = s.options.hf_crop {
+                m.push(("hf_crop", hc.to_metadata()));
             }
         }
         m
@@ -264,7 +268,7 @@ pub(crate) fn read_file(path: &std::path::Path, hint: &str) -> Result<Vec<u8>, D
     })
 }
 
-#[cfg(feature = "native")]
+#[cfg(any(feature = "native", feature = "web"))]
 /// Checks every label is a valid class index (a corrupt file otherwise surfaces as an
 /// out-of-bounds write in the loss kernel, far from its cause).
 pub(crate) fn check_labels(

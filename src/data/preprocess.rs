@@ -16,8 +16,88 @@ pub struct EvalPreprocess {
     /// timm's crop: resize to floor(size / crop_pct), center-crop `size`. `None`: resize the
     /// whole image to the input size (transformers' `ViTImageProcessor`).
     pub crop_pct: Option<f64>,
+    /// transformers' resize then center crop (`do_center_crop`), when the processor has one.
+    pub hf_crop: Option<HfCrop>,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+}
+
+/// transformers' first resize: to an exact size, or the shorter side to `S` (aspect kept,
+/// the longer side `int(S * long / short)`, as torchvision's Resize).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum HfResize {
+    /// Height, width.
+    Exact(usize, usize),
+    ShortestEdge(usize),
+}
+
+impl std::fmt::Display for HfResize {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            HfResize::Exact(h, w) => write!(f, "{h}x{w}"),
+            HfResize::ShortestEdge(s) => write!(f, "shortest_edge {s}"),
+        }
+    }
+}
+
+/// transformers' eval transform with `do_center_crop` (DeiT's and BiT's/DINOv2's image
+/// processors): resize, then a center crop whose offsets are `int((in - out) / 2)` (both of
+/// transformers' backends; torchvision's CenterCrop rounds instead).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HfCrop {
+    pub resize: HfResize,
+    /// Height, width.
+    pub crop: (usize, usize),
+}
+
+impl HfCrop {
+    /// The image resized and cropped (PIL's filters, as the loader's other transforms).
+    pub fn apply(&self, img: &Pixels, filter: Interpolation) -> Pixels {
+        let (rw, rh) = match self.resize {
+            HfResize::Exact(h, w) => (w, h),
+            HfResize::ShortestEdge(s) => transforms::shorter_side_size(img.width, img.height, s),
+        };
+        let (ch, cw) = self.crop;
+        let all = transforms::CropBox {
+            x: 0,
+            y: 0,
+            w: img.width,
+            h: img.height,
+        };
+        let window = transforms::CropBox {
+            x: rw.saturating_sub(cw) / 2,
+            y: rh.saturating_sub(ch) / 2,
+            w: cw.min(rw),
+            h: ch.min(rh),
+        };
+        transforms::resize_crop(img, all, rw, rh, window, filter)
+    }
+
+    /// The metadata value `hf_crop` ("RESIZE/HxW", RESIZE "HxW" or "sS").
+    pub fn to_metadata(&self) -> String {
+        let resize = match self.resize {
+            HfResize::Exact(h, w) => format!("{h}x{w}"),
+            HfResize::ShortestEdge(s) => format!("s{s}"),
+        };
+        format!("{resize}/{}x{}", self.crop.0, self.crop.1)
+    }
+
+    /// `hf_crop` of checkpoint metadata, when present and readable.
+    pub fn from_metadata(meta: &std::collections::HashMap<String, String>) -> Option<HfCrop> {
+        let (resize, crop) = meta.get("hf_crop")?.split_once('/')?;
+        let pair = |s: &str| -> Option<(usize, usize)> {
+            let (h, w) = s.split_once('x')?;
+            Some((h.parse().ok()?, w.parse().ok()?))
+        };
+        let resize = match resize.strip_prefix('s') {
+            Some(s) => HfResize::ShortestEdge(s.parse().ok()?),
+            None => pair(resize).map(|(h, w)| HfResize::Exact(h, w))?,
+        };
+        Some(HfCrop {
+            resize,
+            crop: pair(crop)?,
+        })
+    }
 }
 
 #[derive(thiserror::Error, Debug, PartialEq)]
@@ -122,6 +202,7 @@ impl EvalPreprocess {
             input_size,
             interpolation,
             crop_pct: Some(crop_pct),
+            hf_crop: None,
             mean: floats(
                 file,
                 "pretrained_cfg.mean",
@@ -146,14 +227,6 @@ impl EvalPreprocess {
     ) -> Result<EvalPreprocess, PreprocessError> {
         let flag = |k: &str, default: bool| cfg.get(k).and_then(Value::as_bool).unwrap_or(default);
         let c = input_size.0;
-        if flag("do_center_crop", false) {
-            return Err(err(
-                file,
-                "do_center_crop",
-                "is true: transformers' resize-then-center-crop is not supported yet \
-                 (only a plain resize, as ViTImageProcessor does)",
-            ));
-        }
         if !flag("do_resize", true) {
             return Err(err(
                 file,
@@ -161,33 +234,77 @@ impl EvalPreprocess {
                 "is false: inputs must be resized to the model's size",
             ));
         }
-        if let Some(size) = cfg.get("size") {
-            let (h, w) = match (
+        let resize = match cfg.get("size") {
+            None => HfResize::Exact(input_size.1, input_size.2),
+            Some(size) => match (
                 size.get("height").and_then(Value::as_u64),
                 size.get("width").and_then(Value::as_u64),
+                size.get("shortest_edge").and_then(Value::as_u64),
                 size.as_u64(),
             ) {
-                (Some(h), Some(w), _) => (h as usize, w as usize),
-                (_, _, Some(s)) => (s as usize, s as usize),
+                (Some(h), Some(w), _, _) => HfResize::Exact(h as usize, w as usize),
+                (_, _, Some(s), _) => HfResize::ShortestEdge(s as usize),
+                (_, _, _, Some(s)) => HfResize::Exact(s as usize, s as usize),
                 _ => {
                     return Err(err(
                         file,
                         "size",
-                        format!("is {size}, expected {{\"height\": H, \"width\": W}}"),
+                        format!(
+                            "is {size}, expected {{\"height\": H, \"width\": W}} or \
+                             {{\"shortest_edge\": S}}"
+                        ),
                     ))
                 }
-            };
-            if (h, w) != (input_size.1, input_size.2) {
+            },
+        };
+        let hf_crop = match flag("do_center_crop", false) {
+            false => None,
+            true => {
+                let size = cfg.get("crop_size").unwrap_or(&Value::Null);
+                let crop = match (
+                    size.get("height").and_then(Value::as_u64),
+                    size.get("width").and_then(Value::as_u64),
+                    size.as_u64(),
+                ) {
+                    (Some(h), Some(w), _) => (h as usize, w as usize),
+                    (_, _, Some(s)) => (s as usize, s as usize),
+                    _ => {
+                        return Err(err(
+                            file,
+                            "crop_size",
+                            format!("is {size}, expected {{\"height\": H, \"width\": W}}"),
+                        ))
+                    }
+                };
+                let fits = match resize {
+                    HfResize::Exact(h, w) => h >= crop.0 && w >= crop.1,
+                    HfResize::ShortestEdge(s) => s >= crop.0.max(crop.1),
+                };
+                if !fits || crop.0 == 0 || crop.1 == 0 {
+                    return Err(err(
+                        file,
+                        "crop_size",
+                        format!(
+                            "is {}x{}, larger than the resized image ({resize}) or empty",
+                            crop.0, crop.1
+                        ),
+                    ));
+                }
+                Some(HfCrop { resize, crop })
+            }
+        };
+        let input_size = match (hf_crop, resize) {
+            (Some(hc), _) => (c, hc.crop.0, hc.crop.1),
+            (None, HfResize::Exact(h, w)) => (c, h, w),
+            (None, HfResize::ShortestEdge(_)) => {
                 return Err(err(
                     file,
                     "size",
-                    format!(
-                        "is {h}x{w}, but the model's config.json says image_size {}x{}",
-                        input_size.1, input_size.2
-                    ),
-                ));
+                    "is a shortest_edge without a center crop: the input size would depend on \
+                     each image",
+                ))
             }
-        }
+        };
         let rescale = cfg
             .get("rescale_factor")
             .and_then(Value::as_f64)
@@ -226,6 +343,7 @@ impl EvalPreprocess {
             input_size,
             interpolation,
             crop_pct: None,
+            hf_crop,
             mean,
             std,
         })
@@ -247,6 +365,9 @@ impl EvalPreprocess {
         if let Some(pct) = self.crop_pct {
             m.push(("crop_pct".to_string(), pct.to_string()));
         }
+        if let Some(hc) = self.hf_crop {
+            m.push(("hf_crop".to_string(), hc.to_metadata()));
+        }
         m
     }
 
@@ -254,9 +375,10 @@ impl EvalPreprocess {
     /// eval transform makes it.
     pub fn apply(&self, img: &Pixels) -> Vec<f32> {
         let (_, h, w) = self.input_size;
-        let out = match self.crop_pct {
-            Some(pct) => transforms::eval_resize_crop(img, w, h, pct, self.interpolation),
-            None => transforms::resize(img, w, h, self.interpolation),
+        let out = match (self.hf_crop, self.crop_pct) {
+            (Some(hc), _) if hc.crop == (h, w) => hc.apply(img, self.interpolation),
+            (_, Some(pct)) => transforms::eval_resize_crop(img, w, h, pct, self.interpolation),
+            (_, None) => transforms::resize(img, w, h, self.interpolation),
         };
         let mut chw = vec![0f32; out.channels * h * w];
         transforms::normalise_chw(&out, false, &self.mean, &self.std, &mut chw);
@@ -293,8 +415,13 @@ pub fn use_folder_transform(
     if flags.1 == defaults.1 || Some(flags.1) == folder_crop {
         // No crop_pct: the folder resizes to the input size exactly (transformers).
         s.options.crop_pct = folder_crop;
+        s.options.hf_crop = HfCrop::from_metadata(meta);
     } else {
-        let folder = folder_crop.map_or("a plain resize".to_string(), |c| c.to_string());
+        let folder = match (folder_crop, HfCrop::from_metadata(meta)) {
+            (Some(c), _) => c.to_string(),
+            (None, Some(hc)) => format!("resize {} + center crop", hc.to_metadata()),
+            (None, None) => "a plain resize".to_string(),
+        };
         eprintln!(
             "note: --crop-pct {} overrides the model folder's {folder}",
             flags.1

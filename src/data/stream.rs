@@ -27,6 +27,8 @@ pub struct StreamOptions {
     /// Eval: resize to size/crop_pct, center-crop (timm). `None`: resize to the model's
     /// input exactly (what the in-memory folders do; `infer` on their checkpoints).
     pub crop_pct: Option<f64>,
+    /// Eval: transformers' resize + center crop instead (model folders that have one).
+    pub hf_crop: Option<super::preprocess::HfCrop>,
     pub crop: CropRange,
 }
 
@@ -38,6 +40,7 @@ impl Default for StreamOptions {
             queue_depth: 2 * workers.max(1),
             interpolation: Interpolation::Bilinear,
             crop_pct: Some(0.875),
+            hf_crop: None,
             crop: CropRange::default(),
         }
     }
@@ -206,9 +209,10 @@ fn transformed(
             Ok((out, flip))
         }
         _ => {
-            let out = match o.crop_pct {
-                Some(pct) => transforms::eval_resize_crop(&img, w, h, pct, o.interpolation),
-                None => transforms::resize(&img, w, h, o.interpolation),
+            let out = match (o.hf_crop, o.crop_pct) {
+                (Some(hc), _) if hc.crop == (h, w) => hc.apply(&img, o.interpolation),
+                (_, Some(pct)) => transforms::eval_resize_crop(&img, w, h, pct, o.interpolation),
+                (_, None) => transforms::resize(&img, w, h, o.interpolation),
             };
             Ok((out, false))
         }

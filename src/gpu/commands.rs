@@ -62,6 +62,11 @@ impl Gpu {
             .ok()
             .and_then(|f| f.get(pipeline).cloned());
         let family = info.as_ref().map_or("other", |i| i.family);
+        // The CPU specialisations (shaders/cpu/) run only natively, where aliasing is
+        // allowed, and bind C both as floats and as vec4 on purpose.
+        if let Some(info) = info.as_ref().filter(|i| !i.family.starts_with("cpu/")) {
+            check_no_writable_aliasing(info, entries);
+        }
         if self.is_placeholder(pipeline) || !self.bindings_fit(info.as_ref(), entries) {
             // Recorded as a violation: a launch that records nothing, never a wgpu panic.
             return Dispatch {
@@ -282,6 +287,16 @@ impl Gpu {
         self.submit_commands(&commands);
     }
 
+    /// The shader file and entry point a command launches (`None` for copies and clears):
+    /// the kernel checks compare what ran with what they declare.
+    pub fn launched(&self, command: &Command) -> Option<(&'static str, String)> {
+        let Command::Dispatch(d) = command else {
+            return None;
+        };
+        let infos = self.pipeline_info.lock().ok()?;
+        infos.get(&d.pipeline).map(|i| (i.family, i.entry.clone()))
+    }
+
     /// Record, submit, return (tests and benches; the trainer records many in one encoder).
     pub fn submit_commands(&self, commands: &[Command]) {
         let mut encoder = self
@@ -306,5 +321,40 @@ pub fn grid_1d(groups: u32) -> [u32; 3] {
     } else {
         let y = groups.div_ceil(MAX);
         [groups.div_ceil(y), y, 1]
+    }
+}
+
+/// WebGPU forbids a buffer range bound at a writable binding that another binding of the
+/// same dispatch overlaps (Dawn rejects the dispatch; wgpu-core does not check), so a
+/// kernel wrapper that binds one placeholder twice fails here, natively, at record time.
+fn check_no_writable_aliasing(info: &PipelineInfo, entries: &[wgpu::BindGroupEntry]) {
+    fn range<'a>(e: &wgpu::BindGroupEntry<'a>) -> Option<(&'a wgpu::Buffer, u64, u64)> {
+        match &e.resource {
+            wgpu::BindingResource::Buffer(b) => {
+                let end = b.size.map_or(b.buffer.size(), |s| b.offset + s.get());
+                Some((b.buffer, b.offset, end))
+            }
+            _ => None,
+        }
+    }
+    for (i, a) in entries.iter().enumerate() {
+        let Some((buffer_a, start_a, end_a)) = range(a) else {
+            continue;
+        };
+        for b in &entries[i + 1..] {
+            let Some((buffer_b, start_b, end_b)) = range(b) else {
+                continue;
+            };
+            let writable = info.writable.contains(&a.binding) || info.writable.contains(&b.binding);
+            assert!(
+                !(writable && buffer_a == buffer_b && start_a < end_b && start_b < end_a),
+                "{}:{}: one buffer range at @binding({}) and @binding({}), one of them \
+                 read_write: WebGPU rejects the dispatch (bind distinct placeholders)",
+                info.family,
+                info.entry,
+                a.binding,
+                b.binding
+            );
+        }
     }
 }

@@ -71,6 +71,9 @@ pub struct PipelineNeeds {
     pub uniform_buffers: u32,
     pub workgroup_bytes: u32,
     pub workgroup_size: [u32; 3],
+    /// `@group(0)` bindings of read_write storage buffers (WebGPU forbids binding a buffer
+    /// range there that another binding of the same dispatch also covers).
+    pub writable: Vec<u32>,
 }
 
 impl PipelineNeeds {
@@ -108,7 +111,16 @@ impl PipelineNeeds {
                 continue;
             }
             match var.space {
-                naga::AddressSpace::Storage { .. } => needs.storage_buffers += 1,
+                naga::AddressSpace::Storage { access } => {
+                    needs.storage_buffers += 1;
+                    if let (true, Some(b)) =
+                        (access.contains(naga::StorageAccess::STORE), &var.binding)
+                    {
+                        if b.group == 0 {
+                            needs.writable.push(b.binding);
+                        }
+                    }
+                }
                 naga::AddressSpace::Uniform => needs.uniform_buffers += 1,
                 naga::AddressSpace::WorkGroup => {
                     needs.workgroup_bytes += module.types[var.ty].inner.size(module.to_ctx())

@@ -34,7 +34,7 @@ impl Gpu {
             return p;
         }
         let pipeline = match self.fits(shader, entry, constants) {
-            Ok(()) => self.build_pipeline(shader, entry, constants),
+            Ok(writable) => self.build_pipeline(shader, entry, constants, writable),
             Err(v) => {
                 self.violations
                     .lock()
@@ -50,20 +50,22 @@ impl Gpu {
     }
 
     /// Whether (shader, entry point, constants) fits the device's limits, by reflection of
-    /// the entry point. A source naga cannot read is left to wgpu to report.
+    /// the entry point, and if so its writable bindings. A source naga cannot read is left
+    /// to wgpu to report.
     fn fits(
         &self,
         shader: &Shader,
         entry: &str,
         constants: &[(&str, f64)],
-    ) -> Result<(), Violation> {
+    ) -> Result<Vec<u32>, Violation> {
         let Ok(needs) = PipelineNeeds::reflect(shader.source, entry, constants) else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         needs.check(&self.limits).map_err(|e| Violation {
             pipeline: format!("{}:{entry}", shader.name),
             detail: e.to_string(),
-        })
+        })?;
+        Ok(needs.writable)
     }
 
     /// A do-nothing pipeline standing in for one that does not fit: dispatches of it record
@@ -75,7 +77,7 @@ impl Gpu {
                     name: "placeholder",
                     source: "@compute @workgroup_size(1) fn placeholder() {}",
                 };
-                self.build_pipeline(&shader, "placeholder", &[])
+                self.build_pipeline(&shader, "placeholder", &[], Vec::new())
             })
             .clone()
     }
@@ -89,6 +91,7 @@ impl Gpu {
         shader: &Shader,
         entry: &str,
         constants: &[(&str, f64)],
+        writable: Vec<u32>,
     ) -> wgpu::ComputePipeline {
         let module = self.module(shader);
         let pipeline = self
@@ -107,6 +110,7 @@ impl Gpu {
         let info = PipelineInfo {
             family: shader.name,
             entry: entry.to_string(),
+            writable,
         };
         if let Ok(mut f) = self.pipeline_info.lock() {
             f.insert(pipeline.clone(), info);
@@ -127,6 +131,7 @@ impl Gpu {
 pub(super) struct PipelineInfo {
     pub(super) family: &'static str,
     pub(super) entry: String,
+    pub(super) writable: Vec<u32>,
 }
 
 impl Gpu {

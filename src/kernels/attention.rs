@@ -10,9 +10,7 @@
 
 use std::sync::OnceLock;
 
-use super::cpu::attention_lanes::LanesAttention;
 use super::{PipelineSpec, ATTENTION};
-use crate::gpu::caps::{self, Choice};
 use crate::gpu::{div_ceil, Bind, Command, Gpu, Out, Record};
 
 /// Shapes of one attention call: qkv [batch*tokens, 3*heads*head_dim].
@@ -163,9 +161,10 @@ fn probabilities_spec() -> PipelineSpec {
     }
 }
 
-/// Every pipeline a variant can build (for the translation test): `Tiled` 3 classes x 2 row
-/// counts x 3 passes, `Rows` 3 classes x 3 passes, `Lanes` its own; and probabilities.
-pub fn pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
+/// Every pipeline a portable variant can build (for the translation test): `Tiled` 3
+/// classes x 2 row counts x 3 passes, `Rows` 3 classes x 3 passes; and probabilities
+/// (`kernels::variants::attention_pipeline_specs` adds the CPU specialisation's).
+pub fn portable_pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
     let mut specs: Vec<PipelineSpec> = match variant {
         Variant::Tiled => HEAD_CLASSES
             .iter()
@@ -175,7 +174,7 @@ pub fn pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
             .iter()
             .flat_map(|&c| pass_specs(variant, c, 0))
             .collect(),
-        Variant::Lanes => super::cpu::attention_lanes::pipeline_specs(),
+        Variant::Lanes => Vec::new(),
     };
     specs.push(probabilities_spec());
     specs
@@ -204,12 +203,19 @@ struct Passes {
     rows: usize,
 }
 
+/// A CPU-adapter attention (`kernels::cpu::attention_lanes`), given at construction: it
+/// records the forward and backward in the portable kernels' place.
+pub trait Specialisation: wgpu::WasmNotSendSync {
+    fn record_forward(&self, gpu: &Gpu, a: &AttentionForward, out: &mut Vec<Command>);
+    fn record_backward(&self, gpu: &Gpu, a: &AttentionBackward, out: &mut Vec<Command>);
+}
+
 pub struct Attention {
     variant: Variant,
     reason: String,
     /// The CPU-adapter specialisation (`Variant::Lanes`), which then records the forward
     /// and backward; the portable pipelines below serve the rest.
-    cpu: Option<LanesAttention>,
+    cpu: Option<Box<dyn Specialisation>>,
     /// Indexed by head class x 2 + row count (`Rows`: always the first). Built on first use
     /// and kept.
     passes: [OnceLock<Passes>; HEAD_CLASSES.len() * TILE_ROWS.len()],
@@ -217,78 +223,30 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// The variant `choose` picks for this adapter.
-    pub fn new(gpu: &Gpu) -> Attention {
-        let choice = Attention::choose(gpu);
-        let mut attention = Attention::with_variant(gpu, choice.variant);
-        attention.reason = choice.reason;
-        attention
+    /// `variant`, run by `cpu` when given, else by the portable kernels (the constructors
+    /// that choose are in `kernels::variants`).
+    pub(crate) fn assemble(
+        variant: Variant,
+        reason: String,
+        cpu: Option<Box<dyn Specialisation>>,
+    ) -> Attention {
+        Attention {
+            variant,
+            reason,
+            cpu,
+            passes: Default::default(),
+            probabilities: OnceLock::new(),
+        }
     }
 
-    /// On a CPU adapter `Lanes` with 8-lane subgroups, else `Rows`; on a GPU `Tiled` when
-    /// its workgroup fits, else `Rows`. VIT_ATTENTION_VARIANT forces one the adapter runs.
-    pub fn choose(gpu: &Gpu) -> Choice<Variant> {
-        let preferred: &[(Variant, &str)] = if gpu.caps.cpu {
-            &[
-                (
-                    Variant::Lanes,
-                    "CPU adapter with 8-lane subgroups: streamed rows shared by subgroupBroadcast",
-                ),
-                (
-                    Variant::Rows,
-                    "CPU adapter where the lanes kernel cannot run: one row per invocation, no workgroup memory",
-                ),
-            ]
-        } else {
-            &[
-                (
-                    Variant::Tiled,
-                    "GPU: K/V tiles in workgroup memory shared by 64 or 128 query rows",
-                ),
-                (Variant::Rows, "one row per invocation, no workgroup memory"),
-            ]
-        };
-        caps::choose(
-            caps::ATTENTION_VARIANT_ENV,
-            caps::overrides().attention.as_deref(),
-            &Variant::ALL,
-            Variant::name,
-            |v| Attention::supports(gpu, v),
-            preferred,
-        )
-    }
-
-    /// Ok when the adapter runs `variant`, else why not.
-    pub fn supports(gpu: &Gpu, variant: Variant) -> Result<(), String> {
+    /// Ok when the adapter runs the portable `variant`, else why not.
+    pub(crate) fn supports_portable(gpu: &Gpu, variant: Variant) -> Result<(), String> {
         match variant {
             Variant::Tiled => gpu
                 .caps
                 .workgroup(2 * TILE_ROWS[0] as u32, TILED_WORKGROUP_BYTES),
             Variant::Rows => gpu.caps.workgroup(ROWS as u32, 0),
-            Variant::Lanes => LanesAttention::supports(gpu),
-        }
-    }
-
-    /// `Lanes` needs subgroups of exactly 8 lanes.
-    pub fn lanes_supported(gpu: &Gpu) -> bool {
-        Attention::supports(gpu, Variant::Lanes).is_ok()
-    }
-
-    /// A given variant; panics if the adapter cannot run it (check `supports` first).
-    pub fn with_variant(gpu: &Gpu, variant: Variant) -> Attention {
-        if let Err(why) = Attention::supports(gpu, variant) {
-            panic!(
-                "attention variant {} on adapter '{}': {why}",
-                variant.name(),
-                gpu.info.name
-            );
-        }
-        Attention {
-            variant,
-            reason: "chosen by the caller".into(),
-            cpu: (variant == Variant::Lanes).then(|| LanesAttention::new(gpu)),
-            passes: Default::default(),
-            probabilities: OnceLock::new(),
+            Variant::Lanes => Err("lanes is not a portable attention".into()),
         }
     }
 
@@ -299,6 +257,10 @@ impl Attention {
     /// Why this variant runs here.
     pub fn reason(&self) -> &str {
         &self.reason
+    }
+
+    pub(crate) fn set_reason(&mut self, reason: String) {
+        self.reason = reason;
     }
 
     /// The portable passes for `shape` (not for `Lanes`, whose `cpu` records them).
@@ -542,29 +504,7 @@ mod tests {
 
     #[test]
     fn the_portable_path_lists_few_pipelines() {
-        let tiled = pipeline_specs(Variant::Tiled).len();
+        let tiled = portable_pipeline_specs(Variant::Tiled).len();
         assert!(tiled <= 20, "Tiled lists {tiled} pipelines");
-    }
-
-    /// Distinct = unique (shader, entry point, override constants): what the program can
-    /// compile. The whole program stays under 200 (issue 31).
-    #[test]
-    fn the_family_builds_at_most_80_distinct_pipelines() {
-        let mut distinct: Vec<PipelineSpec> = Vec::new();
-        for v in Variant::ALL {
-            let specs = pipeline_specs(v);
-            eprintln!("attention {}: {} pipelines", v.name(), specs.len());
-            for spec in specs {
-                if !distinct.contains(&spec) {
-                    distinct.push(spec);
-                }
-            }
-        }
-        eprintln!("attention: {} distinct pipelines", distinct.len());
-        assert!(
-            distinct.len() <= 80,
-            "attention builds {} distinct pipelines",
-            distinct.len()
-        );
     }
 }

@@ -20,14 +20,13 @@
 //!   memory, no barriers, 4x4 register blocks read straight from storage;
 //! - `Lanes` / `LanesStorage`, the CPU-adapter specialisation (lavapipe: subgroups of
 //!   exactly 8 lanes, texture operands), in `kernels::cpu::gemm_lanes`, reached through one
-//!   seam: `Gemm` holds it when chosen and hands it every `record`.
+//!   seam: a `Specialisation` that `Gemm` holds when chosen (`kernels::variants` chooses)
+//!   and hands every `record`.
 //!
 //! The portable path (Tiled, Registers) binds storage buffers only, uses no subgroups and
 //! fits `wgpu::Limits::default()`.
 
-use super::cpu::gemm_lanes::{self, GemmLanes, LanesPlan};
 use super::{PipelineSpec, GEMM_TILED};
-use crate::gpu::caps::{self, Choice};
 use crate::gpu::{div_ceil, grid_1d, Bind, Command, Gpu, Record, View};
 
 pub use crate::ops::{ActGrad, Activation, Layout};
@@ -254,30 +253,35 @@ fn spec(layout: Layout, entry: Entry) -> PipelineSpec {
     }
 }
 
-/// Every pipeline a variant can build (the translation test compiles each for Metal,
-/// DX12 and Vulkan).
-pub fn pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
-    match variant {
-        Variant::Lanes => return gemm_lanes::pipeline_specs(true),
-        Variant::LanesStorage => return gemm_lanes::pipeline_specs(false),
-        Variant::Tiled | Variant::Registers => {}
-    }
+/// Every pipeline a portable variant can build (`kernels::variants::gemm_pipeline_specs`
+/// adds the CPU specialisation's; the translation test compiles each for Metal, DX12 and
+/// Vulkan).
+pub fn portable_pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
     let mut specs = Vec::new();
     for layout in Layout::ALL {
-        if variant == Variant::Registers {
-            specs.push(spec(layout, Entry::Registers));
-            continue;
-        }
-        for blocks in [1, 2] {
-            for split in [false, true] {
-                specs.push(spec(layout, Entry::Tiled { blocks, split }));
+        match variant {
+            Variant::Registers => specs.push(spec(layout, Entry::Registers)),
+            Variant::Tiled => {
+                for blocks in [1, 2] {
+                    for split in [false, true] {
+                        specs.push(spec(layout, Entry::Tiled { blocks, split }));
+                    }
+                }
             }
+            Variant::Lanes | Variant::LanesStorage => {}
         }
     }
     if variant == Variant::Tiled {
         specs.push(spec(Layout::TN, Entry::Reduce));
     }
     specs
+}
+
+/// A CPU-adapter GEMM (`kernels::cpu::gemm_lanes`), given at construction: it records
+/// every GEMM in the portable kernel's place. `recorded` is the list its commands will be
+/// appended to (it may reuse that list's texture copies).
+pub trait Specialisation: std::any::Any + wgpu::WasmNotSendSync {
+    fn record(&self, gpu: &Gpu, args: &GemmArgs, recorded: &[Command]) -> Vec<Command>;
 }
 
 pub struct Gemm {
@@ -288,95 +292,44 @@ pub struct Gemm {
     /// roles in a dispatch).
     dummy_read: wgpu::Buffer,
     dummy_write: wgpu::Buffer,
+    /// A second write placeholder: WebGPU forbids one buffer at two writable bindings of a
+    /// dispatch (Dawn rejects it; wgpu-core does not check).
+    dummy_write2: wgpu::Buffer,
     /// Split-K partial sums, shared by every GEMM recorded here (they run one after
     /// another), grown to the largest.
     partial: std::sync::Mutex<Option<wgpu::Buffer>>,
     /// The CPU-adapter specialisation, when `variant` is `Lanes` or `LanesStorage`.
-    lanes: Option<GemmLanes>,
+    cpu: Option<Box<dyn Specialisation>>,
 }
 
 impl Gemm {
-    /// The variant `choose` picks for this adapter.
-    pub fn new(gpu: &Gpu) -> Gemm {
-        let choice = Gemm::choose(gpu);
-        let mut gemm = Gemm::with_variant(gpu, choice.variant);
-        gemm.reason = choice.reason;
-        gemm
+    /// `variant`, run by `cpu` when given, else by the portable kernel (the constructors
+    /// that choose are in `kernels::variants`).
+    pub(crate) fn assemble(
+        gpu: &Gpu,
+        variant: Variant,
+        reason: String,
+        cpu: Option<Box<dyn Specialisation>>,
+    ) -> Gemm {
+        Gemm {
+            variant,
+            reason,
+            dummy_read: gpu.storage("gemm dummy read", 4),
+            dummy_write: gpu.storage("gemm dummy write", 4),
+            dummy_write2: gpu.storage("gemm dummy write 2", 4),
+            partial: std::sync::Mutex::new(None),
+            cpu,
+        }
     }
 
-    /// The variant for this adapter and why: on a CPU adapter `Lanes` with 8-lane subgroups,
-    /// else `Registers`; on a GPU `Tiled` when its workgroup fits, else `Registers`.
-    /// VIT_GEMM_VARIANT forces one the adapter supports.
-    pub fn choose(gpu: &Gpu) -> Choice<Variant> {
-        let preferred: &[(Variant, &str)] = if gpu.caps.cpu {
-            &[
-                (
-                    Variant::Lanes,
-                    "CPU adapter with 8-lane subgroups: loads shared by subgroupBroadcast",
-                ),
-                (
-                    Variant::Registers,
-                    "CPU adapter where the lanes kernel cannot run: register blocks, no workgroup memory",
-                ),
-            ]
-        } else {
-            &[
-                (
-                    Variant::Tiled,
-                    "GPU: workgroup-memory tiles, 8x8 register blocks, split-K where tiles are few",
-                ),
-                (Variant::Registers, "register blocks, no workgroup memory"),
-            ]
-        };
-        caps::choose(
-            caps::GEMM_VARIANT_ENV,
-            caps::overrides().gemm.as_deref(),
-            &Variant::ALL,
-            Variant::name,
-            |v| Gemm::supports(gpu, v),
-            preferred,
-        )
-    }
-
-    pub fn variant_for(gpu: &Gpu) -> Variant {
-        Gemm::choose(gpu).variant
-    }
-
-    /// Ok when the adapter runs `variant`, else why not.
-    pub fn supports(gpu: &Gpu, variant: Variant) -> Result<(), String> {
+    /// Ok when the adapter runs the portable `variant`, else why not.
+    pub(crate) fn supports_portable(gpu: &Gpu, variant: Variant) -> Result<(), String> {
         match variant {
             Variant::Tiled => gpu.caps.workgroup(TILED_INVOCATIONS, TILED_WORKGROUP_BYTES),
             Variant::Registers => gpu.caps.workgroup(64, 0),
-            Variant::Lanes | Variant::LanesStorage => gemm_lanes::supports(gpu),
-        }
-    }
-
-    /// The CPU kernel shares loads across a subgroup of exactly 8 lanes.
-    pub fn lanes_variant_supported(gpu: &Gpu) -> bool {
-        Gemm::supports(gpu, Variant::Lanes).is_ok()
-    }
-
-    /// A given variant; panics if the adapter cannot run it (check `supports` first).
-    pub fn with_variant(gpu: &Gpu, variant: Variant) -> Gemm {
-        if let Err(why) = Gemm::supports(gpu, variant) {
-            panic!(
-                "GEMM variant {} on adapter '{}': {why}",
-                variant.name(),
-                gpu.info.name
-            );
-        }
-        let lanes = match variant {
-            Variant::Lanes => Some(GemmLanes::new(gpu, true)),
-            Variant::LanesStorage => Some(GemmLanes::new(gpu, false)),
-            Variant::Tiled | Variant::Registers => None,
-        };
-        Gemm {
-            variant,
-            reason: "chosen by the caller".into(),
-            dummy_read: gpu.storage("gemm dummy read", 4),
-            dummy_write: gpu.storage("gemm dummy write", 4),
-            partial: std::sync::Mutex::new(None),
-            lanes,
+            Variant::Lanes | Variant::LanesStorage => {
+                Err(format!("{} is not a portable GEMM", variant.name()))
+            }
         }
     }
 
@@ -389,9 +342,13 @@ impl Gemm {
         &self.reason
     }
 
+    pub(crate) fn set_reason(&mut self, reason: String) {
+        self.reason = reason;
+    }
+
     /// The CPU-adapter specialisation, when it runs (`Lanes`, `LanesStorage`).
-    pub fn lanes(&self) -> Option<&GemmLanes> {
-        self.lanes.as_ref()
+    pub fn specialisation(&self) -> Option<&dyn Specialisation> {
+        self.cpu.as_deref()
     }
 
     /// Built on first use; `Gpu::pipeline_with` keeps one per (shader, entry, constants).
@@ -400,30 +357,15 @@ impl Gemm {
     }
 
     /// `record` with the tile size and split-K of `Tiled` given (tests cover each);
-    /// `Registers` has no plan, and the lanes kernel plans its own (`record_with_lanes_plan`).
+    /// `Registers` has no plan, and a CPU specialisation plans its own.
     pub fn record_with_plan(&self, gpu: &Gpu, args: &GemmArgs, plan: Plan) -> Vec<Command> {
-        let meta = check_args(gpu, args);
-        match (&self.lanes, self.variant) {
-            (Some(lanes), _) => lanes.record(gpu, args, meta, LanesPlan::for_args(args), &[]),
-            (None, Variant::Tiled) => self.record_tiled(gpu, args, meta, plan),
-            (None, _) => self.record_registers(gpu, args, meta),
+        if let Some(cpu) = &self.cpu {
+            return cpu.record(gpu, args, &[]);
         }
-    }
-
-    /// `record` through the lanes kernel with its plan given (tests cover each).
-    pub fn record_with_lanes_plan(
-        &self,
-        gpu: &Gpu,
-        args: &GemmArgs,
-        plan: LanesPlan,
-    ) -> Vec<Command> {
         let meta = check_args(gpu, args);
-        match &self.lanes {
-            Some(lanes) => lanes.record(gpu, args, meta, plan, &[]),
-            None => panic!(
-                "record_with_lanes_plan on the {} GEMM (lanes or lanes-storage only)",
-                self.variant.name()
-            ),
+        match self.variant {
+            Variant::Tiled => self.record_tiled(gpu, args, meta, plan),
+            _ => self.record_registers(gpu, args, meta),
         }
     }
 
@@ -481,7 +423,8 @@ impl Gemm {
             },
         );
         let partial = split.then(|| self.partial_sums(gpu, splits * m * partial_cols));
-        let partial = partial.as_ref().unwrap_or(&self.dummy_write);
+        // not the slope's placeholder (binding 10): two writable bindings of one buffer
+        let partial = partial.as_ref().unwrap_or(&self.dummy_write2);
         let mut commands = Vec::new();
         let (padded_a, padded_b) = (padded(gpu, args.a), padded(gpu, args.b));
         for (operand, copy) in [(args.a, &padded_a), (args.b, &padded_b)] {
@@ -500,7 +443,7 @@ impl Gemm {
             entries.extend([
                 entry(8, &self.dummy_write),
                 entry(9, &self.dummy_read),
-                entry(10, &self.dummy_write),
+                entry(10, &self.dummy_write2),
                 entry(11, &self.dummy_read),
             ]);
         } else {
@@ -612,7 +555,7 @@ pub(crate) fn check_groups(gpu: &Gpu, groups: [u32; 3], m: usize, n: usize) {
 }
 
 /// Check the buffers against the shape and make the shape record.
-fn check_args(gpu: &Gpu, args: &GemmArgs) -> Meta {
+pub(crate) fn check_args(gpu: &Gpu, args: &GemmArgs) -> Meta {
     let (m, n, k) = (args.m, args.n, args.k);
     assert!(
         m > 0 && n > 0 && k > 0,
@@ -683,11 +626,8 @@ pub(crate) fn entry(binding: u32, resource: &dyn Bind) -> wgpu::BindGroupEntry<'
 /// texture copies are commands before its dispatch.
 impl Record<GemmArgs<'_>> for Gemm {
     fn record(&self, gpu: &Gpu, args: &GemmArgs, out: &mut Vec<Command>) {
-        let commands = match &self.lanes {
-            Some(lanes) => {
-                let meta = check_args(gpu, args);
-                lanes.record(gpu, args, meta, LanesPlan::for_args(args), out)
-            }
+        let commands = match &self.cpu {
+            Some(cpu) => cpu.record(gpu, args, out),
             None => {
                 let plan = Plan::for_shape(args.m, args.n, args.k, args.layout);
                 self.record_with_plan(gpu, args, plan)

@@ -7,6 +7,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod checks;
 pub mod cpu;
 pub mod dropout;
 pub mod elementwise;
@@ -17,6 +18,7 @@ pub mod loss;
 pub mod peak;
 pub mod reduce;
 pub mod tokens;
+pub mod variants;
 
 pub use crate::gpu::Shader;
 

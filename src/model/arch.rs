@@ -321,6 +321,7 @@ pub fn lookup(name: &str) -> Result<(TimmArgs, EvalPreprocess), ArchError> {
                 input_size: (3, f.img, f.img),
                 interpolation: Interpolation::Bicubic,
                 crop_pct: Some(f.crop_pct),
+                hf_crop: None,
                 mean: f.mean.to_vec(),
                 std: f.std.to_vec(),
             };

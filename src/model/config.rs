@@ -30,6 +30,10 @@ impl Act {
 pub enum Pool {
     Token,
     Avg,
+    /// transformers' `Dinov2ForImageClassification`: the class token and the mean of the
+    /// patch tokens side by side ([B, 2D] into a head of width 2D), after `norm` over every
+    /// token.
+    ClsAvg,
 }
 
 /// The options timm's VisionTransformer descendants add (issue 33). `Default` is the
@@ -207,6 +211,18 @@ impl Config {
         let o = &self.options;
         o.class_token && !o.distilled && o.reg_tokens == 0 && !o.no_embed_class
     }
+    /// The width the head reads: D, or 2D for [class token ; patch mean].
+    pub fn head_in(&self) -> usize {
+        match self.options.pool {
+            Pool::ClsAvg => 2 * self.dim,
+            _ => self.dim,
+        }
+    }
+    /// `norm` runs over every token before the readouts (avg pooling without fc_norm, and
+    /// the class token beside the patch mean).
+    pub fn norm_all_tokens(&self) -> bool {
+        !self.options.fc_norm && self.options.pool != Pool::Token
+    }
     pub fn head_dim(&self) -> usize {
         self.dim / self.heads
     }
@@ -265,7 +281,16 @@ impl Config {
                     .into(),
             );
         }
-        if o.pool == Pool::Avg && self.patches() == 0 {
+        if o.pool == Pool::ClsAvg
+            && (!o.class_token || o.fc_norm || o.distilled || self.head != Head::Linear)
+        {
+            return bad(
+                "the class token beside the patch mean needs a class token, no fc_norm, no \
+                 distillation token and a linear head"
+                    .into(),
+            );
+        }
+        if o.pool != Pool::Token && self.patches() == 0 {
             return bad("avg pooling needs at least one patch".into());
         }
         if o.layer_scale.is_some_and(|v| !v.is_finite()) {
@@ -308,8 +333,10 @@ impl Config {
         if o.class_token != plain.class_token {
             put("class_token", o.class_token.to_string());
         }
-        if o.pool != plain.pool {
-            put("global_pool", "avg".into());
+        match o.pool {
+            Pool::Token => {}
+            Pool::Avg => put("global_pool", "avg".into()),
+            Pool::ClsAvg => put("global_pool", "cls_avg".into()),
         }
         if o.fc_norm {
             put("fc_norm", "true".into());
@@ -378,10 +405,11 @@ impl Config {
         let pool = match m.get("global_pool").map(String::as_str) {
             None | Some("token") => Pool::Token,
             Some("avg") => Pool::Avg,
+            Some("cls_avg") => Pool::ClsAvg,
             Some(other) => {
                 return Err(ConfigError::Metadata {
                     field: "global_pool".into(),
-                    problem: format!("is '{other}', expected token or avg"),
+                    problem: format!("is '{other}', expected token, avg or cls_avg"),
                 })
             }
         };

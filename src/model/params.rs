@@ -140,7 +140,7 @@ pub fn body_specs(cfg: &Config) -> Vec<ParamSpec> {
 
 /// The head's parameters.
 pub fn head_specs(cfg: &Config) -> Vec<ParamSpec> {
-    let (d, k) = (cfg.dim, cfg.classes);
+    let (d, k) = (cfg.head_in(), cfg.classes);
     match cfg.head {
         Head::Linear if cfg.options.distilled => vec![
             spec("head.weight", &[k, d], true, W),

@@ -218,6 +218,19 @@ fn readouts(cfg: &Config) -> Vec<Readout> {
             count: cfg.patches(),
             head: "head",
         }],
+        // Concatenated into one feature row (head_forward's ClsAvg branch).
+        Pool::ClsAvg => vec![
+            Readout {
+                start: 0,
+                count: 1,
+                head: "head",
+            },
+            Readout {
+                start: cfg.prefix_tokens(),
+                count: cfg.patches(),
+                head: "head",
+            },
+        ],
     }
 }
 
@@ -632,14 +645,19 @@ impl Model<'_> {
     fn head_forward(&self, x: &[f64], labels: &[u32]) -> HeadSaved {
         let (c, b, n, d) = (self.cfg, self.batch, self.cfg.tokens(), self.cfg.dim);
         let norm = final_norm(c);
-        let norm_all = !c.options.fc_norm && c.options.pool == Pool::Avg;
+        let norm_all = c.norm_all_tokens();
         let normed = norm_all.then(|| self.layernorm(x, norm, self.rows()));
         let stream = normed.as_ref().map_or(x, |(y, _)| &y[..]);
         let outs = readouts(c);
         let k = c.classes;
         let mut logits = vec![0.0; b * k];
         let mut saved = Vec::new();
-        for r in &outs {
+        if c.options.pool == Pool::ClsAvg {
+            let (out, readout) = self.cls_avg_forward(stream, &outs);
+            logits = out;
+            saved.push(readout);
+        }
+        for r in outs.iter().filter(|_| c.options.pool != Pool::ClsAvg) {
             let mut pooled = vec![0.0; b * d];
             let scale = 1.0 / r.count as f64;
             tokens::pool(&mut pooled, stream, b, n, d, r.start, r.count, scale);
@@ -700,7 +718,11 @@ impl Model<'_> {
         let mut dlogits = h.dlogits.clone();
         dlogits.iter_mut().for_each(|v| *v /= outs.len() as f64);
         let mut dstream = vec![0.0; self.rows() * d];
-        for (r, s) in outs.iter().zip(&h.readouts) {
+        if c.options.pool == Pool::ClsAvg {
+            self.cls_avg_backward(&h.readouts[0], &h.dlogits, &outs, &mut dstream, grads);
+        }
+        let split = c.options.pool != Pool::ClsAvg;
+        for (r, s) in outs.iter().zip(&h.readouts).filter(|_| split) {
             let dfeat = match c.head {
                 Head::Linear => self.linear_backward(grads, &dlogits, &s.feat, r.head, b, None),
                 Head::Mlp { .. } => {
@@ -737,6 +759,52 @@ impl Model<'_> {
                 dx
             }
             None => dstream,
+        }
+    }
+
+    /// transformers' Dinov2 head: logits = head([class token ; patch mean]) of the normed
+    /// stream; the readout saved holds the [B, 2D] feature row.
+    fn cls_avg_forward(&self, stream: &[f64], outs: &[Readout]) -> (Vec<f64>, ReadoutSaved) {
+        let (c, b, n, d) = (self.cfg, self.batch, self.cfg.tokens(), self.cfg.dim);
+        let mut feat = vec![0.0; b * 2 * d];
+        for (half, r) in outs.iter().enumerate() {
+            let mut pooled = vec![0.0; b * d];
+            let scale = 1.0 / r.count as f64;
+            tokens::pool(&mut pooled, stream, b, n, d, r.start, r.count, scale);
+            for (row, p) in feat.chunks_mut(2 * d).zip(pooled.chunks(d)) {
+                row[half * d..(half + 1) * d].copy_from_slice(p);
+            }
+        }
+        debug_assert_eq!(c.head_in(), 2 * d);
+        let (logits, _) = self.linear(&feat, "head", b, Activation::None);
+        let saved = ReadoutSaved {
+            pooled: Vec::new(),
+            feat,
+            stats: None,
+            slope: Vec::new(),
+            act: Vec::new(),
+        };
+        (logits, saved)
+    }
+
+    /// The head's gradients, and the feature row's gradient scattered into `dstream`.
+    fn cls_avg_backward(
+        &self,
+        s: &ReadoutSaved,
+        dlogits: &[f64],
+        outs: &[Readout],
+        dstream: &mut [f64],
+        grads: &mut [Vec<f64>],
+    ) {
+        let (b, n, d) = (self.batch, self.cfg.tokens(), self.cfg.dim);
+        let dfeat = self.linear_backward(grads, dlogits, &s.feat, "head", b, None);
+        for (half, r) in outs.iter().enumerate() {
+            let dpooled: Vec<f64> = dfeat
+                .chunks(2 * d)
+                .flat_map(|row| row[half * d..(half + 1) * d].to_vec())
+                .collect();
+            let scale = 1.0 / r.count as f64;
+            tokens::pool_backward(dstream, &dpooled, b, n, d, r.start, r.count, scale, true);
         }
     }
 

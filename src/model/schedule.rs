@@ -38,6 +38,8 @@ use crate::kernels::tokens::{
     Assemble, PatchesBackward, Pool as PoolTokens, PoolBackward, PrefixPosBackward, TokenLayout,
 };
 
+mod cls_avg;
+
 /// One transformer block's weights.
 pub struct BlockWeights {
     pub norm1: Norm,
@@ -109,7 +111,7 @@ impl Weights {
             })
             .collect();
         let head = match cfg.head {
-            Head::Linear => HeadWeights::Linear(linear("head", cfg.classes, d)),
+            Head::Linear => HeadWeights::Linear(linear("head", cfg.classes, cfg.head_in())),
             Head::Mlp { hidden } => HeadWeights::Mlp {
                 fc1: linear("head.fc1", hidden, d),
                 fc2: linear("head.fc2", cfg.classes, hidden),
@@ -228,6 +230,8 @@ pub struct OptionBuffers {
     pub readouts: Vec<Readout>,
     /// DeiT's second head's logits [B, K].
     pub logits_dist: Option<wgpu::Buffer>,
+    /// Dinov2's [class token ; patch mean] rows and their gradient.
+    pub cls_avg: Option<cls_avg::ClsAvgBuffers>,
     /// Bound where a layout has no class or extra token (never written).
     pub placeholder: [wgpu::Buffer; 2],
 }
@@ -655,6 +659,10 @@ impl Net {
             }
             None => &self.x_out,
         };
+        if ob.cls_avg.is_some() {
+            self.cls_avg_forward(r, stream);
+            return self.loss(r);
+        }
         for (i, ro) in ob.readouts.iter().enumerate() {
             let pool = PoolTokens {
                 layout: ob.layout,
@@ -784,7 +792,14 @@ impl Net {
         } else {
             &g.dres
         };
-        for (i, ro) in ob.readouts.iter().enumerate() {
+        let readouts = match ob.cls_avg {
+            Some(_) => {
+                self.cls_avg_backward(r, dlogits, dstream);
+                &[][..]
+            }
+            None => &ob.readouts[..],
+        };
+        for (i, ro) in readouts.iter().enumerate() {
             let feat = if ob.norm_all.is_some() {
                 &ro.pooled
             } else {
@@ -1079,6 +1094,7 @@ impl OptionBuffers {
             Pool::Token if o.distilled => vec![(0, 1), (1, 1)],
             Pool::Token => vec![(0, 1)],
             Pool::Avg => vec![(cfg.prefix_tokens(), cfg.patches())],
+            Pool::ClsAvg => vec![(0, 1), (cfg.prefix_tokens(), cfg.patches())],
         };
         let mut readouts = Vec::new();
         for (start, count) in spans {
@@ -1090,7 +1106,7 @@ impl OptionBuffers {
                 stats: alloc.stats(b)?,
             });
         }
-        let norm_all = !o.fc_norm && o.pool == Pool::Avg;
+        let norm_all = cfg.norm_all_tokens();
         Ok(OptionBuffers {
             layout,
             pre_norm: match o.pre_norm {
@@ -1109,6 +1125,13 @@ impl OptionBuffers {
             logits_dist: match o.distilled {
                 true => Some(alloc.buf("distillation logits", b * cfg.classes)?),
                 false => None,
+            },
+            cls_avg: match o.pool {
+                Pool::ClsAvg => Some(cls_avg::ClsAvgBuffers {
+                    feat: alloc.buf("cls and patch mean", b * 2 * d)?,
+                    dfeat: alloc.buf("cls and patch mean grad", b * 2 * d)?,
+                }),
+                _ => None,
             },
             placeholder: [alloc.buf("placeholder", d)?, alloc.buf("placeholder", d)?],
         })

@@ -134,6 +134,17 @@ pub struct EvalResult {
 }
 
 impl EvalResult {
+    /// Accuracy from the confusion counts and the mean loss from the loss sum of all images.
+    pub fn set_means(&mut self, loss_sum: f64) {
+        let correct: u64 = (0..self.confusion.len())
+            .map(|i| self.confusion[i][i])
+            .sum();
+        if self.images > 0 {
+            self.accuracy = correct as f64 / self.images as f64;
+            self.loss = loss_sum / self.images as f64;
+        }
+    }
+
     pub fn per_class_accuracy(&self) -> Vec<f64> {
         self.confusion
             .iter()
@@ -205,6 +216,40 @@ pub struct RunSummary {
     pub out: PathBuf,
     /// Mean training loss of every optimiser step, in order (this process's steps only).
     pub step_losses: Vec<(u64, f32)>,
+}
+
+/// A model file as training writes it: the weights, and in the metadata what inference
+/// needs to know about the data (class names, normalisation, eval transform), the step and
+/// the validation accuracy when there is one.
+pub fn model_file(
+    cfg: &Config,
+    host: &HostParams,
+    step: u64,
+    train_set: &Dataset,
+    val_accuracy: Option<f64>,
+) -> crate::model::checkpoint::TensorFile {
+    let mut extra = vec![
+        ("step", step.to_string()),
+        ("dataset", train_set.name.clone()),
+        (
+            "class_names",
+            serde_json::to_string(&train_set.class_names).unwrap_or_default(),
+        ),
+    ];
+    extra.extend(train_set.metadata()); // normalisation and eval transform
+    if let Some(acc) = val_accuracy {
+        extra.push(("val_accuracy", format!("{acc:.6}")));
+    }
+    crate::model::checkpoint::model_file(cfg, host, &extra)
+}
+
+/// The first non-finite parameter value: (tensor, element, value). No such model is saved.
+pub fn first_non_finite(host: &HostParams) -> Option<(String, usize, f32)> {
+    host.specs.iter().zip(&host.values).find_map(|(spec, v)| {
+        v.iter()
+            .position(|x| !x.is_finite())
+            .map(|i| (spec.name.clone(), i, v[i]))
+    })
 }
 
 /// Check that a dataset fits the model's input.
@@ -310,30 +355,7 @@ pub async fn evaluate_sharded(
     };
     let mut loader = Loader::new(ds.clone(), b * shard.size, false, None, 0, 0, false).shard(shard);
     for batch in loader.by_ref() {
-        let n = batch.len;
-        if n == 0 {
-            continue; // a last partial batch this rank has no slice of
-        }
-        let mut images = batch.images;
-        let mut labels = batch.labels;
-        images.resize(
-            b * model.cfg.channels * model.cfg.image_h * model.cfg.image_w,
-            0.0,
-        );
-        labels.resize(b, 0);
-        model.write_batch(gpu, &images, &labels);
-        let reads = [(&model.logits).into(), (&model.losses).into()];
-        let read: Vec<Vec<f32>> = gpu
-            .record_and_read(|e| model.record_forward(e), &reads)
-            .await?;
-        let (logits, losses) = (&read[0], &read[1]);
-        for i in 0..n {
-            let row = &logits[i * k..(i + 1) * k];
-            let pred = argmax(row);
-            result.confusion[labels[i] as usize][pred] += 1;
-            loss_sum += losses[i] as f64;
-        }
-        result.images += n;
+        loss_sum += score_batch(gpu, model, batch, &mut result).await?;
     }
     loader.finish()?;
     if shard.size > 1 {
@@ -348,12 +370,43 @@ pub async fn evaluate_sharded(
         comm.all_reduce_sum_f64(&mut sum);
         loss_sum = sum[0];
     }
-    let correct: u64 = (0..k).map(|i| result.confusion[i][i]).sum();
-    if result.images > 0 {
-        result.accuracy = correct as f64 / result.images as f64;
-        result.loss = loss_sum / result.images as f64;
-    }
+    result.set_means(loss_sum);
     Ok(result)
+}
+
+/// Evaluation of one batch of at most the model's size (padded here; padded rows are
+/// ignored): its images and confusion counts are added to `result`; returns its loss sum.
+pub async fn score_batch(
+    gpu: &crate::gpu::Gpu,
+    model: &crate::model::Vit,
+    batch: crate::data::Batch,
+    result: &mut EvalResult,
+) -> Result<f64, TrainError> {
+    let (n, b, k) = (batch.len, model.batch, model.cfg.classes);
+    if n == 0 {
+        return Ok(0.0); // a last partial batch this rank has no slice of
+    }
+    let mut images = batch.images;
+    let mut labels = batch.labels;
+    images.resize(
+        b * model.cfg.channels * model.cfg.image_h * model.cfg.image_w,
+        0.0,
+    );
+    labels.resize(b, 0);
+    model.write_batch(gpu, &images, &labels);
+    let reads = [(&model.logits).into(), (&model.losses).into()];
+    let read: Vec<Vec<f32>> = gpu
+        .record_and_read(|e| model.record_forward(e), &reads)
+        .await?;
+    let (logits, losses) = (&read[0], &read[1]);
+    let mut loss_sum = 0.0;
+    for i in 0..n {
+        let pred = argmax(&logits[i * k..(i + 1) * k]);
+        result.confusion[labels[i] as usize][pred] += 1;
+        loss_sum += losses[i] as f64;
+    }
+    result.images += n;
+    Ok(loss_sum)
 }
 
 pub fn argmax(row: &[f32]) -> usize {

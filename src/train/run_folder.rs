@@ -1,4 +1,6 @@
-//! A run folder: `metrics.jsonl` (one line per finished epoch), the checkpoint pair
+//! A run folder: `run.json` (the flags the run was started or last resumed with, the data's
+//! absolute path among them, so `--resume`, `eval` and `infer` need nothing else),
+//! `metrics.jsonl` (one line per finished epoch), the checkpoint pair
 //! `last.safetensors` + `last.state.safetensors` (with `--keep` older `step-N` pairs),
 //! `best.safetensors`, and `run.lock`, which keeps a second run out while this one lives.
 //!
@@ -17,6 +19,7 @@ pub const LAST_STATE: &str = "last.state.safetensors";
 pub const BEST: &str = "best.safetensors";
 pub const METRICS: &str = "metrics.jsonl";
 pub const LOCK: &str = "run.lock";
+pub const RECORD: &str = "run.json";
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::Io {
@@ -40,7 +43,7 @@ impl RunFolder {
         // Temporaries of a process killed mid-write: nobody else writes here (the lock).
         for entry in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let ours = ["last.", "best.", "step-", "metrics."]
+            let ours = ["last.", "best.", "step-", "metrics.", "run.json"]
                 .iter()
                 .any(|p| name.starts_with(p));
             if ours && name.ends_with(".tmp") {
@@ -53,6 +56,15 @@ impl RunFolder {
             keep,
             _lock: lock,
         })
+    }
+
+    /// Replace run.json (written whole, then renamed: a reader never sees half of it).
+    pub fn write_record(&self, record: &serde_json::Value) -> Result<(), TrainError> {
+        let text = serde_json::to_string_pretty(record).unwrap_or_default() + "\n";
+        Ok(checkpoint::write_atomic(
+            &self.dir.join(RECORD),
+            text.as_bytes(),
+        )?)
     }
 
     pub fn metrics_path(&self) -> PathBuf {
@@ -167,6 +179,28 @@ impl RunFolder {
             }
         }
         Ok(())
+    }
+}
+
+/// The run.json of the run folder `dir`: `None` when it has none (a folder made before
+/// vit-wgpu wrote one); an error naming the file when it is not a JSON object.
+pub fn read_record(dir: &Path) -> Result<Option<serde_json::Value>, TrainError> {
+    let path = dir.join(RECORD);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(v) if v.is_object() => Ok(Some(v)),
+        Ok(_) => Err(TrainError::Other(format!(
+            "{}: expected a JSON object (the run's flags), found another JSON value",
+            path.display()
+        ))),
+        Err(e) => Err(TrainError::Other(format!(
+            "{}: not valid JSON ({e}); fix it, or delete it and resume with the run's flags",
+            path.display()
+        ))),
     }
 }
 

@@ -10,7 +10,7 @@ use super::exchange::{self, GradExchange};
 use super::ring::{LossRing, StepResult};
 use super::run_folder::{self, RunFolder};
 use super::schedule::Schedule;
-use super::{check_dataset, EpochMetrics, RunSummary, TrainError, TrainOptions};
+use super::{check_dataset, first_non_finite, EpochMetrics, RunSummary, TrainError, TrainOptions};
 use crate::data::{Augment, Batch, Dataset, Loader};
 use crate::dist::{Communicator, Shard, Single};
 use crate::gpu::Gpu;
@@ -494,20 +494,13 @@ impl<'a> Trainer<'a> {
 
     /// The model file, with what inference needs to know about the data in its metadata.
     fn model_file(&self, host: &HostParams, val_accuracy: Option<f64>) -> TensorFile {
-        let ds = &self.train_set;
-        let mut extra = vec![
-            ("step", self.step.to_string()),
-            ("dataset", ds.name.clone()),
-            (
-                "class_names",
-                serde_json::to_string(&ds.class_names).unwrap_or_default(),
-            ),
-        ];
-        extra.extend(ds.metadata()); // normalisation and eval transform
-        if let Some(acc) = val_accuracy {
-            extra.push(("val_accuracy", format!("{acc:.6}")));
-        }
-        checkpoint::model_file(&self.opts.cfg, host, &extra)
+        super::model_file(
+            &self.opts.cfg,
+            host,
+            self.step,
+            &self.train_set,
+            val_accuracy,
+        )
     }
 }
 
@@ -547,15 +540,6 @@ fn starting_point(opts: &TrainOptions) -> Result<(HostParams, TrainState), Train
         )));
     }
     Ok((params, state))
-}
-
-/// The first non-finite parameter value: (tensor, element, value).
-fn first_non_finite(host: &HostParams) -> Option<(String, usize, f32)> {
-    host.specs.iter().zip(&host.values).find_map(|(spec, v)| {
-        v.iter()
-            .position(|x| !x.is_finite())
-            .map(|i| (spec.name.clone(), i, v[i]))
-    })
 }
 
 fn progress_bar(opts: &TrainOptions, len: u64, epoch: u64, rank: usize) -> indicatif::ProgressBar {

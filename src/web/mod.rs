@@ -13,8 +13,11 @@ use crate::model::{Config, Mode, Vit};
 use std::path::PathBuf;
 use wasm_bindgen::prelude::*;
 
+#[cfg(feature = "web-checks")]
+mod kernel_checks;
 mod measure;
 mod rollout;
+mod train;
 
 fn js_error(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
@@ -417,7 +420,7 @@ impl Classifier {
 /// training trajectory; `name` names it in messages) run through the training code path and
 /// compared with PyTorch's logits, loss and every gradient at the CLI's default tolerances.
 /// A JSON report: `{config, batch, passed, comparisons: [{name, relative_error, tolerance,
-/// worst_index, ours, expected, passed}]}`.
+/// worst_index, ours, expected, passed}], kernels: {gemm, attention, cpu_specialisations}}`.
 #[wasm_bindgen]
 pub async fn verify(bytes: Vec<u8>, name: String) -> Result<String, JsError> {
     let path = PathBuf::from(&name);
@@ -439,9 +442,15 @@ pub async fn verify(bytes: Vec<u8>, name: String) -> Result<String, JsError> {
             })
         })
         .collect();
+    // Which kernels ran: the page must run the portable ones (no CPU specialisation).
+    let kernels = serde_json::json!({
+        "gemm": crate::kernels::gemm::Gemm::choose(&gpu).variant.name(),
+        "attention": crate::kernels::attention::Attention::choose(&gpu).variant.name(),
+        "cpu_specialisations": gpu.caps.cpu,
+    });
     Ok(serde_json::json!({
         "config": report.config.to_string(), "batch": report.batch,
-        "passed": report.passed(), "comparisons": comparisons,
+        "passed": report.passed(), "comparisons": comparisons, "kernels": kernels,
     })
     .to_string())
 }

@@ -3,7 +3,7 @@
 //! 8 x LANE_ROWS rows of one (batch, head); the streamed rows are loaded once per block of 8
 //! and shared by `subgroupBroadcast`, and on adapters where textures are cheaper to read than
 //! storage (`texture::preferred`) they come from texture copies of qkv, dO and o.
-//! `Attention` (src/kernels/attention.rs) reaches this through its `cpu` field only.
+//! `Attention` (src/kernels/attention.rs) reaches this through its `Specialisation` seam only.
 
 use std::sync::OnceLock;
 
@@ -11,7 +11,7 @@ use super::texture;
 use crate::gpu::{Bind, Command, Gpu, Out};
 use crate::kernels::attention::{
     check, grid, head_class, meta, AttentionBackward, AttentionForward, AttentionShape,
-    HEAD_CLASSES,
+    Specialisation, HEAD_CLASSES,
 };
 use crate::kernels::{PipelineSpec, ATTENTION_LANES};
 
@@ -202,7 +202,7 @@ impl LanesAttention {
         }
     }
 
-    pub fn record_forward(&self, gpu: &Gpu, a: &AttentionForward, out: &mut Vec<Command>) {
+    fn forward(&self, gpu: &Gpu, a: &AttentionForward, out: &mut Vec<Command>) {
         let t = self.row_textures(gpu, a.shape, a.qkv, None, out);
         let p = self.pipelines(gpu, a.shape, t.copied);
         let (o, lse) = (Out(a.o), Out(a.lse));
@@ -214,7 +214,7 @@ impl LanesAttention {
         }
     }
 
-    pub fn record_backward(&self, gpu: &Gpu, a: &AttentionBackward, out: &mut Vec<Command>) {
+    fn backward(&self, gpu: &Gpu, a: &AttentionBackward, out: &mut Vec<Command>) {
         let shape = a.shape;
         let t = self.row_textures(gpu, shape, a.qkv, Some((a.d_o, a.o)), out);
         let p = self.pipelines(gpu, shape, t.copied);
@@ -259,6 +259,16 @@ impl LanesAttention {
             let meta = meta(shape, l.row_base);
             out.push(gpu.dispatch(pipeline, &key_entries, &meta, l.grid).into());
         }
+    }
+}
+
+impl Specialisation for LanesAttention {
+    fn record_forward(&self, gpu: &Gpu, a: &AttentionForward, out: &mut Vec<Command>) {
+        self.forward(gpu, a, out)
+    }
+
+    fn record_backward(&self, gpu: &Gpu, a: &AttentionBackward, out: &mut Vec<Command>) {
+        self.backward(gpu, a, out)
     }
 }
 

@@ -3,11 +3,13 @@
 //! textures where their shape allows (shaders/cpu/gemm_lanes.wgsl). On llvmpipe every storage
 //! load is a per-lane loop, so loads per multiply-add set the speed; the plan below trades
 //! them against cache footprint and store cost. `kernels::gemm::Gemm` reaches this through
-//! one seam (`Gemm::lanes`); measurements behind the constants: docs/benchmarks.md.
+//! one seam (`gemm::Specialisation`); measurements behind the constants: docs/benchmarks.md.
 
 use super::texture;
 use crate::gpu::{div_ceil, Command, Gpu};
-use crate::kernels::gemm::{check_groups, entry, GemmArgs, Layout, Meta};
+use crate::kernels::gemm::{
+    check_args, check_groups, entry, GemmArgs, Layout, Meta, Specialisation,
+};
 use crate::kernels::{PipelineSpec, GEMM_LANES};
 
 /// A subgroup owns a 32x32 tile of C.
@@ -211,16 +213,24 @@ fn spec(layout: Layout, o: Options) -> PipelineSpec {
 }
 
 /// Every pipeline the lanes kernel can build, reading operands through textures where it
-/// can (`textures`) or always from storage: the compiled epilogues with and without bounds
-/// checks, in 32x32 and (not for weight gradients) 16x64 tiles; any other epilogue, or
-/// n % 4 != 0, through one checked 32x32 pipeline reading its epilogue from the shape.
+/// can (`textures`) or always from storage. With textures: the compiled epilogues with and
+/// without bounds checks, in 32x32 and (not for weight gradients) 16x64 tiles. Any other
+/// epilogue, n % 4 != 0, or operands from storage: one checked 32x32 pipeline reading its
+/// epilogue from the shape (storage operands serve only the small GEMMs of odd widths,
+/// and batches with more rows than a texture, where the compiled storage pipelines
+/// gained under 5% of a step: docs/benchmarks.md).
 pub fn pipeline_specs(textures: bool) -> Vec<PipelineSpec> {
     let mut specs = Vec::new();
     let bools = [false, true];
     let textures = if textures { &bools[..] } else { &bools[..1] };
     for layout in Layout::ALL {
         for &tex in textures {
-            for epilogue in Epilogue::compiled(layout) {
+            let compiled = if tex {
+                Epilogue::compiled(layout)
+            } else {
+                Vec::new()
+            };
+            for epilogue in compiled {
                 let c_tex = if tex && epilogue.accumulate {
                     &bools[..]
                 } else {
@@ -322,7 +332,7 @@ impl GemmLanes {
     /// `texture::rows_of`). `plan.splits` k-chunks (plain or accumulating epilogues only)
     /// run one after another: the first as asked, the others adding into C, read back from
     /// storage.
-    pub(crate) fn record(
+    pub(crate) fn record_planned(
         &self,
         gpu: &Gpu,
         args: &GemmArgs,
@@ -349,12 +359,15 @@ impl GemmLanes {
             };
             vec4 && list.contains(&epilogue) && (splits == 1 || list.contains(&later))
         };
+        let mut commands = Vec::new();
+        let views = self.texture_views(gpu, args, compiled, recorded, &mut commands);
+        // Operands from storage (shapes a texture cannot hold: odd widths, or more rows
+        // than a texture has) take the one checked pipeline: see `pipeline_specs`.
+        let compiled = compiled && views[0].is_some();
         let wide = plan.wide && args.layout != Layout::TN && compiled;
         let (tile_rows, tile_cols) = if wide { WIDE_TILE } else { (TILE, TILE) };
         let groups = [div_ceil(n, tile_cols), div_ceil(m, tile_rows), 1];
         check_groups(gpu, groups, m, n);
-        let mut commands = Vec::new();
-        let views = self.texture_views(gpu, args, compiled, recorded, &mut commands);
         let o = Options {
             textures: views[0].is_some(),
             vec4,
@@ -489,6 +502,14 @@ impl GemmLanes {
             entries.push(entry(binding, view.as_ref().unwrap_or(&self.dummy_texture)));
         }
         entries
+    }
+}
+
+/// Every GEMM through the lanes kernel, planned by `LanesPlan::for_args`.
+impl Specialisation for GemmLanes {
+    fn record(&self, gpu: &Gpu, args: &GemmArgs, recorded: &[Command]) -> Vec<Command> {
+        let meta = check_args(gpu, args);
+        self.record_planned(gpu, args, meta, LanesPlan::for_args(args), recorded)
     }
 }
 

@@ -12,9 +12,13 @@
 //! `norm_std`, `class_names`). Hints (flags) override the folder; each one that contradicts
 //! it is reported on stderr.
 
-use super::arch::{self, TimmArgs};
+pub mod export;
+mod interp;
+pub mod transformers;
+
+use super::arch;
 use super::checkpoint::{load_params_resampling, CheckpointError, ConfigHints, TensorFile};
-use super::config::{Act, Config};
+use super::config::Config;
 use super::params::HostParams;
 use crate::data::preprocess::EvalPreprocess;
 use serde_json::Value;
@@ -44,14 +48,14 @@ pub struct FolderModel {
     pub file: TensorFile,
 }
 
-fn folder_err(path: &Path, message: impl Into<String>) -> CheckpointError {
+pub(crate) fn folder_err(path: &Path, message: impl Into<String>) -> CheckpointError {
     CheckpointError::Folder {
         path: path.into(),
         message: message.into(),
     }
 }
 
-fn read_json(path: &Path) -> Result<Value, CheckpointError> {
+pub(crate) fn read_json(path: &Path) -> Result<Value, CheckpointError> {
     let text = std::fs::read_to_string(path).map_err(|source| CheckpointError::Io {
         path: path.into(),
         source,
@@ -59,7 +63,7 @@ fn read_json(path: &Path) -> Result<Value, CheckpointError> {
     serde_json::from_str(&text).map_err(|e| folder_err(path, format!("not valid JSON: {e}")))
 }
 
-fn weights_file(dir: &Path) -> Result<std::path::PathBuf, CheckpointError> {
+pub(crate) fn weights_file(dir: &Path) -> Result<std::path::PathBuf, CheckpointError> {
     let st = dir.join("model.safetensors");
     if st.is_file() {
         return Ok(st);
@@ -99,22 +103,14 @@ pub fn read_folder(dir: &Path, hints: &ConfigHints) -> Result<FolderModel, Check
         let file = TensorFile::read(&weights)?;
         (FolderKind::Timm, cfg, pre, names, file)
     } else if config.get("model_type").is_some() {
-        let (cfg, names) = transformers_config(&config_path, &config)?;
-        let pre_path = dir.join("preprocessor_config.json");
-        let pre_json = match pre_path.is_file() {
-            true => read_json(&pre_path)?,
-            // ViTImageProcessor's defaults.
-            false => serde_json::json!({}),
-        };
-        let pre = EvalPreprocess::from_transformers(
-            &pre_path.display().to_string(),
-            &pre_json,
-            (cfg.channels, cfg.image_h, cfg.image_w),
+        let t = transformers::read(dir, &config_path, &config, hints)?;
+        (
+            FolderKind::Transformers,
+            t.cfg,
+            t.preprocess,
+            t.class_names,
+            t.file,
         )
-        .map_err(|e| folder_err(&pre_path, e.to_string()))?;
-        let weights = weights_file(dir)?;
-        let file = map_transformers_names(&weights, &TensorFile::read(&weights)?, &cfg)?;
-        (FolderKind::Transformers, cfg, pre, names, file)
     } else {
         return Err(folder_err(
             &config_path,
@@ -137,10 +133,12 @@ pub fn read_folder(dir: &Path, hints: &ConfigHints) -> Result<FolderModel, Check
             ),
         ));
     }
-    let (gh, gw) = cfg.grid();
-    file.metadata.insert("pos_grid_h".into(), gh.to_string());
-    file.metadata.insert("pos_grid_w".into(), gw.to_string());
-    apply_hints(dir, &mut cfg, hints)?;
+    if kind == FolderKind::Timm {
+        let (gh, gw) = cfg.grid();
+        file.metadata.insert("pos_grid_h".into(), gh.to_string());
+        file.metadata.insert("pos_grid_w".into(), gw.to_string());
+        apply_hints(dir, &mut cfg, hints)?;
+    }
     let params = load_params_resampling(dir, &file, &cfg)?;
     for (k, v) in preprocess.to_metadata() {
         file.metadata.insert(k, v);
@@ -172,7 +170,11 @@ pub fn read_folder(dir: &Path, hints: &ConfigHints) -> Result<FolderModel, Check
 }
 
 /// Flags override the folder; a flag that contradicts it is reported.
-fn apply_hints(dir: &Path, cfg: &mut Config, hints: &ConfigHints) -> Result<(), CheckpointError> {
+pub(crate) fn apply_hints(
+    dir: &Path,
+    cfg: &mut Config,
+    hints: &ConfigHints,
+) -> Result<(), CheckpointError> {
     let note = |flag: &str, folder: String, given: String| {
         eprintln!(
             "note: {flag} {given} overrides {} ({folder} there)",
@@ -239,167 +241,4 @@ fn timm_config(
         })
         .unwrap_or_default();
     Ok((cfg, pre, names))
-}
-
-/// A transformers config of a model we can run, and its class names (`id2label`).
-fn transformers_config(path: &Path, c: &Value) -> Result<(Config, Vec<String>), CheckpointError> {
-    let context = path.display().to_string();
-    let model_type = c.get("model_type").and_then(Value::as_str).unwrap_or("");
-    let architecture = c
-        .get("architectures")
-        .and_then(|a| a.get(0))
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if model_type != "vit" || architecture != "ViTForImageClassification" {
-        return Err(folder_err(
-            path,
-            format!(
-                "model_type '{model_type}' with architecture '{architecture}' is not supported \
-                 yet; supported: model_type 'vit' with ViTForImageClassification"
-            ),
-        ));
-    }
-    let int = |k: &str, default: usize| -> Result<usize, CheckpointError> {
-        match c.get(k) {
-            None => Ok(default),
-            Some(v) => v.as_u64().map(|v| v as usize).ok_or_else(|| {
-                folder_err(
-                    path,
-                    format!("'{k}' is {v}, expected a non-negative integer"),
-                )
-            }),
-        }
-    };
-    let image = int("image_size", 224)?;
-    let dim = int("hidden_size", 768)?;
-    let mut names: Vec<(usize, String)> = match c.get("id2label").and_then(Value::as_object) {
-        Some(m) => m
-            .iter()
-            .map(|(k, v)| {
-                let name = v.as_str().map_or_else(|| v.to_string(), str::to_string);
-                k.parse::<usize>().map(|i| (i, name)).map_err(|_| {
-                    folder_err(path, format!("id2label key '{k}' is not a class index"))
-                })
-            })
-            .collect::<Result<_, _>>()?,
-        None => Vec::new(),
-    };
-    names.sort();
-    let classes = int("num_labels", names.len())?;
-    let act = match c
-        .get("hidden_act")
-        .and_then(Value::as_str)
-        .unwrap_or("gelu")
-    {
-        "gelu" => Act::Gelu,
-        "relu" => Act::Relu,
-        other => {
-            return Err(folder_err(
-                path,
-                format!(
-                    "hidden_act '{other}' is not supported yet; supported: 'gelu' (exact) and \
-                     'relu'"
-                ),
-            ))
-        }
-    };
-    let args = TimmArgs {
-        img_size: (image, image),
-        patch_size: int("patch_size", 16)?,
-        in_chans: int("num_channels", 3)?,
-        num_classes: classes,
-        embed_dim: dim,
-        depth: int("num_hidden_layers", 12)?,
-        num_heads: int("num_attention_heads", 12)?,
-        qkv_bias: c.get("qkv_bias").and_then(Value::as_bool).unwrap_or(true),
-        norm_eps: c
-            .get("layer_norm_eps")
-            .and_then(Value::as_f64)
-            .unwrap_or(1e-12),
-        ..TimmArgs::default()
-    };
-    let mut cfg = args
-        .to_config(&format!("{context} (transformers {architecture})"), None)
-        .map_err(|e| folder_err(path, e.to_string()))?;
-    cfg.act = act;
-    cfg.mlp_hidden = int("intermediate_size", 4 * dim)?;
-    Ok((cfg, names.into_iter().map(|(_, n)| n).collect()))
-}
-
-/// transformers' `ViTForImageClassification` tensors under timm's names.
-fn map_transformers_names(
-    path: &Path,
-    file: &TensorFile,
-    cfg: &Config,
-) -> Result<TensorFile, CheckpointError> {
-    let mut out = TensorFile {
-        metadata: file.metadata.clone(),
-        ..Default::default()
-    };
-    let mut used = std::collections::HashSet::new();
-    let mut get = |name: &str| -> Result<(Vec<usize>, Vec<f32>), CheckpointError> {
-        used.insert(name.to_string());
-        file.tensors
-            .get(name)
-            .cloned()
-            .ok_or_else(|| CheckpointError::MissingTensor {
-                path: path.into(),
-                name: name.into(),
-            })
-    };
-    let mut put = |name: String, t: (Vec<usize>, Vec<f32>)| {
-        out.tensors.insert(name, t);
-    };
-    let e = "vit.embeddings.";
-    put("cls_token".into(), get(&format!("{e}cls_token"))?);
-    put("pos_embed".into(), get(&format!("{e}position_embeddings"))?);
-    for p in ["weight", "bias"] {
-        put(
-            format!("patch_embed.proj.{p}"),
-            get(&format!("{e}patch_embeddings.projection.{p}"))?,
-        );
-    }
-    for i in 0..cfg.depth {
-        let l = format!("vit.encoder.layer.{i}.");
-        let b = format!("blocks.{i}.");
-        for p in ["weight", "bias"] {
-            let renames = [
-                ("layernorm_before", "norm1"),
-                ("attention.output.dense", "attn.proj"),
-                ("layernorm_after", "norm2"),
-                ("intermediate.dense", "mlp.fc1"),
-                ("output.dense", "mlp.fc2"),
-            ];
-            for (theirs, ours) in renames {
-                put(format!("{b}{ours}.{p}"), get(&format!("{l}{theirs}.{p}"))?);
-            }
-            // timm's qkv is q, k and v stacked along the output dimension.
-            let mut shape = Vec::new();
-            let mut qkv = Vec::new();
-            for part in ["query", "key", "value"] {
-                let (s, v) = get(&format!("{l}attention.attention.{part}.{p}"))?;
-                shape = s;
-                qkv.extend(v);
-            }
-            if let Some(rows) = shape.first_mut() {
-                *rows *= 3;
-            }
-            put(format!("{b}attn.qkv.{p}"), (shape, qkv));
-        }
-    }
-    for p in ["weight", "bias"] {
-        put(format!("norm.{p}"), get(&format!("vit.layernorm.{p}"))?);
-        put(format!("head.{p}"), get(&format!("classifier.{p}"))?);
-    }
-    if let Some(extra) = file
-        .tensors
-        .keys()
-        .find(|k| !used.contains(*k) && !k.starts_with("vit.pooler."))
-    {
-        return Err(folder_err(
-            path,
-            format!("tensor '{extra}' is not part of a ViTForImageClassification of this config"),
-        ));
-    }
-    Ok(out)
 }
