@@ -6,10 +6,10 @@
 //   python3 scripts/export_onnx.py --out DIR          # the same timm models, ONNX + safetensors
 //   node scripts/bench_web.mjs --models DIR [--only micro,tiny,vit_small_patch16_224]
 //        [--systems vit-wgpu,ort-webgpu,ort-wasm-1,ort-wasm-2] [--seconds S] [--batch name=B]
-//        [--profile micro,tiny] [--json] [--out FILE.json]
+//        [--profile micro,tiny] [--train micro] [--fashion-mnist DIR] [--json] [--out FILE.json]
 // Batches: 64 (micro, tiny), 8 (vit_small_patch16_224). Each system runs in a fresh page; the
-// server sends the cross-origin isolation headers that wasm threads need. Training is not
-// measured here yet (the page's training session is another part of issue 32).
+// server sends the cross-origin isolation headers that wasm threads need. Training: vit-wgpu's
+// page TrainingSession on Fashion-MNIST (`--train micro[,tiny]|none`; ORT is inference only).
 // Needs: scripts/build_web.sh, `npm ci --prefix web` (puppeteer-core, onnxruntime-web).
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -26,6 +26,10 @@ function parseArgs(argv) {
     seconds: 5,
     // A profile is one more forward: ViT-S/16's takes minutes on SwiftShader.
     profile: ['micro', 'tiny'],
+    // Training on Fashion-MNIST (28x28x1: the preset's width and depth on that data); a tiny
+    // step takes minutes on SwiftShader.
+    train: ['micro'],
+    fashion: '/usr/share/datasets/fashion-mnist',
     batch: { micro: 64, tiny: 64, vit_small_patch16_224: 8 },
     json: false,
   };
@@ -41,6 +45,8 @@ function parseArgs(argv) {
       case '--systems': a.systems = value().split(','); break;
       case '--seconds': a.seconds = Number(value()); break;
       case '--profile': a.profile = value().split(','); break;
+      case '--train': a.train = value() === 'none' ? [] : value().split(','); break;
+      case '--fashion-mnist': a.fashion = value(); break;
       case '--batch': {
         const [name, b] = value().split('=');
         a.batch[name] = Number(b);
@@ -101,6 +107,28 @@ async function vitInPage(url, name, heads, batch, seconds, profile) {
     out.fma_gflops = await model.fma_gflops(64);
   }
   return out;
+}
+
+/** vit-wgpu training (the page's TrainingSession, Fashion-MNIST's idx files): one warm-up
+ * step, then steps back to back for about `seconds`, flushed (every step's loss read back). */
+async function trainInPage(urls, names, preset, batch, seconds) {
+  const { TrainingSession } = await import('/pkg/vit_wgpu.js');
+  const files = [];
+  for (const u of urls) files.push(new Uint8Array(await (await fetch(u)).arrayBuffer()));
+  let t0 = performance.now();
+  const session = await TrainingSession.create(files, names, { preset, batchSize: batch, epochs: 1 });
+  const loadSeconds = (performance.now() - t0) / 1000;
+  t0 = performance.now();
+  await session.step(1);
+  await session.flush();
+  const warm = (performance.now() - t0) / 1000;
+  const repeats = Math.max(1, Math.min(100, Math.round(seconds / warm)));
+  t0 = performance.now();
+  await session.step(repeats);
+  await session.flush();
+  const s = (performance.now() - t0) / 1000;
+  session.free();
+  return { images_per_second: repeats * batch / s, repeats, seconds: s, warm_seconds: warm, load_seconds: loadSeconds };
 }
 
 /** onnxruntime-web: session, one warm-up run, then runs (each reads the logits back). */
@@ -221,6 +249,15 @@ async function main() {
   const a = parseArgs(process.argv.slice(2));
   const names = a.only;
   const inputs = names.flatMap((n) => [join(a.models, a.index[n].safetensors), join(a.models, a.index[n].onnx)]);
+  const idxNames = ['train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz', 't10k-images-idx3-ubyte.gz',
+    't10k-labels-idx1-ubyte.gz'];
+  if (a.train.length && !idxNames.every((f) => existsSync(join(a.fashion, f)))) {
+    fail(`${a.fashion}: Fashion-MNIST's idx files not found (apt-get install dataset-fashion-mnist, ` +
+      'or --fashion-mnist DIR, or --train none)');
+  }
+  const firstIdx = inputs.length;
+  if (a.train.length) inputs.push(...idxNames.map((f) => join(a.fashion, f)));
+  const training = {};
   const load = loadavg().map((x) => x.toFixed(2)).join(' ');
   const results = {};
   const started = Date.now();
@@ -259,6 +296,18 @@ async function main() {
         process.stderr.write(`  ${r.error ?? `${r.images_per_second.toPrecision(4)} img/s`}\n`);
       }
     }
+    for (const preset of a.train) {
+      await fresh();
+      process.stderr.write(`training ${preset} batch 64 on Fashion-MNIST ...\n`);
+      const urls = idxNames.map((_, k) => `/__input/${firstIdx + k}`);
+      try {
+        training[preset] = await inPage(page, trainInPage, urls, idxNames, preset, 64, a.seconds);
+      } catch (e) {
+        training[preset] = { error: String(e.message ?? e).split('\n')[0] };
+      }
+      const r = training[preset];
+      process.stderr.write(`  ${r.error ?? `${r.images_per_second.toPrecision(4)} img/s`}\n`);
+    }
     return { rates };
   });
   const profiles = {};
@@ -276,7 +325,7 @@ async function main() {
     load_before: load, load_after: loadavg().map((x) => x.toFixed(2)).join(' '),
     minutes: (Date.now() - started) / 60000,
     adapter: Object.values(results).map((r) => r['vit-wgpu']?.adapter).find(Boolean) ?? '',
-    matmul_gflops: report.rates, results, profiles,
+    matmul_gflops: report.rates, results, training, profiles,
   };
   if (a.out) writeFileSync(a.out, `${JSON.stringify(out, null, 1)}\n`);
   if (a.json) {
@@ -303,6 +352,9 @@ function print(out, a) {
       if (v?.error) console.log(`${name} ${s}: ${v.error}`);
       if (v?.isolated === false && s.endsWith('-2')) console.log(`${name} ${s}: not cross-origin isolated: ran 1 thread`);
     }
+  }
+  for (const [preset, r] of Object.entries(out.training)) {
+    console.log(`training ${preset} (batch 64, Fashion-MNIST, vit-wgpu): ${r.error ?? `${r.images_per_second.toPrecision(3)} img/s`}`);
   }
   const rates = Object.entries(out.matmul_gflops).map(([n, g]) => `${n}³ ${g.toFixed(2)}`).join(', ');
   for (const [name, p] of Object.entries(out.profiles)) {
