@@ -16,7 +16,6 @@ pub mod ops;
 pub mod reference;
 pub mod train;
 pub mod verify;
-#[cfg(feature = "native")]
 pub mod viz;
 #[cfg(all(feature = "web", target_arch = "wasm32"))]
 pub mod web;

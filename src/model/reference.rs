@@ -75,6 +75,33 @@ pub fn forward_backward_at(
     }
 }
 
+/// Each layer's qkv [B*N, 3D] as the attention reads it (after qk-norm), from the forward
+/// without dropout: the input of the attention maps (`viz::rollout`'s tests).
+pub fn layer_qkv(
+    cfg: &Config,
+    params: &[Vec<f64>],
+    names: &HostParams,
+    images: &[f32],
+    batch: usize,
+) -> Vec<Vec<f64>> {
+    let m = Model {
+        cfg,
+        params,
+        names,
+        batch,
+        drop: None,
+    };
+    let images: Vec<f64> = images.iter().map(|&v| v as f64).collect();
+    let (_, mut x) = m.embed_forward(&images);
+    let mut out = Vec::with_capacity(cfg.depth);
+    for l in 0..cfg.depth {
+        let (saved, next) = m.block_forward(l, x);
+        out.push(saved.qkv);
+        x = next;
+    }
+    out
+}
+
 struct Model<'a> {
     cfg: &'a Config,
     params: &'a [Vec<f64>],

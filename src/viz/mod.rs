@@ -6,9 +6,14 @@
 //! per layer, average the probabilities over the heads, add the identity for the residual
 //! connection and re-normalise the rows, Â_l = norm(mean_a P_l + I); multiply through the
 //! layers, R = Â_L · … · Â_1; the CLS row of R over the patch tokens, laid out on the patch
-//! grid, says how much each patch flows into the classification token.
+//! grid, says how much each patch flows into the classification token. A model that pools
+//! the patch tokens instead (no class token, or `global_pool` avg) reads the mean of the
+//! patch rows. The maps' math builds for the browser too (the page's rollout); the files
+//! need the operating system.
 
+#[cfg(feature = "native")]
 pub mod curves;
+#[cfg(feature = "native")]
 pub mod render;
 
 use std::path::PathBuf;
@@ -34,7 +39,8 @@ pub enum VizError {
 }
 
 /// The layout of a model's attention maps: per layer [batch, heads, tokens, tokens], with
-/// tokens = 1 (CLS) + grid_h * grid_w patches.
+/// tokens = `prefix` (class, distillation, register tokens; 1 for the original ViT) +
+/// grid_h * grid_w patches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapShape {
     pub batch: usize,
@@ -42,18 +48,37 @@ pub struct MapShape {
     pub tokens: usize,
     pub grid_h: usize,
     pub grid_w: usize,
+    pub prefix: usize,
+    /// The head reads the class token (token 0); otherwise the mean of the patch tokens,
+    /// and the rollout reads the mean of the patch rows.
+    pub class_readout: bool,
 }
 
 impl MapShape {
     /// The maps of `cfg` run at batch size `batch`.
     pub fn of(cfg: &Config, batch: usize) -> MapShape {
         let (grid_h, grid_w) = cfg.grid();
+        let o = &cfg.options;
         MapShape {
             batch,
             heads: cfg.heads,
             tokens: cfg.tokens(),
             grid_h,
             grid_w,
+            prefix: cfg.prefix_tokens(),
+            class_readout: o.class_token && o.pool == crate::model::config::Pool::Token,
+        }
+    }
+
+    /// The rows the readout takes, each with its weight (row 0, or the patch rows' mean).
+    fn readout_rows(&self) -> Vec<(usize, f64)> {
+        if self.class_readout {
+            vec![(0, 1.0)]
+        } else {
+            let patches = self.tokens - self.prefix;
+            (self.prefix..self.tokens)
+                .map(|i| (i, 1.0 / patches as f64))
+                .collect()
         }
     }
 
@@ -63,10 +88,10 @@ impl MapShape {
     }
 
     fn check(&self, layer: &[f32], image: usize) -> Result<(), VizError> {
-        if self.tokens != 1 + self.grid_h * self.grid_w {
+        if self.tokens != self.prefix + self.grid_h * self.grid_w || self.tokens == self.prefix {
             return Err(VizError::Shape(format!(
-                "{} tokens do not make a CLS token and a {}x{} patch grid",
-                self.tokens, self.grid_h, self.grid_w
+                "{} tokens do not make {} prefix tokens and a {}x{} patch grid",
+                self.tokens, self.prefix, self.grid_h, self.grid_w
             )));
         }
         if layer.len() != self.layer_len() {
@@ -96,8 +121,8 @@ impl MapShape {
     }
 }
 
-/// Attention rollout of one image: the CLS row of Â_L · … · Â_1 over the patch tokens,
-/// [grid_h * grid_w] row-major. `layers` holds each layer's probabilities in order (as
+/// Attention rollout of one image: the readout row of Â_L · … · Â_1 (the CLS row, or the
+/// mean of the patch rows) over the patch tokens, [grid_h * grid_w] row-major. `layers` holds each layer's probabilities in order (as
 /// `Vit::attention_maps` returns them).
 pub fn rollout(layers: &[Vec<f32>], shape: MapShape, image: usize) -> Result<Vec<f64>, VizError> {
     if layers.is_empty() {
@@ -141,21 +166,32 @@ pub fn rollout(layers: &[Vec<f32>], shape: MapShape, image: usize) -> Result<Vec
         }
         std::mem::swap(&mut r, &mut next);
     }
-    Ok(r[1..n].to_vec())
+    let mut out = vec![0.0f64; n - shape.prefix];
+    for (i, w) in shape.readout_rows() {
+        for (o, v) in out.iter_mut().zip(&r[i * n + shape.prefix..(i + 1) * n]) {
+            *o += w * v;
+        }
+    }
+    Ok(out)
 }
 
-/// Per head, the CLS token's attention over the patch tokens in one layer (row 0, columns
-/// 1..N), each [grid_h * grid_w] row-major.
+/// Per head, the readout's attention over the patch tokens in one layer (the CLS row, or
+/// the mean of the patch rows; columns of the patches), each [grid_h * grid_w] row-major.
 pub fn cls_attention_per_head(
     layer: &[f32],
     shape: MapShape,
     image: usize,
 ) -> Result<Vec<Vec<f64>>, VizError> {
     shape.check(layer, image)?;
+    let rows = shape.readout_rows();
     Ok((0..shape.heads)
         .map(|h| {
-            (1..shape.tokens)
-                .map(|j| shape.at(layer, image, h, 0, j))
+            (shape.prefix..shape.tokens)
+                .map(|j| {
+                    rows.iter()
+                        .map(|&(i, w)| w * shape.at(layer, image, h, i, j))
+                        .sum()
+                })
                 .collect()
         })
         .collect())
@@ -172,6 +208,8 @@ mod tests {
             tokens: 1 + gh * gw,
             grid_h: gh,
             grid_w: gw,
+            prefix: 1,
+            class_readout: true,
         }
     }
 
@@ -205,6 +243,33 @@ mod tests {
         }
         let r = rollout(&[layer.clone(), layer.clone(), layer], s, 0).expect("rollout");
         assert!(r.iter().all(|&v| v == 0.0));
+    }
+
+    /// Without a class-token readout: R = I under identity attention, and the mean of the
+    /// patch rows puts 1/patches on every patch, none on the register tokens.
+    #[test]
+    fn pooled_rollout_averages_the_patch_rows() {
+        let s = MapShape {
+            prefix: 2,
+            class_readout: false,
+            tokens: 2 + 6,
+            ..shape(2, 2, 3)
+        };
+        let n = s.tokens;
+        let mut layer = vec![0.0f32; s.layer_len()];
+        for h in 0..2 {
+            for i in 0..n {
+                layer[(h * n + i) * n + i] = 1.0;
+            }
+        }
+        let r = rollout(&[layer.clone(), layer.clone()], s, 0).expect("rollout");
+        assert_eq!(r.len(), 6);
+        assert!(r.iter().all(|&v| (v - 1.0 / 6.0).abs() < 1e-12), "{r:?}");
+        let heads = cls_attention_per_head(&layer, s, 0).expect("heads");
+        assert!(heads
+            .iter()
+            .flatten()
+            .all(|&v| (v - 1.0 / 6.0).abs() < 1e-12));
     }
 
     #[test]

@@ -15,6 +15,8 @@ use wasm_bindgen::prelude::*;
 
 #[cfg(feature = "web-checks")]
 mod kernel_checks;
+mod measure;
+mod rollout;
 mod train;
 
 fn js_error(e: impl std::fmt::Display) -> JsError {
@@ -190,6 +192,7 @@ fn prediction(image: &str, logits: &[f32], names: &[String], top_k: usize) -> se
 #[wasm_bindgen]
 pub struct Classifier {
     gpu: Gpu,
+    kernels: Kernels,
     model: Vit,
     cfg: Config,
     names: Vec<String>,
@@ -242,6 +245,7 @@ impl Classifier {
         gpu.check_limits().map_err(js_error)?;
         Ok(Classifier {
             gpu,
+            kernels,
             model,
             cfg,
             names,
@@ -259,7 +263,7 @@ impl Classifier {
             "image_h": self.cfg.image_h, "image_w": self.cfg.image_w,
             "channels": self.cfg.channels, "patch": self.cfg.patch, "dim": self.cfg.dim,
             "depth": self.cfg.depth, "heads": self.cfg.heads, "mlp_hidden": self.cfg.mlp_hidden,
-            "classes": self.cfg.classes, "batch": self.model.batch,
+            "classes": self.cfg.classes, "batch": self.model.batch, "crop_pct": self.crop_pct,
             "parameters": crate::model::params::param_specs(&self.cfg)
                 .iter().map(|s| s.shape.iter().product::<usize>()).sum::<usize>(),
         })
@@ -293,13 +297,7 @@ impl Classifier {
                 .get(i)
                 .cloned()
                 .unwrap_or_else(|| format!("image {i}"));
-            let decoded = image::load_from_memory(&bytes.to_vec()).map_err(|e| {
-                js_error(DataError::Decode {
-                    path: PathBuf::from(&name),
-                    message: e.to_string(),
-                })
-            })?;
-            inputs.push((name, decoded));
+            inputs.push((name.clone(), decode(&bytes.to_vec(), &name)?));
         }
         self.classify(inputs, top_k).await
     }
@@ -322,6 +320,16 @@ impl Classifier {
         self.classify(vec![(name, image::DynamicImage::ImageRgba8(img))], top_k)
             .await
     }
+}
+
+/// An encoded image (PNG or JPEG) decoded, or the CLI's message naming it.
+fn decode(bytes: &[u8], name: &str) -> Result<image::DynamicImage, JsError> {
+    image::load_from_memory(bytes).map_err(|e| {
+        js_error(DataError::Decode {
+            path: PathBuf::from(name),
+            message: e.to_string(),
+        })
+    })
 }
 
 impl Classifier {
@@ -361,6 +369,23 @@ impl Classifier {
         Ok(())
     }
 
+    /// One forward of a whole batch of inputs `x` [B, C, H, W]: the logits [B, K].
+    async fn forward_logits(&self, x: &[f32]) -> Result<Vec<f32>, JsError> {
+        self.model
+            .write_batch(&self.gpu, x, &vec![0u32; self.model.batch]);
+        Ok(self
+            .gpu
+            .record_and_read(
+                |e| self.model.record_forward(e),
+                &[(&self.model.logits).into()],
+            )
+            .await
+            .map_err(js_error)?
+            .into_iter()
+            .next()
+            .unwrap_or_default())
+    }
+
     async fn classify(
         &self,
         images: Vec<(String, image::DynamicImage)>,
@@ -380,18 +405,7 @@ impl Classifier {
             for (i, (_, img)) in chunk.iter().enumerate() {
                 x[i * per_image..(i + 1) * per_image].copy_from_slice(img);
             }
-            self.model.write_batch(&self.gpu, &x, &vec![0u32; batch]);
-            let logits: Vec<f32> = self
-                .gpu
-                .record_and_read(
-                    |e| self.model.record_forward(e),
-                    &[(&self.model.logits).into()],
-                )
-                .await
-                .map_err(js_error)?
-                .into_iter()
-                .next()
-                .unwrap_or_default();
+            let logits = self.forward_logits(&x).await?;
             let classes = self.cfg.classes;
             for (i, (name, _)) in chunk.iter().enumerate() {
                 let row = &logits[i * classes..(i + 1) * classes];
