@@ -38,7 +38,7 @@ for (const r of reports) {
     console.log(`${r.file}: ${r.config} (batch ${r.batch}, ${r.seconds.toFixed(1)} s in Chromium)`);
     const k = r.kernels;
     console.log(`  kernels: gemm ${k.gemm}, attention ${k.attention}, ` +
-      `cpu specialisations ${k.cpu_specialisations ? 'on' : 'off'}`);
+      `texture reads ${k.texture_reads ? 'on' : 'off'}`);
     for (const c of r.comparisons) {
       console.log(`  ${c.name.padEnd(40)} ${c.relative_error.toExponential(3).padStart(12)} ` +
         `${c.tolerance.toExponential(0).padStart(10)}  [${c.worst_index}] ${c.ours} vs ${c.expected}` +

@@ -31,9 +31,7 @@ impl Caps {
         adapter_features: wgpu::Features,
     ) -> Caps {
         Caps {
-            // In a browser the CPU adapter is SwiftShader behind Dawn, not llvmpipe: the page
-            // runs the portable kernels, which are what every browser user gets.
-            cpu: info.device_type == wgpu::DeviceType::Cpu && !cfg!(target_arch = "wasm32"),
+            cpu: info.device_type == wgpu::DeviceType::Cpu,
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             subgroup_min: info.subgroup_min_size,
             subgroup_max: info.subgroup_max_size,

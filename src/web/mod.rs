@@ -420,7 +420,7 @@ impl Classifier {
 /// training trajectory; `name` names it in messages) run through the training code path and
 /// compared with PyTorch's logits, loss and every gradient at the CLI's default tolerances.
 /// A JSON report: `{config, batch, passed, comparisons: [{name, relative_error, tolerance,
-/// worst_index, ours, expected, passed}], kernels: {gemm, attention, cpu_specialisations}}`.
+/// worst_index, ours, expected, passed}], kernels: {gemm, attention, texture_reads}}`.
 #[wasm_bindgen]
 pub async fn verify(bytes: Vec<u8>, name: String) -> Result<String, JsError> {
     let path = PathBuf::from(&name);
@@ -446,7 +446,7 @@ pub async fn verify(bytes: Vec<u8>, name: String) -> Result<String, JsError> {
     let kernels = serde_json::json!({
         "gemm": crate::kernels::gemm::Gemm::choose(&gpu).variant.name(),
         "attention": crate::kernels::attention::Attention::choose(&gpu).variant.name(),
-        "cpu_specialisations": gpu.caps.cpu,
+        "texture_reads": crate::kernels::cpu::texture::preferred(&gpu),
     });
     Ok(serde_json::json!({
         "config": report.config.to_string(), "batch": report.batch,

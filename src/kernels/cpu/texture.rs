@@ -30,8 +30,10 @@ const ROW_PAD_TEXELS: u32 = 1;
 
 /// Whether kernels should read their read-only inputs through textures on this adapter:
 /// on CPU adapters, where a storage load is a per-lane loop, when it binds enough of them.
+/// Never in a browser: its CPU adapter is SwiftShader, not llvmpipe, and every browser user
+/// gets the portable kernels.
 pub fn preferred(gpu: &Gpu) -> bool {
-    gpu.is_cpu() && supported(gpu).is_ok()
+    gpu.is_cpu() && !cfg!(target_arch = "wasm32") && supported(gpu).is_ok()
 }
 
 /// `preferred`, and every entry point of the specialisation's `shader` fits the device's
