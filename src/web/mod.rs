@@ -55,9 +55,10 @@ fn hints(options: &JsValue) -> Result<ConfigHints, JsError> {
             Some(match s.as_str() {
                 "gelu" => crate::model::config::Act::Gelu,
                 "relu" => crate::model::config::Act::Relu,
+                "quick-gelu" | "quick_gelu" => crate::model::config::Act::QuickGelu,
                 _ => {
                     return Err(js_error(format!(
-                        "option act: '{s}' is not an activation: expected gelu or relu"
+                        "option act: '{s}' is not an activation: expected gelu, relu or quick-gelu"
                     )))
                 }
             })

@@ -217,8 +217,7 @@ fn spec(layout: Layout, o: Options) -> PipelineSpec {
 /// without bounds checks, in 32x32 and (not for weight gradients) 16x64 tiles. Any other
 /// epilogue, n % 4 != 0, or operands from storage: one checked 32x32 pipeline reading its
 /// epilogue from the shape (storage operands serve only the small GEMMs of odd widths,
-/// and batches with more rows than a texture, where the compiled storage pipelines
-/// gained under 5% of a step: docs/benchmarks.md).
+/// and batches with more rows than a texture: docs/benchmarks.md).
 pub fn pipeline_specs(textures: bool) -> Vec<PipelineSpec> {
     let mut specs = Vec::new();
     let bools = [false, true];
