@@ -8,7 +8,7 @@
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use web::{check_prerequisites, fresh_dir, repo};
+use web::{check_prerequisites, error_line, fresh_dir, repo};
 
 mod web;
 use vit_wgpu::model::checkpoint::{self, TensorFile};
@@ -153,20 +153,6 @@ fn the_browser_classifies_as_the_cli_does() {
     let worst_timm = compare(&args);
     eprintln!("largest probability difference: ours {worst_ours:e}, timm {worst_timm:e}");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// The `error: ...` line a failing run prints on stderr.
-fn error_line(program: &str, mut cmd: Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(!out.status.success(), "{program} should fail");
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    stderr
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("{program} printed no error line:\n{stderr}"))
-        .to_string()
 }
 
 #[test]

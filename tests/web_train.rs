@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
-use web::{check_prerequisites, fresh_dir, repo};
+use web::{check_prerequisites, error_line, fresh_dir, repo};
 
 mod web;
 use vit_wgpu::data::idx::{self, IdxKind};
@@ -241,20 +241,6 @@ fn the_browser_trains_as_the_cli_does_and_its_checkpoint_loads_natively() {
         "infer's top class '{top}' is not a Fashion-MNIST class name"
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// The `error: ...` line a failing run prints on stderr.
-fn error_line(program: &str, mut cmd: Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(!out.status.success(), "{program} should fail");
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    stderr
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("{program} printed no error line:\n{stderr}"))
-        .to_string()
 }
 
 #[test]

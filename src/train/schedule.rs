@@ -13,6 +13,17 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// A run of `total_steps` at peak `lr`: `warmup` steps of warmup, by default 5% of the
+    /// run (the CLI's and the page's training share this, so their losses agree).
+    pub fn for_run(lr: f32, warmup: Option<u64>, total_steps: u64, cosine: bool) -> Schedule {
+        Schedule {
+            lr,
+            warmup_steps: warmup.unwrap_or(total_steps / 20),
+            total_steps,
+            cosine,
+        }
+    }
+
     /// The learning rate of optimiser step `step` (1-based).
     pub fn lr_at(&self, step: u64) -> f32 {
         if self.warmup_steps > 0 && step <= self.warmup_steps {

@@ -100,12 +100,7 @@ impl<'a> Trainer<'a> {
             )));
         }
         let total_steps = steps_per_epoch * opts.epochs;
-        let schedule = Schedule {
-            lr: opts.lr,
-            warmup_steps: opts.warmup.unwrap_or(total_steps / 20),
-            total_steps,
-            cosine: opts.cosine,
-        };
+        let schedule = Schedule::for_run(opts.lr, opts.warmup, total_steps, opts.cosine);
         let optim = OptimConfig {
             beta1: opts.betas.0,
             beta2: opts.betas.1,

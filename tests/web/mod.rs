@@ -38,3 +38,18 @@ pub fn check_prerequisites() {
         missing.join(", ")
     );
 }
+
+/// The `error: ...` line a failing run prints on stderr.
+#[allow(dead_code)] // the error-message tests only
+pub fn error_line(program: &str, mut cmd: Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(!out.status.success(), "{program} should fail");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("{program} printed no error line:\n{stderr}"))
+        .to_string()
+}
