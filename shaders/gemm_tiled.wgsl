@@ -20,10 +20,11 @@
 //                    gemm_reduce adds the splits and runs the epilogue. The host also takes
 //                    SPLIT with one split when n % 4 != 0 (C rows not on 16-byte bounds).
 //   gemm_reduce    the split-K sum and the epilogue, one invocation per element of C.
-//   gemm_registers for CPU adapters without 8-lane subgroups (llvmpipe on GL): no workgroup
-//                  memory and no barriers (on a CPU each barrier ends a loop over the lanes);
-//                  each invocation keeps a 4x4 block of C in a mat4x4 and reads its operands
-//                  straight from storage, 8 vec4 loads per 64 multiply-adds.
+//   gemm_registers for CPU adapters without 8-lane subgroups (llvmpipe on GL, SwiftShader in
+//                  Chrome): no workgroup memory and no barriers (on a CPU each barrier ends a
+//                  loop over the lanes); each invocation keeps a 4x4 block of C in a mat4x4
+//                  and reads its operands straight from storage, 8 vec4 loads per 64
+//                  multiply-adds, with no branch in the k loop when ALIGNED.
 // The layout is an override constant, so each pipeline compiles one indexing scheme:
 //   LAYOUT 0 = NN: A [m, k], B [k, n]     C = A B      (dX = dY W)
 //          1 = NT: A [m, k], B [n, k]     C = A B^T    (Y = X W^T)
@@ -362,6 +363,62 @@ fn gemm_reduce(@builtin(global_invocation_id) gid: vec3<u32>,
 
 // ---- gemm_registers: no workgroup memory (CPU adapters without 8-lane subgroups) ----
 
+// ALIGNED: A's and B's contiguous axes and n are multiples of 4, so every operand vec4 is
+// whole and C rows start on 16 bytes. Then the k loop has no branch (CPU adapters run both
+// sides of every branch under a lane mask: a branch per load costs more than the load).
+override ALIGNED: bool = true;
+
+// op(A) rows i..i+3 at k p..p+3 (ma column r = row i + r), and op(B) k p..p+3 at columns
+// j..j+3 (mb column s = k p + s). Rows or columns past C's edge are clamped, not zeroed:
+// they only reach outputs that are never stored. k needs no care: k % 4 == 0.
+fn registers_a(i: u32, p: u32) -> mat4x4<f32> {
+    let last = shape.m - 1u;
+    if (LAYOUT == 2u) {
+        // A [k, m]: one vec4 along m per k (m % 4 == 0, so i <= last means i + 3 <= last)
+        let at = min(i, last - 3u);
+        return transpose(mat4x4<f32>(a4[(p * shape.m + at) / 4u],
+                                     a4[((p + 1u) * shape.m + at) / 4u],
+                                     a4[((p + 2u) * shape.m + at) / 4u],
+                                     a4[((p + 3u) * shape.m + at) / 4u]));
+    }
+    let k4 = shape.k / 4u;
+    let q = p / 4u;
+    return mat4x4<f32>(a4[min(i, last) * k4 + q], a4[min(i + 1u, last) * k4 + q],
+                       a4[min(i + 2u, last) * k4 + q], a4[min(i + 3u, last) * k4 + q]);
+}
+
+fn registers_b(p: u32, j: u32) -> mat4x4<f32> {
+    let last = shape.n - 1u;
+    if (LAYOUT == 1u) {
+        // B [n, k]: one vec4 along k per column
+        let k4 = shape.k / 4u;
+        let q = p / 4u;
+        return transpose(mat4x4<f32>(b4[min(j, last) * k4 + q], b4[min(j + 1u, last) * k4 + q],
+                                     b4[min(j + 2u, last) * k4 + q],
+                                     b4[min(j + 3u, last) * k4 + q]));
+    }
+    let at = min(j, last - 3u);
+    return mat4x4<f32>(b4[(p * shape.n + at) / 4u], b4[((p + 1u) * shape.n + at) / 4u],
+                       b4[((p + 2u) * shape.n + at) / 4u], b4[((p + 3u) * shape.n + at) / 4u]);
+}
+
+// The unaligned operands: each float read alone, zero outside.
+fn registers_a_unaligned(i: u32, p: u32) -> mat4x4<f32> {
+    if (LAYOUT == 2u) {
+        return transpose(mat4x4<f32>(fetch_a(i, p), fetch_a(i, p + 1u), fetch_a(i, p + 2u),
+                                     fetch_a(i, p + 3u)));
+    }
+    return mat4x4<f32>(fetch_a(i, p), fetch_a(i + 1u, p), fetch_a(i + 2u, p), fetch_a(i + 3u, p));
+}
+
+fn registers_b_unaligned(p: u32, j: u32) -> mat4x4<f32> {
+    if (LAYOUT == 1u) {
+        return transpose(mat4x4<f32>(fetch_b(p, j), fetch_b(p, j + 1u), fetch_b(p, j + 2u),
+                                     fetch_b(p, j + 3u)));
+    }
+    return mat4x4<f32>(fetch_b(p, j), fetch_b(p + 1u, j), fetch_b(p + 2u, j), fetch_b(p + 3u, j));
+}
+
 // A workgroup of 8x8 invocations covers a 32x32 tile of C; acc column r = C row i + r.
 @compute @workgroup_size(8, 8)
 fn gemm_registers(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -369,22 +426,14 @@ fn gemm_registers(@builtin(global_invocation_id) gid: vec3<u32>) {
     let j = gid.x * 4u;
     var acc = mat4x4<f32>();
     for (var p = 0u; p < shape.k; p += 4u) {
-        // ma column r = op(A)[i + r, p..p+3]; mb column s = op(B)[p + s, j..j+3]
         var ma: mat4x4<f32>;
         var mb: mat4x4<f32>;
-        if (LAYOUT == 2u) {
-            ma = transpose(mat4x4<f32>(fetch_a(i, p), fetch_a(i, p + 1u), fetch_a(i, p + 2u),
-                                       fetch_a(i, p + 3u)));
+        if (ALIGNED) {
+            ma = registers_a(i, p);
+            mb = registers_b(p, j);
         } else {
-            ma = mat4x4<f32>(fetch_a(i, p), fetch_a(i + 1u, p), fetch_a(i + 2u, p),
-                             fetch_a(i + 3u, p));
-        }
-        if (LAYOUT == 1u) {
-            mb = transpose(mat4x4<f32>(fetch_b(p, j), fetch_b(p, j + 1u), fetch_b(p, j + 2u),
-                                       fetch_b(p, j + 3u)));
-        } else {
-            mb = mat4x4<f32>(fetch_b(p, j), fetch_b(p + 1u, j), fetch_b(p + 2u, j),
-                             fetch_b(p + 3u, j));
+            ma = registers_a_unaligned(i, p);
+            mb = registers_b_unaligned(p, j);
         }
         // (mb ma) column r = sum_s op(A)[i + r, p + s] op(B)[p + s, j..j+3]
         acc += mb * ma;
@@ -396,8 +445,44 @@ fn gemm_registers(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 fn store_registers_row(row: u32, col: u32, v: vec4<f32>) {
+    if (ALIGNED) {
+        epilogue_row4(row, col, v);
+        return;
+    }
     epilogue(row, col, v.x);
     epilogue(row, col + 1u, v.y);
     epilogue(row, col + 2u, v.z);
     epilogue(row, col + 3u, v.w);
+}
+
+// epilogue4 through the float bindings (gemm_registers binds no vec4 epilogue buffers):
+// columns col..col+3 of a row, n % 4 == 0, one branch for the edge.
+fn epilogue_row4(row: u32, col: u32, sum: vec4<f32>) {
+    if (row >= shape.m || col >= shape.n) { return; }
+    let idx = row * shape.n + col;
+    var v = sum;
+    if (shape.has_bias != 0u) {
+        v += vec4<f32>(bias[col], bias[col + 1u], bias[col + 2u], bias[col + 3u]);
+    }
+    if (shape.has_slope != 0u) {
+        let s = act_slope4(shape.activation, v);
+        slope[idx] = s.x;
+        slope[idx + 1u] = s.y;
+        slope[idx + 2u] = s.z;
+        slope[idx + 3u] = s.w;
+    }
+    if (shape.activation == 1u) { v = max(v, vec4<f32>(0.0)); }
+    if (shape.activation == 2u) { v = gelu4(v); }
+    if (shape.act_grad != 0u) {
+        let g = vec4<f32>(aux[idx], aux[idx + 1u], aux[idx + 2u], aux[idx + 3u]);
+        if (shape.act_grad == 1u) { v = select(vec4<f32>(0.0), v, g > vec4<f32>(0.0)); }
+        if (shape.act_grad == 2u) { v *= g; }
+    }
+    if (shape.accumulate != 0u) {
+        v += vec4<f32>(c[idx], c[idx + 1u], c[idx + 2u], c[idx + 3u]);
+    }
+    c[idx] = v.x;
+    c[idx + 1u] = v.y;
+    c[idx + 2u] = v.z;
+    c[idx + 3u] = v.w;
 }

@@ -223,13 +223,14 @@ fn vec4_operands(layout: Layout, m: usize, n: usize, k: usize) -> (bool, bool) {
 }
 
 /// The portable pipelines: `gemm_tiled` per (layout, tile, split), `gemm_reduce`, and
-/// `gemm_registers` per layout. Operand alignment is read from the shape record, not
-/// compiled in: a uniform branch over 2-4 loads per k-tile costs nothing measurable.
+/// `gemm_registers` per (layout, alignment). `gemm_tiled` reads operand alignment from the
+/// shape record (a uniform branch over 2-4 loads per k-tile costs nothing measurable on a
+/// GPU); `gemm_registers` compiles it in: CPU adapters pay for every branch in its k loop.
 #[derive(Clone, Copy, Debug)]
 enum Entry {
     Tiled { blocks: u32, split: bool },
     Reduce,
-    Registers,
+    Registers { aligned: bool },
 }
 
 fn spec(layout: Layout, entry: Entry) -> PipelineSpec {
@@ -244,7 +245,10 @@ fn spec(layout: Layout, entry: Entry) -> PipelineSpec {
             ],
         ),
         Entry::Reduce => ("gemm_reduce", vec![]),
-        Entry::Registers => ("gemm_registers", vec![("LAYOUT", l)]),
+        Entry::Registers { aligned } => (
+            "gemm_registers",
+            vec![("LAYOUT", l), ("ALIGNED", aligned as u32 as f64)],
+        ),
     };
     PipelineSpec {
         shader: GEMM_TILED,
@@ -260,7 +264,11 @@ pub fn portable_pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
     let mut specs = Vec::new();
     for layout in Layout::ALL {
         match variant {
-            Variant::Registers => specs.push(spec(layout, Entry::Registers)),
+            Variant::Registers => {
+                for aligned in [false, true] {
+                    specs.push(spec(layout, Entry::Registers { aligned }));
+                }
+            }
             Variant::Tiled => {
                 for blocks in [1, 2] {
                     for split in [false, true] {
@@ -481,7 +489,9 @@ impl Gemm {
         meta.b_vec4 = b_vec4 as u32;
         let groups = [div_ceil(n, REGISTERS_TILE), div_ceil(m, REGISTERS_TILE), 1];
         check_groups(gpu, groups, m, n);
-        let pipeline = self.pipeline(gpu, args.layout, Entry::Registers);
+        // whole vec4 operands and C rows on 16 bytes: the branch-free k loop
+        let aligned = a_vec4 && b_vec4 && n.is_multiple_of(4) && k.is_multiple_of(4);
+        let pipeline = self.pipeline(gpu, args.layout, Entry::Registers { aligned });
         let mut commands = Vec::new();
         let (padded_a, padded_b) = (padded(gpu, args.a), padded(gpu, args.b));
         for (operand, copy) in [(args.a, &padded_a), (args.b, &padded_b)] {

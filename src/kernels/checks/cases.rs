@@ -449,6 +449,12 @@ fn gemm_cases() -> Vec<Case> {
         gemm(Registers, NT, (65, 33, 17), None, gelu_slope),
         gemm(Registers, NN, (50, 36, 50), None, times_slope_added),
         gemm(Registers, TN, (36, 65, 50), None, added),
+        // aligned (operand rows, n and k multiples of 4): the branch-free k loop, with rows
+        // and columns of C past a 32 tile's edge
+        gemm(Registers, NT, (70, 36, 20), None, gelu_slope),
+        gemm(Registers, NT, (33, 68, 12), None, relu_residual),
+        gemm(Registers, NN, (68, 36, 28), None, times_slope_added),
+        gemm(Registers, TN, (36, 68, 52), None, added),
     ];
     list.into_iter()
         .map(|c| case("gemm", c.check(), c.describe(), &c.entries(), Spec::Gemm(c)))
