@@ -24,7 +24,8 @@
 //                  Chrome): no workgroup memory and no barriers (on a CPU each barrier ends a
 //                  loop over the lanes); each invocation keeps a 4x4 block of C in a mat4x4
 //                  and reads its operands straight from storage, 8 vec4 loads per 64
-//                  multiply-adds, with no branch in the k loop when ALIGNED.
+//                  multiply-adds; gemm_registers_aligned, for operands and C rows
+//                  on 16 bytes, with no branch in its k loop.
 // The layout is an override constant, so each pipeline compiles one indexing scheme:
 //   LAYOUT 0 = NN: A [m, k], B [k, n]     C = A B      (dX = dY W)
 //          1 = NT: A [m, k], B [n, k]     C = A B^T    (Y = X W^T)
@@ -69,12 +70,13 @@ struct Meta {
 // A and B as vec4 (bound rounded up to whole vec4s), also read a float at a time
 @group(0) @binding(0) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> b4: array<vec4<f32>>;
-// the epilogue's buffers as floats (gemm_reduce, gemm_registers) ...
+// the epilogue's buffers as floats (gemm_reduce, gemm_registers unaligned) ...
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> slope: array<f32>;
 @group(0) @binding(5) var<storage, read> aux: array<f32>;
-// ... and as vec4 (gemm_tiled, whose C rows start on 16 bytes unless it runs SPLIT)
+// ... and as vec4 (gemm_tiled, whose C rows start on 16 bytes unless it runs SPLIT, and
+// gemm_registers_aligned)
 @group(0) @binding(8) var<storage, read_write> c4: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read> bias4: array<vec4<f32>>;
 @group(0) @binding(10) var<storage, read_write> slope4: array<vec4<f32>>;
@@ -84,6 +86,24 @@ struct Meta {
 @group(0) @binding(7) var<storage, read_write> partial4: array<vec4<f32>>;
 
 // ---- epilogue (gelu and gelu_grad: activations.wgsl) ----
+
+// The activation (0 none, 1 relu, 2 gelu) and whether its slope is saved: fixed per
+// pipeline by gemm_registers_aligned (CPU adapters run the body of every branch, so a gelu
+// chosen at run time would cost every GEMM its transcendentals), else (RUNTIME) read from
+// the shape record.
+const RUNTIME: u32 = 3u;
+override ACTIVATION: u32 = RUNTIME;
+override SAVE_SLOPE: bool = false;
+
+fn activation_code() -> u32 {
+    if (ACTIVATION == RUNTIME) { return shape.activation; }
+    return ACTIVATION;
+}
+
+fn saves_slope() -> bool {
+    if (ACTIVATION == RUNTIME) { return shape.has_slope != 0u; }
+    return SAVE_SLOPE;
+}
 
 fn epilogue(row: u32, col: u32, sum: f32) {
     if (row >= shape.m || col >= shape.n) { return; }
@@ -102,11 +122,12 @@ fn epilogue(row: u32, col: u32, sum: f32) {
 fn epilogue4(row: u32, col: u32, sum: vec4<f32>) {
     if (row >= shape.m || col >= shape.n) { return; }
     let i4 = (row * shape.n + col) / 4u;
+    let act = activation_code();
     var v = sum;
     if (shape.has_bias != 0u) { v += bias4[col / 4u]; }
-    if (shape.has_slope != 0u) { slope4[i4] = act_slope4(shape.activation, v); }
-    if (shape.activation == 1u) { v = max(v, vec4<f32>(0.0)); }
-    if (shape.activation == 2u) { v = gelu4(v); }
+    if (saves_slope()) { slope4[i4] = act_slope4(act, v); }
+    if (act == 1u) { v = max(v, vec4<f32>(0.0)); }
+    if (act == 2u) { v = gelu4(v); }
     if (shape.act_grad == 1u) { v = select(vec4<f32>(0.0), v, aux4[i4] > vec4<f32>(0.0)); }
     if (shape.act_grad == 2u) { v *= aux4[i4]; }
     if (shape.accumulate != 0u) { c4[i4] += v; } else { c4[i4] = v; }
@@ -363,10 +384,10 @@ fn gemm_reduce(@builtin(global_invocation_id) gid: vec3<u32>,
 
 // ---- gemm_registers: no workgroup memory (CPU adapters without 8-lane subgroups) ----
 
-// ALIGNED: A's and B's contiguous axes and n are multiples of 4, so every operand vec4 is
-// whole and C rows start on 16 bytes. Then the k loop has no branch (CPU adapters run both
-// sides of every branch under a lane mask: a branch per load costs more than the load).
-override ALIGNED: bool = true;
+// gemm_registers_aligned: A's and B's contiguous axes, n and k are multiples of 4, so every
+// operand vec4 is whole and C rows start on 16 bytes. Its k loop has no branch (CPU adapters
+// run both sides of every branch under a lane mask: a branch per load costs more than the
+// load); gemm_registers takes every other shape.
 
 // op(A) rows i..i+3 at k p..p+3 (ma column r = row i + r), and op(B) k p..p+3 at columns
 // j..j+3 (mb column s = k p + s). Rows or columns past C's edge are clamped, not zeroed:
@@ -421,22 +442,28 @@ fn registers_b_unaligned(p: u32, j: u32) -> mat4x4<f32> {
 
 // A workgroup of 8x8 invocations covers a 32x32 tile of C; acc column r = C row i + r.
 @compute @workgroup_size(8, 8)
+fn gemm_registers_aligned(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.y * 4u;
+    let j = gid.x * 4u;
+    var acc = mat4x4<f32>();
+    for (var p = 0u; p < shape.k; p += 4u) {
+        // (mb ma) column r = sum_s op(A)[i + r, p + s] op(B)[p + s, j..j+3]
+        acc += registers_b(p, j) * registers_a(i, p);
+    }
+    epilogue4(i, j, acc[0]);
+    epilogue4(i + 1u, j, acc[1]);
+    epilogue4(i + 2u, j, acc[2]);
+    epilogue4(i + 3u, j, acc[3]);
+}
+
+// Any shape: the same blocks read a float at a time, zero outside, stored a float at a time.
+@compute @workgroup_size(8, 8)
 fn gemm_registers(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.y * 4u;
     let j = gid.x * 4u;
     var acc = mat4x4<f32>();
     for (var p = 0u; p < shape.k; p += 4u) {
-        var ma: mat4x4<f32>;
-        var mb: mat4x4<f32>;
-        if (ALIGNED) {
-            ma = registers_a(i, p);
-            mb = registers_b(p, j);
-        } else {
-            ma = registers_a_unaligned(i, p);
-            mb = registers_b_unaligned(p, j);
-        }
-        // (mb ma) column r = sum_s op(A)[i + r, p + s] op(B)[p + s, j..j+3]
-        acc += mb * ma;
+        acc += registers_b_unaligned(p, j) * registers_a_unaligned(i, p);
     }
     store_registers_row(i, j, acc[0]);
     store_registers_row(i + 1u, j, acc[1]);
@@ -445,44 +472,8 @@ fn gemm_registers(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 fn store_registers_row(row: u32, col: u32, v: vec4<f32>) {
-    if (ALIGNED) {
-        epilogue_row4(row, col, v);
-        return;
-    }
     epilogue(row, col, v.x);
     epilogue(row, col + 1u, v.y);
     epilogue(row, col + 2u, v.z);
     epilogue(row, col + 3u, v.w);
-}
-
-// epilogue4 through the float bindings (gemm_registers binds no vec4 epilogue buffers):
-// columns col..col+3 of a row, n % 4 == 0, one branch for the edge.
-fn epilogue_row4(row: u32, col: u32, sum: vec4<f32>) {
-    if (row >= shape.m || col >= shape.n) { return; }
-    let idx = row * shape.n + col;
-    var v = sum;
-    if (shape.has_bias != 0u) {
-        v += vec4<f32>(bias[col], bias[col + 1u], bias[col + 2u], bias[col + 3u]);
-    }
-    if (shape.has_slope != 0u) {
-        let s = act_slope4(shape.activation, v);
-        slope[idx] = s.x;
-        slope[idx + 1u] = s.y;
-        slope[idx + 2u] = s.z;
-        slope[idx + 3u] = s.w;
-    }
-    if (shape.activation == 1u) { v = max(v, vec4<f32>(0.0)); }
-    if (shape.activation == 2u) { v = gelu4(v); }
-    if (shape.act_grad != 0u) {
-        let g = vec4<f32>(aux[idx], aux[idx + 1u], aux[idx + 2u], aux[idx + 3u]);
-        if (shape.act_grad == 1u) { v = select(vec4<f32>(0.0), v, g > vec4<f32>(0.0)); }
-        if (shape.act_grad == 2u) { v *= g; }
-    }
-    if (shape.accumulate != 0u) {
-        v += vec4<f32>(c[idx], c[idx + 1u], c[idx + 2u], c[idx + 3u]);
-    }
-    c[idx] = v.x;
-    c[idx + 1u] = v.y;
-    c[idx + 2u] = v.z;
-    c[idx + 3u] = v.w;
 }

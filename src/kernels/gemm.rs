@@ -223,14 +223,23 @@ fn vec4_operands(layout: Layout, m: usize, n: usize, k: usize) -> (bool, bool) {
 }
 
 /// The portable pipelines: `gemm_tiled` per (layout, tile, split), `gemm_reduce`, and
-/// `gemm_registers` per (layout, alignment). `gemm_tiled` reads operand alignment from the
-/// shape record (a uniform branch over 2-4 loads per k-tile costs nothing measurable on a
-/// GPU); `gemm_registers` compiles it in: CPU adapters pay for every branch in its k loop.
+/// `gemm_registers` and `gemm_registers_aligned` per layout. `gemm_tiled` reads operand
+/// alignment from the shape record (a uniform branch over 2-4 loads per k-tile costs
+/// nothing measurable on a GPU); the registers GEMM has an entry point for aligned shapes:
+/// CPU adapters pay for every branch in its k loop.
 #[derive(Clone, Copy, Debug)]
 enum Entry {
-    Tiled { blocks: u32, split: bool },
+    Tiled {
+        blocks: u32,
+        split: bool,
+    },
     Reduce,
-    Registers { aligned: bool },
+    Registers,
+    /// The activation and whether its slope is saved are compiled in.
+    RegistersAligned {
+        activation: Activation,
+        slope: bool,
+    },
 }
 
 fn spec(layout: Layout, entry: Entry) -> PipelineSpec {
@@ -245,9 +254,14 @@ fn spec(layout: Layout, entry: Entry) -> PipelineSpec {
             ],
         ),
         Entry::Reduce => ("gemm_reduce", vec![]),
-        Entry::Registers { aligned } => (
-            "gemm_registers",
-            vec![("LAYOUT", l), ("ALIGNED", aligned as u32 as f64)],
+        Entry::Registers => ("gemm_registers", vec![("LAYOUT", l)]),
+        Entry::RegistersAligned { activation, slope } => (
+            "gemm_registers_aligned",
+            vec![
+                ("LAYOUT", l),
+                ("ACTIVATION", activation.code() as f64),
+                ("SAVE_SLOPE", slope as u32 as f64),
+            ],
         ),
     };
     PipelineSpec {
@@ -265,8 +279,11 @@ pub fn portable_pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
     for layout in Layout::ALL {
         match variant {
             Variant::Registers => {
-                for aligned in [false, true] {
-                    specs.push(spec(layout, Entry::Registers { aligned }));
+                specs.push(spec(layout, Entry::Registers));
+                for activation in [Activation::None, Activation::Relu, Activation::Gelu] {
+                    for slope in [false, true] {
+                        specs.push(spec(layout, Entry::RegistersAligned { activation, slope }));
+                    }
                 }
             }
             Variant::Tiled => {
@@ -491,7 +508,15 @@ impl Gemm {
         check_groups(gpu, groups, m, n);
         // whole vec4 operands and C rows on 16 bytes: the branch-free k loop
         let aligned = a_vec4 && b_vec4 && n.is_multiple_of(4) && k.is_multiple_of(4);
-        let pipeline = self.pipeline(gpu, args.layout, Entry::Registers { aligned });
+        let kernel = if aligned {
+            Entry::RegistersAligned {
+                activation: args.activation,
+                slope: args.slope.is_some(),
+            }
+        } else {
+            Entry::Registers
+        };
+        let pipeline = self.pipeline(gpu, args.layout, kernel);
         let mut commands = Vec::new();
         let (padded_a, padded_b) = (padded(gpu, args.a), padded(gpu, args.b));
         for (operand, copy) in [(args.a, &padded_a), (args.b, &padded_b)] {
@@ -504,7 +529,13 @@ impl Gemm {
         }
         let a4 = vec4_view(args.a, padded_a.as_ref());
         let b4 = vec4_view(args.b, padded_b.as_ref());
-        let mut entries = self.epilogue_entries(args, [2, 3, 4, 5]);
+        // the aligned entry point reads and writes the epilogue's buffers as vec4
+        let epilogue = if aligned {
+            [8, 9, 10, 11]
+        } else {
+            [2, 3, 4, 5]
+        };
+        let mut entries = self.epilogue_entries(args, epilogue);
         entries.extend([entry(0, &a4), entry(1, &b4)]);
         commands.push(Command::Dispatch(gpu.dispatch_with(
             &pipeline,
