@@ -89,6 +89,10 @@ impl Variant {
 
 /// `Rows`: rows per workgroup.
 const ROWS: usize = 16;
+/// `Rows`' forward: invocations per workgroup, each owning `QUERIES` query rows (32 rows a
+/// workgroup: 197 tokens pad to 224, not 256).
+const FORWARD_ROWS: usize = 8;
+const QUERIES: usize = 4;
 
 /// `Tiled`: query (or key) rows per workgroup, chosen from N (`tile_rows`). The key pass
 /// runs two invocations per key row, so 128 rows need 256 invocations.
@@ -131,6 +135,8 @@ fn spec(variant: Variant, entry: &'static str, head_vec4: usize, tile: usize) ->
     let mut constants = vec![("HEAD_VEC4", head_vec4 as f64)];
     if variant == Variant::Tiled {
         constants.push(("TILE_ROWS", TILE_ROWS[tile] as f64));
+    } else if entry == "attention_forward" {
+        constants.push(("ROWS", FORWARD_ROWS as f64));
     } else {
         constants.push(("ROWS", ROWS as f64));
     }
@@ -199,7 +205,8 @@ struct Passes {
     forward: wgpu::ComputePipeline,
     backward_query: wgpu::ComputePipeline,
     backward_key: wgpu::ComputePipeline,
-    /// Rows per workgroup.
+    /// Rows per workgroup: of the forward, and of the backward passes.
+    forward_rows: usize,
     rows: usize,
 }
 
@@ -278,6 +285,10 @@ impl Attention {
                 forward,
                 backward_query,
                 backward_key,
+                forward_rows: match self.variant {
+                    Variant::Tiled => TILE_ROWS[tile],
+                    _ => FORWARD_ROWS * QUERIES,
+                },
                 rows: match self.variant {
                     Variant::Tiled => TILE_ROWS[tile],
                     _ => ROWS,
@@ -342,7 +353,7 @@ impl Record<AttentionForward<'_>> for Attention {
         let p = self.passes(gpu, a.shape);
         let (o, lse) = (Out(a.o), Out(a.lse));
         let entries: [(u32, &dyn Bind); 3] = [(0, a.qkv), (1, &o), (2, &lse)];
-        let groups = grid(a.shape, p.rows);
+        let groups = grid(a.shape, p.forward_rows);
         out.push(
             gpu.dispatch(&p.forward, &entries, &meta(a.shape, 0), groups)
                 .into(),
