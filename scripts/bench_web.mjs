@@ -318,6 +318,7 @@ async function main() {
     profiles[name] = {
       timestamps: v.profile.timestamps,
       families: summarise(v.profile, forwardFlops(m, results[name].batch)),
+      launches: v.profile.commands,
     };
     delete v.profile;
   }

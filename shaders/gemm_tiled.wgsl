@@ -389,40 +389,6 @@ fn gemm_reduce(@builtin(global_invocation_id) gid: vec3<u32>,
 // run both sides of every branch under a lane mask: a branch per load costs more than the
 // load); gemm_registers takes every other shape.
 
-// op(A) rows i..i+3 at k p..p+3 (ma column r = row i + r), and op(B) k p..p+3 at columns
-// j..j+3 (mb column s = k p + s). Rows or columns past C's edge are clamped, not zeroed:
-// they only reach outputs that are never stored. k needs no care: k % 4 == 0.
-fn registers_a(i: u32, p: u32) -> mat4x4<f32> {
-    let last = shape.m - 1u;
-    if (LAYOUT == 2u) {
-        // A [k, m]: one vec4 along m per k (m % 4 == 0, so i <= last means i + 3 <= last)
-        let at = min(i, last - 3u);
-        return transpose(mat4x4<f32>(a4[(p * shape.m + at) / 4u],
-                                     a4[((p + 1u) * shape.m + at) / 4u],
-                                     a4[((p + 2u) * shape.m + at) / 4u],
-                                     a4[((p + 3u) * shape.m + at) / 4u]));
-    }
-    let k4 = shape.k / 4u;
-    let q = p / 4u;
-    return mat4x4<f32>(a4[min(i, last) * k4 + q], a4[min(i + 1u, last) * k4 + q],
-                       a4[min(i + 2u, last) * k4 + q], a4[min(i + 3u, last) * k4 + q]);
-}
-
-fn registers_b(p: u32, j: u32) -> mat4x4<f32> {
-    let last = shape.n - 1u;
-    if (LAYOUT == 1u) {
-        // B [n, k]: one vec4 along k per column
-        let k4 = shape.k / 4u;
-        let q = p / 4u;
-        return transpose(mat4x4<f32>(b4[min(j, last) * k4 + q], b4[min(j + 1u, last) * k4 + q],
-                                     b4[min(j + 2u, last) * k4 + q],
-                                     b4[min(j + 3u, last) * k4 + q]));
-    }
-    let at = min(j, last - 3u);
-    return mat4x4<f32>(b4[(p * shape.n + at) / 4u], b4[((p + 1u) * shape.n + at) / 4u],
-                       b4[((p + 2u) * shape.n + at) / 4u], b4[((p + 3u) * shape.n + at) / 4u]);
-}
-
 // The unaligned operands: each float read alone, zero outside.
 fn registers_a_unaligned(i: u32, p: u32) -> mat4x4<f32> {
     if (LAYOUT == 2u) {
@@ -441,14 +407,48 @@ fn registers_b_unaligned(p: u32, j: u32) -> mat4x4<f32> {
 }
 
 // A workgroup of 8x8 invocations covers a 32x32 tile of C; acc column r = C row i + r.
+// Each k step loads 4 vec4 of A and 4 of B at indices ia, ib, which advance by a fixed
+// stride: the index arithmetic is done once, outside the loop (CPU adapters' shader
+// compilers hoist little). Rows or columns past C's edge are clamped, not zeroed: they only
+// reach outputs that are never stored.
 @compute @workgroup_size(8, 8)
 fn gemm_registers_aligned(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.y * 4u;
     let j = gid.x * 4u;
+    let k4 = shape.k / 4u;
+    let steps = vec4<u32>(0u, 1u, 2u, 3u);
+    // NN, NT: rows i..i+3 of A [m, k], a vec4 along k each; TN: k rows 0..3 of A [k, m], a
+    // vec4 along m each (m % 4 == 0, so i < m means i + 3 < m)
+    var ia: vec4<u32>;
+    var stride_a: u32;
+    if (LAYOUT == 2u) {
+        ia = (steps * shape.m + min(i, shape.m - 4u)) / 4u;
+        stride_a = shape.m;
+    } else {
+        ia = min(vec4<u32>(i) + steps, vec4<u32>(shape.m - 1u)) * k4;
+        stride_a = 1u;
+    }
+    // NT: columns j..j+3 of op(B), rows of B [n, k]; NN, TN: k rows 0..3 of B [k, n]
+    var ib: vec4<u32>;
+    var stride_b: u32;
+    if (LAYOUT == 1u) {
+        ib = min(vec4<u32>(j) + steps, vec4<u32>(shape.n - 1u)) * k4;
+        stride_b = 1u;
+    } else {
+        ib = (steps * shape.n + min(j, shape.n - 4u)) / 4u;
+        stride_b = shape.n;
+    }
     var acc = mat4x4<f32>();
-    for (var p = 0u; p < shape.k; p += 4u) {
-        // (mb ma) column r = sum_s op(A)[i + r, p + s] op(B)[p + s, j..j+3]
-        acc += registers_b(p, j) * registers_a(i, p);
+    for (var q = 0u; q < k4; q++) {
+        // ma column r = op(A)[i + r, 4q..4q+3]; mb column s = op(B)[4q + s, j..j+3]
+        var ma = mat4x4<f32>(a4[ia.x], a4[ia.y], a4[ia.z], a4[ia.w]);
+        var mb = mat4x4<f32>(b4[ib.x], b4[ib.y], b4[ib.z], b4[ib.w]);
+        if (LAYOUT == 2u) { ma = transpose(ma); }
+        if (LAYOUT == 1u) { mb = transpose(mb); }
+        // (mb ma) column r = sum_s op(A)[i + r, 4q + s] op(B)[4q + s, j..j+3]
+        acc += mb * ma;
+        ia += stride_a;
+        ib += stride_b;
     }
     epilogue4(i, j, acc[0]);
     epilogue4(i + 1u, j, acc[1]);
