@@ -45,7 +45,11 @@ function parseArgs(argv) {
       case '--systems': a.systems = value().split(','); break;
       case '--seconds': a.seconds = Number(value()); break;
       case '--profile': a.profile = value().split(','); break;
-      case '--train': a.train = value() === 'none' ? [] : value().split(','); break;
+      case '--train': {
+        const v = value();
+        a.train = v === 'none' ? [] : v.split(',');
+        break;
+      }
       case '--fashion-mnist': a.fashion = value(); break;
       case '--batch': {
         const [name, b] = value().split('=');
