@@ -16,8 +16,9 @@
 //! VIT_GEMM_VARIANT=tiled|registers|lanes|lanes-storage):
 //! - `Tiled` for GPUs: workgroup memory, 8x8 (or 4x4) register blocks, vec4 loads, split-K
 //!   where a shape has few tiles (shaders/gemm_tiled.wgsl);
-//! - `Registers` for CPU adapters without 8-lane subgroups (llvmpipe on GL): no workgroup
-//!   memory, no barriers, 4x4 register blocks read straight from storage;
+//! - `Registers` for CPU adapters without 8-lane subgroups (llvmpipe on GL, SwiftShader in
+//!   Chrome): no workgroup memory, no barriers, 4x4 register blocks read straight from
+//!   storage, a branch-free k loop for aligned shapes;
 //! - `Lanes` / `LanesStorage`, the CPU-adapter specialisation (lavapipe: subgroups of
 //!   exactly 8 lanes, texture operands), in `kernels::cpu::gemm_lanes`, reached through one
 //!   seam: a `Specialisation` that `Gemm` holds when chosen (`kernels::variants` chooses)
