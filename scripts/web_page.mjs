@@ -8,18 +8,20 @@
 //     shows (top-1 label and probability, the result card's box, the rollout drawn).
 //
 //   node scripts/web_page.mjs --checkpoint FILE --image IMG [--image IMG2 ...]
-//        [--screenshot OUT.png] [--heads N] [--batch B] [--json]
+//        [--screenshot OUT.png (default: $TMPDIR/web_page.png)] [--heads N] [--batch B] [--json]
 // What is read back is the first image's card; the cold start classifies the first image.
 // Needs: scripts/build_web.sh (web/pkg), `npm ci --prefix web`, apt-get install chromium.
 import { readFileSync, statSync, writeFileSync, existsSync } from 'node:fs';
 import { gzipSync } from 'node:zlib';
 import { resolve, join } from 'node:path';
+import { tmpdir } from 'node:os';
 import { fail as failIn, withPage, webDir } from './web_common.mjs';
 
 const fail = (text) => failIn('web_page', text);
 
 function parseArgs(argv) {
-  const a = { json: false, screenshot: 'web_page.png', batch: 8, images: [] };
+  // the screenshot goes to the temporary folder unless asked for elsewhere
+  const a = { json: false, screenshot: join(tmpdir(), 'web_page.png'), batch: 8, images: [] };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     const value = () => {
