@@ -27,19 +27,7 @@ fn web_kernels(args: &[&str]) -> Output {
 
 /// "shader.wgsl:entry" for every compute entry point of shaders/*.wgsl (not shaders/cpu/).
 fn portable_entry_points() -> BTreeSet<String> {
-    let dir = repo().join("shaders");
-    let mut out = BTreeSet::new();
-    for entry in std::fs::read_dir(&dir).expect("shaders/") {
-        let path = entry.expect("shaders/ entry").path();
-        if path.extension().is_some_and(|e| e == "wgsl") {
-            let source = std::fs::read_to_string(&path).expect("read a shader");
-            let file = path.file_name().unwrap_or_default().to_string_lossy();
-            for name in checks::entry_points(&source) {
-                out.insert(format!("{file}:{name}"));
-            }
-        }
-    }
-    out
+    checks::entry_points_in_folder(&repo().join("shaders")).expect("read shaders/")
 }
 
 #[test]

@@ -241,6 +241,25 @@ pub async fn run(gpu: &Gpu, case: &Case, seed: u64, perturb: bool) -> Outcome {
     }
 }
 
+/// "shader.wgsl:entry" for every compute entry point of the `.wgsl` files directly in
+/// `dir` (the portable shaders when given `shaders/`; `shaders/cpu/` is not read).
+pub fn entry_points_in_folder(
+    dir: &std::path::Path,
+) -> std::io::Result<std::collections::BTreeSet<String>> {
+    let mut out = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "wgsl") {
+            let source = std::fs::read_to_string(&path)?;
+            let file = path.file_name().unwrap_or_default().to_string_lossy();
+            for name in entry_points(&source) {
+                out.insert(format!("{file}:{name}"));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The compute entry points of a WGSL source: every `fn` after an `@compute` attribute
 /// (comments skipped).
 pub fn entry_points(source: &str) -> Vec<String> {
