@@ -217,6 +217,40 @@ pub struct Readout {
     pub stats: NormStats,
 }
 
+impl Readout {
+    /// The mean of the stream's tokens [start, start+count) into `pooled` (one token:
+    /// gathered).
+    fn pool<'a>(&'a self, layout: TokenLayout, x: &'a wgpu::Buffer) -> PoolTokens<'a> {
+        PoolTokens {
+            layout,
+            start: self.start,
+            count: self.count,
+            scale: 1.0 / self.count as f32,
+            x,
+            pooled: &self.pooled,
+        }
+    }
+
+    /// `pool`'s backward: dx (+)= dpooled / count on the same tokens.
+    fn pool_backward<'a>(
+        &self,
+        layout: TokenLayout,
+        dpooled: &'a wgpu::Buffer,
+        dx: &'a wgpu::Buffer,
+        accumulate: bool,
+    ) -> PoolBackward<'a> {
+        PoolBackward {
+            layout,
+            start: self.start,
+            count: self.count,
+            scale: 1.0 / self.count as f32,
+            dpooled,
+            dx,
+            accumulate,
+        }
+    }
+}
+
 /// Buffers of timm's options outside the blocks.
 pub struct OptionBuffers {
     pub layout: TokenLayout,
@@ -664,15 +698,7 @@ impl Net {
             return self.loss(r);
         }
         for (i, ro) in ob.readouts.iter().enumerate() {
-            let pool = PoolTokens {
-                layout: ob.layout,
-                start: ro.start,
-                count: ro.count,
-                scale: 1.0 / ro.count as f32,
-                x: stream,
-                pooled: &ro.pooled,
-            };
-            r.record(&r.kernels.tokens, &pool);
+            r.record(&r.kernels.tokens, &ro.pool(ob.layout, stream));
             let feat = match ob.norm_all {
                 Some(_) => &ro.pooled,
                 None => {
@@ -816,15 +842,7 @@ impl Net {
                 self.final_norm_backward(r, i, ro);
                 &g.d_cls_x
             };
-            let scatter = PoolBackward {
-                layout: ob.layout,
-                start: ro.start,
-                count: ro.count,
-                scale: 1.0 / ro.count as f32,
-                dpooled,
-                dx: dstream,
-                accumulate: i > 0,
-            };
+            let scatter = ro.pool_backward(ob.layout, dpooled, dstream, i > 0);
             r.record(&r.kernels.tokens, &scatter);
         }
         if let Some((_, stats)) = &ob.norm_all {

@@ -5,7 +5,6 @@
 
 use super::{Net, Readout};
 use crate::kernels::elementwise::{ColumnBlock, CopyColumns};
-use crate::kernels::tokens::{Pool as PoolTokens, PoolBackward};
 use crate::model::recorder::Recorder;
 
 /// The feature row [B, 2D] and its gradient.
@@ -41,15 +40,7 @@ impl Net {
             panic!("internal: the cls+avg head without its buffers")
         };
         for (half, ro) in ob.readouts.iter().enumerate() {
-            let pool = PoolTokens {
-                layout: ob.layout,
-                start: ro.start,
-                count: ro.count,
-                scale: 1.0 / ro.count as f32,
-                x: stream,
-                pooled: &ro.pooled,
-            };
-            r.record(&r.kernels.tokens, &pool);
+            r.record(&r.kernels.tokens, &ro.pool(ob.layout, stream));
             let copy = CopyColumns {
                 src: &ro.pooled,
                 dst: &buf.feat,
@@ -84,15 +75,7 @@ impl Net {
                 block: self.half_block(half, false),
             };
             r.record(&r.kernels.elementwise, &copy);
-            let scatter = PoolBackward {
-                layout: ob.layout,
-                start: ro.start,
-                count: ro.count,
-                scale: 1.0 / ro.count as f32,
-                dpooled,
-                dx: dstream,
-                accumulate: half > 0,
-            };
+            let scatter = ro.pool_backward(ob.layout, dpooled, dstream, half > 0);
             r.record(&r.kernels.tokens, &scatter);
         }
     }
