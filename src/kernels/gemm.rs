@@ -210,6 +210,13 @@ impl Plan {
     }
 }
 
+/// Whether `Registers` runs `gemm_registers_aligned`: whole vec4 operand rows, and C rows
+/// on 16 bytes (n and k multiples of 4).
+pub(crate) fn registers_aligned(layout: Layout, m: usize, n: usize, k: usize) -> bool {
+    let (a_vec4, b_vec4) = vec4_operands(layout, m, n, k);
+    a_vec4 && b_vec4 && n.is_multiple_of(4) && k.is_multiple_of(4)
+}
+
 /// Which operands are read as vec4: their contiguous axis is a multiple of 4.
 fn vec4_operands(layout: Layout, m: usize, n: usize, k: usize) -> (bool, bool) {
     let a = match layout {
@@ -507,8 +514,7 @@ impl Gemm {
         meta.b_vec4 = b_vec4 as u32;
         let groups = [div_ceil(n, REGISTERS_TILE), div_ceil(m, REGISTERS_TILE), 1];
         check_groups(gpu, groups, m, n);
-        // whole vec4 operands and C rows on 16 bytes: the branch-free k loop
-        let aligned = a_vec4 && b_vec4 && n.is_multiple_of(4) && k.is_multiple_of(4);
+        let aligned = registers_aligned(args.layout, m, n, k);
         let kernel = if aligned {
             Entry::RegistersAligned {
                 activation: args.activation,

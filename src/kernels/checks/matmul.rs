@@ -61,27 +61,11 @@ impl GemmCase {
         self.k.div_ceil(chunk) > 1 || !self.n.is_multiple_of(4)
     }
 
-    /// Whether `Registers` runs its aligned entry point: whole vec4 operand rows, n and k
-    /// multiples of 4.
-    fn aligned(&self) -> bool {
-        let contiguous_a = if self.layout == Layout::TN {
-            self.m
-        } else {
-            self.k
-        };
-        let contiguous_b = if self.layout == Layout::NT {
-            self.k
-        } else {
-            self.n
-        };
-        [contiguous_a, contiguous_b, self.n, self.k]
-            .iter()
-            .all(|x| x.is_multiple_of(4))
-    }
-
     pub fn entries(&self) -> Vec<&'static str> {
         match self.variant {
-            gemm::Variant::Registers if self.aligned() => {
+            gemm::Variant::Registers
+                if gemm::registers_aligned(self.layout, self.m, self.n, self.k) =>
+            {
                 vec!["gemm_tiled.wgsl:gemm_registers_aligned"]
             }
             gemm::Variant::Registers => vec!["gemm_tiled.wgsl:gemm_registers"],
