@@ -8,7 +8,7 @@
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use web::{check_prerequisites, error_line, fresh_dir, repo};
+use web::{check_prerequisites, error_line, fresh_dir, json_lines, repo, run};
 
 mod web;
 use vit_wgpu::model::checkpoint::{self, TensorFile};
@@ -43,22 +43,10 @@ fn write_images(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The prediction lines of an infer run (the summary line dropped).
-fn predictions(program: &str, mut cmd: Command) -> Vec<serde_json::Value> {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{program} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{program}: '{l}': {e}")))
-        .filter(|v: &serde_json::Value| v.get("summary").is_none())
+fn predictions(program: &str, cmd: Command) -> Vec<serde_json::Value> {
+    json_lines(program, &run(program, cmd))
+        .into_iter()
+        .filter(|v| v.get("summary").is_none())
         .collect()
 }
 

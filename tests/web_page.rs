@@ -9,7 +9,7 @@
 use rand::{Rng, SeedableRng};
 use std::path::Path;
 use std::process::Command;
-use web::{check_prerequisites, fresh_dir, repo};
+use web::{check_prerequisites, fresh_dir, repo, run};
 
 mod web;
 use vit_wgpu::model::checkpoint;
@@ -108,20 +108,6 @@ fn stats(img: &image::RgbaImage, x0: u32, y0: u32, w: u32, h: u32) -> (f64, f64)
     let mean = values.iter().sum::<f64>() / n;
     let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
     (mean, var)
-}
-
-fn run(program: &str, mut cmd: Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{program} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 #[test]

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
-use web::{check_prerequisites, error_line, fresh_dir, repo};
+use web::{check_prerequisites, error_line, fresh_dir, json_lines, repo, run};
 
 mod web;
 use vit_wgpu::data::idx::{self, IdxKind};
@@ -62,28 +62,6 @@ fn write_dataset(dir: &Path) {
         let labels_path = dir.join(format!("{prefix}-labels-idx1-ubyte.gz"));
         write_idx(&labels_path, 0x801, &[n], &labels);
     }
-}
-
-/// Runs `cmd`; its stdout when it succeeds, else a panic with both outputs.
-fn run(program: &str, mut cmd: Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{program} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn json_lines(program: &str, text: &str) -> Vec<serde_json::Value> {
-    text.lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{program}: '{l}': {e}")))
-        .collect()
 }
 
 /// (step, loss) of every `{"step", "loss"}` line.

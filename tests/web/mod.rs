@@ -1,5 +1,5 @@
-//! What the browser tests share: the repository, a scratch folder, and the check that what
-//! they drive (node, Chromium, web/node_modules, web/pkg) is there.
+//! What the browser tests share: the repository, a scratch folder, the check that what
+//! they drive (node, Chromium, web/node_modules, web/pkg) is there, and running a program.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -52,4 +52,29 @@ pub fn error_line(program: &str, mut cmd: Command) -> String {
         .find(|l| l.starts_with("error: "))
         .unwrap_or_else(|| panic!("{program} printed no error line:\n{stderr}"))
         .to_string()
+}
+
+/// Runs `cmd`; its stdout when it succeeds, else a panic with both outputs.
+#[allow(dead_code)] // the tests that compare the page with the CLI
+pub fn run(program: &str, mut cmd: Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{program} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The JSON lines (`{...}`) of a program's output.
+#[allow(dead_code)] // the tests that compare the page with the CLI
+pub fn json_lines(program: &str, text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{program}: '{l}': {e}")))
+        .collect()
 }
