@@ -11,7 +11,7 @@ use std::sync::Arc;
 use vit_wgpu::model::checkpoint::{self, inject};
 use vit_wgpu::model::config::{Act, Config, Head};
 use vit_wgpu::model::Kernels;
-use vit_wgpu::train::{self, EpochMetrics, RunSummary, TrainError, TrainOptions};
+use vit_wgpu::train::{self, RunSummary, TrainError, TrainOptions};
 
 fn options(out: PathBuf) -> TrainOptions {
     TrainOptions {
@@ -61,22 +61,6 @@ fn bits(dir: &Path) -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// (epoch, step, train loss bits, val loss bits) of every line of metrics.jsonl.
-fn logged(dir: &Path) -> Vec<(u64, u64, u64, u64)> {
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
-    text.lines()
-        .map(|l| EpochMetrics::from_json(l).expect("a metrics record"))
-        .map(|m| {
-            (
-                m.epoch,
-                m.step,
-                m.train_loss.to_bits(),
-                m.val_loss.to_bits(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn a_write_failure_at_any_point_of_a_checkpoint_leaves_one_consistent_unit() {
     let g = gpu();
@@ -96,7 +80,7 @@ fn a_write_failure_at_any_point_of_a_checkpoint_leaves_one_consistent_unit() {
     let full = run(&options(full_dir.clone())).expect("uninterrupted run");
     assert_eq!(full.steps, 6);
     let writes = inject::writes_done();
-    let (full_bits, full_log) = (bits(&full_dir), logged(&full_dir));
+    let (full_bits, full_log) = (bits(&full_dir), metrics_log(&full_dir));
     assert_eq!(full_log.len(), 2);
     // --keep 1: one past pair besides last (the step-4 one; step 2 and 3 were pruned).
     let kept: Vec<String> = std::fs::read_dir(&full_dir)
@@ -143,7 +127,11 @@ fn a_write_failure_at_any_point_of_a_checkpoint_leaves_one_consistent_unit() {
         }
         run(&opts).unwrap_or_else(|e| panic!("write {n}: resume failed: {e}"));
         assert!(bits(&dir) == full_bits, "write {n}: final weights differ");
-        assert_eq!(logged(&dir), full_log, "write {n}: metrics.jsonl differs");
+        assert_eq!(
+            metrics_log(&dir),
+            full_log,
+            "write {n}: metrics.jsonl differs"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
     eprintln!(

@@ -6,13 +6,13 @@
 //! validation split. Datasets are written in the real formats: gzipped idx, PNG folders.
 
 mod common;
-use common::{fresh_dir, synthetic};
+use common::{fresh_dir, metrics_log, synthetic};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use vit_wgpu::data::folder::{hold_out, FileList};
 use vit_wgpu::model::checkpoint;
-use vit_wgpu::train::{run_folder, EpochMetrics};
+use vit_wgpu::train::run_folder;
 
 /// Runs vit-wgpu in `cwd` (so a default `runs/` folder would show up there).
 fn vit(cwd: &Path, args: &[String]) -> Output {
@@ -98,22 +98,6 @@ fn fashion_run(data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     a.extend(words(extra));
     a.extend(["--quiet".into(), "--out".into(), arg(out)]);
     a
-}
-
-/// metrics.jsonl as (epoch, step, train loss bits, val loss bits).
-fn metrics(dir: &Path) -> Vec<(u64, u64, u64, u64)> {
-    let text = std::fs::read_to_string(dir.join(run_folder::METRICS)).expect("metrics");
-    text.lines()
-        .map(|l| EpochMetrics::from_json(l).expect("a record"))
-        .map(|m| {
-            (
-                m.epoch,
-                m.step,
-                m.train_loss.to_bits(),
-                m.val_loss.to_bits(),
-            )
-        })
-        .collect()
 }
 
 fn final_bits(dir: &Path) -> Vec<Vec<u32>> {
@@ -217,8 +201,8 @@ fn a_killed_run_resumed_with_only_its_folder_continues_there_bit_identically() {
         final_bits(&full) == final_bits(&killed),
         "final weights differ"
     );
-    assert_eq!(metrics(&full), metrics(&killed), "metrics differ");
-    assert_eq!(metrics(&killed).len(), 2);
+    assert_eq!(metrics_log(&full), metrics_log(&killed), "metrics differ");
+    assert_eq!(metrics_log(&killed).len(), 2);
     let after_kill: Vec<_> = step_losses(&root.join("full.jsonl"))
         .into_iter()
         .filter(|(s, _)| *s > step)
@@ -278,7 +262,7 @@ fn a_flag_that_differs_from_the_run_is_refused_before_any_work_and_epochs_extend
         stderr.contains("note: --epochs 2 (the run's: 1)"),
         "{stderr}"
     );
-    assert_eq!(metrics(&run).len(), 2);
+    assert_eq!(metrics_log(&run).len(), 2);
     assert_eq!(recorded_flag(&run, "epochs").as_deref(), Some("2"));
 
     // An old folder (no run.json) says what to pass, then records it once resumed with it.
@@ -299,7 +283,7 @@ fn a_flag_that_differs_from_the_run_is_refused_before_any_work_and_epochs_extend
         stderr.contains("no run.json (an older run folder)"),
         "{stderr}"
     );
-    assert_eq!(metrics(&run).len(), 3);
+    assert_eq!(metrics_log(&run).len(), 3);
     assert_eq!(
         recorded_flag(&run, "dataset").as_deref(),
         Some("fashion-mnist")
@@ -316,7 +300,7 @@ fn a_flag_that_differs_from_the_run_is_refused_before_any_work_and_epochs_extend
     let stderr = succeeds(&resume(&["--data-dir", &arg(&moved), "--quiet"]));
     assert!(stderr.contains("note: --data-dir"), "{stderr}");
     assert_eq!(recorded_flag(&run, "data-dir"), Some(arg(&moved)));
-    assert_eq!(metrics(&run).len(), 3);
+    assert_eq!(metrics_log(&run).len(), 3);
     let _ = std::fs::remove_dir_all(&root);
 }
 

@@ -112,6 +112,24 @@ pub fn fresh_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// (epoch, step, train loss bits, val loss bits) of every line of a run's metrics.jsonl;
+/// none when the file is not there yet.
+pub fn metrics_log(dir: &std::path::Path) -> Vec<(u64, u64, u64, u64)> {
+    let path = dir.join(vit_wgpu::train::run_folder::METRICS);
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| vit_wgpu::train::EpochMetrics::from_json(l).expect("a metrics record"))
+        .map(|m| {
+            (
+                m.epoch,
+                m.step,
+                m.train_loss.to_bits(),
+                m.val_loss.to_bits(),
+            )
+        })
+        .collect()
+}
+
 /// An idx file (LeCun's format, uncompressed): magic, big-endian dims, bytes.
 pub fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
     let mut out = magic.to_be_bytes().to_vec();
