@@ -23,9 +23,10 @@
 //   gemm_registers for CPU adapters without 8-lane subgroups (llvmpipe on GL, SwiftShader in
 //                  Chrome): no workgroup memory and no barriers (on a CPU each barrier ends a
 //                  loop over the lanes); each invocation keeps a 4x4 block of C in a mat4x4
-//                  and reads its operands straight from storage, 8 vec4 loads per 64
-//                  multiply-adds; gemm_registers_aligned, for operands and C rows
-//                  on 16 bytes, with no branch in its k loop.
+//                  and reads its operands straight from storage, zero outside;
+//                  gemm_registers_aligned, for C rows on 16 bytes (n % 4 == 0, m >= 12,
+//                  n >= 8): a 12x8 block per invocation, its operands read a float at a
+//                  time (20 loads per 96 multiply-adds), no branch in its k loop.
 // The layout is an override constant, so each pipeline compiles one indexing scheme:
 //   LAYOUT 0 = NN: A [m, k], B [k, n]     C = A B      (dX = dY W)
 //          1 = NT: A [m, k], B [n, k]     C = A B^T    (Y = X W^T)
@@ -81,6 +82,10 @@ struct Meta {
 @group(0) @binding(9) var<storage, read> bias4: array<vec4<f32>>;
 @group(0) @binding(10) var<storage, read_write> slope4: array<vec4<f32>>;
 @group(0) @binding(11) var<storage, read> aux4: array<vec4<f32>>;
+// A and B a float at a time (gemm_registers_aligned: CPU adapters load each float of a
+// vec4 separately, so a vec4 saves nothing and would force aligned operand rows)
+@group(0) @binding(12) var<storage, read> a_f32: array<f32>;
+@group(0) @binding(13) var<storage, read> b_f32: array<f32>;
 // split-K partial sums [splits, m, partial_cols]
 @group(0) @binding(6) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(7) var<storage, read_write> partial4: array<vec4<f32>>;
@@ -94,6 +99,9 @@ struct Meta {
 const RUNTIME: u32 = 3u;
 override ACTIVATION: u32 = RUNTIME;
 override SAVE_SLOPE: bool = false;
+// Whether the epilogue may read C (accumulate) or aux (act_grad), as the shape record says;
+// false compiles both reads out (gemm_registers_aligned's pipelines without them).
+override EPILOGUE_READS: bool = true;
 
 fn activation_code() -> u32 {
     if (ACTIVATION == RUNTIME) { return shape.activation; }
@@ -121,16 +129,25 @@ fn epilogue(row: u32, col: u32, sum: f32) {
 // Columns col..col+3 of a row (n % 4 == 0, so all or none are inside C).
 fn epilogue4(row: u32, col: u32, sum: vec4<f32>) {
     if (row >= shape.m || col >= shape.n) { return; }
-    let i4 = (row * shape.n + col) / 4u;
-    let act = activation_code();
     var v = sum;
     if (shape.has_bias != 0u) { v += bias4[col / 4u]; }
+    epilogue4_biased(row, col, v);
+}
+
+// The rest of epilogue4, from the biased sum (inside C).
+fn epilogue4_biased(row: u32, col: u32, pre: vec4<f32>) {
+    let i4 = (row * shape.n + col) / 4u;
+    let act = activation_code();
+    var v = pre;
     if (saves_slope()) { slope4[i4] = act_slope4(act, v); }
     if (act == 1u) { v = max(v, vec4<f32>(0.0)); }
     if (act == 2u) { v = gelu4(v); }
-    if (shape.act_grad == 1u) { v = select(vec4<f32>(0.0), v, aux4[i4] > vec4<f32>(0.0)); }
-    if (shape.act_grad == 2u) { v *= aux4[i4]; }
-    if (shape.accumulate != 0u) { c4[i4] += v; } else { c4[i4] = v; }
+    if (EPILOGUE_READS && shape.act_grad != 0u) {
+        let g = aux4[i4];
+        v = select(v * g, select(vec4<f32>(0.0), v, g > vec4<f32>(0.0)), shape.act_grad == 1u);
+    }
+    if (EPILOGUE_READS && shape.accumulate != 0u) { v += c4[i4]; }
+    c4[i4] = v;
 }
 
 // ---- global loads: 4 consecutive floats of a row-major [rows, cols] matrix, 0 outside ----
@@ -384,10 +401,9 @@ fn gemm_reduce(@builtin(global_invocation_id) gid: vec3<u32>,
 
 // ---- gemm_registers: no workgroup memory (CPU adapters without 8-lane subgroups) ----
 
-// gemm_registers_aligned: A's and B's contiguous axes, n and k are multiples of 4, so every
-// operand vec4 is whole and C rows start on 16 bytes. Its k loop has no branch (CPU adapters
-// run both sides of every branch under a lane mask: a branch per load costs more than the
-// load); gemm_registers takes every other shape.
+// gemm_registers_aligned (generated below) stores C rows a vec4 at a time (n % 4 == 0). Its
+// k loop has no branch: CPU adapters run both sides of every branch under a lane mask, and a
+// branch per load costs more than the load. gemm_registers takes every other shape.
 
 // The unaligned operands: each float read alone, zero outside.
 fn registers_a_unaligned(i: u32, p: u32) -> mat4x4<f32> {
@@ -406,55 +422,134 @@ fn registers_b_unaligned(p: u32, j: u32) -> mat4x4<f32> {
     return mat4x4<f32>(fetch_b(p, j), fetch_b(p + 1u, j), fetch_b(p + 2u, j), fetch_b(p + 3u, j));
 }
 
-// A workgroup of 8x8 invocations covers a 32x32 tile of C; acc column r = C row i + r.
-// Each k step loads 4 vec4 of A and 4 of B at indices ia, ib, which advance by a fixed
-// stride: the index arithmetic is done once, outside the loop (CPU adapters' shader
-// compilers hoist little). Rows or columns past C's edge are clamped, not zeroed: they only
-// reach outputs that are never stored.
+// Columns col..col+3 of row `row` of a block moved back inside C: only the outputs from
+// (row0, col0) on are this invocation's (the rest belong to the block before it).
+fn store_registers_block(row0: u32, col0: u32, row: u32, col: u32, pre: vec4<f32>) {
+    if (row < row0 || col < col0) { return; }
+    epilogue4_biased(row, col, pre);
+}
+
+// ---- registers blocked GEMM: GENERATED by scripts/gen_gemm_registers.py (edit that) ----
+
+const BLOCK_ROWS: u32 = 12u;
+const BLOCK_COLS: u32 = 8u;
+
+// acc{r}_{h} = C[i + r, j + 4h .. j + 4h + 3]. Each k step p reads 12 floats of op(A)
+// (lhs{r} = op(A)[i + r, p]) and 8 of op(B) (rhs{h} = op(B)[p, j + 4h ..]) for
+// 96 multiply-adds.
+// The block is moved back inside C (m >= BLOCK_ROWS, n >= BLOCK_COLS), so it reads only
+// inside A and B and stores only the outputs from (row0, col0) on: no branch in the loop.
 @compute @workgroup_size(8, 8)
 fn gemm_registers_aligned(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = gid.y * 4u;
-    let j = gid.x * 4u;
-    let k4 = shape.k / 4u;
-    let steps = vec4<u32>(0u, 1u, 2u, 3u);
-    // NN, NT: rows i..i+3 of A [m, k], a vec4 along k each; TN: k rows 0..3 of A [k, m], a
-    // vec4 along m each (m % 4 == 0, so i < m means i + 3 < m)
-    var ia: vec4<u32>;
-    var stride_a: u32;
+    let row0 = gid.y * BLOCK_ROWS;
+    let col0 = gid.x * BLOCK_COLS;
+    let i = min(row0, shape.m - BLOCK_ROWS);
+    let j = min(col0, shape.n - BLOCK_COLS);
+    // op(A)[i + r, p] = a_f32[ia + r a_row] at step p; op(B)[p, j + c] = b_f32[ib + c b_col]
+    var ia = i * shape.k;
+    var a_row = shape.k;
+    var a_step = 1u;
     if (LAYOUT == 2u) {
-        ia = (steps * shape.m + min(i, shape.m - 4u)) / 4u;
-        stride_a = shape.m;
-    } else {
-        ia = min(vec4<u32>(i) + steps, vec4<u32>(shape.m - 1u)) * k4;
-        stride_a = 1u;
+        ia = i;
+        a_row = 1u;
+        a_step = shape.m;
     }
-    // NT: columns j..j+3 of op(B), rows of B [n, k]; NN, TN: k rows 0..3 of B [k, n]
-    var ib: vec4<u32>;
-    var stride_b: u32;
+    var ib = j;
+    var b_col = 1u;
+    var b_step = shape.n;
     if (LAYOUT == 1u) {
-        ib = min(vec4<u32>(j) + steps, vec4<u32>(shape.n - 1u)) * k4;
-        stride_b = 1u;
-    } else {
-        ib = (steps * shape.n + min(j, shape.n - 4u)) / 4u;
-        stride_b = shape.n;
+        ib = j * shape.k;
+        b_col = shape.k;
+        b_step = 1u;
     }
-    var acc = mat4x4<f32>();
-    for (var q = 0u; q < k4; q++) {
-        // ma column r = op(A)[i + r, 4q..4q+3]; mb column s = op(B)[4q + s, j..j+3]
-        var ma = mat4x4<f32>(a4[ia.x], a4[ia.y], a4[ia.z], a4[ia.w]);
-        var mb = mat4x4<f32>(b4[ib.x], b4[ib.y], b4[ib.z], b4[ib.w]);
-        if (LAYOUT == 2u) { ma = transpose(ma); }
-        if (LAYOUT == 1u) { mb = transpose(mb); }
-        // (mb ma) column r = sum_s op(A)[i + r, 4q + s] op(B)[4q + s, j..j+3]
-        acc += mb * ma;
-        ia += stride_a;
-        ib += stride_b;
+    var acc0_0 = vec4<f32>(0.0); var acc0_1 = vec4<f32>(0.0);
+    var acc1_0 = vec4<f32>(0.0); var acc1_1 = vec4<f32>(0.0);
+    var acc2_0 = vec4<f32>(0.0); var acc2_1 = vec4<f32>(0.0);
+    var acc3_0 = vec4<f32>(0.0); var acc3_1 = vec4<f32>(0.0);
+    var acc4_0 = vec4<f32>(0.0); var acc4_1 = vec4<f32>(0.0);
+    var acc5_0 = vec4<f32>(0.0); var acc5_1 = vec4<f32>(0.0);
+    var acc6_0 = vec4<f32>(0.0); var acc6_1 = vec4<f32>(0.0);
+    var acc7_0 = vec4<f32>(0.0); var acc7_1 = vec4<f32>(0.0);
+    var acc8_0 = vec4<f32>(0.0); var acc8_1 = vec4<f32>(0.0);
+    var acc9_0 = vec4<f32>(0.0); var acc9_1 = vec4<f32>(0.0);
+    var acc10_0 = vec4<f32>(0.0); var acc10_1 = vec4<f32>(0.0);
+    var acc11_0 = vec4<f32>(0.0); var acc11_1 = vec4<f32>(0.0);
+    for (var p = 0u; p < shape.k; p++) {
+        let lhs0 = a_f32[ia];
+        let lhs1 = a_f32[ia + 1u * a_row];
+        let lhs2 = a_f32[ia + 2u * a_row];
+        let lhs3 = a_f32[ia + 3u * a_row];
+        let lhs4 = a_f32[ia + 4u * a_row];
+        let lhs5 = a_f32[ia + 5u * a_row];
+        let lhs6 = a_f32[ia + 6u * a_row];
+        let lhs7 = a_f32[ia + 7u * a_row];
+        let lhs8 = a_f32[ia + 8u * a_row];
+        let lhs9 = a_f32[ia + 9u * a_row];
+        let lhs10 = a_f32[ia + 10u * a_row];
+        let lhs11 = a_f32[ia + 11u * a_row];
+        let rhs0 = vec4<f32>(b_f32[ib], b_f32[ib + 1u * b_col], b_f32[ib + 2u * b_col], b_f32[ib + 3u * b_col]);
+        let rhs1 = vec4<f32>(b_f32[ib + 4u * b_col], b_f32[ib + 5u * b_col], b_f32[ib + 6u * b_col], b_f32[ib + 7u * b_col]);
+        acc0_0 = fma(vec4<f32>(lhs0), rhs0, acc0_0);
+        acc0_1 = fma(vec4<f32>(lhs0), rhs1, acc0_1);
+        acc1_0 = fma(vec4<f32>(lhs1), rhs0, acc1_0);
+        acc1_1 = fma(vec4<f32>(lhs1), rhs1, acc1_1);
+        acc2_0 = fma(vec4<f32>(lhs2), rhs0, acc2_0);
+        acc2_1 = fma(vec4<f32>(lhs2), rhs1, acc2_1);
+        acc3_0 = fma(vec4<f32>(lhs3), rhs0, acc3_0);
+        acc3_1 = fma(vec4<f32>(lhs3), rhs1, acc3_1);
+        acc4_0 = fma(vec4<f32>(lhs4), rhs0, acc4_0);
+        acc4_1 = fma(vec4<f32>(lhs4), rhs1, acc4_1);
+        acc5_0 = fma(vec4<f32>(lhs5), rhs0, acc5_0);
+        acc5_1 = fma(vec4<f32>(lhs5), rhs1, acc5_1);
+        acc6_0 = fma(vec4<f32>(lhs6), rhs0, acc6_0);
+        acc6_1 = fma(vec4<f32>(lhs6), rhs1, acc6_1);
+        acc7_0 = fma(vec4<f32>(lhs7), rhs0, acc7_0);
+        acc7_1 = fma(vec4<f32>(lhs7), rhs1, acc7_1);
+        acc8_0 = fma(vec4<f32>(lhs8), rhs0, acc8_0);
+        acc8_1 = fma(vec4<f32>(lhs8), rhs1, acc8_1);
+        acc9_0 = fma(vec4<f32>(lhs9), rhs0, acc9_0);
+        acc9_1 = fma(vec4<f32>(lhs9), rhs1, acc9_1);
+        acc10_0 = fma(vec4<f32>(lhs10), rhs0, acc10_0);
+        acc10_1 = fma(vec4<f32>(lhs10), rhs1, acc10_1);
+        acc11_0 = fma(vec4<f32>(lhs11), rhs0, acc11_0);
+        acc11_1 = fma(vec4<f32>(lhs11), rhs1, acc11_1);
+        ia += a_step;
+        ib += b_step;
     }
-    epilogue4(i, j, acc[0]);
-    epilogue4(i + 1u, j, acc[1]);
-    epilogue4(i + 2u, j, acc[2]);
-    epilogue4(i + 3u, j, acc[3]);
+    // the bias once per column, not once per output
+    var bias0 = vec4<f32>(0.0);
+    var bias1 = vec4<f32>(0.0);
+    if (shape.has_bias != 0u) {
+        bias0 = bias4[j / 4u + 0u];
+        bias1 = bias4[j / 4u + 1u];
+    }
+    store_registers_block(row0, col0, i + 0u, j + 0u, acc0_0 + bias0);
+    store_registers_block(row0, col0, i + 0u, j + 4u, acc0_1 + bias1);
+    store_registers_block(row0, col0, i + 1u, j + 0u, acc1_0 + bias0);
+    store_registers_block(row0, col0, i + 1u, j + 4u, acc1_1 + bias1);
+    store_registers_block(row0, col0, i + 2u, j + 0u, acc2_0 + bias0);
+    store_registers_block(row0, col0, i + 2u, j + 4u, acc2_1 + bias1);
+    store_registers_block(row0, col0, i + 3u, j + 0u, acc3_0 + bias0);
+    store_registers_block(row0, col0, i + 3u, j + 4u, acc3_1 + bias1);
+    store_registers_block(row0, col0, i + 4u, j + 0u, acc4_0 + bias0);
+    store_registers_block(row0, col0, i + 4u, j + 4u, acc4_1 + bias1);
+    store_registers_block(row0, col0, i + 5u, j + 0u, acc5_0 + bias0);
+    store_registers_block(row0, col0, i + 5u, j + 4u, acc5_1 + bias1);
+    store_registers_block(row0, col0, i + 6u, j + 0u, acc6_0 + bias0);
+    store_registers_block(row0, col0, i + 6u, j + 4u, acc6_1 + bias1);
+    store_registers_block(row0, col0, i + 7u, j + 0u, acc7_0 + bias0);
+    store_registers_block(row0, col0, i + 7u, j + 4u, acc7_1 + bias1);
+    store_registers_block(row0, col0, i + 8u, j + 0u, acc8_0 + bias0);
+    store_registers_block(row0, col0, i + 8u, j + 4u, acc8_1 + bias1);
+    store_registers_block(row0, col0, i + 9u, j + 0u, acc9_0 + bias0);
+    store_registers_block(row0, col0, i + 9u, j + 4u, acc9_1 + bias1);
+    store_registers_block(row0, col0, i + 10u, j + 0u, acc10_0 + bias0);
+    store_registers_block(row0, col0, i + 10u, j + 4u, acc10_1 + bias1);
+    store_registers_block(row0, col0, i + 11u, j + 0u, acc11_0 + bias0);
+    store_registers_block(row0, col0, i + 11u, j + 4u, acc11_1 + bias1);
 }
+
+// ---- end of the generated registers blocked GEMM ----
 
 // Any shape: the same blocks read a float at a time, zero outside, stored a float at a time.
 @compute @workgroup_size(8, 8)

@@ -316,14 +316,15 @@ fn every_epilogue(variant: Variant, tiles: Tiles) {
         ),
     ];
     for (layout, flags) in cases {
-        // the last: every dimension a multiple of 4 (the registers GEMM's aligned pipeline)
-        // with C's edges inside a tile
+        // n % 4 == 0 runs the registers GEMM's 12x8 blocks (gemm_registers_aligned): the
+        // last two with C's edges inside a block and a workgroup's tile, k odd in the last
         for shape in [
             (65, 96, 64),
             (985, 33, 17),
             (17, 192, 192),
             (64, 128, 192),
             (68, 36, 20),
+            (97, 12, 7),
         ] {
             check_tiles(variant, layout, shape, flags, tiles);
         }

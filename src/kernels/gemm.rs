@@ -17,8 +17,8 @@
 //! - `Tiled` for GPUs: workgroup memory, 8x8 (or 4x4) register blocks, vec4 loads, split-K
 //!   where a shape has few tiles (shaders/gemm_tiled.wgsl);
 //! - `Registers` for CPU adapters without 8-lane subgroups (llvmpipe on GL, SwiftShader in
-//!   Chrome): no workgroup memory, no barriers, 4x4 register blocks read straight from
-//!   storage, a branch-free k loop for aligned shapes;
+//!   Chrome): no workgroup memory, no barriers, register blocks read straight from storage:
+//!   12x8 with a branch-free k loop when C rows are on 16 bytes, else 4x4;
 //! - `Lanes` / `LanesStorage`, the CPU-adapter specialisation (lavapipe: subgroups of
 //!   exactly 8 lanes, texture operands), in `kernels::cpu::gemm_lanes`, reached through one
 //!   seam: a `Specialisation` that `Gemm` holds when chosen (`kernels::variants` chooses)
@@ -156,6 +156,10 @@ pub(crate) struct Meta {
 const TILED_TILE: usize = 64;
 const TILED_TK: usize = 16;
 const REGISTERS_TILE: usize = 32;
+/// `gemm_registers_aligned`'s block of C per invocation (scripts/gen_gemm_registers.py), in
+/// 8x8 invocations.
+const BLOCK_ROWS: usize = 12;
+const BLOCK_COLS: usize = 8;
 /// Tiled's workgroup: 256 invocations, two [16][32] vec4 tiles in workgroup memory.
 const TILED_INVOCATIONS: u32 = 256;
 const TILED_WORKGROUP_BYTES: u32 = 2 * 16 * 32 * 16;
@@ -210,11 +214,52 @@ impl Plan {
     }
 }
 
-/// Whether `Registers` runs `gemm_registers_aligned`: whole vec4 operand rows, and C rows
-/// on 16 bytes (n and k multiples of 4).
-pub(crate) fn registers_aligned(layout: Layout, m: usize, n: usize, k: usize) -> bool {
-    let (a_vec4, b_vec4) = vec4_operands(layout, m, n, k);
-    a_vec4 && b_vec4 && n.is_multiple_of(4) && k.is_multiple_of(4)
+/// The epilogue `gemm_registers_aligned` compiles into a pipeline: the activation, whether
+/// its slope is saved, and whether C (accumulate) or aux (act_grad) may be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AlignedEpilogue {
+    pub activation: Activation,
+    pub slope: bool,
+    pub reads: bool,
+}
+
+impl AlignedEpilogue {
+    /// Those it has pipelines for, the ones the model runs: no activation, reading C or
+    /// aux or not; or an activation, its slope saved or not, nothing read.
+    const ALL: [AlignedEpilogue; 6] = [
+        AlignedEpilogue::new(Activation::None, false, false),
+        AlignedEpilogue::new(Activation::None, false, true),
+        AlignedEpilogue::new(Activation::Relu, false, false),
+        AlignedEpilogue::new(Activation::Relu, true, false),
+        AlignedEpilogue::new(Activation::Gelu, false, false),
+        AlignedEpilogue::new(Activation::Gelu, true, false),
+    ];
+
+    const fn new(activation: Activation, slope: bool, reads: bool) -> AlignedEpilogue {
+        AlignedEpilogue {
+            activation,
+            slope,
+            reads,
+        }
+    }
+
+    pub(crate) fn of(
+        activation: Activation,
+        slope: bool,
+        act_grad: bool,
+        accumulate: bool,
+    ) -> AlignedEpilogue {
+        AlignedEpilogue::new(activation, slope, act_grad || accumulate)
+    }
+}
+
+/// Whether `Registers` runs `gemm_registers_aligned`: C rows on 16 bytes (n % 4 == 0), C at
+/// least one block, and a pipeline for the epilogue; else `gemm_registers`.
+pub(crate) fn registers_aligned(m: usize, n: usize, epilogue: AlignedEpilogue) -> bool {
+    n.is_multiple_of(4)
+        && m >= BLOCK_ROWS
+        && n >= BLOCK_COLS
+        && AlignedEpilogue::ALL.contains(&epilogue)
 }
 
 /// Which operands are read as vec4: their contiguous axis is a multiple of 4.
@@ -243,11 +288,8 @@ enum Entry {
     },
     Reduce,
     Registers,
-    /// The activation and whether its slope is saved are compiled in.
-    RegistersAligned {
-        activation: Activation,
-        slope: bool,
-    },
+    /// The epilogue is compiled in.
+    RegistersAligned(AlignedEpilogue),
 }
 
 fn spec(layout: Layout, entry: Entry) -> PipelineSpec {
@@ -263,12 +305,13 @@ fn spec(layout: Layout, entry: Entry) -> PipelineSpec {
         ),
         Entry::Reduce => ("gemm_reduce", vec![]),
         Entry::Registers => ("gemm_registers", vec![("LAYOUT", l)]),
-        Entry::RegistersAligned { activation, slope } => (
+        Entry::RegistersAligned(e) => (
             "gemm_registers_aligned",
             vec![
                 ("LAYOUT", l),
-                ("ACTIVATION", activation.code() as f64),
-                ("SAVE_SLOPE", slope as u32 as f64),
+                ("ACTIVATION", e.activation.code() as f64),
+                ("SAVE_SLOPE", e.slope as u32 as f64),
+                ("EPILOGUE_READS", e.reads as u32 as f64),
             ],
         ),
     };
@@ -288,10 +331,8 @@ pub fn portable_pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
         match variant {
             Variant::Registers => {
                 specs.push(spec(layout, Entry::Registers));
-                for activation in [Activation::None, Activation::Relu, Activation::Gelu] {
-                    for slope in [false, true] {
-                        specs.push(spec(layout, Entry::RegistersAligned { activation, slope }));
-                    }
+                for epilogue in AlignedEpilogue::ALL {
+                    specs.push(spec(layout, Entry::RegistersAligned(epilogue)));
                 }
             }
             Variant::Tiled => {
@@ -509,21 +550,29 @@ impl Gemm {
 
     fn record_registers(&self, gpu: &Gpu, args: &GemmArgs, mut meta: Meta) -> Vec<Command> {
         let (m, n, k) = (args.m, args.n, args.k);
+        let epilogue = AlignedEpilogue::of(
+            args.activation,
+            args.slope.is_some(),
+            args.act_grad.is_some(),
+            args.accumulate,
+        );
+        if registers_aligned(m, n, epilogue) {
+            // operands read a float at a time: bound as they are
+            let groups = [div_ceil(n, 8 * BLOCK_COLS), div_ceil(m, 8 * BLOCK_ROWS), 1];
+            check_groups(gpu, groups, m, n);
+            let pipeline = self.pipeline(gpu, args.layout, Entry::RegistersAligned(epilogue));
+            let mut entries = self.epilogue_entries(args, [8, 9, 10, 11]);
+            entries.extend([entry(12, &args.a), entry(13, &args.b)]);
+            let dispatch =
+                gpu.dispatch_with(&pipeline, &entries, &Gemm::outputs(args), &meta, groups);
+            return vec![Command::Dispatch(dispatch)];
+        }
         let (a_vec4, b_vec4) = vec4_operands(args.layout, m, n, k);
         meta.a_vec4 = a_vec4 as u32;
         meta.b_vec4 = b_vec4 as u32;
         let groups = [div_ceil(n, REGISTERS_TILE), div_ceil(m, REGISTERS_TILE), 1];
         check_groups(gpu, groups, m, n);
-        let aligned = registers_aligned(args.layout, m, n, k);
-        let kernel = if aligned {
-            Entry::RegistersAligned {
-                activation: args.activation,
-                slope: args.slope.is_some(),
-            }
-        } else {
-            Entry::Registers
-        };
-        let pipeline = self.pipeline(gpu, args.layout, kernel);
+        let pipeline = self.pipeline(gpu, args.layout, Entry::Registers);
         let mut commands = Vec::new();
         let (padded_a, padded_b) = (padded(gpu, args.a), padded(gpu, args.b));
         for (operand, copy) in [(args.a, &padded_a), (args.b, &padded_b)] {
@@ -536,13 +585,7 @@ impl Gemm {
         }
         let a4 = vec4_view(args.a, padded_a.as_ref());
         let b4 = vec4_view(args.b, padded_b.as_ref());
-        // the aligned entry point reads and writes the epilogue's buffers as vec4
-        let epilogue = if aligned {
-            [8, 9, 10, 11]
-        } else {
-            [2, 3, 4, 5]
-        };
-        let mut entries = self.epilogue_entries(args, epilogue);
+        let mut entries = self.epilogue_entries(args, [2, 3, 4, 5]);
         entries.extend([entry(0, &a4), entry(1, &b4)]);
         commands.push(Command::Dispatch(gpu.dispatch_with(
             &pipeline,

@@ -418,6 +418,7 @@ fn gemm_cases() -> Vec<Case> {
     // activation, weight gradients added into a gradient, and the residual stream's +=
     let gelu_slope = flags(true, true, gelu, None, false);
     let relu_residual = flags(true, false, relu, None, true);
+    let bias_residual = flags(true, false, None, None, true);
     let relu_slope = flags(true, true, relu, None, false);
     let times_slope = flags(false, false, None, saved_slope, false);
     let times_slope_added = flags(false, false, None, saved_slope, true);
@@ -449,12 +450,13 @@ fn gemm_cases() -> Vec<Case> {
         gemm(Registers, NT, (65, 33, 17), None, gelu_slope),
         gemm(Registers, NN, (50, 36, 50), None, times_slope_added),
         gemm(Registers, TN, (36, 65, 50), None, added),
-        // aligned (operand rows, n and k multiples of 4): the branch-free k loop, with rows
-        // and columns of C past a 32 tile's edge
-        gemm(Registers, NT, (70, 36, 20), None, gelu_slope),
-        gemm(Registers, NT, (33, 68, 12), None, relu_residual),
-        gemm(Registers, NN, (68, 36, 28), None, times_slope_added),
-        gemm(Registers, TN, (36, 68, 52), None, added),
+        // n % 4 == 0: the 12x8 blocks (gemm_registers_aligned), each epilogue it compiles
+        // in, with C's last block moved back over the one before it, k odd
+        gemm(Registers, NT, (70, 36, 21), None, gelu_slope),
+        gemm(Registers, NT, (33, 68, 13), None, bias_residual),
+        gemm(Registers, NT, (97, 12, 7), None, relu_slope),
+        gemm(Registers, NN, (68, 36, 29), None, times_slope_added),
+        gemm(Registers, TN, (36, 68, 53), None, added),
     ];
     list.into_iter()
         .map(|c| case("gemm", c.check(), c.describe(), &c.entries(), Spec::Gemm(c)))

@@ -64,7 +64,7 @@ impl GemmCase {
     pub fn entries(&self) -> Vec<&'static str> {
         match self.variant {
             gemm::Variant::Registers
-                if gemm::registers_aligned(self.layout, self.m, self.n, self.k) =>
+                if gemm::registers_aligned(self.m, self.n, self.epilogue()) =>
             {
                 vec!["gemm_tiled.wgsl:gemm_registers_aligned"]
             }
@@ -74,6 +74,16 @@ impl GemmCase {
             }
             _ => vec!["gemm_tiled.wgsl:gemm_tiled"],
         }
+    }
+
+    fn epilogue(&self) -> gemm::AlignedEpilogue {
+        let f = self.flags;
+        gemm::AlignedEpilogue::of(
+            f.activation.unwrap_or(Activation::None),
+            f.slope,
+            f.act_grad.is_some(),
+            f.accumulate,
+        )
     }
 
     pub fn describe(&self) -> String {
