@@ -77,9 +77,14 @@ fn gemm_registers_aligned(@builtin(global_invocation_id) gid: vec3<u32>) {{
     for h in range(HALVES):
         out.append(f"        bias{h} = bias4[j / 4u + {h}u];")
     out.append("    }")
-    for r in range(ROWS):
-        for h in range(HALVES):
-            out.append(f"    store_registers_block(row0, col0, i + {r}u, j + {4 * h}u, acc{r}_{h} + bias{h});")
+    # a loop over rows, not one inlined epilogue per accumulator: CPU adapters compile the
+    # written-out stores (with GELU) several times slower, for no faster kernel
+    accs = ", ".join(f"acc{r}_{h}" for r in range(ROWS) for h in range(HALVES))
+    out.append(f"    var block = array<vec4<f32>, {ROWS * HALVES}>({accs});")
+    out.append("    for (var r = 0u; r < BLOCK_ROWS; r++) {")
+    for h in range(HALVES):
+        out.append(f"        store_registers_block(row0, col0, i + r, j + {4 * h}u, block[{HALVES}u * r + {h}u] + bias{h});")
+    out.append("    }")
     out.append("}")
     return "\n".join(out) + "\n"
 

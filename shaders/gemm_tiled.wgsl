@@ -523,30 +523,11 @@ fn gemm_registers_aligned(@builtin(global_invocation_id) gid: vec3<u32>) {
         bias0 = bias4[j / 4u + 0u];
         bias1 = bias4[j / 4u + 1u];
     }
-    store_registers_block(row0, col0, i + 0u, j + 0u, acc0_0 + bias0);
-    store_registers_block(row0, col0, i + 0u, j + 4u, acc0_1 + bias1);
-    store_registers_block(row0, col0, i + 1u, j + 0u, acc1_0 + bias0);
-    store_registers_block(row0, col0, i + 1u, j + 4u, acc1_1 + bias1);
-    store_registers_block(row0, col0, i + 2u, j + 0u, acc2_0 + bias0);
-    store_registers_block(row0, col0, i + 2u, j + 4u, acc2_1 + bias1);
-    store_registers_block(row0, col0, i + 3u, j + 0u, acc3_0 + bias0);
-    store_registers_block(row0, col0, i + 3u, j + 4u, acc3_1 + bias1);
-    store_registers_block(row0, col0, i + 4u, j + 0u, acc4_0 + bias0);
-    store_registers_block(row0, col0, i + 4u, j + 4u, acc4_1 + bias1);
-    store_registers_block(row0, col0, i + 5u, j + 0u, acc5_0 + bias0);
-    store_registers_block(row0, col0, i + 5u, j + 4u, acc5_1 + bias1);
-    store_registers_block(row0, col0, i + 6u, j + 0u, acc6_0 + bias0);
-    store_registers_block(row0, col0, i + 6u, j + 4u, acc6_1 + bias1);
-    store_registers_block(row0, col0, i + 7u, j + 0u, acc7_0 + bias0);
-    store_registers_block(row0, col0, i + 7u, j + 4u, acc7_1 + bias1);
-    store_registers_block(row0, col0, i + 8u, j + 0u, acc8_0 + bias0);
-    store_registers_block(row0, col0, i + 8u, j + 4u, acc8_1 + bias1);
-    store_registers_block(row0, col0, i + 9u, j + 0u, acc9_0 + bias0);
-    store_registers_block(row0, col0, i + 9u, j + 4u, acc9_1 + bias1);
-    store_registers_block(row0, col0, i + 10u, j + 0u, acc10_0 + bias0);
-    store_registers_block(row0, col0, i + 10u, j + 4u, acc10_1 + bias1);
-    store_registers_block(row0, col0, i + 11u, j + 0u, acc11_0 + bias0);
-    store_registers_block(row0, col0, i + 11u, j + 4u, acc11_1 + bias1);
+    var block = array<vec4<f32>, 24>(acc0_0, acc0_1, acc1_0, acc1_1, acc2_0, acc2_1, acc3_0, acc3_1, acc4_0, acc4_1, acc5_0, acc5_1, acc6_0, acc6_1, acc7_0, acc7_1, acc8_0, acc8_1, acc9_0, acc9_1, acc10_0, acc10_1, acc11_0, acc11_1);
+    for (var r = 0u; r < BLOCK_ROWS; r++) {
+        store_registers_block(row0, col0, i + r, j + 0u, block[2u * r + 0u] + bias0);
+        store_registers_block(row0, col0, i + r, j + 4u, block[2u * r + 1u] + bias1);
+    }
 }
 
 // ---- end of the generated registers blocked GEMM ----
