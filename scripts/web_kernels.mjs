@@ -93,7 +93,9 @@ await withPage('web_kernels', [], undefined, async (page, logs) => {
       const worst = r.max_err === undefined || r.max_err === null ? 'no comparison'
         : `${r.worst} ${Number(r.max_err).toExponential(2)} (tolerance ${Number(r.tol).toExponential(0)})`;
       // a failure's message names the kernel, the check and the shape itself
-      console.log(`${r.ok ? `ok   ${describe(c)}: ${worst}` : `FAIL ${r.error}`} [${seconds.toFixed(2)} s]`);
+      const status = r.unsupported ? `skip ${describe(c)}: ${r.unsupported}`
+        : r.ok ? `ok   ${describe(c)}: ${worst}` : `FAIL ${r.error}`;
+      console.log(`${status} [${seconds.toFixed(2)} s]`);
     }
   }
 });

@@ -7,7 +7,8 @@ use vit_wgpu::reference::gemm::{self as reference, Epilogue};
 
 /// One `Gemm` per variant for the whole test binary: pipelines compile once.
 fn gemm(variant: Variant) -> &'static Gemm {
-    static GEMMS: [OnceLock<Gemm>; 4] = [
+    static GEMMS: [OnceLock<Gemm>; 5] = [
+        OnceLock::new(),
         OnceLock::new(),
         OnceLock::new(),
         OnceLock::new(),
@@ -342,6 +343,20 @@ fn tiled_gemm_matches_cpu_in_every_layout_on_odd_shapes() {
 fn registers_gemm_matches_cpu_in_every_layout_on_odd_shapes() {
     if runs(Variant::Registers) {
         every_layout_on_odd_shapes(Variant::Registers, Tiles::Planned);
+    }
+}
+
+#[test]
+fn lanes4_gemm_matches_cpu_in_every_layout_on_odd_shapes() {
+    if runs(Variant::Lanes4) {
+        every_layout_on_odd_shapes(Variant::Lanes4, Tiles::Planned);
+    }
+}
+
+#[test]
+fn lanes4_gemm_applies_every_epilogue() {
+    if runs(Variant::Lanes4) {
+        every_epilogue(Variant::Lanes4, Tiles::Planned);
     }
 }
 
@@ -734,6 +749,8 @@ fn gemm_new_picks_the_variant_the_adapter_supports() {
             && g.fits_limits(&vit_wgpu::kernels::GEMM_LANES).is_ok()
         {
             Variant::Lanes
+        } else if g.caps.exact_subgroups(4).is_ok() {
+            Variant::Lanes4
         } else {
             Variant::Registers
         }

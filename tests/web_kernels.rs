@@ -25,9 +25,10 @@ fn web_kernels(args: &[&str]) -> Output {
         .expect("cannot run node")
 }
 
-/// "shader.wgsl:entry" for every compute entry point of shaders/*.wgsl (not shaders/cpu/).
+/// "shader.wgsl:entry" for every compute entry point of shaders/*.wgsl, and of the
+/// shaders/cpu/ kernels the browser runs (`checks::CHECKED_CPU_SHADERS`).
 fn portable_entry_points() -> BTreeSet<String> {
-    checks::entry_points_in_folder(&repo().join("shaders")).expect("read shaders/")
+    checks::checked_entry_points(&repo().join("shaders")).expect("read shaders/")
 }
 
 #[test]

@@ -170,6 +170,8 @@ impl Gpu {
             });
         }
         let features = adapter.features() & mode.features();
+        #[cfg(all(target_arch = "wasm32", feature = "web"))]
+        super::web_subgroups::install();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("vit-wgpu"),
@@ -184,7 +186,12 @@ impl Gpu {
                 adapter: info.name.clone(),
                 source,
             })?;
-        let caps = Caps::new(&info, &limits, features, adapter.features());
+        #[allow(unused_mut)]
+        let mut caps = Caps::new(&info, &limits, features, adapter.features());
+        #[cfg(all(target_arch = "wasm32", feature = "web"))]
+        {
+            caps.subgroups = super::web_subgroups::granted();
+        }
         Ok(Gpu {
             device,
             queue,

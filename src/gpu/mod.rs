@@ -13,6 +13,8 @@ pub mod future;
 pub mod limits;
 mod pipelines;
 mod timer;
+#[cfg(all(target_arch = "wasm32", feature = "web"))]
+mod web_subgroups;
 
 pub use buffers::{mapped, start_map, take_mapped, Bind, MapReceiver, Out, View};
 pub use caps::Caps;

@@ -119,10 +119,17 @@ impl Gpu {
     }
 
     pub fn module(&self, shader: &Shader) -> wgpu::ShaderModule {
+        #[cfg(all(target_arch = "wasm32", feature = "web"))]
+        let source = match self.caps.subgroups {
+            true => super::web_subgroups::enable_directive(shader.source),
+            false => shader.source.into(),
+        };
+        #[cfg(not(all(target_arch = "wasm32", feature = "web")))]
+        let source: std::borrow::Cow<str> = shader.source.into();
         self.device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(shader.name),
-                source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+                source: wgpu::ShaderSource::Wgsl(source),
             })
     }
 }

@@ -13,7 +13,7 @@
 //! then C = result, or C += result when `accumulate`.
 //!
 //! Variants (chosen once per device by capability, see `Gemm::choose`; overridden with
-//! VIT_GEMM_VARIANT=tiled|registers|lanes|lanes-storage):
+//! VIT_GEMM_VARIANT=tiled|registers|lanes|lanes-storage|lanes4):
 //! - `Tiled` for GPUs: workgroup memory, 8x8 (or 4x4) register blocks, vec4 loads, split-K
 //!   where a shape has few tiles (shaders/gemm_tiled.wgsl);
 //! - `Registers` for CPU adapters without 8-lane subgroups (llvmpipe on GL, SwiftShader in
@@ -22,7 +22,10 @@
 //! - `Lanes` / `LanesStorage`, the CPU-adapter specialisation (lavapipe: subgroups of
 //!   exactly 8 lanes, texture operands), in `kernels::cpu::gemm_lanes`, reached through one
 //!   seam: a `Specialisation` that `Gemm` holds when chosen (`kernels::variants` chooses)
-//!   and hands every `record`.
+//!   and hands every `record`;
+//! - `Lanes4`, the specialisation for CPU adapters with 4-lane subgroups (SwiftShader):
+//!   `Registers` with its 12x8 blocks' A loads shared across a subgroup, in
+//!   `kernels::cpu::gemm_lanes4`, through the same seam.
 //!
 //! The portable path (Tiled, Registers) binds storage buffers only, uses no subgroups and
 //! fits `wgpu::Limits::default()`.
@@ -54,7 +57,7 @@ impl Layout {
 }
 
 impl Activation {
-    fn code(self) -> u32 {
+    pub(crate) fn code(self) -> u32 {
         match self {
             Activation::None => 0,
             Activation::Relu => 1,
@@ -85,14 +88,18 @@ pub enum Variant {
     LanesStorage,
     /// For CPU adapters without 8-lane subgroups: 4x4 register blocks, no workgroup memory.
     Registers,
+    /// For CPU adapters with 4-lane subgroups: `Registers` with the 12x8 blocks' A loads
+    /// shared by `subgroupBroadcast`.
+    Lanes4,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 4] = [
+    pub const ALL: [Variant; 5] = [
         Variant::Tiled,
         Variant::Lanes,
         Variant::LanesStorage,
         Variant::Registers,
+        Variant::Lanes4,
     ];
 
     pub fn name(self) -> &'static str {
@@ -101,6 +108,7 @@ impl Variant {
             Variant::Lanes => "lanes",
             Variant::LanesStorage => "lanes-storage",
             Variant::Registers => "registers",
+            Variant::Lanes4 => "lanes4",
         }
     }
 }
@@ -157,9 +165,9 @@ const TILED_TILE: usize = 64;
 const TILED_TK: usize = 16;
 const REGISTERS_TILE: usize = 32;
 /// `gemm_registers_aligned`'s block of C per invocation (scripts/gen_gemm_registers.py), in
-/// 8x8 invocations.
-const BLOCK_ROWS: usize = 12;
-const BLOCK_COLS: usize = 8;
+/// 8x8 invocations (`gemm_lanes4`: 4).
+pub(crate) const BLOCK_ROWS: usize = 12;
+pub(crate) const BLOCK_COLS: usize = 8;
 /// Tiled's workgroup: 256 invocations, two [16][32] vec4 tiles in workgroup memory.
 const TILED_INVOCATIONS: u32 = 256;
 const TILED_WORKGROUP_BYTES: u32 = 2 * 16 * 32 * 16;
@@ -224,9 +232,10 @@ pub(crate) struct AlignedEpilogue {
 }
 
 impl AlignedEpilogue {
-    /// Those it has pipelines for, the ones the model runs: no activation, reading C or
-    /// aux or not; or an activation, its slope saved or not, nothing read.
-    const ALL: [AlignedEpilogue; 6] = [
+    /// Those it has pipelines for in each layout, the ones the model runs: no activation,
+    /// reading C or aux or not (every layout); in the forward (NT) also an activation, its
+    /// slope saved or not, nothing read.
+    const FORWARD: [AlignedEpilogue; 6] = [
         AlignedEpilogue::new(Activation::None, false, false),
         AlignedEpilogue::new(Activation::None, false, true),
         AlignedEpilogue::new(Activation::Relu, false, false),
@@ -234,6 +243,23 @@ impl AlignedEpilogue {
         AlignedEpilogue::new(Activation::Gelu, false, false),
         AlignedEpilogue::new(Activation::Gelu, true, false),
     ];
+
+    pub(crate) fn compiled(layout: Layout) -> &'static [AlignedEpilogue] {
+        match layout {
+            Layout::NT => &AlignedEpilogue::FORWARD,
+            Layout::NN | Layout::TN => &AlignedEpilogue::FORWARD[..2],
+        }
+    }
+
+    /// The override constants that compile it in, with the layout's.
+    pub(crate) fn constants(self, layout: Layout) -> Vec<(&'static str, f64)> {
+        vec![
+            ("LAYOUT", layout.index() as f64),
+            ("ACTIVATION", self.activation.code() as f64),
+            ("SAVE_SLOPE", self.slope as u32 as f64),
+            ("EPILOGUE_READS", self.reads as u32 as f64),
+        ]
+    }
 
     const fn new(activation: Activation, slope: bool, reads: bool) -> AlignedEpilogue {
         AlignedEpilogue {
@@ -253,13 +279,19 @@ impl AlignedEpilogue {
     }
 }
 
-/// Whether `Registers` runs `gemm_registers_aligned`: C rows on 16 bytes (n % 4 == 0), C at
-/// least one block, and a pipeline for the epilogue; else `gemm_registers`.
-pub(crate) fn registers_aligned(m: usize, n: usize, epilogue: AlignedEpilogue) -> bool {
+/// Whether `Registers` runs `gemm_registers_aligned` (and `Lanes4` `gemm_lanes4`): C rows
+/// on 16 bytes (n % 4 == 0), C at least one block, and a pipeline for the epilogue; else
+/// `gemm_registers`.
+pub(crate) fn registers_aligned(
+    m: usize,
+    n: usize,
+    layout: Layout,
+    epilogue: AlignedEpilogue,
+) -> bool {
     n.is_multiple_of(4)
         && m >= BLOCK_ROWS
         && n >= BLOCK_COLS
-        && AlignedEpilogue::ALL.contains(&epilogue)
+        && AlignedEpilogue::compiled(layout).contains(&epilogue)
 }
 
 /// Which operands are read as vec4: their contiguous axis is a multiple of 4.
@@ -305,15 +337,7 @@ fn spec(layout: Layout, entry: Entry) -> PipelineSpec {
         ),
         Entry::Reduce => ("gemm_reduce", vec![]),
         Entry::Registers => ("gemm_registers", vec![("LAYOUT", l)]),
-        Entry::RegistersAligned(e) => (
-            "gemm_registers_aligned",
-            vec![
-                ("LAYOUT", l),
-                ("ACTIVATION", e.activation.code() as f64),
-                ("SAVE_SLOPE", e.slope as u32 as f64),
-                ("EPILOGUE_READS", e.reads as u32 as f64),
-            ],
-        ),
+        Entry::RegistersAligned(e) => ("gemm_registers_aligned", e.constants(layout)),
     };
     PipelineSpec {
         shader: GEMM_TILED,
@@ -331,7 +355,7 @@ pub fn portable_pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
         match variant {
             Variant::Registers => {
                 specs.push(spec(layout, Entry::Registers));
-                for epilogue in AlignedEpilogue::ALL {
+                for &epilogue in AlignedEpilogue::compiled(layout) {
                     specs.push(spec(layout, Entry::RegistersAligned(epilogue)));
                 }
             }
@@ -342,7 +366,7 @@ pub fn portable_pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
                     }
                 }
             }
-            Variant::Lanes | Variant::LanesStorage => {}
+            Variant::Lanes | Variant::LanesStorage | Variant::Lanes4 => {}
         }
     }
     if variant == Variant::Tiled {
@@ -401,7 +425,7 @@ impl Gemm {
         match variant {
             Variant::Tiled => gpu.caps.workgroup(TILED_INVOCATIONS, TILED_WORKGROUP_BYTES),
             Variant::Registers => gpu.caps.workgroup(64, 0),
-            Variant::Lanes | Variant::LanesStorage => {
+            Variant::Lanes | Variant::LanesStorage | Variant::Lanes4 => {
                 Err(format!("{} is not a portable GEMM", variant.name()))
             }
         }
@@ -444,7 +468,7 @@ impl Gemm {
     }
 
     /// The buffers a portable dispatch stores to: C and the slope when saved.
-    fn outputs(args: &GemmArgs) -> Vec<wgpu::Buffer> {
+    pub(crate) fn outputs(args: &GemmArgs) -> Vec<wgpu::Buffer> {
         let mut outputs = vec![args.c.buffer.clone()];
         outputs.extend(args.slope.cloned());
         outputs
@@ -556,7 +580,7 @@ impl Gemm {
             args.act_grad.is_some(),
             args.accumulate,
         );
-        if registers_aligned(m, n, epilogue) {
+        if registers_aligned(m, n, args.layout, epilogue) {
             // operands read a float at a time: bound as they are
             let groups = [div_ceil(n, 8 * BLOCK_COLS), div_ceil(m, 8 * BLOCK_ROWS), 1];
             check_groups(gpu, groups, m, n);
@@ -598,7 +622,7 @@ impl Gemm {
     }
 
     /// C, bias, slope and aux at the given bindings, placeholders where absent.
-    fn epilogue_entries<'s>(
+    pub(crate) fn epilogue_entries<'s>(
         &'s self,
         args: &'s GemmArgs<'_>,
         [c, bias, slope, aux]: [u32; 4],

@@ -99,6 +99,17 @@ pub const GEMM_LANES: Shader = Shader {
         include_str!("../../shaders/cpu/gemm_lanes.wgsl")
     ),
 };
+/// GEMM for CPU adapters with 4-lane subgroups (SwiftShader): gemm_tiled.wgsl's register
+/// blocks with subgroup-shared A loads appended, so devices without subgroups never compile
+/// subgroup code.
+pub const GEMM_LANES4: Shader = Shader {
+    name: "cpu/gemm_lanes4.wgsl",
+    source: concat!(
+        include_str!("../../shaders/activations.wgsl"),
+        include_str!("../../shaders/gemm_tiled.wgsl"),
+        include_str!("../../shaders/cpu/gemm_lanes4.wgsl")
+    ),
+};
 pub const LAYERNORM: Shader = shader!("layernorm.wgsl");
 pub const LOSS: Shader = shader!("loss.wgsl");
 pub const REDUCE: Shader = shader!("reduce.wgsl");
@@ -124,6 +135,7 @@ pub const ALL_SHADERS: &[Shader] = &[
     TOKENS,
     GEMM_TILED,
     GEMM_LANES,
+    GEMM_LANES4,
     LAYERNORM,
     LOSS,
     REDUCE,

@@ -8,6 +8,7 @@ use std::any::Any;
 use super::attention::{self, Attention};
 use super::cpu::attention_lanes::{self, LanesAttention};
 use super::cpu::gemm_lanes::{self, GemmLanes, LanesPlan};
+use super::cpu::gemm_lanes4::{self, GemmLanes4};
 use super::gemm::{self, Gemm, GemmArgs};
 use super::PipelineSpec;
 use crate::gpu::caps::{self, Choice};
@@ -19,6 +20,7 @@ pub fn gemm_pipeline_specs(variant: gemm::Variant) -> Vec<PipelineSpec> {
     match variant {
         gemm::Variant::Lanes => gemm_lanes::pipeline_specs(true),
         gemm::Variant::LanesStorage => gemm_lanes::pipeline_specs(false),
+        gemm::Variant::Lanes4 => gemm_lanes4::pipeline_specs(),
         portable => gemm::portable_pipeline_specs(portable),
     }
 }
@@ -44,10 +46,12 @@ impl Gemm {
     }
 
     /// The variant for this adapter and why: on a CPU adapter `Lanes` with 8-lane subgroups,
-    /// else `Registers`; on a GPU `Tiled` when its workgroup fits, else `Registers`.
-    /// VIT_GEMM_VARIANT forces one the adapter supports.
+    /// else `Lanes4` with 4-lane ones (it runs on wider subgroups too, but there its
+    /// 4-invocation workgroups leave lanes idle), else `Registers`; on a GPU `Tiled` when its
+    /// workgroup fits, else `Registers`. VIT_GEMM_VARIANT forces one the adapter supports.
     pub fn choose(gpu: &Gpu) -> Choice<gemm::Variant> {
         use gemm::Variant;
+        let four_lanes = gpu.caps.exact_subgroups(4);
         let preferred: &[(Variant, &str)] = if gpu.caps.cpu {
             &[
                 (
@@ -55,8 +59,12 @@ impl Gemm {
                     "CPU adapter with 8-lane subgroups: loads shared by subgroupBroadcast",
                 ),
                 (
+                    Variant::Lanes4,
+                    "CPU adapter with 4-lane subgroups: register blocks sharing A loads by subgroupBroadcast",
+                ),
+                (
                     Variant::Registers,
-                    "CPU adapter where the lanes kernel cannot run: register blocks, no workgroup memory",
+                    "CPU adapter where the lanes kernels cannot run: register blocks, no workgroup memory",
                 ),
             ]
         } else {
@@ -68,12 +76,18 @@ impl Gemm {
                 (Variant::Registers, "register blocks, no workgroup memory"),
             ]
         };
+        let forced = caps::overrides().gemm.as_deref();
         caps::choose(
             caps::GEMM_VARIANT_ENV,
-            caps::overrides().gemm.as_deref(),
+            forced,
             &Variant::ALL,
             Variant::name,
-            |v| Gemm::supports(gpu, v),
+            |v| match v {
+                Variant::Lanes4 if forced != Some(v.name()) => {
+                    four_lanes.clone().and_then(|()| Gemm::supports(gpu, v))
+                }
+                _ => Gemm::supports(gpu, v),
+            },
             preferred,
         )
     }
@@ -86,6 +100,7 @@ impl Gemm {
     pub fn supports(gpu: &Gpu, variant: gemm::Variant) -> Result<(), String> {
         match variant {
             gemm::Variant::Lanes | gemm::Variant::LanesStorage => gemm_lanes::supports(gpu),
+            gemm::Variant::Lanes4 => gemm_lanes4::supports(gpu),
             portable => Gemm::supports_portable(gpu, portable),
         }
     }
@@ -107,6 +122,7 @@ impl Gemm {
         let cpu: Option<Box<dyn gemm::Specialisation>> = match variant {
             gemm::Variant::Lanes => Some(Box::new(GemmLanes::new(gpu, true))),
             gemm::Variant::LanesStorage => Some(Box::new(GemmLanes::new(gpu, false))),
+            gemm::Variant::Lanes4 => Some(Box::new(GemmLanes4::new(gpu))),
             gemm::Variant::Tiled | gemm::Variant::Registers => None,
         };
         Gemm::assemble(gpu, variant, "chosen by the caller".into(), cpu)

@@ -65,6 +65,17 @@ impl Spec {
             Spec::PeakFma => matmul::peak_fma(b).await,
         }
     }
+
+    /// Why the adapter cannot run this check's kernel variant (a CPU-adapter GEMM on an
+    /// adapter without its subgroups), or `None`.
+    pub(super) fn unsupported(&self, gpu: &crate::gpu::Gpu) -> Option<String> {
+        match self {
+            Spec::Gemm(c) => gemm::Gemm::supports(gpu, c.variant)
+                .err()
+                .map(|why| format!("the adapter cannot run GEMM {}: {why}", c.variant.name())),
+            _ => None,
+        }
+    }
 }
 
 fn case(
@@ -403,7 +414,7 @@ fn elementwise() -> Vec<Case> {
 }
 
 fn gemm_cases() -> Vec<Case> {
-    use gemm::Variant::{Registers, Tiled};
+    use gemm::Variant::{Lanes4, Registers, Tiled};
     use Layout::{NN, NT, TN};
     let (relu, gelu) = (Some(Activation::Relu), Some(Activation::Gelu));
     let (saved_slope, relu_output) = (Some(ActGrad::Slope), Some(ActGrad::ReluOutput));
@@ -457,6 +468,16 @@ fn gemm_cases() -> Vec<Case> {
         gemm(Registers, NT, (97, 12, 7), None, relu_slope),
         gemm(Registers, NN, (68, 36, 29), None, times_slope_added),
         gemm(Registers, TN, (36, 68, 53), None, added),
+        // the same blocks in 4-lane workgroups sharing A (gemm_lanes4, the CPU-adapter
+        // kernel the browser runs on SwiftShader): C's last tile past n (a lane wholly
+        // outside, one overlapping its neighbour), k odd; weight gradients and shapes it
+        // does not take go to the portable kernels
+        gemm(Lanes4, NT, (70, 44, 21), None, gelu_slope),
+        gemm(Lanes4, NT, (33, 68, 13), None, bias_residual),
+        gemm(Lanes4, NT, (97, 12, 7), None, relu_slope),
+        gemm(Lanes4, NN, (68, 36, 29), None, times_slope_added),
+        gemm(Lanes4, TN, (36, 68, 53), None, added),
+        gemm(Lanes4, NT, (65, 33, 17), None, gelu_slope),
     ];
     list.into_iter()
         .map(|c| case("gemm", c.check(), c.describe(), &c.entries(), Spec::Gemm(c)))

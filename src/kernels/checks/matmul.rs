@@ -42,6 +42,9 @@ impl GemmCase {
             (gemm::Variant::Registers, Layout::NT) => "registers forward (NT)",
             (gemm::Variant::Registers, Layout::NN) => "registers input gradient (NN)",
             (gemm::Variant::Registers, Layout::TN) => "registers weight gradient (TN)",
+            (gemm::Variant::Lanes4, Layout::NT) => "lanes4 forward (NT)",
+            (gemm::Variant::Lanes4, Layout::NN) => "lanes4 input gradient (NN)",
+            (gemm::Variant::Lanes4, Layout::TN) => "lanes4 weight gradient (TN)",
             (_, Layout::NT) => "tiled forward (NT)",
             (_, Layout::NN) => "tiled input gradient (NN)",
             (_, Layout::TN) => "tiled weight gradient (TN)",
@@ -62,13 +65,17 @@ impl GemmCase {
     }
 
     pub fn entries(&self) -> Vec<&'static str> {
+        let aligned = gemm::registers_aligned(self.m, self.n, self.layout, self.epilogue());
         match self.variant {
-            gemm::Variant::Registers
-                if gemm::registers_aligned(self.m, self.n, self.epilogue()) =>
-            {
+            gemm::Variant::Lanes4 if aligned && self.layout != Layout::TN => {
+                vec!["cpu/gemm_lanes4.wgsl:gemm_lanes4"]
+            }
+            gemm::Variant::Registers | gemm::Variant::Lanes4 if aligned => {
                 vec!["gemm_tiled.wgsl:gemm_registers_aligned"]
             }
-            gemm::Variant::Registers => vec!["gemm_tiled.wgsl:gemm_registers"],
+            gemm::Variant::Registers | gemm::Variant::Lanes4 => {
+                vec!["gemm_tiled.wgsl:gemm_registers"]
+            }
             _ if self.reduced() => {
                 vec!["gemm_tiled.wgsl:gemm_tiled", "gemm_tiled.wgsl:gemm_reduce"]
             }
@@ -89,7 +96,7 @@ impl GemmCase {
     pub fn describe(&self) -> String {
         let f = self.flags;
         let plan = match self.variant {
-            gemm::Variant::Registers => String::new(),
+            gemm::Variant::Registers | gemm::Variant::Lanes4 => String::new(),
             _ => {
                 let p = self.plan();
                 format!(" tile={} splits={}", 64 * p.blocks, p.splits)

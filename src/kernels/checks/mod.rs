@@ -112,10 +112,16 @@ pub struct Outcome {
     pub comparisons: Vec<Comparison>,
     /// A device error, a limit exceeded, or launches other than those declared.
     pub error: Option<String>,
+    /// Why it did not run: the adapter cannot run the check's kernel variant (reported,
+    /// not failed; the entry-point coverage tests fail if that leaves an entry unchecked).
+    pub unsupported: Option<String>,
 }
 
 impl Outcome {
     pub fn passed(&self) -> bool {
+        if self.unsupported.is_some() {
+            return self.error.is_none();
+        }
         self.error.is_none()
             && !self.comparisons.is_empty()
             && self.comparisons.iter().all(Comparison::passed)
@@ -187,6 +193,7 @@ impl Outcome {
             "max_err": worst.map(|c| c.error), "tol": worst.map(|c| c.tolerance),
             "worst": worst.map(|c| c.name.clone()),
             "ok": self.passed(), "error": self.failure(), "comparisons": comparisons,
+            "unsupported": self.unsupported,
         })
     }
 }
@@ -199,6 +206,19 @@ pub fn case_seed(seed: u64, id: usize) -> u64 {
 /// Run one check on `gpu`. `perturb` moves one element of the first reference it compares
 /// with, so the check must fail (the harness's own test).
 pub async fn run(gpu: &Gpu, case: &Case, seed: u64, perturb: bool) -> Outcome {
+    if let Some(why) = case.spec.unsupported(gpu) {
+        return Outcome {
+            kernel: case.kernel,
+            check: case.check,
+            shape: case.shape.clone(),
+            seed,
+            declared: case.entries.clone(),
+            launched: Vec::new(),
+            comparisons: Vec::new(),
+            error: None,
+            unsupported: Some(why),
+        };
+    }
     let mut bench = Bench::new(gpu, seed, perturb);
     // Errors of this check's pipelines, bind groups and submits land here, not in the
     // device's uncaptured-error handler (which panics).
@@ -238,7 +258,27 @@ pub async fn run(gpu: &Gpu, case: &Case, seed: u64, perturb: bool) -> Outcome {
         launched,
         comparisons: bench.comparisons,
         error: (!errors.is_empty()).then(|| errors.join("; ")),
+        unsupported: None,
     }
+}
+
+/// The CPU-adapter shaders (shaders/cpu/) the checks cover too: the browser's adapter
+/// (SwiftShader) runs them in place of portable kernels.
+pub const CHECKED_CPU_SHADERS: &[&str] = &["gemm_lanes4.wgsl"];
+
+/// "shader.wgsl:entry" for every entry point the checks must cover: those of shaders/*.wgsl
+/// and, as "cpu/shader.wgsl:entry", of `CHECKED_CPU_SHADERS`.
+pub fn checked_entry_points(
+    shaders: &std::path::Path,
+) -> std::io::Result<std::collections::BTreeSet<String>> {
+    let mut out = entry_points_in_folder(shaders)?;
+    for file in CHECKED_CPU_SHADERS {
+        let source = std::fs::read_to_string(shaders.join("cpu").join(file))?;
+        for name in entry_points(&source) {
+            out.insert(format!("cpu/{file}:{name}"));
+        }
+    }
+    Ok(out)
 }
 
 /// "shader.wgsl:entry" for every compute entry point of the `.wgsl` files directly in

@@ -1,4 +1,4 @@
-//! Specialisations for CPU adapters (Mesa's llvmpipe/lavapipe), kept apart from the
+//! Specialisations for CPU adapters (Mesa's llvmpipe/lavapipe, SwiftShader), kept apart from the
 //! portable kernels as llm.c keeps its kernel variants in dev/: each family reaches its
 //! CPU path through one seam, and the model never sees it.
 //!
@@ -13,6 +13,7 @@ pub mod attention_lanes;
 pub mod dropout;
 pub mod embed;
 pub mod gemm_lanes;
+pub mod gemm_lanes4;
 pub mod layernorm;
 pub mod reduce;
 pub mod texture;

@@ -1,0 +1,107 @@
+//! The GEMM for CPU adapters with 4-lane subgroups (SwiftShader, Chrome's WebGPU on a
+//! machine without a GPU): `gemm_registers_aligned`'s 12x8 register blocks, a workgroup of
+//! one subgroup whose four lanes share their rows of A by `subgroupBroadcast`
+//! (shaders/cpu/gemm_lanes4.wgsl). There every storage load is a gather of one float per
+//! lane, and a broadcast a register shuffle: 11 loads per 96 multiply-adds instead of 20.
+//! Shapes and epilogues the block kernel does not take run the portable `Registers` GEMM.
+
+use crate::gpu::{div_ceil, Command, Gpu};
+use crate::kernels::gemm::{
+    check_args, check_groups, entry, registers_aligned, AlignedEpilogue, Gemm, GemmArgs, Layout,
+    Plan, Specialisation, Variant, BLOCK_COLS, BLOCK_ROWS,
+};
+use crate::kernels::{PipelineSpec, GEMM_LANES4};
+
+const LANES: u32 = 4;
+
+/// The layouts it runs: the forward (NT) and the input gradients (NN). Weight gradients
+/// (TN) stay on `gemm_registers_aligned`, which keeps the program under 200 pipelines.
+const LAYOUTS: [Layout; 2] = [Layout::NT, Layout::NN];
+
+fn spec(layout: Layout, epilogue: AlignedEpilogue) -> PipelineSpec {
+    PipelineSpec {
+        shader: GEMM_LANES4,
+        entry: "gemm_lanes4",
+        constants: epilogue.constants(layout),
+    }
+}
+
+/// Every pipeline it can build: its own per (layout, compiled epilogue), and the portable
+/// `Registers` GEMM's for the rest.
+pub fn pipeline_specs() -> Vec<PipelineSpec> {
+    let mut specs = Vec::new();
+    for layout in LAYOUTS {
+        for &epilogue in AlignedEpilogue::compiled(layout) {
+            specs.push(spec(layout, epilogue));
+        }
+    }
+    specs.extend(crate::kernels::gemm::portable_pipeline_specs(
+        Variant::Registers,
+    ));
+    specs
+}
+
+/// Ok when the adapter runs it: subgroups of at least 4 lanes (a workgroup of 4 is then one
+/// subgroup, lanes 0-3), and the portable `Registers` GEMM for the rest.
+pub fn supports(gpu: &Gpu) -> Result<(), String> {
+    if !gpu.caps.subgroups {
+        return Err("the adapter has no subgroups".into());
+    }
+    if gpu.caps.subgroup_min < LANES {
+        return Err(format!(
+            "needs subgroups of at least {LANES} lanes, the adapter's are {}..{}",
+            gpu.caps.subgroup_min, gpu.caps.subgroup_max
+        ));
+    }
+    Gemm::supports_portable(gpu, Variant::Registers)?;
+    gpu.fits_limits(&GEMM_LANES4)
+}
+
+pub struct GemmLanes4 {
+    /// `Registers`, for the shapes and layouts the block kernel does not take; its
+    /// placeholder buffers also stand in for absent epilogue operands here.
+    portable: Gemm,
+}
+
+impl GemmLanes4 {
+    /// Panics if the adapter cannot run it (check `supports` first).
+    pub fn new(gpu: &Gpu) -> GemmLanes4 {
+        if let Err(why) = supports(gpu) {
+            panic!("lanes4 GEMM on adapter '{}': {why}", gpu.info.name);
+        }
+        GemmLanes4 {
+            portable: Gemm::assemble(gpu, Variant::Registers, "lanes4 fallback".into(), None),
+        }
+    }
+}
+
+impl Specialisation for GemmLanes4 {
+    fn record(&self, gpu: &Gpu, args: &GemmArgs, _recorded: &[Command]) -> Vec<Command> {
+        let (m, n) = (args.m, args.n);
+        let epilogue = AlignedEpilogue::of(
+            args.activation,
+            args.slope.is_some(),
+            args.act_grad.is_some(),
+            args.accumulate,
+        );
+        if !LAYOUTS.contains(&args.layout) || !registers_aligned(m, n, args.layout, epilogue) {
+            let plan = Plan {
+                blocks: 1,
+                splits: 1,
+            };
+            return self.portable.record_with_plan(gpu, args, plan);
+        }
+        let meta = check_args(gpu, args);
+        let groups = [
+            div_ceil(n, LANES as usize * BLOCK_COLS),
+            div_ceil(m, BLOCK_ROWS),
+            1,
+        ];
+        check_groups(gpu, groups, m, n);
+        let pipeline = spec(args.layout, epilogue).build(gpu);
+        let mut entries = self.portable.epilogue_entries(args, [8, 9, 10, 11]);
+        entries.extend([entry(12, &args.a), entry(13, &args.b)]);
+        let dispatch = gpu.dispatch_with(&pipeline, &entries, &Gemm::outputs(args), &meta, groups);
+        vec![Command::Dispatch(dispatch)]
+    }
+}
