@@ -231,8 +231,11 @@ function forwardFlops(c, b) {
 function summarise(profile, flops) {
   const byFamily = new Map();
   for (const c of profile.commands) {
-    const key = c.family.replace(/\.wgsl$/, '').replace(/^cpu\//, 'cpu/');
-    const e = byFamily.get(key) ?? { family: key, launches: 0, seconds: 0 };
+    // every GEMM kernel in one family (the flop count is the forward's GEMMs together)
+    const shader = c.family.replace(/\.wgsl$/, '');
+    const key = shader.includes('gemm') ? 'gemm' : shader;
+    const e = byFamily.get(key) ?? { family: key, kernels: [], launches: 0, seconds: 0 };
+    if (!e.kernels.includes(shader)) e.kernels.push(shader);
     e.launches++;
     e.seconds += c.seconds;
     byFamily.set(key, e);
@@ -369,7 +372,8 @@ function print(out, a) {
     console.log('| kernel family | launches | ms | share | GFLOP/s |');
     console.log('|---|---|---|---|---|');
     for (const f of p.families) {
-      console.log(`| ${f.family} | ${f.launches} | ${(1000 * f.seconds).toFixed(1)} | ${(100 * f.share).toFixed(0)}% | ${f.gflops ? f.gflops.toFixed(2) : ''} |`);
+      const kernels = f.kernels.join(', ') === f.family ? '' : ` (${f.kernels.join(', ')})`;
+      console.log(`| ${f.family}${kernels} | ${f.launches} | ${(1000 * f.seconds).toFixed(1)} | ${(100 * f.share).toFixed(0)}% | ${f.gflops ? f.gflops.toFixed(2) : ''} |`);
     }
   }
 }
