@@ -24,7 +24,7 @@
 //!   seam: a `Specialisation` that `Gemm` holds when chosen (`kernels::variants` chooses)
 //!   and hands every `record`;
 //! - `Lanes4`, the specialisation for CPU adapters with 4-lane subgroups (SwiftShader):
-//!   `Registers` with its 12x8 blocks' A loads shared across a subgroup, in
+//!   `Registers` with 16x8 blocks whose A loads are shared across a subgroup, in
 //!   `kernels::cpu::gemm_lanes4`, through the same seam.
 //!
 //! The portable path (Tiled, Registers) binds storage buffers only, uses no subgroups and
@@ -88,7 +88,7 @@ pub enum Variant {
     LanesStorage,
     /// For CPU adapters without 8-lane subgroups: 4x4 register blocks, no workgroup memory.
     Registers,
-    /// For CPU adapters with 4-lane subgroups: `Registers` with the 12x8 blocks' A loads
+    /// For CPU adapters with 4-lane subgroups: `Registers` with 16x8 blocks whose A loads are
     /// shared by `subgroupBroadcast`.
     Lanes4,
 }

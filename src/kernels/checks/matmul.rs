@@ -67,7 +67,14 @@ impl GemmCase {
     pub fn entries(&self) -> Vec<&'static str> {
         let aligned = gemm::registers_aligned(self.m, self.n, self.layout, self.epilogue());
         match self.variant {
-            gemm::Variant::Lanes4 if aligned && self.layout != Layout::TN => {
+            gemm::Variant::Lanes4
+                if crate::kernels::cpu::gemm_lanes4::runs_blocks(
+                    self.m,
+                    self.n,
+                    self.layout,
+                    self.epilogue(),
+                ) =>
+            {
                 vec!["cpu/gemm_lanes4.wgsl:gemm_lanes4"]
             }
             gemm::Variant::Registers | gemm::Variant::Lanes4 if aligned => {

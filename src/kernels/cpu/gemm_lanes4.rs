@@ -1,18 +1,21 @@
 //! The GEMM for CPU adapters with 4-lane subgroups (SwiftShader, Chrome's WebGPU on a
-//! machine without a GPU): `gemm_registers_aligned`'s 12x8 register blocks, a workgroup of
-//! one subgroup whose four lanes share their rows of A by `subgroupBroadcast`
+//! machine without a GPU): `gemm_registers_aligned`'s register blocks made 16x8, a workgroup
+//! of one subgroup whose four lanes share their rows of A by `subgroupBroadcast`
 //! (shaders/cpu/gemm_lanes4.wgsl). There every storage load is a gather of one float per
-//! lane, and a broadcast a register shuffle: 11 loads per 96 multiply-adds instead of 20.
+//! lane, and a broadcast a register shuffle: 12 loads per 128 multiply-adds, against 20 per
+//! 96.
 //! Shapes and epilogues the block kernel does not take run the portable `Registers` GEMM.
 
 use crate::gpu::{div_ceil, Command, Gpu};
 use crate::kernels::gemm::{
     check_args, check_groups, entry, registers_aligned, AlignedEpilogue, Gemm, GemmArgs, Layout,
-    Plan, Specialisation, Variant, BLOCK_COLS, BLOCK_ROWS,
+    Plan, Specialisation, Variant, BLOCK_COLS,
 };
 use crate::kernels::{PipelineSpec, GEMM_LANES4};
 
 const LANES: u32 = 4;
+/// A lane's block of C is LANES4_ROWS x BLOCK_COLS (scripts/gen_gemm_registers.py).
+const LANES4_ROWS: usize = 16;
 
 /// The layouts it runs: the forward (NT) and the input gradients (NN). Weight gradients
 /// (TN) stay on `gemm_registers_aligned`, which keeps the program under 200 pipelines.
@@ -57,6 +60,12 @@ pub fn supports(gpu: &Gpu) -> Result<(), String> {
     gpu.fits_limits(&GEMM_LANES4)
 }
 
+/// Whether `gemm_lanes4` runs this GEMM (else the portable `Registers` kernels): a layout
+/// it has pipelines for, and a C `gemm_registers_aligned` takes at least one block tall.
+pub(crate) fn runs_blocks(m: usize, n: usize, layout: Layout, epilogue: AlignedEpilogue) -> bool {
+    LAYOUTS.contains(&layout) && m >= LANES4_ROWS && registers_aligned(m, n, layout, epilogue)
+}
+
 pub struct GemmLanes4 {
     /// `Registers`, for the shapes and layouts the block kernel does not take; its
     /// placeholder buffers also stand in for absent epilogue operands here.
@@ -84,7 +93,7 @@ impl Specialisation for GemmLanes4 {
             args.act_grad.is_some(),
             args.accumulate,
         );
-        if !LAYOUTS.contains(&args.layout) || !registers_aligned(m, n, args.layout, epilogue) {
+        if !runs_blocks(m, n, args.layout, epilogue) {
             let plan = Plan {
                 blocks: 1,
                 splits: 1,
@@ -94,7 +103,7 @@ impl Specialisation for GemmLanes4 {
         let meta = check_args(gpu, args);
         let groups = [
             div_ceil(n, LANES as usize * BLOCK_COLS),
-            div_ceil(m, BLOCK_ROWS),
+            div_ceil(m, LANES4_ROWS),
             1,
         ];
         check_groups(gpu, groups, m, n);
