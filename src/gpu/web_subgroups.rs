@@ -34,9 +34,10 @@ pub fn granted() -> bool {
         .unwrap_or(false)
 }
 
-/// `source` with the directive in front when it uses subgroup builtins.
+/// `source` with the directive in front when it calls or declares subgroup builtins (not
+/// when a comment names them, as attention.wgsl's does).
 pub fn enable_directive(source: &str) -> std::borrow::Cow<'_, str> {
-    if source.contains("subgroupBroadcast") || source.contains("subgroup_invocation_id") {
+    if source.contains("subgroupBroadcast(") || source.contains("@builtin(subgroup_") {
         format!("enable subgroups;\n{source}").into()
     } else {
         source.into()

@@ -165,8 +165,8 @@ const TILED_TILE: usize = 64;
 const TILED_TK: usize = 16;
 const REGISTERS_TILE: usize = 32;
 /// `gemm_registers_aligned`'s block of C per invocation (scripts/gen_gemm_registers.py), in
-/// 8x8 invocations (`gemm_lanes4`: 4).
-pub(crate) const BLOCK_ROWS: usize = 12;
+/// 8x8 invocations; `gemm_lanes4`'s blocks are as wide.
+const BLOCK_ROWS: usize = 12;
 pub(crate) const BLOCK_COLS: usize = 8;
 /// Tiled's workgroup: 256 invocations, two [16][32] vec4 tiles in workgroup memory.
 const TILED_INVOCATIONS: u32 = 256;
