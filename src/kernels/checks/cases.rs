@@ -471,7 +471,7 @@ fn gemm_cases() -> Vec<Case> {
         // the same blocks in 4-lane workgroups sharing A (gemm_lanes4, the CPU-adapter
         // kernel the browser runs on SwiftShader): C's last tile past n (a lane wholly
         // outside, one overlapping its neighbour), k odd; weight gradients and shapes it
-        // does not take (n % 4 != 0; m < 16) go to the portable kernels
+        // does not take (n % 4 != 0; m < 20) go to the portable kernels
         gemm(Lanes4, NT, (70, 44, 21), None, gelu_slope),
         gemm(Lanes4, NT, (33, 68, 13), None, bias_residual),
         gemm(Lanes4, NT, (97, 12, 7), None, relu_slope),

@@ -1,9 +1,9 @@
 //! The GEMM for CPU adapters with 4-lane subgroups (SwiftShader, Chrome's WebGPU on a
-//! machine without a GPU): `gemm_registers_aligned`'s register blocks made 16x8, a workgroup
-//! of one subgroup whose four lanes share their rows of A by `subgroupBroadcast`
+//! machine without a GPU): `gemm_registers_aligned`'s register blocks made 20x8, a workgroup
+//! of one subgroup (a quad) whose four lanes share their rows of A by quad swaps
 //! (shaders/cpu/gemm_lanes4.wgsl). There every storage load is a gather of one float per
-//! lane, and a broadcast a register shuffle: 12 loads per 128 multiply-adds, against 20 per
-//! 96.
+//! lane, and a quad swap one register swizzle: 13 loads per 160 multiply-adds, against 20
+//! per 96.
 //! Shapes and epilogues the block kernel does not take run the portable `Registers` GEMM.
 
 use crate::gpu::{div_ceil, Command, Gpu};
@@ -15,7 +15,7 @@ use crate::kernels::{PipelineSpec, GEMM_LANES4};
 
 const LANES: u32 = 4;
 /// A lane's block of C is LANES4_ROWS x BLOCK_COLS (scripts/gen_gemm_registers.py).
-const LANES4_ROWS: usize = 16;
+const LANES4_ROWS: usize = 20;
 
 /// The layouts it runs: the forward (NT) and the input gradients (NN). Weight gradients
 /// (TN) stay on `gemm_registers_aligned`, which keeps the program under 200 pipelines.
