@@ -103,11 +103,11 @@ fn verify_passes_on_the_timm_fixtures_with_the_kernels_for_cpus_without_subgroup
 }
 
 /// The kernels the browser runs on SwiftShader (4-lane subgroups): lavapipe's 8-lane
-/// subgroups run lanes4's 4-invocation workgroups as one subgroup each.
+/// subgroups run lanes4's 4-invocation workgroups as one subgroup (one quad) each.
 #[test]
 fn verify_passes_on_the_timm_fixtures_with_the_kernels_for_4_lane_subgroups_forced() {
-    if runs(gemm::Variant::Lanes4, attention::Variant::Rows) {
-        verify_forced(gemm::Variant::Lanes4, attention::Variant::Rows);
+    if runs(gemm::Variant::Lanes4, attention::Variant::Lanes4) {
+        verify_forced(gemm::Variant::Lanes4, attention::Variant::Lanes4);
     }
 }
 

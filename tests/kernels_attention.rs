@@ -263,6 +263,8 @@ fn attention_new_picks_the_variant_the_adapter_supports() {
             && g.fits_limits(&vit_wgpu::kernels::ATTENTION_LANES).is_ok()
         {
             Variant::Lanes
+        } else if g.caps.exact_subgroups(4).is_ok() {
+            Variant::Lanes4
         } else {
             Variant::Rows
         }

@@ -24,6 +24,7 @@ fn every_pipeline() -> Vec<PipelineSpec> {
         "cpu/gemm_lanes4.wgsl",
         "attention.wgsl",
         "cpu/attention_lanes.wgsl",
+        "cpu/attention_lanes4.wgsl",
     ];
     for shader in ALL_SHADERS {
         if families.contains(&shader.name) {
@@ -149,7 +150,7 @@ fn the_translated_pipelines_cover_every_entry_point() {
         let module = naga::front::wgsl::parse_str(shader.source).expect("shader parses");
         for ep in &module.entry_points {
             // a CPU-adapter module also holds the entry points of the shader it is appended
-            // to (attention_lanes: attention.wgsl's; gemm_lanes4: gemm_tiled.wgsl's)
+            // to (attention_lanes, attention_lanes4: attention.wgsl's; gemm_lanes4: gemm_tiled.wgsl's)
             let covered = specs.iter().any(|s| {
                 s.entry == ep.name
                     && (s.shader.name == shader.name || shader.source.contains(s.shader.source))

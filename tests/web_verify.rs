@@ -58,8 +58,8 @@ fn every_parity_fixture_verifies_in_the_browser() {
         .count();
     assert!(grads >= 50, "only {grads} gradients compared:\n{stdout}");
     // The page runs what a browser user's adapter gets: the portable kernels, but for the
-    // GEMM of CPU adapters with 4-lane subgroups (SwiftShader, here: `lanes4`); never the
-    // texture reads or the 8-lane kernels of lavapipe.
+    // GEMM and attention of CPU adapters with 4-lane subgroups (SwiftShader, here:
+    // `lanes4`); never the texture reads or the 8-lane kernels of lavapipe.
     let kernels: Vec<_> = stdout.lines().filter(|l| l.contains("kernels: ")).collect();
     assert_eq!(kernels.len(), files.len(), "kernel lines:\n{stdout}");
     for line in kernels {
@@ -67,7 +67,9 @@ fn every_parity_fixture_verifies_in_the_browser() {
             (line.contains("gemm tiled")
                 || line.contains("gemm registers")
                 || line.contains("gemm lanes4"))
-                && (line.contains("attention tiled") || line.contains("attention rows"))
+                && (line.contains("attention tiled")
+                    || line.contains("attention rows")
+                    || line.contains("attention lanes4"))
                 && line.contains("texture reads off"),
             "the page should run the portable kernels (or lanes4): {line}"
         );

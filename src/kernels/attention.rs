@@ -64,16 +64,25 @@ pub enum Variant {
     /// `Rows` with the streamed rows shared across 8-lane subgroups by `subgroupBroadcast`,
     /// for CPU adapters (lavapipe), where every storage load is a per-lane loop.
     Lanes,
+    /// `Rows`' forward with the streamed rows shared across a quad by quad swaps, for CPU
+    /// adapters with 4-lane subgroups (SwiftShader); the backward runs `Rows`.
+    Lanes4,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 3] = [Variant::Tiled, Variant::Rows, Variant::Lanes];
+    pub const ALL: [Variant; 4] = [
+        Variant::Tiled,
+        Variant::Rows,
+        Variant::Lanes,
+        Variant::Lanes4,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Variant::Tiled => "tiled",
             Variant::Rows => "rows",
             Variant::Lanes => "lanes",
+            Variant::Lanes4 => "lanes4",
         }
     }
 
@@ -180,7 +189,7 @@ pub fn portable_pipeline_specs(variant: Variant) -> Vec<PipelineSpec> {
             .iter()
             .flat_map(|&c| pass_specs(variant, c, 0))
             .collect(),
-        Variant::Lanes => Vec::new(),
+        Variant::Lanes | Variant::Lanes4 => Vec::new(),
     };
     specs.push(probabilities_spec());
     specs
@@ -253,7 +262,9 @@ impl Attention {
                 .caps
                 .workgroup(2 * TILE_ROWS[0] as u32, TILED_WORKGROUP_BYTES),
             Variant::Rows => gpu.caps.workgroup(ROWS as u32, 0),
-            Variant::Lanes => Err("lanes is not a portable attention".into()),
+            Variant::Lanes | Variant::Lanes4 => {
+                Err(format!("{} is not a portable attention", variant.name()))
+            }
         }
     }
 

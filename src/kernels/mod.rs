@@ -72,6 +72,13 @@ pub const ATTENTION_LANES: Shader = Shader {
         include_str!("../../shaders/cpu/attention_lanes.wgsl")
     ),
 };
+pub const ATTENTION_LANES4: Shader = Shader {
+    name: "cpu/attention_lanes4.wgsl",
+    source: concat!(
+        include_str!("../../shaders/attention.wgsl"),
+        include_str!("../../shaders/cpu/attention_lanes4.wgsl")
+    ),
+};
 pub const DROPOUT: Shader = shader!("dropout.wgsl");
 pub const EMBED: Shader = shader!("embed.wgsl");
 /// LayerScale, head averaging, QuickGELU and column copies (timm's ViT options).
@@ -129,6 +136,7 @@ pub const ALL_SHADERS: &[Shader] = &[
     ADAMW,
     ATTENTION,
     ATTENTION_LANES,
+    ATTENTION_LANES4,
     DROPOUT,
     ELEMENTWISE,
     EMBED,

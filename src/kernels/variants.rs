@@ -7,6 +7,7 @@ use std::any::Any;
 
 use super::attention::{self, Attention};
 use super::cpu::attention_lanes::{self, LanesAttention};
+use super::cpu::attention_lanes4::{self, LanesAttention4};
 use super::cpu::gemm_lanes::{self, GemmLanes, LanesPlan};
 use super::cpu::gemm_lanes4::{self, GemmLanes4};
 use super::gemm::{self, Gemm, GemmArgs};
@@ -30,6 +31,11 @@ pub fn gemm_pipeline_specs(variant: gemm::Variant) -> Vec<PipelineSpec> {
 pub fn attention_pipeline_specs(variant: attention::Variant) -> Vec<PipelineSpec> {
     let mut specs = match variant {
         attention::Variant::Lanes => attention_lanes::pipeline_specs(),
+        attention::Variant::Lanes4 => {
+            let mut specs = attention_lanes4::pipeline_specs();
+            specs.extend(attention_lanes4::portable_pipeline_specs());
+            specs
+        }
         _ => Vec::new(),
     };
     specs.extend(attention::portable_pipeline_specs(variant));
@@ -157,15 +163,21 @@ impl Attention {
         attention
     }
 
-    /// On a CPU adapter `Lanes` with 8-lane subgroups, else `Rows`; on a GPU `Tiled` when
-    /// its workgroup fits, else `Rows`. VIT_ATTENTION_VARIANT forces one the adapter runs.
+    /// On a CPU adapter `Lanes` with 8-lane subgroups, else `Lanes4` with 4-lane ones (it
+    /// runs on wider subgroups too, with lanes idle), else `Rows`; on a GPU `Tiled` when its
+    /// workgroup fits, else `Rows`. VIT_ATTENTION_VARIANT forces one the adapter runs.
     pub fn choose(gpu: &Gpu) -> Choice<attention::Variant> {
         use attention::Variant;
+        let four_lanes = gpu.caps.exact_subgroups(4);
         let preferred: &[(Variant, &str)] = if gpu.caps.cpu {
             &[
                 (
                     Variant::Lanes,
                     "CPU adapter with 8-lane subgroups: streamed rows shared by subgroupBroadcast",
+                ),
+                (
+                    Variant::Lanes4,
+                    "CPU adapter with 4-lane subgroups: the forward's streamed rows shared by quad swaps",
                 ),
                 (
                     Variant::Rows,
@@ -181,12 +193,18 @@ impl Attention {
                 (Variant::Rows, "one row per invocation, no workgroup memory"),
             ]
         };
+        let forced = caps::overrides().attention.as_deref();
         caps::choose(
             caps::ATTENTION_VARIANT_ENV,
-            caps::overrides().attention.as_deref(),
+            forced,
             &Variant::ALL,
             Variant::name,
-            |v| Attention::supports(gpu, v),
+            |v| match v {
+                Variant::Lanes4 if forced != Some(v.name()) => four_lanes
+                    .clone()
+                    .and_then(|()| Attention::supports(gpu, v)),
+                _ => Attention::supports(gpu, v),
+            },
             preferred,
         )
     }
@@ -195,6 +213,7 @@ impl Attention {
     pub fn supports(gpu: &Gpu, variant: attention::Variant) -> Result<(), String> {
         match variant {
             attention::Variant::Lanes => LanesAttention::supports(gpu),
+            attention::Variant::Lanes4 => LanesAttention4::supports(gpu),
             portable => Attention::supports_portable(gpu, portable),
         }
     }
@@ -215,7 +234,8 @@ impl Attention {
         }
         let cpu: Option<Box<dyn attention::Specialisation>> = match variant {
             attention::Variant::Lanes => Some(Box::new(LanesAttention::new(gpu))),
-            _ => None,
+            attention::Variant::Lanes4 => Some(Box::new(LanesAttention4::new(gpu))),
+            attention::Variant::Tiled | attention::Variant::Rows => None,
         };
         Attention::assemble(variant, "chosen by the caller".into(), cpu)
     }

@@ -66,13 +66,21 @@ impl Spec {
         }
     }
 
-    /// Why the adapter cannot run this check's kernel variant (a CPU-adapter GEMM on an
-    /// adapter without its subgroups), or `None`.
+    /// Why the adapter cannot run this check's kernel variant (a CPU-adapter GEMM or
+    /// attention on an adapter without its subgroups), or `None`.
     pub(super) fn unsupported(&self, gpu: &crate::gpu::Gpu) -> Option<String> {
         match self {
             Spec::Gemm(c) => gemm::Gemm::supports(gpu, c.variant)
                 .err()
                 .map(|why| format!("the adapter cannot run GEMM {}: {why}", c.variant.name())),
+            Spec::Attention(c) => attention::Attention::supports(gpu, c.variant)
+                .err()
+                .map(|why| {
+                    format!(
+                        "the adapter cannot run attention {}: {why}",
+                        c.variant.name()
+                    )
+                }),
             _ => None,
         }
     }
@@ -486,7 +494,7 @@ fn gemm_cases() -> Vec<Case> {
 }
 
 fn attention_cases() -> Vec<Case> {
-    use attention::Variant::{Rows, Tiled};
+    use attention::Variant::{Lanes4, Rows, Tiled};
     use matmul::AttentionPass::{Backward, Forward, Probabilities};
     let shape = |batch, tokens, heads, head_dim| AttentionShape {
         batch,
@@ -502,6 +510,13 @@ fn attention_cases() -> Vec<Case> {
         list.extend(tiled.map(|s| (Tiled, pass, s)));
         list.extend(rows.map(|s| (Rows, pass, s)));
     }
+    // the 4-lane forward (the CPU-adapter kernel the browser runs on SwiftShader): N not a
+    // multiple of its 16 rows or 4 keys, d = 64 and d = 36 (padded in the class of 64), and
+    // d = 20, which it leaves to `Rows`
+    for s in [shape(2, 23, 2, 64), shape(1, 65, 3, 36), shape(1, 6, 1, 64)] {
+        list.push((Lanes4, Forward, s));
+    }
+    list.push((Lanes4, Forward, shape(1, 23, 3, 20)));
     list.push((Tiled, Probabilities, shape(2, 17, 3, 16)));
     list.push((Tiled, Probabilities, shape(1, 65, 2, 64)));
     list.into_iter()

@@ -204,6 +204,7 @@ impl AttentionCase {
             (_, Probabilities) => "probabilities",
             (attention::Variant::Tiled, Forward) => "tiled forward",
             (attention::Variant::Tiled, Backward) => "tiled backward",
+            (attention::Variant::Lanes4, Forward) => "lanes4 forward",
             (_, Forward) => "rows forward",
             (_, Backward) => "rows backward",
         }
@@ -218,6 +219,13 @@ impl AttentionCase {
                 "attention.wgsl:attention_backward_query_tiled",
                 "attention.wgsl:attention_backward_key_tiled",
             ],
+            (attention::Variant::Lanes4, Forward)
+                if crate::kernels::cpu::attention_lanes4::LanesAttention4::runs_forward(
+                    self.shape.head_dim,
+                ) =>
+            {
+                vec!["cpu/attention_lanes4.wgsl:attention_forward_lanes4"]
+            }
             (_, Forward) => vec!["attention.wgsl:attention_forward"],
             (_, Backward) => vec![
                 "attention.wgsl:attention_backward_query",

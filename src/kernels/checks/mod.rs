@@ -264,7 +264,7 @@ pub async fn run(gpu: &Gpu, case: &Case, seed: u64, perturb: bool) -> Outcome {
 
 /// The CPU-adapter shaders (shaders/cpu/) the checks cover too: the browser's adapter
 /// (SwiftShader) runs them in place of portable kernels.
-pub const CHECKED_CPU_SHADERS: &[&str] = &["gemm_lanes4.wgsl"];
+pub const CHECKED_CPU_SHADERS: &[&str] = &["gemm_lanes4.wgsl", "attention_lanes4.wgsl"];
 
 /// "shader.wgsl:entry" for every entry point the checks must cover: those of shaders/*.wgsl
 /// and, as "cpu/shader.wgsl:entry", of `CHECKED_CPU_SHADERS`.

@@ -25,17 +25,32 @@ fn spec(layout: Layout, epilogue: AlignedEpilogue) -> PipelineSpec {
     PipelineSpec {
         shader: GEMM_LANES4,
         entry: "gemm_lanes4",
-        constants: epilogue.constants(layout),
+        constants: compiled_as(layout, epilogue).constants(layout),
+    }
+}
+
+/// The pipeline an epilogue runs in: its own, except that input gradients (NN) without
+/// reads run the one that reads the flags (one pipeline fewer; the k loop is the same).
+fn compiled_as(layout: Layout, epilogue: AlignedEpilogue) -> AlignedEpilogue {
+    match layout {
+        Layout::NN => AlignedEpilogue {
+            reads: true,
+            ..epilogue
+        },
+        _ => epilogue,
     }
 }
 
 /// Every pipeline it can build: its own per (layout, compiled epilogue), and the portable
 /// `Registers` GEMM's for the rest.
 pub fn pipeline_specs() -> Vec<PipelineSpec> {
-    let mut specs = Vec::new();
+    let mut specs: Vec<PipelineSpec> = Vec::new();
     for layout in LAYOUTS {
         for &epilogue in AlignedEpilogue::compiled(layout) {
-            specs.push(spec(layout, epilogue));
+            let s = spec(layout, epilogue);
+            if !specs.contains(&s) {
+                specs.push(s);
+            }
         }
     }
     specs.extend(crate::kernels::gemm::portable_pipeline_specs(

@@ -10,6 +10,7 @@
 
 pub mod adamw;
 pub mod attention_lanes;
+pub mod attention_lanes4;
 pub mod dropout;
 pub mod embed;
 pub mod gemm_lanes;
