@@ -65,6 +65,9 @@ pub struct Gpu {
     /// pipeline costs an LLVM compile on lavapipe, so no two kernels build the same one.
     pub(super) pipelines:
         std::sync::Mutex<std::collections::HashMap<String, wgpu::ComputePipeline>>,
+    /// `fits_limits` per shader name.
+    pub(super) limits_fit:
+        std::sync::Mutex<std::collections::HashMap<&'static str, Result<(), String>>>,
 }
 
 /// Preference of an adapter type when none is chosen: lower is better.
@@ -204,6 +207,7 @@ impl Gpu {
             placeholder: Default::default(),
             pipeline_info: Default::default(),
             pipelines: Default::default(),
+            limits_fit: Default::default(),
         })
     }
 

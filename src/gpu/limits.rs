@@ -79,6 +79,12 @@ pub struct PipelineNeeds {
 impl PipelineNeeds {
     /// Reflect `entry` of the WGSL `source` with `constants` applied.
     pub fn reflect(source: &str, entry: &str, constants: &[(&str, f64)]) -> Result<Self, String> {
+        let (module, info) = Self::parse(source)?;
+        Self::reflect_parsed(&module, &info, entry, constants)
+    }
+
+    /// The WGSL `source` parsed and validated, to reflect several entry points of it.
+    pub fn parse(source: &str) -> Result<(naga::Module, naga::valid::ModuleInfo), String> {
         let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
         let info = naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),
@@ -86,11 +92,21 @@ impl PipelineNeeds {
         )
         .validate(&module)
         .map_err(|e| e.emit_to_string(source))?;
+        Ok((module, info))
+    }
+
+    /// `reflect` on a module from `parse`.
+    pub fn reflect_parsed(
+        module: &naga::Module,
+        info: &naga::valid::ModuleInfo,
+        entry: &str,
+        constants: &[(&str, f64)],
+    ) -> Result<Self, String> {
         let constants: naga::back::PipelineConstants =
             constants.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         let (module, info) = naga::back::pipeline_constants::process_overrides(
-            &module,
-            &info,
+            module,
+            info,
             Some((naga::ShaderStage::Compute, entry)),
             &constants,
         )

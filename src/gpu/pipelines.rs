@@ -145,11 +145,29 @@ impl Gpu {
     /// Ok when every entry point of `shader` fits the device's limits (with its override
     /// constants at their defaults), else the first that does not and why. Kernel families
     /// choose a specialisation only where it fits, so the portable path runs otherwise.
+    /// Kept per shader: a CPU shader appended to a portable one is thousands of lines, and
+    /// reflecting it costs about a second in the browser's wasm.
     pub fn fits_limits(&self, shader: &Shader) -> Result<(), String> {
-        let module = naga::front::wgsl::parse_str(shader.source)
-            .map_err(|e| format!("{}: {}", shader.name, e.emit_to_string(shader.source)))?;
+        if let Some(known) = self
+            .limits_fit
+            .lock()
+            .ok()
+            .and_then(|k| k.get(shader.name).cloned())
+        {
+            return known;
+        }
+        let fits = self.reflect_limits(shader);
+        if let Ok(mut known) = self.limits_fit.lock() {
+            known.insert(shader.name, fits.clone());
+        }
+        fits
+    }
+
+    fn reflect_limits(&self, shader: &Shader) -> Result<(), String> {
+        let (module, info) =
+            PipelineNeeds::parse(shader.source).map_err(|e| format!("{}: {e}", shader.name))?;
         for ep in &module.entry_points {
-            let needs = PipelineNeeds::reflect(shader.source, &ep.name, &[])
+            let needs = PipelineNeeds::reflect_parsed(&module, &info, &ep.name, &[])
                 .map_err(|e| format!("{}:{}: {e}", shader.name, ep.name))?;
             needs
                 .check(&self.limits)

@@ -37,7 +37,8 @@ pub fn granted() -> bool {
 /// `source` with the directive in front when it calls or declares subgroup builtins (not
 /// when a comment names them, as attention.wgsl's does).
 pub fn enable_directive(source: &str) -> std::borrow::Cow<'_, str> {
-    if source.contains("subgroupBroadcast(") || source.contains("@builtin(subgroup_") {
+    const USES: [&str; 3] = ["subgroupBroadcast(", "quadSwap", "@builtin(subgroup_"];
+    if USES.iter().any(|u| source.contains(u)) {
         format!("enable subgroups;\n{source}").into()
     } else {
         source.into()

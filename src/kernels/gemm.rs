@@ -88,8 +88,8 @@ pub enum Variant {
     LanesStorage,
     /// For CPU adapters without 8-lane subgroups: 4x4 register blocks, no workgroup memory.
     Registers,
-    /// For CPU adapters with 4-lane subgroups: `Registers` with 16x8 blocks whose A loads are
-    /// shared by `subgroupBroadcast`.
+    /// For CPU adapters with 4-lane subgroups: `Registers` with 20x8 blocks whose A loads are
+    /// shared across a quad by quad swaps.
     Lanes4,
 }
 

@@ -66,7 +66,7 @@ impl Gemm {
                 ),
                 (
                     Variant::Lanes4,
-                    "CPU adapter with 4-lane subgroups: register blocks sharing A loads by subgroupBroadcast",
+                    "CPU adapter with 4-lane subgroups: register blocks sharing A loads by quad swaps",
                 ),
                 (
                     Variant::Registers,
