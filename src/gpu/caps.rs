@@ -57,6 +57,21 @@ impl Caps {
         Ok(())
     }
 
+    /// Ok when subgroups have at least `lanes` lanes: a workgroup of `lanes` invocations is
+    /// then lanes 0.. of one subgroup (4: one quad, for quad operations).
+    pub fn subgroups_of_at_least(&self, lanes: u32) -> Result<(), String> {
+        if !self.subgroups {
+            return Err("the adapter has no subgroups".into());
+        }
+        if self.subgroup_min < lanes {
+            return Err(format!(
+                "needs subgroups of at least {lanes} lanes, the adapter's are {}..{}",
+                self.subgroup_min, self.subgroup_max
+            ));
+        }
+        Ok(())
+    }
+
     /// Ok when a workgroup of `invocations` with `bytes` of workgroup memory fits.
     pub fn workgroup(&self, invocations: u32, bytes: u32) -> Result<(), String> {
         if self.invocations < invocations {

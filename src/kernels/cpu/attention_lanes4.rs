@@ -44,15 +44,7 @@ impl LanesAttention4 {
     /// Ok when the adapter has subgroups of at least 4 lanes (a workgroup of 4 is then one
     /// quad) and runs the portable `Rows` kernels.
     pub fn supports(gpu: &Gpu) -> Result<(), String> {
-        if !gpu.caps.subgroups {
-            return Err("the adapter has no subgroups".into());
-        }
-        if gpu.caps.subgroup_min < LANES {
-            return Err(format!(
-                "needs subgroups of at least {LANES} lanes, the adapter's are {}..{}",
-                gpu.caps.subgroup_min, gpu.caps.subgroup_max
-            ));
-        }
+        gpu.caps.subgroups_of_at_least(LANES)?;
         Attention::supports_portable(gpu, Variant::Rows)?;
         gpu.fits_limits(&ATTENTION_LANES4)
     }

@@ -62,15 +62,7 @@ pub fn pipeline_specs() -> Vec<PipelineSpec> {
 /// Ok when the adapter runs it: subgroups of at least 4 lanes (a workgroup of 4 is then one
 /// subgroup, lanes 0-3), and the portable `Registers` GEMM for the rest.
 pub fn supports(gpu: &Gpu) -> Result<(), String> {
-    if !gpu.caps.subgroups {
-        return Err("the adapter has no subgroups".into());
-    }
-    if gpu.caps.subgroup_min < LANES {
-        return Err(format!(
-            "needs subgroups of at least {LANES} lanes, the adapter's are {}..{}",
-            gpu.caps.subgroup_min, gpu.caps.subgroup_max
-        ));
-    }
+    gpu.caps.subgroups_of_at_least(LANES)?;
     Gemm::supports_portable(gpu, Variant::Registers)?;
     gpu.fits_limits(&GEMM_LANES4)
 }
