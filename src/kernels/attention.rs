@@ -5,8 +5,8 @@
 //!
 //! The portable path is `Tiled` (storage buffers, workgroup memory, no subgroups, within
 //! WebGPU's default limits) with `Rows` (no workgroup memory) beside it; the CPU-adapter
-//! `Lanes` kernels live in src/kernels/cpu/attention_lanes.rs, held in `Attention::cpu`
-//! when chosen at construction.
+//! `Lanes` and `Lanes4` kernels live in src/kernels/cpu/attention_lanes.rs and
+//! attention_lanes4.rs, held in `Attention::cpu` when chosen at construction.
 
 use std::sync::OnceLock;
 

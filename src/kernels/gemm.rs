@@ -24,7 +24,7 @@
 //!   seam: a `Specialisation` that `Gemm` holds when chosen (`kernels::variants` chooses)
 //!   and hands every `record`;
 //! - `Lanes4`, the specialisation for CPU adapters with 4-lane subgroups (SwiftShader):
-//!   `Registers` with 16x8 blocks whose A loads are shared across a subgroup, in
+//!   `Registers` with 20x8 blocks whose A loads are shared across a quad, in
 //!   `kernels::cpu::gemm_lanes4`, through the same seam.
 //!
 //! The portable path (Tiled, Registers) binds storage buffers only, uses no subgroups and

@@ -31,11 +31,7 @@ pub fn gemm_pipeline_specs(variant: gemm::Variant) -> Vec<PipelineSpec> {
 pub fn attention_pipeline_specs(variant: attention::Variant) -> Vec<PipelineSpec> {
     let mut specs = match variant {
         attention::Variant::Lanes => attention_lanes::pipeline_specs(),
-        attention::Variant::Lanes4 => {
-            let mut specs = attention_lanes4::pipeline_specs();
-            specs.extend(attention_lanes4::portable_pipeline_specs());
-            specs
-        }
+        attention::Variant::Lanes4 => attention_lanes4::pipeline_specs(),
         _ => Vec::new(),
     };
     specs.extend(attention::portable_pipeline_specs(variant));

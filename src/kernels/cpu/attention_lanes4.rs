@@ -29,9 +29,11 @@ fn forward_spec() -> PipelineSpec {
     }
 }
 
-/// Its own pipeline (the `Rows` pipelines it falls back to are the portable ones).
+/// Every pipeline it can build: its forward, and the portable `Rows` kernels' for the rest.
 pub fn pipeline_specs() -> Vec<PipelineSpec> {
-    vec![forward_spec()]
+    let mut specs = vec![forward_spec()];
+    specs.extend(attention::portable_pipeline_specs(Variant::Rows));
+    specs
 }
 
 pub struct LanesAttention4 {
@@ -85,9 +87,4 @@ impl Specialisation for LanesAttention4 {
     fn record_backward(&self, gpu: &Gpu, a: &AttentionBackward, out: &mut Vec<Command>) {
         self.portable.record(gpu, a, out);
     }
-}
-
-/// The portable pipelines `Lanes4` falls back to.
-pub fn portable_pipeline_specs() -> Vec<PipelineSpec> {
-    attention::portable_pipeline_specs(Variant::Rows)
 }

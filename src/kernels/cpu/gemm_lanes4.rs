@@ -44,7 +44,7 @@ fn compiled_as(layout: Layout, epilogue: AlignedEpilogue) -> AlignedEpilogue {
 /// Every pipeline it can build: its own per (layout, compiled epilogue), and the portable
 /// `Registers` GEMM's for the rest.
 pub fn pipeline_specs() -> Vec<PipelineSpec> {
-    let mut specs: Vec<PipelineSpec> = Vec::new();
+    let mut specs = Vec::new();
     for layout in LAYOUTS {
         for &epilogue in AlignedEpilogue::compiled(layout) {
             let s = spec(layout, epilogue);
